@@ -1,0 +1,234 @@
+"""Orbax checkpoints with one item per edge.
+
+A step directory holds:
+  meta              JSON: graph, translator architectures, frozen edges, item list, config, data fingerprint
+  train             step, RNG key, loss weights, health record, and optimizer leaves shared by all
+                    edges (e.g. Adam's step count)
+  edge.<src>.<dst>  {"params": the edge's translator params, "opt": the edge's rows of every
+                    per-parameter optimizer leaf (Adam's mu and nu)}
+
+Edges are independent items, so a subset can be restored (e.g. to graft a new modality onto a
+trained graph) and an item's files can be copied unchanged into a new checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from graphbridge.graph import Edge
+from graphbridge.translators import EdgeLayout
+
+PyTree = Any
+META, TRAIN = "meta", "train"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint is missing, incomplete, corrupt, or belongs to another graph."""
+
+
+def edge_item_name(edge: Edge | str) -> str:
+  edge = Edge.parse(edge) if isinstance(edge, str) else edge
+  return f"edge.{edge.src}.{edge.dst}"
+
+
+def edge_from_item_name(item: str) -> Edge:
+  _, src, dst = item.split(".")
+  return Edge(src, dst)
+
+
+# ---- splitting stacked trees into per-edge items -------------------------------------------------
+
+def _key_str(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _set_nested(tree: dict, keys: Sequence[str], value) -> None:
+  for k in keys[:-1]:
+    tree = tree.setdefault(k, {})
+  tree[keys[-1]] = value
+
+
+def _get_nested(tree: Mapping, keys: Sequence[str]):
+  for k in keys:
+    tree = tree[k]
+  return tree
+
+
+def _edge_leaf_location(layout: EdgeLayout, keys: Sequence[str]):
+  """If the leaf lives under ...edges/<bucket>/..., return (bucket, keys without those two)."""
+  for i in range(len(keys) - 1):
+    if keys[i] == "edges" and keys[i + 1] in layout.bucket_by_key:
+      return layout.bucket_by_key[keys[i + 1]], list(keys[:i]) + list(keys[i + 2:])
+  return None, list(keys)
+
+
+def split_by_edge(layout: EdgeLayout, tree: PyTree) -> tuple[dict[str, dict], dict]:
+  """Split a tree containing {"edges": {bucket: stacked}} subtrees (params or optimizer state).
+
+  Returns ({edge_name: nested dict of that edge's rows}, nested dict of every other leaf)."""
+  per_edge: dict[str, dict] = {}
+  shared: dict = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = [_key_str(k) for k in path]
+    bucket, rest = _edge_leaf_location(layout, keys)
+    if bucket is None:
+      _set_nested(shared, keys or ["value"], np.asarray(leaf))
+    else:
+      leaf = np.asarray(leaf)
+      for i, edge in enumerate(bucket.edges):
+        _set_nested(per_edge.setdefault(edge.name, {}), rest or ["value"], leaf[i])
+  return per_edge, shared
+
+
+def merge_by_edge(layout: EdgeLayout, template: PyTree, per_edge: Mapping[str, Mapping],
+                  shared: Mapping) -> PyTree:
+  """Inverse of split_by_edge: fill `template`'s structure from per-edge rows and shared leaves."""
+  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
+  leaves = []
+  for path, leaf in leaves_with_path:
+    keys = [_key_str(k) for k in path]
+    bucket, rest = _edge_leaf_location(layout, keys)
+    try:
+      if bucket is None:
+        value = np.asarray(_get_nested(shared, keys or ["value"]))
+      else:
+        value = np.stack([np.asarray(_get_nested(per_edge[e.name], rest or ["value"])) for e in bucket.edges])
+    except KeyError as exc:
+      where = "shared state" if bucket is None else "edge items"
+      raise CheckpointError(f"checkpoint lacks {'/'.join(keys)} in its {where} ({exc}); it was written for "
+                            "another optimizer or graph") from None
+    if value.shape != np.shape(leaf):
+      raise CheckpointError(f"checkpoint array {'/'.join(keys)} has shape {value.shape}, expected "
+                            f"{np.shape(leaf)} (dimension mismatch with the configured graph)")
+    leaves.append(value.astype(np.asarray(leaf).dtype))
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+# ---- the manager -------------------------------------------------------------------------------
+
+def _numpy_restore_args(metadata_tree) -> ocp.args.PyTreeRestore:
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata_tree)
+  return ocp.args.PyTreeRestore(restore_args=restore_args)
+
+
+class Checkpoints:
+  """Per-edge Orbax checkpoints in `directory` (steps as sub-directories)."""
+
+  def __init__(self, directory: str, max_to_keep: int | None = 3, async_save: bool = True,
+               read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    if read_only and not os.path.isdir(self.directory):
+      raise CheckpointError(f"no checkpoint directory at {self.directory}")
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                           enable_async_checkpointing=async_save, read_only=read_only)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  # -- steps --
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  # -- save --
+  def save(self, step: int, edge_items: Mapping[str, Mapping], train_item: Mapping, meta: Mapping,
+           copy_items_from: Mapping[str, str] | None = None) -> None:
+    """Save one step. edge_items: {edge_name: {"params":..., "opt":...}}.
+
+    copy_items_from: {edge_name: step_dir} of items to copy byte for byte from an existing
+    checkpoint instead of writing them (used by grafting: frozen edges stay identical)."""
+    copy_items_from = dict(copy_items_from or {})
+    items = {edge_item_name(e): ocp.args.StandardSave(dict(tree)) for e, tree in edge_items.items()}
+    all_items = sorted(list(items) + [edge_item_name(e) for e in copy_items_from])
+    meta = {**meta, "items": all_items, "format_version": FORMAT_VERSION, "step": int(step)}
+    items[TRAIN] = ocp.args.StandardSave(dict(train_item))
+    items[META] = ocp.args.JsonSave(meta)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    if copy_items_from:
+      self._manager.wait_until_finished()
+      for edge, src_dir in copy_items_from.items():
+        name = edge_item_name(edge)
+        shutil.copytree(os.path.join(src_dir, name), os.path.join(self.step_dir(step), name))
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  # -- restore --
+  def restore_meta(self, step: int) -> dict:
+    path = os.path.join(self.step_dir(step), META, "metadata")
+    try:
+      with open(path) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} has no metadata item "
+                            f"(incomplete or not a graphbridge checkpoint)") from None
+    except json.JSONDecodeError as exc:
+      raise CheckpointError(f"checkpoint step {step}: metadata is corrupt ({exc})") from None
+
+  def check_complete(self, step: int) -> dict:
+    """Meta of a step whose every listed item is present; CheckpointError otherwise."""
+    meta = self.restore_meta(step)
+    missing = [i for i in meta.get("items", []) + [TRAIN]
+               if not os.path.isdir(os.path.join(self.step_dir(step), i))]
+    if missing:
+      raise CheckpointError(f"checkpoint step {step} is incomplete: missing item(s) {', '.join(missing)}")
+    return meta
+
+  def latest_complete_step(self) -> int | None:
+    """Newest step that passes check_complete (older ones are tried in turn; failures logged)."""
+    for step in reversed(self.all_steps()):
+      try:
+        self.check_complete(step)
+        return step
+      except CheckpointError as exc:
+        logging.warning("skipping checkpoint: %s", exc)
+    return None
+
+  def _restore_item(self, step: int, name: str) -> dict:
+    directory = os.path.join(self.step_dir(step), name)
+    if not os.path.isdir(directory):
+      raise CheckpointError(f"checkpoint step {step} has no item {name!r} (items: "
+                            f"{', '.join(sorted(os.listdir(self.step_dir(step))))})")
+    try:
+      with ocp.PyTreeCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(directory)
+        tree = metadata.tree if hasattr(metadata, "tree") else metadata
+        return checkpointer.restore(directory, args=_numpy_restore_args(tree))
+    except CheckpointError:
+      raise
+    except Exception as exc:  # orbax/tensorstore raise many types for damaged files
+      raise CheckpointError(f"checkpoint step {step}: item {name!r} is corrupt or unreadable "
+                            f"({type(exc).__name__}: {str(exc)[:300]})") from exc
+
+  def restore_edges(self, step: int, edges: Iterable[str] | None = None) -> dict[str, dict]:
+    """{edge_name: {"params":..., "opt":...}} as numpy, for `edges` (default: all saved edges)."""
+    meta = self.restore_meta(step)
+    saved = [edge_from_item_name(i).name for i in meta["items"]]
+    wanted = saved if edges is None else list(edges)
+    for e in wanted:
+      if e not in saved:
+        raise CheckpointError(f"checkpoint step {step} has no edge {e} (saved edges: {', '.join(saved)})")
+    return {e: self._restore_item(step, edge_item_name(e)) for e in wanted}
+
+  def restore_train(self, step: int) -> dict:
+    return self._restore_item(step, TRAIN)

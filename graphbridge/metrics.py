@@ -1,0 +1,569 @@
+"""Evaluation metrics for cross-modal alignment and retrieval.
+
+Pure functions over explicit numpy arrays; only numpy is required.
+
+Retrieval conventions (shared by :func:`retrieval_metrics`,
+:func:`recall_at_k_curve` and :func:`chance_retrieval_metrics`):
+
+* Scores are cosine similarities: query and gallery rows are L2-normalised
+  inside, then ``score[i, j] = <q_i, g_j>``.
+* Gallery item ``j`` is relevant to query ``i`` iff
+  ``query_keys[i] == gallery_keys[j]``.  Keys are class labels (class-level
+  retrieval) or instance ids (instance-level retrieval).
+* ``exclude_self=True`` (query and gallery are the same set) removes gallery
+  item ``i`` from query ``i``'s ranking; the gallery size for every query is
+  then ``n_gallery - 1``.
+* Ranking: the gallery is ordered by a *stable* sort on ``-score``, so tied
+  scores are ordered by increasing gallery index.  Scores are computed in
+  float32 when both inputs are float32 (float64 otherwise), and "tied" means
+  exactly equal in that precision.  Ranks are 1-based.  This is
+  deterministic, but note that for exactly tied scores the result depends on
+  gallery order (e.g. if every embedding is identical, a relevant item at
+  gallery index 0 is always ranked first).
+* Queries without any relevant gallery item are skipped and counted in
+  ``n_skipped``; if every query is skipped a ValueError is raised.
+* ``R@k`` is the hit rate: the fraction of (non-skipped) queries with at least
+  one relevant item among the top ``k``.  ``mAP`` is the mean over queries of
+  the average precision over the full ranking.  ``median_rank`` and
+  ``mean_rank`` are the median / mean over queries of the 1-based rank of the
+  *first* relevant item.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "retrieval_metrics",
+    "recall_at_k_curve",
+    "chance_retrieval_metrics",
+    "modality_gap",
+    "silhouette_cosine",
+    "mean_cosine",
+    "mean_predictor_cosine",
+]
+
+
+# ---------------------------------------------------------------------------
+# validation helpers
+# ---------------------------------------------------------------------------
+
+
+def _as_embeddings(name: str, array: Any) -> np.ndarray:
+    """Validate a ``[n, d]`` embedding matrix and return it as a float array.
+
+    Checks: 2-D, non-empty in both dimensions, numeric, every entry finite,
+    no zero-norm row.  Raises ValueError naming ``name`` and the first bad row.
+    """
+    arr = np.asarray(array)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array [n, d]; got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); need at least one row and one column")
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise ValueError(f"{name} must hold real numbers; got dtype {arr.dtype}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    finite_rows = np.isfinite(arr).all(axis=1)
+    if not finite_rows.all():
+        bad = int(np.argmin(finite_rows))
+        raise ValueError(
+            f"{name} has non-finite values (NaN or inf) in row {bad} "
+            f"({int((~finite_rows).sum())} bad row(s) in total)"
+        )
+    norms = np.linalg.norm(arr.astype(np.float64), axis=1)
+    zero_rows = norms == 0.0
+    if zero_rows.any():
+        bad = int(np.argmax(zero_rows))
+        raise ValueError(
+            f"{name} has a zero-norm row at index {bad} "
+            f"({int(zero_rows.sum())} zero row(s) in total); cosine similarity is undefined for it"
+        )
+    return arr
+
+
+def _l2_normalise(arr: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation; keeps float32 as float32, else float64.
+
+    Norms are computed in float64 so large float32 values do not overflow.
+    """
+    dtype = np.float32 if arr.dtype == np.float32 else np.float64
+    norms = np.linalg.norm(arr.astype(np.float64), axis=1, keepdims=True)
+    return (arr.astype(np.float64) / norms).astype(dtype)
+
+
+def _as_keys(name: str, keys: Any, expected_len: int, against: str) -> np.ndarray:
+    arr = np.asarray(keys)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of keys; got shape {arr.shape}")
+    if arr.shape[0] != expected_len:
+        raise ValueError(
+            f"{name} has {arr.shape[0]} entries but {against} has {expected_len} rows; "
+            "they must match one to one"
+        )
+    return arr
+
+
+def _check_same_dim(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"{name_a} and {name_b} have different embedding dimensions "
+            f"({a.shape[1]} vs {b.shape[1]})"
+        )
+
+
+def _as_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks_tuple = tuple(ks)
+    if len(ks_tuple) == 0:
+        raise ValueError("ks is empty; give at least one cutoff k (e.g. ks=(1, 5, 10))")
+    out = []
+    for k in ks_tuple:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"every k in ks must be a positive integer; got {k!r}")
+        out.append(int(k))
+    return tuple(out)
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def _validate_retrieval_inputs(query, gallery, query_keys, gallery_keys, exclude_self):
+    query = _as_embeddings("query", query)
+    gallery = _as_embeddings("gallery", gallery)
+    _check_same_dim("query", query, "gallery", gallery)
+    query_keys = _as_keys("query_keys", query_keys, query.shape[0], "query")
+    gallery_keys = _as_keys("gallery_keys", gallery_keys, gallery.shape[0], "gallery")
+    if exclude_self and query.shape[0] != gallery.shape[0]:
+        raise ValueError(
+            "exclude_self=True needs query and gallery to be the same set, but they have "
+            f"{query.shape[0]} and {gallery.shape[0]} rows"
+        )
+    return query, gallery, query_keys, gallery_keys
+
+
+# ---------------------------------------------------------------------------
+# retrieval
+# ---------------------------------------------------------------------------
+
+
+def _descending_order(scores: np.ndarray) -> np.ndarray:
+    """Row-wise order of ``scores`` [c, n] by decreasing score, ties by increasing index.
+
+    Identical to ``np.argsort(-scores, axis=1, kind="stable")``.  For float32
+    scores it sorts packed int64 keys (orderable score bits in the high 32
+    bits, column index in the low 32), which is markedly faster than a stable
+    argsort; other dtypes use the stable argsort.
+    """
+    n_cols = scores.shape[1]
+    if scores.dtype != np.float32 or n_cols >= 2**31:
+        return np.argsort(-scores, axis=1, kind="stable")
+    negated = -scores + np.float32(0.0)  # + 0 turns -0.0 into +0.0 so they tie
+    bits = negated.view(np.int32)
+    # Map IEEE bits to integers with the same order as the floats.
+    keys = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int64)
+    del negated, bits
+    keys <<= 32
+    keys |= np.arange(n_cols, dtype=np.int64)
+    keys.sort(axis=1)
+    keys &= 0xFFFFFFFF
+    return keys
+
+
+def _first_rank_and_ap(
+    query: np.ndarray,
+    gallery: np.ndarray,
+    query_keys: np.ndarray,
+    gallery_keys: np.ndarray,
+    exclude_self: bool,
+    chunk_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-query first-relevant rank, average precision and relevant count.
+
+    Returns:
+      first_rank: [n_query] int64, 1-based rank of the first relevant item
+        (0 where the query has no relevant item).
+      average_precision: [n_query] float64 (NaN where no relevant item).
+      n_relevant: [n_query] int64, relevant items in the query's gallery.
+
+    Peak memory is about ``chunk_size * n_gallery * 20`` bytes (float32
+    scores, int64 sort keys, bool relevance).
+    """
+    query_unit = _l2_normalise(query)
+    gallery_unit = _l2_normalise(gallery)
+    dtype = np.result_type(query_unit.dtype, gallery_unit.dtype)
+    query_unit = query_unit.astype(dtype, copy=False)
+    gallery_unit = gallery_unit.astype(dtype, copy=False)
+
+    n_query = query.shape[0]
+    first_rank = np.zeros(n_query, dtype=np.int64)
+    average_precision = np.full(n_query, np.nan, dtype=np.float64)
+    n_relevant = np.zeros(n_query, dtype=np.int64)
+
+    for start in range(0, n_query, chunk_size):
+        stop = min(start + chunk_size, n_query)
+        rows = np.arange(stop - start)
+        scores = query_unit[start:stop] @ gallery_unit.T  # [c, n_g]
+        relevant = query_keys[start:stop, None] == gallery_keys[None, :]  # [c, n_g]
+        if exclude_self:
+            # The query's own item goes to the very end and is never relevant,
+            # so it affects neither ranks nor precision of the others.
+            scores[rows, rows + start] = -np.inf
+            relevant[rows, rows + start] = False
+        order = _descending_order(scores)
+        del scores
+        sorted_relevant = np.take_along_axis(relevant, order, axis=1)
+        del order, relevant
+
+        counts = sorted_relevant.sum(axis=1)
+        hit_rows, hit_cols = np.nonzero(sorted_relevant)  # row-major: ranks ascend per row
+        del sorted_relevant
+        row_start = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        ordinal = np.arange(hit_rows.size) - row_start[hit_rows] + 1  # 1-based among relevant
+        precision_at_hit = ordinal / (hit_cols + 1.0)
+        ap_sum = np.bincount(hit_rows, weights=precision_at_hit, minlength=stop - start)
+
+        has_rel = counts > 0
+        chunk_first = np.zeros(stop - start, dtype=np.int64)
+        chunk_first[has_rel] = hit_cols[row_start[has_rel]] + 1
+        chunk_ap = np.full(stop - start, np.nan)
+        chunk_ap[has_rel] = ap_sum[has_rel] / counts[has_rel]
+
+        first_rank[start:stop] = chunk_first
+        average_precision[start:stop] = chunk_ap
+        n_relevant[start:stop] = counts
+    return first_rank, average_precision, n_relevant
+
+
+def retrieval_metrics(
+    query: Any,
+    gallery: Any,
+    query_keys: Any,
+    gallery_keys: Any,
+    ks: Sequence[int] = (1, 5, 10),
+    exclude_self: bool = False,
+    chunk_size: int = 1024,
+) -> dict[str, float | int]:
+    """Cosine-similarity retrieval metrics (see the module docstring for conventions).
+
+    Args:
+      query: [n_query, d] float embeddings.
+      gallery: [n_gallery, d] float embeddings.
+      query_keys: [n_query] keys (ints: class labels or instance ids).
+      gallery_keys: [n_gallery] keys; item j is relevant to query i iff
+        ``query_keys[i] == gallery_keys[j]``.
+      ks: cutoffs for ``R@k`` (hit rate at k).
+      exclude_self: remove gallery item i from query i's ranking (query and
+        gallery are the same set); requires ``n_query == n_gallery``.
+      chunk_size: queries scored at a time; peak memory is about
+        ``chunk_size * n_gallery * 20`` bytes (about 1 GB for a 50k gallery
+        at the default 1024).
+
+    Ties are broken by a stable sort on ``-score`` (lower gallery index first).
+
+    Returns:
+      dict with ``"R@{k}"`` for each k (fraction of queries with a relevant
+      item in the top k), ``"mAP"``, ``"median_rank"``, ``"mean_rank"``
+      (1-based rank of the first relevant item), ``"n_queries"`` (queries
+      evaluated), ``"n_skipped"`` (queries without any relevant item) and
+      ``"n_gallery"``.
+
+    Raises:
+      ValueError: on malformed inputs, or if no query has a relevant item.
+    """
+    ks = _as_ks(ks)
+    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    query, gallery, query_keys, gallery_keys = _validate_retrieval_inputs(
+        query, gallery, query_keys, gallery_keys, exclude_self
+    )
+    first_rank, average_precision, n_relevant = _first_rank_and_ap(
+        query, gallery, query_keys, gallery_keys, exclude_self, chunk_size
+    )
+    kept = n_relevant > 0
+    n_kept = int(kept.sum())
+    if n_kept == 0:
+        raise ValueError(
+            "no query has a relevant gallery item (no query key occurs among the gallery keys"
+            + (" other than the query itself" if exclude_self else "")
+            + "); check that query_keys and gallery_keys use the same ids"
+        )
+    ranks = first_rank[kept]
+    result: dict[str, float | int] = {}
+    for k in ks:
+        result[f"R@{k}"] = float(np.mean(ranks <= k))
+    result["mAP"] = float(np.mean(average_precision[kept]))
+    result["median_rank"] = float(np.median(ranks))
+    result["mean_rank"] = float(np.mean(ranks))
+    result["n_queries"] = n_kept
+    result["n_skipped"] = int(query.shape[0] - n_kept)
+    result["n_gallery"] = int(gallery.shape[0])
+    return result
+
+
+def recall_at_k_curve(
+    query: Any,
+    gallery: Any,
+    query_keys: Any,
+    gallery_keys: Any,
+    max_k: int = 50,
+    exclude_self: bool = False,
+    chunk_size: int = 1024,
+) -> np.ndarray:
+    """Hit rate ``R@k`` for ``k = 1..max_k`` (same conventions as :func:`retrieval_metrics`).
+
+    Args:
+      query: [n_query, d]; gallery: [n_gallery, d]; query_keys: [n_query];
+      gallery_keys: [n_gallery]; max_k: largest cutoff.
+
+    Returns:
+      [max_k] float64, entry ``k-1`` is the fraction of (non-skipped) queries
+      with a relevant item in the top k; non-decreasing.
+    """
+    max_k = _check_positive_int("max_k", max_k)
+    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    query, gallery, query_keys, gallery_keys = _validate_retrieval_inputs(
+        query, gallery, query_keys, gallery_keys, exclude_self
+    )
+    first_rank, _, n_relevant = _first_rank_and_ap(
+        query, gallery, query_keys, gallery_keys, exclude_self, chunk_size
+    )
+    kept = n_relevant > 0
+    if not kept.any():
+        raise ValueError(
+            "no query has a relevant gallery item; check that query_keys and gallery_keys "
+            "use the same ids"
+        )
+    ranks = first_rank[kept]
+    counts = np.bincount(np.minimum(ranks, max_k + 1), minlength=max_k + 2)[1 : max_k + 1]
+    return np.cumsum(counts) / ranks.size
+
+
+def _relevant_counts(
+    query_keys: np.ndarray, gallery_keys: np.ndarray, exclude_self: bool
+) -> tuple[np.ndarray, int]:
+    """[n_query] relevant counts per query and the per-query gallery size N."""
+    unique_keys, gallery_counts = np.unique(gallery_keys, return_counts=True)
+    pos = np.searchsorted(unique_keys, query_keys)
+    pos_clipped = np.minimum(pos, unique_keys.size - 1)
+    found = unique_keys[pos_clipped] == query_keys
+    n_relevant = np.where(found, gallery_counts[pos_clipped], 0).astype(np.int64)
+    n_gallery = gallery_keys.shape[0]
+    if exclude_self:
+        n_relevant = n_relevant - (query_keys == gallery_keys).astype(np.int64)
+        n_gallery -= 1
+    return n_relevant, n_gallery
+
+
+def chance_retrieval_metrics(
+    query_keys: Any,
+    gallery_keys: Any,
+    ks: Sequence[int] = (1, 5, 10),
+    exclude_self: bool = False,
+) -> dict[str, float | int]:
+    """Exact expected retrieval metrics under a uniformly random ranking.
+
+    For a query with R relevant items among N gallery items (N = n_gallery,
+    or n_gallery - 1 with ``exclude_self``):
+
+    * ``E[hit@k] = 1 - C(N-R, k) / C(N, k)``
+    * ``E[AP] = (1/R) sum_{k=1..N} (R/N) (1 + (k-1)(R-1)/(N-1)) / k
+      = (H_N + (R-1)(N - H_N)/(N-1)) / N`` with ``H_N`` the N-th harmonic number
+    * ``E[first relevant rank] = (N+1)/(R+1)``
+
+    ``R@k``, ``mAP`` and ``mean_rank`` average these over queries (queries
+    without relevant items are skipped, as in :func:`retrieval_metrics`).
+    ``median_rank`` is the median of the first-relevant-rank distribution
+    pooled over queries (smallest r with pooled P(rank <= r) >= 1/2), i.e.
+    what the median rank of a large random run converges to.
+
+    Args:
+      query_keys: [n_query] keys; gallery_keys: [n_gallery] keys.
+      ks: cutoffs; exclude_self: as in :func:`retrieval_metrics` (requires
+        ``n_query == n_gallery``).
+
+    Returns:
+      dict with the same keys as :func:`retrieval_metrics`.
+    """
+    ks = _as_ks(ks)
+    query_keys = np.asarray(query_keys)
+    gallery_keys = np.asarray(gallery_keys)
+    for name, keys in (("query_keys", query_keys), ("gallery_keys", gallery_keys)):
+        if keys.ndim != 1:
+            raise ValueError(f"{name} must be a 1-D array of keys; got shape {keys.shape}")
+        if keys.shape[0] == 0:
+            raise ValueError(f"{name} is empty")
+    if exclude_self and query_keys.shape[0] != gallery_keys.shape[0]:
+        raise ValueError(
+            "exclude_self=True needs query and gallery to be the same set, but query_keys has "
+            f"{query_keys.shape[0]} entries and gallery_keys {gallery_keys.shape[0]}"
+        )
+    n_relevant_all, n_items = _relevant_counts(query_keys, gallery_keys, exclude_self)
+    kept = n_relevant_all > 0
+    if not kept.any():
+        raise ValueError(
+            "no query has a relevant gallery item; check that query_keys and gallery_keys "
+            "use the same ids"
+        )
+    n_relevant = n_relevant_all[kept]
+    n_kept = n_relevant.size
+    big_n = float(n_items)
+
+    # Survival function of the first relevant rank, pooled over queries:
+    # P(first > r) = C(N-R, r) / C(N, r) = prod_{t<r} (N-R-t)/(N-t).
+    unique_r, r_counts = np.unique(n_relevant, return_counts=True)
+    t = np.arange(n_items, dtype=np.float64)
+    pooled_survival = np.zeros(n_items + 1)  # index r -> P(first rank > r)
+    for r_value, weight in zip(unique_r, r_counts):
+        factors = np.clip((big_n - r_value - t) / (big_n - t), 0.0, None)
+        survival = np.concatenate(([1.0], np.cumprod(factors)))
+        pooled_survival += weight * survival
+    pooled_survival /= n_kept
+
+    result: dict[str, float | int] = {}
+    for k in ks:
+        result[f"R@{k}"] = float(1.0 - pooled_survival[min(k, n_items)])
+
+    harmonic = float(np.sum(1.0 / np.arange(1, n_items + 1)))
+    if n_items > 1:
+        expected_ap = (harmonic + (n_relevant - 1) * (big_n - harmonic) / (big_n - 1)) / big_n
+    else:
+        expected_ap = np.ones(n_kept)
+    result["mAP"] = float(np.mean(expected_ap))
+    pooled_cdf = 1.0 - pooled_survival
+    result["median_rank"] = float(np.argmax(pooled_cdf >= 0.5 - 1e-12))
+    result["mean_rank"] = float(np.mean((big_n + 1.0) / (n_relevant + 1.0)))
+    result["n_queries"] = int(n_kept)
+    result["n_skipped"] = int(query_keys.shape[0] - n_kept)
+    result["n_gallery"] = int(gallery_keys.shape[0])
+    return result
+
+
+# ---------------------------------------------------------------------------
+# geometry
+# ---------------------------------------------------------------------------
+
+
+def modality_gap(emb_a: Any, emb_b: Any) -> float:
+    """Euclidean distance between the centroids of the L2-normalised rows.
+
+    Liang et al. 2022, "Mind the Gap".  0 for identical sets, at most 2.
+
+    Args:
+      emb_a: [n_a, d] float; emb_b: [n_b, d] float.
+    """
+    emb_a = _as_embeddings("emb_a", emb_a)
+    emb_b = _as_embeddings("emb_b", emb_b)
+    _check_same_dim("emb_a", emb_a, "emb_b", emb_b)
+    centroid_a = _l2_normalise(emb_a.astype(np.float64)).mean(axis=0)
+    centroid_b = _l2_normalise(emb_b.astype(np.float64)).mean(axis=0)
+    return float(np.linalg.norm(centroid_a - centroid_b))
+
+
+def silhouette_cosine(
+    emb: Any,
+    labels: Any,
+    sample_size: int | None = None,
+    seed: int = 0,
+    chunk_size: int = 1024,
+) -> float:
+    """Mean silhouette coefficient with cosine distance ``1 - cos``.
+
+    Matches ``sklearn.metrics.silhouette_score(emb, labels, metric="cosine")``:
+    distances are clipped to [0, 2], a point's distance to itself is 0, and
+    points in singleton clusters score 0.  O(N^2) time, O(N * chunk_size)
+    memory.
+
+    Args:
+      emb: [n, d] float embeddings.
+      labels: [n] cluster labels; need 2 <= n_labels <= n - 1 (after sampling).
+      sample_size: if given, score a random subset of this many rows (drawn
+        without replacement with ``np.random.default_rng(seed)``).
+      seed: seed for the subsample.
+      chunk_size: rows of the distance matrix computed at a time.
+    """
+    emb = _as_embeddings("emb", emb)
+    labels = _as_keys("labels", labels, emb.shape[0], "emb")
+    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    if sample_size is not None:
+        sample_size = _check_positive_int("sample_size", sample_size)
+        if sample_size < emb.shape[0]:
+            idx = np.random.default_rng(seed).choice(emb.shape[0], size=sample_size, replace=False)
+            emb, labels = emb[idx], labels[idx]
+    n = emb.shape[0]
+    unique_labels, label_index = np.unique(labels, return_inverse=True)
+    n_labels = unique_labels.size
+    if not 2 <= n_labels <= n - 1:
+        raise ValueError(
+            f"silhouette needs 2 <= number of distinct labels <= n_samples - 1; got "
+            f"{n_labels} labels for {n} samples"
+        )
+    unit = _l2_normalise(emb.astype(np.float64))
+    one_hot = np.zeros((n, n_labels))
+    one_hot[np.arange(n), label_index] = 1.0
+    cluster_sizes = one_hot.sum(axis=0)
+
+    scores = np.empty(n)
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        rows = np.arange(stop - start)
+        distances = np.clip(1.0 - unit[start:stop] @ unit.T, 0.0, 2.0)
+        distances[rows, rows + start] = 0.0
+        sums = distances @ one_hot  # [c, n_labels]
+        own = label_index[start:stop]
+        own_size = cluster_sizes[own]
+        intra = sums[rows, own] / np.maximum(own_size - 1, 1)
+        mean_to_cluster = sums / cluster_sizes[None, :]
+        mean_to_cluster[rows, own] = np.inf
+        inter = mean_to_cluster.min(axis=1)
+        denom = np.maximum(intra, inter)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s = np.where(denom > 0, (inter - intra) / denom, 0.0)
+        s[own_size <= 1] = 0.0
+        scores[start:stop] = s
+    return float(np.mean(scores))
+
+
+# ---------------------------------------------------------------------------
+# reconstruction
+# ---------------------------------------------------------------------------
+
+
+def mean_cosine(pred: Any, target: Any) -> float:
+    """Mean row-wise cosine similarity between predictions and targets.
+
+    Args:
+      pred: [n, d] float; target: [n, d] float (same shape).
+    """
+    pred = _as_embeddings("pred", pred)
+    target = _as_embeddings("target", target)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape; got {pred.shape} vs {target.shape}")
+    cos = np.sum(_l2_normalise(pred.astype(np.float64)) * _l2_normalise(target.astype(np.float64)), axis=1)
+    return float(np.mean(cos))
+
+
+def mean_predictor_cosine(train_target: Any, target: Any) -> float:
+    """Cosine baseline of a predictor that always outputs the mean train target.
+
+    The constant prediction is the plain (un-normalised) mean of the rows of
+    ``train_target``; the result is the mean over rows of ``target`` of its
+    cosine with that vector.
+
+    Args:
+      train_target: [n_train, d] float; target: [n, d] float.
+    """
+    train_target = _as_embeddings("train_target", train_target)
+    target = _as_embeddings("target", target)
+    _check_same_dim("train_target", train_target, "target", target)
+    mean_vector = train_target.astype(np.float64).mean(axis=0)
+    norm = np.linalg.norm(mean_vector)
+    if not norm > 0:
+        raise ValueError("the mean of train_target is the zero vector; its cosine with targets is undefined")
+    cos = _l2_normalise(target.astype(np.float64)) @ (mean_vector / norm)
+    return float(np.mean(cos))

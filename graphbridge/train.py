@@ -1,0 +1,478 @@
+"""Training: state, the one jitted train step, checkpointed training loop.
+
+The train state is a plain dict (big_vision style):
+  {"step": int32, "params": {"edges": {bucket: stacked}, "globals": {...}}, "opt": optax state,
+   "rng": key, "weights": loss weights, "health": first non-finite step and which terms/edges}
+Frozen edges (e.g. the old graph when grafting) are a separate, non-donated argument: they take
+part in every path and cycle but have no optimizer state and never change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from graphbridge import checkpoint as ckpt_lib
+from graphbridge import data as data_lib
+from graphbridge import objectives
+from graphbridge.graph import Edge, GraphError, ModalityGraph
+from graphbridge.translators import (EdgeLayout, TranslatorArch, dtype_from_name, init_edge_params, stack,
+                                     unstack)
+
+PyTree = Any
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss term or gradient became NaN/inf; the message names the term and edge."""
+
+
+class ConfigError(ValueError):
+  """The config asks for something that does not exist; the message lists the valid choices."""
+
+
+# ---- setup from config --------------------------------------------------------------------------
+
+def _names(value) -> tuple[str, ...]:
+  """Config lists may be given as tuples or as one comma-separated string."""
+  if value is None:
+    return ()
+  if isinstance(value, str):
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+  return tuple(str(v) for v in value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything static about a run: graph, translator layout, loss plan, dtypes, batch size."""
+  layout: EdgeLayout
+  plan: objectives.LossPlan
+  compute_dtype: str
+  batch_size: int
+  infonce_positives: str
+
+  @property
+  def graph(self) -> ModalityGraph:
+    return self.layout.graph
+
+
+def arch_from_config(model_cfg) -> TranslatorArch:
+  return TranslatorArch(hidden=tuple(model_cfg.hidden), activation=model_cfg.activation,
+                        layer_norm=bool(model_cfg.layer_norm), residual=bool(model_cfg.residual))
+
+
+def loss_settings_from_config(loss_cfg) -> objectives.LossSettings:
+  sup = _names(loss_cfg.get("supervised_edges", ""))
+  starts = _names(loss_cfg.get("cycle_starts", ""))
+  return objectives.LossSettings(
+      edge_cos=float(loss_cfg.edge_cos), infonce=float(loss_cfg.infonce),
+      temperature=float(loss_cfg.temperature), learn_temperature=bool(loss_cfg.learn_temperature),
+      cycle_weights=tuple(float(w) for w in loss_cfg.cycle_weights),
+      supervised_edges=sup or None, cycle_starts=starts or None)
+
+
+def graph_from_config(config, dataset: data_lib.Dataset) -> ModalityGraph:
+  edges = _names(config.graph.get("edges", ""))
+  if edges:
+    graph = ModalityGraph.build(dataset.dims)
+    for e in edges:
+      graph = graph.add_edge(e)
+  else:
+    graph = dataset.default_graph()
+  for e in _names(config.graph.get("extra_edges", "")):
+    if Edge.parse(e) not in graph.edges:
+      graph = graph.add_edge(e)
+  dataset.check_graph(graph)
+  return graph
+
+
+def build_setup(config, dataset: data_lib.Dataset, graph: ModalityGraph | None = None,
+                frozen: Sequence[str] = ()) -> Setup:
+  graph = graph or graph_from_config(config, dataset)
+  frozen = tuple(frozen) + _names(config.graph.get("frozen", ""))
+  layout = EdgeLayout.build(graph, arch_from_config(config.model), frozen=frozen)
+  paired = [e for e in graph.edges if len(dataset.pairs_for(e.src, e.dst))]
+  plan = objectives.build_plan(layout, loss_settings_from_config(config.loss), paired)
+  dtype_from_name(config.model.compute_dtype)  # validate early
+  positives = config.loss.get("infonce_positives", "label")
+  if positives not in ("label", "pair"):
+    raise ConfigError(f"loss.infonce_positives={positives!r}: choose 'label' or 'pair'")
+  return Setup(layout, plan, config.model.compute_dtype, int(config.data.batch_size), positives)
+
+
+# ---- optimizer and state ------------------------------------------------------------------------
+
+def total_steps(config) -> int:
+  return int(config.train.steps) + int(config.finetune.steps)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  opt = config.optim
+  main = optax.warmup_cosine_decay_schedule(
+      0.0, opt.lr, warmup_steps=min(int(opt.warmup_steps), max(int(config.train.steps) - 1, 1)),
+      decay_steps=max(int(config.train.steps), 2), end_value=opt.lr * opt.get("final_lr_fraction", 0.05))
+  schedule = main
+  if int(config.finetune.steps) > 0:
+    schedule = optax.join_schedules(
+        [main, optax.constant_schedule(opt.lr * config.finetune.lr_scale)], [int(config.train.steps)])
+  choices = {
+      "adam": lambda: optax.adam(schedule, b1=opt.b1, b2=opt.b2),
+      "adamw": lambda: optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay),
+      "sgd": lambda: optax.sgd(schedule, momentum=0.9),
+  }
+  if opt.name not in choices:
+    raise ConfigError(f"optim.name={opt.name!r}: choose one of {', '.join(choices)}")
+  parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip and opt.grad_clip > 0 else []
+  return optax.chain(*parts, choices[opt.name]())
+
+
+def phase_weights(config, settings: objectives.LossSettings, step: int) -> dict[str, jax.Array]:
+  """Loss weights for `step`: the main phase, then (after train.steps) contrastive fine-tuning."""
+  weights = objectives.initial_weights(settings)
+  if int(config.finetune.steps) > 0 and step >= int(config.train.steps):
+    ft = config.finetune
+    weights = {"edge_cos": jnp.float32(ft.edge_cos), "infonce": jnp.float32(ft.infonce),
+               "cycle": weights["cycle"] * ft.cycle_scale}
+  return weights
+
+
+def initial_globals(settings: objectives.LossSettings) -> dict:
+  if settings.learn_temperature:
+    return {"log_inv_temperature": jnp.float32(np.log(1.0 / settings.temperature))}
+  return {}
+
+
+def init_state(setup: Setup, tx: optax.GradientTransformation, seed: int,
+               weights: Mapping[str, jax.Array]) -> dict:
+  layout = setup.layout
+  per_edge = {e.name: init_edge_params(e, b.d_in, b.d_out, b.arch, seed)
+              for b in layout.trainable_buckets for e in b.edges}
+  params = {"edges": stack(layout, per_edge, trainable_only=True),
+            "globals": initial_globals(setup.plan.settings)}
+  return {"step": jnp.int32(0), "params": params, "opt": tx.init(params),
+          "rng": jax.random.PRNGKey(seed), "weights": dict(weights), "health": _fresh_health(setup)}
+
+
+def _fresh_health(setup: Setup) -> dict:
+  plan = setup.plan
+  return {"bad_step": jnp.int32(-1),
+          "terms_finite": {k: jnp.ones((len(v),), bool) for k, v in plan.term_names().items()},
+          "grads_finite": {b.key: jnp.ones((b.size,), bool) for b in setup.layout.trainable_buckets}}
+
+
+# ---- the step ----------------------------------------------------------------------------------
+
+def per_edge_grad_norms(grads_edges: Mapping[str, PyTree]) -> dict[str, jax.Array]:
+  """{bucket: [E_b]} L2 norm of each edge's gradient."""
+  out = {}
+  for key, tree in grads_edges.items():
+    sq = [jnp.sum(jnp.square(g.astype(jnp.float32)).reshape(g.shape[0], -1), axis=1)
+          for g in jax.tree.leaves(tree)]
+    out[key] = jnp.sqrt(sum(sq))
+  return out
+
+
+def make_step_fn(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite: bool = True) -> Callable:
+  """step(state, frozen_edges, batch) -> (state, metrics); pure, not yet jitted."""
+  plan, dtype = setup.plan, dtype_from_name(setup.compute_dtype)
+
+  def step(state, frozen, batch):
+    def loss(params):
+      return objectives.loss_fn(plan, params, frozen, batch, state["weights"], dtype)
+
+    (total, aux), grads = jax.value_and_grad(loss, has_aux=True)(state["params"])
+    grad_norms = per_edge_grad_norms(grads["edges"])
+    updates, new_opt = tx.update(grads, state["opt"], state["params"])
+    new_params = optax.apply_updates(state["params"], updates)
+    terms_finite = {k: jnp.isfinite(v) for k, v in aux["terms"].items()}
+    grads_finite = {k: jnp.isfinite(v) for k, v in grad_norms.items()}
+    finite = jnp.isfinite(total) & jnp.all(jnp.asarray(
+        [jnp.all(v) for v in list(terms_finite.values()) + list(grads_finite.values())]))
+    if skip_nonfinite:  # a bad step leaves params and optimizer untouched; the host stops the run
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      new_params, new_opt = keep(new_params, state["params"]), keep(new_opt, state["opt"])
+    health = state["health"]
+    first_bad = (health["bad_step"] < 0) & ~finite
+    health = {
+        "bad_step": jnp.where(first_bad, state["step"], health["bad_step"]),
+        "terms_finite": jax.tree.map(lambda new, old: jnp.where(first_bad, new, old),
+                                     terms_finite, health["terms_finite"]),
+        "grads_finite": jax.tree.map(lambda new, old: jnp.where(first_bad, new, old),
+                                     grads_finite, health["grads_finite"]),
+    }
+    new_state = {**state, "step": state["step"] + 1, "params": new_params, "opt": new_opt,
+                 "health": health}
+    metrics = {"loss/total": total, "terms": aux["terms"], "cycle_by_length": aux["cycle_by_length"],
+               "grad_norm": grad_norms, "inv_temperature": aux["inv_temperature"]}
+    return new_state, metrics
+
+  return step
+
+
+def make_device_step(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite: bool = True,
+                     donate: bool = True) -> Callable:
+  """jit(step(state, frozen, arrays)): draws the batch on device, then one optimizer step.
+
+  The batch RNG is fold_in(state.rng, state.step), so a resumed run sees the same batches."""
+  step = make_step_fn(setup, tx, skip_nonfinite)
+
+  def device_step(state, frozen, arrays):
+    key = jax.random.fold_in(state["rng"], state["step"])
+    batch = data_lib.sample_batch(arrays, key, setup.batch_size)
+    return step(state, frozen, batch)
+
+  return jax.jit(device_step, donate_argnums=(0,) if donate else ())
+
+
+def sampler_arrays(setup: Setup, dataset: data_lib.Dataset) -> dict:
+  arrays = data_lib.device_arrays(dataset, setup.graph, setup.plan.supervised, setup.plan.starts)
+  if setup.infonce_positives == "pair":
+    arrays["pair_labels"] = {k: np.arange(len(v), dtype=np.int32) for k, v in arrays["pairs"].items()}
+  else:
+    for e in setup.plan.supervised:
+      if not data_lib.pair_label_agreement(dataset, e.src, e.dst, arrays["pairs"][e.name]):
+        arrays["pair_labels"][e.name] = np.arange(len(arrays["pairs"][e.name]), dtype=np.int32)
+  return arrays
+
+
+# ---- health ------------------------------------------------------------------------------------
+
+def raise_if_unhealthy(setup: Setup, health: Mapping) -> None:
+  health = jax.device_get(health)
+  bad_step = int(health["bad_step"])
+  if bad_step < 0:
+    return
+  names = setup.plan.term_names()
+  bad_terms = [f"{kind} {names[kind][i]}" for kind, ok in health["terms_finite"].items()
+               for i in np.nonzero(~np.asarray(ok))[0]]
+  bad_grads = [setup.layout.bucket_by_key[key].edges[i].name for key, ok in health["grads_finite"].items()
+               for i in np.nonzero(~np.asarray(ok))[0]]
+  parts = []
+  if bad_terms:
+    parts.append("non-finite loss term(s): " + ", ".join(bad_terms))
+  if bad_grads:
+    parts.append("non-finite gradient for edge(s): " + ", ".join(bad_grads))
+  raise NonFiniteError(f"step {bad_step}: " + ("; ".join(parts) or "non-finite total loss") +
+                       " (the update was skipped; checkpoints hold the last good state)")
+
+
+# ---- checkpoint glue ---------------------------------------------------------------------------
+
+def run_meta(setup: Setup, config, dataset: data_lib.Dataset | None) -> dict:
+  meta = {"layout": setup.layout.to_dict(), "compute_dtype": setup.compute_dtype,
+          "config": json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort")
+          else {}}
+  if dataset is not None:
+    meta["data"] = {"source": dataset.source, "fingerprint": dataset.fingerprint()}
+  return meta
+
+
+def state_to_items(setup: Setup, state: Mapping) -> tuple[dict, dict]:
+  """Split a train state into ({edge_name: {"params", "opt"}}, train item)."""
+  state = jax.device_get(state)
+  params_by_edge, globals_ = ckpt_lib.split_by_edge(setup.layout, state["params"])
+  opt_by_edge, opt_shared = ckpt_lib.split_by_edge(setup.layout, state["opt"])
+  edge_items = {e: {"params": params_by_edge[e], "opt": opt_by_edge.get(e, {})} for e in params_by_edge}
+  train_item = {"step": np.asarray(state["step"]), "rng": np.asarray(jax.random.key_data(state["rng"])
+                                                                      if jnp.issubdtype(state["rng"].dtype,
+                                                                                        jax.dtypes.prng_key)
+                                                                      else state["rng"]),
+                "weights": state["weights"], "health": state["health"], "globals": globals_,
+                "opt_shared": opt_shared}
+  return edge_items, train_item
+
+
+def items_to_state(setup: Setup, template: Mapping, edge_items: Mapping[str, Mapping],
+                   train_item: Mapping) -> dict:
+  """Rebuild a train state shaped like `template` from restored checkpoint items."""
+  layout = setup.layout
+  params_by_edge = {e: item["params"] for e, item in edge_items.items()}
+  opt_by_edge = {e: item.get("opt", {}) for e, item in edge_items.items()}
+  params = ckpt_lib.merge_by_edge(layout, template["params"], params_by_edge, train_item.get("globals", {}))
+  opt = ckpt_lib.merge_by_edge(layout, template["opt"], opt_by_edge, train_item.get("opt_shared", {}))
+  health = ckpt_lib.merge_by_edge(layout, template["health"], {}, train_item["health"])
+  return {"step": jnp.int32(train_item["step"]), "params": jax.tree.map(jnp.asarray, params),
+          "opt": jax.tree.map(jnp.asarray, opt), "rng": jnp.asarray(train_item["rng"], jnp.uint32),
+          "weights": jax.tree.map(jnp.asarray, dict(train_item["weights"])),
+          "health": jax.tree.map(jnp.asarray, health)}
+
+
+def check_meta_matches(setup: Setup, meta: Mapping, step: int, directory: str) -> None:
+  saved = meta.get("layout", {})
+  now = setup.layout.to_dict()
+  if saved.get("graph") != now["graph"]:
+    raise ckpt_lib.CheckpointError(
+        f"checkpoint step {step} in {directory} was written for another graph "
+        f"({ModalityGraph.from_dict(saved['graph']).describe() if 'graph' in saved else 'unknown'}) but the "
+        f"config builds {setup.graph.describe()}; use a fresh --workdir or the matching config")
+  if saved.get("arch") != now["arch"]:
+    raise ckpt_lib.CheckpointError(f"checkpoint step {step} in {directory}: translator architecture differs "
+                                   "from the config; use a fresh --workdir or the matching config")
+
+
+def restore_state(setup: Setup, checkpoints: ckpt_lib.Checkpoints, template: Mapping,
+                  step: int | None = None) -> tuple[dict, int] | tuple[None, None]:
+  step = checkpoints.latest_complete_step() if step is None else step
+  if step is None:
+    return None, None
+  meta = checkpoints.check_complete(step)
+  check_meta_matches(setup, meta, step, checkpoints.directory)
+  edges = [e.name for e in setup.layout.trainable_edges]
+  edge_items = checkpoints.restore_edges(step, edges)
+  train_item = checkpoints.restore_train(step)
+  return items_to_state(setup, template, edge_items, train_item), step
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+
+def flat_metrics(setup: Setup, metrics: Mapping) -> dict[str, float]:
+  """Host-side flat dict {"loss/total": .., "loss/edge_cos/image->text": .., "loss/cycle/2": ..}."""
+  m = jax.device_get(metrics)
+  names = setup.plan.term_names()
+  out = {"loss/total": float(m["loss/total"])}
+  for kind in ("edge_cos", "infonce"):
+    values = np.asarray(m["terms"][kind])
+    if len(values):
+      out[f"loss/{kind}"] = float(values.mean())
+      for name, v in zip(names[kind], values):
+        out[f"loss/{kind}/{name}"] = float(v)
+  for i, v in enumerate(np.asarray(m["cycle_by_length"])):
+    if any(length == i + 2 for length in setup.plan.cycle_lengths):
+      out[f"loss/cycle/{i + 2}"] = float(v)
+  for key, norms in m["grad_norm"].items():
+    for edge, v in zip(setup.layout.bucket_by_key[key].edges, np.asarray(norms)):
+      out[f"grad_norm/{edge.name}"] = float(v)
+  out["inv_temperature"] = float(m["inv_temperature"])
+  return out
+
+
+class MetricWriter:
+  """Appends one JSON object per logged step to workdir/metrics.jsonl (process 0 only)."""
+
+  def __init__(self, path: str | None):
+    self.path = path if jax.process_index() == 0 else None
+    if self.path:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+
+  def write(self, step: int, values: Mapping[str, float]) -> None:
+    if self.path:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": int(step), **values}) + "\n")
+
+
+def read_metrics(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainResult:
+  setup: Setup
+  state: dict
+  frozen: dict
+  dataset: data_lib.Dataset
+  steps_run: int
+  seconds: float
+  compile_seconds: float
+  final_metrics: dict
+
+  @property
+  def params(self) -> dict:
+    """{bucket: stacked} for every edge, trainable and frozen (what compose/evaluate take)."""
+    return {**self.frozen, **self.state["params"]["edges"]}
+
+  def edge_params(self) -> dict:
+    return unstack(self.setup.layout, self.params)
+
+
+def _log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_lib.Dataset | None = None,
+          frozen_params: Mapping[str, PyTree] | None = None, graph: ModalityGraph | None = None,
+          log: Callable[[str], None] = _log) -> TrainResult:
+  """Train translators as `config` says; checkpoints and metrics under `workdir` (None: neither).
+
+  Resumes from the latest complete checkpoint in workdir. frozen_params: {edge_name: params} of
+  edges that take part but are not trained (their edges must be in `graph`)."""
+  dataset = dataset if dataset is not None else data_lib.load_named(config.data.get("path") or config.data.name)
+  frozen_params = dict(frozen_params or {})
+  setup = build_setup(config, dataset, graph=graph, frozen=tuple(frozen_params))
+  layout, plan = setup.layout, setup.plan
+  frozen = stack(layout, frozen_params, buckets=layout.frozen_buckets) if frozen_params else {}
+  tx = make_optimizer(config)
+  n_total = total_steps(config)
+  state = init_state(setup, tx, int(config.seed), phase_weights(config, plan.settings, 0))
+
+  checkpoints = None
+  start = 0
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                       max_to_keep=int(config.train.get("keep_checkpoints", 2)))
+    restored, restored_step = restore_state(setup, checkpoints, state)
+    if restored is not None:
+      state, start = restored, int(restored_step)
+      log(f"resumed from checkpoint step {start} in {checkpoints.directory}")
+  writer = MetricWriter(os.path.join(workdir, "metrics.jsonl") if workdir else None)
+
+  arrays = jax.device_put(sampler_arrays(setup, dataset))
+  step_fn = make_device_step(setup, tx, skip_nonfinite=bool(config.train.get("skip_nonfinite", True)))
+  log(f"graph: {setup.graph.describe()}")
+  log(f"plan: {len(plan.supervised)} supervised edges, {len(plan.cycles)} cycles "
+      f"(lengths {sorted(set(plan.cycle_lengths))}), {plan.applications} translator applications/step, "
+      f"{len(layout.buckets)} buckets; {start}/{n_total} steps done")
+
+  log_every = max(int(config.train.log_every), 1)
+  ckpt_every = int(config.train.checkpoint_every)
+  metrics, compile_seconds = None, 0.0
+  t_start = t_last = time.perf_counter()
+  last_logged = start
+  step = start
+  for step in range(start, n_total):
+    if int(config.finetune.steps) > 0 and step == int(config.train.steps):
+      state = {**state, "weights": phase_weights(config, plan.settings, step)}
+      log(f"step {step}: contrastive fine-tuning phase ({int(config.finetune.steps)} steps)")
+    state, metrics = step_fn(state, frozen, arrays)
+    done = step + 1
+    if step == start:
+      jax.block_until_ready(state["step"])
+      compile_seconds = time.perf_counter() - t_start
+      t_last, last_logged = time.perf_counter(), done
+    if done % log_every == 0 or done == n_total:
+      raise_if_unhealthy(setup, state["health"])
+      values = flat_metrics(setup, metrics)
+      now = time.perf_counter()
+      rate = (done - last_logged) / max(now - t_last, 1e-9) if done > last_logged else float("nan")
+      t_last, last_logged = now, done
+      writer.write(done, {**values, "steps_per_sec": rate})
+      cyc = " ".join(f"cyc{k.split('/')[-1]} {v:.3f}" for k, v in values.items() if k.startswith("loss/cycle/"))
+      sup = (f"cos {values['loss/edge_cos']:.3f} nce {values['loss/infonce']:.3f} "
+             if "loss/edge_cos" in values else "")
+      log(f"step {done}/{n_total}  loss {values['loss/total']:.4f}  {sup}{cyc}  {rate:.1f} steps/s")
+    if checkpoints and ckpt_every > 0 and (done % ckpt_every == 0 or done == n_total):
+      raise_if_unhealthy(setup, state["health"])
+      edge_items, train_item = state_to_items(setup, state)
+      checkpoints.save(done, edge_items, train_item, run_meta(setup, config, dataset))
+  if metrics is not None:
+    raise_if_unhealthy(setup, state["health"])
+  if checkpoints:
+    checkpoints.close()
+  seconds = time.perf_counter() - t_start
+  final = flat_metrics(setup, metrics) if metrics is not None else {}
+  return TrainResult(setup, state, frozen, dataset, n_total - start, seconds, compile_seconds, final)
