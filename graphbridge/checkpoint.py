@@ -212,7 +212,8 @@ class Checkpoints:
     try:
       with ocp.PyTreeCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(directory)
-        tree = metadata.tree if hasattr(metadata, "tree") else metadata
+        metadata = getattr(metadata, "item_metadata", metadata)  # StepMetadata in newer orbax
+        tree = getattr(metadata, "tree", metadata)
         return checkpointer.restore(directory, args=_numpy_restore_args(tree))
     except CheckpointError:
       raise

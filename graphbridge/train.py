@@ -476,3 +476,51 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
   seconds = time.perf_counter() - t_start
   final = flat_metrics(setup, metrics) if metrics is not None else {}
   return TrainResult(setup, state, frozen, dataset, n_total - start, seconds, compile_seconds, final)
+
+
+# ---- loading a trained run ---------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainedRun:
+  """A run restored from its checkpoint directory (for evaluation, grafting, composing paths)."""
+  layout: EdgeLayout
+  params: dict              # {bucket_key: stacked} for every edge
+  config: ml_collections.ConfigDict
+  meta: dict
+  step: int
+  workdir: str
+
+  @property
+  def graph(self) -> ModalityGraph:
+    return self.layout.graph
+
+  @property
+  def compute_dtype(self) -> str:
+    return self.meta.get("compute_dtype", "float32")
+
+  def edge_params(self) -> dict:
+    return unstack(self.layout, self.params)
+
+
+def layout_from_meta(meta: Mapping) -> EdgeLayout:
+  layout = meta["layout"]
+  graph = ModalityGraph.from_dict(layout["graph"])
+  arch = {e: TranslatorArch.from_dict(a) for e, a in layout["arch"].items()}
+  return EdgeLayout.build(graph, arch)  # every edge trainable: a restored run is a plain set of params
+
+
+def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
+  """Restore every edge's params from workdir/checkpoints (latest complete step by default)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise ckpt_lib.CheckpointError(f"no checkpoints in {workdir!r} (expected {directory}); train first")
+  checkpoints = ckpt_lib.Checkpoints(directory, max_to_keep=None, async_save=False, read_only=True)
+  step = checkpoints.latest_complete_step() if step is None else step
+  if step is None:
+    raise ckpt_lib.CheckpointError(f"no complete checkpoint in {directory}")
+  meta = checkpoints.check_complete(step)
+  layout = layout_from_meta(meta)
+  items = checkpoints.restore_edges(step, [e.name for e in layout.graph.edges])
+  params = stack(layout, {e: jax.tree.map(jnp.asarray, item["params"]) for e, item in items.items()})
+  config = ml_collections.ConfigDict(meta.get("config", {}))
+  return TrainedRun(layout, params, config, meta, step, workdir)
