@@ -82,6 +82,8 @@ def split_by_edge(layout: EdgeLayout, tree: PyTree) -> tuple[dict[str, dict], di
   shared: dict = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     keys = [_key_str(k) for k in path]
+    if np.size(leaf) == 0:  # Orbax cannot store empty arrays; merge_by_edge takes them from the template
+      continue
     bucket, rest = _edge_leaf_location(layout, keys)
     if bucket is None:
       _set_nested(shared, keys or ["value"], np.asarray(leaf))
@@ -99,6 +101,9 @@ def merge_by_edge(layout: EdgeLayout, template: PyTree, per_edge: Mapping[str, M
   leaves = []
   for path, leaf in leaves_with_path:
     keys = [_key_str(k) for k in path]
+    if np.size(leaf) == 0:
+      leaves.append(np.asarray(leaf))
+      continue
     bucket, rest = _edge_leaf_location(layout, keys)
     try:
       if bucket is None:

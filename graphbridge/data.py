@@ -182,11 +182,18 @@ class Dataset:
         graph = graph.add_edge(edge)
     return graph
 
-  def check_graph(self, graph: ModalityGraph) -> None:
-    """The graph's nodes must be modalities of the data with the same dims."""
+  def check_graph(self, graph: ModalityGraph, virtual: Iterable[str] = ()) -> None:
+    """The graph's nodes must be modalities of the data with the same dims, except `virtual` nodes
+    (spaces with no rows of their own, e.g. a shared projection space)."""
+    virtual = set(virtual)
     for name, dim in graph.nodes:
+      if name in virtual:
+        if name in self.modalities:
+          raise GraphError(f"virtual node {name!r} clashes with a modality of the data")
+        continue
       if name not in self.modalities:
-        raise GraphError(f"graph node {name!r} is not in the data (modalities: {', '.join(self.names)})")
+        raise GraphError(f"graph node {name!r} is not in the data (modalities: {', '.join(self.names)}); "
+                         "declare nodes without data as virtual (graph.virtual_nodes='name:dim')")
       if self.modalities[name].dim != dim:
         raise GraphError(f"dimension mismatch for {name!r}: graph says {dim}, data has "
                          f"{self.modalities[name].dim}")
@@ -292,13 +299,13 @@ def pair_label_agreement(dataset: Dataset, src: str, dst: str, pairs: np.ndarray
   return bool(np.all(a.labels[pairs[:, 0]] == b.labels[pairs[:, 1]]))
 
 
-def device_arrays(dataset: Dataset, graph: ModalityGraph, supervised: Sequence[Edge],
+def device_arrays(dataset: Dataset, graph: ModalityGraph, pair_sets: Sequence[Edge],
                   starts: Sequence[str]) -> dict:
   """The arrays a device-resident sampler needs, as a pytree of numpy arrays.
 
-  {"emb": {m: [N_m, d]}, "rows": {m: [n_train_m] int32}, "pairs": {edge: [P, 2] int32},
-   "pair_labels": {edge: [P] int32}}"""
-  needed = set(starts) | {e.src for e in supervised} | {e.dst for e in supervised}
+  {"emb": {m: [N_m, d]}, "rows": {m: [n_train_m] int32}, "pairs": {"a->b": [P, 2] int32},
+   "pair_labels": {"a->b": [P] int32}}"""
+  needed = set(starts) | {e.src for e in pair_sets} | {e.dst for e in pair_sets}
   out = {"emb": {}, "rows": {}, "pairs": {}, "pair_labels": {}}
   rows = train_rows(dataset)
   for m in graph.node_names:
@@ -306,10 +313,10 @@ def device_arrays(dataset: Dataset, graph: ModalityGraph, supervised: Sequence[E
       out["emb"][m] = dataset.modalities[m].emb
   for m in starts:
     out["rows"][m] = rows[m]
-  for edge in supervised:
+  for edge in pair_sets:
     pairs = dataset.pairs_for(edge.src, edge.dst)
     if len(pairs) == 0:
-      raise DataError(f"edge {edge.name} has a supervised loss but no train pairs (pair sets: "
+      raise DataError(f"{edge.src}<->{edge.dst}: a pair loss needs train pairs but there are none (pair sets: "
                       f"{', '.join(dataset.pair_names) or 'none'})")
     out["pairs"][edge.name] = pairs.astype(np.int32)
     labels = dataset.modalities[edge.src].labels

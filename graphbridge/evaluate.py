@@ -1,28 +1,41 @@
-"""Cross-modal retrieval evaluation, strategy-agnostic.
+"""Cross-modal evaluation, strategy-agnostic: retrieval, modality gap, silhouette, reconstruction.
 
 An *aligner* says, for a (query modality, gallery modality, route), how to put query rows and
 gallery rows into one space where cosine similarity ranks the gallery. The translator graph does
 it by translating queries along a path into the gallery's space; projector strategies (pivot,
-pairwise, C-MCR) project both sides into a shared space. Every strategy is scored by the same code.
+pairwise, C-MCR) project both sides into a shared space. Every strategy is scored by the same code:
+a route is an opaque string owned by the aligner, and every row carries `strategy` and `route`.
+
+Hop distances (`hops` in retrieval and gap rows) are measured in the *paired-data* graph (one
+edge per pair set in the data): 1 = the two modalities were paired in training, 2+ = never paired
+(zero-shot), None = not connected at all. Reconstruction rows count translators applied instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+import zlib
+from typing import Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from graphbridge import metrics as metrics_lib
 from graphbridge.data import Dataset
-from graphbridge.graph import GraphError, ModalityGraph, path_name
+from graphbridge.graph import GraphError, ModalityGraph, path_edges, path_name
 
 METRIC_KEYS = ("R@1", "R@5", "R@10", "mAP", "median_rank")
 
 
 class Aligner(Protocol):
+  """What evaluation needs from a strategy.
+
+  Optional extras, used when present: `route_ends(route) -> (query, gallery)` (needed for named
+  routes that are not plain `a->b->c` paths) and `translate(route, x)` plus `layout` (a
+  translator graph: enables the reconstruction table).
+  """
   name: str
 
   def default_route(self, query: str, gallery: str) -> str | None:
@@ -39,6 +52,7 @@ def pairs_graph(dataset: Dataset) -> ModalityGraph:
 
 
 def split_rows(dataset: Dataset, modality: str, split: str) -> np.ndarray:
+  """Row indices [n] of `modality` in `split` ("test", "train" or "all")."""
   mod = dataset.modalities[modality]
   if split == "test":
     mask = mod.test
@@ -61,47 +75,419 @@ def levels_available(dataset: Dataset, query: str, gallery: str) -> list[str]:
   return levels
 
 
+def route_ends(aligner: Aligner, route: str) -> tuple[str, str]:
+  """(query, gallery) of a route: asked of the aligner if it can say, else the ends of `a->...->b`."""
+  ends = getattr(aligner, "route_ends", None)
+  if ends is not None:
+    return ends(route)
+  nodes = [n.strip() for n in route.split("->")]
+  return nodes[0], nodes[-1]
+
+
+def _stable_rng(seed: int, *names: str) -> np.random.Generator:
+  return np.random.default_rng([int(seed)] + [zlib.crc32(n.encode()) for n in names])
+
+
+def _subsample(rows: np.ndarray, size: int | None, seed: int, *names: str) -> np.ndarray:
+  """At most `size` of `rows` (sorted, deterministic per names)."""
+  if size is None or len(rows) <= size:
+    return rows
+  return np.sort(_stable_rng(seed, *names).choice(rows, size, replace=False))
+
+
+# ---- routes and their encodings -----------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RouteSpec:
+  query: str
+  gallery: str
+  route: str
+  named: bool = False   # asked for by name (eval.paths / --paths), not the aligner's default
+
+
+def planned_routes(aligner: Aligner, dataset: Dataset, extra_routes: Iterable[str] = (),
+                   pairs: Sequence[tuple[str, str]] | None = None) -> list[RouteSpec]:
+  """The default route of every ordered pair of distinct modalities (or of `pairs`), then named routes."""
+  names = dataset.names
+  wanted = [(q, g) for q in names for g in names if q != g] if pairs is None else list(pairs)
+  specs = []
+  for query, gallery in wanted:
+    route = aligner.default_route(query, gallery)
+    if route is not None:
+      specs.append(RouteSpec(query, gallery, route))
+  for route in extra_routes:
+    route = route.strip()
+    query, gallery = route_ends(aligner, route)
+    for m in (query, gallery):
+      if m not in dataset.modalities:
+        raise GraphError(f"route {route}: modality {m!r} is not in the data (modalities: {', '.join(names)})")
+    if not any(s.route == route for s in specs):
+      specs.append(RouteSpec(query, gallery, route, named=True))
+  return specs
+
+
+@dataclasses.dataclass
+class Encoded:
+  """One route applied to the split's rows: zq [n_q, d], zg [n_g, d] in the compared space."""
+  spec: RouteSpec
+  query_rows: np.ndarray
+  gallery_rows: np.ndarray
+  zq: np.ndarray
+  zg: np.ndarray
+
+
+def encode_route(aligner: Aligner, dataset: Dataset, spec: RouteSpec, split: str) -> Encoded | None:
+  q_rows, g_rows = split_rows(dataset, spec.query, split), split_rows(dataset, spec.gallery, split)
+  if len(q_rows) == 0 or len(g_rows) == 0:
+    return None
+  zq, zg = aligner.encode(spec.query, spec.gallery, spec.route, dataset.modalities[spec.query].emb[q_rows],
+                          dataset.modalities[spec.gallery].emb[g_rows])
+  return Encoded(spec, q_rows, g_rows, np.asarray(zq), np.asarray(zg))
+
+
+class EncodingCache:
+  """Each (aligner, route) is encoded once and reused by retrieval, gap, silhouette and projection."""
+
+  def __init__(self, aligner: Aligner, dataset: Dataset, split: str):
+    self.aligner, self.dataset, self.split = aligner, dataset, split
+    self._cache: dict[RouteSpec, Encoded | None] = {}
+
+  def get(self, spec: RouteSpec) -> Encoded | None:
+    key = RouteSpec(spec.query, spec.gallery, spec.route)  # named or not: same encoding
+    if key not in self._cache:
+      self._cache[key] = encode_route(self.aligner, self.dataset, key, self.split)
+    return self._cache[key]
+
+
+# ---- retrieval ----------------------------------------------------------------------------------
+
 def retrieval_rows(aligner: Aligner, dataset: Dataset, split: str = "test",
                    extra_routes: Iterable[str] = (), ks: Sequence[int] = (1, 5, 10),
-                   pairs: Sequence[tuple[str, str]] | None = None) -> list[dict]:
-  """One row per (query, gallery, route, level) with R@k, mAP, median rank and chance values."""
+                   pairs: Sequence[tuple[str, str]] | None = None,
+                   cache: EncodingCache | None = None) -> list[dict]:
+  """One row per (query, gallery, route, level) with R@k, mAP, median rank and their chance values.
+
+  Routes: the aligner's default for every ordered pair (or `pairs`), then `extra_routes` by name.
+  Levels: "instance" where both modalities have ids, "class" where both have labels."""
   hops_graph = pairs_graph(dataset)
-  names = dataset.names
-  wanted = [(q, g, None) for q in names for g in names if q != g] if pairs is None else \
-      [(q, g, None) for q, g in pairs]
-  for route in extra_routes:
-    nodes = route.split("->")
-    wanted.append((nodes[0].strip(), nodes[-1].strip(), route))
+  cache = cache or EncodingCache(aligner, dataset, split)
   rows = []
-  for query, gallery, route in wanted:
-    route = route or aligner.default_route(query, gallery)
-    if route is None:
+  for spec in planned_routes(aligner, dataset, extra_routes, pairs):
+    enc = cache.get(spec)
+    if enc is None:
       continue
-    q_rows, g_rows = split_rows(dataset, query, split), split_rows(dataset, gallery, split)
-    if len(q_rows) == 0 or len(g_rows) == 0:
-      continue
-    zq, zg = aligner.encode(query, gallery, route, dataset.modalities[query].emb[q_rows],
-                            dataset.modalities[gallery].emb[g_rows])
-    for level in levels_available(dataset, query, gallery):
+    for level in levels_available(dataset, spec.query, spec.gallery):
       attr = "ids" if level == "instance" else "labels"
-      kq = getattr(dataset.modalities[query], attr)[q_rows]
-      kg = getattr(dataset.modalities[gallery], attr)[g_rows]
-      try:
-        scores = metrics_lib.retrieval_metrics(zq, zg, kq, kg, ks=ks)
-      except ValueError as exc:  # e.g. no query has a relevant gallery item
-        if "no query" in str(exc).lower() or "relevant" in str(exc).lower():
-          continue
-        raise
+      kq = getattr(dataset.modalities[spec.query], attr)[enc.query_rows]
+      kg = getattr(dataset.modalities[spec.gallery], attr)[enc.gallery_rows]
+      if not np.isin(kq, kg).any():  # no query has a relevant gallery item at this level
+        continue
+      scores = metrics_lib.retrieval_metrics(enc.zq, enc.zg, kq, kg, ks=ks)
       chance = metrics_lib.chance_retrieval_metrics(kq, kg, ks=ks)
-      row = {"strategy": aligner.name, "query": query, "gallery": gallery, "route": route,
-             "hops": hops_graph.hop_distance(query, gallery), "level": level, "split": split}
-      row.update({k: float(v) for k, v in scores.items()})
-      row.update({f"chance_{k}": float(chance[k]) for k in chance if k in scores and k.startswith(("R@", "mAP"))})
+      row = {"strategy": aligner.name, "query": spec.query, "gallery": spec.gallery, "route": spec.route,
+             "named_route": spec.named, "hops": hops_graph.hop_distance(spec.query, spec.gallery),
+             "level": level, "split": split}
+      row.update({k: (v if isinstance(v, int) else float(v)) for k, v in scores.items()})
+      row.update({f"chance_{k}": float(chance[k]) for k in chance
+                  if k.startswith(("R@", "mAP", "median_rank"))})
       rows.append(row)
   return rows
 
 
+# ---- modality gap -------------------------------------------------------------------------------
+
+def gap_rows(aligner: Aligner, dataset: Dataset, split: str = "test", before: Aligner | None = None,
+             routes: Sequence[RouteSpec] | None = None, cache: EncodingCache | None = None,
+             cache_before: EncodingCache | None = None) -> list[dict]:
+  """Modality gap per route: distance between the centroids of translated query rows and gallery rows.
+
+  gap_after uses `aligner`, gap_before the same strategy at initialisation (`before`, optional);
+  gap_raw compares the untranslated rows where the two modalities have the same dimension."""
+  hops_graph = pairs_graph(dataset)
+  cache = cache or EncodingCache(aligner, dataset, split)
+  if before is not None:
+    cache_before = cache_before or EncodingCache(before, dataset, split)
+  routes = planned_routes(aligner, dataset) if routes is None else routes
+  rows = []
+  for spec in routes:
+    enc = cache.get(spec)
+    if enc is None:
+      continue
+    xq = dataset.modalities[spec.query].emb[enc.query_rows]
+    xg = dataset.modalities[spec.gallery].emb[enc.gallery_rows]
+    raw = metrics_lib.modality_gap(xq, xg) if xq.shape[1] == xg.shape[1] else None
+    enc_before = cache_before.get(spec) if before is not None else None
+    rows.append({"strategy": aligner.name, "query": spec.query, "gallery": spec.gallery, "route": spec.route,
+                 "hops": hops_graph.hop_distance(spec.query, spec.gallery), "gap_raw": raw,
+                 "gap_before": None if enc_before is None else metrics_lib.modality_gap(enc_before.zq,
+                                                                                      enc_before.zg),
+                 "gap_after": metrics_lib.modality_gap(enc.zq, enc.zg)})
+  return rows
+
+
+# ---- cluster separability -----------------------------------------------------------------------
+
+def _silhouette(emb: np.ndarray, labels: np.ndarray) -> float | None:
+  if len(np.unique(labels)) < 2 or len(np.unique(labels)) > len(labels) - 1:
+    return None
+  return metrics_lib.silhouette_cosine(emb, labels)
+
+
+def silhouette_rows(aligner: Aligner, dataset: Dataset, split: str = "test", before: Aligner | None = None,
+                    routes: Sequence[RouteSpec] | None = None, cache: EncodingCache | None = None,
+                    cache_before: EncodingCache | None = None, sample: int = 500, seed: int = 0
+                    ) -> list[dict]:
+  """Cosine silhouette by class label, per route (both modalities need labels).
+
+  query_raw / gallery_raw: each modality's own embeddings; query_translated: the query rows in the
+  compared space; mixed: translated query rows + gallery rows together, scored by class, so a high
+  value means classes (not modalities) form the clusters; mixed_before: the same at initialisation.
+  At most `sample` rows per set (`sample` // 2 per side for the mixed set)."""
+  cache = cache or EncodingCache(aligner, dataset, split)
+  if before is not None:
+    cache_before = cache_before or EncodingCache(before, dataset, split)
+  routes = planned_routes(aligner, dataset) if routes is None else routes
+  raw: dict[str, float | None] = {}
+
+  def raw_score(m: str) -> float | None:
+    if m not in raw:
+      rows = _subsample(split_rows(dataset, m, split), sample, seed, m)
+      mod = dataset.modalities[m]
+      raw[m] = _silhouette(mod.emb[rows], mod.labels[rows]) if len(rows) > 2 else None
+    return raw[m]
+
+  def pick(enc: Encoded, side: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    modality = enc.spec.query if side == "q" else enc.spec.gallery
+    rows = enc.query_rows if side == "q" else enc.gallery_rows
+    z = enc.zq if side == "q" else enc.zg
+    keep = np.searchsorted(rows, _subsample(rows, size, seed, modality))
+    return z[keep], dataset.modalities[modality].labels[rows[keep]]
+
+  def mixed(enc: Encoded | None) -> float | None:
+    if enc is None:
+      return None
+    (zq, lq), (zg, lg) = pick(enc, "q", sample // 2), pick(enc, "g", sample // 2)
+    return _silhouette(np.concatenate([zq, zg]), np.concatenate([lq, lg]))
+
+  out = []
+  for spec in routes:
+    q, g = dataset.modalities[spec.query], dataset.modalities[spec.gallery]
+    if q.labels is None or g.labels is None:
+      continue
+    enc = cache.get(spec)
+    if enc is None or len(enc.query_rows) < 3:
+      continue
+    out.append({"strategy": aligner.name, "query": spec.query, "gallery": spec.gallery, "route": spec.route,
+                "query_raw": raw_score(spec.query), "gallery_raw": raw_score(spec.gallery),
+                "query_translated": _silhouette(*pick(enc, "q", sample)),
+                "mixed_before": mixed(cache_before.get(spec)) if before is not None else None,
+                "mixed": mixed(enc)})
+  return out
+
+
+# ---- reconstruction along paths and cycles ------------------------------------------------------
+
+def _id_matched(dataset: Dataset, src: str, dst: str, src_rows: np.ndarray, split: str
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+  """(positions into src_rows, dst rows) for src rows whose id occurs among dst's split rows."""
+  a, b = dataset.modalities[src], dataset.modalities[dst]
+  if a.ids is None or b.ids is None:
+    return None
+  b_rows = split_rows(dataset, dst, split)
+  ids, first = np.unique(b.ids[b_rows], return_index=True)
+  pos = np.searchsorted(ids, a.ids[src_rows])
+  found = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == a.ids[src_rows])
+  if not found.any():
+    return None
+  return np.nonzero(found)[0], b_rows[first[pos[found]]]
+
+
+def _paired(dataset: Dataset, src: str, dst: str, split: str, max_rows: int, seed: int
+            ) -> tuple[np.ndarray, str] | None:
+  """[P, 2] pairs (src row, dst row) of the data, with both rows in `split` if any, else train pairs."""
+  pairs = dataset.pairs_for(src, dst, split="all")
+  if len(pairs) == 0:
+    return None
+  a, b = dataset.modalities[src], dataset.modalities[dst]
+  if split != "all":
+    mask_a, mask_b = (a.test, b.test) if split == "test" else (a.train, b.train)
+    in_split = pairs[mask_a[pairs[:, 0]] & mask_b[pairs[:, 1]]]
+    if len(in_split):
+      pairs, target = in_split, f"paired rows ({split})"
+    else:
+      pairs, target = dataset.pairs_for(src, dst, split="train"), "paired rows (train)"
+  else:
+    target = "paired rows"
+  if len(pairs) == 0:
+    return None
+  keep = _subsample(np.arange(len(pairs)), max_rows, seed, src, dst, "pairs")
+  return pairs[keep], target
+
+
+def reconstruction_rows(aligner: Aligner, dataset: Dataset, split: str = "test", cycle_length: int = 3,
+                        path_hops: int = 3, max_rows: int = 2000, max_paths: int = 200, seed: int = 0
+                        ) -> list[dict]:
+  """Cosine between translations and their targets, by number of translators applied.
+
+  Cycles (every cycle of the aligner's graph up to `cycle_length` hops, e.g. image->text->image)
+  reconstruct the start rows. Paths a->...->b (up to `path_hops`, at most `max_paths`, shortest
+  first) are scored against the b row with the same instance id; single hops without ids fall
+  back to the data's pairs for that edge (the `target` column says which). `baseline` is the
+  mean-predictor cosine (the mean train row of the target modality, as a constant prediction).
+  Needs an aligner made of translators (`layout`, `params`, `compute_dtype`); others give []."""
+  layout = getattr(aligner, "layout", None)
+  if layout is None or not hasattr(aligner, "params"):
+    return []
+
+  def translate_many(routes, x):
+    return translate_paths(layout, aligner.params, getattr(aligner, "compute_dtype", "float32"), routes, x)
+
+  graph = layout.graph
+  has_rows = set(dataset.names)  # virtual nodes (shared spaces) can be passed through, not scored
+  cycles = [c for c in graph.cycles(max_length=cycle_length) if c[0] in has_rows]
+  paths = sorted((p for p in graph.paths_up_to(path_hops) if p[0] in has_rows and p[-1] in has_rows),
+                 key=len)[:max_paths]
+
+  def baseline(m: str, target: np.ndarray) -> float:
+    mod = dataset.modalities[m]
+    return metrics_lib.mean_predictor_cosine(mod.emb[mod.train], target)
+
+  out = []
+  for start in (m for m in graph.node_names if m in has_rows):
+    mine_cycles = [c for c in cycles if c[0] == start]
+    mine_paths = [p for p in paths if p[0] == start]
+    rows = _subsample(split_rows(dataset, start, split), max_rows, seed, start)
+    if len(rows) == 0 or not (mine_cycles or mine_paths):
+      continue
+    x = dataset.modalities[start].emb[rows]
+    matched = {p: _id_matched(dataset, start, p[-1], rows, split) for p in mine_paths}
+    wanted = [path_name(c) for c in mine_cycles] + [path_name(p) for p in mine_paths if matched[p] is not None]
+    z = translate_many(wanted, x) if wanted else {}
+    for c in mine_cycles:
+      out.append({"strategy": aligner.name, "kind": "cycle", "route": path_name(c), "hops": len(c) - 1,
+                  "start": start, "end": start, "target": "same rows", "n": len(rows),
+                  "cosine": metrics_lib.mean_cosine(z[path_name(c)], x), "baseline": baseline(start, x)})
+    for p in mine_paths:
+      end = p[-1]
+      if matched[p] is not None:
+        pos, end_rows = matched[p]
+        pred, target, what = z[path_name(p)][pos], dataset.modalities[end].emb[end_rows], "same id"
+      elif len(p) == 2:
+        found = _paired(dataset, start, end, split, max_rows, seed)
+        if found is None:
+          continue
+        pairs, what = found
+        pred = translate_many([path_name(p)], dataset.modalities[start].emb[pairs[:, 0]])[path_name(p)]
+        target = dataset.modalities[end].emb[pairs[:, 1]]
+      else:
+        continue
+      out.append({"strategy": aligner.name, "kind": "path", "route": path_name(p), "hops": len(p) - 1,
+                  "start": start, "end": end, "target": what, "n": len(target),
+                  "cosine": metrics_lib.mean_cosine(pred, target), "baseline": baseline(end, target)})
+  out.sort(key=lambda r: (r["kind"] != "path", r["hops"], r["route"]))
+  return out
+
+
+def summarize_reconstruction(rows: Sequence[Mapping]) -> list[dict]:
+  """Mean cosine and mean baseline per (kind, hops)."""
+  groups: dict[tuple, list] = {}
+  for r in rows:
+    groups.setdefault((r["kind"], r["hops"]), []).append(r)
+  return [{"kind": kind, "hops": hops, "routes": len(rs), "cosine": float(np.mean([r["cosine"] for r in rs])),
+           "baseline": float(np.mean([r["baseline"] for r in rs]))}
+          for (kind, hops), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "path", kv[0][1]))]
+
+
+# ---- one common space for pictures ---------------------------------------------------------------
+
+def hub_modality(dataset: Dataset) -> str:
+  """The modality paired with the most others (ties: data order): the common space of the picture."""
+  graph = pairs_graph(dataset)
+  return max(dataset.names, key=lambda m: (len(graph.out_edges(m)), -dataset.names.index(m)))
+
+
+def common_space_rows(aligner: Aligner, dataset: Dataset, space: str, cache: EncodingCache
+                      ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """Every modality's split rows in `space`'s compared space: ({modality: [n_m, d]}, {modality: route}).
+
+  Other modalities are encoded by their default route to `space`; `space`'s own rows are the
+  gallery side of the first such encoding (raw rows for the translator graph)."""
+  out, routes = {}, {}
+  space_rows = None
+  for m in dataset.names:
+    if m == space:
+      continue
+    route = aligner.default_route(m, space)
+    enc = cache.get(RouteSpec(m, space, route)) if route is not None else None
+    if enc is None:
+      continue
+    out[m], routes[m] = enc.zq, route
+    if space_rows is None:
+      space_rows = enc.zg
+  if space_rows is None:
+    rows = split_rows(dataset, space, cache.split)
+    space_rows = dataset.modalities[space].emb[rows]
+  out[space], routes[space] = space_rows, "raw"
+  return {m: out[m] for m in dataset.names if m in out}, routes
+
+
 # ---- the translator graph as an aligner ---------------------------------------------------------
+
+TRANSLATE_CHUNK = 1024  # rows per jitted call; inputs are padded to it, so each edge compiles once
+
+
+@functools.cache
+def _edge_fn():
+  import jax
+
+  from graphbridge import translators
+
+  def apply(layout, bucket_params, edge, x, dtype_name):
+    return translators.apply_edge(layout, bucket_params, edge, x, translators.dtype_from_name(dtype_name))
+
+  return jax.jit(apply, static_argnames=("layout", "edge", "dtype_name"))
+
+
+def translate_paths(layout, params: Mapping, compute_dtype: str, routes: Sequence[str], x: np.ndarray
+                    ) -> dict[str, np.ndarray]:
+  """Translate the same rows x [n, d_src] along several paths that start at one modality.
+
+  params: stacked ({bucket_key: ...}). Returns {route: [n, d_dst] float32, L2-normalised}.
+  Shared path prefixes are computed once; rows go through one jitted call per edge in chunks of
+  TRANSLATE_CHUNK (padded), so nothing recompiles for a new row count or a new path."""
+  import jax.numpy as jnp
+
+  paths = {r: layout.graph.parse_path(r) for r in routes}
+  if not paths:
+    return {}
+  starts = sorted({p[0] for p in paths.values()})
+  if len(starts) != 1:
+    raise GraphError(f"translate_paths: routes start at different modalities ({', '.join(starts)})")
+  d_src = layout.graph.dim(starts[0])
+  x = np.asarray(x, np.float32)
+  if x.ndim != 2 or x.shape[1] != d_src:
+    raise ValueError(f"translate: input must be [rows, {d_src}] ({starts[0]} embeddings), got shape {x.shape}")
+  fn = _edge_fn()
+  chunks: dict[str, list[np.ndarray]] = {r: [] for r in paths}
+  for lo in range(0, max(len(x), 1), TRANSLATE_CHUNK):
+    block = x[lo:lo + TRANSLATE_CHUNK]
+    padded = np.zeros((TRANSLATE_CHUNK, d_src), np.float32)
+    padded[:len(block)] = block
+    prefix: dict[tuple, object] = {(): jnp.asarray(padded)}
+    for route, path in paths.items():
+      edges = path_edges(path)
+      for i, edge in enumerate(edges):
+        if edges[:i + 1] not in prefix:
+          key, _ = layout.where(edge)
+          prefix[edges[:i + 1]] = fn(layout, {key: params[key]}, edge, prefix[edges[:i]], compute_dtype)
+      chunks[route].append(np.asarray(prefix[edges], np.float32)[:len(block)])
+  out = {}
+  for route, parts in chunks.items():
+    z = np.concatenate(parts)
+    norms = np.sqrt(np.maximum(np.sum(np.square(z, dtype=np.float64), axis=1, keepdims=True), 1e-16))
+    out[route] = (z / norms).astype(np.float32)
+  return out
+
 
 @dataclasses.dataclass
 class GraphAligner:
@@ -113,6 +499,8 @@ class GraphAligner:
 
   def default_route(self, query: str, gallery: str) -> str | None:
     graph = self.layout.graph
+    if query not in graph.dims or gallery not in graph.dims:
+      return None
     if graph.has_edge(query, gallery):
       return f"{query}->{gallery}"
     try:
@@ -120,12 +508,22 @@ class GraphAligner:
     except GraphError:
       return None
 
-  def encode(self, query, gallery, route, xq, xg):
-    from graphbridge.translators import compose
+  def route_ends(self, route: str) -> tuple[str, str]:
     path = self.layout.graph.parse_path(route)
-    if path[0] != query or path[-1] != gallery:
+    return path[0], path[-1]
+
+  def translate_many(self, routes: Sequence[str], x: np.ndarray) -> dict[str, np.ndarray]:
+    """{route: [n, d_dst]} for the same rows x [n, d_src] along several paths (see translate_paths)."""
+    return translate_paths(self.layout, self.params, self.compute_dtype, routes, x)
+
+  def translate(self, route: str, x: np.ndarray) -> np.ndarray:
+    """x: [n, d_src] -> [n, d_dst] float32 along one path, L2-normalised."""
+    return translate_paths(self.layout, self.params, self.compute_dtype, [route], x)[route]
+
+  def encode(self, query, gallery, route, xq, xg):
+    if self.route_ends(route) != (query, gallery):
       raise GraphError(f"route {route} does not lead from {query} to {gallery}")
-    return np.asarray(compose(self.layout, self.params, path, xq, self.compute_dtype)), xg
+    return self.translate(route, xq), np.asarray(xg)
 
 
 # ---- tables ------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import ml_collections
 
 from graphbridge import data as data_lib
 from graphbridge import evaluate as eval_lib
+from graphbridge import report as report_lib
 from graphbridge import train as train_lib
 
 
@@ -25,39 +26,28 @@ def load_dataset(config) -> data_lib.Dataset:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        log: Callable[[str], None] = _log) -> dict:
-  """Train as `config` says, evaluate retrieval on the test split, write report.{json,md}.
+  """Train as `config` says, evaluate on the eval split, write report.{json,md} and plots (report.py).
 
-  Returns the report dict ({"rows": [...], "by_hops": [...], "timing": {...}, ...})."""
+  Returns the report dict ({"rows": [...], "by_hops": [...], "gap": [...], "silhouette": [...],
+  "reconstruction": [...], "timing": {...}, ...})."""
   t0 = time.perf_counter()
   dataset = load_dataset(config)
   log(f"data: {dataset.source}\n{dataset.summary()}")
   result = train_lib.train(config, workdir, dataset=dataset, log=log)
-  t_train = time.perf_counter()
-  aligner = eval_lib.GraphAligner(result.setup.layout, result.params, result.setup.compute_dtype)
-  extra = [p for p in train_lib._names(config.eval.get("paths", ""))]
-  rows = eval_lib.retrieval_rows(aligner, dataset, split=config.eval.split, extra_routes=extra,
-                                 ks=tuple(config.eval.ks))
-  by_hops = eval_lib.summarize_by_hops(rows)
-  report = {
-      "strategy": config.strategy, "data": dataset.source, "graph": result.setup.graph.to_dict(),
-      "rows": rows, "by_hops": by_hops,
-      "timing": {"train_seconds": result.seconds, "compile_seconds": result.compile_seconds,
-                 "eval_seconds": time.perf_counter() - t_train, "steps": result.steps_run},
-      "final_losses": result.final_metrics,
-  }
-  log("\nretrieval on the " + config.eval.split + " split (route: query translated into the gallery's space)")
-  log(eval_lib.format_table(rows, eval_lib.RETRIEVAL_COLUMNS))
-  log("\nby hop distance in the paired-data graph (1 = paired in training, 2+ = zero-shot)")
-  log(eval_lib.format_table(by_hops, ("level", "hops", "pairs", "mAP", "R@1", "R@10", "chance_mAP")))
-  if workdir:
-    eval_lib.write_json(os.path.join(workdir, "report.json"), report)
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-      f.write(f"# graphbridge report: {config.strategy} on {os.path.basename(dataset.source)}\n\n")
-      f.write(f"Graph: {result.setup.graph.describe()}\n\n## Retrieval ({config.eval.split} split)\n\n")
-      f.write(eval_lib.format_table(rows, eval_lib.RETRIEVAL_COLUMNS) + "\n\n## By hop distance\n\n")
-      f.write(eval_lib.format_table(by_hops, ("level", "hops", "pairs", "mAP", "R@1", "R@10", "chance_mAP")))
-      f.write("\n")
-    log(f"\nwrote {os.path.join(workdir, 'report.md')} and report.json")
+  setup = result.setup
+  aligner = eval_lib.GraphAligner(setup.layout, result.params, setup.compute_dtype, name=config.strategy)
+  options = report_lib.EvalOptions.from_config(config)
+  frozen = [e.name for e in setup.layout.frozen]  # grafted edges: "before" keeps their trained values
+  before = eval_lib.GraphAligner(setup.layout, report_lib.initial_params(setup.layout, result.params,
+                                                                         options.seed, frozen),
+                                 setup.compute_dtype, name=config.strategy)
+  header = {"graph": setup.graph.to_dict(), "step": int(result.state["step"]),
+            "timing": {"train_seconds": result.seconds, "compile_seconds": result.compile_seconds,
+                       "steps": result.steps_run},
+            "final_losses": result.final_metrics}
+  metrics_rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl")) if workdir else []
+  report = report_lib.run_report(aligner, dataset, workdir or None, before, options, header, metrics_rows,
+                                 log=log)
   log(f"total {time.perf_counter() - t0:.1f}s (train {result.seconds:.1f}s incl. compile "
       f"{result.compile_seconds:.1f}s)")
   return report

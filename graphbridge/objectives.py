@@ -31,6 +31,42 @@ PyTree = Any
 
 
 @dataclasses.dataclass(frozen=True)
+class PairTerm:
+  """Cosine + symmetric InfoNCE between the two sides of training pairs, each side translated
+  along its own path; both paths end at the same node (the space the pair is compared in).
+
+  pairs: the pair set "a->b" (rows of a, rows of b). Graph edge a->b: path_a=(a, b), path_b=(b,);
+  pivot binding: (a, p) vs (p,); CLIP-style pairwise into a shared node s: (a, s) vs (b, s)."""
+  name: str
+  pairs: str
+  path_a: Path
+  path_b: Path
+
+  def __post_init__(self):
+    a, b = self.pairs.split("->")
+    if self.path_a[0] != a or self.path_b[0] != b or self.path_a[-1] != self.path_b[-1]:
+      raise GraphError(f"pair term {self.name}: paths {path_name(self.path_a)} and {path_name(self.path_b)} "
+                       f"must start at {a} and {b} and end at the same node")
+
+  @property
+  def edges(self) -> tuple[Edge, ...]:
+    return path_edges(self.path_a) + path_edges(self.path_b)
+
+
+def edge_term(edge: Edge) -> PairTerm:
+  """The per-edge term of the translator graph: f_e(x_src) against y_dst in dst's space."""
+  return PairTerm(edge.name, edge.name, (edge.src, edge.dst), (edge.dst,))
+
+
+def meet_term(a: str, b: str, space: str) -> PairTerm:
+  """Both sides projected into `space` (a pivot modality or a virtual shared node)."""
+  path_a = (a,) if a == space else (a, space)
+  path_b = (b,) if b == space else (b, space)
+  return PairTerm(f"{path_name(path_a)}<-{b}" if b != space else path_name(path_a), f"{a}->{b}",
+                  path_a, path_b)
+
+
+@dataclasses.dataclass(frozen=True)
 class LossSettings:
   """Static loss settings (weights are dynamic: see `initial_weights`)."""
   edge_cos: float = 1.0
@@ -39,7 +75,8 @@ class LossSettings:
   learn_temperature: bool = False
   cycle_weights: tuple[float, ...] = (0.5,)   # weight of 2-cycles, 3-cycles, ... (length = max cycle)
   supervised_edges: tuple[str, ...] | None = None   # None: every trainable edge that has pairs
-  cycle_starts: tuple[str, ...] | None = None       # None: every node
+  cycle_starts: tuple[str, ...] | None = None       # None: every node with data
+  pair_terms: tuple[PairTerm, ...] | None = None    # explicit terms (strategies); overrides supervised_edges
 
   @property
   def max_cycle_length(self) -> int:
@@ -60,25 +97,66 @@ class BucketCall:
 class LossPlan:
   layout: EdgeLayout
   settings: LossSettings
-  supervised: tuple[Edge, ...]
+  terms: tuple[PairTerm, ...]
   cycles: tuple[Path, ...]
   starts: tuple[str, ...]
   start_slot: tuple[tuple[str, int], ...]
-  pair_slot: tuple[tuple[str, int], ...]
+  pair_slot: tuple[tuple[str, int, int], ...]   # (pairs key, slot of a rows, slot of b rows)
   slot_dims: tuple[int, ...]
   levels: tuple[tuple[BucketCall, ...], ...]
-  supervised_out: tuple[int, ...]    # slot of f_e(x_src) per supervised edge
-  cycle_out: tuple[int, ...]         # slot of the reconstruction per cycle
-  applications: int                  # translator applications per step (per batch row)
+  term_out: tuple[tuple[int, int], ...]   # (slot of side a, slot of side b) per term
+  cycle_out: tuple[int, ...]              # slot of the reconstruction per cycle
+  applications: int                       # translator applications per step (per batch row)
+
+  @property
+  def supervised(self) -> tuple[Edge, ...]:
+    """Edges whose per-edge term is trained (graph strategy naming)."""
+    return tuple(Edge.parse(t.name) for t in self.terms if t == edge_term(Edge.parse(t.pairs)))
+
+  @property
+  def pair_keys(self) -> tuple[str, ...]:
+    return tuple(k for k, _, _ in self.pair_slot)
 
   @property
   def cycle_lengths(self) -> tuple[int, ...]:
     return tuple(len(c) - 1 for c in self.cycles)
 
   def term_names(self) -> dict[str, list[str]]:
-    return {"edge_cos": [e.name for e in self.supervised],
-            "infonce": [e.name for e in self.supervised],
+    return {"edge_cos": [t.name for t in self.terms], "infonce": [t.name for t in self.terms],
             "cycle": [path_name(c) for c in self.cycles]}
+
+  def describe(self) -> str:
+    return (f"{len(self.terms)} pair terms, {len(self.cycles)} cycles (lengths "
+            f"{sorted(set(self.cycle_lengths))}), {self.applications} translator applications/step, "
+            f"{len(self.layout.buckets)} buckets")
+
+  # -- the objective interface (shared with strategy objectives such as C-MCR) --
+  def initial_weights(self) -> dict[str, jax.Array]:
+    return initial_weights(self.settings)
+
+  def initial_globals(self) -> dict:
+    if self.settings.learn_temperature:
+      return {"log_inv_temperature": jnp.float32(np.log(1.0 / self.settings.temperature))}
+    return {}
+
+  def sampler_arrays(self, dataset, infonce_positives: str = "label") -> dict:
+    """Numpy arrays for the device sampler: rows to draw cycles from, pair sets, pair labels."""
+    from graphbridge import data as data_lib
+    pair_sets = [Edge.parse(k) for k in self.pair_keys]
+    arrays = data_lib.device_arrays(dataset, self.layout.graph, pair_sets, self.starts)
+    for e in pair_sets:
+      pairs = arrays["pairs"][e.name]
+      if infonce_positives == "pair" or not data_lib.pair_label_agreement(dataset, e.src, e.dst, pairs):
+        arrays["pair_labels"][e.name] = np.arange(len(pairs), dtype=np.int32)
+    return arrays
+
+  def sample(self, arrays: Mapping, key, batch_size: int) -> dict:
+    from graphbridge import data as data_lib
+    return data_lib.sample_batch(arrays, key, batch_size)
+
+  def loss(self, params, frozen, batch, weights, key, dtype):
+    del key  # the graph objective is deterministic given the batch
+    return loss_fn(self, params, frozen, batch, weights, dtype)
 
   def forward_flops_per_row(self) -> int:
     """Matmul FLOPs of one forward pass per batch row (every application, padding excluded)."""
@@ -93,27 +171,41 @@ class LossPlan:
 
 
 def build_plan(layout: EdgeLayout, settings: LossSettings,
-               paired_edges: Sequence[Edge | str] = ()) -> LossPlan:
-  """Plan every loss term of a step. `paired_edges`: edges that have training pairs."""
+               paired_edges: Sequence[Edge | str] = (), data_nodes: Sequence[str] | None = None) -> LossPlan:
+  """Plan every loss term of a step.
+
+  paired_edges: edges (or pair-set directions "a->b") that have training pairs.
+  data_nodes: nodes with rows of their own (default: all); cycles start only there."""
   graph = layout.graph
-  paired = {graph.edge(e) for e in paired_edges}
+  paired = {Edge.parse(e) if isinstance(e, str) else e for e in paired_edges}
   trainable = set(layout.trainable_edges)
-  if settings.supervised_edges is None:
-    supervised = tuple(e for e in graph.edges if e in paired and e in trainable)
+  if settings.pair_terms is not None:
+    terms = tuple(settings.pair_terms)
+    for t in terms:
+      graph.parse_path(t.path_a) if len(t.path_a) > 1 else None
+      graph.parse_path(t.path_b) if len(t.path_b) > 1 else None
+      a, b = t.pairs.split("->")
+      if Edge(a, b) not in paired and Edge(b, a) not in paired:
+        raise GraphError(f"pair term {t.name} needs pairs of {a} and {b}, but the data has none")
+  elif settings.supervised_edges is None:
+    terms = tuple(edge_term(e) for e in graph.edges if e in paired and e in trainable)
   else:
-    supervised = tuple(graph.edge(e) for e in settings.supervised_edges)
-    for e in supervised:
-      if e not in paired:
-        raise GraphError(f"edge {e.name} is asked for a supervised loss but has no training pairs")
+    terms = tuple(edge_term(graph.edge(e)) for e in settings.supervised_edges)
+    for t in terms:
+      if Edge.parse(t.pairs) not in paired:
+        raise GraphError(f"edge {t.name} is asked for a supervised loss but has no training pairs")
+  terms = tuple(t for t in terms if any(e in trainable for e in t.edges))
   if settings.edge_cos <= 0 and settings.infonce <= 0:
-    supervised = ()
-  cycles = graph.cycles(settings.max_cycle_length, starts=settings.cycle_starts)
+    terms = ()
+  starts_allowed = settings.cycle_starts if settings.cycle_starts is not None else (
+      tuple(data_nodes) if data_nodes is not None else None)
+  cycles = graph.cycles(settings.max_cycle_length, starts=starts_allowed)
   # keep cycles of a weighted length that pass through at least one trainable edge
   cycles = tuple(c for c in cycles
                  if settings.cycle_weights[len(c) - 3] > 0 and any(e in trainable for e in path_edges(c)))
-  if not supervised and not cycles:
-    raise GraphError("nothing to train: no trainable edge has pairs for a supervised loss and no cycle "
-                     f"passes through a trainable edge ({graph.describe()})")
+  if not terms and not cycles:
+    raise GraphError("nothing to train: no pair term has a trainable edge and no cycle passes through a "
+                     f"trainable edge ({graph.describe()})")
   starts = tuple(n for n in graph.node_names if any(c[0] == n for c in cycles))
 
   dims = graph.dims
@@ -124,24 +216,29 @@ def build_plan(layout: EdgeLayout, settings: LossSettings,
     return len(slot_dims) - 1
 
   start_slot = {m: new_slot(dims[m]) for m in starts}
-  pair_slot = {e: new_slot(dims[e.src]) for e in supervised}
-  # applications per level: list of (input slot, edge, output slot)
-  levels: list[list[tuple[int, Edge, int]]] = [[] for _ in range(max([len(c) - 1 for c in cycles] + [1]))]
-  supervised_out = []
-  for e in supervised:
-    out = new_slot(dims[e.dst])
-    levels[0].append((pair_slot[e], e, out))
-    supervised_out.append(out)
-  prefix_slot: dict[Path, int] = {(m,): s for m, s in start_slot.items()}
-  cycle_out = []
-  for cycle in cycles:
-    for k in range(1, len(cycle)):
-      prefix = cycle[:k + 1]
-      if prefix not in prefix_slot:
-        out = new_slot(dims[cycle[k]])
-        levels[k - 1].append((prefix_slot[cycle[:k]], Edge(cycle[k - 1], cycle[k]), out))
-        prefix_slot[prefix] = out
-    cycle_out.append(prefix_slot[cycle])
+  pair_slot: dict[str, tuple[int, int]] = {}
+  for t in terms:
+    if t.pairs not in pair_slot:
+      a, b = t.pairs.split("->")
+      pair_slot[t.pairs] = (new_slot(dims[a]), new_slot(dims[b]))
+  n_levels = max([len(c) - 1 for c in cycles] + [len(t.path_a) - 1 for t in terms] +
+                 [len(t.path_b) - 1 for t in terms] + [1])
+  levels: list[list[tuple[int, Edge, int]]] = [[] for _ in range(n_levels)]
+  prefix_slot: dict[tuple[int, Path], int] = {}
+
+  def chain_end(root: int, path: Path) -> int:
+    """Slot holding `path` applied to the rows in slot `root` (prefixes shared per root)."""
+    prefix_slot.setdefault((root, path[:1]), root)
+    for k in range(1, len(path)):
+      if (root, path[:k + 1]) not in prefix_slot:
+        out = new_slot(dims[path[k]])
+        levels[k - 1].append((prefix_slot[(root, path[:k])], Edge(path[k - 1], path[k]), out))
+        prefix_slot[(root, path[:k + 1])] = out
+    return prefix_slot[(root, path)]
+
+  term_out = [(chain_end(pair_slot[t.pairs][0], t.path_a), chain_end(pair_slot[t.pairs][1], t.path_b))
+              for t in terms]
+  cycle_out = [chain_end(start_slot[c[0]], c) for c in cycles]
 
   planned_levels = []
   applications = 0
@@ -161,9 +258,9 @@ def build_plan(layout: EdgeLayout, settings: LossSettings,
         outputs.append(tuple(o for _, o in v) + (-1,) * (rows - len(v)))
       calls.append(BucketCall(bucket.key, tuple(inputs), tuple(outputs)))
     planned_levels.append(tuple(calls))
-  return LossPlan(layout, settings, supervised, cycles, starts, tuple(start_slot.items()),
-                  tuple((e.name, s) for e, s in pair_slot.items()), tuple(slot_dims),
-                  tuple(planned_levels), tuple(supervised_out), tuple(cycle_out), applications)
+  return LossPlan(layout, settings, terms, cycles, starts, tuple(start_slot.items()),
+                  tuple((k, a, b) for k, (a, b) in pair_slot.items()), tuple(slot_dims),
+                  tuple(planned_levels), tuple(term_out), tuple(cycle_out), applications)
 
 
 def initial_weights(settings: LossSettings) -> dict[str, jax.Array]:
@@ -178,8 +275,9 @@ def run_translators(plan: LossPlan, params: Mapping[str, PyTree], batch: Mapping
   slots: list = [None] * len(plan.slot_dims)
   for m, s in plan.start_slot:
     slots[s] = batch["start"][m].astype(dtype)
-  for name, s in plan.pair_slot:
-    slots[s] = batch["src"][name].astype(dtype)
+  for key, slot_a, slot_b in plan.pair_slot:
+    slots[slot_a] = batch["src"][key].astype(dtype)
+    slots[slot_b] = batch["dst"][key].astype(dtype)
   for level in plan.levels:
     for call in level:
       bucket = plan.layout.bucket_by_key[call.bucket_key]
@@ -226,19 +324,18 @@ def _grouped(items: Sequence[tuple[int, Any, Any]]):
 
 
 def compute_terms(plan: LossPlan, slots: list, batch: Mapping, inv_temperature) -> dict[str, jax.Array]:
-  """Per-term loss vectors: {"edge_cos": [n_sup], "infonce": [n_sup], "cycle": [n_cycles]}."""
-  n_sup, n_cyc = len(plan.supervised), len(plan.cycles)
-  edge_cos = [None] * n_sup
-  infonce = [None] * n_sup
+  """Per-term loss vectors: {"edge_cos": [n_terms], "infonce": [n_terms], "cycle": [n_cycles]}."""
+  n_terms, n_cyc = len(plan.terms), len(plan.cycles)
+  edge_cos = [None] * n_terms
+  infonce = [None] * n_terms
   cycle = [None] * n_cyc
-  sup_items = [(i, slots[s], batch["dst"][e.name]) for i, (e, s) in
-               enumerate(zip(plan.supervised, plan.supervised_out))]
-  for group in _grouped(sup_items):
+  term_items = [(i, slots[a], slots[b]) for i, (a, b) in enumerate(plan.term_out)]
+  for group in _grouped(term_items):
     idx = [g[0] for g in group]
     pred = jnp.stack([g[1] for g in group]).astype(jnp.float32)
     target = jnp.stack([g[2] for g in group]).astype(jnp.float32)
     cos = _cosine_loss(pred, target)
-    labels = jnp.stack([batch["pair_label"][plan.supervised[i].name] for i in idx])
+    labels = jnp.stack([batch["pair_label"][plan.terms[i].pairs] for i in idx])
     nce = _symmetric_infonce(pred, target, labels, inv_temperature)
     for j, i in enumerate(idx):
       edge_cos[i], infonce[i] = cos[j], nce[j]
@@ -270,7 +367,7 @@ def total_loss(plan: LossPlan, terms: Mapping[str, jax.Array], weights: Mapping[
   """Weighted sum: mean over edges of each supervised term, mean over cycles of each length."""
   n_lengths = len(plan.settings.cycle_weights)
   total = jnp.float32(0.0)
-  if len(plan.supervised):
+  if len(plan.terms):
     total += weights["edge_cos"] * jnp.mean(terms["edge_cos"])
     total += weights["infonce"] * jnp.mean(terms["infonce"])
   cycle_by_length = jnp.zeros((n_lengths,), jnp.float32)
@@ -297,7 +394,3 @@ def loss_fn(plan: LossPlan, params: Mapping[str, PyTree], frozen: Mapping[str, P
   return total, {"terms": terms, "cycle_by_length": cycle_by_length, "inv_temperature": inv_t}
 
 
-def check_supervised_available(plan: LossPlan, pair_edges: Sequence[str]) -> None:
-  missing = [e.name for e in plan.supervised if e.name not in pair_edges]
-  if missing:
-    raise GraphError(f"supervised edges without pairs: {', '.join(missing)}")

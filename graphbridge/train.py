@@ -53,9 +53,12 @@ def _names(value) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-  """Everything static about a run: graph, translator layout, loss plan, dtypes, batch size."""
+  """Everything static about a run: graph, translator layout, objective, dtypes, batch size.
+
+  `plan` is the step's objective: a graph `objectives.LossPlan`, or a strategy objective with the
+  same interface (term_names, loss, sample, sampler_arrays, initial_weights, initial_globals)."""
   layout: EdgeLayout
-  plan: objectives.LossPlan
+  plan: Any
   compute_dtype: str
   batch_size: int
   infonce_positives: str
@@ -80,28 +83,48 @@ def loss_settings_from_config(loss_cfg) -> objectives.LossSettings:
       supervised_edges=sup or None, cycle_starts=starts or None)
 
 
+def virtual_nodes_from_config(config) -> dict[str, int]:
+  """graph.virtual_nodes = "shared:256,common:128": nodes with no data (projection spaces)."""
+  out = {}
+  for item in _names(config.graph.get("virtual_nodes", "")):
+    name, _, dim = item.partition(":")
+    if not dim.strip().isdigit():
+      raise ConfigError(f"graph.virtual_nodes entry {item!r}: expected 'name:dim', e.g. 'shared:256'")
+    out[name.strip()] = int(dim)
+  return out
+
+
 def graph_from_config(config, dataset: data_lib.Dataset) -> ModalityGraph:
   edges = _names(config.graph.get("edges", ""))
+  virtual = virtual_nodes_from_config(config)
   if edges:
-    graph = ModalityGraph.build(dataset.dims)
+    graph = ModalityGraph.build({**dataset.dims, **virtual})
     for e in edges:
       graph = graph.add_edge(e)
   else:
     graph = dataset.default_graph()
+    for name, dim in virtual.items():
+      graph = graph.add_node(name, dim)
   for e in _names(config.graph.get("extra_edges", "")):
     if Edge.parse(e) not in graph.edges:
       graph = graph.add_edge(e)
-  dataset.check_graph(graph)
+  dataset.check_graph(graph, virtual=virtual)
   return graph
 
 
 def build_setup(config, dataset: data_lib.Dataset, graph: ModalityGraph | None = None,
-                frozen: Sequence[str] = ()) -> Setup:
+                frozen: Sequence[str] = (), objective: Callable | None = None) -> Setup:
+  """Static setup of a run. objective(layout, dataset, config) builds a strategy objective
+  (default: the translator graph's loss plan from config.loss)."""
   graph = graph or graph_from_config(config, dataset)
   frozen = tuple(frozen) + _names(config.graph.get("frozen", ""))
   layout = EdgeLayout.build(graph, arch_from_config(config.model), frozen=frozen)
-  paired = [e for e in graph.edges if len(dataset.pairs_for(e.src, e.dst))]
-  plan = objectives.build_plan(layout, loss_settings_from_config(config.loss), paired)
+  if objective is not None:
+    plan = objective(layout, dataset, config)
+  else:
+    paired = [e for e in graph.edges if len(dataset.pairs_for(e.src, e.dst))]
+    plan = objectives.build_plan(layout, loss_settings_from_config(config.loss), paired,
+                                 data_nodes=[n for n in graph.node_names if n in dataset.modalities])
   dtype_from_name(config.model.compute_dtype)  # validate early
   positives = config.loss.get("infonce_positives", "label")
   if positives not in ("label", "pair"):
@@ -135,20 +158,21 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(*parts, choices[opt.name]())
 
 
-def phase_weights(config, settings: objectives.LossSettings, step: int) -> dict[str, jax.Array]:
-  """Loss weights for `step`: the main phase, then (after train.steps) contrastive fine-tuning."""
-  weights = objectives.initial_weights(settings)
-  if int(config.finetune.steps) > 0 and step >= int(config.train.steps):
+def phase_weights(config, settings, step: int) -> dict[str, jax.Array]:
+  """Loss weights for `step`: the main phase, then (after train.steps) contrastive fine-tuning.
+
+  settings: the loss settings, or an objective (which knows its own initial weights)."""
+  if hasattr(settings, "initial_weights"):
+    weights = settings.initial_weights()
+    settings = getattr(settings, "settings", None)
+  else:
+    weights = objectives.initial_weights(settings)
+  if (int(config.finetune.steps) > 0 and step >= int(config.train.steps)
+      and isinstance(settings, objectives.LossSettings)):
     ft = config.finetune
     weights = {"edge_cos": jnp.float32(ft.edge_cos), "infonce": jnp.float32(ft.infonce),
                "cycle": weights["cycle"] * ft.cycle_scale}
   return weights
-
-
-def initial_globals(settings: objectives.LossSettings) -> dict:
-  if settings.learn_temperature:
-    return {"log_inv_temperature": jnp.float32(np.log(1.0 / settings.temperature))}
-  return {}
 
 
 def init_state(setup: Setup, tx: optax.GradientTransformation, seed: int,
@@ -157,7 +181,7 @@ def init_state(setup: Setup, tx: optax.GradientTransformation, seed: int,
   per_edge = {e.name: init_edge_params(e, b.d_in, b.d_out, b.arch, seed)
               for b in layout.trainable_buckets for e in b.edges}
   params = {"edges": stack(layout, per_edge, trainable_only=True),
-            "globals": initial_globals(setup.plan.settings)}
+            "globals": setup.plan.initial_globals()}
   return {"step": jnp.int32(0), "params": params, "opt": tx.init(params),
           "rng": jax.random.PRNGKey(seed), "weights": dict(weights), "health": _fresh_health(setup)}
 
@@ -186,8 +210,10 @@ def make_step_fn(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite:
   plan, dtype = setup.plan, dtype_from_name(setup.compute_dtype)
 
   def step(state, frozen, batch):
+    key = jax.random.fold_in(jax.random.fold_in(state["rng"], state["step"]), 1)  # e.g. noise
+
     def loss(params):
-      return objectives.loss_fn(plan, params, frozen, batch, state["weights"], dtype)
+      return plan.loss(params, frozen, batch, state["weights"], key, dtype)
 
     (total, aux), grads = jax.value_and_grad(loss, has_aux=True)(state["params"])
     grad_norms = per_edge_grad_norms(grads["edges"])
@@ -211,8 +237,7 @@ def make_step_fn(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite:
     }
     new_state = {**state, "step": state["step"] + 1, "params": new_params, "opt": new_opt,
                  "health": health}
-    metrics = {"loss/total": total, "terms": aux["terms"], "cycle_by_length": aux["cycle_by_length"],
-               "grad_norm": grad_norms, "inv_temperature": aux["inv_temperature"]}
+    metrics = {"loss/total": total, "grad_norm": grad_norms, **aux}
     return new_state, metrics
 
   return step
@@ -227,21 +252,15 @@ def make_device_step(setup: Setup, tx: optax.GradientTransformation, skip_nonfin
 
   def device_step(state, frozen, arrays):
     key = jax.random.fold_in(state["rng"], state["step"])
-    batch = data_lib.sample_batch(arrays, key, setup.batch_size)
+    batch = setup.plan.sample(arrays, key, setup.batch_size)
     return step(state, frozen, batch)
 
   return jax.jit(device_step, donate_argnums=(0,) if donate else ())
 
 
 def sampler_arrays(setup: Setup, dataset: data_lib.Dataset) -> dict:
-  arrays = data_lib.device_arrays(dataset, setup.graph, setup.plan.supervised, setup.plan.starts)
-  if setup.infonce_positives == "pair":
-    arrays["pair_labels"] = {k: np.arange(len(v), dtype=np.int32) for k, v in arrays["pairs"].items()}
-  else:
-    for e in setup.plan.supervised:
-      if not data_lib.pair_label_agreement(dataset, e.src, e.dst, arrays["pairs"][e.name]):
-        arrays["pair_labels"][e.name] = np.arange(len(arrays["pairs"][e.name]), dtype=np.int32)
-  return arrays
+  """Numpy arrays the device sampler draws batches from (see the objective's sampler_arrays)."""
+  return setup.plan.sampler_arrays(dataset, setup.infonce_positives)
 
 
 # ---- health ------------------------------------------------------------------------------------
@@ -276,6 +295,18 @@ def run_meta(setup: Setup, config, dataset: data_lib.Dataset | None) -> dict:
   return meta
 
 
+def _drop_empty(tree: Mapping) -> dict:
+  """Orbax cannot store zero-size arrays (e.g. the health of a plan without cycles); the
+  template supplies them again on restore."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out[k] = _drop_empty(v)
+    elif np.size(v):
+      out[k] = v
+  return out
+
+
 def state_to_items(setup: Setup, state: Mapping) -> tuple[dict, dict]:
   """Split a train state into ({edge_name: {"params", "opt"}}, train item)."""
   state = jax.device_get(state)
@@ -286,7 +317,7 @@ def state_to_items(setup: Setup, state: Mapping) -> tuple[dict, dict]:
                                                                       if jnp.issubdtype(state["rng"].dtype,
                                                                                         jax.dtypes.prng_key)
                                                                       else state["rng"]),
-                "weights": state["weights"], "health": state["health"], "globals": globals_,
+                "weights": state["weights"], "health": _drop_empty(state["health"]), "globals": globals_,
                 "opt_shared": opt_shared}
   return edge_items, train_item
 
@@ -339,19 +370,22 @@ def flat_metrics(setup: Setup, metrics: Mapping) -> dict[str, float]:
   m = jax.device_get(metrics)
   names = setup.plan.term_names()
   out = {"loss/total": float(m["loss/total"])}
-  for kind in ("edge_cos", "infonce"):
-    values = np.asarray(m["terms"][kind])
-    if len(values):
+  for kind, values in m["terms"].items():
+    values = np.asarray(values)
+    if len(values) and kind != "cycle":
       out[f"loss/{kind}"] = float(values.mean())
       for name, v in zip(names[kind], values):
         out[f"loss/{kind}/{name}"] = float(v)
-  for i, v in enumerate(np.asarray(m["cycle_by_length"])):
-    if any(length == i + 2 for length in setup.plan.cycle_lengths):
-      out[f"loss/cycle/{i + 2}"] = float(v)
+  if "cycle_by_length" in m:
+    lengths = set(getattr(setup.plan, "cycle_lengths", ()))
+    for i, v in enumerate(np.asarray(m["cycle_by_length"])):
+      if i + 2 in lengths:
+        out[f"loss/cycle/{i + 2}"] = float(v)
   for key, norms in m["grad_norm"].items():
     for edge, v in zip(setup.layout.bucket_by_key[key].edges, np.asarray(norms)):
       out[f"grad_norm/{edge.name}"] = float(v)
-  out["inv_temperature"] = float(m["inv_temperature"])
+  if "inv_temperature" in m:
+    out["inv_temperature"] = float(m["inv_temperature"])
   return out
 
 
@@ -398,6 +432,13 @@ class TrainResult:
     return unstack(self.setup.layout, self.params)
 
 
+def progress_terms(values: Mapping[str, float]) -> str:
+  """'edge_cos 0.412 infonce 0.380 cycle/2 0.370' from flat metrics."""
+  return "  ".join(f"{k[5:]} {v:.3f}" for k, v in values.items()
+                   if k.startswith("loss/") and k != "loss/total" and (k.count("/") == 1 or
+                                                                       k.startswith("loss/cycle/")))
+
+
 def _log(msg: str) -> None:
   if jax.process_index() == 0:
     print(msg, flush=True)
@@ -405,19 +446,28 @@ def _log(msg: str) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_lib.Dataset | None = None,
           frozen_params: Mapping[str, PyTree] | None = None, graph: ModalityGraph | None = None,
-          log: Callable[[str], None] = _log) -> TrainResult:
+          log: Callable[[str], None] = _log, objective: Callable[[Setup], Any] | None = None,
+          frozen_from: Mapping[str, str] | None = None) -> TrainResult:
   """Train translators as `config` says; checkpoints and metrics under `workdir` (None: neither).
 
-  Resumes from the latest complete checkpoint in workdir. frozen_params: {edge_name: params} of
-  edges that take part but are not trained (their edges must be in `graph`)."""
+  Resumes from the latest complete checkpoint in workdir.
+  frozen_params: {edge_name: params} of edges that take part but are not trained (their edges must
+    be in `graph`); every checkpoint holds them too, so the workdir is self-contained.
+  frozen_from: {edge_name: checkpoint step dir} whose item files are copied unchanged into every
+    checkpoint for those frozen edges (grafting: old edges stay byte-identical).
+  objective: objective(layout, dataset, config) builds a strategy objective (default: the graph's
+    loss plan)."""
   dataset = dataset if dataset is not None else data_lib.load_named(config.data.get("path") or config.data.name)
   frozen_params = dict(frozen_params or {})
-  setup = build_setup(config, dataset, graph=graph, frozen=tuple(frozen_params))
+  setup = build_setup(config, dataset, graph=graph, frozen=tuple(frozen_params), objective=objective)
   layout, plan = setup.layout, setup.plan
   frozen = stack(layout, frozen_params, buckets=layout.frozen_buckets) if frozen_params else {}
+  frozen_from = dict(frozen_from or {})
+  frozen_items = {e: {"params": jax.tree.map(np.asarray, p), "opt": {}} for e, p in frozen_params.items()
+                  if e not in frozen_from}
   tx = make_optimizer(config)
   n_total = total_steps(config)
-  state = init_state(setup, tx, int(config.seed), phase_weights(config, plan.settings, 0))
+  state = init_state(setup, tx, int(config.seed), phase_weights(config, plan, 0))
 
   checkpoints = None
   start = 0
@@ -434,9 +484,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
   arrays = jax.device_put(sampler_arrays(setup, dataset))
   step_fn = make_device_step(setup, tx, skip_nonfinite=bool(config.train.get("skip_nonfinite", True)))
   log(f"graph: {setup.graph.describe()}")
-  log(f"plan: {len(plan.supervised)} supervised edges, {len(plan.cycles)} cycles "
-      f"(lengths {sorted(set(plan.cycle_lengths))}), {plan.applications} translator applications/step, "
-      f"{len(layout.buckets)} buckets; {start}/{n_total} steps done")
+  log(f"plan: {plan.describe()}; {start}/{n_total} steps done")
 
   log_every = max(int(config.train.log_every), 1)
   ckpt_every = int(config.train.checkpoint_every)
@@ -446,7 +494,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
   step = start
   for step in range(start, n_total):
     if int(config.finetune.steps) > 0 and step == int(config.train.steps):
-      state = {**state, "weights": phase_weights(config, plan.settings, step)}
+      state = {**state, "weights": phase_weights(config, plan, step)}
       log(f"step {step}: contrastive fine-tuning phase ({int(config.finetune.steps)} steps)")
     state, metrics = step_fn(state, frozen, arrays)
     done = step + 1
@@ -461,14 +509,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
       rate = (done - last_logged) / max(now - t_last, 1e-9) if done > last_logged else float("nan")
       t_last, last_logged = now, done
       writer.write(done, {**values, "steps_per_sec": rate})
-      cyc = " ".join(f"cyc{k.split('/')[-1]} {v:.3f}" for k, v in values.items() if k.startswith("loss/cycle/"))
-      sup = (f"cos {values['loss/edge_cos']:.3f} nce {values['loss/infonce']:.3f} "
-             if "loss/edge_cos" in values else "")
-      log(f"step {done}/{n_total}  loss {values['loss/total']:.4f}  {sup}{cyc}  {rate:.1f} steps/s")
+      log(f"step {done}/{n_total}  loss {values['loss/total']:.4f}  {progress_terms(values)}  "
+          f"{rate:.1f} steps/s")
     if checkpoints and ckpt_every > 0 and (done % ckpt_every == 0 or done == n_total):
       raise_if_unhealthy(setup, state["health"])
       edge_items, train_item = state_to_items(setup, state)
-      checkpoints.save(done, edge_items, train_item, run_meta(setup, config, dataset))
+      checkpoints.save(done, {**edge_items, **frozen_items}, train_item, run_meta(setup, config, dataset),
+                       copy_items_from=frozen_from)
   if metrics is not None:
     raise_if_unhealthy(setup, state["health"])
   if checkpoints:

@@ -1,0 +1,22 @@
+"""Every strategy (graph, pivot, pairwise, C-MCR) plus post-hoc and linear baselines, several seeds,
+on the embedded digits set: the comparison table of zero-shot image<->audio retrieval. Run:
+
+  python launch/compare.py --config=configs/compare.py --workdir=/tmp/gb_compare
+
+Other data: --config.data.path=FILE.npz. Fewer strategies: --config.compare.strategies=graph,pivot
+Shrunk for tests: --config=configs/compare.py:tiny
+"""
+
+import ml_collections
+
+from graphbridge import defaults
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = defaults.base_config()
+  c.data.name = "digits"
+  if arg == "tiny":
+    defaults.shrink_for_tests(c)
+  elif arg not in (None, ""):
+    raise ValueError(f"configs/compare.py: unknown variant {arg!r} (choices: 'tiny')")
+  return c

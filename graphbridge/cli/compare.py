@@ -1,0 +1,29 @@
+"""graphbridge-compare / launch/compare.py: every strategy on one data set, several seeds.
+
+  python launch/compare.py --config=configs/compare.py --workdir=/tmp/gb_compare
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/compare.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for per-run checkpoints and compare.{md,json,png}.")
+
+
+def _main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
+  from graphbridge import compare
+  compare.compare(_CONFIG.value, _WORKDIR.value)
+
+
+def main():
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,36 @@
+"""graphbridge-evaluate / launch/evaluate.py: report on a trained run (retrieval, modality gap,
+silhouette, reconstruction, plots) without training again.
+
+  python launch/evaluate.py --workdir=/tmp/gb [--data=FILE.npz] [--paths=image->text->audio,...]
+                            [--split=test] [--out=DIR] [--step=N] [--noplots]
+"""
+
+from absl import app, flags, logging
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a trained run (its checkpoints/ and metrics.jsonl).")
+_DATA = flags.DEFINE_string("data", None, "Evaluate on this .npz / folder of .npy instead of the run's own data "
+                            "(same modalities and dims).")
+_PATHS = flags.DEFINE_list("paths", [], "Extra named routes to score, e.g. image->text->audio,audio->text->image.")
+_SPLIT = flags.DEFINE_enum("split", None, ["test", "train", "all"], "Rows to evaluate (default: the run's eval.split).")
+_OUT = flags.DEFINE_string("out", None, "Where to write report.{json,md} and the PNGs (default: --workdir).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest complete one).")
+_PLOTS = flags.DEFINE_bool("plots", True, "Write the PNG plots (needs matplotlib).")
+
+
+def _main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:  # orbax warns about every read-only restore
+    logging.set_verbosity(logging.ERROR)
+  from graphbridge import report
+  report.evaluate_workdir(_WORKDIR.value, data=_DATA.value, paths=_PATHS.value, split=_SPLIT.value,
+                          out=_OUT.value, step=_STEP.value, plots=_PLOTS.value)
+
+
+def main():
+  flags.mark_flags_as_required(["workdir"])
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,370 @@
+"""The evaluation report: numbers (report.json), tables (report.md) and pictures (PNG).
+
+`build_report` scores one aligner on one data set (retrieval, modality gap before/after training,
+silhouette, reconstruction); `write_report` writes the files; `run_report` does both and prints the
+compact console table. `evaluate_workdir` restores a trained run and reports on it (the
+`launch/evaluate.py` CLI). Plots need matplotlib (`pip install graphbridge[plots]`); without it the
+report is written without pictures and says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from graphbridge import evaluate as eval_lib
+
+REPORT_FILES = ("report.json", "report.md")
+PLOT_FILES = {"projection": "projection.png", "heatmap": "retrieval_{level}.png",
+              "reconstruction": "reconstruction.png", "curves": "training_curves.png"}
+GAP_COLUMNS = ("query", "gallery", "route", "hops", "gap_raw", "gap_before", "gap_after")
+SILHOUETTE_COLUMNS = ("query", "gallery", "route", "query_raw", "query_translated", "gallery_raw",
+                      "mixed_before", "mixed")
+RECONSTRUCTION_COLUMNS = ("kind", "route", "hops", "target", "n", "cosine", "baseline")
+BY_HOPS_COLUMNS = ("level", "hops", "pairs", "mAP", "R@1", "R@10", "chance_mAP")
+
+
+@dataclasses.dataclass
+class EvalOptions:
+  """What to evaluate. Sample sizes bound the O(n^2) silhouette and the plotted points."""
+  split: str = "test"
+  ks: tuple[int, ...] = (1, 5, 10)
+  extra_routes: tuple[str, ...] = ()
+  cycle_length: int = 3
+  path_hops: int = 3
+  silhouette_sample: int = 500
+  projection_points: int = 400
+  reconstruction_rows: int = 2000
+  seed: int = 0
+
+  @classmethod
+  def from_config(cls, config, **overrides) -> "EvalOptions":
+    """From a run config's `eval` block (split, ks, paths, optional cycle_length / path_hops)."""
+    ev = config.get("eval", None) or {}
+    paths = ev.get("paths", "") or ""
+    paths = tuple(p.strip() for p in paths.split(",") if p.strip()) if isinstance(paths, str) else tuple(paths)
+    options = cls(split=ev.get("split", "test"), ks=tuple(int(k) for k in ev.get("ks", (1, 5, 10))),
+                  extra_routes=paths, cycle_length=int(ev.get("cycle_length", 3)),
+                  path_hops=int(ev.get("path_hops", 3)), seed=int(config.get("seed", 0) or 0))
+    return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclasses.dataclass
+class Report:
+  """summary: the JSON-able report; projection: arrays for the common-space picture (or None)."""
+  summary: dict
+  projection: dict | None = None
+
+
+def initial_params(layout, params: Mapping, seed: int, keep: Sequence[str] = ()) -> dict:
+  """Stacked params of `layout` at initialisation (translators.init_params), except edges in
+  `keep` (e.g. frozen edges of a grafted run), which keep their values from `params`."""
+  from graphbridge import translators
+  start = translators.unstack(layout, translators.init_params(layout, int(seed)))
+  if keep:
+    trained = translators.unstack(layout, params)
+    start.update({e: trained[e] for e in keep})
+  return translators.stack(layout, start)
+
+
+def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | None = None,
+                 options: EvalOptions | None = None) -> Report:
+  """Every table of the report for `aligner` (and `before`: the same strategy at initialisation)."""
+  options = options or EvalOptions()
+  split, seed = options.split, options.seed
+  cache = eval_lib.EncodingCache(aligner, dataset, split)
+  cache_before = eval_lib.EncodingCache(before, dataset, split) if before is not None else None
+  rows = eval_lib.retrieval_rows(aligner, dataset, split=split, extra_routes=options.extra_routes,
+                                 ks=options.ks, cache=cache)
+  routes = eval_lib.planned_routes(aligner, dataset)  # default routes: one per ordered pair
+  summary = {
+      "strategy": aligner.name, "data": dataset.source, "split": split,
+      "rows": rows,
+      "by_hops": eval_lib.summarize_by_hops([r for r in rows if not r.get("named_route")]),
+      "gap": eval_lib.gap_rows(aligner, dataset, split, before, routes, cache, cache_before),
+      "silhouette": eval_lib.silhouette_rows(aligner, dataset, split, before, routes, cache, cache_before,
+                                             sample=options.silhouette_sample, seed=seed),
+      "reconstruction": eval_lib.reconstruction_rows(aligner, dataset, split, options.cycle_length,
+                                                     options.path_hops, max_rows=options.reconstruction_rows,
+                                                     seed=seed),
+  }
+  summary["reconstruction_by_hops"] = eval_lib.summarize_reconstruction(summary["reconstruction"])
+  projection = None
+  if len(dataset.names) > 1:
+    space = eval_lib.hub_modality(dataset)
+    after_rows, space_routes = eval_lib.common_space_rows(aligner, dataset, space, cache)
+    projection = {"space": space, "routes": space_routes, "after": after_rows, "before": None,
+                  "labels": _projection_labels(dataset, split)}
+    if before is not None:
+      projection["before"], _ = eval_lib.common_space_rows(before, dataset, space, cache_before)
+    summary["projection"] = {"space": space, "routes": space_routes}
+  return Report(summary, projection)
+
+
+def _projection_labels(dataset, split: str) -> dict | None:
+  labels = {m: mod.labels[eval_lib.split_rows(dataset, m, split)] for m, mod in dataset.modalities.items()
+            if mod.labels is not None}
+  return labels or None
+
+
+# ---- plots --------------------------------------------------------------------------------------
+
+def retrieval_matrix(rows: Sequence[Mapping], names: Sequence[str], level: str, metric: str = "mAP"
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """[n, n] metric and chance for default routes at `level` (NaN where not evaluated)."""
+  index = {m: i for i, m in enumerate(names)}
+  values = np.full((len(names), len(names)), np.nan)
+  chance = np.full_like(values, np.nan)
+  for r in rows:
+    if r["level"] == level and not r.get("named_route"):
+      values[index[r["query"]], index[r["gallery"]]] = r[metric]
+      chance[index[r["query"]], index[r["gallery"]]] = r.get(f"chance_{metric}", np.nan)
+  return values, chance
+
+
+def write_plots(report: Report, out_dir: str, title: str, names: Sequence[str],
+                metrics_rows: Sequence[Mapping] = (), seed: int = 0, points: int = 400) -> dict[str, str]:
+  """The PNGs of the report; returns {caption key: file name}. Raises ImportError without matplotlib."""
+  from graphbridge import plots
+
+  s = report.summary
+  written = {}
+  proj = report.projection
+  if proj is not None and len(proj["after"]) > 1:
+    space = proj["space"]
+    name = PLOT_FILES["projection"]
+    # Centroids and gaps use every row; `points` rows per modality are drawn (the same in both panels).
+    what = f"all modalities in {space}'s space ({s['split']} split; others translated into it)"
+    if proj["before"] is not None:
+      plots.plot_projection_before_after(proj["before"], proj["after"], proj["labels"],
+                                         os.path.join(out_dir, name), f"{title}: {what}",
+                                         max_points_per_modality=points, seed=seed)
+    else:
+      plots.plot_projection(proj["after"], proj["labels"], os.path.join(out_dir, name), f"{title}: {what}",
+                            max_points_per_modality=points, seed=seed)
+    written["projection"] = name
+  for level in ("instance", "class"):
+    values, chance = retrieval_matrix(s["rows"], names, level)
+    if np.isfinite(values).any():
+      name = PLOT_FILES["heatmap"].format(level=level)
+      plots.plot_retrieval_heatmap(values, names, names, os.path.join(out_dir, name),
+                                   f"{title}: {level}-level retrieval mAP ({s['split']} split)",
+                                   metric_name=f"mAP ({level}-level)", chance=chance)
+      written[f"heatmap_{level}"] = name
+  if s["reconstruction"]:
+    name = PLOT_FILES["reconstruction"]
+    # One line per target modality: its baseline is the same whatever the path, so the line and
+    # its dashed baseline compare like with like across hops (cycles a->..->a target a).
+    by_target = [{**r, "kind": f"into {r['end']}"} for r in s["reconstruction"]]
+    plots.plot_reconstruction_by_hops(by_target, os.path.join(out_dir, name),
+                                      f"{title}: reconstruction of each modality's rows by path length",
+                                      seed=seed)
+    written["reconstruction"] = name
+  curves = [{k: v for k, v in r.items() if k == "step" or _is_summary_loss(k)} for r in metrics_rows]
+  if any(k.startswith("loss/") for r in curves for k in r):
+    name = PLOT_FILES["curves"]
+    plots.plot_training_curves(curves, os.path.join(out_dir, name), f"{title}: training losses "
+                               "(means over edges; per-edge terms in metrics.jsonl)")
+    written["curves"] = name
+  return written
+
+
+def _is_summary_loss(key: str) -> bool:
+  """loss/total, loss/<kind> and loss/cycle/<length>; not the per-edge terms loss/<kind>/<edge>."""
+  return key.startswith("loss/") and (key.count("/") == 1 or key.startswith("loss/cycle/"))
+
+
+# ---- markdown and console -----------------------------------------------------------------------
+
+def _caption(text: str) -> str:
+  return f"_{text}_\n\n"
+
+
+def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
+  """report.md: every table with a one-line caption, then the pictures."""
+  split = summary["split"]
+  parts = [f"# {title}\n\n"]
+  if summary.get("graph"):
+    g = summary["graph"]
+    parts.append(f"Graph: nodes {', '.join(f'{n}[{d}]' for n, d in g['nodes'])}; "
+                 f"edges {', '.join(g['edges'])}.  \n")
+  parts.append(f"Data: `{summary['data']}`; evaluated on the {split} split.")
+  if summary.get("step") is not None:
+    parts.append(f" Checkpoint step {summary['step']}.")
+  parts.append("\n\n## Retrieval\n\n")
+  parts.append(_caption(
+      "Each query row is put in the gallery's space along `route` (default: the direct edge, else the "
+      "shortest path) and the gallery is ranked by cosine. `hops` = distance in the paired-data graph: "
+      "1 = paired in training, 2+ = never paired (zero-shot). Instance level: relevant = same id; class "
+      "level: relevant = same label. chance_* = expected value of a random ranking."))
+  parts.append(eval_lib.format_table(summary["rows"], eval_lib.RETRIEVAL_COLUMNS) + "\n\n")
+  parts.append("### By hop distance\n\n")
+  parts.append(_caption("Mean over the query/gallery pairs at each distance (default routes only)."))
+  parts.append(eval_lib.format_table(summary["by_hops"], BY_HOPS_COLUMNS) + "\n\n")
+  if summary.get("gap"):
+    parts.append("## Modality gap\n\n")
+    parts.append(_caption(
+        "Distance between the centroids of the L2-normalised query translations and gallery rows, in the "
+        "space where they are compared (0 = centroids coincide, at most 2). before = translators at "
+        "initialisation, after = trained; raw = untranslated rows (only where the dimensions match)."))
+    columns = [c for c in GAP_COLUMNS if c != "gap_raw" or any(g["gap_raw"] is not None for g in summary["gap"])]
+    parts.append(eval_lib.format_table(summary["gap"], columns) + "\n\n")
+  if summary.get("silhouette"):
+    parts.append("## Cluster separability by class\n\n")
+    parts.append(_caption(
+        "Cosine silhouette by class label (-1..1, higher = tighter, better separated classes). "
+        "query_raw / gallery_raw: each modality's own embeddings; query_translated: the query rows in the "
+        "gallery's space; mixed: translated queries + gallery rows scored together, high when classes "
+        "rather than modalities form the clusters (mixed_before: at initialisation)."))
+    parts.append(eval_lib.format_table(summary["silhouette"], SILHOUETTE_COLUMNS) + "\n\n")
+  if summary.get("reconstruction"):
+    parts.append("## Reconstruction along paths and cycles\n\n")
+    parts.append(_caption(
+        "Mean cosine between translations and their targets. Cycles (a->b->a) reconstruct the start rows; "
+        "paths are scored against the target row with the same instance id, or, for single hops without "
+        "ids, against the rows the data pairs them with (`target`). baseline = cosine of the best constant "
+        "prediction (the mean train row of the target modality)."))
+    parts.append(eval_lib.format_table(summary["reconstruction_by_hops"],
+                                       ("kind", "hops", "routes", "cosine", "baseline")) + "\n\n")
+    parts.append(eval_lib.format_table(summary["reconstruction"], RECONSTRUCTION_COLUMNS) + "\n\n")
+  if images:
+    parts.append("## Pictures\n\n")
+    captions = {
+        "projection": "2-D PCA of every modality in one common space ({space}'s: other modalities "
+                      "translated along {routes}); stars = centroids, dashed lines = modality gap.",
+        "heatmap_instance": "Instance-level retrieval mAP for every query/gallery pair, chance underneath.",
+        "heatmap_class": "Class-level retrieval mAP for every query/gallery pair, chance underneath.",
+        "reconstruction": "Reconstruction cosine against the number of translators applied; dashed = "
+                          "mean-predictor baseline.",
+        "curves": "Training losses from metrics.jsonl.",
+    }
+    proj = summary.get("projection") or {}
+    routes = ", ".join(r for m, r in proj.get("routes", {}).items() if r != "raw")
+    for key, name in images.items():
+      text = captions[key].format(space=proj.get("space", ""), routes=routes or "-")
+      parts.append(f"![{key}]({name})\n\n" + _caption(text))
+  elif summary.get("plots_skipped"):
+    parts.append(f"_No pictures: {summary['plots_skipped']}._\n\n")
+  if summary.get("timing") or summary.get("final_losses"):
+    parts.append("## Run\n\n")
+    losses = {k: v for k, v in summary.get("final_losses", {}).items() if _is_summary_loss(k)}
+    for key, value in {**summary.get("timing", {}), **losses}.items():
+      parts.append(f"- {key}: {value:.4g}\n" if isinstance(value, float) else f"- {key}: {value}\n")
+  return "".join(parts)
+
+
+def console_summary(summary: Mapping) -> str:
+  """The compact table printed by the main job: retrieval rows, by-hop summary, one line per extra."""
+  split = summary["split"]
+  lines = [f"retrieval on the {split} split (route: query translated into the gallery's space)",
+           eval_lib.format_table(summary["rows"], eval_lib.RETRIEVAL_COLUMNS), "",
+           "by hop distance in the paired-data graph (1 = paired in training, 2+ = zero-shot)",
+           eval_lib.format_table(summary["by_hops"], BY_HOPS_COLUMNS)]
+  gaps = [g for g in summary.get("gap", []) if g["gap_after"] is not None]
+  if gaps:
+    before = [g["gap_before"] for g in gaps if g["gap_before"] is not None]
+    text = f"{np.mean(before):.3f} at init -> " if before else ""
+    lines.append(f"\nmodality gap (mean over {len(gaps)} routes): {text}{np.mean([g['gap_after'] for g in gaps]):.3f}")
+  sil = [s for s in summary.get("silhouette", []) if s["mixed"] is not None]
+  if sil:
+    lines.append(f"class silhouette of translated queries + gallery (mean): {np.mean([s['mixed'] for s in sil]):.3f}")
+  for r in summary.get("reconstruction_by_hops", []):
+    lines.append(f"reconstruction {r['kind']} {r['hops']} hops ({r['routes']} routes): cosine {r['cosine']:.3f} "
+                 f"(mean-predictor {r['baseline']:.3f})")
+  return "\n".join(lines)
+
+
+def write_report(report: Report, out_dir: str, title: str, names: Sequence[str],
+                 metrics_rows: Sequence[Mapping] = (), plots: bool = True, seed: int = 0,
+                 points: int = 400) -> list[str]:
+  """report.json, report.md and the PNGs into out_dir; returns the paths written."""
+  os.makedirs(out_dir, exist_ok=True)
+  images = {}
+  if plots:
+    try:
+      images = write_plots(report, out_dir, title, names, metrics_rows, seed=seed, points=points)
+    except ImportError as exc:
+      report.summary["plots_skipped"] = f"matplotlib is not installed ({exc}); pip install matplotlib"
+  report.summary["plots"] = images
+  eval_lib.write_json(os.path.join(out_dir, "report.json"), report.summary)
+  with open(os.path.join(out_dir, "report.md"), "w") as f:
+    f.write(markdown(report.summary, images, title))
+  return [os.path.join(out_dir, n) for n in (*REPORT_FILES, *images.values())]
+
+
+def run_report(aligner: eval_lib.Aligner, dataset, out_dir: str | None, before: eval_lib.Aligner | None = None,
+               options: EvalOptions | None = None, header: Mapping | None = None,
+               metrics_rows: Sequence[Mapping] = (), plots: bool = True,
+               log: Callable[[str], None] = print) -> dict:
+  """Evaluate, print the compact table, write the report into out_dir (None: print only).
+
+  header: extra top-level entries of report.json (graph, step, timing, final_losses, ...)."""
+  t0 = time.perf_counter()
+  options = options or EvalOptions()
+  report = build_report(aligner, dataset, before, options)
+  report.summary.update(header or {})
+  report.summary.setdefault("timing", {})["eval_seconds"] = time.perf_counter() - t0
+  log("\n" + console_summary(report.summary))
+  if out_dir:
+    title = f"{os.path.basename(os.path.normpath(dataset.source))}, {aligner.name}"
+    written = write_report(report, out_dir, title, dataset.names, metrics_rows, plots, options.seed,
+                           options.projection_points)
+    note = f" ({report.summary['plots_skipped']})" if report.summary.get("plots_skipped") else ""
+    log(f"\nwrote {', '.join(os.path.basename(p) for p in written)} to {out_dir}{note}")
+  log(f"report took {time.perf_counter() - t0:.1f}s")
+  return report.summary
+
+
+# ---- a trained workdir --------------------------------------------------------------------------
+
+def aligner_for_run(layout, params: Mapping, compute_dtype: str, name: str) -> eval_lib.Aligner:
+  """The aligner of a restored run: its translators, queries translated along paths."""
+  return eval_lib.GraphAligner(layout, params, compute_dtype, name=name)
+
+
+def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str] = (), split: str | None = None,
+                     out: str | None = None, step: int | None = None, plots: bool = True,
+                     log: Callable[[str], None] = print) -> dict:
+  """Restore a trained run (train.load_trained) and write its report into `out` (default: workdir).
+
+  data: a .npz / folder to evaluate on instead of the run's own data (same modalities and dims)."""
+  from graphbridge import data as data_lib
+  from graphbridge import train as train_lib
+
+  run = train_lib.load_trained(workdir, step)
+  config = run.config
+  saved = config.get("data", None) or {}
+  source = data or saved.get("path") or saved.get("name") or run.meta.get("data", {}).get("source", "")
+  try:
+    dataset = data_lib.load_named(source)
+  except data_lib.DataError as exc:
+    if data:
+      raise
+    raise data_lib.DataError(f"{exc} (the data the run in {workdir} was trained on; pass --data=FILE to "
+                             "evaluate on another copy)") from exc
+  declared = [item.split(":")[0].strip() for item in str(config.get("graph", {}).get("virtual_nodes", "")
+                                                          or "").split(",") if item.strip()]
+  virtual = [n for n in run.graph.node_names if n in declared and n not in dataset.modalities]
+  if virtual:  # shared projection spaces of a strategy: nodes without rows
+    dataset.check_graph(run.graph, virtual=virtual)
+  else:
+    dataset.check_graph(run.graph)
+  trained_on = run.meta.get("data", {}).get("fingerprint")
+  if trained_on and trained_on != dataset.fingerprint():
+    log(f"note: {dataset.source} is not the data this run was trained on; evaluating anyway")
+  name = str(config.get("strategy", "graph") or "graph")
+  aligner = aligner_for_run(run.layout, run.params, run.compute_dtype, name)
+  frozen = run.meta.get("layout", {}).get("frozen", [])
+  options = EvalOptions.from_config(config, split=split)
+  if paths:
+    options = dataclasses.replace(options, extra_routes=tuple(paths))
+  before = aligner_for_run(run.layout, initial_params(run.layout, run.params, options.seed, frozen),
+                           run.compute_dtype, name)
+  log(f"run: {workdir} step {run.step}; data: {dataset.source}\n{dataset.summary()}")
+  metrics_rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  header = {"graph": run.graph.to_dict(), "step": run.step, "workdir": os.path.abspath(workdir)}
+  return run_report(aligner, dataset, out or workdir, before, options, header, metrics_rows, plots, log)
