@@ -5,7 +5,7 @@ m_label, m_id, m_train, m_test (optional), and pairs_a__b [P, 2] for every pair 
 docstring of graphbridge/data.py. Graph nodes are the modalities in the file; edges default to both
 directions of every pair set. Run:
 
-  python launch/train.py --config=configs/npz.py --config.data.path=/data/my_embeddings.npz --workdir=/tmp/gb_mine
+  python launch/train.py --config=configs/npz.py --config.data.path=/data/mine.npz --workdir=/tmp/gb_mine
   python launch/evaluate.py --workdir=/tmp/gb_mine --paths=image->text->audio   # report again, other routes
 
 Shrunk for tests (a few seconds): --config=configs/npz.py:tiny

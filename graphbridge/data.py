@@ -346,3 +346,41 @@ def sample_batch(arrays: dict, key, batch_size: int) -> dict:
     batch["dst"][name] = jnp.take(arrays["emb"][dst], pick[:, 1], axis=0)
     batch["pair_label"][name] = jnp.take(arrays["pair_labels"][name], index)
   return batch
+
+
+def aligned_arrays(dataset: Dataset, modalities: Sequence[str], pair_keys: Sequence[str],
+                   infonce_positives: str = "label") -> dict:
+  """Arrays for instance-aligned sampling: row i of every modality is the same sample.
+
+  {"emb": {m: [N, d_m]}, "rows": [n_train] int32 (train in every modality), "labels": [N] int32}"""
+  sizes = {m: len(dataset.modalities[m]) for m in modalities}
+  if len(set(sizes.values())) != 1:
+    raise DataError(f"aligned batches need instance-aligned modalities (row i of every modality is the same "
+                    f"sample), but row counts differ: {sizes}")
+  n = next(iter(sizes.values()))
+  for key in pair_keys:
+    a, b = key.split("->")
+    pairs = dataset.pairs_for(a, b, split="all")
+    if not (len(pairs) and np.array_equal(pairs[:, 0], pairs[:, 1])):
+      raise DataError(f"aligned batches: pairs_{a}__{b} must pair row i with row i (instance-aligned data)")
+  train = np.ones(n, bool)
+  for m in modalities:
+    train &= dataset.modalities[m].train
+  if not train.any():
+    raise DataError("aligned batches: no row is a train row in every modality")
+  labels = next((dataset.modalities[m].labels for m in modalities
+                 if dataset.modalities[m].labels is not None), None)
+  if labels is None or infonce_positives == "pair":
+    labels = np.arange(n)
+  return {"emb": {m: dataset.modalities[m].emb for m in modalities},
+          "rows": np.nonzero(train)[0].astype(np.int32), "labels": labels.astype(np.int32)}
+
+
+def sample_aligned_batch(arrays: dict, key, batch_size: int, pair_keys: Sequence[str]) -> dict:
+  """One instance-aligned batch: the same rows of every modality. Jit-friendly."""
+  import jax
+  import jax.numpy as jnp
+  pick = arrays["rows"][jax.random.randint(key, (batch_size,), 0, arrays["rows"].shape[0])]
+  labels = jnp.take(arrays["labels"], pick)
+  return {"start": {m: jnp.take(e, pick, axis=0) for m, e in arrays["emb"].items()},
+          "pair_label": {k: labels for k in pair_keys}}

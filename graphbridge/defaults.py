@@ -35,6 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.cycle_weights = (0.2,)   # weight of 2-cycles (then 3-cycles, ...): a->b->a on a's own rows
   c.loss.supervised_edges = ""    # "" = every trainable edge with pairs
   c.loss.cycle_starts = ""        # "" = every modality
+  c.loss.aligned_batches = False  # instance-aligned data (row i of every modality = one sample):
+                                  # one batch per modality serves pair terms and cycles
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"

@@ -32,9 +32,9 @@ METRIC_KEYS = ("R@1", "R@5", "R@10", "mAP", "median_rank")
 class Aligner(Protocol):
   """What evaluation needs from a strategy.
 
-  Optional extras, used when present: `route_ends(route) -> (query, gallery)` (needed for named
-  routes that are not plain `a->b->c` paths) and `translate(route, x)` plus `layout` (a
-  translator graph: enables the reconstruction table).
+  Optional extras, used when present: `route_ends(route) -> (query, gallery)` (for named routes
+  whose ends cannot be read from the string) and `layout`, `params`, `compute_dtype` (an aligner
+  made of translators: enables the reconstruction table).
   """
   name: str
 
@@ -76,12 +76,12 @@ def levels_available(dataset: Dataset, query: str, gallery: str) -> list[str]:
 
 
 def route_ends(aligner: Aligner, route: str) -> tuple[str, str]:
-  """(query, gallery) of a route: asked of the aligner if it can say, else the ends of `a->...->b`."""
+  """(query, gallery) of a route: asked of the aligner if it can say, else read from the route's
+  ends: `a->b->c` (query a, gallery c) or a meeting route `a->p<-c` (query a, gallery c)."""
   ends = getattr(aligner, "route_ends", None)
   if ends is not None:
     return ends(route)
-  nodes = [n.strip() for n in route.split("->")]
-  return nodes[0], nodes[-1]
+  return route.split("->")[0].strip(), route.split("<-")[-1].split("->")[-1].strip()
 
 
 def _stable_rng(seed: int, *names: str) -> np.random.Generator:
@@ -408,12 +408,15 @@ def hub_modality(dataset: Dataset) -> str:
 
 def common_space_rows(aligner: Aligner, dataset: Dataset, space: str, cache: EncodingCache
                       ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """Every modality's split rows in `space`'s compared space: ({modality: [n_m, d]}, {modality: route}).
+  """Every modality's split rows where it is compared with `space`.
+
+  Returns ({modality: [n_m, d]}, {modality: route}).
 
   Other modalities are encoded by their default route to `space`; `space`'s own rows are the
-  gallery side of the first such encoding (raw rows for the translator graph)."""
+  gallery side of the first such encoding: its raw rows for the translator graph (route "raw"),
+  projected rows for strategies that meet in a shared space (route "gallery side of <route>")."""
   out, routes = {}, {}
-  space_rows = None
+  raw = dataset.modalities[space].emb[split_rows(dataset, space, cache.split)]
   for m in dataset.names:
     if m == space:
       continue
@@ -422,13 +425,12 @@ def common_space_rows(aligner: Aligner, dataset: Dataset, space: str, cache: Enc
     if enc is None:
       continue
     out[m], routes[m] = enc.zq, route
-    if space_rows is None:
-      space_rows = enc.zg
-  if space_rows is None:
-    rows = split_rows(dataset, space, cache.split)
-    space_rows = dataset.modalities[space].emb[rows]
-  out[space], routes[space] = space_rows, "raw"
-  return {m: out[m] for m in dataset.names if m in out}, routes
+    if space not in out:
+      same = enc.zg.shape == raw.shape and np.allclose(enc.zg, raw, atol=1e-6)
+      out[space], routes[space] = enc.zg, "raw" if same else f"gallery side of {route}"
+  if space not in out:
+    out[space], routes[space] = raw, "raw"
+  return {m: out[m] for m in dataset.names if m in out}, {m: routes[m] for m in dataset.names if m in routes}
 
 
 # ---- the translator graph as an aligner ---------------------------------------------------------

@@ -77,6 +77,8 @@ class LossSettings:
   supervised_edges: tuple[str, ...] | None = None   # None: every trainable edge that has pairs
   cycle_starts: tuple[str, ...] | None = None       # None: every node with data
   pair_terms: tuple[PairTerm, ...] | None = None    # explicit terms (strategies); overrides supervised_edges
+  aligned_batches: bool = False  # instance-aligned data: row i of every modality is one sample, so a
+                                 # pair term a->b uses the cycle batches of a and b (shared first hop)
 
   @property
   def max_cycle_length(self) -> int:
@@ -142,6 +144,8 @@ class LossPlan:
   def sampler_arrays(self, dataset, infonce_positives: str = "label") -> dict:
     """Numpy arrays for the device sampler: rows to draw cycles from, pair sets, pair labels."""
     from graphbridge import data as data_lib
+    if self.settings.aligned_batches:
+      return data_lib.aligned_arrays(dataset, self.starts, self.pair_keys, infonce_positives)
     pair_sets = [Edge.parse(k) for k in self.pair_keys]
     arrays = data_lib.device_arrays(dataset, self.layout.graph, pair_sets, self.starts)
     for e in pair_sets:
@@ -152,6 +156,8 @@ class LossPlan:
 
   def sample(self, arrays: Mapping, key, batch_size: int) -> dict:
     from graphbridge import data as data_lib
+    if self.settings.aligned_batches:
+      return data_lib.sample_aligned_batch(arrays, key, batch_size, self.pair_keys)
     return data_lib.sample_batch(arrays, key, batch_size)
 
   def loss(self, params, frozen, batch, weights, key, dtype):
@@ -206,7 +212,8 @@ def build_plan(layout: EdgeLayout, settings: LossSettings,
   if not terms and not cycles:
     raise GraphError("nothing to train: no pair term has a trainable edge and no cycle passes through a "
                      f"trainable edge ({graph.describe()})")
-  starts = tuple(n for n in graph.node_names if any(c[0] == n for c in cycles))
+  starts = tuple(n for n in graph.node_names if any(c[0] == n for c in cycles) or
+                 (settings.aligned_batches and any(n in t.pairs.split("->") for t in terms)))
 
   dims = graph.dims
   slot_dims: list[int] = []
@@ -220,7 +227,8 @@ def build_plan(layout: EdgeLayout, settings: LossSettings,
   for t in terms:
     if t.pairs not in pair_slot:
       a, b = t.pairs.split("->")
-      pair_slot[t.pairs] = (new_slot(dims[a]), new_slot(dims[b]))
+      pair_slot[t.pairs] = ((start_slot[a], start_slot[b]) if settings.aligned_batches
+                            else (new_slot(dims[a]), new_slot(dims[b])))
   n_levels = max([len(c) - 1 for c in cycles] + [len(t.path_a) - 1 for t in terms] +
                  [len(t.path_b) - 1 for t in terms] + [1])
   levels: list[list[tuple[int, Edge, int]]] = [[] for _ in range(n_levels)]
@@ -270,28 +278,116 @@ def initial_weights(settings: LossSettings) -> dict[str, jax.Array]:
           "cycle": jnp.asarray(settings.cycle_weights, jnp.float32)}
 
 
-def run_translators(plan: LossPlan, params: Mapping[str, PyTree], batch: Mapping, dtype) -> list:
-  """Fill every slot of the plan. params: {bucket_key: stacked} (trainable and frozen)."""
-  slots: list = [None] * len(plan.slot_dims)
-  for m, s in plan.start_slot:
-    slots[s] = batch["start"][m].astype(dtype)
-  for key, slot_a, slot_b in plan.pair_slot:
-    slots[slot_a] = batch["src"][key].astype(dtype)
-    slots[slot_b] = batch["dst"][key].astype(dtype)
-  for level in plan.levels:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def gather_rows(pool: jax.Array, index: tuple[int, ...]) -> jax.Array:
+  """pool[index] for a static index; pool: [S, ...] -> [len(index), ...].
+
+  The gradient w.r.t. pool sums the rows of the incoming gradient that came from each pool row,
+  as a few static gathers (one per use of the most-used row) plus adds: deterministic (no
+  atomics) and NaN-contained (a NaN row reaches only the pool row it came from)."""
+  return _gather_rows_fwd(pool, index)[0]
+
+
+def _gather_rows_fwd(pool, index):
+  if index == tuple(range(pool.shape[0])):
+    return pool, pool.shape[0]
+  start = index[0]
+  if index == tuple(range(start, start + len(index))):
+    return jax.lax.slice_in_dim(pool, start, start + len(index)), pool.shape[0]
+  return jnp.take(pool, np.asarray(index, np.int32), axis=0), pool.shape[0]
+
+
+def _gather_rows_bwd(index, n_pool, g):
+  if index == tuple(range(n_pool)):
+    return (g,)
+  uses: list[list[int]] = [[] for _ in range(n_pool)]
+  for j, row in enumerate(index):
+    uses[row].append(j)
+  zero_row = len(index)  # index of an appended zero row, for pool rows with fewer uses
+  g_padded = jnp.concatenate([g, jnp.zeros((1,) + g.shape[1:], g.dtype)])
+  grad = None
+  for k in range(max(len(u) for u in uses)):
+    pick = np.asarray([u[k] if k < len(u) else zero_row for u in uses], np.int32)
+    part = jnp.take(g_padded, pick, axis=0)
+    grad = part if grad is None else grad + part
+  return (grad,)
+
+
+gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
+
+
+def _slot_locations(plan: "LossPlan"):
+  """slot -> (level, dim, row in that level's pool of that dim); and root slots per dim.
+
+  Level 0 holds the batches (start rows, pair sides); level k holds every output of hop k,
+  bucket after bucket, each bucket's outputs as [edge, row block] flattened."""
+  if "_locations" in plan.__dict__:
+    return plan.__dict__["_locations"]
+  location: dict[int, tuple[int, int, int]] = {}
+  roots: dict[int, list[int]] = {}
+  root_slots = [s for _, s in plan.start_slot]
+  if not plan.settings.aligned_batches:
+    root_slots += [a for _, a, _ in plan.pair_slot] + [b for _, _, b in plan.pair_slot]
+  for s in sorted(set(root_slots)):
+    d = plan.slot_dims[s]
+    location[s] = (0, d, len(roots.setdefault(d, [])))
+    roots[d].append(s)
+  for k, level in enumerate(plan.levels, 1):
+    offset: dict[int, int] = {}
     for call in level:
       bucket = plan.layout.bucket_by_key[call.bucket_key]
       rows = len(call.inputs[0])
-      x = jnp.stack([jnp.stack([slots[s] for s in edge_inputs]) for edge_inputs in call.inputs])
-      batch_size = x.shape[2]
+      base = offset.get(bucket.d_out, 0)
+      for i, outs in enumerate(call.outputs):
+        for r, s in enumerate(outs):
+          if s >= 0:
+            location[s] = (k, bucket.d_out, base + i * rows + r)
+      offset[bucket.d_out] = base + bucket.size * rows
+  plan.__dict__["_locations"] = (location, roots)
+  return location, roots
+
+
+def run_translators(plan: LossPlan, params: Mapping[str, PyTree], batch: Mapping, dtype) -> dict:
+  """Apply every hop of the plan. Returns the pools {(level, dim): [rows, B, dim]} that hold every
+  slot (see _slot_locations). params: {bucket_key: stacked} (trainable and frozen)."""
+  location, roots = _slot_locations(plan)
+  root_value = {s: batch["start"][m] for m, s in plan.start_slot}
+  if not plan.settings.aligned_batches:
+    for key, slot_a, slot_b in plan.pair_slot:
+      root_value[slot_a], root_value[slot_b] = batch["src"][key], batch["dst"][key]
+  pools = {(0, d): jnp.stack([root_value[s] for s in slots]).astype(dtype) for d, slots in roots.items()}
+  for k, level in enumerate(plan.levels, 1):
+    outputs: dict[int, list] = {}
+    for call in level:
+      bucket = plan.layout.bucket_by_key[call.bucket_key]
+      rows = len(call.inputs[0])
+      index = tuple(location[s][2] for edge_inputs in call.inputs for s in edge_inputs)
+      x = gather_rows(pools[(k - 1, bucket.d_in)], index)  # [E_b * rows, B, d_in]
+      batch_size = x.shape[1]
       x = x.reshape(bucket.size, rows * batch_size, bucket.d_in)
       y = apply_bucket(bucket, params[call.bucket_key], x, dtype)
-      y = y.reshape(bucket.size, rows, batch_size, bucket.d_out)
-      for i, edge_outputs in enumerate(call.outputs):
-        for r, s in enumerate(edge_outputs):
-          if s >= 0:
-            slots[s] = y[i, r]
-  return slots
+      outputs.setdefault(bucket.d_out, []).append(y.reshape(bucket.size * rows, batch_size, bucket.d_out))
+    for d, ys in outputs.items():
+      pools[(k, d)] = ys[0] if len(ys) == 1 else jnp.concatenate(ys)
+  return pools
+
+
+def gather_slots(plan: LossPlan, pools: Mapping, slots: Sequence[int]) -> jax.Array:
+  """Stack the values of `slots` (all of one dim) into [n, B, d], one gather per source level."""
+  location, _ = _slot_locations(plan)
+  by_level: dict[int, list[int]] = {}
+  for j, s in enumerate(slots):
+    by_level.setdefault(location[s][0], []).append(j)
+  parts, order = [], []
+  for level in sorted(by_level):
+    js = by_level[level]
+    d = location[slots[js[0]]][1]
+    parts.append(gather_rows(pools[(level, d)], tuple(location[slots[j]][2] for j in js)))
+    order += js
+  out = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+  if order != list(range(len(slots))):
+    out = gather_rows(out, tuple(int(i) for i in np.argsort(order)))
+  return out
 
 
 def _cosine_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
@@ -300,13 +396,15 @@ def _cosine_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
 
 
 def _symmetric_infonce(pred: jax.Array, target: jax.Array, labels: jax.Array,
-                       inv_temperature: jax.Array) -> jax.Array:
+                       inv_temperature: jax.Array, dtype=jnp.float32) -> jax.Array:
   """pred, target: [E, B, d]; labels: [E, B] (rows with equal labels are positives).
 
   KL divergence from the uniform distribution over positives to the softmax, both directions: the
   usual CLIP loss when every label in the batch is distinct, and 0 at the optimum when several
-  rows share a label (cross-entropy minus the targets' entropy; same gradients). Returns [E]."""
-  logits = jnp.einsum("ebd,ecd->ebc", normalize(pred), normalize(target)) * inv_temperature
+  rows share a label (cross-entropy minus the targets' entropy; same gradients). The logit
+  matmul runs in `dtype` with float32 accumulation. Returns [E]."""
+  logits = jnp.einsum("ebd,ecd->ebc", normalize(pred).astype(dtype), normalize(target).astype(dtype),
+                      preferred_element_type=jnp.float32) * inv_temperature
   positives = (labels[:, :, None] == labels[:, None, :]).astype(jnp.float32)
   n_pos = jnp.sum(positives, axis=-1)  # symmetric, so also the column counts
   targets = positives / n_pos[..., None]
@@ -315,42 +413,49 @@ def _symmetric_infonce(pred: jax.Array, target: jax.Array, labels: jax.Array,
   return 0.5 * (jnp.mean(row, axis=-1) + jnp.mean(col, axis=-1))
 
 
-def _grouped(items: Sequence[tuple[int, Any, Any]]):
-  """Group (index, pred, target) by feature dim so each group is one batched computation."""
-  groups: dict[int, list] = {}
-  for item in items:
-    groups.setdefault(item[1].shape[-1], []).append(item)
-  return groups.values()
+def _by_dim(plan: LossPlan, pred_slots: Sequence[int]) -> list[list[int]]:
+  """Indices of items grouped by feature dim (each group is one batched computation)."""
+  groups: dict[int, list[int]] = {}
+  for i, s in enumerate(pred_slots):
+    groups.setdefault(plan.slot_dims[s], []).append(i)
+  return list(groups.values())
 
 
-def compute_terms(plan: LossPlan, slots: list, batch: Mapping, inv_temperature) -> dict[str, jax.Array]:
+def _in_item_order(values: list, index_groups: list[list[int]]) -> jax.Array:
+  """Concatenate per-group vectors and put them back in item order (one static gather)."""
+  if not values:
+    return jnp.zeros((0,), jnp.float32)
+  flat = values[0] if len(values) == 1 else jnp.concatenate(values)
+  order = [i for g in index_groups for i in g]
+  if order == list(range(len(order))):
+    return flat
+  return jnp.take(flat, np.argsort(order))
+
+
+def compute_terms(plan: LossPlan, pools: Mapping, batch: Mapping, inv_temperature,
+                  dtype=jnp.float32) -> dict[str, jax.Array]:
   """Per-term loss vectors: {"edge_cos": [n_terms], "infonce": [n_terms], "cycle": [n_cycles]}."""
-  n_terms, n_cyc = len(plan.terms), len(plan.cycles)
-  edge_cos = [None] * n_terms
-  infonce = [None] * n_terms
-  cycle = [None] * n_cyc
-  term_items = [(i, slots[a], slots[b]) for i, (a, b) in enumerate(plan.term_out)]
-  for group in _grouped(term_items):
-    idx = [g[0] for g in group]
-    pred = jnp.stack([g[1] for g in group]).astype(jnp.float32)
-    target = jnp.stack([g[2] for g in group]).astype(jnp.float32)
-    cos = _cosine_loss(pred, target)
+  pred_slots = [a for a, _ in plan.term_out]
+  target_slots = [b for _, b in plan.term_out]
+  term_groups = _by_dim(plan, pred_slots)
+  cos_parts, nce_parts = [], []
+  for idx in term_groups:
+    pred = gather_slots(plan, pools, [pred_slots[i] for i in idx])
+    target = gather_slots(plan, pools, [target_slots[i] for i in idx])
     labels = jnp.stack([batch["pair_label"][plan.terms[i].pairs] for i in idx])
-    nce = _symmetric_infonce(pred, target, labels, inv_temperature)
-    for j, i in enumerate(idx):
-      edge_cos[i], infonce[i] = cos[j], nce[j]
+    cos_parts.append(_cosine_loss(pred, target))
+    nce_parts.append(_symmetric_infonce(pred, target, labels, inv_temperature, dtype))
   start_of = dict(plan.start_slot)
-  cyc_items = [(i, slots[s], slots[start_of[c[0]]]) for i, (c, s) in
-               enumerate(zip(plan.cycles, plan.cycle_out))]
-  for group in _grouped(cyc_items):
-    idx = [g[0] for g in group]
-    pred = jnp.stack([g[1] for g in group]).astype(jnp.float32)
-    target = jnp.stack([g[2] for g in group]).astype(jnp.float32)
-    cos = _cosine_loss(pred, target)
-    for j, i in enumerate(idx):
-      cycle[i] = cos[j]
-  stack = lambda xs: jnp.stack(xs) if xs else jnp.zeros((0,), jnp.float32)
-  return {"edge_cos": stack(edge_cos), "infonce": stack(infonce), "cycle": stack(cycle)}
+  cycle_targets = [start_of[c[0]] for c in plan.cycles]
+  cycle_groups = _by_dim(plan, list(plan.cycle_out))
+  cycle_parts = []
+  for idx in cycle_groups:
+    pred = gather_slots(plan, pools, [plan.cycle_out[i] for i in idx])
+    target = gather_slots(plan, pools, [cycle_targets[i] for i in idx])
+    cycle_parts.append(_cosine_loss(pred, target))
+  return {"edge_cos": _in_item_order(cos_parts, term_groups),
+          "infonce": _in_item_order(nce_parts, term_groups),
+          "cycle": _in_item_order(cycle_parts, cycle_groups)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -387,9 +492,9 @@ def loss_fn(plan: LossPlan, params: Mapping[str, PyTree], frozen: Mapping[str, P
             weights: Mapping[str, jax.Array], dtype):
   """Scalar loss and aux metrics. params: {"edges": {bucket: ...}, "globals": {...}} (trainable)."""
   all_edges = {**frozen, **params["edges"]}
-  slots = run_translators(plan, all_edges, batch, dtype)
+  pools = run_translators(plan, all_edges, batch, dtype)
   inv_t = inverse_temperature(plan, params)
-  terms = compute_terms(plan, slots, batch, inv_t)
+  terms = compute_terms(plan, pools, batch, inv_t, dtype)
   total, cycle_by_length = total_loss(plan, terms, weights)
   return total, {"terms": terms, "cycle_by_length": cycle_by_length, "inv_temperature": inv_t}
 

@@ -138,7 +138,10 @@ def write_plots(report: Report, out_dir: str, title: str, names: Sequence[str],
     space = proj["space"]
     name = PLOT_FILES["projection"]
     # Centroids and gaps use every row; `points` rows per modality are drawn (the same in both panels).
-    what = f"all modalities in {space}'s space ({s['split']} split; others translated into it)"
+    if proj["routes"].get(space) == "raw":
+      what = f"all modalities in {space}'s space ({s['split']} split; others translated into it)"
+    else:
+      what = f"all modalities where they meet {space} ({s['split']} split)"
     if proj["before"] is not None:
       plots.plot_projection_before_after(proj["before"], proj["after"], proj["labels"],
                                          os.path.join(out_dir, name), f"{title}: {what}",
@@ -211,7 +214,8 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
         "Distance between the centroids of the L2-normalised query translations and gallery rows, in the "
         "space where they are compared (0 = centroids coincide, at most 2). before = translators at "
         "initialisation, after = trained; raw = untranslated rows (only where the dimensions match)."))
-    columns = [c for c in GAP_COLUMNS if c != "gap_raw" or any(g["gap_raw"] is not None for g in summary["gap"])]
+    has_raw = any(g["gap_raw"] is not None for g in summary["gap"])
+    columns = [c for c in GAP_COLUMNS if c != "gap_raw" or has_raw]
     parts.append(eval_lib.format_table(summary["gap"], columns) + "\n\n")
   if summary.get("silhouette"):
     parts.append("## Cluster separability by class\n\n")
@@ -224,26 +228,29 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
   if summary.get("reconstruction"):
     parts.append("## Reconstruction along paths and cycles\n\n")
     parts.append(_caption(
-        "Mean cosine between translations and their targets. Cycles (a->b->a) reconstruct the start rows; "
-        "paths are scored against the target row with the same instance id, or, for single hops without "
-        "ids, against the rows the data pairs them with (`target`). baseline = cosine of the best constant "
-        "prediction (the mean train row of the target modality)."))
+        "Mean cosine between translations and their targets; `hops` = translators applied. Cycles "
+        "(a->b->a) reconstruct their own start rows. Paths a->..->b are scored against b's row with the "
+        "same instance id; without ids, single hops are scored against the rows the data pairs them with "
+        "(`target`; with class-level pairs that is another row of the same class, so expect less than for "
+        "a cycle). baseline = the mean-predictor cosine (the mean train row of the target modality as a "
+        "constant prediction)."))
     parts.append(eval_lib.format_table(summary["reconstruction_by_hops"],
                                        ("kind", "hops", "routes", "cosine", "baseline")) + "\n\n")
     parts.append(eval_lib.format_table(summary["reconstruction"], RECONSTRUCTION_COLUMNS) + "\n\n")
   if images:
     parts.append("## Pictures\n\n")
     captions = {
-        "projection": "2-D PCA of every modality in one common space ({space}'s: other modalities "
-                      "translated along {routes}); stars = centroids, dashed lines = modality gap.",
+        "projection": "2-D PCA of every modality in one common space, where each meets {space} "
+                      "(routes: {routes}); stars = centroids, dashed lines = modality gap.",
         "heatmap_instance": "Instance-level retrieval mAP for every query/gallery pair, chance underneath.",
         "heatmap_class": "Class-level retrieval mAP for every query/gallery pair, chance underneath.",
-        "reconstruction": "Reconstruction cosine against the number of translators applied; dashed = "
-                          "mean-predictor baseline.",
+        "reconstruction": "Reconstruction cosine against the number of translators applied, one line per "
+                          "target modality (cycles and paths that end in it); dashed = its mean-predictor "
+                          "baseline.",
         "curves": "Training losses from metrics.jsonl.",
     }
     proj = summary.get("projection") or {}
-    routes = ", ".join(r for m, r in proj.get("routes", {}).items() if r != "raw")
+    routes = ", ".join(f"{m}: {r}" for m, r in proj.get("routes", {}).items())
     for key, name in images.items():
       text = captions[key].format(space=proj.get("space", ""), routes=routes or "-")
       parts.append(f"![{key}]({name})\n\n" + _caption(text))
@@ -268,13 +275,15 @@ def console_summary(summary: Mapping) -> str:
   if gaps:
     before = [g["gap_before"] for g in gaps if g["gap_before"] is not None]
     text = f"{np.mean(before):.3f} at init -> " if before else ""
-    lines.append(f"\nmodality gap (mean over {len(gaps)} routes): {text}{np.mean([g['gap_after'] for g in gaps]):.3f}")
+    after = np.mean([g["gap_after"] for g in gaps])
+    lines.append(f"\nmodality gap (mean over {len(gaps)} routes): {text}{after:.3f}")
   sil = [s for s in summary.get("silhouette", []) if s["mixed"] is not None]
   if sil:
-    lines.append(f"class silhouette of translated queries + gallery (mean): {np.mean([s['mixed'] for s in sil]):.3f}")
+    mixed = np.mean([s["mixed"] for s in sil])
+    lines.append(f"class silhouette of translated queries + gallery (mean): {mixed:.3f}")
   for r in summary.get("reconstruction_by_hops", []):
-    lines.append(f"reconstruction {r['kind']} {r['hops']} hops ({r['routes']} routes): cosine {r['cosine']:.3f} "
-                 f"(mean-predictor {r['baseline']:.3f})")
+    lines.append(f"reconstruction {r['kind']} {r['hops']} hops ({r['routes']} routes): "
+                 f"cosine {r['cosine']:.3f} (mean-predictor {r['baseline']:.3f})")
   return "\n".join(lines)
 
 
@@ -296,9 +305,9 @@ def write_report(report: Report, out_dir: str, title: str, names: Sequence[str],
   return [os.path.join(out_dir, n) for n in (*REPORT_FILES, *images.values())]
 
 
-def run_report(aligner: eval_lib.Aligner, dataset, out_dir: str | None, before: eval_lib.Aligner | None = None,
-               options: EvalOptions | None = None, header: Mapping | None = None,
-               metrics_rows: Sequence[Mapping] = (), plots: bool = True,
+def run_report(aligner: eval_lib.Aligner, dataset, out_dir: str | None,
+               before: eval_lib.Aligner | None = None, options: EvalOptions | None = None,
+               header: Mapping | None = None, metrics_rows: Sequence[Mapping] = (), plots: bool = True,
                log: Callable[[str], None] = print) -> dict:
   """Evaluate, print the compact table, write the report into out_dir (None: print only).
 
@@ -326,9 +335,9 @@ def aligner_for_run(layout, params: Mapping, compute_dtype: str, name: str) -> e
   return eval_lib.GraphAligner(layout, params, compute_dtype, name=name)
 
 
-def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str] = (), split: str | None = None,
-                     out: str | None = None, step: int | None = None, plots: bool = True,
-                     log: Callable[[str], None] = print) -> dict:
+def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str] = (),
+                     split: str | None = None, out: str | None = None, step: int | None = None,
+                     plots: bool = True, log: Callable[[str], None] = print) -> dict:
   """Restore a trained run (train.load_trained) and write its report into `out` (default: workdir).
 
   data: a .npz / folder to evaluate on instead of the run's own data (same modalities and dims)."""

@@ -80,7 +80,8 @@ def loss_settings_from_config(loss_cfg) -> objectives.LossSettings:
       edge_cos=float(loss_cfg.edge_cos), infonce=float(loss_cfg.infonce),
       temperature=float(loss_cfg.temperature), learn_temperature=bool(loss_cfg.learn_temperature),
       cycle_weights=tuple(float(w) for w in loss_cfg.cycle_weights),
-      supervised_edges=sup or None, cycle_starts=starts or None)
+      supervised_edges=sup or None, cycle_starts=starts or None,
+      aligned_batches=bool(loss_cfg.get("aligned_batches", False)))
 
 
 def virtual_nodes_from_config(config) -> dict[str, int]:
@@ -182,8 +183,27 @@ def init_state(setup: Setup, tx: optax.GradientTransformation, seed: int,
               for b in layout.trainable_buckets for e in b.edges}
   params = {"edges": stack(layout, per_edge, trainable_only=True),
             "globals": setup.plan.initial_globals()}
-  return {"step": jnp.int32(0), "params": params, "opt": tx.init(params),
-          "rng": jax.random.PRNGKey(seed), "weights": dict(weights), "health": _fresh_health(setup)}
+  state = {"step": jnp.int32(0), "params": params, "opt": tx.init(params),
+           "rng": jax.random.PRNGKey(seed), "weights": dict(weights), "health": _fresh_health(setup)}
+  return with_compute_copy(setup, state)
+
+
+def with_compute_copy(setup: Setup, state: dict) -> dict:
+  """Mixed precision: add state["compute_params"], the trainable edges cast to the compute
+  dtype. The step runs the translators on it and rewrites it inside the fused optimizer update,
+  so no separate cast of the float32 master weights is needed. Derived: never checkpointed."""
+  if setup.compute_dtype == "float32":
+    return state
+  dtype = dtype_from_name(setup.compute_dtype)
+  return {**state, "compute_params": jax.tree.map(lambda p: p.astype(dtype), state["params"]["edges"])}
+
+
+def compute_frozen(setup: Setup, frozen: Mapping) -> dict:
+  """Frozen edges in the compute dtype (cast once, outside the step)."""
+  if setup.compute_dtype == "float32":
+    return dict(frozen)
+  dtype = dtype_from_name(setup.compute_dtype)
+  return jax.tree.map(lambda p: p.astype(dtype), dict(frozen))
 
 
 def _fresh_health(setup: Setup) -> dict:
@@ -199,10 +219,19 @@ def per_edge_grad_norms(grads_edges: Mapping[str, PyTree]) -> dict[str, jax.Arra
   """{bucket: [E_b]} L2 norm of each edge's gradient."""
   out = {}
   for key, tree in grads_edges.items():
-    sq = [jnp.sum(jnp.square(g.astype(jnp.float32)).reshape(g.shape[0], -1), axis=1)
-          for g in jax.tree.leaves(tree)]
-    out[key] = jnp.sqrt(sum(sq))
+    out[key] = jnp.sqrt(sum(_per_row_sum_of_squares(g) for g in jax.tree.leaves(tree)))
   return out
+
+
+def _per_row_sum_of_squares(g: jax.Array) -> jax.Array:
+  """[E, ...] -> [E]. Reduced in two stages ([E, k, n/k] then [E, k]): a one-stage reduction to
+  E outputs runs on only E thread blocks on GPU, which took milliseconds for large edges."""
+  n = int(np.prod(g.shape[1:]))
+  k = 1
+  while k < 1024 and n % (2 * k) == 0 and n // (2 * k) >= 1024:
+    k *= 2
+  sq = jnp.square(g.astype(jnp.float32)).reshape(g.shape[0], k, n // k)
+  return jnp.sum(jnp.sum(sq, axis=2), axis=1)
 
 
 def make_step_fn(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite: bool = True) -> Callable:
@@ -215,8 +244,14 @@ def make_step_fn(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite:
     def loss(params):
       return plan.loss(params, frozen, batch, state["weights"], key, dtype)
 
-    (total, aux), grads = jax.value_and_grad(loss, has_aux=True)(state["params"])
+    lowp = "compute_params" in state
+    # with a compute-dtype copy, differentiate w.r.t. it: gradients come out in the compute dtype
+    # and the float32 master weights are only touched by the optimizer update
+    diff_params = {**state["params"], "edges": state["compute_params"]} if lowp else state["params"]
+    (total, aux), grads = jax.value_and_grad(loss, has_aux=True)(diff_params)
     grad_norms = per_edge_grad_norms(grads["edges"])
+    if lowp:
+      grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state["params"])
     updates, new_opt = tx.update(grads, state["opt"], state["params"])
     new_params = optax.apply_updates(state["params"], updates)
     terms_finite = {k: jnp.isfinite(v) for k, v in aux["terms"].items()}
@@ -237,6 +272,8 @@ def make_step_fn(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite:
     }
     new_state = {**state, "step": state["step"] + 1, "params": new_params, "opt": new_opt,
                  "health": health}
+    if lowp:
+      new_state["compute_params"] = jax.tree.map(lambda p: p.astype(dtype), new_params["edges"])
     metrics = {"loss/total": total, "grad_norm": grad_norms, **aux}
     return new_state, metrics
 
@@ -331,10 +368,11 @@ def items_to_state(setup: Setup, template: Mapping, edge_items: Mapping[str, Map
   params = ckpt_lib.merge_by_edge(layout, template["params"], params_by_edge, train_item.get("globals", {}))
   opt = ckpt_lib.merge_by_edge(layout, template["opt"], opt_by_edge, train_item.get("opt_shared", {}))
   health = ckpt_lib.merge_by_edge(layout, template["health"], {}, train_item["health"])
-  return {"step": jnp.int32(train_item["step"]), "params": jax.tree.map(jnp.asarray, params),
-          "opt": jax.tree.map(jnp.asarray, opt), "rng": jnp.asarray(train_item["rng"], jnp.uint32),
-          "weights": jax.tree.map(jnp.asarray, dict(train_item["weights"])),
-          "health": jax.tree.map(jnp.asarray, health)}
+  state = {"step": jnp.int32(train_item["step"]), "params": jax.tree.map(jnp.asarray, params),
+           "opt": jax.tree.map(jnp.asarray, opt), "rng": jnp.asarray(train_item["rng"], jnp.uint32),
+           "weights": jax.tree.map(jnp.asarray, dict(train_item["weights"])),
+           "health": jax.tree.map(jnp.asarray, health)}
+  return with_compute_copy(setup, state)
 
 
 def check_meta_matches(setup: Setup, meta: Mapping, step: int, directory: str) -> None:
@@ -461,7 +499,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
   frozen_params = dict(frozen_params or {})
   setup = build_setup(config, dataset, graph=graph, frozen=tuple(frozen_params), objective=objective)
   layout, plan = setup.layout, setup.plan
-  frozen = stack(layout, frozen_params, buckets=layout.frozen_buckets) if frozen_params else {}
+  frozen_f32 = stack(layout, frozen_params, buckets=layout.frozen_buckets) if frozen_params else {}
+  frozen = compute_frozen(setup, frozen_f32)
   frozen_from = dict(frozen_from or {})
   frozen_items = {e: {"params": jax.tree.map(np.asarray, p), "opt": {}} for e, p in frozen_params.items()
                   if e not in frozen_from}
@@ -522,7 +561,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
     checkpoints.close()
   seconds = time.perf_counter() - t_start
   final = flat_metrics(setup, metrics) if metrics is not None else {}
-  return TrainResult(setup, state, frozen, dataset, n_total - start, seconds, compile_seconds, final)
+  return TrainResult(setup, state, frozen_f32, dataset, n_total - start, seconds, compile_seconds, final)
 
 
 # ---- loading a trained run ---------------------------------------------------------------------

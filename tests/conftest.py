@@ -5,10 +5,15 @@ from __future__ import annotations
 import importlib.util
 import os
 
-import numpy as np
-import pytest
+# The suite compiles many tiny programs; XLA's expensive CPU optimisation passes cost more compile
+# time than they save at these sizes. Read when the CPU backend starts (first computation), so set
+# here, before any; setdefault: a caller's own XLA_FLAGS (e.g. fake device counts) win.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 
-from graphbridge import data as data_lib
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from graphbridge import data as data_lib  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

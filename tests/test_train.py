@@ -41,6 +41,11 @@ def sample(setup):
 
 
 @pytest.fixture(scope="module")
+def device_step(setup, tx):
+    return train_lib.make_device_step(setup, tx)
+
+
+@pytest.fixture(scope="module")
 def traced_once_step(setup, tx):
     """The pure step, jitted by us, that fails if it is ever traced a second time."""
     return jax.jit(chex.assert_max_traces(train_lib.make_step_fn(setup, tx), n=1))
@@ -60,8 +65,8 @@ def test_setup_from_config(setup):
     assert sorted(b.size for b in setup.layout.buckets) == [2, 2]
 
 
-def test_device_steps_lower_the_loss(setup, tx, config, arrays):
-    step_fn = train_lib.make_device_step(setup, tx)
+def test_device_steps_lower_the_loss(setup, tx, config, arrays, device_step):
+    step_fn = device_step
     state = fresh_state(setup, tx, config)
     losses, infonce = [], []
     for _ in range(30):
@@ -77,9 +82,9 @@ def test_device_steps_lower_the_loss(setup, tx, config, arrays):
     train_lib.raise_if_unhealthy(setup, state["health"])  # healthy: no error
 
 
-def test_device_sampler_is_deterministic_per_step(setup, tx, config, arrays):
+def test_device_sampler_is_deterministic_per_step(setup, tx, config, arrays, device_step):
     """Two runs from the same seed give bit-identical params (the batch key is fold_in(rng, step))."""
-    step_fn = train_lib.make_device_step(setup, tx, donate=False)
+    step_fn = device_step
     results = []
     for _ in range(2):
         state = fresh_state(setup, tx, config)

@@ -7,11 +7,12 @@ silhouette, reconstruction, plots) without training again.
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a trained run (its checkpoints/ and metrics.jsonl).")
-_DATA = flags.DEFINE_string("data", None, "Evaluate on this .npz / folder of .npy instead of the run's own data "
-                            "(same modalities and dims).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's directory (checkpoints/, metrics.jsonl).")
+_DATA = flags.DEFINE_string("data", None, "Evaluate on this .npz / folder of .npy instead of the run's own "
+                            "data (same modalities and dims).")
 _PATHS = flags.DEFINE_list("paths", [], "Extra named routes to score, e.g. image->text->audio,audio->text->image.")
-_SPLIT = flags.DEFINE_enum("split", None, ["test", "train", "all"], "Rows to evaluate (default: the run's eval.split).")
+_SPLIT = flags.DEFINE_enum("split", None, ["test", "train", "all"],
+                           "Rows to evaluate (default: the run's eval.split).")
 _OUT = flags.DEFINE_string("out", None, "Where to write report.{json,md} and the PNGs (default: --workdir).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest complete one).")
 _PLOTS = flags.DEFINE_bool("plots", True, "Write the PNG plots (needs matplotlib).")
