@@ -109,7 +109,14 @@ def merge_by_edge(layout: EdgeLayout, template: PyTree, per_edge: Mapping[str, M
       if bucket is None:
         value = np.asarray(_get_nested(shared, keys or ["value"]))
       else:
-        value = np.stack([np.asarray(_get_nested(per_edge[e.name], rest or ["value"])) for e in bucket.edges])
+        rows = []
+        for e in bucket.edges:
+          row = np.asarray(_get_nested(per_edge[e.name], rest or ["value"]))
+          if row.shape != np.shape(leaf)[1:]:
+            raise CheckpointError(f"checkpoint edge {e.name}: array {'/'.join(rest)} has shape {row.shape}, "
+                                  f"expected {np.shape(leaf)[1:]} (dimension mismatch with the configured graph)")
+          rows.append(row)
+        value = np.stack(rows)
     except KeyError as exc:
       where = "shared state" if bucket is None else "edge items"
       raise CheckpointError(f"checkpoint lacks {'/'.join(keys)} in its {where} ({exc}); it was written for "
@@ -165,6 +172,8 @@ class Checkpoints:
     items[TRAIN] = ocp.args.StandardSave(dict(train_item))
     items[META] = ocp.args.JsonSave(meta)
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    if os.environ.get("GRAPHBRIDGE_KILL_DURING_SAVE") == str(step):  # fault injection for tests
+      os.kill(os.getpid(), 9)
     if copy_items_from:
       self._manager.wait_until_finished()
       for edge, src_dir in copy_items_from.items():

@@ -62,7 +62,9 @@ def compare(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dat
             log: Callable[[str], None] = print) -> dict:
   """Train every strategy in config.compare.strategies for config.compare.seeds seeds, evaluate
   each (and each post-hoc variant) plus the linear baselines; write compare.{json,md,png}."""
+  from graphbridge import config_check
   from graphbridge import experiment  # data loading shared with the main job
+  config_check.validate(config)
   dataset = dataset if dataset is not None else experiment.load_dataset(config)
   names = train_lib._names(config.compare.strategies)
   for name in names:

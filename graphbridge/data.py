@@ -200,11 +200,11 @@ class Dataset:
 
   def fingerprint(self) -> str:
     h = hashlib.sha256()
-    for m, mod in self.modalities.items():
+    for m, mod in sorted(self.modalities.items()):  # independent of the file's modality order
       h.update(m.encode())
       h.update(np.ascontiguousarray(mod.emb[:64]).tobytes())
       h.update(str(mod.emb.shape).encode())
-    for (a, b), p in self.pairs.items():
+    for (a, b), p in sorted(self.pairs.items()):
       h.update(f"{a}__{b}{p.shape}".encode())
     return h.hexdigest()[:16]
 
@@ -280,8 +280,12 @@ def load_digits() -> Dataset:
 
 
 def load_named(name_or_path: str) -> Dataset:
-  if name_or_path in ("digits", ""):
+  """'digits' (the embedded set) or a path to a .npz / folder of .npy files."""
+  if name_or_path == "digits":
     return load_digits()
+  if not name_or_path:
+    raise DataError("no data given: set --config.data.path=FILE.npz (or a folder of .npy files) in "
+                    "graphbridge's data format, or --config.data.name=digits for the embedded set")
   return load(name_or_path)
 
 

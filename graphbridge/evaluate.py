@@ -493,39 +493,47 @@ def translate_paths(layout, params: Mapping, compute_dtype: str, routes: Sequenc
 
 @dataclasses.dataclass
 class GraphAligner:
-  """Queries are translated along a path of translators into the gallery modality's space."""
+  """Any strategy whose model is translators on a graph (graph, pivot, pairwise, C-MCR).
+
+  Routes (see graphbridge/routes.py): `a->b->c` translates queries into the gallery's space;
+  `a->p<-c` translates both sides into the meeting node p. The default route is the best one
+  (fewest hops, then the shortest longer side, then into the gallery's own space)."""
   layout: object
   params: Mapping
   compute_dtype: str = "float32"
   name: str = "graph"
 
   def default_route(self, query: str, gallery: str) -> str | None:
+    from graphbridge.routes import best_route
     graph = self.layout.graph
     if query not in graph.dims or gallery not in graph.dims:
       return None
-    if graph.has_edge(query, gallery):
-      return f"{query}->{gallery}"
-    try:
-      return path_name(graph.shortest_path(query, gallery))
-    except GraphError:
-      return None
+    route = best_route(graph, query, gallery)
+    return None if route is None else route.name
 
   def route_ends(self, route: str) -> tuple[str, str]:
-    path = self.layout.graph.parse_path(route)
-    return path[0], path[-1]
+    from graphbridge.routes import parse_route
+    parsed = parse_route(self.layout.graph, route)
+    return parsed.query, parsed.gallery
 
   def translate_many(self, routes: Sequence[str], x: np.ndarray) -> dict[str, np.ndarray]:
-    """{route: [n, d_dst]} for the same rows x [n, d_src] along several paths (see translate_paths)."""
+    """{path: [n, d_dst]} for the same rows x [n, d_src] along several paths (see translate_paths)."""
     return translate_paths(self.layout, self.params, self.compute_dtype, routes, x)
 
-  def translate(self, route: str, x: np.ndarray) -> np.ndarray:
-    """x: [n, d_src] -> [n, d_dst] float32 along one path, L2-normalised."""
-    return translate_paths(self.layout, self.params, self.compute_dtype, [route], x)[route]
+  def translate(self, path: str, x: np.ndarray) -> np.ndarray:
+    """x: [n, d_src] -> [n, d_dst] float32 along one path (a single node: x itself), L2-normalised."""
+    if "->" not in path:
+      x = np.asarray(x, np.float32)
+      return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+    return translate_paths(self.layout, self.params, self.compute_dtype, [path], x)[path]
 
   def encode(self, query, gallery, route, xq, xg):
-    if self.route_ends(route) != (query, gallery):
-      raise GraphError(f"route {route} does not lead from {query} to {gallery}")
-    return self.translate(route, xq), np.asarray(xg)
+    from graphbridge.routes import parse_route
+    parsed = parse_route(self.layout.graph, route)
+    if (parsed.query, parsed.gallery) != (query, gallery):
+      raise GraphError(f"route {route} does not join {query} (query) and {gallery} (gallery)")
+    return (self.translate(path_name(parsed.query_path), xq),
+            self.translate(path_name(parsed.gallery_path), xg))
 
 
 # ---- tables ------------------------------------------------------------------------------------

@@ -267,7 +267,7 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
 def console_summary(summary: Mapping) -> str:
   """The compact table printed by the main job: retrieval rows, by-hop summary, one line per extra."""
   split = summary["split"]
-  lines = [f"retrieval on the {split} split (route: query translated into the gallery's space)",
+  lines = [f"retrieval on the {split} split (route a->b: query translated into b's space; a->p<-b: both translated into p)",
            eval_lib.format_table(summary["rows"], eval_lib.RETRIEVAL_COLUMNS), "",
            "by hop distance in the paired-data graph (1 = paired in training, 2+ = zero-shot)",
            eval_lib.format_table(summary["by_hops"], BY_HOPS_COLUMNS)]
@@ -331,7 +331,8 @@ def run_report(aligner: eval_lib.Aligner, dataset, out_dir: str | None,
 # ---- a trained workdir --------------------------------------------------------------------------
 
 def aligner_for_run(layout, params: Mapping, compute_dtype: str, name: str) -> eval_lib.Aligner:
-  """The aligner of a restored run: its translators, queries translated along paths."""
+  """The aligner of a restored run: its translators; routes translate along paths or meet in a
+  shared node (pivot, pairwise and C-MCR runs compare in their shared spaces)."""
   return eval_lib.GraphAligner(layout, params, compute_dtype, name=name)
 
 

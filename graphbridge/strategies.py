@@ -34,7 +34,8 @@ from graphbridge import train as train_lib
 from graphbridge.cmcr import CMCRObjective, CMCRSettings
 from graphbridge.data import Dataset
 from graphbridge.graph import Edge, GraphError, ModalityGraph
-from graphbridge.routes import TranslatorAligner, best_route, parse_route
+from graphbridge.evaluate import GraphAligner as TranslatorAligner
+from graphbridge.routes import parse_route
 from graphbridge.translators import EdgeLayout, init_params
 
 STRATEGIES = ("graph", "pivot", "pairwise", "cmcr")

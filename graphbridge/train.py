@@ -36,8 +36,7 @@ class NonFiniteError(FloatingPointError):
   """A loss term or gradient became NaN/inf; the message names the term and edge."""
 
 
-class ConfigError(ValueError):
-  """The config asks for something that does not exist; the message lists the valid choices."""
+from graphbridge.config_check import ConfigError  # noqa: E402  (re-exported: train.ConfigError)
 
 
 # ---- setup from config --------------------------------------------------------------------------
@@ -354,7 +353,8 @@ def state_to_items(setup: Setup, state: Mapping) -> tuple[dict, dict]:
                                                                       if jnp.issubdtype(state["rng"].dtype,
                                                                                         jax.dtypes.prng_key)
                                                                       else state["rng"]),
-                "weights": state["weights"], "health": _drop_empty(state["health"]), "globals": globals_,
+                "weights": _drop_empty(state["weights"]), "health": _drop_empty(state["health"]),
+                "globals": globals_,
                 "opt_shared": opt_shared}
   return edge_items, train_item
 
@@ -368,17 +368,23 @@ def items_to_state(setup: Setup, template: Mapping, edge_items: Mapping[str, Map
   params = ckpt_lib.merge_by_edge(layout, template["params"], params_by_edge, train_item.get("globals", {}))
   opt = ckpt_lib.merge_by_edge(layout, template["opt"], opt_by_edge, train_item.get("opt_shared", {}))
   health = ckpt_lib.merge_by_edge(layout, template["health"], {}, train_item["health"])
+  weights = ckpt_lib.merge_by_edge(layout, template["weights"], {}, train_item["weights"])
   state = {"step": jnp.int32(train_item["step"]), "params": jax.tree.map(jnp.asarray, params),
            "opt": jax.tree.map(jnp.asarray, opt), "rng": jnp.asarray(train_item["rng"], jnp.uint32),
-           "weights": jax.tree.map(jnp.asarray, dict(train_item["weights"])),
+           "weights": jax.tree.map(jnp.asarray, dict(weights)),
            "health": jax.tree.map(jnp.asarray, health)}
   return with_compute_copy(setup, state)
+
+
+def _canonical_graph(graph: Mapping) -> tuple:
+  """Node and edge sets: the order of modalities in a data file does not change the graph."""
+  return (sorted(tuple(n) for n in graph.get("nodes", [])), sorted(graph.get("edges", [])))
 
 
 def check_meta_matches(setup: Setup, meta: Mapping, step: int, directory: str) -> None:
   saved = meta.get("layout", {})
   now = setup.layout.to_dict()
-  if saved.get("graph") != now["graph"]:
+  if _canonical_graph(saved.get("graph", {})) != _canonical_graph(now["graph"]):
     raise ckpt_lib.CheckpointError(
         f"checkpoint step {step} in {directory} was written for another graph "
         f"({ModalityGraph.from_dict(saved['graph']).describe() if 'graph' in saved else 'unknown'}) but the "
@@ -389,16 +395,36 @@ def check_meta_matches(setup: Setup, meta: Mapping, step: int, directory: str) -
 
 
 def restore_state(setup: Setup, checkpoints: ckpt_lib.Checkpoints, template: Mapping,
-                  step: int | None = None) -> tuple[dict, int] | tuple[None, None]:
-  step = checkpoints.latest_complete_step() if step is None else step
-  if step is None:
-    return None, None
-  meta = checkpoints.check_complete(step)
-  check_meta_matches(setup, meta, step, checkpoints.directory)
-  edges = [e.name for e in setup.layout.trainable_edges]
-  edge_items = checkpoints.restore_edges(step, edges)
-  train_item = checkpoints.restore_train(step)
-  return items_to_state(setup, template, edge_items, train_item), step
+                  step: int | None = None, log: Callable[[str], None] = logging.warning
+                  ) -> tuple[dict, int] | tuple[None, None]:
+  """Restore `step`, or the newest step that restores cleanly.
+
+  A step that is incomplete (missing item, unreadable metadata) or corrupt (an item fails to
+  read) is reported and the next older complete step is tried: resuming from an older step only
+  repeats work, and the batch RNG is a function of the step, so the run ends the same. A
+  checkpoint of another graph is an error, not a fallback: no step of it can be used."""
+  candidates = [step] if step is not None else list(reversed(checkpoints.all_steps()))
+  errors = []
+  for candidate in candidates:
+    try:
+      meta = checkpoints.check_complete(candidate)
+      check_meta_matches(setup, meta, candidate, checkpoints.directory)
+      edges = [e.name for e in setup.layout.trainable_edges]
+      edge_items = checkpoints.restore_edges(candidate, edges)
+      train_item = checkpoints.restore_train(candidate)
+      state = items_to_state(setup, template, edge_items, train_item)
+    except ckpt_lib.CheckpointError as exc:
+      if step is not None or "another graph" in str(exc) or "architecture differs" in str(exc):
+        raise
+      errors.append(str(exc))
+      log(f"{exc}; trying an older checkpoint")
+      continue
+    if errors:
+      log(f"resuming from checkpoint step {candidate}, the latest complete one")
+    return state, candidate
+  if errors:
+    log(f"no usable checkpoint in {checkpoints.directory} ({len(errors)} damaged); starting from scratch")
+  return None, None
 
 
 # ---- metrics -----------------------------------------------------------------------------------
@@ -561,7 +587,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
     checkpoints.close()
   seconds = time.perf_counter() - t_start
   final = flat_metrics(setup, metrics) if metrics is not None else {}
-  return TrainResult(setup, state, frozen_f32, dataset, n_total - start, seconds, compile_seconds, final)
+  return TrainResult(setup, state, frozen_f32, dataset, max(n_total - start, 0), seconds, compile_seconds,
+                     final)
 
 
 # ---- loading a trained run ---------------------------------------------------------------------

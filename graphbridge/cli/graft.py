@@ -1,0 +1,46 @@
+"""graphbridge-graft / launch/graft.py: add a modality to a trained graph, training only its edges.
+
+  python launch/graft.py --from_workdir=/tmp/gb_base --config=configs/graft_audio.py --workdir=/tmp/gb_graft
+  python launch/graft.py --base --config=configs/graft_audio.py --workdir=/tmp/gb_base   # the graph without it
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Graft config file (configs/graft_audio.py[:tiny]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "New directory for the grafted run's checkpoints, metrics and "
+                               "report (with --base: the base run's directory).")
+_FROM = flags.DEFINE_string("from_workdir", None, "The trained run to graft onto; only read, never written.")
+_BASE = flags.DEFINE_bool("base", False, "Instead of grafting, train the graph without graft.modality "
+                          "(the data restricted to graft.base_modalities).")
+_PLOTS = flags.DEFINE_bool("plots", True, "Write the report's PNG plots (needs matplotlib).")
+
+
+def _main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _BASE.value == bool(_FROM.value):
+    raise app.UsageError("give --from_workdir=OLD to graft, or --base to train the graph without the new "
+                         "modality (not both)")
+  if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
+  from graphbridge import graft
+  try:
+    if _BASE.value:
+      graft.train_base(_CONFIG.value, _WORKDIR.value, plots=_PLOTS.value)
+    else:
+      graft.graft(_CONFIG.value, _FROM.value, _WORKDIR.value, plots=_PLOTS.value)
+  except graft.GraftError as exc:
+    sys.exit(f"graft: {exc}")
+
+
+def main():
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  main()

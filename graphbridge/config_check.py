@@ -1,0 +1,112 @@
+"""Config validation before any data is loaded or anything is compiled.
+
+Typos (an unknown key, an unknown strategy or optimizer, a malformed edge) fail at once with
+the valid choices listed. Edges that name a modality missing from the data are caught when the
+graph is built from the data (train.graph_from_config), still before compilation.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable, Mapping
+
+from graphbridge.graph import Edge, GraphError
+
+# choices read by the library; kept here so the messages list them
+CHOICES = {
+    "strategy": ("graph", "pivot", "pairwise", "cmcr"),
+    "optim.name": ("adam", "adamw", "sgd"),
+    "model.activation": ("gelu", "gelu_exact", "relu", "silu", "tanh"),
+    "model.compute_dtype": ("float32", "bfloat16", "float16"),
+    "loss.infonce_positives": ("label", "pair"),
+    "posthoc": ("none", "center", "procrustes", "cca"),
+    "eval.split": ("test", "train", "all"),
+}
+LIST_CHOICES = {
+    "compare.strategies": CHOICES["strategy"],
+    "compare.posthoc": CHOICES["posthoc"],
+    "compare.baselines": ("ridge", "cca"),
+}
+EDGE_LISTS = ("graph.edges", "graph.extra_edges", "graph.frozen")
+
+
+class ConfigError(ValueError):
+  """The config asks for something that does not exist; the message lists the valid choices."""
+
+
+def _get(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def _names(value) -> list[str]:
+  if value is None:
+    return []
+  if isinstance(value, str):
+    return [v.strip() for v in value.split(",") if v.strip()]
+  return [str(v) for v in value]
+
+
+def unknown_keys(config: Mapping, reference: Mapping, prefix: str = "") -> list[str]:
+  """Dotted keys of `config` absent from `reference`, each with close matches."""
+  problems = []
+  for key in config:
+    where = f"{prefix}{key}"
+    if key not in reference:
+      close = difflib.get_close_matches(key, list(reference), n=3)
+      hint = f" (did you mean {', '.join(prefix + c for c in close)}?)" if close else \
+          f" (valid keys here: {', '.join(prefix + k for k in reference)})"
+      problems.append(f"unknown config key {where!r}{hint}")
+    elif isinstance(config[key], Mapping) and isinstance(reference[key], Mapping):
+      problems += unknown_keys(config[key], reference[key], prefix=f"{where}.")
+  return problems
+
+
+def validate(config, extra_sections: Iterable[str] = ()) -> None:
+  """Raise ConfigError listing every problem found (not just the first)."""
+  from graphbridge import defaults
+  reference = defaults.base_config().to_dict()
+  for section in extra_sections:
+    if section in config:
+      reference[section] = config[section].to_dict() if hasattr(config[section], "to_dict") else config[section]
+  plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  problems = unknown_keys(plain, reference)
+  for key, choices in CHOICES.items():
+    value = _get(config, key)
+    if value is not None and value not in choices:
+      problems.append(f"{key}={value!r} is not one of: {', '.join(choices)}")
+  for key, choices in LIST_CHOICES.items():
+    for value in _names(_get(config, key)):
+      if value not in choices:
+        problems.append(f"{key} names {value!r}; choose from: {', '.join(choices)}")
+  for key in EDGE_LISTS:
+    for value in _names(_get(config, key)):
+      try:
+        Edge.parse(value)
+      except GraphError as exc:
+        problems.append(f"{key}: {exc}")
+  positive = {"data.batch_size": _get(config, "data.batch_size"), "loss.temperature": _get(config, "loss.temperature"),
+              "optim.lr": _get(config, "optim.lr")}
+  for key, value in positive.items():
+    if value is not None and not value > 0:
+      problems.append(f"{key} must be > 0, got {value!r}")
+  for key in ("train.steps", "finetune.steps", "loss.edge_cos", "loss.infonce"):
+    value = _get(config, key)
+    if value is not None and value < 0:
+      problems.append(f"{key} must be >= 0, got {value!r}")
+  hidden = _get(config, "model.hidden")
+  if hidden is not None and (not all(int(h) == h and h > 0 for h in hidden)):
+    problems.append(f"model.hidden must be positive integers, got {hidden!r}")
+  cycle = _get(config, "loss.cycle_weights")
+  if cycle is not None and any(w < 0 for w in cycle):
+    problems.append(f"loss.cycle_weights must be >= 0 (weights of 2-, 3-, ... cycles), got {cycle!r}")
+  for item in _names(_get(config, "graph.virtual_nodes")):
+    name, _, dim = item.partition(":")
+    if not dim.strip().isdigit() or not name.strip():
+      problems.append(f"graph.virtual_nodes entry {item!r}: expected 'name:dim', e.g. 'shared:256'")
+  if problems:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
