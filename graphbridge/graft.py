@@ -35,11 +35,13 @@ import ml_collections
 import numpy as np
 
 from graphbridge import checkpoint as ckpt_lib
+from graphbridge import config_check
 from graphbridge import data as data_lib
 from graphbridge import evaluate as eval_lib
 from graphbridge import report as report_lib
 from graphbridge import train as train_lib
-from graphbridge.graph import Edge, GraphError, ModalityGraph, check_modality_name
+from graphbridge.graph import GraphError, ModalityGraph, check_modality_name
+from graphbridge.routes import parse_route
 
 GRAFT_FILE = "graft.json"
 
@@ -125,6 +127,23 @@ def _graft_block(config) -> ml_collections.ConfigDict:
   return block
 
 
+def _check_config(config) -> None:
+  """Typos and bad choices (config_check), and the one strategy a graft can extend."""
+  config_check.validate(config, extra_sections=("graft",))
+  if str(config.get("strategy", "graph")) != "graph":
+    raise GraftError(f"strategy={config.strategy!r}: grafting trains translator-graph edges; use "
+                     "strategy='graph'")
+
+
+def _eval_routes(config) -> tuple[str, ...]:
+  return _names(config.get("eval", {}).get("paths", ""))
+
+
+def _route_nodes(route: str) -> list[str]:
+  """'a->p<-c' -> ['a', 'p', 'c']."""
+  return [n.strip() for n in route.replace("<-", "->").split("->")]
+
+
 def _inside(path: str, parent: str) -> bool:
   path, parent = os.path.realpath(path), os.path.realpath(parent)
   return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
@@ -148,6 +167,7 @@ def plan_graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: st
     data pairs it with). The new edges use the old run's translator architecture.
   Raises GraftError with what to change."""
   spec = _graft_block(config)
+  _check_config(config)
   modality = str(spec.get("modality", "") or "")
   if not modality:
     raise GraftError("graft.modality is empty: name the modality to add (e.g. --config.graft.modality=audio)")
@@ -155,9 +175,6 @@ def plan_graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: st
     check_modality_name(modality)
   except GraphError as exc:
     raise GraftError(f"graft.modality: {exc}") from None
-  if str(config.get("strategy", "graph")) != "graph":
-    raise GraftError(f"strategy={config.strategy!r}: grafting trains translator-graph edges; use "
-                     "strategy='graph'")
   from_workdir, workdir = os.path.abspath(from_workdir), os.path.abspath(workdir)
   if _inside(workdir, from_workdir):
     raise GraftError(f"--workdir={workdir} is (inside) --from_workdir={from_workdir}; the old run is never "
@@ -224,8 +241,10 @@ def plan_graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: st
   data = subset_modalities(dataset, graph.node_names)
   try:
     train_lib.build_setup(config, data, graph=graph, frozen=frozen_edges)  # config errors now, not mid-run
-  except (GraphError, train_lib.ConfigError, ValueError) as exc:
-    raise GraftError(f"the grafted graph cannot be trained as configured: {exc}") from None
+    for route in _eval_routes(config):  # eval.paths: checked now, not after training
+      parse_route(graph, route)
+  except (GraphError, ValueError) as exc:
+    raise GraftError(f"the grafted graph cannot be trained and evaluated as configured: {exc}") from None
 
   base_fp = old.meta.get("data", {}).get("fingerprint")
   if base_fp and base_fp != subset_modalities(dataset, old_graph.node_names).fingerprint():
@@ -341,10 +360,17 @@ def train_base(config: ml_collections.ConfigDict, workdir: str, dataset: data_li
                ) -> train_lib.TrainResult:
   """Train the graph without the new modality: the data restricted to base_modalities(config)."""
   t0 = time.perf_counter()
+  _graft_block(config)
+  _check_config(config)
   if dataset is None:
     dataset = data_lib.load_named(config.data.get("path") or config.data.name)
   data = subset_modalities(dataset, base_modalities(config, dataset))
-  log(f"base graph on {', '.join(data.names)} (without {', '.join(m for m in dataset.names if m not in data.names)})")
+  dropped = [m for m in dataset.names if m not in data.names]
+  # eval.paths of the graft (e.g. audio->text->image) name the modality the base graph lacks
+  routes = [r for r in _eval_routes(config) if not set(_route_nodes(r)) & set(dropped)]
+  config = copy.deepcopy(config)
+  config.eval.paths = ",".join(routes)
+  log(f"base graph on {', '.join(data.names)} (without {', '.join(dropped) or 'nothing'})")
   log(f"data: {data.source}\n{data.summary()}")
   result = train_lib.train(config, workdir, dataset=data, log=log)
   if report:
@@ -361,6 +387,9 @@ def train_report(config, workdir: str, result: train_lib.TrainResult, header: Ma
   setup = result.setup
   name = str(config.get("strategy", "graph") or "graph")
   aligner = eval_lib.GraphAligner(setup.layout, result.params, setup.compute_dtype, name=name)
+  if config.get("posthoc", "none") != "none":
+    from graphbridge import strategies
+    aligner = strategies.PosthocAligner(aligner, config.posthoc, result.dataset)
   options = report_lib.EvalOptions.from_config(config)
   frozen = [e.name for e in setup.layout.frozen]
   before = eval_lib.GraphAligner(setup.layout, report_lib.initial_params(setup.layout, result.params,

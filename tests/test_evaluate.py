@@ -190,10 +190,18 @@ def test_graph_aligner_routes(tiny_graph):
     layout, params = tiny_graph
     aligner = eval_lib.GraphAligner(layout, params)
     assert aligner.default_route("image", "text") == "image->text"
-    assert aligner.default_route("image", "audio") == "image->text->audio"
+    # never paired: meet in the shared neighbour (one translator per side) rather than two in a row
+    assert aligner.default_route("image", "audio") == "image->text<-audio"
     assert aligner.default_route("image", "depth") is None
     assert aligner.route_ends("audio->text->image") == ("audio", "image")
-    with pytest.raises(GraphError, match="does not lead from image to audio"):
+    assert aligner.route_ends("image->text<-audio") == ("image", "audio")
+    xq, xg = np.random.default_rng(0).normal(size=(3, 6)), np.random.default_rng(1).normal(size=(4, 6))
+    zq, zg = aligner.encode("image", "audio", "image->text<-audio", xq, xg)
+    np.testing.assert_allclose(zq, aligner.translate("image->text", xq), rtol=1e-6)
+    np.testing.assert_allclose(zg, aligner.translate("audio->text", xg), rtol=1e-6)
+    zq, zg = aligner.encode("image", "audio", "image->text->audio", xq, xg)  # a named translation path
+    np.testing.assert_allclose(zg, xg / np.linalg.norm(xg, axis=1, keepdims=True), rtol=1e-6)
+    with pytest.raises(GraphError, match="does not join image"):
         aligner.encode("image", "audio", "image->text", np.ones((2, 6)), np.ones((2, 6)))
 
 

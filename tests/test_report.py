@@ -63,7 +63,7 @@ def test_report_files_and_keys(digits_report):
     assert len(rows) == 6 and {r["level"] for r in on_disk["rows"]} == {"class"}
     for pair in (("image", "audio"), ("audio", "image")):  # never paired: zero-shot through text
         r = rows[pair]
-        assert r["hops"] == 2 and r["route"] == f"{pair[0]}->text->{pair[1]}"
+        assert r["hops"] == 2 and r["route"] == f"{pair[0]}->text<-{pair[1]}"  # meet in the pivot
         assert {"mAP", "R@1", "R@5", "R@10", "median_rank", "chance_mAP", "chance_R@1", "strategy"} <= set(r)
     assert [(b["hops"], b["pairs"]) for b in on_disk["by_hops"]] == [(1, 4), (2, 2)]
     assert len(on_disk["gap"]) == 6 and all(0 <= g["gap_before"] <= 2 and 0 <= g["gap_after"] <= 2
@@ -73,7 +73,7 @@ def test_report_files_and_keys(digits_report):
     assert kinds == {("path", 1), ("cycle", 2)}
     assert on_disk["projection"]["space"] == "text"
     # printed: the compact table with the zero-shot rows and chance
-    assert "| image | audio | image->text->audio | 2 | class |" in printed
+    assert "| image | audio | image->text<-audio | 2 | class |" in printed
     assert "by hop distance" in printed and "chance_mAP" in printed
     assert "modality gap (mean over 6 routes)" in printed
 
@@ -124,14 +124,15 @@ def test_evaluate_cli_on_a_trained_workdir(digits_run, digits_report, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["step"] == 30 and report["workdir"] == os.path.abspath(workdir)
     named = [r for r in report["rows"] if r["named_route"]]
-    assert [r["route"] for r in named] == ["text->image->text"]  # image->text->audio is the default route
-    assert named[0]["query"] == named[0]["gallery"] == "text"
+    assert [r["route"] for r in named] == ["image->text->audio", "text->image->text"]  # both named, not defaults
+    assert (named[0]["query"], named[0]["gallery"]) == ("image", "audio")
+    assert named[1]["query"] == named[1]["gallery"] == "text"
     # the restored run scores exactly what the in-process run scored
     in_process = {(r["query"], r["gallery"]): r["mAP"] for r in digits_report[0]["rows"]}
     restored = {(r["query"], r["gallery"]): r["mAP"] for r in report["rows"] if not r["named_route"]}
     assert restored == pytest.approx(in_process, abs=1e-6)
     assert not (out / "projection.png").exists()
-    assert "| image | audio | image->text->audio | 2 | class |" in proc.stdout
+    assert "| image | audio | image->text<-audio | 2 | class |" in proc.stdout
 
 
 def test_evaluate_workdir_errors(tmp_path, digits_run, tri_modal_arrays):
