@@ -20,10 +20,13 @@ setup(
         "absl-py>=1.0",
     ],
     extras_require={
-        "plots": ["matplotlib>=3.6"],
-        "test": ["pytest>=7", "matplotlib>=3.6", "scipy>=1.10", "scikit-learn>=1.2"],
+        "plots": ["matplotlib>=3.7"],
+        "test": ["pytest>=7", "matplotlib>=3.7", "scipy>=1.10", "scikit-learn>=1.2"],
     },
     entry_points={"console_scripts": [
         "graphbridge-train=graphbridge.cli.train:main",
+        "graphbridge-evaluate=graphbridge.cli.evaluate:main",
+        "graphbridge-compare=graphbridge.cli.compare:main",
+        "graphbridge-graft=graphbridge.cli.graft:main",
     ]},
 )

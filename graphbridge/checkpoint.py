@@ -176,9 +176,27 @@ class Checkpoints:
       os.kill(os.getpid(), 9)
     if copy_items_from:
       self._manager.wait_until_finished()
+      if jax.process_index() != 0:  # one writer on a shared file system
+        return
       for edge, src_dir in copy_items_from.items():
         name = edge_item_name(edge)
         shutil.copytree(os.path.join(src_dir, name), os.path.join(self.step_dir(step), name))
+
+  def quarantine(self, step: int) -> str:
+    """Move a damaged step out of the way (to <directory>_damaged/<step>), keeping its files, so
+    training can write that step again. Returns the new location."""
+    if jax.process_index() != 0:  # one writer on a shared file system; others only re-read the steps
+      self._manager.reload()
+      return ""
+    target_root = self.directory.rstrip("/") + "_damaged"
+    os.makedirs(target_root, exist_ok=True)
+    target = os.path.join(target_root, str(step))
+    suffix = 1
+    while os.path.exists(target):
+      target, suffix = os.path.join(target_root, f"{step}.{suffix}"), suffix + 1
+    shutil.move(self.step_dir(step), target)
+    self._manager.reload()
+    return target
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -43,12 +43,13 @@ def _get(config, dotted: str):
   return node
 
 
-def _names(value) -> list[str]:
+def names(value) -> tuple[str, ...]:
+  """Config lists may be given as tuples or as one comma-separated string: 'a, b' -> ('a', 'b')."""
   if value is None:
-    return []
+    return ()
   if isinstance(value, str):
-    return [v.strip() for v in value.split(",") if v.strip()]
-  return [str(v) for v in value]
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+  return tuple(str(v) for v in value)
 
 
 def unknown_keys(config: Mapping, reference: Mapping, prefix: str = "") -> list[str]:
@@ -80,11 +81,11 @@ def validate(config, extra_sections: Iterable[str] = ()) -> None:
     if value is not None and value not in choices:
       problems.append(f"{key}={value!r} is not one of: {', '.join(choices)}")
   for key, choices in LIST_CHOICES.items():
-    for value in _names(_get(config, key)):
+    for value in names(_get(config, key)):
       if value not in choices:
         problems.append(f"{key} names {value!r}; choose from: {', '.join(choices)}")
   for key in EDGE_LISTS:
-    for value in _names(_get(config, key)):
+    for value in names(_get(config, key)):
       try:
         Edge.parse(value)
       except GraphError as exc:
@@ -104,7 +105,7 @@ def validate(config, extra_sections: Iterable[str] = ()) -> None:
   cycle = _get(config, "loss.cycle_weights")
   if cycle is not None and any(w < 0 for w in cycle):
     problems.append(f"loss.cycle_weights must be >= 0 (weights of 2-, 3-, ... cycles), got {cycle!r}")
-  for item in _names(_get(config, "graph.virtual_nodes")):
+  for item in names(_get(config, "graph.virtual_nodes")):
     name, _, dim = item.partition(":")
     if not dim.strip().isdigit() or not name.strip():
       problems.append(f"graph.virtual_nodes entry {item!r}: expected 'name:dim', e.g. 'shared:256'")

@@ -388,3 +388,294 @@ def sample_aligned_batch(arrays: dict, key, batch_size: int, pair_keys: Sequence
   labels = jnp.take(arrays["labels"], pick)
   return {"start": {m: jnp.take(e, pick, axis=0) for m, e in arrays["emb"].items()},
           "pair_label": {k: labels for k in pair_keys}}
+
+
+# ---- data larger than RAM: memory-mapped tables, host-side sampling -----------------------------
+
+_READ_POOL = None
+READ_THREADS = 32  # concurrent row reads: random reads from disk are latency-bound, not bandwidth-bound
+
+
+def _read_rows(raw, sorted_ids: np.ndarray) -> np.ndarray:
+  """raw[sorted_ids] as float32; large requests are split over a thread pool (numpy releases the
+  GIL while it copies, so the page faults of the chunks overlap)."""
+  global _READ_POOL
+  if len(sorted_ids) < 256 or READ_THREADS <= 1:
+    return np.asarray(raw[sorted_ids], np.float32)
+  if _READ_POOL is None:
+    from concurrent.futures import ThreadPoolExecutor
+    _READ_POOL = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="graphbridge-read")
+  out = np.empty((len(sorted_ids),) + tuple(raw.shape[1:]), np.float32)
+  bounds = np.linspace(0, len(sorted_ids), min(READ_THREADS, len(sorted_ids) // 32) + 1).astype(int)
+
+  def read(i):
+    out[bounds[i]:bounds[i + 1]] = raw[sorted_ids[bounds[i]:bounds[i + 1]]]
+  list(_READ_POOL.map(read, range(len(bounds) - 1)))
+  return out
+
+
+class NormalizedRows:
+  """Read-only [N, d] view of an embedding table on disk (a memory-mapped .npy of any float
+  dtype): indexing reads only the rows asked for and returns them float32, L2-normalised.
+
+  Stands in for `Modality.emb` of a data set loaded with `load_memmapped`, so evaluation code that
+  indexes rows (emb[rows], emb[mask], emb[:64]) works unchanged; np.asarray(view) reads the whole
+  table (what the device sampler needs) in chunks. Non-finite and zero rows are reported when read."""
+
+  def __init__(self, raw, name: str):
+    if np.ndim(raw) != 2:
+      raise DataError(f"{name}_emb must be a [rows, dim] array, got shape {np.shape(raw)}")
+    if not np.issubdtype(raw.dtype, np.floating):
+      raise DataError(f"{name}_emb must be floating point, got dtype {raw.dtype}")
+    self.raw, self.name = raw, name
+    self.shape = (int(raw.shape[0]), int(raw.shape[1]))
+    mapping = getattr(raw, "_mmap", None)  # np.memmap's mmap object (np.load(mmap_mode=...) of a file)
+    if mapping is not None and hasattr(mapping, "madvise"):
+      import mmap
+      # batches read scattered rows: the kernel's read-ahead would page in ~128 KB around each one
+      mapping.madvise(mmap.MADV_RANDOM)
+    self.dtype = np.dtype(np.float32)
+    self.ndim = 2
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __repr__(self) -> str:
+    return f"NormalizedRows({self.name!r}, shape={self.shape}, on disk as {self.raw.dtype})"
+
+  def _row_ids(self, index) -> np.ndarray | int:
+    if isinstance(index, slice):
+      return np.arange(*index.indices(self.shape[0]))
+    if isinstance(index, (int, np.integer)):
+      return int(index)
+    index = np.asarray(index)
+    if index.dtype == bool:
+      if index.shape != (self.shape[0],):
+        raise IndexError(f"boolean index of shape {index.shape} for {self.shape[0]} rows of {self.name}")
+      return np.nonzero(index)[0]
+    return index
+
+  def __getitem__(self, index):
+    rest = ()
+    if isinstance(index, tuple):
+      index, rest = index[0], index[1:]
+    ids = self._row_ids(index)
+    if isinstance(ids, int):
+      out = self.rows(np.asarray([ids]))[0]
+      return out[rest] if rest else out
+    out = self.rows(ids.reshape(-1)).reshape(ids.shape + (self.shape[1],))
+    return out[(slice(None),) * ids.ndim + rest] if rest else out
+
+  def rows(self, ids: np.ndarray) -> np.ndarray:
+    """[len(ids), d] float32, L2-normalised; reads each distinct row once, in file order."""
+    ids = np.asarray(ids, np.int64)
+    if len(ids) == 0:
+      return np.zeros((0, self.shape[1]), np.float32)
+    unique, inverse = np.unique(ids, return_inverse=True)
+    if unique[0] < -self.shape[0] or unique[-1] >= self.shape[0]:
+      raise IndexError(f"row {int(unique[-1])} out of range for {self.name} ({self.shape[0]} rows)")
+    x = _read_rows(self.raw, unique)
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+      row = int(unique[np.argmin(finite)])
+      kind = "NaN" if np.isnan(x[np.argmin(finite)]).any() else "inf"
+      raise DataError(f"embedding {self.name!r} row {row} has {kind}")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if not norms.all():
+      raise DataError(f"embedding {self.name!r} row {int(unique[np.argmin(norms[:, 0])])} has zero norm; "
+                      "cosine alignment needs non-zero embeddings")
+    x = x / norms
+    return x if len(unique) == len(ids) and np.array_equal(unique, ids) else x[inverse.reshape(-1)]
+
+  def __array__(self, dtype=None, copy=None):
+    out = np.empty(self.shape, np.float32)
+    chunk = max(1, (64 << 20) // max(4 * self.shape[1], 1))  # ~64 MB at a time
+    for start in range(0, self.shape[0], chunk):
+      out[start:start + chunk] = self.rows(np.arange(start, min(start + chunk, self.shape[0])))
+    return out if dtype is None else out.astype(dtype)
+
+
+def load_memmapped(path: str) -> Dataset:
+  """A folder of .npy files, memory-mapped, with embeddings left on disk (data.host_sampling).
+
+  Unlike `load`, nothing reads a whole embedding table: each Modality.emb is a `NormalizedRows`
+  view that L2-normalises the rows it reads. Names, labels, masks and pair ranges are checked as
+  `from_arrays` checks them (run on a one-column zero-stride stand-in of each table, so no file
+  data is read). A .npz cannot be memory-mapped and is loaded as usual."""
+  if not os.path.isdir(path):
+    return load(path)
+  files = sorted(f for f in os.listdir(path) if f.endswith(".npy"))
+  if not files:
+    raise DataError(f"data folder {path!r} holds no .npy files")
+  arrays = {f[:-4]: np.load(os.path.join(path, f), mmap_mode="r", allow_pickle=False) for f in files}
+  tables, stand_ins = {}, {}
+  for key, value in arrays.items():
+    match = _FIELD_RE.match(key)
+    if match and match.group(2) == "emb" and np.ndim(value) == 2 and min(np.shape(value)) > 0:
+      tables[match.group(1)] = NormalizedRows(value, match.group(1))
+      stand_ins[key] = np.broadcast_to(np.ones((1, 1), np.float32), (value.shape[0], 1))
+  dataset = from_arrays({**arrays, **stand_ins}, source=path)
+  for name, table in tables.items():
+    dataset.modalities[name].emb = table
+  return dataset
+
+
+def load_for_config(config) -> Dataset:
+  """The data a config names: memory-mapped, normalised per batch when data.host_sampling is set
+  and data.path is a folder of .npy files; otherwise as `load_named`."""
+  name_or_path = config.data.get("path") or config.data.name
+  if config.data.get("host_sampling", False) and name_or_path != "digits" and os.path.isdir(name_or_path):
+    return load_memmapped(name_or_path)
+  return load_named(name_or_path)
+
+
+def materialize_tables(arrays):
+  """Sampler arrays with every `NormalizedRows` view read into a numpy array (the device sampler
+  needs whole tables); other leaves are returned as they are."""
+  if isinstance(arrays, NormalizedRows):
+    return np.asarray(arrays)
+  if isinstance(arrays, Mapping):
+    return {k: materialize_tables(v) for k, v in arrays.items()}
+  return arrays
+
+
+def is_table(keys: Sequence[str], leaf) -> bool:
+  """Embedding tables of sampler arrays: arrays["emb"][m] or arrays["<name>_emb"], [N, d]."""
+  return (isinstance(leaf, NormalizedRows) or
+          (np.ndim(leaf) == 2 and bool(keys) and ("emb" in keys[:-1] or keys[-1].endswith("_emb"))))
+
+
+class HostSampler:
+  """Draws on the host the batch `sample(arrays, key, batch_size)` draws on device, reading only
+  the batch's rows of each embedding table (numpy fancy indexing on a memmap) per step.
+
+  The objective's own sampler runs (jitted, on the host's CPU device) on the small arrays (row
+  lists, pairs, labels) with each [N, d] table replaced by an index table [N, 2] uint32 (table,
+  row): its output names, for every batch entry, the table row the device sampler would have
+  taken. So batches are the device sampler's batches, key for key. The sampler may only gather
+  table rows (jnp.take / indexing), as every built-in objective does; anything else is an error.
+
+  arrays: the objective's sampler arrays (tables may be numpy arrays or NormalizedRows views).
+  rng: the train state's RNG key; step s uses fold_in(rng, s), as `train.make_device_step` does."""
+
+  def __init__(self, sample, arrays: Mapping, batch_size: int, rng):
+    import jax
+    import jax.numpy as jnp
+    self.batch_size = int(batch_size)
+    flat, self._treedef = jax.tree_util.tree_flatten_with_path(
+        arrays, is_leaf=lambda x: isinstance(x, NormalizedRows))
+    keys = [[str(getattr(k, "key", getattr(k, "idx", k))) for k in path] for path, _ in flat]
+    leaves = [leaf for _, leaf in flat]
+    self.tables = [leaf for k, leaf in zip(keys, leaves) if is_table(k, leaf)]
+    self._table_pos = [i for i, (k, leaf) in enumerate(zip(keys, leaves)) if is_table(k, leaf)]
+    small_pos = [i for i in range(len(leaves)) if i not in self._table_pos]
+    sizes = [len(t) for t in self.tables]
+    cpu = jax.local_devices(backend="cpu")[0]  # this process's own CPU, also in a multi-process run
+    self._small = jax.device_put([np.asarray(leaves[i]) for i in small_pos], cpu)
+    self._rng = jax.device_put(np.asarray(jax.device_get(rng)), cpu)
+    treedef, table_pos = self._treedef, list(self._table_pos)
+
+    def rebuild(small, tables):
+      out = [None] * len(leaves)
+      for i, v in zip(small_pos, small):
+        out[i] = v
+      for i, v in zip(table_pos, tables):
+        out[i] = v
+      return jax.tree_util.tree_unflatten(treedef, out)
+
+    def index_batch(small, rng, step):
+      index_tables = [jnp.stack([jnp.full((n,), t, jnp.uint32), jnp.arange(n, dtype=jnp.uint32)], axis=1)
+                      for t, n in enumerate(sizes)]
+      return sample(rebuild(small, index_tables), jax.random.fold_in(rng, step), self.batch_size)
+
+    self._index_batch = jax.jit(index_batch)
+    # which batch leaves are rows of a table: compare with the sampler's output on the real dtypes
+    real = jax.eval_shape(
+        lambda small, tables, rng: sample(rebuild(small, tables), rng, self.batch_size),
+        self._small, [jax.ShapeDtypeStruct(t.shape, np.dtype(t.dtype)) for t in self.tables], self._rng)
+    index = jax.eval_shape(index_batch, self._small, self._rng, np.int32(0))
+    self.batch_shapes = real  # ShapeDtypeStructs of one batch
+    real_leaves, self._batch_treedef = jax.tree_util.tree_flatten_with_path(real)
+    index_leaves = jax.tree.leaves(index)
+    self.gathered = []
+    for (path, r), x in zip(real_leaves, index_leaves):
+      from_table = (x.dtype == np.uint32 and x.shape[-1:] == (2,) and np.issubdtype(r.dtype, np.floating))
+      if from_table and x.shape[:-1] != r.shape[:-1]:
+        from_table = False
+      if not from_table and (x.shape != r.shape or x.dtype != r.dtype):
+        raise DataError(f"host sampling: batch entry {jax.tree_util.keystr(path)} is not a plain gather of "
+                        "table rows (the objective's sample() transforms them); use data.host_sampling=False")
+      self.gathered.append(from_table)
+
+  def indices(self, step: int) -> list:
+    """The batch for `step` with table rows as (table, row) indices: a flat list of numpy leaves."""
+    import jax
+    return [np.asarray(x) for x in jax.tree.leaves(self._index_batch(self._small, self._rng, np.int32(step)))]
+
+  def _rows(self, leaf: np.ndarray) -> np.ndarray:
+    table = np.unique(leaf[..., 0])
+    if len(table) != 1:
+      raise DataError("host sampling: one batch entry gathers rows of several tables")
+    rows = self.tables[int(table[0])]
+    ids = leaf[..., 1].astype(np.int64)
+    flat = rows.rows(ids.reshape(-1)) if isinstance(rows, NormalizedRows) else np.asarray(rows[ids.reshape(-1)])
+    return flat.reshape(ids.shape + (rows.shape[1],))
+
+  def batch(self, step: int) -> dict:
+    """The whole batch for `step`, as numpy (single process)."""
+    import jax
+    leaves = [self._rows(x) if g else x for x, g in zip(self.indices(step), self.gathered)]
+    return jax.tree_util.tree_unflatten(self._batch_treedef, leaves)
+
+  def global_batch(self, step: int, shardings) -> dict:
+    """The batch for `step` as global jax.Arrays laid out by `shardings` (a pytree of Shardings
+    like the batch): each process reads only the rows its own devices hold."""
+    import jax
+    sharding_leaves = jax.tree.leaves(shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+    out = []
+    for x, g, sharding in zip(self.indices(step), self.gathered, sharding_leaves):
+      if g:  # x: [..., 2] (table, row) -> rows [..., d]; read only the slice this process holds
+        shape = x.shape[:-1] + (self.tables[int(x.reshape(-1, 2)[0, 0])].shape[1],)
+        part = lambda index, x=x: self._rows(x[tuple(index[:-1])])[..., index[-1]]
+      else:
+        shape, part = x.shape, (lambda index, x=x: x[index])
+      out.append(jax.make_array_from_callback(shape, sharding, part))
+    return jax.tree_util.tree_unflatten(self._batch_treedef, out)
+
+
+class Prefetcher:
+  """Runs `produce(step)` for steps start, start+1, ... < stop on `size` worker threads, up to `size`
+  steps ahead (reading rows from disk while the device trains); iterating gives the results in step
+  order. An exception in produce is raised by the iteration that reaches its step."""
+
+  def __init__(self, produce, start: int, stop: int, size: int = 4):
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+    size = max(int(size), 1)
+    self._produce = produce
+    self._pool = ThreadPoolExecutor(size, thread_name_prefix="graphbridge-host-sampler")
+    self._steps = iter(range(start, stop))
+    self._pending: "collections.deque" = collections.deque()
+    for _ in range(size):
+      self._submit()
+
+  def _submit(self) -> None:
+    step = next(self._steps, None)
+    if step is not None:
+      self._pending.append(self._pool.submit(self._produce, step))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if not self._pending:
+      raise StopIteration
+    future = self._pending.popleft()
+    self._submit()
+    return future.result()
+
+  def close(self) -> None:
+    for future in self._pending:
+      future.cancel()
+    self._pending.clear()
+    self._pool.shutdown(wait=True, cancel_futures=True)

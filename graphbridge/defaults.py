@@ -13,6 +13,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.name = "digits"          # the embedded set; or set data.path to a .npz / folder of .npy
   c.data.path = ""
   c.data.batch_size = 128
+  c.data.host_sampling = False    # draw batches on the host, reading only their rows from a folder of
+                                  # memory-mapped .npy files (data larger than RAM); see docs/scaling.md
+  c.data.prefetch = 4             # host sampling: batches read ahead, each on its own thread
+
+  c.mesh = ml_collections.ConfigDict()      # devices (docs/scaling.md); one device: no mesh at all
+  c.mesh.data = -1                # batch split over this many devices; -1 = all the edges axis leaves
+  c.mesh.edges = 1                # bucket edge axis split over this many devices (wide graphs)
+  c.mesh.shard_data_rows = False  # device sampling: split embedding tables by rows over the data axis
 
   c.graph = ml_collections.ConfigDict()
   c.graph.edges = ""              # "" = both directions of every pair set in the data

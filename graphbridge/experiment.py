@@ -21,7 +21,8 @@ def _log(msg: str) -> None:
 
 
 def load_dataset(config) -> data_lib.Dataset:
-  return data_lib.load_named(config.data.get("path") or config.data.name)
+  """In RAM, or memory-mapped and normalised per batch with data.host_sampling (data.load_for_config)."""
+  return data_lib.load_for_config(config)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

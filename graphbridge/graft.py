@@ -55,12 +55,6 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _names(value) -> tuple[str, ...]:
-  if value is None:
-    return ()
-  if isinstance(value, str):
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-  return tuple(str(v) for v in value)
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -86,7 +80,7 @@ def subset_modalities(dataset: data_lib.Dataset, names: Sequence[str]) -> data_l
 def base_modalities(config, dataset: data_lib.Dataset) -> tuple[str, ...]:
   """graft.base_modalities, or every modality of the data except graft.modality."""
   spec = _graft_block(config)
-  named = _names(spec.get("base_modalities", ""))
+  named = config_check.names(spec.get("base_modalities", ""))
   if named:
     return named
   modality = str(spec.get("modality", "") or "")
@@ -136,7 +130,7 @@ def _check_config(config) -> None:
 
 
 def _eval_routes(config) -> tuple[str, ...]:
-  return _names(config.get("eval", {}).get("paths", ""))
+  return config_check.names(config.get("eval", {}).get("paths", ""))
 
 
 def _route_nodes(route: str) -> list[str]:
@@ -205,7 +199,7 @@ def plan_graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: st
                        f"{name}[{dataset.modalities[name].dim}]")
 
   partners = [b if a == modality else a for a, b in dataset.pairs if modality in (a, b)]
-  connect_to = _names(spec.get("connect_to", ""))
+  connect_to = config_check.names(spec.get("connect_to", ""))
   if not connect_to:
     connect_to = tuple(n for n in old_graph.node_names if n in partners)
     if not connect_to:
@@ -246,6 +240,7 @@ def plan_graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: st
   except (GraphError, ValueError) as exc:
     raise GraftError(f"the grafted graph cannot be trained and evaluated as configured: {exc}") from None
 
+  _check_existing_run(workdir, graph)
   base_fp = old.meta.get("data", {}).get("fingerprint")
   if base_fp and base_fp != subset_modalities(dataset, old_graph.node_names).fingerprint():
     log(f"note: the data's {', '.join(old_graph.node_names)} rows differ from those {from_workdir} was "
@@ -254,6 +249,21 @@ def plan_graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: st
   step_dir = os.path.join(from_workdir, "checkpoints", str(old.step))
   return GraftPlan(config, data, graph, modality, connect_to, new_edges, frozen_edges, frozen_params,
                    from_workdir, old.step, step_dir, workdir)
+
+
+def _check_existing_run(workdir: str, graph: ModalityGraph) -> None:
+  """A workdir that already holds checkpoints must hold this graft (then it resumes)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return
+  checkpoints = ckpt_lib.Checkpoints(directory, max_to_keep=None, async_save=False, read_only=True)
+  step = checkpoints.latest_complete_step()
+  if step is None:
+    return
+  saved = ModalityGraph.from_dict(checkpoints.restore_meta(step)["layout"]["graph"])
+  if set(saved.nodes) != set(graph.nodes) or set(saved.edges) != set(graph.edges):
+    raise GraftError(f"--workdir={workdir} already holds a run of another graph ({saved.describe()}) at step "
+                     f"{step}; the graft builds {graph.describe()}: choose a new directory")
 
 
 def _config_for_graft(config, old_arch: Mapping, from_workdir: str, from_step: int,
@@ -417,8 +427,8 @@ def zero_shot_lines(summary: Mapping, modality: str) -> list[str]:
   out = []
   for r in new_modality_rows(summary, modality):
     if (r["hops"] or 0) >= 2:
-      out.append(f"zero-shot {r['query']}->{r['gallery']} ({r['level']}, route {r['route']}, {r['hops']} hops): "
-                 f"mAP {r['mAP']:.3f} (chance {r['chance_mAP']:.3f}), R@1 {r['R@1']:.3f}")
+      out.append(f"zero-shot {r['query']}->{r['gallery']} ({r['level']}, route {r['route']}, "
+                 f"{r['hops']} hops): mAP {r['mAP']:.3f} (chance {r['chance_mAP']:.3f}), R@1 {r['R@1']:.3f}")
   return out
 
 

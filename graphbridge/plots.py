@@ -650,7 +650,9 @@ def plot_strategy_comparison(
             means.append(float(row["mean"]))
             std = row.get("std")
             stds.append(np.nan if std is None else float(std))  # NaN: no error bar drawn
-        ax.bar(xs, means, width=bar_width * 0.92, yerr=stds, capsize=3, color=_colour(s),
+        # past the palette's length colours repeat: a hatch keeps the bars apart
+        hatch = ("", "///", "...", "xxx")[(s // len(OKABE_ITO)) % 4]
+        ax.bar(xs, means, width=bar_width * 0.92, yerr=stds, capsize=3, color=_colour(s), hatch=hatch,
                edgecolor="white", linewidth=0.5, label=strategy, error_kw=dict(elinewidth=1.1, ecolor="0.2"))
     has_chance = False
     for p, pair in enumerate(pairs):

@@ -14,6 +14,7 @@ import os
 import time
 from typing import Callable, Mapping, Sequence
 
+import jax
 import numpy as np
 
 from graphbridge import evaluate as eval_lib
@@ -290,7 +291,10 @@ def console_summary(summary: Mapping) -> str:
 def write_report(report: Report, out_dir: str, title: str, names: Sequence[str],
                  metrics_rows: Sequence[Mapping] = (), plots: bool = True, seed: int = 0,
                  points: int = 400) -> list[str]:
-  """report.json, report.md and the PNGs into out_dir; returns the paths written."""
+  """report.json, report.md and the PNGs into out_dir; returns the paths written (process 0 writes;
+  other processes of a multi-host run compute the same report and write nothing)."""
+  if jax.process_index() != 0:
+    return []
   os.makedirs(out_dir, exist_ok=True)
   images = {}
   if plots:

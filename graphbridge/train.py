@@ -23,11 +23,13 @@ import numpy as np
 import optax
 
 from graphbridge import checkpoint as ckpt_lib
+from graphbridge import config_check
+from graphbridge.config_check import ConfigError  # noqa: F401  (re-exported: train.ConfigError)
 from graphbridge import data as data_lib
 from graphbridge import objectives
-from graphbridge.graph import Edge, GraphError, ModalityGraph
-from graphbridge.translators import (EdgeLayout, TranslatorArch, dtype_from_name, init_edge_params, stack,
-                                     unstack)
+from graphbridge import sharding as sharding_lib
+from graphbridge.graph import Edge, ModalityGraph
+from graphbridge.translators import EdgeLayout, TranslatorArch, dtype_from_name, init_many, stack, unstack
 
 PyTree = Any
 
@@ -36,18 +38,10 @@ class NonFiniteError(FloatingPointError):
   """A loss term or gradient became NaN/inf; the message names the term and edge."""
 
 
-from graphbridge.config_check import ConfigError  # noqa: E402  (re-exported: train.ConfigError)
-
 
 # ---- setup from config --------------------------------------------------------------------------
 
-def _names(value) -> tuple[str, ...]:
-  """Config lists may be given as tuples or as one comma-separated string."""
-  if value is None:
-    return ()
-  if isinstance(value, str):
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-  return tuple(str(v) for v in value)
+_names = config_check.names  # config lists: a tuple or one comma-separated string
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,15 +170,29 @@ def phase_weights(config, settings, step: int) -> dict[str, jax.Array]:
 
 
 def init_state(setup: Setup, tx: optax.GradientTransformation, seed: int,
-               weights: Mapping[str, jax.Array]) -> dict:
+               weights: Mapping[str, jax.Array], mesh: jax.sharding.Mesh | None = None) -> dict:
+  """The train state at step 0. With a `mesh`: built by one jit whose out_shardings place every
+  leaf where the step wants it (eval_shape, then jit(init, out_shardings=...)), so no device ever
+  holds more of it than its share."""
+  if mesh is not None:
+    weights = dict(weights)
+    init = lambda: init_state(setup, tx, seed, weights)
+    shardings = sharding_lib.tree_shardings(setup.layout, jax.eval_shape(init), mesh)
+    return jax.jit(init, out_shardings=shardings)()
   layout = setup.layout
-  per_edge = {e.name: init_edge_params(e, b.d_in, b.d_out, b.arch, seed)
-              for b in layout.trainable_buckets for e in b.edges}
+  per_edge = init_many([(e, b.d_in, b.d_out, b.arch) for b in layout.trainable_buckets for e in b.edges], seed)
   params = {"edges": stack(layout, per_edge, trainable_only=True),
             "globals": setup.plan.initial_globals()}
   state = {"step": jnp.int32(0), "params": params, "opt": tx.init(params),
            "rng": jax.random.PRNGKey(seed), "weights": dict(weights), "health": _fresh_health(setup)}
   return with_compute_copy(setup, state)
+
+
+def state_shardings(setup: Setup, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> PyTree:
+  """NamedShardings of the train state (see sharding.leaf_spec): bucket rows split over the
+  `edges` axis where they divide evenly, the rest replicated."""
+  abstract = jax.eval_shape(lambda: init_state(setup, tx, 0, setup.plan.initial_weights()))
+  return sharding_lib.tree_shardings(setup.layout, abstract, mesh)
 
 
 def with_compute_copy(setup: Setup, state: dict) -> dict:
@@ -280,18 +288,60 @@ def make_step_fn(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite:
 
 
 def make_device_step(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite: bool = True,
-                     donate: bool = True) -> Callable:
+                     donate: bool = True, mesh: jax.sharding.Mesh | None = None,
+                     arrays_sharding: PyTree | None = None) -> Callable:
   """jit(step(state, frozen, arrays)): draws the batch on device, then one optimizer step.
 
-  The batch RNG is fold_in(state.rng, state.step), so a resumed run sees the same batches."""
+  The batch RNG is fold_in(state.rng, state.step), so a resumed run sees the same batches.
+  mesh: jit with in/out shardings over it: the batch, drawn whole from the same key as on one
+    device, is constrained to the `data` axis; state and frozen edges as sharding.tree_shardings;
+    metrics replicated. arrays_sharding: the sampler arrays' shardings (default replicated)."""
   step = make_step_fn(setup, tx, skip_nonfinite)
+  donate_argnums = (0,) if donate else ()
+  if mesh is None:
+    def device_step(state, frozen, arrays):
+      key = jax.random.fold_in(state["rng"], state["step"])
+      batch = setup.plan.sample(arrays, key, setup.batch_size)
+      return step(state, frozen, batch)
 
-  def device_step(state, frozen, arrays):
+    return jax.jit(device_step, donate_argnums=donate_argnums)
+
+  def sharded_device_step(state, frozen, arrays):
     key = jax.random.fold_in(state["rng"], state["step"])
     batch = setup.plan.sample(arrays, key, setup.batch_size)
+    batch = jax.lax.with_sharding_constraint(
+        batch, sharding_lib.batch_shardings(batch, setup.batch_size, mesh))
     return step(state, frozen, batch)
 
-  return jax.jit(device_step, donate_argnums=(0,) if donate else ())
+  state_sh = state_shardings(setup, tx, mesh)
+  in_shardings = (state_sh, frozen_shardings(setup, mesh),
+                  arrays_sharding if arrays_sharding is not None else sharding_lib.replicated(mesh))
+  return jax.jit(sharded_device_step, in_shardings=in_shardings,
+                 out_shardings=(state_sh, sharding_lib.replicated(mesh)), donate_argnums=donate_argnums)
+
+
+def frozen_shardings(setup: Setup, mesh: jax.sharding.Mesh) -> dict:
+  """Shardings of the frozen edges argument ({bucket: stacked}, every frozen bucket, or {})."""
+  return {b.key: sharding_lib.NamedSharding(mesh, sharding_lib.edge_axis_spec(b.size, mesh))
+          for b in setup.layout.frozen_buckets}
+
+
+def make_batch_step(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite: bool = True,
+                    donate: bool = True, mesh: jax.sharding.Mesh | None = None,
+                    batch_sharding: PyTree | None = None) -> Callable:
+  """jit(step(state, frozen, batch)) for batches drawn on the host (data.host_sampling).
+
+  With a mesh: in/out shardings as make_device_step; `batch_sharding` (default: split over
+  `data`, a prefix of every batch leaf) is how the host sampler lays the batch out."""
+  step = make_step_fn(setup, tx, skip_nonfinite)
+  donate_argnums = (0,) if donate else ()
+  if mesh is None:
+    return jax.jit(step, donate_argnums=donate_argnums)
+  state_sh = state_shardings(setup, tx, mesh)
+  batch_sh = batch_sharding if batch_sharding is not None else sharding_lib.NamedSharding(
+      mesh, sharding_lib.P(sharding_lib.DATA))
+  return jax.jit(step, in_shardings=(state_sh, frozen_shardings(setup, mesh), batch_sh),
+                 out_shardings=(state_sh, sharding_lib.replicated(mesh)), donate_argnums=donate_argnums)
 
 
 def sampler_arrays(setup: Setup, dataset: data_lib.Dataset) -> dict:
@@ -316,7 +366,8 @@ def raise_if_unhealthy(setup: Setup, health: Mapping) -> None:
     parts.append("non-finite loss term(s): " + ", ".join(bad_terms))
   if bad_grads:
     parts.append("non-finite gradient for edge(s): " + ", ".join(bad_grads))
-  raise NonFiniteError(f"step {bad_step}: " + ("; ".join(parts) or "non-finite total loss") +
+  # 1-based, like progress lines and checkpoint steps: "step 5" is the 5th update
+  raise NonFiniteError(f"step {bad_step + 1}: " + ("; ".join(parts) or "non-finite total loss") +
                        " (the update was skipped; checkpoints hold the last good state)")
 
 
@@ -420,9 +471,13 @@ def restore_state(setup: Setup, checkpoints: ckpt_lib.Checkpoints, template: Map
       log(f"{exc}; trying an older checkpoint")
       continue
     if errors:
+      for damaged in [s for s in checkpoints.all_steps() if s > candidate]:
+        log(f"moved damaged checkpoint step {damaged} to {checkpoints.quarantine(damaged)}")
       log(f"resuming from checkpoint step {candidate}, the latest complete one")
     return state, candidate
   if errors:
+    for damaged in checkpoints.all_steps():
+      log(f"moved damaged checkpoint step {damaged} to {checkpoints.quarantine(damaged)}")
     log(f"no usable checkpoint in {checkpoints.directory} ({len(errors)} damaged); starting from scratch")
   return None, None
 
@@ -465,6 +520,8 @@ class MetricWriter:
     if self.path:
       with open(self.path, "a") as f:
         f.write(json.dumps({"step": int(step), **values}) + "\n")
+    if os.environ.get("GRAPHBRIDGE_KILL_AFTER_STEP") == str(step):  # fault injection for tests
+      os.kill(os.getpid(), 9)
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -520,11 +577,22 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
   frozen_from: {edge_name: checkpoint step dir} whose item files are copied unchanged into every
     checkpoint for those frozen edges (grafting: old edges stay byte-identical).
   objective: objective(layout, dataset, config) builds a strategy objective (default: the graph's
-    loss plan)."""
-  dataset = dataset if dataset is not None else data_lib.load_named(config.data.get("path") or config.data.name)
+    loss plan).
+
+  Several devices (config.mesh, see sharding.py): the state is initialised and kept sharded over a
+  (data, edges) mesh and every process runs this same loop; metrics and logs come from process 0,
+  every process takes part in checkpointing (Orbax writes from process 0). The returned state is
+  gathered to the host (then on the default device), like a single-device run's.
+  data.host_sampling: batches are drawn on the host from (memory-mapped) tables, only the batch's
+  rows read per step, on background threads (data.prefetch batches ahead)."""
+  dataset = dataset if dataset is not None else data_lib.load_for_config(config)
   frozen_params = dict(frozen_params or {})
   setup = build_setup(config, dataset, graph=graph, frozen=tuple(frozen_params), objective=objective)
   layout, plan = setup.layout, setup.plan
+  mesh = sharding_lib.mesh_from_config(config)  # None: one device, no shardings (the plain path)
+  if mesh is not None:
+    sharding_lib.check_batch(setup.batch_size, mesh)
+  host_sampling = bool(config.data.get("host_sampling", False))
   frozen_f32 = stack(layout, frozen_params, buckets=layout.frozen_buckets) if frozen_params else {}
   frozen = compute_frozen(setup, frozen_f32)
   frozen_from = dict(frozen_from or {})
@@ -532,7 +600,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
                   if e not in frozen_from}
   tx = make_optimizer(config)
   n_total = total_steps(config)
-  state = init_state(setup, tx, int(config.seed), phase_weights(config, plan, 0))
+  state = init_state(setup, tx, int(config.seed), phase_weights(config, plan, 0), mesh=mesh)
+  if mesh is not None:
+    frozen = sharding_lib.put(frozen, sharding_lib.tree_shardings(layout, frozen, mesh))
+    state_sh = sharding_lib.shardings_of(state)
 
   checkpoints = None
   start = 0
@@ -540,14 +611,41 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
     os.makedirs(workdir, exist_ok=True)
     checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
                                        max_to_keep=int(config.train.get("keep_checkpoints", 2)))
-    restored, restored_step = restore_state(setup, checkpoints, state)
+    # with a mesh the template is host zeros: restore reads only its shapes, and a state sharded
+    # over several processes cannot be read by one
+    template = state if mesh is None else sharding_lib.zeros_like_host(state)
+    restored, restored_step = restore_state(setup, checkpoints, template, log=log)
     if restored is not None:
       state, start = restored, int(restored_step)
+      if mesh is not None:
+        state = sharding_lib.put(state, state_sh)
       log(f"resumed from checkpoint step {start} in {checkpoints.directory}")
   writer = MetricWriter(os.path.join(workdir, "metrics.jsonl") if workdir else None)
 
-  arrays = jax.device_put(sampler_arrays(setup, dataset))
-  step_fn = make_device_step(setup, tx, skip_nonfinite=bool(config.train.get("skip_nonfinite", True)))
+  skip_nonfinite = bool(config.train.get("skip_nonfinite", True))
+  batches = None
+  if host_sampling:
+    sampler = data_lib.HostSampler(plan.sample, sampler_arrays(setup, dataset), setup.batch_size, state["rng"])
+    if mesh is None:
+      produce = lambda s: jax.device_put(sampler.batch(s))
+      batch_sh = None
+    else:
+      batch_sh = sharding_lib.batch_shardings(sampler.batch_shapes, setup.batch_size, mesh)
+      produce = lambda s: sampler.global_batch(s, batch_sh)
+    batches = data_lib.Prefetcher(produce, start, n_total, size=int(config.data.get("prefetch", 4)))
+    step_fn = make_batch_step(setup, tx, skip_nonfinite=skip_nonfinite, mesh=mesh, batch_sharding=batch_sh)
+  elif mesh is None:
+    arrays = jax.device_put(data_lib.materialize_tables(sampler_arrays(setup, dataset)))
+    step_fn = make_device_step(setup, tx, skip_nonfinite=skip_nonfinite)
+  else:
+    host_arrays = data_lib.materialize_tables(sampler_arrays(setup, dataset))
+    arrays_sh = sharding_lib.arrays_shardings(host_arrays, mesh,
+                                              by_rows=bool(config.get("mesh", {}).get("shard_data_rows", False)))
+    arrays = sharding_lib.put_arrays(host_arrays, arrays_sh)
+    step_fn = make_device_step(setup, tx, skip_nonfinite=skip_nonfinite, mesh=mesh, arrays_sharding=arrays_sh)
+  if mesh is not None:
+    log(f"devices: {sharding_lib.describe(mesh)}; translators by bucket: "
+        + ", ".join(f"{k} {v}" for k, v in sharding_lib.spec_summary(layout, state["params"]["edges"]).items()))
   log(f"graph: {setup.graph.describe()}")
   log(f"plan: {plan.describe()}; {start}/{n_total} steps done")
 
@@ -557,36 +655,51 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
   t_start = t_last = time.perf_counter()
   last_logged = start
   step = start
-  for step in range(start, n_total):
-    if int(config.finetune.steps) > 0 and step == int(config.train.steps):
-      state = {**state, "weights": phase_weights(config, plan, step)}
-      log(f"step {step}: contrastive fine-tuning phase ({int(config.finetune.steps)} steps)")
-    state, metrics = step_fn(state, frozen, arrays)
-    done = step + 1
-    if step == start:
-      jax.block_until_ready(state["step"])
-      compile_seconds = time.perf_counter() - t_start
-      t_last, last_logged = time.perf_counter(), done
-    if done % log_every == 0 or done == n_total:
-      raise_if_unhealthy(setup, state["health"])
-      values = flat_metrics(setup, metrics)
-      now = time.perf_counter()
-      rate = (done - last_logged) / max(now - t_last, 1e-9) if done > last_logged else float("nan")
-      t_last, last_logged = now, done
-      writer.write(done, {**values, "steps_per_sec": rate})
-      log(f"step {done}/{n_total}  loss {values['loss/total']:.4f}  {progress_terms(values)}  "
-          f"{rate:.1f} steps/s")
-    if checkpoints and ckpt_every > 0 and (done % ckpt_every == 0 or done == n_total):
-      raise_if_unhealthy(setup, state["health"])
-      edge_items, train_item = state_to_items(setup, state)
-      checkpoints.save(done, {**edge_items, **frozen_items}, train_item, run_meta(setup, config, dataset),
-                       copy_items_from=frozen_from)
+  try:
+    for step in range(start, n_total):
+      if int(config.finetune.steps) > 0 and step == int(config.train.steps):
+        weights = phase_weights(config, plan, step)
+        if mesh is not None:
+          weights = sharding_lib.put(weights, state_sh["weights"])
+        state = {**state, "weights": weights}
+        log(f"step {step}: contrastive fine-tuning phase ({int(config.finetune.steps)} steps)")
+      state, metrics = step_fn(state, frozen, next(batches) if batches is not None else arrays)
+      done = step + 1
+      if step == start:
+        jax.block_until_ready(state["step"])
+        compile_seconds = time.perf_counter() - t_start
+        t_last, last_logged = time.perf_counter(), done
+      if done % log_every == 0 or done == n_total:
+        raise_if_unhealthy(setup, state["health"])
+        values = flat_metrics(setup, metrics)
+        now = time.perf_counter()
+        rate = (done - last_logged) / max(now - t_last, 1e-9) if done > last_logged else float("nan")
+        t_last, last_logged = now, done
+        writer.write(done, {**values, "steps_per_sec": rate})
+        speed = f"{rate:.1f} steps/s" if rate == rate else f"compiled in {compile_seconds:.1f}s"
+        log(f"step {done}/{n_total}  loss {values['loss/total']:.4f}  {progress_terms(values)}  {speed}")
+      if checkpoints and ckpt_every > 0 and (done % ckpt_every == 0 or done == n_total):
+        raise_if_unhealthy(setup, state["health"])
+        # every process gathers the (possibly sharded) state; Orbax writes numpy from process 0
+        edge_items, train_item = state_to_items(setup, state if mesh is None else sharding_lib.to_host(
+            {k: v for k, v in state.items() if k != "compute_params"}))
+        checkpoints.save(done, {**edge_items, **frozen_items}, train_item, run_meta(setup, config, dataset),
+                         copy_items_from=frozen_from)
+  except BaseException:
+    if checkpoints:
+      checkpoints.close()  # saves in flight finish: the last good checkpoint stays usable
+    raise
+  finally:
+    if batches is not None:
+      batches.close()
+  if checkpoints:
+    checkpoints.close()  # before the last health check, so an error cannot lose a save in flight
   if metrics is not None:
     raise_if_unhealthy(setup, state["health"])
-  if checkpoints:
-    checkpoints.close()
   seconds = time.perf_counter() - t_start
   final = flat_metrics(setup, metrics) if metrics is not None else {}
+  if mesh is not None:  # callers (evaluation, grafting) get host-gathered arrays, as from one device
+    state = jax.tree.map(jnp.asarray, sharding_lib.to_host(state))
   return TrainResult(setup, state, frozen_f32, dataset, max(n_total - start, 0), seconds, compile_seconds,
                      final)
 
@@ -628,12 +741,27 @@ def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
   if not os.path.isdir(directory):
     raise ckpt_lib.CheckpointError(f"no checkpoints in {workdir!r} (expected {directory}); train first")
   checkpoints = ckpt_lib.Checkpoints(directory, max_to_keep=None, async_save=False, read_only=True)
-  step = checkpoints.latest_complete_step() if step is None else step
-  if step is None:
+  candidates = [step] if step is not None else list(reversed(checkpoints.all_steps()))
+  if not candidates:
     raise ckpt_lib.CheckpointError(f"no complete checkpoint in {directory}")
-  meta = checkpoints.check_complete(step)
-  layout = layout_from_meta(meta)
-  items = checkpoints.restore_edges(step, [e.name for e in layout.graph.edges])
+  problems = []
+  for candidate in candidates:  # newest first; a damaged step is reported and skipped
+    try:
+      meta = checkpoints.check_complete(candidate)
+      layout = layout_from_meta(meta)
+      items = checkpoints.restore_edges(candidate, [e.name for e in layout.graph.edges])
+    except ckpt_lib.CheckpointError as exc:
+      if step is not None:
+        raise
+      problems.append(str(exc))
+      logging.warning("%s; trying an older checkpoint", exc)
+      continue
+    step = candidate
+    break
+  else:
+    raise ckpt_lib.CheckpointError(f"no usable checkpoint in {directory}: " + "; ".join(problems))
+  if problems:
+    logging.warning("using checkpoint step %d, the latest complete one in %s", step, directory)
   params = stack(layout, {e: jax.tree.map(jnp.asarray, item["params"]) for e, item in items.items()})
   config = ml_collections.ConfigDict(meta.get("config", {}))
   return TrainedRun(layout, params, config, meta, step, workdir)

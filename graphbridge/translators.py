@@ -198,22 +198,35 @@ class EdgeLayout:
 
 # ---- parameters ---------------------------------------------------------------------------------
 
+def _edge_rng(edge: Edge, seed) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(seed), _stable_seed(edge.name))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_init(specs: tuple[tuple[Edge, int, int, TranslatorArch], ...]):
+  """One compiled program that initialises every edge in `specs` (one compile, not one per shape)."""
+  def init(seed):
+    return {e.name: Translator(d_out, arch).init(_edge_rng(e, seed), jnp.zeros((1, d_in), jnp.float32))["params"]
+            for e, d_in, d_out, arch in specs}
+  return jax.jit(init)
+
+
 def init_edge_params(edge: Edge, d_in: int, d_out: int, arch: TranslatorArch, seed: int) -> PyTree:
   """One edge's params. The RNG depends only on (seed, edge name), never on bucket membership,
   so the same edge starts from the same weights whichever graph it is part of."""
-  rng = jax.random.fold_in(jax.random.PRNGKey(seed), _stable_seed(edge.name))
-  return Translator(d_out, arch).init(rng, jnp.zeros((1, d_in), jnp.float32))["params"]
+  return init_many([(edge, d_in, d_out, arch)], seed)[edge.name]
+
+
+def init_many(specs, seed: int) -> dict[str, PyTree]:
+  """{edge_name: params} for [(edge, d_in, d_out, arch), ...], compiled as one program."""
+  return _jitted_init(tuple(specs))(jnp.int32(seed))
 
 
 def init_params(layout: EdgeLayout, seed: int, trainable_only: bool = False) -> dict[str, PyTree]:
   """{bucket_key: stacked params [E_b, ...]} for every bucket (or only trainable ones)."""
-  per_edge = {}
-  for bucket in layout.buckets:
-    if trainable_only and not bucket.trainable:
-      continue
-    for edge in bucket.edges:
-      per_edge[edge.name] = init_edge_params(edge, bucket.d_in, bucket.d_out, bucket.arch, seed)
-  return stack(layout, per_edge, trainable_only=trainable_only)
+  specs = [(edge, bucket.d_in, bucket.d_out, bucket.arch) for bucket in layout.buckets
+           if bucket.trainable or not trainable_only for edge in bucket.edges]
+  return stack(layout, init_many(specs, seed), trainable_only=trainable_only)
 
 
 def stack(layout: EdgeLayout, per_edge: Mapping[str, PyTree], trainable_only: bool = False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -27,7 +28,7 @@ ROWS = {"image": 96, "audio": 96, "text": 48}
 PAIRED = [("image", "text"), ("audio", "text")]
 OLD_EDGES = {"image->text", "text->image"}
 NEW_EDGES = {"audio->text", "text->audio"}
-STEPS = 30
+STEPS = 40
 
 
 def tree_hashes(root: str) -> dict[str, str]:
@@ -43,8 +44,9 @@ def tree_hashes(root: str) -> dict[str, str]:
 
 def make_config(steps: int = STEPS):
     config = load_config_module("configs/graft_audio.py").get_config("tiny")
-    config.model.hidden = (16,)
+    config.model.hidden = (32,)
     config.data.batch_size = 16
+    config.optim.lr = 1e-2  # 40 steps: every seed of this data reaches zero-shot mAP > 0.75 (chance ~0.35)
     config.train.steps = steps
     config.train.log_every = 5
     config.train.checkpoint_every = steps  # one checkpoint: the final step
@@ -115,10 +117,8 @@ def test_old_items_byte_identical_and_arrays_equal(base, grafted):
         assert old_files, item
         assert tree_hashes(os.path.join(new_dir, item)) == old_files
         assert grafted["result"].item_digests[edge] == graft_lib.item_digest(old_dir, edge)
-    step = int(os.path.basename(old_dir))
-    old_items = ckpt_lib.Checkpoints(os.path.dirname(old_dir), read_only=True).restore_edges(step, OLD_EDGES)
-    new_step = int(os.path.basename(new_dir))
-    new_items = ckpt_lib.Checkpoints(os.path.dirname(new_dir), read_only=True).restore_edges(new_step, OLD_EDGES)
+    old_items, new_items = (ckpt_lib.Checkpoints(os.path.dirname(d), read_only=True)
+                            .restore_edges(int(os.path.basename(d)), OLD_EDGES) for d in (old_dir, new_dir))
     for edge in OLD_EDGES:
         assert_trees_equal(old_items[edge], new_items[edge])  # params and Adam moments
 
@@ -177,9 +177,9 @@ def test_new_modality_reaches_old_ones_zero_shot(grafted):
     routes = {r["route"] for r in rows}
     assert {"audio->text->image", "image->text->audio"} <= routes, routes  # eval.paths of the config
     assert all(r["hops"] >= 2 for r in rows)
-    for r in rows:
-        if r["level"] == "class" and not r["named_route"]:  # default route: meet in text
-            assert r["mAP"] > r["chance_mAP"] + 0.15, r
+    for r in rows:  # default route audio->text<-image meets in text; named ones translate into image / audio
+        assert r["level"] == "class"
+        assert r["mAP"] > r["chance_mAP"] + (0.15 if r["named_route"] else 0.3), r
     assert "graft" in report and set(report["graft"]["new_edges"]) == NEW_EDGES
     markdown = open(os.path.join(grafted["dir"], "report.md")).read()
     assert "## Grafted modality" in markdown and "audio->text->image" in markdown
@@ -187,7 +187,7 @@ def test_new_modality_reaches_old_ones_zero_shot(grafted):
 
 
 @pytest.mark.parametrize("case", ["no_checkpoint", "no_dir", "dims_differ", "connect_to_unknown",
-                                  "already_in_graph", "not_in_data", "inside_old"])
+                                  "already_in_graph", "not_in_data", "inside_old", "workdir_of_another_run"])
 def test_bad_grafts_fail_before_writing(case, base, dataset, tmp_path, make_synthetic_dataset):
     config, old, data = make_config(), base["dir"], dataset
     new = str(tmp_path / "new")
@@ -200,7 +200,7 @@ def test_bad_grafts_fail_before_writing(case, base, dataset, tmp_path, make_synt
         match = "no such directory"
     elif case == "dims_differ":
         data = make_synthetic_dataset({"image": 6, "audio": 6, "text": 10}, ROWS, PAIRED)
-        match = r"dimension mismatch for 'text': the checkpoint in .* was trained with text\[8\], .* has text\[10\]"
+        match = r"mismatch for 'text': the checkpoint in .* was trained with text\[8\], .* has text\[10\]"
     elif case == "connect_to_unknown":
         config.graft.connect_to = "text,depth"
         match = r"graft.connect_to='depth' is not a node of the graph of .* \(nodes: image, text\)"
@@ -210,12 +210,17 @@ def test_bad_grafts_fail_before_writing(case, base, dataset, tmp_path, make_synt
     elif case == "not_in_data":
         config.graft.modality = "depth"
         match = r"graft.modality='depth' is not in the data .* \(modalities: image, audio, text\)"
-    else:
+    elif case == "inside_old":
         new = os.path.join(old, "grafted")
         match = "the old run is never written to"
+    else:  # the base run's copy as --workdir: it holds checkpoints of image<->text only
+        new = str(tmp_path / "copy")
+        shutil.copytree(old, new)
+        match = r"already holds a run of another graph \(nodes: image\[6\], text\[8\]; .*choose a new directory"
+    before = tree_hashes(new) if os.path.exists(new) else None
     with pytest.raises(graft_lib.GraftError, match=match):
         graft_lib.graft(config, old, new, dataset=data, plots=False, log=quiet)
-    assert not os.path.exists(new)
+    assert (tree_hashes(new) if os.path.exists(new) else None) == before
     assert tree_hashes(base["dir"]) == base["hashes"]
 
 
@@ -223,8 +228,8 @@ def test_cli_grafts_end_to_end(base, arrays, tmp_path):
     npz = str(tmp_path / "data.npz")
     np.savez(npz, **arrays)
     new = str(tmp_path / "new")
-    common = ["--config=configs/graft_audio.py:tiny", f"--config.data.path={npz}", "--config.model.hidden=(16,)",
-              "--config.data.batch_size=16", "--noplots"]
+    common = ["--config=configs/graft_audio.py:tiny", f"--config.data.path={npz}",
+              "--config.model.hidden=(32,)", "--config.data.batch_size=16", "--noplots"]
     proc = subprocess.run([sys.executable, "launch/graft.py", *common, "--config.train.steps=10",
                            f"--from_workdir={base['dir']}", f"--workdir={new}"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)

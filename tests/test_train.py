@@ -135,7 +135,7 @@ def test_non_finite_batch_skips_the_update_and_names_the_edge(setup, tx, config,
                     jax.tree.leaves(before["params"]) + jax.tree.leaves(before["opt"])):
         np.testing.assert_array_equal(a, b)  # the bad update was skipped
     with pytest.raises(train_lib.NonFiniteError,
-                       match=r"step 1: non-finite loss term\(s\): edge_cos image->text, infonce image->text; "
+                       match=r"step 2: non-finite loss term\(s\): edge_cos image->text, infonce image->text; "
                              r"non-finite gradient for edge\(s\): image->text \(the update was skipped"):
         train_lib.raise_if_unhealthy(setup, after["health"])
     # the record keeps the first bad step even after good steps

@@ -25,15 +25,15 @@ def _main(argv):
   if _BASE.value == bool(_FROM.value):
     raise app.UsageError("give --from_workdir=OLD to graft, or --base to train the graph without the new "
                          "modality (not both)")
-  if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
-    logging.set_verbosity(logging.WARNING)
-  from graphbridge import graft
+  if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO, and warns on read-only restores
+    logging.set_verbosity(logging.ERROR)
+  from graphbridge import config_check, data, graft
   try:
     if _BASE.value:
       graft.train_base(_CONFIG.value, _WORKDIR.value, plots=_PLOTS.value)
     else:
       graft.graft(_CONFIG.value, _FROM.value, _WORKDIR.value, plots=_PLOTS.value)
-  except graft.GraftError as exc:
+  except (graft.GraftError, config_check.ConfigError, data.DataError) as exc:  # a message the user acts on
     sys.exit(f"graft: {exc}")
 
 
