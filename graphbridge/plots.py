@@ -460,7 +460,7 @@ def plot_reconstruction_by_hops(
             kinds.append(row["kind"])
     kinds.sort(key=lambda k: ({"path": 0, "cycle": 1}.get(k, 2), str(k)))
     rng = np.random.default_rng(seed)
-    fig = _new_figure((7.8, 5.0))
+    fig = _new_figure((10.5, 5.0))  # room for the legend beside the axes
     ax = fig.add_subplot()
     handles = []
     all_hops = set()
@@ -493,8 +493,8 @@ def plot_reconstruction_by_hops(
     ax.set_ylabel("reconstruction cosine similarity")
     ax.grid(True, color="0.9", linewidth=0.8)
     ax.set_axisbelow(True)
-    ax.legend(handles=handles, loc="best", fontsize=9, framealpha=0.9)
-    ax.set_title(title, fontsize=13)
+    fig.legend(handles=handles, loc="outside right center", fontsize=9, frameon=False)  # never over the data
+    fig.suptitle(title, fontsize=13)
     return _save(fig, path)
 
 
@@ -537,7 +537,8 @@ def plot_training_curves(metrics_rows: Sequence[Mapping[str, Any]], path: str | 
 
     def set_scale(ax, curves: list[np.ndarray]) -> None:
         finite = np.concatenate([c[np.isfinite(c)] for c in curves]) if curves else np.array([])
-        if finite.size and finite.min() > 0:
+        # log only where curves span a real range: under a factor 5 a log axis has no labelled ticks
+        if finite.size and finite.min() > 0 and finite.max() / finite.min() > 5:
             from matplotlib.ticker import FuncFormatter, NullFormatter
 
             ax.set_yscale("log")
