@@ -121,7 +121,7 @@ def test_plot_reconstruction_by_hops(tmp_path):
         if hops > 1:
             rows.append({"hops": hops, "cosine": 0.92 ** hops, "baseline": 0.28, "kind": "cycle"})
     path = tmp_path / "hops.png"
-    _assert_png(path, plots.plot_reconstruction_by_hops(rows, path, "hops"), (7.8, 5.0))
+    _assert_png(path, plots.plot_reconstruction_by_hops(rows, path, "hops"), (10.5, 5.0))  # legend beside the axes
     with pytest.raises(ValueError, match="missing key"):
         plots.plot_reconstruction_by_hops([{"hops": 1, "cosine": 0.5}], tmp_path / "x.png", "t")
     with pytest.raises(ValueError, match="empty"):
