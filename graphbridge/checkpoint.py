@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -33,6 +33,11 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
   """A checkpoint is missing, incomplete, corrupt, or belongs to another graph."""
+
+
+class CheckpointMismatchError(CheckpointError):
+  """The checkpoints were written for another graph or architecture: no step of them is usable,
+  so this is never a reason to fall back to an older step."""
 
 
 def edge_item_name(edge: Edge | str) -> str:
@@ -235,6 +240,27 @@ class Checkpoints:
       except CheckpointError as exc:
         logging.warning("skipping checkpoint: %s", exc)
     return None
+
+  def newest_usable(self, restore: Callable[[int], Any], step: int | None = None,
+                    log: Callable[[str], None] = logging.warning) -> tuple[Any, int | None, list[str]]:
+    """(restore(s), s, problems) for `step`, or for the newest step whose restore succeeds.
+
+    Without an explicit step, a step whose restore raises CheckpointError (incomplete, corrupt) is
+    logged and the next older one is tried; (None, None, problems) if none works. An explicit step
+    and CheckpointMismatchError always raise."""
+    candidates = [step] if step is not None else list(reversed(self.all_steps()))
+    problems: list[str] = []
+    for candidate in candidates:
+      try:
+        return restore(candidate), candidate, problems
+      except CheckpointMismatchError:
+        raise
+      except CheckpointError as exc:
+        if step is not None:
+          raise
+        problems.append(str(exc))
+        log(f"{exc}; trying an older checkpoint")
+    return None, None, problems
 
   def _restore_item(self, step: int, name: str) -> dict:
     directory = os.path.join(self.step_dir(step), name)

@@ -92,14 +92,6 @@ def best_route(graph: ModalityGraph, query: str, gallery: str) -> Route | None:
   return min(candidates, key=lambda c: c[:4])[4]
 
 
-def translation_route(graph: ModalityGraph, query: str, gallery: str) -> Route | None:
-  """The shortest path that translates the query into the gallery's own space, if any."""
-  try:
-    return Route(graph.shortest_path(query, gallery), (gallery,))
-  except GraphError:
-    return None
-
-
 def __getattr__(name):  # TranslatorAligner lives in evaluate.py (GraphAligner); kept importable here
   if name == "TranslatorAligner":
     from graphbridge.evaluate import GraphAligner

@@ -436,12 +436,12 @@ def check_meta_matches(setup: Setup, meta: Mapping, step: int, directory: str) -
   saved = meta.get("layout", {})
   now = setup.layout.to_dict()
   if _canonical_graph(saved.get("graph", {})) != _canonical_graph(now["graph"]):
-    raise ckpt_lib.CheckpointError(
+    raise ckpt_lib.CheckpointMismatchError(
         f"checkpoint step {step} in {directory} was written for another graph "
         f"({ModalityGraph.from_dict(saved['graph']).describe() if 'graph' in saved else 'unknown'}) but the "
         f"config builds {setup.graph.describe()}; use a fresh --workdir or the matching config")
   if saved.get("arch") != now["arch"]:
-    raise ckpt_lib.CheckpointError(f"checkpoint step {step} in {directory}: translator architecture differs "
+    raise ckpt_lib.CheckpointMismatchError(f"checkpoint step {step} in {directory}: translator architecture differs "
                                    "from the config; use a fresh --workdir or the matching config")
 
 
@@ -454,32 +454,19 @@ def restore_state(setup: Setup, checkpoints: ckpt_lib.Checkpoints, template: Map
   read) is reported and the next older complete step is tried: resuming from an older step only
   repeats work, and the batch RNG is a function of the step, so the run ends the same. A
   checkpoint of another graph is an error, not a fallback: no step of it can be used."""
-  candidates = [step] if step is not None else list(reversed(checkpoints.all_steps()))
-  errors = []
-  for candidate in candidates:
-    try:
-      meta = checkpoints.check_complete(candidate)
-      check_meta_matches(setup, meta, candidate, checkpoints.directory)
-      edges = [e.name for e in setup.layout.trainable_edges]
-      edge_items = checkpoints.restore_edges(candidate, edges)
-      train_item = checkpoints.restore_train(candidate)
-      state = items_to_state(setup, template, edge_items, train_item)
-    except ckpt_lib.CheckpointError as exc:
-      if step is not None or "another graph" in str(exc) or "architecture differs" in str(exc):
-        raise
-      errors.append(str(exc))
-      log(f"{exc}; trying an older checkpoint")
-      continue
-    if errors:
-      for damaged in [s for s in checkpoints.all_steps() if s > candidate]:
-        log(f"moved damaged checkpoint step {damaged} to {checkpoints.quarantine(damaged)}")
-      log(f"resuming from checkpoint step {candidate}, the latest complete one")
-    return state, candidate
-  if errors:
-    for damaged in checkpoints.all_steps():
+  def restore(candidate: int) -> dict:
+    meta = checkpoints.check_complete(candidate)
+    check_meta_matches(setup, meta, candidate, checkpoints.directory)
+    edge_items = checkpoints.restore_edges(candidate, [e.name for e in setup.layout.trainable_edges])
+    return items_to_state(setup, template, edge_items, checkpoints.restore_train(candidate))
+
+  state, restored, problems = checkpoints.newest_usable(restore, step, log)
+  if problems:  # damaged steps newer than the one restored (or all of them) make way, kept aside
+    for damaged in [s for s in checkpoints.all_steps() if restored is None or s > restored]:
       log(f"moved damaged checkpoint step {damaged} to {checkpoints.quarantine(damaged)}")
-    log(f"no usable checkpoint in {checkpoints.directory} ({len(errors)} damaged); starting from scratch")
-  return None, None
+    log(f"resuming from checkpoint step {restored}, the latest complete one" if restored is not None else
+        f"no usable checkpoint in {checkpoints.directory} ({len(problems)} damaged); starting from scratch")
+  return (state, restored) if restored is not None else (None, None)
 
 
 # ---- metrics -----------------------------------------------------------------------------------
@@ -741,27 +728,20 @@ def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
   if not os.path.isdir(directory):
     raise ckpt_lib.CheckpointError(f"no checkpoints in {workdir!r} (expected {directory}); train first")
   checkpoints = ckpt_lib.Checkpoints(directory, max_to_keep=None, async_save=False, read_only=True)
-  candidates = [step] if step is not None else list(reversed(checkpoints.all_steps()))
-  if not candidates:
+  if not checkpoints.all_steps():
     raise ckpt_lib.CheckpointError(f"no complete checkpoint in {directory}")
-  problems = []
-  for candidate in candidates:  # newest first; a damaged step is reported and skipped
-    try:
-      meta = checkpoints.check_complete(candidate)
-      layout = layout_from_meta(meta)
-      items = checkpoints.restore_edges(candidate, [e.name for e in layout.graph.edges])
-    except ckpt_lib.CheckpointError as exc:
-      if step is not None:
-        raise
-      problems.append(str(exc))
-      logging.warning("%s; trying an older checkpoint", exc)
-      continue
-    step = candidate
-    break
-  else:
+
+  def restore(candidate: int):
+    meta = checkpoints.check_complete(candidate)
+    layout = layout_from_meta(meta)
+    return meta, layout, checkpoints.restore_edges(candidate, [e.name for e in layout.graph.edges])
+
+  found, step, problems = checkpoints.newest_usable(restore, step)
+  if found is None:
     raise ckpt_lib.CheckpointError(f"no usable checkpoint in {directory}: " + "; ".join(problems))
   if problems:
     logging.warning("using checkpoint step %d, the latest complete one in %s", step, directory)
+  meta, layout, items = found
   params = stack(layout, {e: jax.tree.map(jnp.asarray, item["params"]) for e, item in items.items()})
   config = ml_collections.ConfigDict(meta.get("config", {}))
   return TrainedRun(layout, params, config, meta, step, workdir)
