@@ -195,22 +195,24 @@ def state_shardings(setup: Setup, tx: optax.GradientTransformation, mesh: jax.sh
   return sharding_lib.tree_shardings(setup.layout, abstract, mesh)
 
 
+def to_compute_dtype(setup: Setup, tree: PyTree) -> PyTree:
+  """Every leaf of `tree` cast to the run's compute dtype."""
+  dtype = dtype_from_name(setup.compute_dtype)
+  return jax.tree.map(lambda p: p.astype(dtype), tree)
+
+
 def with_compute_copy(setup: Setup, state: dict) -> dict:
   """Mixed precision: add state["compute_params"], the trainable edges cast to the compute
   dtype. The step runs the translators on it and rewrites it inside the fused optimizer update,
   so no separate cast of the float32 master weights is needed. Derived: never checkpointed."""
   if setup.compute_dtype == "float32":
     return state
-  dtype = dtype_from_name(setup.compute_dtype)
-  return {**state, "compute_params": jax.tree.map(lambda p: p.astype(dtype), state["params"]["edges"])}
+  return {**state, "compute_params": to_compute_dtype(setup, state["params"]["edges"])}
 
 
 def compute_frozen(setup: Setup, frozen: Mapping) -> dict:
   """Frozen edges in the compute dtype (cast once, outside the step)."""
-  if setup.compute_dtype == "float32":
-    return dict(frozen)
-  dtype = dtype_from_name(setup.compute_dtype)
-  return jax.tree.map(lambda p: p.astype(dtype), dict(frozen))
+  return dict(frozen) if setup.compute_dtype == "float32" else to_compute_dtype(setup, dict(frozen))
 
 
 def _fresh_health(setup: Setup) -> dict:
@@ -280,7 +282,7 @@ def make_step_fn(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite:
     new_state = {**state, "step": state["step"] + 1, "params": new_params, "opt": new_opt,
                  "health": health}
     if lowp:
-      new_state["compute_params"] = jax.tree.map(lambda p: p.astype(dtype), new_params["edges"])
+      new_state["compute_params"] = to_compute_dtype(setup, new_params["edges"])
     metrics = {"loss/total": total, "grad_norm": grad_norms, **aux}
     return new_state, metrics
 
@@ -298,25 +300,20 @@ def make_device_step(setup: Setup, tx: optax.GradientTransformation, skip_nonfin
     metrics replicated. arrays_sharding: the sampler arrays' shardings (default replicated)."""
   step = make_step_fn(setup, tx, skip_nonfinite)
   donate_argnums = (0,) if donate else ()
-  if mesh is None:
-    def device_step(state, frozen, arrays):
-      key = jax.random.fold_in(state["rng"], state["step"])
-      batch = setup.plan.sample(arrays, key, setup.batch_size)
-      return step(state, frozen, batch)
 
-    return jax.jit(device_step, donate_argnums=donate_argnums)
-
-  def sharded_device_step(state, frozen, arrays):
+  def device_step(state, frozen, arrays):
     key = jax.random.fold_in(state["rng"], state["step"])
     batch = setup.plan.sample(arrays, key, setup.batch_size)
-    batch = jax.lax.with_sharding_constraint(
-        batch, sharding_lib.batch_shardings(batch, setup.batch_size, mesh))
+    if mesh is not None:  # drawn whole (as on one device), then split over the data axis
+      batch = jax.lax.with_sharding_constraint(batch, sharding_lib.batch_shardings(batch, setup.batch_size, mesh))
     return step(state, frozen, batch)
 
+  if mesh is None:
+    return jax.jit(device_step, donate_argnums=donate_argnums)
   state_sh = state_shardings(setup, tx, mesh)
   in_shardings = (state_sh, frozen_shardings(setup, mesh),
                   arrays_sharding if arrays_sharding is not None else sharding_lib.replicated(mesh))
-  return jax.jit(sharded_device_step, in_shardings=in_shardings,
+  return jax.jit(device_step, in_shardings=in_shardings,
                  out_shardings=(state_sh, sharding_lib.replicated(mesh)), donate_argnums=donate_argnums)
 
 
@@ -672,15 +669,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
             {k: v for k, v in state.items() if k != "compute_params"}))
         checkpoints.save(done, {**edge_items, **frozen_items}, train_item, run_meta(setup, config, dataset),
                          copy_items_from=frozen_from)
-  except BaseException:
-    if checkpoints:
-      checkpoints.close()  # saves in flight finish: the last good checkpoint stays usable
-    raise
-  finally:
+  finally:  # also on errors: saves in flight finish, so the last good checkpoint stays usable
     if batches is not None:
       batches.close()
-  if checkpoints:
-    checkpoints.close()  # before the last health check, so an error cannot lose a save in flight
+    if checkpoints:
+      checkpoints.close()
   if metrics is not None:
     raise_if_unhealthy(setup, state["health"])
   seconds = time.perf_counter() - t_start
