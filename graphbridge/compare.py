@@ -13,9 +13,9 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
+from graphbridge import config_check
 from graphbridge import evaluate as eval_lib
 from graphbridge import strategies as strat_lib
-from graphbridge import train as train_lib
 from graphbridge.data import Dataset
 
 
@@ -62,14 +62,13 @@ def compare(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dat
             log: Callable[[str], None] = print) -> dict:
   """Train every strategy in config.compare.strategies for config.compare.seeds seeds, evaluate
   each (and each post-hoc variant) plus the linear baselines; write compare.{json,md,png}."""
-  from graphbridge import config_check
   from graphbridge import experiment  # data loading shared with the main job
   config_check.validate(config)
   dataset = dataset if dataset is not None else experiment.load_dataset(config)
-  names = train_lib._names(config.compare.strategies)
+  names = config_check.names(config.compare.strategies)
   for name in names:
     strat_lib.check_strategy(name)
-  posthoc = train_lib._names(config.compare.posthoc) or ("none",)
+  posthoc = config_check.names(config.compare.posthoc) or ("none",)
   seeds = [int(config.seed) + i for i in range(int(config.compare.seeds))]
   rows: list[dict] = []
   t0 = time.perf_counter()
@@ -89,7 +88,7 @@ def compare(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dat
             and r["level"] == "class"]
       log(f"{name:9s} seed {seed}: zero-shot mAP " +
           ", ".join(f"{r['query']}->{r['gallery']} {r['mAP']:.3f}" for r in zs) + f"  ({train_seconds:.1f}s)")
-  for kind in train_lib._names(config.compare.baselines):
+  for kind in config_check.names(config.compare.baselines):
     aligner = strat_lib.LinearAligner(dataset, kind)
     for r in eval_lib.retrieval_rows(aligner, dataset, split=config.eval.split, ks=tuple(config.eval.ks)):
       rows.append({**r, "seed": seeds[0], "train_seconds": None})

@@ -52,6 +52,18 @@ def names(value) -> tuple[str, ...]:
   return tuple(str(v) for v in value)
 
 
+def virtual_nodes(value) -> dict[str, int]:
+  """graph.virtual_nodes = "shared:256,common:128" -> {"shared": 256, "common": 128}: nodes with no
+  data of their own (projection spaces)."""
+  out = {}
+  for item in names(value):
+    name, _, dim = item.partition(":")
+    if not dim.strip().isdigit() or not name.strip():
+      raise ConfigError(f"graph.virtual_nodes entry {item!r}: expected 'name:dim', e.g. 'shared:256'")
+    out[name.strip()] = int(dim)
+  return out
+
+
 def unknown_keys(config: Mapping, reference: Mapping, prefix: str = "") -> list[str]:
   """Dotted keys of `config` absent from `reference`, each with close matches."""
   problems = []
@@ -105,9 +117,9 @@ def validate(config, extra_sections: Iterable[str] = ()) -> None:
   cycle = _get(config, "loss.cycle_weights")
   if cycle is not None and any(w < 0 for w in cycle):
     problems.append(f"loss.cycle_weights must be >= 0 (weights of 2-, 3-, ... cycles), got {cycle!r}")
-  for item in names(_get(config, "graph.virtual_nodes")):
-    name, _, dim = item.partition(":")
-    if not dim.strip().isdigit() or not name.strip():
-      problems.append(f"graph.virtual_nodes entry {item!r}: expected 'name:dim', e.g. 'shared:256'")
+  try:
+    virtual_nodes(_get(config, "graph.virtual_nodes"))
+  except ConfigError as exc:
+    problems.append(str(exc))
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

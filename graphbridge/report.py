@@ -360,13 +360,11 @@ def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str]
       raise
     raise data_lib.DataError(f"{exc} (the data the run in {workdir} was trained on; pass --data=FILE to "
                              "evaluate on another copy)") from exc
-  declared = [item.split(":")[0].strip() for item in str(config.get("graph", {}).get("virtual_nodes", "")
-                                                          or "").split(",") if item.strip()]
+  from graphbridge import config_check
+  declared = config_check.virtual_nodes(config.get("graph", {}).get("virtual_nodes", "") or "")
+  # shared projection spaces of a strategy: nodes without rows
   virtual = [n for n in run.graph.node_names if n in declared and n not in dataset.modalities]
-  if virtual:  # shared projection spaces of a strategy: nodes without rows
-    dataset.check_graph(run.graph, virtual=virtual)
-  else:
-    dataset.check_graph(run.graph)
+  dataset.check_graph(run.graph, virtual=virtual)
   trained_on = run.meta.get("data", {}).get("fingerprint")
   if trained_on and trained_on != dataset.fingerprint():
     log(f"note: {dataset.source} is not the data this run was trained on; evaluating anyway")

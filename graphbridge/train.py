@@ -41,7 +41,6 @@ class NonFiniteError(FloatingPointError):
 
 # ---- setup from config --------------------------------------------------------------------------
 
-_names = config_check.names  # config lists: a tuple or one comma-separated string
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +66,8 @@ def arch_from_config(model_cfg) -> TranslatorArch:
 
 
 def loss_settings_from_config(loss_cfg) -> objectives.LossSettings:
-  sup = _names(loss_cfg.get("supervised_edges", ""))
-  starts = _names(loss_cfg.get("cycle_starts", ""))
+  sup = config_check.names(loss_cfg.get("supervised_edges", ""))
+  starts = config_check.names(loss_cfg.get("cycle_starts", ""))
   return objectives.LossSettings(
       edge_cos=float(loss_cfg.edge_cos), infonce=float(loss_cfg.infonce),
       temperature=float(loss_cfg.temperature), learn_temperature=bool(loss_cfg.learn_temperature),
@@ -79,17 +78,11 @@ def loss_settings_from_config(loss_cfg) -> objectives.LossSettings:
 
 def virtual_nodes_from_config(config) -> dict[str, int]:
   """graph.virtual_nodes = "shared:256,common:128": nodes with no data (projection spaces)."""
-  out = {}
-  for item in _names(config.graph.get("virtual_nodes", "")):
-    name, _, dim = item.partition(":")
-    if not dim.strip().isdigit():
-      raise ConfigError(f"graph.virtual_nodes entry {item!r}: expected 'name:dim', e.g. 'shared:256'")
-    out[name.strip()] = int(dim)
-  return out
+  return config_check.virtual_nodes(config.graph.get("virtual_nodes", ""))
 
 
 def graph_from_config(config, dataset: data_lib.Dataset) -> ModalityGraph:
-  edges = _names(config.graph.get("edges", ""))
+  edges = config_check.names(config.graph.get("edges", ""))
   virtual = virtual_nodes_from_config(config)
   if edges:
     graph = ModalityGraph.build({**dataset.dims, **virtual})
@@ -99,7 +92,7 @@ def graph_from_config(config, dataset: data_lib.Dataset) -> ModalityGraph:
     graph = dataset.default_graph()
     for name, dim in virtual.items():
       graph = graph.add_node(name, dim)
-  for e in _names(config.graph.get("extra_edges", "")):
+  for e in config_check.names(config.graph.get("extra_edges", "")):
     if Edge.parse(e) not in graph.edges:
       graph = graph.add_edge(e)
   dataset.check_graph(graph, virtual=virtual)
@@ -111,7 +104,7 @@ def build_setup(config, dataset: data_lib.Dataset, graph: ModalityGraph | None =
   """Static setup of a run. objective(layout, dataset, config) builds a strategy objective
   (default: the translator graph's loss plan from config.loss)."""
   graph = graph or graph_from_config(config, dataset)
-  frozen = tuple(frozen) + _names(config.graph.get("frozen", ""))
+  frozen = tuple(frozen) + config_check.names(config.graph.get("frozen", ""))
   layout = EdgeLayout.build(graph, arch_from_config(config.model), frozen=frozen)
   if objective is not None:
     plan = objective(layout, dataset, config)
