@@ -26,7 +26,7 @@ def load_dataset(config) -> data_lib.Dataset:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       log: Callable[[str], None] = _log) -> dict:
+                       log: Callable[[str], None] = _log, plots: bool = True) -> dict:
   """Train as `config` says, evaluate on the eval split, write report.{json,md} and plots (report.py).
 
   Returns the report dict ({"rows": [...], "by_hops": [...], "gap": [...], "silhouette": [...],
@@ -37,7 +37,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   config_check.validate(config)
   dataset = load_dataset(config)
   log(f"data: {dataset.source}\n{dataset.summary()}")
+  if workdir and jax.process_index() == 0:
+    write_config(config, workdir)
   run = strat_lib.run_strategy(config, dataset, workdir, log=log)
+  if workdir and sum(r.steps_run for r in run.results) == 0:
+    log(nothing_trained_message(workdir, train_lib.total_steps(config)))
   result = run.result
   setup = result.setup
   aligner = eval_lib.GraphAligner(setup.layout, result.params, setup.compute_dtype, name=config.strategy)
@@ -55,7 +59,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             "final_losses": result.final_metrics}
   metrics_rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl")) if workdir else []
   report = report_lib.run_report(aligner, dataset, workdir or None, before, options, header, metrics_rows,
-                                 log=log)
+                                 plots=plots, log=log)
   log(f"total {time.perf_counter() - t0:.1f}s (train {header['timing']['train_seconds']:.1f}s incl. compile "
       f"{header['timing']['compile_seconds']:.1f}s)")
   return report
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The resolved config (defaults, variant and overrides applied) as workdir/config.json."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def nothing_trained_message(workdir: str, steps: int) -> str:
+  return (f"nothing trained: {workdir} already holds the final checkpoint (step {steps}); evaluating it as "
+          "it is. Use a new --workdir to train again, or raise --config.train.steps to continue")

@@ -3,11 +3,13 @@
   python launch/compare.py --config=configs/compare.py --workdir=/tmp/gb_compare
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/compare.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: a packaged name (compare, "
+                                          "compare:tiny) or a file (configs/compare.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for per-run checkpoints and compare.{md,json,png}.")
 
 
@@ -21,6 +23,8 @@ def _main(argv):
 
 
 def main():
+  from graphbridge.cli import common
+  sys.argv = common.prepare_argv(sys.argv, "graphbridge-compare", __name__, __doc__)
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(_main)
 

@@ -5,6 +5,8 @@ silhouette, reconstruction, plots) without training again.
                             [--split=test] [--out=DIR] [--step=N] [--noplots]
 """
 
+import sys
+
 from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's directory (checkpoints/, metrics.jsonl).")
@@ -29,6 +31,8 @@ def _main(argv):
 
 
 def main():
+  from graphbridge.cli import common
+  sys.argv = common.prepare_argv(sys.argv, "graphbridge-evaluate", __name__, __doc__, config_flag=None)
   flags.mark_flags_as_required(["workdir"])
   app.run(_main)
 

@@ -9,7 +9,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Graft config file (configs/graft_audio.py[:tiny]).",
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Graft config: a packaged name (graft_audio, "
+                                          "graft_audio:tiny) or a file (configs/graft_audio.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "New directory for the grafted run's checkpoints, metrics and "
                                "report (with --base: the base run's directory).")
@@ -38,6 +39,8 @@ def _main(argv):
 
 
 def main():
+  from graphbridge.cli import common
+  sys.argv = common.prepare_argv(sys.argv, "graphbridge-graft", __name__, __doc__)
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(_main)
 

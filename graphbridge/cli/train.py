@@ -1,15 +1,23 @@
 """graphbridge-train / launch/train.py: train, evaluate and report.
 
-  python launch/train.py --config=configs/digits.py --workdir=/tmp/gb [--config.train.steps=1000]
+  graphbridge-train --config=digits --workdir=/tmp/gb [--config.train.steps=1000] [--noplots]
+  graphbridge-train --config=digits:tiny --workdir=/tmp/gb --dry_run   # check config, data, graph; print the plan
+  python launch/train.py --config=configs/digits.py --workdir=/tmp/gb
   srun python launch/train.py --distributed --config=... --workdir=/shared/gb   # multi-host (docs/scaling.md)
 """
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).",
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: a packaged name (digits, "
+                                          "digits:tiny, npz, compare) or a file (configs/*.py[:variant]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the report.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Check config, data and graph, print the resolved config "
+                             "and the loss plan, then exit (nothing trained or written).")
+_PLOTS = flags.DEFINE_bool("plots", True, "Write the report's plots (needs matplotlib); --noplots to skip.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Multi-host: call jax.distributed.initialize() first (SLURM, TPU pods and Open MPI "
     "are detected; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). See docs/scaling.md.")
@@ -23,11 +31,21 @@ def _main(argv):
     sharding.initialize_distributed()
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
-  from graphbridge import experiment
-  experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  from graphbridge import config_check, data, dry_run, experiment
+  from graphbridge.graph import GraphError
+  try:
+    if _DRY_RUN.value:
+      dry_run.dry_run(_CONFIG.value, _WORKDIR.value)
+      return
+    experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value, plots=_PLOTS.value)
+  except (config_check.ConfigError, data.DataError, GraphError) as exc:  # a message the user acts on
+    print(f"graphbridge-train: {exc}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main():
+  from graphbridge.cli import common
+  sys.argv = common.prepare_argv(sys.argv, "graphbridge-train", __name__, __doc__)
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(_main)
 

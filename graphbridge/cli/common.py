@@ -1,0 +1,100 @@
+"""What every console script does before absl parses its flags.
+
+- `--config=digits[:tiny]`: a bare name resolves to the packaged config (configs_resolver).
+- `--config.train.stpes=5`: one line naming the field and the closest match, exit status 2
+  (instead of config_flags' chained tracebacks).
+- `--help`: the script's own flags (absl would list only the flags of `__main__`, which for a
+  console script is a wrapper that defines none).
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from typing import Sequence
+
+from absl import flags
+
+USAGE_ERROR = 2
+
+
+def fail(prog: str, message: str) -> None:
+  """One line on stderr, exit status 2 (a usage error)."""
+  print(f"{prog}: {message}", file=sys.stderr)
+  sys.exit(USAGE_ERROR)
+
+
+def closest_key(config, dotted: str) -> tuple[str | None, str | None]:
+  """(first missing dotted prefix, closest existing key at that level) for `dotted` in `config`;
+  (None, None) when the whole key exists."""
+  node, done = config, []
+  for part in dotted.split("."):
+    keys = list(node.keys()) if hasattr(node, "keys") else []
+    if part not in keys:
+      close = difflib.get_close_matches(part, keys, n=1, cutoff=0.5)
+      missing = ".".join(done + [part])
+      return missing, (".".join(done + [close[0]]) if close else None)
+    node = node[part]
+    done.append(part)
+  return None, None
+
+
+def unknown_field_message(config, dotted: str) -> str | None:
+  """"unknown config field 'train.stpes' (closest: 'train.steps')", or None when it exists."""
+  missing, close = closest_key(config, dotted)
+  if missing is None:
+    return None
+  return f"unknown config field {missing!r}" + (f" (closest: {close!r})" if close else " (no close match)")
+
+
+def _flag_value(argv: Sequence[str], i: int, name: str) -> tuple[str | None, int]:
+  """(value, how many argv entries it used) if argv[i] is --name=V or --name V."""
+  arg = argv[i]
+  if arg.startswith(f"--{name}="):
+    return arg.split("=", 1)[1], 1
+  if arg == f"--{name}" and i + 1 < len(argv):
+    return argv[i + 1], 2
+  return None, 0
+
+
+def print_help(prog: str, module_name: str, doc: str | None) -> None:
+  print((doc or "").strip() + "\n")
+  print(f"flags of {prog}:")
+  print(flags.FLAGS.module_help(module_name) or "  (none)")
+  print("\nabsl's own flags (verbosity, logging): --helpfull")
+
+
+def prepare_argv(argv: Sequence[str], prog: str, module_name: str, doc: str | None,
+                 config_flag: str | None = "config") -> list[str]:
+  """argv with `--config` resolved to a file; handles --help and config typos (exits)."""
+  argv = list(argv)
+  if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
+    print_help(prog, module_name, doc)
+    sys.exit(0)
+  if config_flag is None:
+    return argv
+  from graphbridge import configs_resolver
+  config_value = None
+  for i in range(1, len(argv)):
+    value, used = _flag_value(argv, i, config_flag)
+    if used:
+      try:
+        resolved = configs_resolver.resolve_flag_value(value)
+      except configs_resolver.ConfigNotFoundError as exc:
+        fail(prog, str(exc))
+      argv[i + used - 1] = resolved if used == 2 else f"--{config_flag}={resolved}"
+      config_value = resolved
+      break
+  if config_value is None:
+    return argv
+  overrides = [a[len(f"--{config_flag}."):].split("=", 1)[0] for a in argv[1:]
+               if a.startswith(f"--{config_flag}.")]
+  try:
+    config = configs_resolver.load(config_value)
+  except ValueError as exc:  # e.g. an unknown variant
+    fail(prog, str(exc))
+  for key in overrides:
+    message = unknown_field_message(config, key)
+    if message:
+      fail(prog, f"--{config_flag}.{key}: {message}")
+  return argv

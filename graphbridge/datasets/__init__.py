@@ -1,0 +1,1 @@
+"""Embedded data sets shipped inside the package (see digits/README.md)."""
