@@ -5,3 +5,4 @@ __version__ = "0.1.0"
 from graphbridge.graph import Edge, GraphError, ModalityGraph, path_name  # noqa: F401
 from graphbridge.translators import EdgeLayout, TranslatorArch, compose  # noqa: F401
 
+from graphbridge.api import Run, config, fit, load  # noqa: F401,E402

@@ -12,6 +12,7 @@ same names from any directory:
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 
@@ -62,7 +63,6 @@ def resolve(value: str) -> tuple[str, str | None]:
     candidate = os.path.join(d, name + ".py")
     if os.path.isfile(candidate):
       return candidate, arg
-  import difflib
   names = available()
   close = difflib.get_close_matches(name, names, n=1)
   hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -84,3 +84,26 @@ def load(value: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def closest_key(config, dotted: str) -> tuple[str | None, str | None]:
+  """(first missing dotted prefix, closest existing key at that level) for `dotted` in `config`;
+  (None, None) when the whole key exists."""
+  node, done = config, []
+  for part in dotted.split("."):
+    keys = list(node.keys()) if hasattr(node, "keys") else []
+    if part not in keys:
+      close = difflib.get_close_matches(part, keys, n=1, cutoff=0.5)
+      missing = ".".join(done + [part])
+      return missing, (".".join(done + [close[0]]) if close else None)
+    node = node[part]
+    done.append(part)
+  return None, None
+
+
+def unknown_field_message(config, dotted: str) -> str | None:
+  """"unknown config field 'train.stpes' (closest: 'train.steps')", or None when it exists."""
+  missing, close = closest_key(config, dotted)
+  if missing is None:
+    return None
+  return f"unknown config field {missing!r}" + (f" (closest: {close!r})" if close else " (no close match)")

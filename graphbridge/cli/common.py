@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
-import difflib
 import sys
 from typing import Sequence
 
 from absl import flags
+
+from graphbridge.configs_resolver import unknown_field_message
 
 USAGE_ERROR = 2
 
@@ -22,29 +23,6 @@ def fail(prog: str, message: str) -> None:
   """One line on stderr, exit status 2 (a usage error)."""
   print(f"{prog}: {message}", file=sys.stderr)
   sys.exit(USAGE_ERROR)
-
-
-def closest_key(config, dotted: str) -> tuple[str | None, str | None]:
-  """(first missing dotted prefix, closest existing key at that level) for `dotted` in `config`;
-  (None, None) when the whole key exists."""
-  node, done = config, []
-  for part in dotted.split("."):
-    keys = list(node.keys()) if hasattr(node, "keys") else []
-    if part not in keys:
-      close = difflib.get_close_matches(part, keys, n=1, cutoff=0.5)
-      missing = ".".join(done + [part])
-      return missing, (".".join(done + [close[0]]) if close else None)
-    node = node[part]
-    done.append(part)
-  return None, None
-
-
-def unknown_field_message(config, dotted: str) -> str | None:
-  """"unknown config field 'train.stpes' (closest: 'train.steps')", or None when it exists."""
-  missing, close = closest_key(config, dotted)
-  if missing is None:
-    return None
-  return f"unknown config field {missing!r}" + (f" (closest: {close!r})" if close else " (no close match)")
 
 
 def _flag_value(argv: Sequence[str], i: int, name: str) -> tuple[str | None, int]:
