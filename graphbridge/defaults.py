@@ -58,7 +58,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 400
-  c.train.log_every = 50
+  c.train.log_every = 10           # metrics.jsonl / TensorBoard points (40 on a default run's curves)
+  c.train.print_every = 50         # console progress lines (steps/s, ETA, learning rate)
+  c.train.tensorboard = True       # also TensorBoard events in workdir/tensorboard (needs tensorboardX)
+  c.train.validate_every = 0       # > 0: every N steps, retrieval mAP on held-back train rows (val/mAP);
+  c.train.validate_fraction = 0.1  # the fraction of train rows held back (never trained on); see
+                                   # graphbridge/validation.py
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 2
   c.train.skip_nonfinite = True
@@ -112,6 +117,7 @@ def shrink_for_tests(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.hidden = (32,)
   c.train.steps = 30
   c.train.log_every = 10
+  c.train.print_every = 10
   c.train.checkpoint_every = 15
   c.optim.warmup_steps = 5
   c.pairwise.dim = 32

@@ -28,6 +28,8 @@ from graphbridge.config_check import ConfigError  # noqa: F401  (re-exported: tr
 from graphbridge import data as data_lib
 from graphbridge import objectives
 from graphbridge import sharding as sharding_lib
+from graphbridge import validation as validation_lib
+from graphbridge import writers as writers_lib
 from graphbridge.graph import Edge, ModalityGraph
 from graphbridge.translators import EdgeLayout, TranslatorArch, dtype_from_name, init_many, stack, unstack
 
@@ -125,7 +127,8 @@ def total_steps(config) -> int:
   return int(config.train.steps) + int(config.finetune.steps)
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
+def learning_rate_schedule(config) -> optax.Schedule:
+  """step -> learning rate: warmup, cosine decay over train.steps, then finetune's constant."""
   opt = config.optim
   main = optax.warmup_cosine_decay_schedule(
       0.0, opt.lr, warmup_steps=min(int(opt.warmup_steps), max(int(config.train.steps) - 1, 1)),
@@ -134,6 +137,12 @@ def make_optimizer(config) -> optax.GradientTransformation:
   if int(config.finetune.steps) > 0:
     schedule = optax.join_schedules(
         [main, optax.constant_schedule(opt.lr * config.finetune.lr_scale)], [int(config.train.steps)])
+  return schedule
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  opt = config.optim
+  schedule = learning_rate_schedule(config)
   choices = {
       "adam": lambda: optax.adam(schedule, b1=opt.b1, b2=opt.b2),
       "adamw": lambda: optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay),
@@ -563,6 +572,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
   data.host_sampling: batches are drawn on the host from (memory-mapped) tables, only the batch's
   rows read per step, on background threads (data.prefetch batches ahead)."""
   dataset = dataset if dataset is not None else data_lib.load_for_config(config)
+  full_dataset, validator = dataset, None
+  validate_every = int(config.train.get("validate_every", 0) or 0)
+  if validate_every > 0:  # held-back train rows: never trained on, scored every validate_every steps
+    dataset, val_view = validation_lib.hold_out(dataset, float(config.train.get("validate_fraction", 0.1)),
+                                                int(config.seed))
   frozen_params = dict(frozen_params or {})
   setup = build_setup(config, dataset, graph=graph, frozen=tuple(frozen_params), objective=objective)
   layout, plan = setup.layout, setup.plan
@@ -597,7 +611,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
       if mesh is not None:
         state = sharding_lib.put(state, state_sh)
       log(f"resumed from checkpoint step {start} in {checkpoints.directory}")
-  writer = MetricWriter(os.path.join(workdir, "metrics.jsonl") if workdir else None)
+  writer = writers_lib.for_run(workdir, config, MetricWriter(os.path.join(workdir, "metrics.jsonl") if workdir
+                                                             else None), log=log)
+  lr_at = learning_rate_schedule(config)
+  if validate_every > 0:
+    validator = validation_lib.Validator(layout, val_view, setup.compute_dtype)
 
   skip_nonfinite = bool(config.train.get("skip_nonfinite", True))
   batches = None
@@ -627,6 +645,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
   log(f"plan: {plan.describe()}; {start}/{n_total} steps done")
 
   log_every = max(int(config.train.log_every), 1)
+  print_every = max(int(config.train.get("print_every", log_every)), 1)
   ckpt_every = int(config.train.checkpoint_every)
   metrics, compile_seconds = None, 0.0
   t_start = t_last = time.perf_counter()
@@ -652,9 +671,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
         now = time.perf_counter()
         rate = (done - last_logged) / max(now - t_last, 1e-9) if done > last_logged else float("nan")
         t_last, last_logged = now, done
+        values["lr"] = float(lr_at(step))
+        if validator is not None and (done % validate_every == 0 or done == n_total):
+          values.update(validator.score(done, {**frozen_f32, **state["params"]["edges"]}))
         writer.write(done, {**values, "steps_per_sec": rate})
-        speed = f"{rate:.1f} steps/s" if rate == rate else f"compiled in {compile_seconds:.1f}s"
-        log(f"step {done}/{n_total}  loss {values['loss/total']:.4f}  {progress_terms(values)}  {speed}")
+        if done % print_every == 0 or done == n_total or "val/mAP" in values:
+          speed = (f"{rate:.1f} steps/s, eta {writers_lib.format_eta((n_total - done) / rate)}" if rate == rate
+                   else f"compiled in {compile_seconds:.1f}s")
+          val = (f"  val mAP {values['val/mAP']:.3f} (best {values['val/best_mAP']:.3f} at "
+                 f"{int(values['val/best_step'])})" if "val/mAP" in values else "")
+          log(f"step {done}/{n_total}  loss {values['loss/total']:.4f}  {progress_terms(values)}  "
+              f"lr {values['lr']:.2e}{val}  {speed}")
       if checkpoints and ckpt_every > 0 and (done % ckpt_every == 0 or done == n_total):
         raise_if_unhealthy(setup, state["health"])
         # every process gathers the (possibly sharded) state; Orbax writes numpy from process 0
@@ -663,6 +690,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
         checkpoints.save(done, {**edge_items, **frozen_items}, train_item, run_meta(setup, config, dataset),
                          copy_items_from=frozen_from)
   finally:  # also on errors: saves in flight finish, so the last good checkpoint stays usable
+    writer.close()
     if batches is not None:
       batches.close()
     if checkpoints:
@@ -673,7 +701,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
   final = flat_metrics(setup, metrics) if metrics is not None else {}
   if mesh is not None:  # callers (evaluation, grafting) get host-gathered arrays, as from one device
     state = jax.tree.map(jnp.asarray, sharding_lib.to_host(state))
-  return TrainResult(setup, state, frozen_f32, dataset, max(n_total - start, 0), seconds, compile_seconds,
+  return TrainResult(setup, state, frozen_f32, full_dataset, max(n_total - start, 0), seconds, compile_seconds,
                      final)
 
 

@@ -1,0 +1,89 @@
+"""Training feedback: TensorBoard events read back, JSONL with lr, progress with rate/ETA/lr,
+validation on held-back rows with the best step, a clean skip without tensorboardX."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from graphbridge import train as train_lib
+from graphbridge import validation, writers
+
+
+@pytest.fixture(scope="module")
+def validated_run(tmp_path_factory, tri_modal_dataset, digits_config_module):
+  config = digits_config_module.get_config("tiny")
+  config.model.hidden = (16,)
+  config.data.batch_size = 16
+  config.train.steps = 20
+  config.train.log_every = 5
+  config.train.print_every = 10
+  config.train.validate_every = 10
+  config.train.validate_fraction = 0.25
+  workdir = str(tmp_path_factory.mktemp("writers") / "run")
+  lines = []
+  result = train_lib.train(config, workdir, dataset=tri_modal_dataset, log=lines.append)
+  return result, workdir, lines
+
+
+def test_tensorboard_events_hold_the_scalars(validated_run):
+  _, workdir, _ = validated_run
+  scalars = writers.read_tensorboard_scalars(os.path.join(workdir, writers.TENSORBOARD_DIR))
+  assert [s for s, _ in scalars["loss/total"]] == [5, 10, 15, 20]
+  assert all(np.isfinite(v) for _, v in scalars["loss/total"])
+  lrs = [v for _, v in scalars["lr"]]
+  assert lrs[0] > 0 and lrs[-1] < max(lrs)  # warmup then cosine decay
+  assert [s for s, _ in scalars["val/mAP"]] == [10, 20]
+  assert "grad_norm/image_to_text" in scalars and "val/mAP/image_to_audio" in scalars
+
+
+def test_jsonl_progress_and_validation(validated_run):
+  result, workdir, lines = validated_run
+  rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [5, 10, 15, 20]
+  assert all("lr" in r for r in rows)
+  val = [r for r in rows if "val/mAP" in r]
+  assert [r["step"] for r in val] == [10, 20]
+  best = max(val, key=lambda r: r["val/mAP"])
+  assert val[-1]["val/best_mAP"] == pytest.approx(best["val/mAP"])
+  assert val[-1]["val/best_step"] == best["step"]
+  assert all(0.0 <= r["val/mAP"] <= 1.0 for r in val)
+  assert "val/mAP/image->audio" in val[-1]  # zero-shot pair scored too
+  progress = [line for line in lines if line.startswith("step ")]
+  assert [line.split()[1] for line in progress] == ["10/20", "20/20"]
+  assert all(" lr " in line and "val mAP" in line for line in progress)
+  assert "eta" in progress[0] or "compiled" in progress[0]
+  # the held-back rows were not trained on, and the returned dataset is the caller's
+  assert result.dataset.modalities["image"].train.sum() == 36
+
+
+def test_hold_out_never_overlaps_and_keeps_test_rows(tri_modal_dataset):
+  train_view, val_view = validation.hold_out(tri_modal_dataset, 0.25, seed=1)
+  for name, mod in tri_modal_dataset.modalities.items():
+    t, v = train_view.modalities[name], val_view.modalities[name]
+    assert not np.any(t.train & v.test)
+    assert np.array_equal(t.train | v.test, mod.train)
+    assert np.array_equal(t.test, mod.test)  # the test split is untouched
+    assert v.test.sum() == round(0.25 * mod.train.sum())
+  with pytest.raises(ValueError, match="validate_fraction"):
+    validation.hold_out(tri_modal_dataset, 1.0)
+
+
+def test_no_tensorboardx_is_a_note_not_an_error(tmp_path, tri_modal_dataset, tiny_config, monkeypatch):
+  monkeypatch.setattr(writers, "tensorboard_available", lambda: False)
+  tiny_config.train.steps = 5
+  tiny_config.train.checkpoint_every = 0
+  lines = []
+  train_lib.train(tiny_config, str(tmp_path), dataset=tri_modal_dataset, log=lines.append)
+  assert any("tensorboardX is not installed" in line for line in lines)
+  assert not os.path.exists(os.path.join(tmp_path, writers.TENSORBOARD_DIR))
+  assert train_lib.read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
+
+
+def test_format_eta():
+  assert writers.format_eta(42.4) == "42s"
+  assert writers.format_eta(185) == "3m05s"
+  assert writers.format_eta(3720) == "1h02m"
+  assert writers.format_eta(float("nan")) == "?"
