@@ -102,6 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.split = "test"
   c.eval.ks = (1, 5, 10)
   c.eval.paths = ""               # extra named routes to report, e.g. "image->text->audio"
+  c.eval.plot_dpi = 120           # PNG resolution (300 for print)
+  c.eval.plot_formats = "png"     # "png,pdf" or "png,svg": vector copies beside each PNG
 
   c.compare = ml_collections.ConfigDict()    # launch/compare.py: every strategy, several seeds
   c.compare.strategies = "graph,pivot,pairwise,cmcr"

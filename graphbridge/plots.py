@@ -1,20 +1,26 @@
 """Diagnostic plots for graphbridge experiments.
 
-Every function writes one PNG (dpi 120) and returns its path as a
-``pathlib.Path``; parent folders are created.  matplotlib is an optional
+Every function writes one figure and returns its path as a ``pathlib.Path``;
+parent folders are created.  The format follows the path's suffix (.png, .pdf,
+.svg); PNGs are 120 dpi unless ``save_options(dpi=300, formats=("png", "pdf"))``
+is active, which also writes the extra formats beside each figure.  matplotlib is an optional
 dependency: it is imported inside the functions, so ``import graphbridge.plots``
 works without it.  Figures are built as standalone
 ``matplotlib.figure.Figure`` objects on an Agg canvas -- pyplot is never used,
 so no GUI backend is touched, nothing is shown, and no figure stays registered
 in pyplot's global state after saving.
 
-Colours follow the Okabe-Ito colour-blind-safe palette.
+Colours follow the Okabe-Ito colour-blind-safe palette; ``modality_colours(names)``
+gives each modality one colour, passed as ``colours=`` so a modality looks the same
+in every figure.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -27,6 +33,8 @@ __all__ = [
     "plot_reconstruction_by_hops",
     "plot_training_curves",
     "plot_strategy_comparison",
+    "modality_colours",
+    "save_options",
 ]
 
 DPI = 120
@@ -51,16 +59,49 @@ def _new_figure(figsize: tuple[float, float]):
     return fig
 
 
+FORMATS = ("png", "pdf", "svg")
+# (dpi, extra formats) for the figures saved inside a save_options() block
+_SAVE_OPTIONS: contextvars.ContextVar[tuple[int, tuple[str, ...]]] = contextvars.ContextVar(
+    "graphbridge_plot_save_options", default=(DPI, ()))
+
+
+@contextlib.contextmanager
+def save_options(dpi: int = DPI, formats: Sequence[str] = ("png",)) -> Iterator[None]:
+    """Figures saved inside the block use `dpi` for raster output and are also written in every
+    other format of `formats` (e.g. ("png", "pdf"): figure.png and figure.pdf)."""
+    formats = tuple(str(f).strip().lower().lstrip(".") for f in formats if str(f).strip())
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"figure formats {list(formats)}: choose from {', '.join(FORMATS)}")
+    if int(dpi) <= 0:
+        raise ValueError(f"figure dpi must be > 0, got {dpi}")
+    token = _SAVE_OPTIONS.set((int(dpi), formats))
+    try:
+        yield
+    finally:
+        _SAVE_OPTIONS.reset(token)
+
+
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png", facecolor="white")
+    dpi, extra = _SAVE_OPTIONS.get()
+    fmt = path.suffix[1:].lower() if path.suffix[1:].lower() in FORMATS else "png"
+    fig.savefig(path, dpi=dpi, format=fmt, facecolor="white")
+    for other in extra:
+        if other != fmt:
+            fig.savefig(path.with_suffix("." + other), dpi=dpi, format=other, facecolor="white")
     fig.clear()  # release artists; the figure was never registered with pyplot
     return path
 
 
 def _colour(i: int) -> str:
     return OKABE_ITO[i % len(OKABE_ITO)]
+
+
+def modality_colours(names: Sequence[str]) -> dict[str, str]:
+    """{modality: colour}, by position in `names` (pass the data set's modality order everywhere)."""
+    return {str(n): _colour(i) for i, n in enumerate(names)}
 
 
 def _check_rows(name: str, rows: Any, required: Sequence[str]) -> list[Mapping[str, Any]]:
@@ -118,6 +159,7 @@ def _draw_projection(
     labels: dict[str, np.ndarray | None],
     max_points_per_modality: int,
     seed: int,
+    colours: Mapping[str, str] | None = None,
 ) -> tuple[list, list, dict[tuple[str, str], float]]:
     """Scatter the 2-D PCA of the unit-normalised rows on ``ax``.
 
@@ -152,8 +194,9 @@ def _draw_projection(
 
     centroids_2d = {}
     modality_handles = []
+    colours = {**modality_colours(list(embeddings)), **dict(colours or {})}
     for i, (modality, emb) in enumerate(embeddings.items()):
-        colour = _colour(i)
+        colour = colours[modality]
         idx = shown_index[modality]
         points = (emb[idx] - mean) @ basis
         lab = labels[modality]
@@ -196,7 +239,7 @@ def _draw_projection(
     for i, modality in enumerate(modalities):
         c = centroids_2d[modality]
         ax.scatter([c[0]], [c[1]], s=520, marker="*", color="white", linewidths=0, zorder=5)
-        ax.scatter([c[0]], [c[1]], s=280, marker="*", color=_colour(i), edgecolors="black",
+        ax.scatter([c[0]], [c[1]], s=280, marker="*", color=colours[modality], edgecolors="black",
                    linewidths=1.2, zorder=5)
     modality_handles.append(
         Line2D([], [], color="0.5", marker="*", markeredgecolor="black", linestyle="none",
@@ -255,6 +298,7 @@ def plot_projection(
     method: str = "pca",
     max_points_per_modality: int = 2000,
     seed: int = 0,
+    colours: Mapping[str, str] | None = None,
 ) -> Path:
     """2-D PCA scatter of several modalities in one shared space.
 
@@ -274,13 +318,15 @@ def plot_projection(
       max_points_per_modality: rows drawn per modality (random subset beyond
         this; centroids and gaps always use every row).
       seed: seed for that subset.
+      colours: modality -> colour (default: modality_colours of the dict's order).
     """
     if method != "pca":
         raise ValueError(f"method={method!r} is not supported; only 'pca' is available")
     embeddings, labels = _prepare_modalities("embeddings_by_modality", embeddings_by_modality, labels_by_modality)
     fig = _new_figure((8.6, 6.2))
     ax = fig.add_subplot()
-    modality_handles, class_handles, gaps = _draw_projection(ax, embeddings, labels, max_points_per_modality, seed)
+    modality_handles, class_handles, gaps = _draw_projection(ax, embeddings, labels, max_points_per_modality, seed,
+                                                             colours)
     fig.suptitle(title, fontsize=13)
     ax.set_title(_gap_summary(gaps, width=75), fontsize=9.5)
     _projection_legends(fig, modality_handles, class_handles)
@@ -295,6 +341,7 @@ def plot_projection_before_after(
     title: str,
     max_points_per_modality: int = 2000,
     seed: int = 0,
+    colours: Mapping[str, str] | None = None,
 ) -> Path:
     """Two side-by-side projections ("before training" / "after training").
 
@@ -314,7 +361,8 @@ def plot_projection_before_after(
     handles = None
     for ax, emb, lab, name in ((axes[0], emb_before, lab_before, "before training"),
                                (axes[1], emb_after, lab_after, "after training")):
-        modality_handles, class_handles, gaps = _draw_projection(ax, emb, lab, max_points_per_modality, seed)
+        modality_handles, class_handles, gaps = _draw_projection(ax, emb, lab, max_points_per_modality, seed,
+                                                                 colours)
         ax.set_title(f"{name}\n{_gap_summary(gaps, width=60)}", fontsize=11)
         handles = (modality_handles, class_handles)  # legend from the "after" panel
     fig.suptitle(title, fontsize=14)
@@ -345,6 +393,7 @@ def plot_retrieval_heatmap(
     title: str,
     metric_name: str = "mAP",
     chance: Any | None = None,
+    zero_shot: Any | None = None,
 ) -> Path:
     """Annotated heatmap of a retrieval metric for every query/gallery modality pair.
 
@@ -359,6 +408,8 @@ def plot_retrieval_heatmap(
       path: output PNG path; title: figure title.
       metric_name: colourbar label.
       chance: [n_query, n_gallery] float chance values, or None.
+      zero_shot: [n_query, n_gallery] bool, True for pairs never paired in training (drawn with a
+        dashed outline and a "zero-shot" tag), or None.
     """
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
@@ -422,6 +473,18 @@ def plot_retrieval_heatmap(
     ax.tick_params(which="minor", length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
+    if zero_shot is not None:
+        from matplotlib.patches import Rectangle
+
+        zero_shot = np.asarray(zero_shot, bool)
+        if zero_shot.shape != values.shape:
+            raise ValueError(f"zero_shot has shape {zero_shot.shape}, matrix has {values.shape}; they must match")
+        for i, j in zip(*np.nonzero(zero_shot)):
+            ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="#D55E00",
+                                   linestyle="--", linewidth=2.2, zorder=4))
+            ax.text(j, i - 0.36, "zero-shot", ha="center", va="center", fontsize=value_size - 4,
+                    color="#D55E00", fontweight="bold", zorder=5,
+                    bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.8))
     colourbar = fig.colorbar(image, ax=ax, shrink=0.9)
     colourbar.set_label(metric_name)
     ax.set_title(title, fontsize=13)
@@ -438,6 +501,7 @@ def plot_reconstruction_by_hops(
     path: str | Path,
     title: str,
     seed: int = 0,
+    colours: Mapping[str, str] | None = None,
 ) -> Path:
     """Reconstruction cosine against the number of translation hops.
 
@@ -450,6 +514,7 @@ def plot_reconstruction_by_hops(
         (float, mean-predictor cosine) and ``kind`` ("path" or "cycle").
       path: output PNG path; title: figure title.
       seed: seed of the horizontal jitter.
+      colours: kind -> colour (e.g. {"into audio": modality_colours(names)["audio"]}); default by order.
     """
     from matplotlib.lines import Line2D
 
@@ -466,7 +531,7 @@ def plot_reconstruction_by_hops(
     all_hops = set()
     offsets = np.linspace(-0.12, 0.12, len(kinds)) if len(kinds) > 1 else [0.0]
     for i, kind in enumerate(kinds):
-        colour = _colour(i)
+        colour = (colours or {}).get(kind) or _colour(i)
         selected = [r for r in rows if r["kind"] == kind]
         hops = np.array([int(r["hops"]) for r in selected])
         cosine = np.array([float(r["cosine"]) for r in selected])

@@ -41,6 +41,8 @@ class EvalOptions:
   projection_points: int = 400
   reconstruction_rows: int = 2000
   seed: int = 0
+  plot_dpi: int = 120                  # raster figures; PDF/SVG are vector
+  plot_formats: tuple[str, ...] = ("png",)   # also ("png", "pdf") or ("png", "svg") for papers
 
   @classmethod
   def from_config(cls, config, **overrides) -> "EvalOptions":
@@ -50,8 +52,15 @@ class EvalOptions:
     paths = tuple(p.strip() for p in paths.split(",") if p.strip()) if isinstance(paths, str) else tuple(paths)
     options = cls(split=ev.get("split", "test"), ks=tuple(int(k) for k in ev.get("ks", (1, 5, 10))),
                   extra_routes=paths, cycle_length=int(ev.get("cycle_length", 3)),
-                  path_hops=int(ev.get("path_hops", 3)), seed=int(config.get("seed", 0) or 0))
+                  path_hops=int(ev.get("path_hops", 3)), seed=int(config.get("seed", 0) or 0),
+                  plot_dpi=int(ev.get("plot_dpi", 120)), plot_formats=_formats(ev.get("plot_formats", "png")))
     return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _formats(value) -> tuple[str, ...]:
+  """'png,pdf' or ('png', 'pdf') -> ('png', 'pdf'); 'png' always first (the report embeds it)."""
+  items = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+  return ("png", *[v for v in items if v != "png"])
 
 
 @dataclasses.dataclass
@@ -107,8 +116,12 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
 
 
 def _projection_labels(dataset, split: str) -> dict | None:
+  """Labels of the split's rows per modality; class names (the data's class_names) where given."""
   labels = {m: mod.labels[eval_lib.split_rows(dataset, m, split)] for m, mod in dataset.modalities.items()
             if mod.labels is not None}
+  names = dataset.class_names
+  if names and all(len(v) == 0 or (v.min() >= 0 and v.max() < len(names)) for v in labels.values()):
+    labels = {m: np.asarray(names, dtype=object)[v] for m, v in labels.items()}
   return labels or None
 
 
@@ -127,11 +140,31 @@ def retrieval_matrix(rows: Sequence[Mapping], names: Sequence[str], level: str, 
   return values, chance
 
 
+def zero_shot_matrix(rows: Sequence[Mapping], names: Sequence[str]) -> np.ndarray:
+  """[n, n] bool: default routes between modalities never paired in training (hops > 1)."""
+  index = {m: i for i, m in enumerate(names)}
+  mask = np.zeros((len(names), len(names)), bool)
+  for r in rows:
+    if not r.get("named_route") and r.get("hops") is not None and r["hops"] > 1:
+      mask[index[r["query"]], index[r["gallery"]]] = True
+  return mask
+
+
 def write_plots(report: Report, out_dir: str, title: str, names: Sequence[str],
-                metrics_rows: Sequence[Mapping] = (), seed: int = 0, points: int = 400) -> dict[str, str]:
-  """The PNGs of the report; returns {caption key: file name}. Raises ImportError without matplotlib."""
+                metrics_rows: Sequence[Mapping] = (), seed: int = 0, points: int = 400,
+                dpi: int = 120, formats: Sequence[str] = ("png",)) -> dict[str, str]:
+  """The PNGs of the report (and, with formats=("png", "pdf"), a PDF beside each); returns
+  {caption key: file name}. One colour per modality in every figure. Raises ImportError without
+  matplotlib."""
   from graphbridge import plots
 
+  with plots.save_options(dpi=dpi, formats=formats):
+    return _write_plots(plots, report, out_dir, title, names, metrics_rows, seed, points)
+
+
+def _write_plots(plots, report: Report, out_dir: str, title: str, names: Sequence[str],
+                 metrics_rows: Sequence[Mapping], seed: int, points: int) -> dict[str, str]:
+  colours = plots.modality_colours(names)
   s = report.summary
   written = {}
   proj = report.projection
@@ -146,10 +179,10 @@ def write_plots(report: Report, out_dir: str, title: str, names: Sequence[str],
     if proj["before"] is not None:
       plots.plot_projection_before_after(proj["before"], proj["after"], proj["labels"],
                                          os.path.join(out_dir, name), f"{title}: {what}",
-                                         max_points_per_modality=points, seed=seed)
+                                         max_points_per_modality=points, seed=seed, colours=colours)
     else:
       plots.plot_projection(proj["after"], proj["labels"], os.path.join(out_dir, name), f"{title}: {what}",
-                            max_points_per_modality=points, seed=seed)
+                            max_points_per_modality=points, seed=seed, colours=colours)
     written["projection"] = name
   for level in ("instance", "class"):
     values, chance = retrieval_matrix(s["rows"], names, level)
@@ -157,7 +190,9 @@ def write_plots(report: Report, out_dir: str, title: str, names: Sequence[str],
       name = PLOT_FILES["heatmap"].format(level=level)
       plots.plot_retrieval_heatmap(values, names, names, os.path.join(out_dir, name),
                                    f"{title}: {level}-level retrieval mAP ({s['split']} split)",
-                                   metric_name=f"mAP ({level}-level)", chance=chance)
+                                   metric_name=f"mAP ({level}-level)", chance=chance,
+                                   zero_shot=zero_shot_matrix([r for r in s["rows"] if r["level"] == level],
+                                                              names) & np.isfinite(values))
       written[f"heatmap_{level}"] = name
   if s["reconstruction"]:
     name = PLOT_FILES["reconstruction"]
@@ -166,7 +201,7 @@ def write_plots(report: Report, out_dir: str, title: str, names: Sequence[str],
     by_target = [{**r, "kind": f"into {r['end']}"} for r in s["reconstruction"]]
     plots.plot_reconstruction_by_hops(by_target, os.path.join(out_dir, name),
                                       f"{title}: reconstruction of each modality's rows by path length",
-                                      seed=seed)
+                                      seed=seed, colours={f"into {m}": c for m, c in colours.items()})
     written["reconstruction"] = name
   curves = [{k: v for k, v in r.items() if k == "step" or _is_summary_loss(k)} for r in metrics_rows]
   if any(k.startswith("loss/") for r in curves for k in r):
@@ -290,7 +325,7 @@ def console_summary(summary: Mapping) -> str:
 
 def write_report(report: Report, out_dir: str, title: str, names: Sequence[str],
                  metrics_rows: Sequence[Mapping] = (), plots: bool = True, seed: int = 0,
-                 points: int = 400) -> list[str]:
+                 points: int = 400, dpi: int = 120, formats: Sequence[str] = ("png",)) -> list[str]:
   """report.json, report.md and the PNGs into out_dir; returns the paths written (process 0 writes;
   other processes of a multi-host run compute the same report and write nothing)."""
   if jax.process_index() != 0:
@@ -299,7 +334,8 @@ def write_report(report: Report, out_dir: str, title: str, names: Sequence[str],
   images = {}
   if plots:
     try:
-      images = write_plots(report, out_dir, title, names, metrics_rows, seed=seed, points=points)
+      images = write_plots(report, out_dir, title, names, metrics_rows, seed=seed, points=points, dpi=dpi,
+                           formats=formats)
     except ImportError as exc:
       report.summary["plots_skipped"] = f"matplotlib is not installed ({exc}); pip install matplotlib"
   report.summary["plots"] = images
@@ -325,7 +361,7 @@ def run_report(aligner: eval_lib.Aligner, dataset, out_dir: str | None,
   if out_dir:
     title = f"{os.path.basename(os.path.normpath(dataset.source))}, {aligner.name}"
     written = write_report(report, out_dir, title, dataset.names, metrics_rows, plots, options.seed,
-                           options.projection_points)
+                           options.projection_points, options.plot_dpi, options.plot_formats)
     note = f" ({report.summary['plots_skipped']})" if report.summary.get("plots_skipped") else ""
     log(f"\nwrote {', '.join(os.path.basename(p) for p in written)} to {out_dir}{note}")
   log(f"report took {time.perf_counter() - t0:.1f}s")
@@ -342,7 +378,8 @@ def aligner_for_run(layout, params: Mapping, compute_dtype: str, name: str) -> e
 
 def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str] = (),
                      split: str | None = None, out: str | None = None, step: int | None = None,
-                     plots: bool = True, log: Callable[[str], None] = print) -> dict:
+                     plots: bool = True, log: Callable[[str], None] = print, plot_dpi: int | None = None,
+                     plot_formats: Sequence[str] | None = None) -> dict:
   """Restore a trained run (train.load_trained) and write its report into `out` (default: workdir).
 
   data: a .npz / folder to evaluate on instead of the run's own data (same modalities and dims)."""
@@ -371,7 +408,8 @@ def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str]
   name = str(config.get("strategy", "graph") or "graph")
   aligner = aligner_for_run(run.layout, run.params, run.compute_dtype, name)
   frozen = run.meta.get("layout", {}).get("frozen", [])
-  options = EvalOptions.from_config(config, split=split)
+  options = EvalOptions.from_config(config, split=split, plot_dpi=plot_dpi,
+                                    plot_formats=_formats(plot_formats) if plot_formats else None)
   if paths:
     options = dataclasses.replace(options, extra_routes=tuple(paths))
   before = aligner_for_run(run.layout, initial_params(run.layout, run.params, options.seed, frozen),

@@ -18,6 +18,8 @@ _SPLIT = flags.DEFINE_enum("split", None, ["test", "train", "all"],
 _OUT = flags.DEFINE_string("out", None, "Where to write report.{json,md} and the PNGs (default: --workdir).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest complete one).")
 _PLOTS = flags.DEFINE_bool("plots", True, "Write the PNG plots (needs matplotlib).")
+_DPI = flags.DEFINE_integer("plot_dpi", None, "PNG resolution (default: the run's eval.plot_dpi, 120).")
+_FORMATS = flags.DEFINE_list("plot_formats", None, "Figure formats, e.g. png,pdf or png,svg (PNG always).")
 
 
 def _main(argv):
@@ -27,7 +29,8 @@ def _main(argv):
     logging.set_verbosity(logging.ERROR)
   from graphbridge import report
   report.evaluate_workdir(_WORKDIR.value, data=_DATA.value, paths=_PATHS.value, split=_SPLIT.value,
-                          out=_OUT.value, step=_STEP.value, plots=_PLOTS.value)
+                          out=_OUT.value, step=_STEP.value, plots=_PLOTS.value,
+                          plot_dpi=_DPI.value, plot_formats=_FORMATS.value)
 
 
 def main():
