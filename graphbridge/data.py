@@ -208,6 +208,11 @@ class Dataset:
       h.update(f"{a}__{b}{p.shape}".encode())
     return h.hexdigest()[:16]
 
+  def save(self, path: str) -> str:
+    """Write to a .npz (or, for any other path, a folder of .npy files); data.load reads it back."""
+    from graphbridge.data_tools import save
+    return save(self, path)
+
   def summary(self) -> str:
     lines = []
     for m, mod in self.modalities.items():
@@ -679,3 +684,6 @@ class Prefetcher:
       future.cancel()
     self._pending.clear()
     self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+from graphbridge.data_tools import make_splits, pairs_from_ids  # noqa: E402,F401

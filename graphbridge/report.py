@@ -103,6 +103,10 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
                                                      seed=seed),
   }
   summary["reconstruction_by_hops"] = eval_lib.summarize_reconstruction(summary["reconstruction"])
+  from graphbridge.data_tools import split_warning
+  warning = split_warning(dataset, split)
+  if warning:
+    summary["split_warning"] = warning
   projection = None
   if len(dataset.names) > 1:
     space = eval_lib.hub_modality(dataset)
@@ -232,6 +236,8 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
     parts.append(f"Graph: nodes {', '.join(f'{n}[{d}]' for n, d in g['nodes'])}; "
                  f"edges {', '.join(g['edges'])}.  \n")
   parts.append(f"Data: `{summary['data']}`; evaluated on the {split} split.")
+  if summary.get("split_warning"):
+    parts.append(f"\n\n> **Warning:** {summary['split_warning']}.\n\n")
   if summary.get("step") is not None:
     parts.append(f" Checkpoint step {summary['step']}.")
   parts.append("\n\n## Retrieval\n\n")
@@ -358,6 +364,8 @@ def run_report(aligner: eval_lib.Aligner, dataset, out_dir: str | None,
   report.summary.update(header or {})
   report.summary.setdefault("timing", {})["eval_seconds"] = time.perf_counter() - t0
   log("\n" + console_summary(report.summary))
+  if report.summary.get("split_warning"):
+    log(f"WARNING: {report.summary['split_warning']}")
   if out_dir:
     title = f"{os.path.basename(os.path.normpath(dataset.source))}, {aligner.name}"
     written = write_report(report, out_dir, title, dataset.names, metrics_rows, plots, options.seed,
