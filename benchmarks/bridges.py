@@ -221,7 +221,7 @@ def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, lo
         per_seed += score(run.aligner, dataset)
     except (GraphError, ValueError) as exc:
       skipped[label] = str(exc).splitlines()[0]
-      log(f"  {label}: n/a ({skipped[label][:150]})")
+      log(f"  {label}: n/a ({skipped[label]})")
       continue
     seconds[label] = time.perf_counter() - t0
     rows += average_seeds(per_seed)
@@ -255,7 +255,7 @@ def report(result: dict) -> str:
     if any(r["level"] == level for r in rows):
       out.append(table(rows, methods, level, metric))
   for label, why in result["skipped"].items():
-    out.append(f"  {label}: n/a ({why[:150]})")
+    out.append(f"  {label}: n/a ({why})")
   out.append(summary_line(name, rows, trained))
   return "\n".join(out)
 
