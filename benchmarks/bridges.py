@@ -303,6 +303,11 @@ def main(argv=None) -> int:
     overrides = dict(global_overrides)
     if args.quick and "train.steps" not in overrides:
       overrides["train.steps"] = max(1, int(make_config(name, {}).train.steps) // 4)
+    for m in chosen:  # a typo in --set / --method fails here, before any training
+      try:
+        make_config(name, {**methods[m], **overrides})
+      except (ValueError, TypeError) as exc:
+        raise SystemExit(f"bridges.py: method {m!r} on {name}: {exc}") from None
     jobs.append((name, {m: methods[m] for m in chosen}, overrides, args.seeds))
   if args.jobs > 1 and len(jobs) > 1:
     import multiprocessing
