@@ -42,8 +42,8 @@ flags.DEFINE_integer("repeats", 3, "timed repeats (median reported).")
 flags.DEFINE_bool("guard", True, "keep the non-finite guard (skip bad updates) as in training.")
 flags.DEFINE_enum("sweep", "", ["", "modalities", "cycle_length"], "sweep M=3..8 or L=2..4.")
 flags.DEFINE_string("json_out", "", "also append each result as a JSON line to this file.")
-flags.DEFINE_string("configs", "", "several configurations in one process: 'M:B,M:B' (overrides "
-                    "--modalities/--batch and --sweep).")
+flags.DEFINE_string("configs", "", "several configurations in one process: 'M:B,M:B' or with their "
+                    "own variants 'M:B:base|fused,M:B:fused' (overrides --modalities/--batch/--sweep).")
 flags.DEFINE_list("variants", ["base"], "variants to time per configuration: base, fused, mu_bf16, or "
                   "'+'-joined, e.g. fused+mu_bf16.")
 flags.DEFINE_string("xla_flags", "", "appended to XLA_FLAGS before jax is imported.")
@@ -243,23 +243,32 @@ def main(argv):
     print(f"XLA_FLAGS={os.environ['XLA_FLAGS']}", flush=True)
   for variant in FLAGS.variants:
     variant_overrides(variant)  # fail on a typo before anything compiles
+  variants = tuple(FLAGS.variants)
+  configs = [(FLAGS.modalities, FLAGS.cycle_length, FLAGS.batch, variants)]
+  if FLAGS.configs:
+    configs = []
+    for item in FLAGS.configs.split(","):
+      m, b, own = (item.split(":") + ["", ""])[:3]
+      own_variants = tuple(own.split("|")) if own else variants
+      for variant in own_variants:
+        variant_overrides(variant)
+      configs.append((int(m), FLAGS.cycle_length, int(b) if b else FLAGS.batch, own_variants))
+  elif FLAGS.sweep == "modalities":
+    configs = [(m, FLAGS.cycle_length, FLAGS.batch, variants) for m in range(3, 9)]
+  elif FLAGS.sweep == "cycle_length":
+    configs = [(FLAGS.modalities, length, FLAGS.batch, variants) for length in range(2, 5)]
   t = time.perf_counter()
   peak = measure_gemm_peak(FLAGS.dtype)
   print(f"gemm_peak {FLAGS.dtype}: {peak:.3g} TFLOP/s (jax start + measurement "
         f"{time.perf_counter() - t:.1f} s)", flush=True)
-  configs = [(FLAGS.modalities, FLAGS.cycle_length, FLAGS.batch)]
-  if FLAGS.configs:
-    configs = []
-    for item in FLAGS.configs.split(","):
-      m, _, b = item.partition(":")
-      configs.append((int(m), FLAGS.cycle_length, int(b) if b else FLAGS.batch))
-  elif FLAGS.sweep == "modalities":
-    configs = [(m, FLAGS.cycle_length, FLAGS.batch) for m in range(3, 9)]
-  elif FLAGS.sweep == "cycle_length":
-    configs = [(FLAGS.modalities, length, FLAGS.batch) for length in range(2, 5)]
+  if FLAGS.json_out:
+    import jax
+    with open(FLAGS.json_out, "a") as f:
+      f.write(json.dumps({"gemm_peak_tflops": peak, "dtype": FLAGS.dtype, "tag": FLAGS.tag,
+                          "device": jax.devices()[0].device_kind, "jax": jax.__version__}) + "\n")
   failures = 0
-  for modalities, cycle_length, batch in configs:
-    for variant in FLAGS.variants:
+  for modalities, cycle_length, batch, config_variants in configs:
+    for variant in config_variants:
       try:
         result = run_one(modalities, FLAGS.dim, FLAGS.hidden, batch, cycle_length, FLAGS.dtype,
                          FLAGS.steps, FLAGS.repeats, FLAGS.guard, peak, variant)
