@@ -202,14 +202,15 @@ def _sync(device):
     torch.cuda.synchronize()
 
 
-def run(args) -> dict:
+def make_stepper(args):
+  """(one_step, plan): one_step() runs one training step (sample, forward, backward, Adam) and
+  returns the loss tensor, detached, without waiting for the device."""
   device = torch.device(args.device)
   plan = Plan(args.modalities, args.cycle_length)
   n_rows = max(4 * args.batch, 2048)
   data = torch.as_tensor(synthetic(args.modalities, args.dim, n_rows), device=device)
   params = init_params(len(plan.edges), args.dim, args.hidden, device)
-  fused = device.type in ("cuda", "cpu")
-  opt = torch.optim.Adam(params, lr=args.lr, betas=(0.9, 0.999), fused=fused)
+  opt = torch.optim.Adam(params, lr=args.lr, betas=(0.9, 0.999), fused=True)
   step_obj = Step(plan, args.batch, device)
   loss_fn = step_obj.loss
   if args.compile:
@@ -226,6 +227,13 @@ def run(args) -> dict:
     opt.step()
     return loss.detach()
 
+  return one_step, plan
+
+
+def run(args) -> dict:
+  device = torch.device(args.device)
+  one_step, plan = make_stepper(args)
+  amp = args.amp == "bf16"
   t0 = time.perf_counter()
   for _ in range(3):
     loss = one_step()
