@@ -60,7 +60,7 @@ sub() {
 
 echo "== gpu_suite $(date -u +%FT%TZ) tiny=$TINY budget=${BUDGET}s commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 sub versions 40 python3 -c "import jax, flax, optax, orbax.checkpoint as o, chex, ml_collections, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, 'chex', chex.__version__, 'torch', torch.__version__, 'cuda', torch.version.cuda, jax.devices())"
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+timeout 15 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 
 # 1. accuracy of every variant against float32 on this device (small dims: fast compiles)
 sub check "$CAP_CHECK" python3 benchmarks/step_check.py $CHECK_DIMS --modalities=3 --check_steps=5 \
