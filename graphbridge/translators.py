@@ -280,22 +280,9 @@ def _jitted_init(specs: tuple[tuple[Edge, int, int, TranslatorArch], ...]):
 
 @functools.lru_cache(maxsize=None)
 def _jitted_init_flax(specs: tuple[tuple[Edge, int, int, TranslatorArch], ...]):
-  # edges of one shape and architecture are initialised by one vmapped init over their keys: the
-  # traced program (and its compile time) does not grow with the number of edges, and each edge's
-  # values are those of its own key, as if initialised alone
-  groups: dict[tuple[int, int, TranslatorArch], list[Edge]] = {}
-  for e, d_in, d_out, arch in specs:
-    groups.setdefault((d_in, d_out, arch), []).append(e)
-
   def init(seed):
-    out = {}
-    for (d_in, d_out, arch), edges in groups.items():
-      keys = jnp.stack([_edge_rng(e, seed) for e in edges])
-      one = lambda key: Translator(d_out, arch).init(key, jnp.zeros((1, d_in), jnp.float32))["params"]
-      stacked = jax.vmap(one)(keys)
-      for i, e in enumerate(edges):
-        out[e.name] = jax.tree.map(lambda x, i=i: x[i], stacked)
-    return out
+    return {e.name: Translator(d_out, arch).init(_edge_rng(e, seed), jnp.zeros((1, d_in), jnp.float32))["params"]
+            for e, d_in, d_out, arch in specs}
   return jax.jit(init)
 
 
