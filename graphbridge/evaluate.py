@@ -51,6 +51,9 @@ def pairs_graph(dataset: Dataset) -> ModalityGraph:
   return dataset.default_graph()
 
 
+SPLITS = ("test", "train", "all")   # choices of eval.split
+
+
 def split_rows(dataset: Dataset, modality: str, split: str) -> np.ndarray:
   """Row indices [n] of `modality` in `split` ("test", "train" or "all")."""
   mod = dataset.modalities[modality]

@@ -44,14 +44,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     log(nothing_trained_message(workdir, train_lib.total_steps(config)))
   result = run.result
   setup = result.setup
-  aligner = eval_lib.GraphAligner(setup.layout, result.params, setup.compute_dtype, name=config.strategy)
+  aligner = run.aligner
   if config.get("posthoc", "none") != "none":
     aligner = strat_lib.PosthocAligner(aligner, config.posthoc, dataset)
   options = report_lib.EvalOptions.from_config(config)
   frozen = [e.name for e in setup.layout.frozen]  # grafted edges: "before" keeps their trained values
-  before = eval_lib.GraphAligner(setup.layout, report_lib.initial_params(setup.layout, result.params,
-                                                                         options.seed, frozen),
-                                 setup.compute_dtype, name=config.strategy)
+  before = strat_lib.aligner_for(config.strategy, setup.layout,
+                                 report_lib.initial_params(setup.layout, result.params, options.seed, frozen),
+                                 setup.compute_dtype)
   header = {"graph": setup.graph.to_dict(), "step": int(result.state["step"]), "strategy": config.strategy,
             "timing": {"train_seconds": sum(r.seconds for r in run.results),
                        "compile_seconds": sum(r.compile_seconds for r in run.results),

@@ -381,7 +381,8 @@ def run_report(aligner: eval_lib.Aligner, dataset, out_dir: str | None,
 def aligner_for_run(layout, params: Mapping, compute_dtype: str, name: str) -> eval_lib.Aligner:
   """The aligner of a restored run: its translators; routes translate along paths or meet in a
   shared node (pivot, pairwise and C-MCR runs compare in their shared spaces)."""
-  return eval_lib.GraphAligner(layout, params, compute_dtype, name=name)
+  from graphbridge import strategies
+  return strategies.aligner_for(name, layout, params, compute_dtype)
 
 
 def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str] = (),
@@ -406,7 +407,8 @@ def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str]
     raise data_lib.DataError(f"{exc} (the data the run in {workdir} was trained on; pass --data=FILE to "
                              "evaluate on another copy)") from exc
   from graphbridge import config_check
-  declared = config_check.virtual_nodes(config.get("graph", {}).get("virtual_nodes", "") or "")
+  declared = set(config_check.virtual_nodes(config.get("graph", {}).get("virtual_nodes", "") or ""))
+  declared |= set(run.meta.get("virtual_nodes", ()))  # a strategy's projection spaces (train.run_meta)
   # shared projection spaces of a strategy: nodes without rows
   virtual = [n for n in run.graph.node_names if n in declared and n not in dataset.modalities]
   dataset.check_graph(run.graph, virtual=virtual)

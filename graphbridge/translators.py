@@ -30,6 +30,8 @@ _ACTIVATIONS: dict[str, Callable] = {
     "tanh": jnp.tanh,
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ACTIVATIONS = tuple(_ACTIVATIONS)   # choices of model.activation
+COMPUTE_DTYPES = tuple(_DTYPES)     # choices of model.compute_dtype
 
 
 def dtype_from_name(name: str):
