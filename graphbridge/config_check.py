@@ -29,9 +29,9 @@ def choices() -> dict[str, tuple[str, ...]]:
 
 def list_choices() -> dict[str, tuple[str, ...]]:
   """{dotted key: valid values} of comma-separated list fields."""
-  from graphbridge import aligners, strategies
+  from graphbridge import aligners, evaluators, strategies
   return {"compare.strategies": strategies.names(), "compare.posthoc": aligners.POSTHOC,
-          "compare.baselines": aligners.BASELINES}
+          "compare.baselines": aligners.BASELINES, "eval.tables": tuple(evaluators.EVALUATORS)}
 
 
 EDGE_LISTS = ("graph.edges", "graph.extra_edges", "graph.frozen")

@@ -118,7 +118,8 @@ def build_setup(config, dataset: data_lib.Dataset, graph: ModalityGraph | None =
   dtype_from_name(config.model.compute_dtype)  # validate early
   positives = config.loss.get("infonce_positives", "label")
   if positives not in objectives.INFONCE_POSITIVES:
-    raise ConfigError(f"loss.infonce_positives={positives!r}: choose one of {', '.join(objectives.INFONCE_POSITIVES)}")
+    raise ConfigError(f"loss.infonce_positives={positives!r}: choose "
+                      + " or ".join(repr(p) for p in objectives.INFONCE_POSITIVES))
   return Setup(layout, plan, config.model.compute_dtype, int(config.data.batch_size), positives)
 
 
@@ -549,9 +550,7 @@ def progress_terms(values: Mapping[str, float]) -> str:
                                                                        k.startswith("loss/cycle/")))
 
 
-def _log(msg: str) -> None:
-  if jax.process_index() == 0:
-    print(msg, flush=True)
+_log = writers_lib.log_process0  # the default `log` of every entry point
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_lib.Dataset | None = None,

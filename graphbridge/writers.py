@@ -92,6 +92,13 @@ def tensorboard_available() -> bool:
   return True
 
 
+def log_process0(msg: str) -> None:
+  """The library's default log: print on process 0 only (multi-host runs print once), flushed."""
+  import jax
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
 def for_run(workdir: str | None, config, jsonl, log: Callable[[str], None] = print) -> MultiWriter:
   """JSONL (`jsonl`, a train.MetricWriter) plus TensorBoard events in workdir/tensorboard when
   config.train.tensorboard is on (default) and tensorboardX is installed; a note, not an error,
