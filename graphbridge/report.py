@@ -19,6 +19,7 @@ import numpy as np
 
 from graphbridge import evaluate as eval_lib
 from graphbridge import evaluators
+from graphbridge import writers
 
 REPORT_FILES = ("report.json", "report.md")
 PLOT_FILES = {"projection": "projection.png", "heatmap": "retrieval_{level}.png",
@@ -332,7 +333,6 @@ def report_for_training(config, workdir: str | None, results: Sequence, dataset,
   grafted run's old graph), which keep their trained values. header: extra report.json entries."""
   from graphbridge import aligners
   from graphbridge import strategies
-  from graphbridge import train as train_lib
   final = results[-1]
   setup = final.setup
   name = str(config.get("strategy", "graph") or "graph")
@@ -349,7 +349,7 @@ def report_for_training(config, workdir: str | None, results: Sequence, dataset,
                             "compile_seconds": sum(r.compile_seconds for r in results),
                             "steps": sum(r.steps_run for r in results)},
                  "final_losses": final.final_metrics, **(header or {})}
-  metrics_rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl")) if workdir else []
+  metrics_rows = writers.read_metrics(os.path.join(workdir, "metrics.jsonl")) if workdir else []
   return run_report(aligner, dataset, workdir or None, before, options, full_header, metrics_rows, plots=plots,
                     log=log)
 
@@ -403,6 +403,6 @@ def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str]
   before = aligner_for_run(run.layout, initial_params(run.layout, run.params, options.seed, frozen),
                            run.compute_dtype, name)
   log(f"run: {workdir} step {run.step}; data: {dataset.source}\n{dataset.summary()}")
-  metrics_rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  metrics_rows = writers.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   header = {"graph": run.graph.to_dict(), "step": run.step, "workdir": os.path.abspath(workdir)}
   return run_report(aligner, dataset, out or workdir, before, options, header, metrics_rows, plots, log)

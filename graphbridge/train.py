@@ -514,11 +514,7 @@ class MetricWriter:
       os.kill(os.getpid(), 9)
 
 
-def read_metrics(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+read_metrics = writers_lib.read_metrics  # metrics.jsonl rows; kept importable from here
 
 
 # ---- the loop ----------------------------------------------------------------------------------
