@@ -227,7 +227,7 @@ def load(workdir: str, step: int | None = None) -> Run:
     trained = train_lib.load_trained(workdir, step)
   run_config = trained.config
   resolved = os.path.join(workdir, "config.json")  # the config as asked for (a strategy's checkpoint
-  if os.path.isfile(resolved):                      # holds its rewritten graph config)
+  if os.path.isfile(resolved):                      # holds its last stage's overrides applied)
     with open(resolved) as f:
       run_config = ml_collections.ConfigDict(json.load(f))
   return Run(trained.layout, trained.params, run_config, trained.compute_dtype, int(trained.step), workdir)

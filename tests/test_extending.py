@@ -64,6 +64,21 @@ def _star_stages(config, dataset):
   return [strategies.Stage(f"star into {hub!r}", graph, {"loss.cycle_weights": (0.0,)}, objective=objective)]
 
 
+ENCODED: list[str] = []
+
+
+def _star_aligner(layout, params, compute_dtype, name):
+  """The strategy's aligner hook: here the graph's own translators, recording every route encoded
+  (a VAE-like strategy would embed both sides its own way here)."""
+  from graphbridge.evaluate import GraphAligner
+
+  class Recording(GraphAligner):
+    def encode(self, query, gallery, route, xq, xg):
+      ENCODED.append(route)
+      return super().encode(query, gallery, route, xq, xg)
+  return Recording(layout, params, compute_dtype, name=name)
+
+
 # ---- recipe 3: a report table -------------------------------------------------------------------
 
 class MeanNorm(evaluators.Evaluator):
@@ -90,7 +105,8 @@ class MeanNorm(evaluators.Evaluator):
 
 @pytest.fixture
 def toy_plugins():
-  strategies.register(strategies.Strategy("star", _star_stages, summary="toy"))
+  strategies.register(strategies.Strategy("star", _star_stages, aligner=_star_aligner, summary="toy"))
+  ENCODED.clear()
   evaluators.register(MeanNorm())
   yield
   strategies.unregister("star")
@@ -113,6 +129,7 @@ def test_toy_strategy_loss_and_table_end_to_end(toy_plugins, tiny_config, tri_mo
   report = experiment.train_and_evaluate(config, str(tmp_path), log=lines.append, plots=False)
 
   assert report["strategy"] == "star"
+  assert "image->text<-audio" in ENCODED  # every table scored through the strategy's aligner hook
   assert sorted(report["graph"]["edges"]) == ["audio->text", "image->text"]
   # the loss term was trained and logged, and its weight survived the fine-tuning phase
   assert "loss/norm" in report["final_losses"]
