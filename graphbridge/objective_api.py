@@ -48,7 +48,8 @@ class Objective(Protocol):
     """(total scalar, aux) with aux["terms"] = {kind: [n_kind]} per term_names(); optional aux
     entries: "cycle_by_length" [max_len - 1], "inv_temperature" scalar.
 
-    params: {"edges": {bucket: stacked}, "globals": {...}} (trainable); frozen: {bucket: stacked}."""
+    params: {"edges": {bucket: stacked}, "globals": {...}} (trainable);
+    frozen: {bucket: stacked}."""
 
 
 def finetune_weights(objective, weights: Mapping[str, jax.Array], finetune) -> dict[str, jax.Array]:
@@ -63,5 +64,5 @@ def finetune_weights(objective, weights: Mapping[str, jax.Array], finetune) -> d
   tuned = {**weights, **hook(weights, finetune)}
   if set(tuned) != set(weights):
     raise ValueError(f"{type(objective).__name__}.finetune_weights added weights "
-                     f"{sorted(set(tuned) - set(weights))}; the fine-tuning phase may change values only")
+                     f"{sorted(set(tuned) - set(weights))}; fine-tuning may change values only")
   return tuned

@@ -46,7 +46,8 @@ def register(strategy: Strategy, replace: bool = False) -> Strategy:
   if not isinstance(strategy, Strategy):
     raise TypeError(f"register takes a strategies.Strategy, got {type(strategy).__name__}")
   if strategy.name in REGISTRY and not replace:
-    raise ValueError(f"strategy {strategy.name!r} is already registered (pass replace=True to override)")
+    raise ValueError(f"strategy {strategy.name!r} is already registered "
+                     "(pass replace=True to override)")
   REGISTRY[strategy.name] = strategy
   return strategy
 
@@ -111,7 +112,9 @@ def aligner_for(strategy: str, layout, params, compute_dtype: str, name: str | N
 
 def run_strategy(config: ml_collections.ConfigDict, dataset: Dataset, workdir: str | None,
                  log: Callable[[str], None] = print) -> StrategyRun:
-  """Train `config.strategy`'s stages on `dataset` (checkpoints under workdir) and return its aligner."""
+  """Train `config.strategy`'s stages on `dataset` (checkpoints under workdir).
+
+  Stages run in order; a stage's `freeze_stages` edges come from the earlier results, frozen."""
   from graphbridge import train as train_lib
   strategy = get(config.strategy)
   t0 = time.perf_counter()
@@ -123,11 +126,14 @@ def run_strategy(config: ml_collections.ConfigDict, dataset: Dataset, workdir: s
     frozen = {}
     for j in stage.freeze_stages:
       if not 0 <= j < i:
-        raise ConfigError(f"strategy {strategy.name!r}: stage {i} freezes stage {j}, which is not an earlier one")
+        raise ConfigError(f"strategy {strategy.name!r}: stage {i} freezes stage {j}, "
+                          "which is not an earlier one")
       frozen.update(results[j].edge_params())
     stage_dir = os.path.join(workdir, stage.subdir) if workdir and stage.subdir else workdir
-    results.append(train_lib.train(with_overrides(config, stage.overrides), stage_dir, dataset=dataset, log=log,
-                                   objective=stage.objective, graph=stage.graph, frozen_params=frozen or None))
+    stage_config = with_overrides(config, stage.overrides)
+    results.append(train_lib.train(stage_config, stage_dir, dataset=dataset, log=log,
+                                   graph=stage.graph, objective=stage.objective,
+                                   frozen_params=frozen or None))
   final = results[-1]
   aligner = strategy.make_aligner(final.setup.layout, final.params, final.setup.compute_dtype)
   return StrategyRun(strategy.name, aligner, results, time.perf_counter() - t0)

@@ -30,8 +30,9 @@ class Stage:
 
   name: shown in logs and the dry run ("C-MCR stage 1").
   graph: the translator graph this stage trains (frozen edges included).
-  overrides: dotted config fields set for this stage only, {"loss.infonce": 1.0, "finetune.steps": 0};
-    numbers and tuples only (the graph is `graph`, never a config string).
+  overrides: dotted config fields set for this stage only,
+    {"loss.infonce": 1.0, "finetune.steps": 0}; numbers and tuples only (the graph is `graph`,
+    never a config string).
   objective: builds the stage's objective; None = the translator graph's loss plan from config.loss.
   freeze_stages: indices of earlier stages whose trained edges take part here, frozen.
   subdir: checkpoint folder under the run's workdir ("stage1"); "" = the workdir itself (the last
@@ -68,7 +69,8 @@ class Strategy:
     return GraphAligner(layout, params, compute_dtype, name=name or self.name)
 
 
-def with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def with_overrides(config: ml_collections.ConfigDict,
+                   overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """An unlocked copy of `config` with dotted `overrides` set (the keys must exist)."""
   out = ml_collections.ConfigDict(config.to_dict())
   for dotted, value in overrides.items():
@@ -87,9 +89,10 @@ def pair_partners(dataset: Dataset, modality: str) -> list[str]:
   return [b if a == modality else a for a, b in dataset.pairs if modality in (a, b)]
 
 
-def build_graph(dataset: Dataset, edges: Sequence[str], virtual: Mapping[str, int] = ()) -> ModalityGraph:
-  """Every data modality and `virtual` node ({name: dim}, nodes without rows), with `edges` in order;
-  checked against the data."""
+def build_graph(dataset: Dataset, edges: Sequence[str],
+                virtual: Mapping[str, int] = ()) -> ModalityGraph:
+  """Every data modality and `virtual` node ({name: dim}, nodes without rows), with `edges` in
+  order; checked against the data."""
   virtual = dict(virtual)
   graph = ModalityGraph.build({**dataset.dims, **virtual})
   for e in edges:
