@@ -21,6 +21,8 @@ def choices() -> dict[str, tuple[str, ...]]:
       "optim.name": tuple(train.OPTIMIZERS),
       "model.activation": translators.ACTIVATIONS,
       "model.compute_dtype": translators.COMPUTE_DTYPES,
+      "model.impl": translators.MLP_IMPLS,
+      "optim.mu_dtype": train.MU_DTYPES,
       "loss.infonce_positives": objectives.INFONCE_POSITIVES,
       "posthoc": aligners.POSTHOC,
       "eval.split": evaluate.SPLITS,

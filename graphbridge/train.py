@@ -65,7 +65,8 @@ class Setup:
 
 def arch_from_config(model_cfg) -> TranslatorArch:
   return TranslatorArch(hidden=tuple(model_cfg.hidden), activation=model_cfg.activation,
-                        layer_norm=bool(model_cfg.layer_norm), residual=bool(model_cfg.residual))
+                        layer_norm=bool(model_cfg.layer_norm), residual=bool(model_cfg.residual),
+                        impl=model_cfg.get("impl", "flax"))
 
 
 def loss_settings_from_config(loss_cfg) -> objectives.LossSettings:
@@ -142,21 +143,29 @@ def learning_rate_schedule(config) -> optax.Schedule:
   return schedule
 
 
-# optim.name -> optax optimizer of (schedule, optim config); the choices of optim.name
-OPTIMIZERS: dict[str, Callable[[optax.Schedule, Any], optax.GradientTransformation]] = {
-    "adam": lambda schedule, opt: optax.adam(schedule, b1=opt.b1, b2=opt.b2),
-    "adamw": lambda schedule, opt: optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay),
-    "sgd": lambda schedule, opt: optax.sgd(schedule, momentum=0.9),
+# optim.name -> optax optimizer of (schedule, optim config, first-moment dtype or None); the choices
+# of optim.name
+OPTIMIZERS: dict[str, Callable[[optax.Schedule, Any, Any], optax.GradientTransformation]] = {
+    "adam": lambda schedule, opt, mu_dtype: optax.adam(schedule, b1=opt.b1, b2=opt.b2,
+                                                       mu_dtype=mu_dtype),
+    "adamw": lambda schedule, opt, mu_dtype: optax.adamw(schedule, b1=opt.b1, b2=opt.b2,
+                                                         weight_decay=opt.weight_decay, mu_dtype=mu_dtype),
+    "sgd": lambda schedule, opt, mu_dtype: optax.sgd(schedule, momentum=0.9),
 }
+MU_DTYPES = ("", "float32", "bfloat16")   # choices of optim.mu_dtype ("" = the params' dtype)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
   opt = config.optim
   schedule = learning_rate_schedule(config)
+  mu_name = opt.get("mu_dtype", "")
+  if mu_name not in MU_DTYPES:
+    raise ConfigError(f"optim.mu_dtype={mu_name!r}: choose '', 'float32' or 'bfloat16'")
+  mu_dtype = dtype_from_name(mu_name) if mu_name else None
   if opt.name not in OPTIMIZERS:
     raise ConfigError(f"optim.name={opt.name!r}: choose one of {', '.join(OPTIMIZERS)}")
   parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip and opt.grad_clip > 0 else []
-  return optax.chain(*parts, OPTIMIZERS[opt.name](schedule, opt))
+  return optax.chain(*parts, OPTIMIZERS[opt.name](schedule, opt, mu_dtype))
 
 
 def phase_weights(config, objective, step: int) -> dict[str, jax.Array]:
