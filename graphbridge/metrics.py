@@ -176,7 +176,7 @@ def _descending_order(scores: np.ndarray) -> np.ndarray:
     return keys
 
 
-def _first_rank_and_ap(
+def _first_rank_and_ap_numpy(
     query: np.ndarray,
     gallery: np.ndarray,
     query_keys: np.ndarray,
@@ -184,7 +184,7 @@ def _first_rank_and_ap(
     exclude_self: bool,
     chunk_size: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-query first-relevant rank, average precision and relevant count.
+    """NumPy reference of :func:`_first_rank_and_ap`: a stable sort of every query's row.
 
     Returns:
       first_rank: [n_query] int64, 1-based rank of the first relevant item
@@ -241,6 +241,154 @@ def _first_rank_and_ap(
     return first_rank, average_precision, n_relevant
 
 
+# Elements of one [chunk, n_gallery] score block on the JAX path (64 MB as float32); the chunk of
+# queries is chosen from it, so memory is bounded by the chunk, not by the gallery squared.
+SCORE_BLOCK_ELEMENTS = 1 << 24
+# Up to this many relevant items per query (instance-level retrieval), ranks are counted
+# (rank = 1 + items scored higher, ties by gallery index); above it (class level) rows are sorted.
+COUNT_RANKS_UP_TO = 16
+
+
+def _jax_kernels():
+    """The jitted chunk kernels (built on first use; jax is imported lazily)."""
+    global _KERNELS
+    if _KERNELS is not None:
+        return _KERNELS
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    def scores_of(q, g, offset, exclude_self):
+        s = jnp.dot(q, g.T, preferred_element_type=jnp.float32)  # [c, n_g]
+        own = None
+        if exclude_self:
+            cols = jnp.arange(s.shape[1], dtype=jnp.int32)
+            own = cols[None, :] == (offset + jnp.arange(s.shape[0], dtype=jnp.int32))[:, None]
+            s = jnp.where(own, -jnp.inf, s)
+        return s, own
+
+    @functools.partial(jax.jit, static_argnames=("exclude_self",))
+    def count_ranks(q, g, rel_idx, rel_valid, offset, exclude_self):
+        """rel_idx/rel_valid: [c, R] relevant gallery columns -> [c, R] their 1-based ranks,
+        ascending (int32 max where not valid)."""
+        s, _ = scores_of(q, g, offset, exclude_self)
+        cols = jnp.arange(s.shape[1], dtype=jnp.int32)[None, :]
+        t = jnp.take_along_axis(s, rel_idx, axis=1)  # [c, R] scores of the relevant items
+        ranks = []
+        for r in range(rel_idx.shape[1]):
+            tr, jr = t[:, r:r + 1], rel_idx[:, r:r + 1]
+            above = (s > tr) | ((s == tr) & (cols < jr))  # stable order: ties by gallery index
+            ranks.append(1 + jnp.sum(above, axis=1, dtype=jnp.int32))
+        ranks = jnp.where(rel_valid, jnp.stack(ranks, axis=1), jnp.iinfo(jnp.int32).max)
+        return jnp.sort(ranks, axis=1)
+
+    @functools.partial(jax.jit, static_argnames=("exclude_self", "width"))
+    def sorted_ranks(q, g, q_code, g_code, offset, exclude_self, width):
+        """Keys as int codes -> [c, width] ranks of the relevant items, ascending (padded with
+        int32 max), from one stable sort per row."""
+        s, own = scores_of(q, g, offset, exclude_self)
+        rel = q_code[:, None] == g_code[None, :]
+        if exclude_self:
+            rel = rel & ~own
+        neg = -s + 0.0  # + 0 turns -0.0 into +0.0 so they tie, as in the NumPy reference
+        _, rel_sorted = jax.lax.sort((neg, rel.astype(jnp.int32)), dimension=1, is_stable=True,
+                                     num_keys=1)
+        hits = jnp.cumsum(rel_sorted, axis=1)
+        slot = jnp.where(rel_sorted > 0, hits - 1, width)  # width: out of range, dropped
+        position = jnp.broadcast_to(jnp.arange(1, s.shape[1] + 1, dtype=jnp.int32), s.shape)
+        ranks = jnp.full((s.shape[0], width), jnp.iinfo(jnp.int32).max, jnp.int32)
+        return ranks.at[jnp.arange(s.shape[0])[:, None], slot].set(position, mode="drop")
+
+    _KERNELS = (count_ranks, sorted_ranks)
+    return _KERNELS
+
+
+_KERNELS = None
+
+
+def _relevant_columns(query_keys, gallery_keys, exclude_self):
+    """[n_q, R] gallery columns relevant to each query (padded) and [n_q, R] validity."""
+    order = np.argsort(gallery_keys, kind="stable")
+    uniq, start, counts = np.unique(gallery_keys[order], return_index=True, return_counts=True)
+    pos = np.minimum(np.searchsorted(uniq, query_keys), max(uniq.size - 1, 0))
+    found = uniq[pos] == query_keys
+    count = np.where(found, counts[pos], 0)
+    width = max(int(count.max()), 1)
+    r = np.arange(width)[None, :]
+    valid = r < count[:, None]
+    idx = order[np.minimum(start[pos][:, None] + r, order.size - 1)]
+    if exclude_self:
+        valid &= idx != np.arange(query_keys.shape[0])[:, None]
+    return np.where(valid, idx, 0).astype(np.int32), valid
+
+
+def _first_rank_and_ap(
+    query: np.ndarray,
+    gallery: np.ndarray,
+    query_keys: np.ndarray,
+    gallery_keys: np.ndarray,
+    exclude_self: bool,
+    chunk_size: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-query first-relevant rank, average precision and relevant count (exact).
+
+    float32 inputs run on JAX's default device in chunks of queries: one jitted matmul per chunk,
+    then, where every query has at most COUNT_RANKS_UP_TO relevant items (instance level), the
+    rank of each relevant item is counted (1 + items scored higher, ties by gallery index);
+    otherwise each row is stably sorted once. Peak memory is a few [chunk, n_gallery] blocks
+    (chunk: `chunk_size` queries, or as many as fit SCORE_BLOCK_ELEMENTS). Other dtypes use the
+    NumPy reference (:func:`_first_rank_and_ap_numpy`), which keeps float64 scores.
+
+    Returns ([n_query] int64 first rank (0: no relevant item), [n_query] float64 AP (NaN: none),
+    [n_query] int64 relevant count).
+    """
+    if query.dtype != np.float32 or gallery.dtype != np.float32:
+        return _first_rank_and_ap_numpy(query, gallery, query_keys, gallery_keys, exclude_self,
+                                        chunk_size or 1024)
+    import jax.numpy as jnp
+
+    count_ranks, sorted_ranks = _jax_kernels()
+    query_unit = _l2_normalise(query)
+    gallery_unit = jnp.asarray(_l2_normalise(gallery))
+    n_query, n_gallery = query.shape[0], gallery.shape[0]
+    chunk = chunk_size or max(1, SCORE_BLOCK_ELEMENTS // n_gallery)
+    chunk = max(1, min(chunk, n_query))
+    n_relevant, _ = _relevant_counts(query_keys, gallery_keys, exclude_self)
+    counting = int(n_relevant.max()) <= COUNT_RANKS_UP_TO
+    if counting:
+        rel_idx, rel_valid = _relevant_columns(query_keys, gallery_keys, exclude_self)
+    else:
+        codes = np.unique(np.concatenate([query_keys, gallery_keys]))
+        q_code = np.searchsorted(codes, query_keys).astype(np.int32)
+        g_code = jnp.asarray(np.searchsorted(codes, gallery_keys).astype(np.int32))
+    width = max(int(n_relevant.max()), 1)
+    first_rank = np.zeros(n_query, dtype=np.int64)
+    ap = np.full(n_query, np.nan)
+    for start in range(0, n_query, chunk):
+        stop = min(start + chunk, n_query)
+        pad = chunk - (stop - start)  # the last chunk is padded so every chunk has one shape
+
+        def padded(x, fill=0):
+            return np.pad(x[start:stop], [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
+
+        q = padded(query_unit)
+        if counting:
+            ranks = count_ranks(q, gallery_unit, padded(rel_idx), padded(rel_valid, False),
+                                np.int32(start), exclude_self=exclude_self)
+        else:
+            ranks = sorted_ranks(q, gallery_unit, padded(q_code, -1), g_code, np.int32(start),
+                                 exclude_self=exclude_self, width=width)
+        ranks = np.asarray(ranks)[: stop - start, :width].astype(np.float64)
+        n_rel = n_relevant[start:stop]
+        ordinal = np.arange(1, width + 1)[None, :]
+        valid = ordinal <= n_rel[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ap[start:stop] = np.where(valid, ordinal / ranks, 0.0).sum(axis=1) / n_rel
+        first_rank[start:stop] = np.where(n_rel > 0, ranks[:, 0], 0)
+    return first_rank, ap, n_relevant
+
+
 def retrieval_metrics(
     query: Any,
     gallery: Any,
@@ -248,7 +396,7 @@ def retrieval_metrics(
     gallery_keys: Any,
     ks: Sequence[int] = (1, 5, 10),
     exclude_self: bool = False,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> dict[str, float | int]:
     """Cosine-similarity retrieval metrics (see the module docstring for conventions).
 
@@ -261,9 +409,12 @@ def retrieval_metrics(
       ks: cutoffs for ``R@k`` (hit rate at k).
       exclude_self: remove gallery item i from query i's ranking (query and
         gallery are the same set); requires ``n_query == n_gallery``.
-      chunk_size: queries scored at a time; peak memory is about
-        ``chunk_size * n_gallery * 20`` bytes (about 1 GB for a 50k gallery
-        at the default 1024).
+      chunk_size: queries scored at a time (None: as many as fit a block of
+        ``SCORE_BLOCK_ELEMENTS`` scores, 64 MB as float32). float32 inputs are
+        scored with jitted matmuls on JAX's default device, ranks counted
+        (instance level) or rows sorted (class level) per chunk; other dtypes
+        use the NumPy reference in float64 (about ``chunk_size * n_gallery *
+        20`` bytes per chunk). Both are exact.
 
     Ties are broken by a stable sort on ``-score`` (lower gallery index first).
 
@@ -278,7 +429,8 @@ def retrieval_metrics(
       ValueError: on malformed inputs, or if no query has a relevant item.
     """
     ks = _as_ks(ks)
-    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    if chunk_size is not None:
+        chunk_size = _check_positive_int("chunk_size", chunk_size)
     query, gallery, query_keys, gallery_keys = _validate_retrieval_inputs(
         query, gallery, query_keys, gallery_keys, exclude_self
     )
@@ -313,7 +465,7 @@ def recall_at_k_curve(
     gallery_keys: Any,
     max_k: int = 50,
     exclude_self: bool = False,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> np.ndarray:
     """Hit rate ``R@k`` for ``k = 1..max_k`` (same conventions as :func:`retrieval_metrics`).
 
@@ -326,7 +478,8 @@ def recall_at_k_curve(
       with a relevant item in the top k; non-decreasing.
     """
     max_k = _check_positive_int("max_k", max_k)
-    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    if chunk_size is not None:
+        chunk_size = _check_positive_int("chunk_size", chunk_size)
     query, gallery, query_keys, gallery_keys = _validate_retrieval_inputs(
         query, gallery, query_keys, gallery_keys, exclude_self
     )
