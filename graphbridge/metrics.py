@@ -300,7 +300,11 @@ def _jax_kernels():
         ranks = jnp.full((s.shape[0], width), jnp.iinfo(jnp.int32).max, jnp.int32)
         return ranks.at[jnp.arange(s.shape[0])[:, None], slot].set(position, mode="drop")
 
-    _KERNELS = (count_ranks, sorted_ranks)
+    @functools.partial(jax.jit, static_argnames=("exclude_self",))
+    def scores(q, g, offset, exclude_self):
+        return scores_of(q, g, offset, exclude_self)[0]
+
+    _KERNELS = (count_ranks, sorted_ranks, scores)
     return _KERNELS
 
 
@@ -321,6 +325,31 @@ def _relevant_columns(query_keys, gallery_keys, exclude_self):
     if exclude_self:
         valid &= idx != np.arange(query_keys.shape[0])[:, None]
     return np.where(valid, idx, 0).astype(np.int32), valid
+
+
+def _ranks_by_sorted_scores(block: np.ndarray, rel_idx: np.ndarray, rel_valid: np.ndarray) -> np.ndarray:
+    """block: [c, n] float32 scores; rel_idx/rel_valid: [c, R] -> [c, R] 1-based ranks of the
+    relevant items in each row's stable descending order (int32 max where not valid), ascending.
+
+    One float32 sort per row (NumPy's SIMD sort, no index payload), then each relevant item's
+    rank is 1 + the items scored strictly higher (a binary search) + the items tied with it at a
+    lower gallery index (counted directly; ties are rare)."""
+    neg = -block + np.float32(0.0)  # + 0 turns -0.0 into +0.0 so they tie
+    thresholds = np.take_along_axis(neg, rel_idx, axis=1)  # [c, R]
+    neg.sort(axis=1)
+    above = np.empty(thresholds.shape, np.int64)
+    ties = np.empty(thresholds.shape, np.int64)
+    for i in range(neg.shape[0]):  # per row: the row's sorted scores stay in cache
+        above[i] = np.searchsorted(neg[i], thresholds[i], side="left")
+        ties[i] = np.searchsorted(neg[i], thresholds[i], side="right") - above[i]
+    del neg
+    ranks = above + 1
+    for i, r in zip(*np.nonzero((ties > 1) & rel_valid)):  # an exact tie: count lower indices
+        j = rel_idx[i, r]
+        ranks[i, r] += int(np.count_nonzero(block[i, :j] == block[i, j]))
+    ranks = np.where(rel_valid, ranks, np.iinfo(np.int32).max)
+    ranks.sort(axis=1)
+    return ranks
 
 
 def _first_rank_and_ap(
@@ -348,7 +377,10 @@ def _first_rank_and_ap(
                                         chunk_size or 1024)
     import jax.numpy as jnp
 
-    count_ranks, sorted_ranks = _jax_kernels()
+    import jax
+
+    count_ranks, sorted_ranks, scores = _jax_kernels()
+    host_sort = jax.default_backend() == "cpu"  # NumPy's SIMD float32 sort beats XLA's on CPU
     query_unit = _l2_normalise(query)
     gallery_unit = jnp.asarray(_l2_normalise(gallery))
     n_query, n_gallery = query.shape[0], gallery.shape[0]
@@ -356,9 +388,9 @@ def _first_rank_and_ap(
     chunk = max(1, min(chunk, n_query))
     n_relevant, _ = _relevant_counts(query_keys, gallery_keys, exclude_self)
     counting = int(n_relevant.max()) <= COUNT_RANKS_UP_TO
-    if counting:
+    if counting or host_sort:
         rel_idx, rel_valid = _relevant_columns(query_keys, gallery_keys, exclude_self)
-    else:
+    if not counting and not host_sort:
         codes = np.unique(np.concatenate([query_keys, gallery_keys]))
         q_code = np.searchsorted(codes, query_keys).astype(np.int32)
         g_code = jnp.asarray(np.searchsorted(codes, gallery_keys).astype(np.int32))
@@ -376,6 +408,9 @@ def _first_rank_and_ap(
         if counting:
             ranks = count_ranks(q, gallery_unit, padded(rel_idx), padded(rel_valid, False),
                                 np.int32(start), exclude_self=exclude_self)
+        elif host_sort:
+            block = np.asarray(scores(q, gallery_unit, np.int32(start), exclude_self=exclude_self))
+            ranks = _ranks_by_sorted_scores(block[: stop - start], rel_idx[start:stop], rel_valid[start:stop])
         else:
             ranks = sorted_ranks(q, gallery_unit, padded(q_code, -1), g_code, np.int32(start),
                                  exclude_self=exclude_self, width=width)

@@ -25,7 +25,10 @@ def _assert_same(args, exclude_self=False, chunk_size=None):
 
 @pytest.mark.parametrize("n_keys", [3, 40, 10_000])  # class level (sorted rows) .. instance (counted)
 @pytest.mark.parametrize("chunk_size", [None, 7])
-def test_jax_path_equals_numpy_reference(n_keys, chunk_size):
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])  # class level: NumPy sort or XLA's lax.sort
+def test_jax_path_equals_numpy_reference(n_keys, chunk_size, backend, monkeypatch):
+  import jax
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
   rng = np.random.default_rng(n_keys)
   query, gallery, qk, gk = _data(rng, 150, 230, 16, n_keys)
   if n_keys == 10_000:  # instance level: mostly one relevant item, some queries none, one with 3
@@ -48,7 +51,10 @@ def test_jax_path_exclude_self(n_keys):
   assert a["mAP"] == pytest.approx(b["mAP"], rel=1e-6)
 
 
-def test_jax_path_ties_by_gallery_index_both_paths(monkeypatch):
+@pytest.mark.parametrize("host_sort", [True, False])
+def test_jax_path_ties_by_gallery_index_every_path(monkeypatch, host_sort):
+  import jax
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu" if host_sort else "gpu")  # which sort
   gallery = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [1, 0]], np.float32)
   query = np.array([[1, 0], [0, 1]], np.float32)
   for limit in (16, 0):  # counted ranks, then sorted rows
