@@ -101,6 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
   c.eval.ks = (1, 5, 10)
+  c.eval.max_queries = 0          # retrieval: score a seeded sample of this many query rows per route
+                                  # against the whole gallery (0: every row); reported when used
   c.eval.paths = ""               # extra named routes to report, e.g. "image->text->audio"
   c.eval.plot_dpi = 120           # PNG resolution (300 for print)
   c.eval.plot_formats = "png"     # "png,pdf" or "png,svg": vector copies beside each PNG

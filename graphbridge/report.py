@@ -40,6 +40,7 @@ class EvalOptions:
   silhouette_sample: int = 500
   projection_points: int = 400
   reconstruction_rows: int = 2000
+  max_queries: int = 0                 # retrieval: at most this many query rows per route (0: all)
   seed: int = 0
   plot_dpi: int = 120                  # raster figures; PDF/SVG are vector
   plot_formats: tuple[str, ...] = ("png",)   # also ("png", "pdf") or ("png", "svg") for papers
@@ -53,7 +54,8 @@ class EvalOptions:
     options = cls(split=ev.get("split", "test"), ks=tuple(int(k) for k in ev.get("ks", (1, 5, 10))),
                   extra_routes=paths, cycle_length=int(ev.get("cycle_length", 3)),
                   path_hops=int(ev.get("path_hops", 3)), seed=int(config.get("seed", 0) or 0),
-                  plot_dpi=int(ev.get("plot_dpi", 120)), plot_formats=_formats(ev.get("plot_formats", "png")))
+                  plot_dpi=int(ev.get("plot_dpi", 120)), plot_formats=_formats(ev.get("plot_formats", "png")),
+                  max_queries=int(ev.get("max_queries", 0) or 0))
     return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -89,7 +91,8 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
   cache = eval_lib.EncodingCache(aligner, dataset, split)
   cache_before = eval_lib.EncodingCache(before, dataset, split) if before is not None else None
   rows = eval_lib.retrieval_rows(aligner, dataset, split=split, extra_routes=options.extra_routes,
-                                 ks=options.ks, cache=cache)
+                                 ks=options.ks, cache=cache, max_queries=options.max_queries or None,
+                                 seed=seed)
   routes = eval_lib.planned_routes(aligner, dataset)  # default routes: one per ordered pair
   summary = {
       "strategy": aligner.name, "data": dataset.source, "split": split,
@@ -107,6 +110,13 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
   warning = split_warning(dataset, split)
   if warning:
     summary["split_warning"] = warning
+  sampled = [r for r in rows if r.get("queries_sampled")]
+  if sampled:
+    summary["query_sampling"] = (
+        f"retrieval scored a seeded sample of at most {options.max_queries} query rows per route "
+        f"(eval.max_queries) against the whole gallery, in {len(sampled)} of {len(rows)} rows "
+        f"(up to {max(r['query_rows'] for r in sampled)} query rows available); set eval.max_queries=0 "
+        "to score every query")
   projection = None
   if len(dataset.names) > 1:
     space = eval_lib.hub_modality(dataset)
@@ -246,6 +256,8 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
       "shortest path) and the gallery is ranked by cosine. `hops` = distance in the paired-data graph: "
       "1 = paired in training, 2+ = never paired (zero-shot). Instance level: relevant = same id; class "
       "level: relevant = same label. chance_* = expected value of a random ranking."))
+  if summary.get("query_sampling"):
+    parts.append(f"> **Note:** {summary['query_sampling']}.\n\n")
   parts.append(eval_lib.format_table(summary["rows"], eval_lib.RETRIEVAL_COLUMNS) + "\n\n")
   parts.append("### By hop distance\n\n")
   parts.append(_caption("Mean over the query/gallery pairs at each distance (default routes only)."))
@@ -366,6 +378,8 @@ def run_report(aligner: eval_lib.Aligner, dataset, out_dir: str | None,
   log("\n" + console_summary(report.summary))
   if report.summary.get("split_warning"):
     log(f"WARNING: {report.summary['split_warning']}")
+  if report.summary.get("query_sampling"):
+    log(f"note: {report.summary['query_sampling']}")
   if out_dir:
     title = f"{os.path.basename(os.path.normpath(dataset.source))}, {aligner.name}"
     written = write_report(report, out_dir, title, dataset.names, metrics_rows, plots, options.seed,
