@@ -188,13 +188,16 @@ def retrieval_rows(aligner: Aligner, dataset: Dataset, split: str = "test",
     if max_queries and n_query_rows > max_queries:
       pick = _subsample(pick, int(max_queries), seed, "max_queries", spec.query, spec.gallery, spec.route)
     zq, q_rows = enc.zq[pick], enc.query_rows[pick]
+    keys = {}
     for level in levels_available(dataset, spec.query, spec.gallery):
       attr = "ids" if level == "instance" else "labels"
       kq = getattr(dataset.modalities[spec.query], attr)[q_rows]
       kg = getattr(dataset.modalities[spec.gallery], attr)[enc.gallery_rows]
-      if not np.isin(kq, kg).any():  # no query has a relevant gallery item at this level
-        continue
-      scores = metrics_lib.retrieval_metrics(zq, enc.zg, kq, kg, ks=ks)
+      if np.isin(kq, kg).any():  # else no query has a relevant gallery item at this level
+        keys[level] = (kq, kg)
+    by_level = metrics_lib.retrieval_metrics_by_level(zq, enc.zg, keys, ks=ks)  # one pass of scores
+    for level, (kq, kg) in keys.items():
+      scores = by_level[level]
       chance = metrics_lib.chance_retrieval_metrics(kq, kg, ks=ks)
       row = {"strategy": aligner.name, "query": spec.query, "gallery": spec.gallery, "route": spec.route,
              "named_route": spec.named, "hops": hops_graph.hop_distance(spec.query, spec.gallery),

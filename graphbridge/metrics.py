@@ -37,6 +37,7 @@ import numpy as np
 
 __all__ = [
     "retrieval_metrics",
+    "retrieval_metrics_by_level",
     "recall_at_k_curve",
     "chance_retrieval_metrics",
     "modality_gap",
@@ -268,11 +269,10 @@ def _jax_kernels():
             s = jnp.where(own, -jnp.inf, s)
         return s, own
 
-    @functools.partial(jax.jit, static_argnames=("exclude_self",))
-    def count_ranks(q, g, rel_idx, rel_valid, offset, exclude_self):
-        """rel_idx/rel_valid: [c, R] relevant gallery columns -> [c, R] their 1-based ranks,
-        ascending (int32 max where not valid)."""
-        s, _ = scores_of(q, g, offset, exclude_self)
+    @jax.jit
+    def count_ranks(s, rel_idx, rel_valid):
+        """s: [c, n] scores; rel_idx/rel_valid: [c, R] relevant gallery columns -> [c, R] their
+        1-based ranks, ascending (int32 max where not valid)."""
         cols = jnp.arange(s.shape[1], dtype=jnp.int32)[None, :]
         t = jnp.take_along_axis(s, rel_idx, axis=1)  # [c, R] scores of the relevant items
         ranks = []
@@ -284,13 +284,13 @@ def _jax_kernels():
         return jnp.sort(ranks, axis=1)
 
     @functools.partial(jax.jit, static_argnames=("exclude_self", "width"))
-    def sorted_ranks(q, g, q_code, g_code, offset, exclude_self, width):
+    def sorted_ranks(s, q_code, g_code, offset, exclude_self, width):
         """Keys as int codes -> [c, width] ranks of the relevant items, ascending (padded with
-        int32 max), from one stable sort per row."""
-        s, own = scores_of(q, g, offset, exclude_self)
+        int32 max), from one stable sort per row (for accelerators)."""
         rel = q_code[:, None] == g_code[None, :]
         if exclude_self:
-            rel = rel & ~own
+            cols = jnp.arange(s.shape[1], dtype=jnp.int32)
+            rel = rel & (cols[None, :] != (offset + jnp.arange(s.shape[0], dtype=jnp.int32))[:, None])
         neg = -s + 0.0  # + 0 turns -0.0 into +0.0 so they tie, as in the NumPy reference
         _, rel_sorted = jax.lax.sort((neg, rel.astype(jnp.int32)), dimension=1, is_stable=True,
                                      num_keys=1)
@@ -328,6 +328,23 @@ def _relevant_columns(query_keys, gallery_keys, exclude_self):
 
 
 def _ranks_by_sorted_scores(block: np.ndarray, rel_idx: np.ndarray, rel_valid: np.ndarray) -> np.ndarray:
+    """:func:`_ranks_by_sorted_rows` over row blocks in threads (NumPy sorts without the GIL)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                  max(1, block.shape[0] // 64))
+    if threads <= 1:
+        return _ranks_by_sorted_rows(block, rel_idx, rel_valid)
+    bounds = np.linspace(0, block.shape[0], threads + 1).astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(lambda i: _ranks_by_sorted_rows(block[bounds[i]:bounds[i + 1]],
+                                                                rel_idx[bounds[i]:bounds[i + 1]],
+                                                                rel_valid[bounds[i]:bounds[i + 1]]),
+                              range(threads)))
+    return np.concatenate(parts)
+
+
+def _ranks_by_sorted_rows(block: np.ndarray, rel_idx: np.ndarray, rel_valid: np.ndarray) -> np.ndarray:
     """block: [c, n] float32 scores; rel_idx/rel_valid: [c, R] -> [c, R] 1-based ranks of the
     relevant items in each row's stable descending order (int32 max where not valid), ascending.
 
@@ -362,22 +379,28 @@ def _first_rank_and_ap(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-query first-relevant rank, average precision and relevant count (exact).
 
-    float32 inputs run on JAX's default device in chunks of queries: one jitted matmul per chunk,
-    then, where every query has at most COUNT_RANKS_UP_TO relevant items (instance level), the
-    rank of each relevant item is counted (1 + items scored higher, ties by gallery index);
-    otherwise each row is stably sorted once. Peak memory is a few [chunk, n_gallery] blocks
-    (chunk: `chunk_size` queries, or as many as fit SCORE_BLOCK_ELEMENTS). Other dtypes use the
-    NumPy reference (:func:`_first_rank_and_ap_numpy`), which keeps float64 scores.
-
     Returns ([n_query] int64 first rank (0: no relevant item), [n_query] float64 AP (NaN: none),
-    [n_query] int64 relevant count).
-    """
-    if query.dtype != np.float32 or gallery.dtype != np.float32:
-        return _first_rank_and_ap_numpy(query, gallery, query_keys, gallery_keys, exclude_self,
-                                        chunk_size or 1024)
-    import jax.numpy as jnp
+    [n_query] int64 relevant count). See :func:`_first_rank_and_ap_levels`."""
+    return _first_rank_and_ap_levels(query, gallery, [(query_keys, gallery_keys)], exclude_self,
+                                     chunk_size)[0]
 
+
+def _first_rank_and_ap_levels(query, gallery, key_pairs, exclude_self, chunk_size):
+    """(first rank, AP, relevant count) for each (query_keys, gallery_keys) in `key_pairs`, from
+    one pass of scores (the levels of one route share every matmul).
+
+    float32 inputs run on JAX's default device in chunks of queries: one jitted matmul per chunk,
+    then per level, where every query has at most COUNT_RANKS_UP_TO relevant items (instance
+    level), the rank of each relevant item is counted on the device (1 + items scored higher, ties
+    by gallery index); otherwise (class level) each row is sorted once: NumPy's SIMD float32 sort
+    in threads on CPU, lax.sort on accelerators. AP comes from the ranks in float64 on the host.
+    Peak memory is a few [chunk, n_gallery] blocks (chunk: `chunk_size` queries, or as many as fit
+    SCORE_BLOCK_ELEMENTS). Other dtypes use the NumPy reference in float64."""
+    if query.dtype != np.float32 or gallery.dtype != np.float32:
+        return [_first_rank_and_ap_numpy(query, gallery, qk, gk, exclude_self, chunk_size or 1024)
+                for qk, gk in key_pairs]
     import jax
+    import jax.numpy as jnp
 
     count_ranks, sorted_ranks, scores = _jax_kernels()
     host_sort = jax.default_backend() == "cpu"  # NumPy's SIMD float32 sort beats XLA's on CPU
@@ -386,17 +409,29 @@ def _first_rank_and_ap(
     n_query, n_gallery = query.shape[0], gallery.shape[0]
     chunk = chunk_size or max(1, SCORE_BLOCK_ELEMENTS // n_gallery)
     chunk = max(1, min(chunk, n_query))
-    n_relevant, _ = _relevant_counts(query_keys, gallery_keys, exclude_self)
-    counting = int(n_relevant.max()) <= COUNT_RANKS_UP_TO
-    if counting or host_sort:
-        rel_idx, rel_valid = _relevant_columns(query_keys, gallery_keys, exclude_self)
-    if not counting and not host_sort:
-        codes = np.unique(np.concatenate([query_keys, gallery_keys]))
-        q_code = np.searchsorted(codes, query_keys).astype(np.int32)
-        g_code = jnp.asarray(np.searchsorted(codes, gallery_keys).astype(np.int32))
-    width = max(int(n_relevant.max()), 1)
-    first_rank = np.zeros(n_query, dtype=np.int64)
-    ap = np.full(n_query, np.nan)
+    levels = []
+    for query_keys, gallery_keys in key_pairs:
+        n_relevant, _ = _relevant_counts(query_keys, gallery_keys, exclude_self)
+        level = {"n_relevant": n_relevant, "width": max(int(n_relevant.max()), 1),
+                 "counting": int(n_relevant.max()) <= COUNT_RANKS_UP_TO,
+                 "first": np.zeros(n_query, np.int64), "ap": np.full(n_query, np.nan)}
+        if level["counting"] or host_sort:
+            level["rel_idx"], level["rel_valid"] = _relevant_columns(query_keys, gallery_keys, exclude_self)
+        else:
+            codes = np.unique(np.concatenate([query_keys, gallery_keys]))
+            level["q_code"] = np.searchsorted(codes, query_keys).astype(np.int32)
+            level["g_code"] = jnp.asarray(np.searchsorted(codes, gallery_keys).astype(np.int32))
+        levels.append(level)
+
+    def finish(level, start, stop, ranks):
+        width = level["width"]
+        ranks = np.asarray(ranks)[: stop - start, :width].astype(np.float64)
+        n_rel = level["n_relevant"][start:stop]
+        ordinal = np.arange(1, width + 1)[None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            level["ap"][start:stop] = np.where(ordinal <= n_rel[:, None], ordinal / ranks, 0.0).sum(axis=1) / n_rel
+        level["first"][start:stop] = np.where(n_rel > 0, ranks[:, 0], 0)
+
     for start in range(0, n_query, chunk):
         stop = min(start + chunk, n_query)
         pad = chunk - (stop - start)  # the last chunk is padded so every chunk has one shape
@@ -404,24 +439,21 @@ def _first_rank_and_ap(
         def padded(x, fill=0):
             return np.pad(x[start:stop], [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
 
-        q = padded(query_unit)
-        if counting:
-            ranks = count_ranks(q, gallery_unit, padded(rel_idx), padded(rel_valid, False),
-                                np.int32(start), exclude_self=exclude_self)
-        elif host_sort:
-            block = np.asarray(scores(q, gallery_unit, np.int32(start), exclude_self=exclude_self))
-            ranks = _ranks_by_sorted_scores(block[: stop - start], rel_idx[start:stop], rel_valid[start:stop])
-        else:
-            ranks = sorted_ranks(q, gallery_unit, padded(q_code, -1), g_code, np.int32(start),
-                                 exclude_self=exclude_self, width=width)
-        ranks = np.asarray(ranks)[: stop - start, :width].astype(np.float64)
-        n_rel = n_relevant[start:stop]
-        ordinal = np.arange(1, width + 1)[None, :]
-        valid = ordinal <= n_rel[:, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ap[start:stop] = np.where(valid, ordinal / ranks, 0.0).sum(axis=1) / n_rel
-        first_rank[start:stop] = np.where(n_rel > 0, ranks[:, 0], 0)
-    return first_rank, ap, n_relevant
+        block = scores(padded(query_unit), gallery_unit, np.int32(start), exclude_self=exclude_self)
+        host_block = None
+        for level in levels:
+            if level["counting"]:
+                ranks = count_ranks(block, padded(level["rel_idx"]), padded(level["rel_valid"], False))
+            elif host_sort:
+                if host_block is None:
+                    host_block = np.asarray(block)[: stop - start]
+                ranks = _ranks_by_sorted_scores(host_block, level["rel_idx"][start:stop],
+                                                level["rel_valid"][start:stop])
+            else:
+                ranks = sorted_ranks(block, padded(level["q_code"], -1), level["g_code"], np.int32(start),
+                                     exclude_self=exclude_self, width=level["width"])
+            finish(level, start, stop, ranks)
+    return [(lv["first"], lv["ap"], lv["n_relevant"]) for lv in levels]
 
 
 def retrieval_metrics(
@@ -472,6 +504,46 @@ def retrieval_metrics(
     first_rank, average_precision, n_relevant = _first_rank_and_ap(
         query, gallery, query_keys, gallery_keys, exclude_self, chunk_size
     )
+    return _summarise(first_rank, average_precision, n_relevant, ks, exclude_self, gallery.shape[0])
+
+
+def retrieval_metrics_by_level(
+    query: Any,
+    gallery: Any,
+    keys: dict,
+    ks: Sequence[int] = (1, 5, 10),
+    exclude_self: bool = False,
+    chunk_size: int | None = None,
+) -> dict[str, dict[str, float | int]]:
+    """:func:`retrieval_metrics` for several relevance levels of one query/gallery pair at the
+    cost of one: the scores are computed once per chunk and ranked for every level.
+
+    Args:
+      keys: {level: (query_keys [n_query], gallery_keys [n_gallery])}, e.g.
+        {"instance": (ids_q, ids_g), "class": (labels_q, labels_g)}.
+      Others as :func:`retrieval_metrics`.
+
+    Returns:
+      {level: the dict :func:`retrieval_metrics` returns}, equal to calling it per level.
+    """
+    ks = _as_ks(ks)
+    if chunk_size is not None:
+        chunk_size = _check_positive_int("chunk_size", chunk_size)
+    checked = {}
+    for level, (query_keys, gallery_keys) in keys.items():
+        if not checked:  # the embeddings are checked once
+            q, g, qk, gk = _validate_retrieval_inputs(query, gallery, query_keys, gallery_keys, exclude_self)
+        else:
+            qk = _as_keys(f"{level} query_keys", query_keys, q.shape[0], "query")
+            gk = _as_keys(f"{level} gallery_keys", gallery_keys, g.shape[0], "gallery")
+        checked[level] = (qk, gk)
+    if not checked:
+        return {}
+    parts = _first_rank_and_ap_levels(q, g, list(checked.values()), exclude_self, chunk_size)
+    return {level: _summarise(*part, ks, exclude_self, g.shape[0]) for level, part in zip(checked, parts)}
+
+
+def _summarise(first_rank, average_precision, n_relevant, ks, exclude_self, n_gallery):
     kept = n_relevant > 0
     n_kept = int(kept.sum())
     if n_kept == 0:
@@ -488,8 +560,8 @@ def retrieval_metrics(
     result["median_rank"] = float(np.median(ranks))
     result["mean_rank"] = float(np.mean(ranks))
     result["n_queries"] = n_kept
-    result["n_skipped"] = int(query.shape[0] - n_kept)
-    result["n_gallery"] = int(gallery.shape[0])
+    result["n_skipped"] = int(n_relevant.shape[0] - n_kept)
+    result["n_gallery"] = int(n_gallery)
     return result
 
 

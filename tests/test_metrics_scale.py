@@ -74,3 +74,16 @@ def test_chunk_is_bounded_by_the_block(monkeypatch):
   r = retrieval_metrics(*args)
   monkeypatch.setattr(metrics, "SCORE_BLOCK_ELEMENTS", 1 << 24)
   assert retrieval_metrics(*args) == r
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_by_level_equals_one_call_per_level(exclude_self):
+  rng = np.random.default_rng(11)
+  emb = rng.normal(size=(90, 10)).astype(np.float32)
+  ids, labels = np.arange(90) % 45, rng.integers(0, 6, 90)  # two rows per id
+  gallery = emb if exclude_self else rng.normal(size=(90, 10)).astype(np.float32)
+  keys = {"instance": (ids, ids), "class": (labels, labels)}
+  both = metrics.retrieval_metrics_by_level(emb, gallery, keys, ks=(1, 5), exclude_self=exclude_self,
+                                            chunk_size=16)
+  for level, (qk, gk) in keys.items():
+    assert both[level] == retrieval_metrics(emb, gallery, qk, gk, ks=(1, 5), exclude_self=exclude_self)
