@@ -106,6 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"           # evaluate.SPLITS: test | train | all
   c.eval.ks = (1, 5, 10)          # Recall@k columns
+  c.eval.max_queries = 0          # retrieval: score a seeded sample of this many query rows per route
+                                  # against the whole gallery (0: every row); reported when used
   c.eval.paths = ""               # extra named routes to report, e.g. "image->text->audio"
   c.eval.cycle_length = 3         # reconstruction table: cycles of up to this many hops
   c.eval.path_hops = 3            # reconstruction table: paths a->...->b of up to this many hops

@@ -165,11 +165,18 @@ class EncodingCache:
 def retrieval_rows(aligner: Aligner, dataset: Dataset, split: str = "test",
                    extra_routes: Iterable[str] = (), ks: Sequence[int] = (1, 5, 10),
                    pairs: Sequence[tuple[str, str]] | None = None,
-                   cache: EncodingCache | None = None) -> list[dict]:
+                   cache: EncodingCache | None = None, max_queries: int | None = None,
+                   seed: int = 0) -> list[dict]:
   """One row per (query, gallery, route, level) with R@k, mAP, median rank and their chance values.
 
   Routes: the aligner's default for every ordered pair (or `pairs`), then `extra_routes` by name.
-  Levels: "instance" where both modalities have ids, "class" where both have labels."""
+  Levels: "instance" where both modalities have ids, "class" where both have labels.
+  max_queries: score at most this many query rows per route (a seeded sample, the same rows at
+  every level), against the whole gallery; each row then records `query_rows` (the split's query
+  rows) and `queries_sampled` = True. None or 0: every query row."""
+  if max_queries is not None and (isinstance(max_queries, bool) or int(max_queries) != max_queries
+                                  or max_queries < 0):
+    raise ValueError(f"eval.max_queries must be a non-negative integer (0: every query), got {max_queries!r}")
   hops_graph = pairs_graph(dataset)
   cache = cache or EncodingCache(aligner, dataset, split)
   rows = []
@@ -177,18 +184,28 @@ def retrieval_rows(aligner: Aligner, dataset: Dataset, split: str = "test",
     enc = cache.get(spec)
     if enc is None:
       continue
+    n_query_rows = len(enc.query_rows)
+    pick = np.arange(n_query_rows)
+    if max_queries and n_query_rows > max_queries:
+      pick = _subsample(pick, int(max_queries), seed, "max_queries", spec.query, spec.gallery, spec.route)
+    zq, q_rows = enc.zq[pick], enc.query_rows[pick]
+    keys = {}
     for level in levels_available(dataset, spec.query, spec.gallery):
       attr = "ids" if level == "instance" else "labels"
-      kq = getattr(dataset.modalities[spec.query], attr)[enc.query_rows]
+      kq = getattr(dataset.modalities[spec.query], attr)[q_rows]
       kg = getattr(dataset.modalities[spec.gallery], attr)[enc.gallery_rows]
-      if not np.isin(kq, kg).any():  # no query has a relevant gallery item at this level
-        continue
-      scores = metrics_lib.retrieval_metrics(enc.zq, enc.zg, kq, kg, ks=ks)
+      if np.isin(kq, kg).any():  # else no query has a relevant gallery item at this level
+        keys[level] = (kq, kg)
+    by_level = metrics_lib.retrieval_metrics_by_level(zq, enc.zg, keys, ks=ks)  # one pass of scores
+    for level, (kq, kg) in keys.items():
+      scores = by_level[level]
       chance = metrics_lib.chance_retrieval_metrics(kq, kg, ks=ks)
       row = {"strategy": aligner.name, "query": spec.query, "gallery": spec.gallery, "route": spec.route,
              "named_route": spec.named, "hops": hops_graph.hop_distance(spec.query, spec.gallery),
              "level": level, "split": split}
       row.update({k: (v if isinstance(v, int) else float(v)) for k, v in scores.items()})
+      if len(pick) < n_query_rows:
+        row.update({"query_rows": n_query_rows, "queries_sampled": True})
       row.update({f"chance_{k}": float(chance[k]) for k in chance
                   if k.startswith(("R@", "mAP", "median_rank"))})
       rows.append(row)

@@ -44,7 +44,8 @@ class Context:
   def retrieval_rows(self) -> list[dict]:
     o = self.options
     return eval_lib.retrieval_rows(self.aligner, self.dataset, split=o.split,
-                                   extra_routes=o.extra_routes, ks=o.ks, cache=self.cache)
+                                   extra_routes=o.extra_routes, ks=o.ks, cache=self.cache,
+                                   max_queries=getattr(o, "max_queries", 0) or None, seed=o.seed)
 
 
 def caption(text: str) -> str:
@@ -88,7 +89,8 @@ class Retrieval(Evaluator):
     return {"rows": ctx.retrieval_rows}
 
   def markdown(self, summary):
-    return ("## Retrieval\n\n" + caption(self.caption)
+    note = f"> **Note:** {summary['query_sampling']}.\n\n" if summary.get("query_sampling") else ""
+    return ("## Retrieval\n\n" + caption(self.caption) + note
             + eval_lib.format_table(summary["rows"], eval_lib.RETRIEVAL_COLUMNS) + "\n\n")
 
   def console(self, summary):

@@ -37,6 +37,7 @@ import numpy as np
 
 __all__ = [
     "retrieval_metrics",
+    "retrieval_metrics_by_level",
     "recall_at_k_curve",
     "chance_retrieval_metrics",
     "modality_gap",
@@ -176,7 +177,7 @@ def _descending_order(scores: np.ndarray) -> np.ndarray:
     return keys
 
 
-def _first_rank_and_ap(
+def _first_rank_and_ap_numpy(
     query: np.ndarray,
     gallery: np.ndarray,
     query_keys: np.ndarray,
@@ -184,7 +185,7 @@ def _first_rank_and_ap(
     exclude_self: bool,
     chunk_size: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-query first-relevant rank, average precision and relevant count.
+    """NumPy reference of :func:`_first_rank_and_ap`: a stable sort of every query's row.
 
     Returns:
       first_rank: [n_query] int64, 1-based rank of the first relevant item
@@ -241,6 +242,220 @@ def _first_rank_and_ap(
     return first_rank, average_precision, n_relevant
 
 
+# Elements of one [chunk, n_gallery] score block on the JAX path (64 MB as float32); the chunk of
+# queries is chosen from it, so memory is bounded by the chunk, not by the gallery squared.
+SCORE_BLOCK_ELEMENTS = 1 << 24
+# Up to this many relevant items per query (instance-level retrieval), ranks are counted
+# (rank = 1 + items scored higher, ties by gallery index); above it (class level) rows are sorted.
+COUNT_RANKS_UP_TO = 16
+
+
+def _jax_kernels():
+    """The jitted chunk kernels (built on first use; jax is imported lazily)."""
+    global _KERNELS
+    if _KERNELS is not None:
+        return _KERNELS
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    def scores_of(q, g, offset, exclude_self):
+        s = jnp.dot(q, g.T, preferred_element_type=jnp.float32)  # [c, n_g]
+        own = None
+        if exclude_self:
+            cols = jnp.arange(s.shape[1], dtype=jnp.int32)
+            own = cols[None, :] == (offset + jnp.arange(s.shape[0], dtype=jnp.int32))[:, None]
+            s = jnp.where(own, -jnp.inf, s)
+        return s, own
+
+    @jax.jit
+    def count_ranks(s, rel_idx, rel_valid):
+        """s: [c, n] scores; rel_idx/rel_valid: [c, R] relevant gallery columns -> [c, R] their
+        1-based ranks, ascending (int32 max where not valid)."""
+        cols = jnp.arange(s.shape[1], dtype=jnp.int32)[None, :]
+        t = jnp.take_along_axis(s, rel_idx, axis=1)  # [c, R] scores of the relevant items
+        ranks = []
+        for r in range(rel_idx.shape[1]):
+            tr, jr = t[:, r:r + 1], rel_idx[:, r:r + 1]
+            above = (s > tr) | ((s == tr) & (cols < jr))  # stable order: ties by gallery index
+            ranks.append(1 + jnp.sum(above, axis=1, dtype=jnp.int32))
+        ranks = jnp.where(rel_valid, jnp.stack(ranks, axis=1), jnp.iinfo(jnp.int32).max)
+        return jnp.sort(ranks, axis=1)
+
+    @functools.partial(jax.jit, static_argnames=("exclude_self", "width"))
+    def sorted_ranks(s, q_code, g_code, offset, exclude_self, width):
+        """Keys as int codes -> [c, width] ranks of the relevant items, ascending (padded with
+        int32 max), from one stable sort per row (for accelerators)."""
+        rel = q_code[:, None] == g_code[None, :]
+        if exclude_self:
+            cols = jnp.arange(s.shape[1], dtype=jnp.int32)
+            rel = rel & (cols[None, :] != (offset + jnp.arange(s.shape[0], dtype=jnp.int32))[:, None])
+        neg = -s + 0.0  # + 0 turns -0.0 into +0.0 so they tie, as in the NumPy reference
+        _, rel_sorted = jax.lax.sort((neg, rel.astype(jnp.int32)), dimension=1, is_stable=True,
+                                     num_keys=1)
+        hits = jnp.cumsum(rel_sorted, axis=1)
+        slot = jnp.where(rel_sorted > 0, hits - 1, width)  # width: out of range, dropped
+        position = jnp.broadcast_to(jnp.arange(1, s.shape[1] + 1, dtype=jnp.int32), s.shape)
+        ranks = jnp.full((s.shape[0], width), jnp.iinfo(jnp.int32).max, jnp.int32)
+        return ranks.at[jnp.arange(s.shape[0])[:, None], slot].set(position, mode="drop")
+
+    @functools.partial(jax.jit, static_argnames=("exclude_self",))
+    def scores(q, g, offset, exclude_self):
+        return scores_of(q, g, offset, exclude_self)[0]
+
+    _KERNELS = (count_ranks, sorted_ranks, scores)
+    return _KERNELS
+
+
+_KERNELS = None
+
+
+def _relevant_columns(query_keys, gallery_keys, exclude_self):
+    """[n_q, R] gallery columns relevant to each query (padded) and [n_q, R] validity."""
+    order = np.argsort(gallery_keys, kind="stable")
+    uniq, start, counts = np.unique(gallery_keys[order], return_index=True, return_counts=True)
+    pos = np.minimum(np.searchsorted(uniq, query_keys), max(uniq.size - 1, 0))
+    found = uniq[pos] == query_keys
+    count = np.where(found, counts[pos], 0)
+    width = max(int(count.max()), 1)
+    r = np.arange(width)[None, :]
+    valid = r < count[:, None]
+    idx = order[np.minimum(start[pos][:, None] + r, order.size - 1)]
+    if exclude_self:
+        valid &= idx != np.arange(query_keys.shape[0])[:, None]
+    return np.where(valid, idx, 0).astype(np.int32), valid
+
+
+def _ranks_by_sorted_scores(block: np.ndarray, rel_idx: np.ndarray, rel_valid: np.ndarray) -> np.ndarray:
+    """:func:`_ranks_by_sorted_rows` over row blocks in threads (NumPy sorts without the GIL)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                  max(1, block.shape[0] // 64))
+    if threads <= 1:
+        return _ranks_by_sorted_rows(block, rel_idx, rel_valid)
+    bounds = np.linspace(0, block.shape[0], threads + 1).astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(lambda i: _ranks_by_sorted_rows(block[bounds[i]:bounds[i + 1]],
+                                                                rel_idx[bounds[i]:bounds[i + 1]],
+                                                                rel_valid[bounds[i]:bounds[i + 1]]),
+                              range(threads)))
+    return np.concatenate(parts)
+
+
+def _ranks_by_sorted_rows(block: np.ndarray, rel_idx: np.ndarray, rel_valid: np.ndarray) -> np.ndarray:
+    """block: [c, n] float32 scores; rel_idx/rel_valid: [c, R] -> [c, R] 1-based ranks of the
+    relevant items in each row's stable descending order (int32 max where not valid), ascending.
+
+    One float32 sort per row (NumPy's SIMD sort, no index payload), then each relevant item's
+    rank is 1 + the items scored strictly higher (a binary search) + the items tied with it at a
+    lower gallery index (counted directly; ties are rare)."""
+    neg = -block + np.float32(0.0)  # + 0 turns -0.0 into +0.0 so they tie
+    thresholds = np.take_along_axis(neg, rel_idx, axis=1)  # [c, R]
+    neg.sort(axis=1)
+    above = np.empty(thresholds.shape, np.int64)
+    ties = np.empty(thresholds.shape, np.int64)
+    for i in range(neg.shape[0]):  # per row: the row's sorted scores stay in cache
+        above[i] = np.searchsorted(neg[i], thresholds[i], side="left")
+        ties[i] = np.searchsorted(neg[i], thresholds[i], side="right") - above[i]
+    del neg
+    ranks = above + 1
+    for i, r in zip(*np.nonzero((ties > 1) & rel_valid)):  # an exact tie: count lower indices
+        j = rel_idx[i, r]
+        ranks[i, r] += int(np.count_nonzero(block[i, :j] == block[i, j]))
+    ranks = np.where(rel_valid, ranks, np.iinfo(np.int32).max)
+    ranks.sort(axis=1)
+    return ranks
+
+
+def _first_rank_and_ap(
+    query: np.ndarray,
+    gallery: np.ndarray,
+    query_keys: np.ndarray,
+    gallery_keys: np.ndarray,
+    exclude_self: bool,
+    chunk_size: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-query first-relevant rank, average precision and relevant count (exact).
+
+    Returns ([n_query] int64 first rank (0: no relevant item), [n_query] float64 AP (NaN: none),
+    [n_query] int64 relevant count). See :func:`_first_rank_and_ap_levels`."""
+    return _first_rank_and_ap_levels(query, gallery, [(query_keys, gallery_keys)], exclude_self,
+                                     chunk_size)[0]
+
+
+def _first_rank_and_ap_levels(query, gallery, key_pairs, exclude_self, chunk_size):
+    """(first rank, AP, relevant count) for each (query_keys, gallery_keys) in `key_pairs`, from
+    one pass of scores (the levels of one route share every matmul).
+
+    float32 inputs run on JAX's default device in chunks of queries: one jitted matmul per chunk,
+    then per level, where every query has at most COUNT_RANKS_UP_TO relevant items (instance
+    level), the rank of each relevant item is counted on the device (1 + items scored higher, ties
+    by gallery index); otherwise (class level) each row is sorted once: NumPy's SIMD float32 sort
+    in threads on CPU, lax.sort on accelerators. AP comes from the ranks in float64 on the host.
+    Peak memory is a few [chunk, n_gallery] blocks (chunk: `chunk_size` queries, or as many as fit
+    SCORE_BLOCK_ELEMENTS). Other dtypes use the NumPy reference in float64."""
+    if query.dtype != np.float32 or gallery.dtype != np.float32:
+        return [_first_rank_and_ap_numpy(query, gallery, qk, gk, exclude_self, chunk_size or 1024)
+                for qk, gk in key_pairs]
+    import jax
+    import jax.numpy as jnp
+
+    count_ranks, sorted_ranks, scores = _jax_kernels()
+    host_sort = jax.default_backend() == "cpu"  # NumPy's SIMD float32 sort beats XLA's on CPU
+    query_unit = _l2_normalise(query)
+    gallery_unit = jnp.asarray(_l2_normalise(gallery))
+    n_query, n_gallery = query.shape[0], gallery.shape[0]
+    chunk = chunk_size or max(1, SCORE_BLOCK_ELEMENTS // n_gallery)
+    chunk = max(1, min(chunk, n_query))
+    levels = []
+    for query_keys, gallery_keys in key_pairs:
+        n_relevant, _ = _relevant_counts(query_keys, gallery_keys, exclude_self)
+        level = {"n_relevant": n_relevant, "width": max(int(n_relevant.max()), 1),
+                 "counting": int(n_relevant.max()) <= COUNT_RANKS_UP_TO,
+                 "first": np.zeros(n_query, np.int64), "ap": np.full(n_query, np.nan)}
+        if level["counting"] or host_sort:
+            level["rel_idx"], level["rel_valid"] = _relevant_columns(query_keys, gallery_keys, exclude_self)
+        else:
+            codes = np.unique(np.concatenate([query_keys, gallery_keys]))
+            level["q_code"] = np.searchsorted(codes, query_keys).astype(np.int32)
+            level["g_code"] = jnp.asarray(np.searchsorted(codes, gallery_keys).astype(np.int32))
+        levels.append(level)
+
+    def finish(level, start, stop, ranks):
+        width = level["width"]
+        ranks = np.asarray(ranks)[: stop - start, :width].astype(np.float64)
+        n_rel = level["n_relevant"][start:stop]
+        ordinal = np.arange(1, width + 1)[None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            level["ap"][start:stop] = np.where(ordinal <= n_rel[:, None], ordinal / ranks, 0.0).sum(axis=1) / n_rel
+        level["first"][start:stop] = np.where(n_rel > 0, ranks[:, 0], 0)
+
+    for start in range(0, n_query, chunk):
+        stop = min(start + chunk, n_query)
+        pad = chunk - (stop - start)  # the last chunk is padded so every chunk has one shape
+
+        def padded(x, fill=0):
+            return np.pad(x[start:stop], [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
+
+        block = scores(padded(query_unit), gallery_unit, np.int32(start), exclude_self=exclude_self)
+        host_block = None
+        for level in levels:
+            if level["counting"]:
+                ranks = count_ranks(block, padded(level["rel_idx"]), padded(level["rel_valid"], False))
+            elif host_sort:
+                if host_block is None:
+                    host_block = np.asarray(block)[: stop - start]
+                ranks = _ranks_by_sorted_scores(host_block, level["rel_idx"][start:stop],
+                                                level["rel_valid"][start:stop])
+            else:
+                ranks = sorted_ranks(block, padded(level["q_code"], -1), level["g_code"], np.int32(start),
+                                     exclude_self=exclude_self, width=level["width"])
+            finish(level, start, stop, ranks)
+    return [(lv["first"], lv["ap"], lv["n_relevant"]) for lv in levels]
+
+
 def retrieval_metrics(
     query: Any,
     gallery: Any,
@@ -248,7 +463,7 @@ def retrieval_metrics(
     gallery_keys: Any,
     ks: Sequence[int] = (1, 5, 10),
     exclude_self: bool = False,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> dict[str, float | int]:
     """Cosine-similarity retrieval metrics (see the module docstring for conventions).
 
@@ -261,9 +476,12 @@ def retrieval_metrics(
       ks: cutoffs for ``R@k`` (hit rate at k).
       exclude_self: remove gallery item i from query i's ranking (query and
         gallery are the same set); requires ``n_query == n_gallery``.
-      chunk_size: queries scored at a time; peak memory is about
-        ``chunk_size * n_gallery * 20`` bytes (about 1 GB for a 50k gallery
-        at the default 1024).
+      chunk_size: queries scored at a time (None: as many as fit a block of
+        ``SCORE_BLOCK_ELEMENTS`` scores, 64 MB as float32). float32 inputs are
+        scored with jitted matmuls on JAX's default device, ranks counted
+        (instance level) or rows sorted (class level) per chunk; other dtypes
+        use the NumPy reference in float64 (about ``chunk_size * n_gallery *
+        20`` bytes per chunk). Both are exact.
 
     Ties are broken by a stable sort on ``-score`` (lower gallery index first).
 
@@ -278,13 +496,54 @@ def retrieval_metrics(
       ValueError: on malformed inputs, or if no query has a relevant item.
     """
     ks = _as_ks(ks)
-    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    if chunk_size is not None:
+        chunk_size = _check_positive_int("chunk_size", chunk_size)
     query, gallery, query_keys, gallery_keys = _validate_retrieval_inputs(
         query, gallery, query_keys, gallery_keys, exclude_self
     )
     first_rank, average_precision, n_relevant = _first_rank_and_ap(
         query, gallery, query_keys, gallery_keys, exclude_self, chunk_size
     )
+    return _summarise(first_rank, average_precision, n_relevant, ks, exclude_self, gallery.shape[0])
+
+
+def retrieval_metrics_by_level(
+    query: Any,
+    gallery: Any,
+    keys: dict,
+    ks: Sequence[int] = (1, 5, 10),
+    exclude_self: bool = False,
+    chunk_size: int | None = None,
+) -> dict[str, dict[str, float | int]]:
+    """:func:`retrieval_metrics` for several relevance levels of one query/gallery pair at the
+    cost of one: the scores are computed once per chunk and ranked for every level.
+
+    Args:
+      keys: {level: (query_keys [n_query], gallery_keys [n_gallery])}, e.g.
+        {"instance": (ids_q, ids_g), "class": (labels_q, labels_g)}.
+      Others as :func:`retrieval_metrics`.
+
+    Returns:
+      {level: the dict :func:`retrieval_metrics` returns}, equal to calling it per level.
+    """
+    ks = _as_ks(ks)
+    if chunk_size is not None:
+        chunk_size = _check_positive_int("chunk_size", chunk_size)
+    checked = {}
+    for level, (query_keys, gallery_keys) in keys.items():
+        if not checked:  # the embeddings are checked once
+            q, g, qk, gk = _validate_retrieval_inputs(query, gallery, query_keys, gallery_keys, exclude_self)
+        else:
+            qk = _as_keys(f"{level} query_keys", query_keys, q.shape[0], "query")
+            gk = _as_keys(f"{level} gallery_keys", gallery_keys, g.shape[0], "gallery")
+        checked[level] = (qk, gk)
+    if not checked:
+        return {}
+    parts = _first_rank_and_ap_levels(q, g, list(checked.values()), exclude_self, chunk_size)
+    return {level: _summarise(*part, ks, exclude_self, g.shape[0]) for level, part in zip(checked, parts)}
+
+
+def _summarise(first_rank, average_precision, n_relevant, ks, exclude_self, n_gallery):
     kept = n_relevant > 0
     n_kept = int(kept.sum())
     if n_kept == 0:
@@ -301,8 +560,8 @@ def retrieval_metrics(
     result["median_rank"] = float(np.median(ranks))
     result["mean_rank"] = float(np.mean(ranks))
     result["n_queries"] = n_kept
-    result["n_skipped"] = int(query.shape[0] - n_kept)
-    result["n_gallery"] = int(gallery.shape[0])
+    result["n_skipped"] = int(n_relevant.shape[0] - n_kept)
+    result["n_gallery"] = int(n_gallery)
     return result
 
 
@@ -313,7 +572,7 @@ def recall_at_k_curve(
     gallery_keys: Any,
     max_k: int = 50,
     exclude_self: bool = False,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> np.ndarray:
     """Hit rate ``R@k`` for ``k = 1..max_k`` (same conventions as :func:`retrieval_metrics`).
 
@@ -326,7 +585,8 @@ def recall_at_k_curve(
       with a relevant item in the top k; non-decreasing.
     """
     max_k = _check_positive_int("max_k", max_k)
-    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    if chunk_size is not None:
+        chunk_size = _check_positive_int("chunk_size", chunk_size)
     query, gallery, query_keys, gallery_keys = _validate_retrieval_inputs(
         query, gallery, query_keys, gallery_keys, exclude_self
     )

@@ -42,6 +42,7 @@ class EvalOptions:
   silhouette_sample: int = 500
   projection_points: int = 400
   reconstruction_rows: int = 2000
+  max_queries: int = 0                 # retrieval: at most this many query rows per route (0: all)
   seed: int = 0
   plot_dpi: int = 120                  # raster figures; PDF/SVG are vector
   plot_formats: tuple[str, ...] = ("png",)   # also ("png", "pdf") or ("png", "svg") for papers
@@ -57,7 +58,7 @@ class EvalOptions:
                   extra_routes=paths, cycle_length=int(ev.get("cycle_length", 3)),
                   path_hops=int(ev.get("path_hops", 3)), seed=int(config.get("seed", 0) or 0),
                   plot_dpi=int(ev.get("plot_dpi", 120)), plot_formats=_formats(ev.get("plot_formats", "png")),
-                  tables=_names(ev.get("tables", "")))
+                  tables=_names(ev.get("tables", "")), max_queries=int(ev.get("max_queries", 0) or 0))
     return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -103,6 +104,14 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
   warning = split_warning(dataset, split)
   if warning:
     summary["split_warning"] = warning
+  rows = summary.get("rows", [])
+  sampled = [r for r in rows if r.get("queries_sampled")]
+  if sampled:
+    summary["query_sampling"] = (
+        f"retrieval scored a seeded sample of at most {options.max_queries} query rows per route "
+        f"(eval.max_queries) against the whole gallery, in {len(sampled)} of {len(rows)} rows "
+        f"(up to {max(r['query_rows'] for r in sampled)} query rows available); set eval.max_queries=0 "
+        "to score every query")
   projection = None
   if len(dataset.names) > 1:
     space = eval_lib.hub_modality(dataset)
@@ -310,6 +319,8 @@ def run_report(aligner: eval_lib.Aligner, dataset, out_dir: str | None,
   log("\n" + console_summary(report.summary))
   if report.summary.get("split_warning"):
     log(f"WARNING: {report.summary['split_warning']}")
+  if report.summary.get("query_sampling"):
+    log(f"note: {report.summary['query_sampling']}")
   if out_dir:
     title = f"{os.path.basename(os.path.normpath(dataset.source))}, {aligner.name}"
     written = write_report(report, out_dir, title, dataset.names, metrics_rows, plots, options.seed,

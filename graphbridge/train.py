@@ -274,15 +274,20 @@ def make_step_fn(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite:
     grad_norms = per_edge_grad_norms(grads["edges"])
     if lowp:
       grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state["params"])
-    updates, new_opt = tx.update(grads, state["opt"], state["params"])
-    new_params = optax.apply_updates(state["params"], updates)
     terms_finite = {k: jnp.isfinite(v) for k, v in aux["terms"].items()}
     grads_finite = {k: jnp.isfinite(v) for k, v in grad_norms.items()}
     finite = jnp.isfinite(total) & jnp.all(jnp.asarray(
         [jnp.all(v) for v in list(terms_finite.values()) + list(grads_finite.values())]))
+
+    def update(params, opt):
+      updates, new_opt = tx.update(grads, opt, params)
+      return optax.apply_updates(params, updates), new_opt
+
     if skip_nonfinite:  # a bad step leaves params and optimizer untouched; the host stops the run
-      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-      new_params, new_opt = keep(new_params, state["params"]), keep(new_opt, state["opt"])
+      # one branch runs: no select pass over params and optimizer state on good steps
+      new_params, new_opt = jax.lax.cond(finite, update, lambda p, o: (p, o), state["params"], state["opt"])
+    else:
+      new_params, new_opt = update(state["params"], state["opt"])
     health = state["health"]
     first_bad = (health["bad_step"] < 0) & ~finite
     health = {

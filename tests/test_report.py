@@ -153,3 +153,36 @@ def test_retrieval_matrix():
     values, chance = report_lib.retrieval_matrix(rows, ["a", "b"], "class")
     np.testing.assert_array_equal(values, [[np.nan, 0.5], [0.7, np.nan]])
     np.testing.assert_array_equal(chance, [[np.nan, 0.1], [0.2, np.nan]])
+
+
+def test_max_queries_samples_queries_and_says_so(digits_run, tmp_path):
+    """eval.max_queries scores a seeded sample of query rows against the whole gallery, and the
+    report (json, md, console) says so; 0 scores every row."""
+    config, result, _ = digits_run
+    setup = result.setup
+    aligner = eval_lib.GraphAligner(setup.layout, result.params, setup.compute_dtype)
+    dataset = result.dataset
+    full = eval_lib.retrieval_rows(aligner, dataset)
+    sampled = eval_lib.retrieval_rows(aligner, dataset, max_queries=40, seed=0)
+    again = eval_lib.retrieval_rows(aligner, dataset, max_queries=40, seed=0)
+    assert sampled == again  # deterministic
+    for f, s in zip(full, sampled):
+        assert "queries_sampled" not in f
+        assert s["queries_sampled"] and s["query_rows"] == f["n_queries"] + f["n_skipped"] > 40
+        assert s["n_queries"] + s["n_skipped"] == 40 and s["n_gallery"] == f["n_gallery"]
+    with pytest.raises(ValueError, match="max_queries"):
+        eval_lib.retrieval_rows(aligner, dataset, max_queries=-1)
+    options = report_lib.EvalOptions.from_config(config)
+    assert options.max_queries == 0
+    config = config.copy_and_resolve_references()
+    config.eval.max_queries = 40
+    options = report_lib.EvalOptions.from_config(config)
+    lines = []
+    summary = report_lib.run_report(aligner, dataset, str(tmp_path), options=options, plots=False,
+                                    log=lines.append)
+    assert "eval.max_queries" in summary["query_sampling"]
+    assert any("eval.max_queries" in line for line in lines)
+    with open(tmp_path / "report.md") as f:
+        assert "eval.max_queries" in f.read()
+    with open(tmp_path / "report.json") as f:
+        assert all(r["queries_sampled"] for r in json.load(f)["rows"])
