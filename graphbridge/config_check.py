@@ -14,7 +14,7 @@ from graphbridge.graph import Edge, GraphError
 
 # choices read by the library; kept here so the messages list them
 CHOICES = {
-    "strategy": ("graph", "pivot", "pairwise", "cmcr"),
+    "strategy": ("graph", "pivot", "pairwise", "cmcr", "dmvae"),
     "optim.name": ("adam", "adamw", "sgd"),
     "model.activation": ("gelu", "gelu_exact", "relu", "silu", "tanh"),
     "model.compute_dtype": ("float32", "bfloat16", "float16"),

@@ -42,6 +42,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   run = strat_lib.run_strategy(config, dataset, workdir, log=log)
   if workdir and sum(r.steps_run for r in run.results) == 0:
     log(nothing_trained_message(workdir, train_lib.total_steps(config)))
+  if config.strategy == "dmvae":  # its own aligner: retrieval in the shared latent and by translation
+    from graphbridge import dmvae
+    report = dmvae.report_run(run, config, dataset, workdir, log=log, plots=plots)
+    log(f"total {time.perf_counter() - t0:.1f}s")
+    return report
   result = run.result
   setup = result.setup
   aligner = eval_lib.GraphAligner(setup.layout, result.params, setup.compute_dtype, name=config.strategy)

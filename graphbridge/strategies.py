@@ -13,6 +13,9 @@ objective:
 * cmcr      C-MCR: two contrastive spaces sharing a modality (built CLIP-style from the raw
             embeddings in stage 1, then frozen) connected through a common space (stage 2, see
             cmcr.py).
+* dmvae     the private-shared disentangled multimodal VAE (Lee & Pavlovic 2021): per-modality
+            encoders/decoders around a shared latent (product of experts); not a translator
+            graph, so it has its own model, step, checkpoint items and aligner (dmvae.py).
 
 Post-hoc alignment (centering, Procrustes, CCA) wraps any strategy's aligner; linear baselines
 (ridge and CCA, through the pivot where two modalities were never paired) give references.
@@ -38,7 +41,7 @@ from graphbridge.evaluate import GraphAligner as TranslatorAligner
 from graphbridge.routes import parse_route
 from graphbridge.translators import EdgeLayout, init_params
 
-STRATEGIES = ("graph", "pivot", "pairwise", "cmcr")
+STRATEGIES = ("graph", "pivot", "pairwise", "cmcr", "dmvae")
 POSTHOC = ("none", "center", "procrustes", "cca")
 SHARED_NODE = "shared"
 
@@ -176,6 +179,9 @@ def run_strategy(config: ml_collections.ConfigDict, dataset: Dataset, workdir: s
                  log: Callable[[str], None] = print) -> StrategyRun:
   """Train `config.strategy` on `dataset` (checkpoints under workdir) and return its aligner."""
   strategy = check_strategy(config.strategy)
+  if strategy == "dmvae":  # not a translator graph: its own model, step and aligner (dmvae.py)
+    from graphbridge import dmvae
+    return dmvae.run_strategy(config, dataset, workdir, log=log)
   t0 = time.perf_counter()
   seed = int(config.seed)
   if strategy == "graph":
