@@ -215,36 +215,41 @@ def row_losses(spec: DMVAESpec, params: Mapping, xs: Mapping[str, jax.Array], pr
   xs: {m: [B, d_m]} (any values where m is missing); present: {m: [B]} 1.0 / 0.0. A row with one
   present modality gets the unimodal ELBO; with several, the joint (product-of-experts) ELBO plus
   one ELBO per present modality's own shared latent reconstructing every present modality.
-  Returns (loss [B], {"recon", "cross", "kl": [B]})."""
+  Each encoder and decoder is applied once (the shared latents are stacked), so the program stays
+  small however many terms there are. Returns (loss [B], {"recon", "cross", "kl": [B]})."""
   names = list(xs)
-  keys = jax.random.split(key, 2 * len(names) + 1)
+  n = len(names)
+  keys = jax.random.split(key, n + 1)
   enc = {m: encode(spec, params, m, xs[m]) for m in names}
-  mask = {m: present[m].astype(jnp.float32) for m in names}
+  mask = jnp.stack([present[m].astype(jnp.float32) for m in names])               # [M, B]
   z_private = {m: _sample(keys[i], *enc[m][0]) for i, m in enumerate(names)}
-  kl_private = sum(mask[m] * gaussian_kl(*enc[m][0]) for m in names)
-  n_present = sum(mask[m] for m in names)
-
-  def reconstruct(z_shared):
-    """{m: [B]} negative log-likelihood of every present modality decoded from one shared latent."""
-    return {m: mask[m] * vmf_nll(decode(spec, params, m, z_private[m], z_shared), xs[m], spec.kappa_for(m))
-            for m in names}
-
-  recon = jnp.zeros_like(n_present)
-  cross = jnp.zeros_like(n_present)
-  kl = jnp.zeros_like(n_present)
-  if len(names) > 1:  # joint ELBO (rows with one modality: identical to the unimodal one, counted once)
-    joint = (n_present >= 2).astype(jnp.float32)
-    mu, logvar = product_of_experts(jnp.stack([enc[m][1][0] for m in names]),
-                                    jnp.stack([enc[m][1][1] for m in names]), jnp.stack([mask[m] for m in names]))
-    terms = reconstruct(_sample(keys[-1], mu, logvar))
-    recon += joint * sum(terms.values())
-    kl += joint * (kl_private + gaussian_kl(mu, logvar))
-  for i, a in enumerate(names):
-    mu, logvar = product_of_experts(enc[a][1][0][None], enc[a][1][1][None], mask[a][None])
-    terms = reconstruct(_sample(keys[len(names) + i], mu, logvar))
-    recon += mask[a] * terms[a]
-    cross += mask[a] * sum(terms[m] for m in names if m != a)
-    kl += mask[a] * (kl_private + gaussian_kl(mu, logvar))
+  kl_private = sum(mask[i] * gaussian_kl(*enc[m][0]) for i, m in enumerate(names))
+  mu_s = jnp.stack([enc[m][1][0] for m in names])                                  # [M, B, S]
+  logvar_s = jnp.stack([enc[m][1][1] for m in names])
+  # shared posteriors: row 0 the joint product of experts, row 1 + i modality i's own (with the prior)
+  joint_mu, joint_logvar = product_of_experts(mu_s, logvar_s, mask)
+  own_mu, own_logvar = jax.vmap(lambda mu, lv, mk: product_of_experts(mu[None], lv[None], mk[None]))(
+      mu_s, logvar_s, mask)
+  post_mu = jnp.concatenate([joint_mu[None], own_mu])                              # [1 + M, B, S]
+  post_logvar = jnp.concatenate([joint_logvar[None], own_logvar])
+  z_shared = _sample(keys[-1], post_mu, post_logvar)
+  kl_shared = gaussian_kl(post_mu, post_logvar)                                    # [1 + M, B]
+  # nll[i, j]: modality i decoded from shared latent j (0 = joint, 1 + k = modality k's own)
+  nll = []
+  for i, m in enumerate(names):
+    zp = jnp.broadcast_to(z_private[m], (n + 1,) + z_private[m].shape)
+    y = decode(spec, params, m, zp.reshape(-1, zp.shape[-1]), z_shared.reshape(-1, z_shared.shape[-1]))
+    x = jnp.broadcast_to(xs[m], (n + 1,) + xs[m].shape).reshape(-1, xs[m].shape[-1])
+    nll.append(mask[i] * vmf_nll(y, x, spec.kappa_for(m)).reshape(n + 1, -1))
+  nll = jnp.stack(nll)                                                             # [M, 1 + M, B]
+  n_present = jnp.sum(mask, axis=0)
+  # the joint ELBO of a row with one modality equals its unimodal one: counted once
+  joint = (n_present >= 2).astype(jnp.float32) if n > 1 else jnp.zeros_like(n_present)
+  own = nll[jnp.arange(n), 1 + jnp.arange(n)]                                      # [M, B] self terms
+  from_source = jnp.sum(nll[:, 1:], axis=0)                                        # [M, B] all targets
+  recon = joint * jnp.sum(nll[:, 0], axis=0) + jnp.sum(mask * own, axis=0)
+  cross = jnp.sum(mask * (from_source - own), axis=0)
+  kl = joint * (kl_private + kl_shared[0]) + jnp.sum(mask * (kl_private[None] + kl_shared[1:]), axis=0)
   loss = recon + cross_weight * cross + kl
   return loss, {"recon": recon, "cross": cross, "kl": kl}
 
@@ -294,22 +299,36 @@ def sampler_arrays(dataset: data_lib.Dataset, groups: Sequence[Group]) -> dict:
 # ---- training ----------------------------------------------------------------------------------
 
 def make_loss_fn(spec: DMVAESpec, groups: Sequence[Group], batch_size: int, cross_weight: float):
-  """loss(trainable, frozen, arrays, key) -> (scalar, metrics). Rows are sampled inside."""
+  """loss(trainable, frozen, arrays, key) -> (scalar, metrics).
+
+  batch_size rows of every group are sampled inside and put into one batch of rows with presence
+  masks (a modality missing from a group's rows is masked), so each module runs once per step."""
+  names = sorted({m for g in groups for m in g.modalities}, key=spec.names.index)
+
   def loss_fn(trainable, frozen, arrays, key):
     params = {**frozen, **trainable}
-    total = 0.0
-    metrics = {}
+    k_rows, k_model = jax.random.split(key)
+    xs = {m: [] for m in names}
+    present = {m: [] for m in names}
     for i, g in enumerate(groups):  # a trace-time loop: one fused program
-      k_rows, k_model = jax.random.split(jax.random.fold_in(key, i))
       index = arrays["index"][g.key]
-      pick = index[jax.random.randint(k_rows, (batch_size,), 0, index.shape[0])]
-      xs = {m: arrays["emb"][m][pick[:, j]] for j, m in enumerate(g.modalities)}
-      present = {m: jnp.ones((batch_size,), jnp.float32) for m in g.modalities}
-      loss, parts = row_losses(spec, params, xs, present, k_model, cross_weight)
-      total = total + g.weight * jnp.mean(loss)
-      for name, value in parts.items():
-        metrics[f"loss/{name}"] = metrics.get(f"loss/{name}", 0.0) + g.weight * jnp.mean(value)
-      metrics[f"loss/group/{'+'.join(g.modalities)}"] = jnp.mean(loss)
+      pick = index[jax.random.randint(jax.random.fold_in(k_rows, i), (batch_size,), 0, index.shape[0])]
+      for m in names:
+        if m in g.modalities:
+          xs[m].append(arrays["emb"][m][pick[:, g.modalities.index(m)]])
+          present[m].append(jnp.ones((batch_size,), jnp.float32))
+        else:
+          xs[m].append(jnp.zeros((batch_size, arrays["emb"][m].shape[1]), arrays["emb"][m].dtype))
+          present[m].append(jnp.zeros((batch_size,), jnp.float32))
+    xs = {m: jnp.concatenate(v) for m, v in xs.items()}
+    present = {m: jnp.concatenate(v) for m, v in present.items()}
+    loss, parts = row_losses(spec, params, xs, present, k_model, cross_weight)
+    weights = jnp.repeat(jnp.asarray([g.weight for g in groups], jnp.float32), batch_size)
+    # mean over each group's rows, summed over groups (weighted)
+    metrics = {f"loss/{k}": jnp.sum(weights * v) / batch_size for k, v in parts.items()}
+    for i, g in enumerate(groups):
+      metrics[f"loss/group/{'+'.join(g.modalities)}"] = jnp.mean(loss[i * batch_size:(i + 1) * batch_size])
+    total = jnp.sum(weights * loss) / batch_size
     metrics["loss/total"] = total
     return total, metrics
   return loss_fn
@@ -327,14 +346,30 @@ def make_step(spec: DMVAESpec, tx: optax.GradientTransformation, groups: Sequenc
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], frozen, arrays, key)
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return {"params": keep(params, state["params"]), "opt": keep(opt, state["opt"]),
             "step": state["step"] + 1, "key": state["key"]}, metrics
 
   return jax.jit(step, donate_argnums=0)
+
+
+def _optimizer_key(config) -> str:
+  """What train.make_optimizer reads, as a hashable key (runs that share it share one compiled step)."""
+  return json.dumps({"optim": config.optim.to_dict(), "train_steps": int(config.train.steps),
+                     "finetune": config.finetune.to_dict()}, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_step(spec: DMVAESpec, groups: tuple[Group, ...], batch_size: int, cross_weight: float,
+                 optimizer_key: str) -> Callable:
+  """make_step for a config's optimizer; seeds and repeated runs (compare, tests) compile once."""
+  from graphbridge import train as train_lib
+  config = ml_collections.ConfigDict(json.loads(optimizer_key))
+  config.train = ml_collections.ConfigDict({"steps": config.train_steps})
+  return make_step(spec, train_lib.make_optimizer(config), groups, batch_size, cross_weight)
 
 
 def _split_by_module(tree: PyTree, modules: Sequence[str]) -> tuple[dict, dict]:
@@ -461,7 +496,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
       state, start = _restore_state(checkpoints, step, state, modules), step
       log(f"resumed from checkpoint step {start} in {checkpoints.directory}")
   arrays = jax.device_put(sampler_arrays(dataset, groups))
-  step_fn = make_step(spec, tx, groups, int(config.data.batch_size), float(cfg.cross_weight))
+  step_fn = _cached_step(spec, tuple(groups), int(config.data.batch_size), float(cfg.cross_weight),
+                         _optimizer_key(config))
   writer = train_lib.MetricWriter(os.path.join(workdir, "metrics.jsonl") if workdir else None)
   lr_at = train_lib.learning_rate_schedule(config)
   log(f"dmvae: modalities {', '.join(f'{m}[{d}]' for m, d in spec.dims)}; shared {spec.shared_dim}, private "

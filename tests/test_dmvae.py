@@ -14,6 +14,7 @@ from graphbridge import data as data_lib
 from graphbridge import dmvae
 from graphbridge import evaluate as eval_lib
 from graphbridge import graft as graft_lib
+from graphbridge import train as train_lib
 
 from conftest import load_config_module, make_synthetic_arrays
 
@@ -135,7 +136,6 @@ def test_rows_with_missing_modalities_train():
     arrays["pairs_audio__text"] = audio_pairs[audio_pairs[:, 0] % 2 == 0]
     dataset = data_lib.from_arrays(arrays, source="<partly paired>")
     config = tiny_config(steps=60)
-    config.optim.lr = 1e-2
     result = dmvae.train(config, None, dataset, log=quiet)
     groups = [g.modalities for g in dmvae.training_groups(dataset, dataset.names, 1.0, quiet)]
     assert ("image",) in groups and ("audio",) in groups
@@ -158,7 +158,8 @@ def digits():
 
 @pytest.fixture(scope="module")
 def digits_run(digits, tmp_path_factory):
-    config = tiny_config(steps=60)
+    config = tiny_config(steps=120)
+    config.train.log_every = 10
     workdir = str(tmp_path_factory.mktemp("dmvae_digits"))
     result = dmvae.train(config, workdir, digits, log=quiet)
     return config, workdir, result
@@ -173,9 +174,7 @@ def test_elbo_falls_on_digits(digits, digits_run):
     before = float(loss_fn(dmvae.init_params(result.spec, int(config.seed)), {}, arrays, key)[0])
     after = float(loss_fn(result.params, {}, arrays, key)[0])
     assert after < 0.9 * before, (before, after)
-    curve = [r["loss/total"] for r in
-             __import__("graphbridge.train", fromlist=["x"]).read_metrics(
-                 os.path.join(digits_run[1], "metrics.jsonl"))]
+    curve = [r["loss/total"] for r in train_lib.read_metrics(os.path.join(digits_run[1], "metrics.jsonl"))]
     assert len(curve) == 12 and curve[-1] < curve[0]
 
 
@@ -186,11 +185,11 @@ def test_zero_shot_retrieval_through_shared_latent_on_tiny_digits(digits, digits
     assert {r["route"] for r in rows} == {"image->shared<-audio", "audio->shared<-image"}
     for r in rows:
         assert r["hops"] == 2
-        assert r["mAP"] > r["chance_mAP"] + 0.1, r
+        assert r["mAP"] > 2 * r["chance_mAP"] + 0.05, r
     translated = eval_lib.retrieval_rows(dmvae.DMVAEAligner(result.spec, result.params, mode="translate"),
                                          digits, split="test", pairs=[("image", "audio")])
     assert translated[0]["route"] == "image->shared->audio"
-    assert translated[0]["mAP"] > translated[0]["chance_mAP"]
+    assert translated[0]["mAP"] > translated[0]["chance_mAP"] + 0.1, translated[0]
 
 
 def test_checkpoint_round_trip(digits, digits_run):
@@ -215,16 +214,14 @@ def test_resume_continues_bit_identically(tmp_path):
     dataset = synthetic()
     config = tiny_config(steps=20)
     config.train.checkpoint_every = 10
-    straight = dmvae.train(config, str(tmp_path / "straight"), dataset, log=quiet)
-    half = tiny_config(steps=20)
-    half.train.checkpoint_every = 10
-    half.train.steps = 10
-    # a 10-step run has another lr schedule; resume must use the 20-step one, so stop via the checkpoint
-    dmvae.train(config, str(tmp_path / "resumed"), dataset, log=quiet)
+    workdir = str(tmp_path / "run")
+    straight = dmvae.train(config, workdir, dataset, log=quiet)
+    # as if stopped after step 10: without the final checkpoint, training again resumes from step 10
     import shutil
-    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "20")
-    resumed = dmvae.train(config, str(tmp_path / "resumed"), dataset, log=quiet)
-    assert resumed.steps_run == 10
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "20"))
+    messages = []
+    resumed = dmvae.train(config, workdir, dataset, log=messages.append)
+    assert resumed.steps_run == 10 and any("resumed from checkpoint step 10" in m for m in messages)
     for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -244,7 +241,6 @@ def _tree_hashes(root: str) -> dict[str, str]:
 def test_graft_trains_new_modality_and_leaves_old_modules_byte_identical(tmp_path):
     dataset = synthetic()
     config = tiny_config(steps=40)
-    config.optim.lr = 1e-2
     old_dir, new_dir = str(tmp_path / "old"), str(tmp_path / "new")
     base = dmvae.train(config, old_dir, graft_lib.subset_modalities(dataset, ["image", "text"]), log=quiet)
     before = _tree_hashes(old_dir)
