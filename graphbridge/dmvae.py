@@ -711,7 +711,8 @@ def graph_summary(spec: DMVAESpec) -> dict:
 
 
 def report_run(run: DMVAERun, config, dataset: data_lib.Dataset, workdir: str | None,
-               log: Callable[[str], None] = print, plots: bool = True, before: DMVAEAligner | None = None) -> dict:
+               log: Callable[[str], None] = print, plots: bool = True, before: DMVAEAligner | None = None,
+               metrics_dir: str | None = None) -> dict:
   """report.{json,md}: default routes compare in the shared latent; the translation routes
   a->shared->b are added as named routes (rows with named_route=True)."""
   from graphbridge import report as report_lib
@@ -726,9 +727,38 @@ def report_run(run: DMVAERun, config, dataset: data_lib.Dataset, workdir: str | 
                        "compile_seconds": sum(r.compile_seconds for r in run.results),
                        "steps": sum(r.steps_run for r in run.results)},
             "final_losses": result.final_metrics}
-  metrics_rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl")) if workdir else []
+  metrics_dir = metrics_dir or workdir
+  metrics_rows = train_lib.read_metrics(os.path.join(metrics_dir, "metrics.jsonl")) if metrics_dir else []
   return report_lib.run_report(run.aligner, dataset, workdir or None, before or run.init_aligner, options,
                                header, metrics_rows, plots=plots, log=log)
+
+
+def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str] = (), split: str | None = None,
+                     out: str | None = None, step: int | None = None, plots: bool = True,
+                     log: Callable[[str], None] = print, plot_dpi: int | None = None,
+                     plot_formats: Sequence[str] | None = None) -> dict:
+  """report.evaluate_workdir for a DMVAE run: restore every module and write the report."""
+  loaded = load(workdir, step)
+  config = ml_collections.ConfigDict(loaded.meta["config"])
+  source = data or config.data.get("path") or config.data.get("name") or loaded.meta["data"]["source"]
+  dataset = data_lib.load_named(source)
+  for m, d in loaded.spec.dims:
+    if dataset.dims.get(m) != d:
+      raise DMVAEError(f"{source}: modality {m} has dim {dataset.dims.get(m)}, the DMVAE in {workdir} expects {d}")
+  if loaded.meta["data"].get("fingerprint") != dataset.fingerprint():
+    log(f"note: {dataset.source} is not the data this run was trained on; evaluating anyway")
+  if split:
+    config.eval.split = split
+  if plot_dpi:
+    config.eval.plot_dpi = int(plot_dpi)
+  if plot_formats:
+    config.eval.plot_formats = ",".join(plot_formats)
+  config.eval.paths = ",".join(paths) if paths else config.eval.get("paths", "")
+  result = DMVAEResult(loaded.spec, loaded.params, {"step": loaded.step}, 0, 0.0, 0.0, {}, ())
+  run = DMVAERun(KIND, DMVAEAligner(loaded.spec, loaded.params),
+                 DMVAEAligner(loaded.spec, init_params(loaded.spec, int(config.seed))), [result], 0.0)
+  log(f"run: {workdir} step {loaded.step}; data: {dataset.source}\n{dataset.summary()}")
+  return report_run(run, config, dataset, out or workdir, log=log, plots=plots, metrics_dir=workdir)
 
 
 # ---- grafting ----------------------------------------------------------------------------------
