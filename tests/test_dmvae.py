@@ -260,3 +260,25 @@ def test_graft_trains_new_modality_and_leaves_old_modules_byte_identical(tmp_pat
                                    pairs=[("audio", "text"), ("audio", "image")])
     for r in rows:
         assert r["mAP"] > r["chance_mAP"] + 0.15, r
+
+
+# ---- the pipeline ------------------------------------------------------------------------------
+
+def test_pipeline_reports_shared_and_translation_routes_and_evaluates_workdir(tmp_path):
+    from graphbridge import experiment
+    from graphbridge import report as report_lib
+    path = str(tmp_path / "tri.npz")
+    synthetic().save(path)
+    config = tiny_config(steps=20)
+    config.data.path = path
+    workdir = str(tmp_path / "run")
+    summary = experiment.train_and_evaluate(config, workdir, log=quiet, plots=False)
+    assert summary["strategy"] == "dmvae" and summary["step"] == 20
+    routes = {(r["route"], r["named_route"]) for r in summary["rows"]}
+    assert ("image->shared<-audio", False) in routes and ("image->shared->audio", True) in routes
+    assert len(routes) == 12   # 6 ordered pairs, each in the shared latent and by translation
+    assert os.path.exists(os.path.join(workdir, "report.md"))
+    again = report_lib.evaluate_workdir(workdir, out=str(tmp_path / "eval"), plots=False, log=quiet)
+    before = {(r["route"], r["level"]): r["mAP"] for r in summary["rows"]}
+    after = {(r["route"], r["level"]): r["mAP"] for r in again["rows"]}
+    assert after == pytest.approx(before, abs=1e-6)
