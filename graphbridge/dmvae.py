@@ -208,8 +208,8 @@ def _sample(key, mu, logvar):
   return mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
 
 
-def row_losses(spec: DMVAESpec, params: Mapping, xs: Mapping[str, jax.Array], present: Mapping[str, jax.Array],
-               key: jax.Array, cross_weight: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+def row_losses(spec: DMVAESpec, params: Mapping, xs: Mapping[str, jax.Array],
+               present: Mapping[str, jax.Array], key: jax.Array, cross_weight: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Negative DMVAE ELBO per row for rows that hold some of the modalities in `xs`.
 
   xs: {m: [B, d_m]} (any values where m is missing); present: {m: [B]} 1.0 / 0.0. A row with one
@@ -401,11 +401,13 @@ def _merge_by_module(template: PyTree, per: Mapping, shared: Mapping, modules: S
       value = (np.asarray(ckpt_lib._get_nested(shared, keys or ["value"])) if hit is None else
                np.asarray(ckpt_lib._get_nested(per[keys[hit]], keys[:hit] + keys[hit + 1:] or ["value"])))
     except KeyError as exc:
-      raise ckpt_lib.CheckpointMismatchError(f"dmvae checkpoint lacks {'/'.join(keys)} ({exc}); it was written "
-                                             "for another model or optimizer") from None
+      raise ckpt_lib.CheckpointMismatchError(
+          f"dmvae checkpoint lacks {'/'.join(keys)} ({exc}); it was written for another model or optimizer"
+      ) from None
     if value.shape != np.shape(leaf):
-      raise ckpt_lib.CheckpointMismatchError(f"dmvae checkpoint array {'/'.join(keys)} has shape {value.shape}, "
-                                             f"expected {np.shape(leaf)} (another model size?)")
+      raise ckpt_lib.CheckpointMismatchError(
+          f"dmvae checkpoint array {'/'.join(keys)} has shape {value.shape}, expected {np.shape(leaf)} "
+          "(another model size?)")
     leaves.append(value.astype(np.asarray(leaf).dtype))
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
@@ -424,11 +426,12 @@ def _state_items(state: Mapping, modules: Sequence[str]) -> tuple[dict, dict]:
   return items, train
 
 
-def _restore_state(checkpoints: ckpt_lib.Checkpoints, step: int, template: Mapping, modules: Sequence[str]) -> dict:
+def _restore_state(checkpoints: ckpt_lib.Checkpoints, step: int, template: Mapping,
+                   modules: Sequence[str]) -> dict:
   per = {m: checkpoints.restore_item(step, item_name(m)) for m in modules}
   train = checkpoints.restore_train(step)
-  params = _merge_by_module({m: template["params"][m] for m in modules}, {m: per[m]["params"] for m in modules},
-                            {}, modules)
+  params = _merge_by_module({m: template["params"][m] for m in modules},
+                            {m: per[m]["params"] for m in modules}, {}, modules)
   opt = _merge_by_module(template["opt"], {m: per[m].get("opt", {}) for m in modules}, train.get("opt", {}),
                          modules)
   return {"params": params, "opt": opt, "step": jnp.asarray(train["step"], jnp.int32),
@@ -524,7 +527,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not np.isfinite(values["loss/total"]):
           raise train_lib.NonFiniteError(f"dmvae: loss is {values['loss/total']} at step {done} "
-                                         "(lower optim.lr or raise dmvae.kappa's stability)")
+                                         "(lower optim.lr; docs/dmvae.md)")
         now = time.perf_counter()
         rate = (done - last) / max(now - t_last, 1e-9) if done > last else float("nan")
         t_last, last = now, done
@@ -733,8 +736,8 @@ def report_run(run: DMVAERun, config, dataset: data_lib.Dataset, workdir: str | 
                                header, metrics_rows, plots=plots, log=log)
 
 
-def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str] = (), split: str | None = None,
-                     out: str | None = None, step: int | None = None, plots: bool = True,
+def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str] = (),
+                     split: str | None = None, out: str | None = None, step: int | None = None, plots: bool = True,
                      log: Callable[[str], None] = print, plot_dpi: int | None = None,
                      plot_formats: Sequence[str] | None = None) -> dict:
   """report.evaluate_workdir for a DMVAE run: restore every module and write the report."""
@@ -744,7 +747,8 @@ def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str]
   dataset = data_lib.load_named(source)
   for m, d in loaded.spec.dims:
     if dataset.dims.get(m) != d:
-      raise DMVAEError(f"{source}: modality {m} has dim {dataset.dims.get(m)}, the DMVAE in {workdir} expects {d}")
+      raise DMVAEError(f"{source}: modality {m} has dim {dataset.dims.get(m)}, the DMVAE in {workdir} "
+                       f"expects {d}")
   if loaded.meta["data"].get("fingerprint") != dataset.fingerprint():
     log(f"note: {dataset.source} is not the data this run was trained on; evaluating anyway")
   if split:
@@ -805,7 +809,8 @@ def graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: str, da
                      f"({', '.join(old.spec.names)}); nothing to graft")
   spec = old.spec.with_modalities({**dict(old.spec.dims), **{m: dataset.dims[m] for m in new}})
   log(f"dmvae graft: new {', '.join(new)} against frozen {', '.join(old.spec.names)} (step {old.step})")
-  result = train(config, workdir, dataset, log=log, frozen_params=old.params, frozen_from=old.step_dir, spec=spec)
+  result = train(config, workdir, dataset, log=log, frozen_params=old.params, frozen_from=old.step_dir,
+                 spec=spec)
   grafted = load(workdir)
   digests = {}
   for m in old.spec.modules():

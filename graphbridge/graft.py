@@ -341,11 +341,11 @@ def graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: str,
     _check_config(config, ("dmvae",))
     config = copy.deepcopy(config)
     config.eval.paths = ""  # graph routes; the DMVAE report adds its own translation routes
-    dataset = dataset if dataset is not None else data_lib.load_named(config.data.get("path") or config.data.name)
+    if dataset is None:
+      dataset = data_lib.load_named(config.data.get("path") or config.data.name)
     keep = list(dmvae.load(from_workdir).spec.names) + [str(_graft_block(config).get("modality", ""))]
-    result = dmvae.graft(config, from_workdir, workdir, subset_modalities(dataset, [m for m in dataset.names
-                                                                                      if m in keep]),
-                         log=log, report=report, plots=plots)
+    dataset = subset_modalities(dataset, [m for m in dataset.names if m in keep])
+    result = dmvae.graft(config, from_workdir, workdir, dataset, log=log, report=report, plots=plots)
     log(f"graft total {time.perf_counter() - t0:.1f}s")
     return result
   plan = plan_graft(config, from_workdir, workdir, dataset, log=log)
