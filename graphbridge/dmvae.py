@@ -692,6 +692,11 @@ class DMVAERun:
   def result(self) -> DMVAEResult:
     return self.results[-1]
 
+  def report(self, config, dataset: data_lib.Dataset, workdir: str | None, log: Callable[[str], None] = print,
+             plots: bool = True) -> dict:
+    """report.{json,md} of this run (report_run); experiment.train_and_evaluate calls it."""
+    return report_run(self, config, dataset, workdir, log=log, plots=plots)
+
   @property
   def aligners(self) -> list[DMVAEAligner]:
     return [self.aligner, dataclasses.replace(self.aligner, name=f"{self.aligner.name}-translate",
@@ -707,6 +712,18 @@ def run_strategy(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, w
                   time.perf_counter() - t0)
 
 
+def describe(config: ml_collections.ConfigDict, dataset: data_lib.Dataset) -> list[str]:
+  """The plan for the dry run: modules, latent sizes, kappa and training groups (nothing built)."""
+  spec = spec_from_config(config, dataset.dims)
+  groups = training_groups(dataset, spec.names, float(config.dmvae.unpaired_weight), log=lambda _: None)
+  n_rows = len(groups) * int(config.data.batch_size)
+  return [f"dmvae: modules {', '.join(spec.modules())}; shared latent {spec.shared_dim}, private "
+          f"{spec.private_dim}, MLP hidden {spec.arch.hidden}",
+          f"dmvae: kappa {', '.join(f'{m} {spec.kappa_for(m):g}' for m in spec.names)}; cross_weight "
+          f"{float(config.dmvae.cross_weight):g}, unpaired_weight {float(config.dmvae.unpaired_weight):g}",
+          f"dmvae: groups {', '.join('+'.join(g.modalities) for g in groups)}; {n_rows} rows per step"]
+
+
 def graph_summary(spec: DMVAESpec) -> dict:
   """The report header's "graph": modalities plus the shared latent; encoders m->shared, decoders back."""
   return {"nodes": [*[list(d) for d in spec.dims], [SHARED, spec.shared_dim]],
@@ -719,7 +736,7 @@ def report_run(run: DMVAERun, config, dataset: data_lib.Dataset, workdir: str | 
   """report.{json,md}: default routes compare in the shared latent; the translation routes
   a->shared->b are added as named routes (rows with named_route=True)."""
   from graphbridge import report as report_lib
-  from graphbridge import train as train_lib
+  from graphbridge import writers as writers_lib
   result = run.result
   options = report_lib.EvalOptions.from_config(config)
   extra = run.aligner.translation_routes(dataset.names) + tuple(options.extra_routes)
@@ -731,7 +748,7 @@ def report_run(run: DMVAERun, config, dataset: data_lib.Dataset, workdir: str | 
                        "steps": sum(r.steps_run for r in run.results)},
             "final_losses": result.final_metrics}
   metrics_dir = metrics_dir or workdir
-  metrics_rows = train_lib.read_metrics(os.path.join(metrics_dir, "metrics.jsonl")) if metrics_dir else []
+  metrics_rows = writers_lib.read_metrics(os.path.join(metrics_dir, "metrics.jsonl")) if metrics_dir else []
   return report_lib.run_report(run.aligner, dataset, workdir or None, before or run.init_aligner, options,
                                header, metrics_rows, plots=plots, log=log)
 
