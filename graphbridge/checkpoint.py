@@ -166,9 +166,16 @@ class Checkpoints:
 
     copy_items_from: {edge_name: step_dir} of items to copy byte for byte from an existing
     checkpoint instead of writing them (used by grafting: frozen edges stay identical)."""
+    self.save_items(step, {edge_item_name(e): tree for e, tree in edge_items.items()}, train_item, meta,
+                    {edge_item_name(e): d for e, d in (copy_items_from or {}).items()})
+
+  def save_items(self, step: int, items: Mapping[str, Mapping], train_item: Mapping, meta: Mapping,
+                 copy_items_from: Mapping[str, str] | None = None) -> None:
+    """Save one step of named items ({item name: tree}; models other than translator graphs, e.g.
+    DMVAE's "module.enc.image"). copy_items_from: {item name: step_dir} copied byte for byte."""
     copy_items_from = dict(copy_items_from or {})
-    items = {edge_item_name(e): ocp.args.StandardSave(dict(tree)) for e, tree in edge_items.items()}
-    all_items = sorted(list(items) + [edge_item_name(e) for e in copy_items_from])
+    items = {name: ocp.args.StandardSave(dict(tree)) for name, tree in items.items()}
+    all_items = sorted(list(items) + list(copy_items_from))
     meta = {**meta, "items": all_items, "format_version": FORMAT_VERSION, "step": int(step)}
     items[TRAIN] = ocp.args.StandardSave(dict(train_item))
     items[META] = ocp.args.JsonSave(meta)
@@ -179,8 +186,7 @@ class Checkpoints:
       self._manager.wait_until_finished()
       if jax.process_index() != 0:  # one writer on a shared file system
         return
-      for edge, src_dir in copy_items_from.items():
-        name = edge_item_name(edge)
+      for name, src_dir in copy_items_from.items():
         shutil.copytree(os.path.join(src_dir, name), os.path.join(self.step_dir(step), name))
 
   def quarantine(self, step: int) -> str:
@@ -281,6 +287,10 @@ class Checkpoints:
       if e not in saved:
         raise CheckpointError(f"checkpoint step {step} has no edge {e} (saved edges: {', '.join(saved)})")
     return {e: self._restore_item(step, edge_item_name(e)) for e in wanted}
+
+  def restore_item(self, step: int, name: str) -> dict:
+    """One named item of a step as numpy (see save_items)."""
+    return self._restore_item(step, name)
 
   def restore_train(self, step: int) -> dict:
     return self._restore_item(step, TRAIN)

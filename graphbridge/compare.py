@@ -80,10 +80,11 @@ def compare(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dat
       run_dir = os.path.join(workdir, name, f"seed{seed}") if workdir else None
       run = strat_lib.run_strategy(cfg, dataset, run_dir, log=_quiet)
       train_seconds = sum(r.seconds for r in run.results)
-      for method in posthoc:
-        aligner = run.aligner if method == "none" else strat_lib.PosthocAligner(run.aligner, method, dataset)
-        for r in eval_lib.retrieval_rows(aligner, dataset, split=config.eval.split, ks=tuple(config.eval.ks)):
-          rows.append({**r, "seed": seed, "train_seconds": train_seconds})
+      for base in getattr(run, "aligners", [run.aligner]):  # dmvae: shared latent and translation
+        for method in posthoc:
+          aligner = base if method == "none" else strat_lib.PosthocAligner(base, method, dataset)
+          for r in eval_lib.retrieval_rows(aligner, dataset, split=config.eval.split, ks=tuple(config.eval.ks)):
+            rows.append({**r, "seed": seed, "train_seconds": train_seconds})
       zs = [r for r in rows if r["strategy"] == name and r["seed"] == seed and (r["hops"] or 0) >= 2
             and r["level"] == "class"]
       log(f"{name:9s} seed {seed}: zero-shot mAP " +

@@ -7,7 +7,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Every field a run reads, with defaults tuned on the embedded digits set."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.strategy = "graph"            # a registered strategy: graph | pivot | pairwise | cmcr (graphbridge/strategies/)
+  c.strategy = "graph"            # a registered strategy: graph | pivot | pairwise | cmcr | dmvae (strategies/)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"          # the embedded set; or set data.path to a .npz / folder of .npy
@@ -101,6 +101,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.cmcr.inter_weight = 1.0       # InfoNCE of the shared rows across spaces
   c.cmcr.pseudo_weight = 1.0      # InfoNCE of the pseudo pairs
   c.cmcr.intra_weight = 0.5       # 1 - cos closing the gap inside each space
+  c.dmvae = ml_collections.ConfigDict()      # DMVAE: private-shared multimodal VAE (graphbridge/dmvae.py)
+  c.dmvae.shared_dim = 32         # shared latent z_s (retrieval space)
+  c.dmvae.private_dim = 16        # private latent z_p^m of each modality
+  c.dmvae.kappa = 0.0             # vMF concentration of the reconstruction term; 0 = each modality's dim
+  c.dmvae.cross_weight = 1.0      # weight of cross-reconstruction (decode b from a's shared latent)
+  c.dmvae.unpaired_weight = 1.0   # weight of the unimodal ELBO on single rows (0: paired rows only)
   c.posthoc = "none"              # after any strategy: aligners.POSTHOC (none | center | procrustes | cca)
 
   c.eval = ml_collections.ConfigDict()
@@ -116,7 +122,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.plot_formats = "png"     # "png,pdf" or "png,svg": vector copies beside each PNG
 
   c.compare = ml_collections.ConfigDict()    # launch/compare.py: every strategy, several seeds
-  c.compare.strategies = "graph,pivot,pairwise,cmcr"
+  c.compare.strategies = "graph,pivot,pairwise,cmcr,dmvae"
   c.compare.seeds = 3
   c.compare.posthoc = "none,center"   # post-hoc variants evaluated for every trained strategy
   c.compare.baselines = "ridge,cca"   # linear baselines (through the pivot where never paired)
@@ -137,4 +143,6 @@ def shrink_for_tests(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.cmcr.common_dim = 32
   c.cmcr.memory_size = 64
   c.compare.seeds = 2
+  c.dmvae.shared_dim = 16
+  c.dmvae.private_dim = 8
   return c

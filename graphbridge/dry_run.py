@@ -29,6 +29,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str | None = None,
   from graphbridge import checkpoint as ckpt_lib
   from graphbridge import config_check
   from graphbridge import data as data_lib
+  from graphbridge import strategies as strat_lib
   from graphbridge import train as train_lib
   from graphbridge.translators import count_params
 
@@ -36,6 +37,13 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str | None = None,
   dataset = data_lib.load_for_config(config)
   log("resolved config:\n" + config.to_json_best_effort(indent=2, sort_keys=True))
   log(f"data: {dataset.source}\n{dataset.summary()}")
+  strategy = strat_lib.get(config.strategy)
+  if strategy.run is not None:  # not a translator graph (dmvae): the strategy describes its own plan
+    for line in strategy.describe(config, dataset) if strategy.describe else [f"strategy {strategy.name}"]:
+      log(line)
+    log(f"steps: {train_lib.total_steps(config)}")
+    log("dry run: config and data are valid; nothing was trained or written")
+    return []
   built = stages(config, dataset)
   for name, setup in built:
     layout = setup.layout

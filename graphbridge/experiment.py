@@ -40,8 +40,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   run = strat_lib.run_strategy(config, dataset, workdir, log=log)
   if workdir and sum(r.steps_run for r in run.results) == 0:
     log(nothing_trained_message(workdir, train_lib.total_steps(config)))
-  report = report_lib.report_for_training(config, workdir, run.results, dataset, run.aligner,
-                                         {"strategy": config.strategy}, plots=plots, log=log)
+  if hasattr(run, "report"):  # a strategy that is not a translator graph reports itself (dmvae)
+    report = run.report(config, dataset, workdir, log=log, plots=plots)
+  else:
+    report = report_lib.report_for_training(config, workdir, run.results, dataset, run.aligner,
+                                           {"strategy": config.strategy}, plots=plots, log=log)
   timing = report["timing"]
   log(f"total {time.perf_counter() - t0:.1f}s (train {timing['train_seconds']:.1f}s incl. compile "
       f"{timing['compile_seconds']:.1f}s)")

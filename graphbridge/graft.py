@@ -120,12 +120,13 @@ def _graft_block(config) -> ml_collections.ConfigDict:
   return block
 
 
-def _check_config(config) -> None:
-  """Typos and bad choices (config_check), and the one strategy a graft can extend."""
+def _check_config(config, strategies: Sequence[str] = ("graph",)) -> None:
+  """Typos and bad choices (config_check), and the strategies a graft can extend."""
   config_check.validate(config, extra_sections=("graft",))
-  if str(config.get("strategy", "graph")) != "graph":
-    raise GraftError(f"strategy={config.strategy!r}: grafting trains translator-graph edges; use "
-                     "strategy='graph'")
+  if str(config.get("strategy", "graph")) not in strategies:
+    raise GraftError(f"strategy={config.strategy!r}: grafting extends {' or '.join(strategies)} runs; use "
+                     f"strategy={strategies[0]!r}" + ("" if "dmvae" in strategies else
+                                                     " (or strategy='dmvae' onto a DMVAE run)"))
 
 
 def _eval_routes(config) -> tuple[str, ...]:
@@ -334,6 +335,18 @@ def graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: str,
   Resumes an interrupted graft in `workdir`. Raises GraftError before writing anything if the
   graft cannot be done (see plan_graft)."""
   t0 = time.perf_counter()
+  from graphbridge import dmvae
+  if dmvae.is_dmvae_workdir(from_workdir):  # a DMVAE run: new encoder/decoder against the frozen others
+    _check_config(config, ("dmvae",))
+    config = copy.deepcopy(config)
+    config.eval.paths = ""  # graph routes; the DMVAE report adds its own translation routes
+    if dataset is None:
+      dataset = data_lib.load_named(config.data.get("path") or config.data.name)
+    keep = list(dmvae.load(from_workdir).spec.names) + [str(_graft_block(config).get("modality", ""))]
+    dataset = subset_modalities(dataset, [m for m in dataset.names if m in keep])
+    result = dmvae.graft(config, from_workdir, workdir, dataset, log=log, report=report, plots=plots)
+    log(f"graft total {time.perf_counter() - t0:.1f}s")
+    return result
   plan = plan_graft(config, from_workdir, workdir, dataset, log=log)
   log(plan.describe())
   log(f"data: {plan.dataset.source}\n{plan.dataset.summary()}")
@@ -370,7 +383,7 @@ def train_base(config: ml_collections.ConfigDict, workdir: str, dataset: data_li
   """Train the graph without the new modality: the data restricted to base_modalities(config)."""
   t0 = time.perf_counter()
   _graft_block(config)
-  _check_config(config)
+  _check_config(config, ("graph", "dmvae"))
   if dataset is None:
     dataset = data_lib.load_named(config.data.get("path") or config.data.name)
   data = subset_modalities(dataset, base_modalities(config, dataset))
@@ -381,6 +394,13 @@ def train_base(config: ml_collections.ConfigDict, workdir: str, dataset: data_li
   config.eval.paths = ",".join(routes)
   log(f"base graph on {', '.join(data.names)} (without {', '.join(dropped) or 'nothing'})")
   log(f"data: {data.source}\n{data.summary()}")
+  if config.get("strategy", "graph") == "dmvae":
+    from graphbridge import dmvae
+    config.eval.paths = ""  # graph routes; the DMVAE report adds its own translation routes
+    run = dmvae.run_strategy(config, data, workdir, log=log)
+    if report:
+      dmvae.report_run(run, config, data, workdir, log=log, plots=plots)
+    return run.result
   result = train_lib.train(config, workdir, dataset=data, log=log)
   if report:
     train_report(config, workdir, result, {}, plots=plots, log=log)

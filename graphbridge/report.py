@@ -382,8 +382,12 @@ def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str]
 
   data: a .npz / folder to evaluate on instead of the run's own data (same modalities and dims)."""
   from graphbridge import data as data_lib
+  from graphbridge import dmvae
   from graphbridge import train as train_lib
 
+  if dmvae.is_dmvae_workdir(workdir):  # not a translator graph: its own checkpoint items and aligner
+    return dmvae.evaluate_workdir(workdir, data, paths, split, out, step, plots, log,
+                                  plot_dpi=plot_dpi, plot_formats=plot_formats)
   run = train_lib.load_trained(workdir, step)
   config = run.config
   saved = config.get("data", None) or {}

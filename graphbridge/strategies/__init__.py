@@ -8,6 +8,8 @@ objective. Each lives in its own module here and returns its stages as objects (
 * pivot     ImageBind / VIP-ANT binding into one pivot modality (pivot.py)
 * pairwise  CLIP-style projection of every modality into one shared space (pairwise.py)
 * cmcr      C-MCR: two contrastive spaces connected through a common one (cmcr.py)
+* dmvae     the private-shared disentangled multimodal VAE (dmvae.py; the model is graphbridge/dmvae.py):
+            not a translator graph, so it trains and reports itself (Strategy.run)
 
 A new strategy is one module defining `STRATEGY = Strategy(name, stages)` plus one line below
 (or `strategies.register(...)` from user code); `config_check` takes the choices of
@@ -29,6 +31,7 @@ from graphbridge.aligners import BASELINES, POSTHOC, LinearAligner, PosthocAlign
 from graphbridge.config_check import ConfigError
 from graphbridge.data import Dataset
 from graphbridge.strategies import cmcr as _cmcr
+from graphbridge.strategies import dmvae as _dmvae
 from graphbridge.strategies import graph as _graph
 from graphbridge.strategies import pairwise as _pairwise
 from graphbridge.strategies import pivot as _pivot
@@ -67,7 +70,7 @@ def get(name: str) -> Strategy:
   return REGISTRY[name]
 
 
-for _module in (_graph, _pivot, _pairwise, _cmcr):
+for _module in (_graph, _pivot, _pairwise, _cmcr, _dmvae):
   register(_module.STRATEGY)
 
 
@@ -117,6 +120,8 @@ def run_strategy(config: ml_collections.ConfigDict, dataset: Dataset, workdir: s
   Stages run in order; a stage's `freeze_stages` edges come from the earlier results, frozen."""
   from graphbridge import train as train_lib
   strategy = get(config.strategy)
+  if strategy.run is not None:  # not a translator graph: the strategy trains itself
+    return strategy.run(config, dataset, workdir, log)
   t0 = time.perf_counter()
   plan = stages(config, dataset)
   results = []

@@ -56,11 +56,18 @@ class Strategy:
     evaluation; None = translate along routes of the trained graph (evaluate.GraphAligner), which
     also covers strategies that meet in a shared virtual node.
   summary: one line for listings and docs.
+  run: for a model that is not a translator graph (DMVAE): run(config, dataset, workdir, log) trains
+    it and returns a run object like StrategyRun (strategy, aligner, results with steps_run /
+    seconds / compile_seconds) plus report(config, dataset, workdir, log, plots) -> report dict;
+    `stages` is then not called for training.
+  describe: with `run`, describe(config, dataset) -> the plan's lines for the dry run.
   """
   name: str
   stages: Callable[[ml_collections.ConfigDict, Dataset], list[Stage]]
   aligner: AlignerBuilder | None = None
   summary: str = ""
+  run: Callable[..., Any] | None = None
+  describe: Callable[[ml_collections.ConfigDict, Dataset], list[str]] | None = None
 
   def make_aligner(self, layout, params: Mapping, compute_dtype: str, name: str | None = None):
     if self.aligner is not None:
