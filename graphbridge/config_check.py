@@ -18,7 +18,7 @@ CHOICES = {
     "optim.name": ("adam", "adamw", "sgd"),
     "model.activation": ("gelu", "gelu_exact", "relu", "silu", "tanh"),
     "model.compute_dtype": ("float32", "bfloat16", "float16"),
-    "loss.infonce_positives": ("label", "pair"),
+    "loss.infonce_positives": ("auto", "label", "pair"),
     "posthoc": ("none", "center", "procrustes", "cca"),
     "eval.split": ("test", "train", "all"),
 }

@@ -39,7 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.infonce = 0.5            # per-edge symmetric InfoNCE on pairs
   c.loss.temperature = 0.07
   c.loss.learn_temperature = False
-  c.loss.infonce_positives = "label"  # class-level pairs: same-class rows are positives
+  c.loss.infonce_positives = "auto"   # per pair set: "pair" (each pair its own positive) where pairs
+                                      # join instances, "label" (same-class rows) where pairs are
+                                      # class-level; see data.choose_positives. Or force "label"/"pair"
   c.loss.cycle_weights = (0.2,)   # weight of 2-cycles (then 3-cycles, ...): a->b->a on a's own rows
   c.loss.supervised_edges = ""    # "" = every trainable edge with pairs
   c.loss.cycle_starts = ""        # "" = every modality

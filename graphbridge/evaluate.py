@@ -417,10 +417,16 @@ def common_space_rows(aligner: Aligner, dataset: Dataset, space: str, cache: Enc
   projected rows for strategies that meet in a shared space (route "gallery side of <route>")."""
   out, routes = {}, {}
   raw = dataset.modalities[space].emb[split_rows(dataset, space, cache.split)]
+  layout = getattr(aligner, "layout", None)
   for m in dataset.names:
     if m == space:
       continue
     route = aligner.default_route(m, space)
+    if layout is not None and m in layout.graph.dims and space in layout.graph.dims:
+      # translators: go all the way into space's own space (a default route may meet elsewhere,
+      # in another modality's dimension, which cannot share one picture)
+      dist = layout.graph.hop_distance(m, space)
+      route = path_name(layout.graph.shortest_path(m, space)) if dist is not None else route
     enc = cache.get(RouteSpec(m, space, route)) if route is not None else None
     if enc is None:
       continue

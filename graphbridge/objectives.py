@@ -141,8 +141,11 @@ class LossPlan:
       return {"log_inv_temperature": jnp.float32(np.log(1.0 / self.settings.temperature))}
     return {}
 
-  def sampler_arrays(self, dataset, infonce_positives: str = "label") -> dict:
-    """Numpy arrays for the device sampler: rows to draw cycles from, pair sets, pair labels."""
+  def sampler_arrays(self, dataset, infonce_positives="label") -> dict:
+    """Numpy arrays for the device sampler: rows to draw cycles from, pair sets, pair labels.
+
+    infonce_positives: "label" / "pair", or {"a->b": "label" | "pair"} per pair set (the choices
+    of loss.infonce_positives="auto", see data.choose_positives)."""
     from graphbridge import data as data_lib
     if self.settings.aligned_batches:
       return data_lib.aligned_arrays(dataset, self.starts, self.pair_keys, infonce_positives)
@@ -150,7 +153,8 @@ class LossPlan:
     arrays = data_lib.device_arrays(dataset, self.layout.graph, pair_sets, self.starts)
     for e in pair_sets:
       pairs = arrays["pairs"][e.name]
-      if infonce_positives == "pair" or not data_lib.pair_label_agreement(dataset, e.src, e.dst, pairs):
+      choice = data_lib.resolve_positives(infonce_positives, e.src, e.dst)
+      if choice == "pair" or not data_lib.pair_label_agreement(dataset, e.src, e.dst, pairs):
         arrays["pair_labels"][e.name] = np.arange(len(pairs), dtype=np.int32)
     return arrays
 

@@ -143,7 +143,7 @@ def cmcr_configs(config, dataset: Dataset):
       noise_std=float(config.cmcr.noise_std), memory_size=int(config.cmcr.memory_size),
       inter_weight=float(config.cmcr.inter_weight), pseudo_weight=float(config.cmcr.pseudo_weight),
       intra_weight=float(config.cmcr.intra_weight), seed=int(config.seed))
-  positives = config.loss.get("infonce_positives", "label") == "label"
+  positives = config.loss.get("infonce_positives", "auto") != "pair"  # resolved per data in sampler_arrays
   stage2_objective = lambda layout, ds, cfg: CMCRObjective(layout, settings, positives)
   return (stage1, _meet_objective(terms, stage1)), (stage2, stage2_objective)
 
