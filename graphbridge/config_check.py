@@ -21,6 +21,7 @@ CHOICES = {
     "loss.infonce_positives": ("auto", "label", "pair"),
     "posthoc": ("none", "center", "procrustes", "cca"),
     "eval.split": ("test", "train", "all"),
+    "eval.routes": ("ensemble", "ensemble_all", "best"),
 }
 LIST_CHOICES = {
     "compare.strategies": CHOICES["strategy"],

@@ -104,6 +104,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.split = "test"
   c.eval.ks = (1, 5, 10)
   c.eval.paths = ""               # extra named routes to report, e.g. "image->text->audio"
+  c.eval.routes = "ensemble"      # never-paired modalities: "ensemble" averages the similarities of
+                                  # the fewest-hop routes meeting between query and gallery (one per
+                                  # meeting node); "ensemble_all" also in their own spaces; "best":
+                                  # one route (docs/evaluation.md, "Routes")
+  c.eval.csls_k = 0               # > 0: CSLS hubness correction with k neighbours (transductive)
   c.eval.plot_dpi = 120           # PNG resolution (300 for print)
   c.eval.plot_formats = "png"     # "png,pdf" or "png,svg": vector copies beside each PNG
 

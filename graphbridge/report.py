@@ -43,6 +43,8 @@ class EvalOptions:
   seed: int = 0
   plot_dpi: int = 120                  # raster figures; PDF/SVG are vector
   plot_formats: tuple[str, ...] = ("png",)   # also ("png", "pdf") or ("png", "svg") for papers
+  routes: str = "ensemble"             # translator aligners: default route for never-paired pairs
+  csls_k: int = 0                      # > 0: CSLS hubness correction (transductive)
 
   @classmethod
   def from_config(cls, config, **overrides) -> "EvalOptions":
@@ -53,7 +55,8 @@ class EvalOptions:
     options = cls(split=ev.get("split", "test"), ks=tuple(int(k) for k in ev.get("ks", (1, 5, 10))),
                   extra_routes=paths, cycle_length=int(ev.get("cycle_length", 3)),
                   path_hops=int(ev.get("path_hops", 3)), seed=int(config.get("seed", 0) or 0),
-                  plot_dpi=int(ev.get("plot_dpi", 120)), plot_formats=_formats(ev.get("plot_formats", "png")))
+                  plot_dpi=int(ev.get("plot_dpi", 120)), plot_formats=_formats(ev.get("plot_formats", "png")),
+                  routes=str(ev.get("routes", "ensemble")), csls_k=int(ev.get("csls_k", 0) or 0))
     return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -86,6 +89,7 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
   """Every table of the report for `aligner` (and `before`: the same strategy at initialisation)."""
   options = options or EvalOptions()
   split, seed = options.split, options.seed
+  aligner, before = (with_route_options(a, options) for a in (aligner, before))
   cache = eval_lib.EncodingCache(aligner, dataset, split)
   cache_before = eval_lib.EncodingCache(before, dataset, split) if before is not None else None
   rows = eval_lib.retrieval_rows(aligner, dataset, split=split, extra_routes=options.extra_routes,
@@ -93,6 +97,8 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
   routes = eval_lib.planned_routes(aligner, dataset)  # default routes: one per ordered pair
   summary = {
       "strategy": aligner.name, "data": dataset.source, "split": split,
+      "routes": options.routes, "csls_k": int(options.csls_k),
+      "transductive": bool(options.csls_k > 0),
       "rows": rows,
       "by_hops": eval_lib.summarize_by_hops([r for r in rows if not r.get("named_route")]),
       "gap": eval_lib.gap_rows(aligner, dataset, split, before, routes, cache, cache_before),
@@ -120,6 +126,14 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
     if left_out:
       summary["projection"]["left_out"] = left_out
   return Report(summary, projection)
+
+
+def with_route_options(aligner, options: EvalOptions):
+  """A translator aligner with the options' route mode and CSLS setting (others as they are)."""
+  if isinstance(aligner, eval_lib.GraphAligner) and (aligner.routes, aligner.csls_k) != (options.routes,
+                                                                                          options.csls_k):
+    return dataclasses.replace(aligner, routes=options.routes, csls_k=int(options.csls_k), not_hops=None)
+  return aligner
 
 
 def _one_dimension(projection: dict, space: str) -> list[str]:
@@ -287,6 +301,9 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
     parts.append(f"\n\n> **Warning:** {summary['split_warning']}.\n\n")
   if summary.get("step") is not None:
     parts.append(f" Checkpoint step {summary['step']}.")
+  if summary.get("transductive"):
+    parts.append(f"\n\n> **Transductive:** CSLS hubness correction (k={summary['csls_k']}) ranks each gallery "
+                 "with statistics of the whole query set.\n\n")
   parts.append("\n\n## Retrieval\n\n")
   parts.append(_caption(
       "Each query row is put in the gallery's space along `route` (default: the direct edge, else the "
