@@ -14,7 +14,10 @@ setup(
     license_files=["LICENSE"],
     packages=find_packages(include=["graphbridge", "graphbridge.*"]) + ["graphbridge.configs"],
     package_dir={"graphbridge.configs": "configs"},
-    package_data={"graphbridge.datasets.digits": ["digits.npz", "README.md", "LICENSE"]},
+    package_data={"graphbridge.datasets.digits": ["digits.npz", "README.md", "LICENSE"],
+                  "graphbridge.datasets.mv6": ["mv6.npz", "README.md"],
+                  "graphbridge.datasets.mv8": ["mv8.npz", "README.md"],
+                  "graphbridge.datasets.fsdd_chain": ["fsdd_chain.npz", "README.md", "LICENSE"]},
     python_requires=">=3.10",
     # floors: orbax-checkpoint 0.6.x fails at the first save; 0.7.0 is the oldest that works.
     install_requires=[

@@ -29,6 +29,9 @@ _FIELDS = ("emb", "label", "id", "train", "test")
 _PAIRS_RE = re.compile(r"^pairs_([A-Za-z][A-Za-z0-9_]*?)__([A-Za-z][A-Za-z0-9_]*)$")
 _FIELD_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*?)_(emb|label|id|train|test)$")
 DIGITS_PATH = os.path.join(os.path.dirname(__file__), "datasets", "digits", "digits.npz")
+# Data sets shipped with the package, by name (see graphbridge/datasets/<name>/README.md).
+NAMED_DATASETS = {name: os.path.join(os.path.dirname(__file__), "datasets", name, f"{name}.npz")
+                  for name in ("digits", "mv6", "mv8", "fsdd_chain")}
 
 
 class DataError(ValueError):
@@ -285,12 +288,16 @@ def load_digits() -> Dataset:
 
 
 def load_named(name_or_path: str) -> Dataset:
-  """'digits' (the embedded set) or a path to a .npz / folder of .npy files."""
+  """A shipped set by name ('digits', 'mv6', 'mv8', 'fsdd_chain'; see NAMED_DATASETS) or a path to a
+  .npz / folder of .npy files."""
   if name_or_path == "digits":
     return load_digits()
+  if name_or_path in NAMED_DATASETS:
+    return load(NAMED_DATASETS[name_or_path])
   if not name_or_path:
     raise DataError("no data given: set --config.data.path=FILE.npz (or a folder of .npy files) in "
-                    "graphbridge's data format, or --config.data.name=digits for the embedded set")
+                    "graphbridge's data format, or --config.data.name=digits for the embedded set "
+                    f"(shipped sets: {', '.join(NAMED_DATASETS)})")
   return load(name_or_path)
 
 
@@ -610,7 +617,7 @@ def load_for_config(config) -> Dataset:
   """The data a config names: memory-mapped, normalised per batch when data.host_sampling is set
   and data.path is a folder of .npy files; otherwise as `load_named`."""
   name_or_path = config.data.get("path") or config.data.name
-  if config.data.get("host_sampling", False) and name_or_path != "digits" and os.path.isdir(name_or_path):
+  if config.data.get("host_sampling", False) and name_or_path not in NAMED_DATASETS and os.path.isdir(name_or_path):
     return load_memmapped(name_or_path)
   return load_named(name_or_path)
 
