@@ -22,6 +22,7 @@ CHOICES = {
     "posthoc": ("none", "center", "procrustes", "cca"),
     "eval.split": ("test", "train", "all"),
     "eval.routes": ("ensemble", "ensemble_all", "best"),
+    "pseudo.method": ("sinkhorn", "mutual_nn"),
 }
 LIST_CHOICES = {
     "compare.strategies": CHOICES["strategy"],

@@ -70,6 +70,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2
   c.train.skip_nonfinite = True
 
+  c.pseudo = ml_collections.ConfigDict()     # self-training on pseudo-pairs of unpaired rows (pseudo.py)
+  c.pseudo.rounds = 0             # rounds after the first training (0 = off); each trains from scratch
+  c.pseudo.method = "sinkhorn"    # sinkhorn (entropic OT, mutual argmax of the plan) | mutual_nn
+  c.pseudo.min_agreement = 0.5    # gate per modality pair: matches found again from the other side
+  c.pseudo.max_rows = 1500        # unpaired train rows per modality considered
+  c.pseudo.new_edges = True       # also pair modalities never paired (grows the graph)
+  c.pseudo.epsilon = 0.02         # Sinkhorn entropic regularisation (cost 1 - cos)
+
   c.finetune = ml_collections.ConfigDict()   # contrastive fine-tuning phase after train.steps
   c.finetune.steps = 0
   c.finetune.edge_cos = 0.0

@@ -44,7 +44,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     log(nothing_trained_message(workdir, train_lib.total_steps(config)))
   result = run.result
   setup = result.setup
-  aligner = eval_lib.GraphAligner(setup.layout, result.params, setup.compute_dtype, name=config.strategy)
+  aligner = eval_lib.GraphAligner(setup.layout, result.params, setup.compute_dtype, name=config.strategy,
+                                  not_hops=getattr(run.aligner, "not_hops", None))
   if config.get("posthoc", "none") != "none":
     aligner = strat_lib.PosthocAligner(aligner, config.posthoc, dataset)
   options = report_lib.EvalOptions.from_config(config)

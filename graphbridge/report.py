@@ -132,7 +132,7 @@ def with_route_options(aligner, options: EvalOptions):
   """A translator aligner with the options' route mode and CSLS setting (others as they are)."""
   if isinstance(aligner, eval_lib.GraphAligner) and (aligner.routes, aligner.csls_k) != (options.routes,
                                                                                           options.csls_k):
-    return dataclasses.replace(aligner, routes=options.routes, csls_k=int(options.csls_k), not_hops=None)
+    return dataclasses.replace(aligner, routes=options.routes, csls_k=int(options.csls_k))
   return aligner
 
 

@@ -178,7 +178,16 @@ def run_strategy(config: ml_collections.ConfigDict, dataset: Dataset, workdir: s
   strategy = check_strategy(config.strategy)
   t0 = time.perf_counter()
   seed = int(config.seed)
-  if strategy == "graph":
+  trained_on = dataset
+  if strategy == "graph" and int(config.get("pseudo", {}).get("rounds", 0) or 0) > 0:
+    from graphbridge import pseudo  # self-training rounds on gated pseudo-pairs (pseudo.py)
+    rounds = int(config.pseudo.rounds)
+    round_dir = lambda r: workdir if (workdir is None or r == rounds) else os.path.join(workdir, f"round{r}")
+    result, trained_on = pseudo.self_train(
+        config, dataset, lambda ds, r: train_lib.train(config, round_dir(r), dataset=ds, log=log),
+        lambda res: _aligner(res, strategy), log=log)
+    results = [result]
+  elif strategy == "graph":
     results = [train_lib.train(config, workdir, dataset=dataset, log=log)]
   elif strategy == "pivot":
     cfg, pivot = pivot_config(config, dataset)
@@ -198,7 +207,9 @@ def run_strategy(config: ml_collections.ConfigDict, dataset: Dataset, workdir: s
                              frozen_params=first.edge_params())
     results = [first, second]
   final = results[-1]
-  return StrategyRun(strategy, _aligner(final, strategy), _init_aligner(final, seed, strategy), results,
+  aligner = _aligner(final, strategy)
+  aligner.bind_data(trained_on)  # pseudo-paired edges are paired hops; cycle-only edges are not
+  return StrategyRun(strategy, aligner, _init_aligner(final, seed, strategy), results,
                      time.perf_counter() - t0)
 
 
