@@ -45,6 +45,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.cycle_weights = (0.2,)   # weight of 2-cycles (then 3-cycles, ...): a->b->a on a's own rows
   c.loss.supervised_edges = ""    # "" = every trainable edge with pairs
   c.loss.cycle_starts = ""        # "" = every modality
+  c.loss.structure = 0.0          # neighbourhood-structure regulariser: each modality's batch
+                                  # similarity structure kept by its translations (off: see
+                                  # docs/unpaired.md for the benchmark)
+  c.loss.structure_temperature = 0.1
   c.loss.aligned_batches = False  # instance-aligned data (row i of every modality = one sample):
                                   # one batch per modality serves pair terms and cycles
 

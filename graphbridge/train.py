@@ -76,7 +76,9 @@ def loss_settings_from_config(loss_cfg) -> objectives.LossSettings:
       temperature=float(loss_cfg.temperature), learn_temperature=bool(loss_cfg.learn_temperature),
       cycle_weights=tuple(float(w) for w in loss_cfg.cycle_weights),
       supervised_edges=sup or None, cycle_starts=starts or None,
-      aligned_batches=bool(loss_cfg.get("aligned_batches", False)))
+      aligned_batches=bool(loss_cfg.get("aligned_batches", False)),
+      structure=float(loss_cfg.get("structure", 0.0)),
+      structure_temperature=float(loss_cfg.get("structure_temperature", 0.1)))
 
 
 def virtual_nodes_from_config(config) -> dict[str, int]:
@@ -175,7 +177,7 @@ def phase_weights(config, settings, step: int) -> dict[str, jax.Array]:
   if (int(config.finetune.steps) > 0 and step >= int(config.train.steps)
       and isinstance(settings, objectives.LossSettings)):
     ft = config.finetune
-    weights = {"edge_cos": jnp.float32(ft.edge_cos), "infonce": jnp.float32(ft.infonce),
+    weights = {**weights, "edge_cos": jnp.float32(ft.edge_cos), "infonce": jnp.float32(ft.infonce),
                "cycle": weights["cycle"] * ft.cycle_scale}
   return weights
 
