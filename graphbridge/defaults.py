@@ -78,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.pseudo.rounds = 0             # rounds after the first training (0 = off); each trains from scratch
   c.pseudo.method = "sinkhorn"    # sinkhorn (entropic OT, mutual argmax of the plan) | mutual_nn
   c.pseudo.min_agreement = 0.5    # gate per modality pair: matches found again from the other side
-  c.pseudo.max_rows = 1500        # unpaired train rows per modality considered
+  c.pseudo.max_rows = 1000        # unpaired train rows per modality considered
   c.pseudo.new_edges = True       # also pair modalities never paired (grows the graph)
   c.pseudo.epsilon = 0.02         # Sinkhorn entropic regularisation (cost 1 - cos)
 
