@@ -18,6 +18,8 @@ CHOICES = {
     "optim.name": ("adam", "adamw", "sgd"),
     "model.activation": ("gelu", "gelu_exact", "relu", "silu", "tanh"),
     "model.compute_dtype": ("float32", "bfloat16", "float16"),
+    "model.impl": ("flax", "fused"),
+    "optim.mu_dtype": ("", "float32", "bfloat16"),
     "loss.infonce_positives": ("auto", "label", "pair"),
     "posthoc": ("none", "center", "procrustes", "cca"),
     "eval.split": ("test", "train", "all"),

@@ -33,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.layer_norm = True
   c.model.residual = False
   c.model.compute_dtype = "float32"   # "bfloat16": matmuls in bf16, params/optimizer stay f32
+  c.model.impl = "flax"           # "fused": hidden layers as one Dense+bias+activation block whose
+                                  # backward recomputes the activation and sums the bias gradient in
+                                  # one pass (same parameters; needs layer_norm=False)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.edge_cos = 1.0           # per-edge 1 - cos(f(x_a), y_b) on pairs
@@ -61,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.weight_decay = 0.0
   c.optim.grad_clip = 1.0
+  c.optim.mu_dtype = ""           # "bfloat16": Adam's first moment stored in bf16 ("" = param dtype)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 400

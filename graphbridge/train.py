@@ -65,7 +65,8 @@ class Setup:
 
 def arch_from_config(model_cfg) -> TranslatorArch:
   return TranslatorArch(hidden=tuple(model_cfg.hidden), activation=model_cfg.activation,
-                        layer_norm=bool(model_cfg.layer_norm), residual=bool(model_cfg.residual))
+                        layer_norm=bool(model_cfg.layer_norm), residual=bool(model_cfg.residual),
+                        impl=model_cfg.get("impl", "flax"))
 
 
 def loss_settings_from_config(loss_cfg) -> objectives.LossSettings:
@@ -154,9 +155,14 @@ def learning_rate_schedule(config) -> optax.Schedule:
 def make_optimizer(config) -> optax.GradientTransformation:
   opt = config.optim
   schedule = learning_rate_schedule(config)
+  mu_name = opt.get("mu_dtype", "")
+  if mu_name not in ("", "float32", "bfloat16"):
+    raise ConfigError(f"optim.mu_dtype={mu_name!r}: choose '', 'float32' or 'bfloat16'")
+  mu_dtype = dtype_from_name(mu_name) if mu_name else None
   choices = {
-      "adam": lambda: optax.adam(schedule, b1=opt.b1, b2=opt.b2),
-      "adamw": lambda: optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay),
+      "adam": lambda: optax.adam(schedule, b1=opt.b1, b2=opt.b2, mu_dtype=mu_dtype),
+      "adamw": lambda: optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
+                                   mu_dtype=mu_dtype),
       "sgd": lambda: optax.sgd(schedule, momentum=0.9),
   }
   if opt.name not in choices:
