@@ -156,10 +156,6 @@ class Checkpoints:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def latest_step(self) -> int | None:
-    steps = self.all_steps()
-    return steps[-1] if steps else None
-
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
@@ -202,9 +198,6 @@ class Checkpoints:
     shutil.move(self.step_dir(step), target)
     self._manager.reload()
     return target
-
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -25,9 +25,7 @@ import numpy as np
 from graphbridge import metrics as metrics_lib
 from graphbridge.data import Dataset
 from graphbridge.graph import GraphError, ModalityGraph, path_edges, path_name
-
-METRIC_KEYS = ("R@1", "R@5", "R@10", "mAP", "median_rank")
-
+from graphbridge.routes import best_route, parse_route
 
 class Aligner(Protocol):
   """What evaluation needs from a strategy.
@@ -49,6 +47,9 @@ class Aligner(Protocol):
 def pairs_graph(dataset: Dataset) -> ModalityGraph:
   """Which modalities were paired in training (both directions), for hop distances."""
   return dataset.default_graph()
+
+
+SPLITS = ("test", "train", "all")   # choices of eval.split
 
 
 def split_rows(dataset: Dataset, modality: str, split: str) -> np.ndarray:

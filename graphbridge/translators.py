@@ -30,7 +30,9 @@ _ACTIVATIONS: dict[str, Callable] = {
     "tanh": jnp.tanh,
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-MLP_IMPLS = ("flax", "fused")
+ACTIVATIONS = tuple(_ACTIVATIONS)   # choices of model.activation
+COMPUTE_DTYPES = tuple(_DTYPES)     # choices of model.compute_dtype
+MLP_IMPLS = ("flax", "fused")       # choices of model.impl
 
 
 def dtype_from_name(name: str):
