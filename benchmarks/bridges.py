@@ -162,14 +162,16 @@ def average_seeds(rows: list[dict]) -> list[dict]:
 
 def table(rows: list[dict], methods: list[str], level: str, metric: str) -> str:
   hops = sorted({r["hops"] for r in rows if r["level"] == level and r["hops"] is not None})
-  cols = [str(h) for h in hops] + (["never"] if any(h >= 2 for h in hops) else [])
-  width = max([len(m) for m in methods] + [10])
-  lines = [f"  {level} {metric} by hops".ljust(width + 2) + " | " + " | ".join(f"{c:>6s}" for c in cols)]
+  cols = [f"{h} hop" + ("s" if h > 1 else "") for h in hops] + (["never"] if any(h >= 2 for h in hops) else [])
+  keys = list(hops) + ["never"]
+  width = max([len(m) for m in methods] + [16])
+  lines = [f"  {level} {metric} (mean over ordered modality pairs; never = all never-paired pairs)",
+           f"  {'method':{width}s} | " + " | ".join(f"{c:>6s}" for c in cols)]
   for method in methods:
     vals = by_hops(rows, method, level, metric)
     if not vals:
       continue
-    cells = [vals.get(h if c != "never" else "never") for c, h in zip(cols, hops + ["never"])]
+    cells = [vals.get(k) for k in keys[:len(cols)]]
     lines.append(f"  {method:{width}s} | " + " | ".join("     -" if v is None else f"{v:6.3f}" for v in cells))
   return "\n".join(lines)
 
@@ -221,7 +223,7 @@ def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, lo
         per_seed += score(aligner, dataset)
     except (GraphError, ValueError) as exc:
       skipped[label] = str(exc).splitlines()[0]
-      log(f"  {label}: n/a ({skipped[label][:150]})")
+      log(f"  {label}: n/a ({skipped[label]})")
       continue
     seconds[label] = time.perf_counter() - t0
     rows += average_seeds(per_seed)
@@ -236,6 +238,16 @@ def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, lo
           "pair_sets": [f"{a}-{b}" for a, b in dataset.pairs], "modalities": list(dataset.names)}
 
 
+def dataset_job(name: str, methods: dict, overrides: dict, seeds: int) -> dict:
+  """run_dataset with absl quiet and the overrides recorded (a top-level function: runs in workers)."""
+  from graphbridge import api
+  print(f"[{name}] training {', '.join(methods)}" + (f" with {overrides}" if overrides else ""), flush=True)
+  with api.quiet_absl():
+    result = run_dataset(name, methods, overrides, seeds, log=lambda m: print(f"[{name}] {m.strip()}", flush=True))
+  result["overrides"] = {k: str(v) for k, v in overrides.items()}
+  return result
+
+
 def report(result: dict) -> str:
   name, rows, trained = result["dataset"], result["rows"], result["trained"]
   methods = trained + list(LINEAR)
@@ -245,7 +257,7 @@ def report(result: dict) -> str:
     if any(r["level"] == level for r in rows):
       out.append(table(rows, methods, level, metric))
   for label, why in result["skipped"].items():
-    out.append(f"  {label}: n/a ({why[:150]})")
+    out.append(f"  {label}: n/a ({why})")
   out.append(summary_line(name, rows, trained))
   return "\n".join(out)
 
@@ -261,6 +273,7 @@ def main(argv=None) -> int:
                   help="config override for every trained method (repeatable)")
   ap.add_argument("--quick", action="store_true", help="train.steps / 4 and methods default,pair")
   ap.add_argument("--seeds", type=int, default=1, help="seeds per trained method (metrics averaged)")
+  ap.add_argument("--jobs", type=int, default=1, help="data sets run in parallel processes (2 on 2 cores)")
   ap.add_argument("--json", default="", help="write every row and timing here")
   args = ap.parse_args(argv)
 
@@ -286,25 +299,43 @@ def main(argv=None) -> int:
     if d not in data_lib.NAMED_DATASETS:
       raise SystemExit(f"bridges.py: unknown data set {d!r} (choices: {', '.join(data_lib.NAMED_DATASETS)})")
 
-  from graphbridge import api
   t_all = time.perf_counter()
-  results = []
-  with api.quiet_absl():
-    for name in datasets:
-      overrides = dict(global_overrides)
-      if args.quick and "train.steps" not in overrides:
-        overrides["train.steps"] = max(1, int(make_config(name, {}).train.steps) // 4)
-      print(f"[{name}] training {', '.join(chosen)}" + (f" with {overrides}" if overrides else ""), flush=True)
-      result = run_dataset(name, {m: methods[m] for m in chosen}, overrides, args.seeds)
-      result["overrides"] = {k: str(v) for k, v in overrides.items()}
-      results.append(result)
-      print(report(result) + "\n", flush=True)
+  jobs = []
+  for name in datasets:
+    overrides = dict(global_overrides)
+    if args.quick and "train.steps" not in overrides:
+      overrides["train.steps"] = max(1, int(make_config(name, {}).train.steps) // 4)
+    for m in chosen:  # a typo in --set / --method fails here, before any training
+      try:
+        make_config(name, {**methods[m], **overrides})
+      except (ValueError, TypeError) as exc:
+        raise SystemExit(f"bridges.py: method {m!r} on {name}: {exc}") from None
+    jobs.append((name, {m: methods[m] for m in chosen}, overrides, args.seeds))
+  if args.jobs > 1 and len(jobs) > 1:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(min(args.jobs, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+      futures = [pool.submit(dataset_job, *job) for job in jobs]
+      results = []
+      for future in futures:
+        results.append(future.result())
+        print(report(results[-1]) + "\n", flush=True)
+  else:
+    results = []
+    for job in jobs:
+      results.append(dataset_job(*job))
+      print(report(results[-1]) + "\n", flush=True)
   total = time.perf_counter() - t_all
-  print("\n".join(r["rows"] and summary_line(r["dataset"], r["rows"], r["trained"]) for r in results))
-  print(f"total {total:.0f}s on {os.cpu_count()} CPU(s) (load average {os.getloadavg()[0]:.1f} at the end)")
+  import resource
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu = time.process_time() + children.ru_utime + children.ru_stime
+  for r in results:
+    print(summary_line(r["dataset"], r["rows"], r["trained"]))
+  print(f"total {total:.0f}s wall, {cpu:.0f}s CPU (all processes) on {os.cpu_count()} CPU(s), --jobs={args.jobs}; "
+        f"load average {os.getloadavg()[0]:.1f} at the end")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"results": results, "seconds": total, "methods": {m: methods[m] for m in chosen},
+      json.dump({"results": results, "seconds": total, "cpu_seconds": cpu, "methods": {m: methods[m] for m in chosen},
                  "argv": sys.argv[1:]}, f, indent=1, default=str)
     print(f"wrote {args.json}")
   return 0

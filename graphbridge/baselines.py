@@ -11,7 +11,7 @@
   `<m>_id`; equal label when a modality has no ids, i.e. class-level pairs), as many as a pair set of the
   data holds (the median size), so it is what one more paired edge of the usual size would buy.
 
-`LinearAligner` in strategies.py (ridge / CCA through a pivot one hop from both sides) stays the
+`aligners.LinearAligner` (ridge / CCA through a pivot one hop from both sides) stays the
 reference for star-shaped data; these handle any route length. All are evaluation aligners (see
 evaluate.Aligner): `name`, `default_route(query, gallery)`, `encode(query, gallery, route, xq, xg)`.
 """
