@@ -205,6 +205,7 @@ def summary_line(name: str, rows: list[dict], trained: list[str]) -> str:
 # ---- running ----------------------------------------------------------------------------------
 
 def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, log=print) -> dict:
+  from graphbridge import report as report_lib
   from graphbridge import strategies as strat_lib
   from graphbridge.graph import GraphError
   dataset = data_lib.load_named(name)
@@ -217,8 +218,9 @@ def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, lo
       for s in range(seeds):
         cfg = make_config(name, {**overrides, "seed": int(overrides.get("seed", 0)) + s})
         run = strat_lib.run_strategy(cfg, dataset, None, log=lambda _m: None)
-        run.aligner.name = label
-        per_seed += score(run.aligner, dataset)
+        aligner = report_lib.with_route_options(run.aligner, report_lib.EvalOptions.from_config(cfg))
+        aligner.name = label
+        per_seed += score(aligner, dataset)
     except (GraphError, ValueError) as exc:
       skipped[label] = str(exc).splitlines()[0]
       log(f"  {label}: n/a ({skipped[label]})")

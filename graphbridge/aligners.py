@@ -42,6 +42,10 @@ class PosthocAligner:
   def default_route(self, query, gallery):
     return self.base.default_route(query, gallery)
 
+  def bind_data(self, dataset):
+    if hasattr(self.base, "bind_data"):
+      self.base.bind_data(dataset)
+
   def _fit(self, query, gallery, route):
     key = (query, gallery, route)
     if key not in self._fits:

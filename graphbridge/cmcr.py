@@ -77,12 +77,14 @@ class CMCRObjective:
   def initial_globals(self) -> dict:
     return {}
 
-  def sampler_arrays(self, dataset, infonce_positives: str = "label") -> dict:
+  def sampler_arrays(self, dataset, infonce_positives="label") -> dict:
+    from graphbridge.data import resolve_positives
     s = self.settings
     rng = np.random.default_rng(s.seed)
     shared = dataset.modalities[s.shared]
     rows = np.nonzero(shared.train)[0].astype(np.int32)
-    labels = shared.labels if (shared.labels is not None and infonce_positives == "label") else None
+    label = all(resolve_positives(infonce_positives, s.shared, m) == "label" for m in (s.mod_a, s.mod_b))
+    labels = shared.labels if (shared.labels is not None and label) else None
     out = {"shared_emb": shared.emb, "shared_rows": rows,
            "shared_labels": (labels if labels is not None else np.arange(len(shared))).astype(np.int32)}
     for side, modality in (("memory_a", s.mod_a), ("memory_b", s.mod_b)):

@@ -15,7 +15,7 @@ from graphbridge.graph import Edge, GraphError
 def choices() -> dict[str, tuple[str, ...]]:
   """{dotted key: valid values}, each list taken from the module that owns it (imported lazily:
   those modules import this one)."""
-  from graphbridge import aligners, evaluate, objectives, strategies, train, translators
+  from graphbridge import aligners, evaluate, objectives, pseudo, strategies, train, translators
   return {
       "strategy": strategies.names(),
       "optim.name": tuple(train.OPTIMIZERS),
@@ -26,6 +26,8 @@ def choices() -> dict[str, tuple[str, ...]]:
       "loss.infonce_positives": objectives.INFONCE_POSITIVES,
       "posthoc": aligners.POSTHOC,
       "eval.split": evaluate.SPLITS,
+      "eval.routes": evaluate.ROUTE_MODES,
+      "pseudo.method": pseudo.METHODS,
   }
 
 

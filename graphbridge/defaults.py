@@ -43,10 +43,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.infonce = 0.5            # per-edge symmetric InfoNCE on pairs
   c.loss.temperature = 0.07
   c.loss.learn_temperature = False
-  c.loss.infonce_positives = "label"  # class-level pairs: same-class rows are positives
+  c.loss.infonce_positives = "auto"   # per pair set: "pair" (each pair its own positive) where pairs
+                                      # join instances, "label" (same-class rows) where pairs are
+                                      # class-level; see data.choose_positives. Or force "label"/"pair"
   c.loss.cycle_weights = (0.2,)   # weight of 2-cycles (then 3-cycles, ...): a->b->a on a's own rows
   c.loss.supervised_edges = ""    # "" = every trainable edge with pairs
   c.loss.cycle_starts = ""        # "" = every modality
+  c.loss.structure = 0.0          # neighbourhood-structure regulariser: each modality's batch
+                                  # similarity structure kept by its translations (off: see
+                                  # docs/unpaired.md for the benchmark)
+  c.loss.structure_temperature = 0.1
   c.loss.aligned_batches = False  # instance-aligned data (row i of every modality = one sample):
                                   # one batch per modality serves pair terms and cycles
 
@@ -72,6 +78,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200   # per-edge Orbax checkpoints under workdir/checkpoints
   c.train.keep_checkpoints = 2
   c.train.skip_nonfinite = True    # a NaN/inf step leaves params untouched, then the run stops naming it
+
+  c.pseudo = ml_collections.ConfigDict()     # self-training on pseudo-pairs of unpaired rows (pseudo.py)
+  c.pseudo.rounds = 0             # rounds after the first training (0 = off); each trains from scratch
+  c.pseudo.method = "sinkhorn"    # sinkhorn (entropic OT, mutual argmax of the plan) | mutual_nn
+  c.pseudo.min_agreement = 0.5    # gate per modality pair: matches found again from the other side
+  c.pseudo.max_rows = 1000        # unpaired train rows per modality considered
+  c.pseudo.new_edges = True       # also pair modalities never paired (grows the graph)
+  c.pseudo.epsilon = 0.02         # Sinkhorn entropic regularisation (cost 1 - cos)
 
   c.finetune = ml_collections.ConfigDict()   # contrastive fine-tuning phase after train.steps
   c.finetune.steps = 0            # 0 = no fine-tuning phase
@@ -115,6 +129,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_queries = 0          # retrieval: score a seeded sample of this many query rows per route
                                   # against the whole gallery (0: every row); reported when used
   c.eval.paths = ""               # extra named routes to report, e.g. "image->text->audio"
+  c.eval.routes = "ensemble"      # never-paired modalities: "ensemble" averages the similarities of
+                                  # the fewest-hop routes meeting between query and gallery (one per
+                                  # meeting node); "ensemble_all" also in their own spaces; "best":
+                                  # one route (docs/evaluation.md, "Routes")
+  c.eval.csls_k = 0               # > 0: CSLS hubness correction with k neighbours (transductive)
   c.eval.cycle_length = 3         # reconstruction table: cycles of up to this many hops
   c.eval.path_hops = 3            # reconstruction table: paths a->...->b of up to this many hops
   c.eval.tables = ""              # report tables (evaluators.EVALUATORS), e.g. "retrieval,gap"; "" = all

@@ -110,6 +110,8 @@ def planned_routes(aligner: Aligner, dataset: Dataset, extra_routes: Iterable[st
                    pairs: Sequence[tuple[str, str]] | None = None) -> list[RouteSpec]:
   """The default route of every ordered pair of distinct modalities (or of `pairs`), then named routes."""
   names = dataset.names
+  if hasattr(aligner, "bind_data"):
+    aligner.bind_data(dataset)
   wanted = [(q, g) for q in names for g in names if q != g] if pairs is None else list(pairs)
   specs = []
   for query, gallery in wanted:
@@ -435,10 +437,19 @@ def common_space_rows(aligner: Aligner, dataset: Dataset, space: str, cache: Enc
   projected rows for strategies that meet in a shared space (route "gallery side of <route>")."""
   out, routes = {}, {}
   raw = dataset.modalities[space].emb[split_rows(dataset, space, cache.split)]
+  layout = getattr(aligner, "layout", None)
+  if hasattr(aligner, "bind_data"):
+    aligner.bind_data(dataset)
   for m in dataset.names:
     if m == space:
       continue
     route = aligner.default_route(m, space)
+    if hasattr(aligner, "route_graph") and m in layout.graph.dims and space in layout.graph.dims:
+      # translators: go all the way into space's own space (a default route may meet elsewhere,
+      # in another modality's dimension, or average several spaces: neither fits one picture)
+      graph = aligner.route_graph()
+      dist = graph.hop_distance(m, space)
+      route = path_name(graph.shortest_path(m, space)) if dist is not None else route
     enc = cache.get(RouteSpec(m, space, route)) if route is not None else None
     if enc is None:
       continue
@@ -509,27 +520,81 @@ def translate_paths(layout, params: Mapping, compute_dtype: str, routes: Sequenc
   return out
 
 
+ROUTE_MODES = ("ensemble", "ensemble_all", "best")
+
+
+def csls_transform(zq: np.ndarray, zg: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """CSLS hubness correction (Conneau et al. 2018) as two embeddings whose cosine ranks the gallery
+  as 2 cos(x, y) - r(y) does, r(y) = mean cosine of gallery row y to its k nearest queries.
+
+  Transductive: r uses the whole query set. zq [n_q, d], zg [n_g, d] (unit rows) -> [n, d + 2]:
+  queries [x, 1, 0], gallery [y, -r/2, sqrt(1/4 - r^2/4)]; every row of a side has the same norm,
+  so cosine = (cos - r/2) / const."""
+  zq = np.asarray(zq, np.float32)
+  zg = np.asarray(zg, np.float32)
+  k = max(1, min(int(k), len(zq)))
+  r = np.empty(len(zg), np.float32)
+  for lo in range(0, len(zg), 2048):
+    sims = zg[lo:lo + 2048] @ zq.T
+    r[lo:lo + 2048] = np.mean(-np.partition(-sims, k - 1, axis=1)[:, :k], axis=1)
+  r = np.clip(r, -1.0, 1.0)
+  a = -r / 2
+  q = np.concatenate([zq, np.ones((len(zq), 1), np.float32), np.zeros((len(zq), 1), np.float32)], 1)
+  g = np.concatenate([zg, a[:, None], np.sqrt(np.maximum(0.25 - a ** 2, 0.0))[:, None]], 1)
+  return q, g
+
+
 @dataclasses.dataclass
 class GraphAligner:
   """Any strategy whose model is translators on a graph (graph, pivot, pairwise, C-MCR).
 
   Routes (see graphbridge/routes.py): `a->b->c` translates queries into the gallery's space;
-  `a->p<-c` translates both sides into the meeting node p. The default route is the best one
-  (fewest hops, then the shortest longer side, then into the gallery's own space)."""
+  `a->p<-c` translates both sides into the meeting node p; `r1 + r2 + ...` averages the cosine
+  similarity matrices of several routes. The default route (docs/evaluation.md, "Routes"): the
+  direct edge where there is one; for modalities never paired, `routes="ensemble"` (default)
+  averages the fewest-hop routes that meet at a node between query and gallery (one per meeting
+  node), `"ensemble_all"` also those into the query's or gallery's own space, `"best"` takes the
+  best one (fewest hops, then the shortest longer side, then into the gallery's space). Edges trained by
+  cycles only (`not_hops`, set from the data by `bind_data`) are never taken as a hop: they have
+  no pairs behind them. csls_k > 0: CSLS hubness correction (transductive: uses the query set)."""
   layout: object
   params: Mapping
   compute_dtype: str = "float32"
   name: str = "graph"
+  routes: str = "ensemble"
+  csls_k: int = 0
+  not_hops: frozenset | None = None   # None: not yet read from the data (bind_data)
+
+  def __post_init__(self):
+    if self.routes not in ROUTE_MODES:
+      raise ValueError(f"routes={self.routes!r}: choose one of {', '.join(ROUTE_MODES)}")
+
+  def bind_data(self, dataset: Dataset) -> None:
+    """Edges between two modalities of the data that have no pairs (graph.extra_edges, trained by
+    cycles only) are no paired hop: routes never take them. Called by evaluation."""
+    if self.not_hops is None:
+      self.not_hops = frozenset(e for e in self.layout.graph.edges if e.src in dataset.modalities
+                                and e.dst in dataset.modalities and not dataset.pairs_for(e.src, e.dst).size)
+
+  def route_graph(self) -> ModalityGraph:
+    from graphbridge.routes import without_edges
+    return without_edges(self.layout.graph, self.not_hops or ())
 
   def default_route(self, query: str, gallery: str) -> str | None:
-    graph = self.layout.graph
+    from graphbridge.routes import ensemble_name, meeting_routes
+    graph = self.route_graph()
     if query not in graph.dims or gallery not in graph.dims:
       return None
-    route = best_route(graph, query, gallery)
-    return None if route is None else route.name
+    routes = meeting_routes(graph, query, gallery, interior=self.routes == "ensemble")
+    if not routes:
+      return None
+    if self.routes == "best" or routes[0].hops < 2 or len(routes) == 1:
+      return routes[0].name
+    return ensemble_name(routes)
 
   def route_ends(self, route: str) -> tuple[str, str]:
-    parsed = parse_route(self.layout.graph, route)
+    from graphbridge.routes import parse_route, split_ensemble
+    parsed = parse_route(self.layout.graph, split_ensemble(route)[0])
     return parsed.query, parsed.gallery
 
   def translate_many(self, routes: Sequence[str], x: np.ndarray) -> dict[str, np.ndarray]:
@@ -544,11 +609,23 @@ class GraphAligner:
     return translate_paths(self.layout, self.params, self.compute_dtype, [path], x)[path]
 
   def encode(self, query, gallery, route, xq, xg):
-    parsed = parse_route(self.layout.graph, route)
-    if (parsed.query, parsed.gallery) != (query, gallery):
-      raise GraphError(f"route {route} does not join {query} (query) and {gallery} (gallery)")
-    return (self.translate(path_name(parsed.query_path), xq),
-            self.translate(path_name(parsed.gallery_path), xg))
+    from graphbridge.routes import parse_route, split_ensemble
+    parts = split_ensemble(route)
+    zqs, zgs = [], []
+    for part in parts:
+      parsed = parse_route(self.layout.graph, part)
+      if (parsed.query, parsed.gallery) != (query, gallery):
+        raise GraphError(f"route {part} does not join {query} (query) and {gallery} (gallery)")
+      zqs.append(self.translate(path_name(parsed.query_path), xq))
+      zgs.append(self.translate(path_name(parsed.gallery_path), xg))
+    if len(parts) == 1:
+      zq, zg = zqs[0], zgs[0]
+    else:  # unit rows side by side, / sqrt(R): the cosine is the mean of the routes' cosines
+      scale = np.float32(1.0 / np.sqrt(len(parts)))
+      zq, zg = np.concatenate(zqs, 1) * scale, np.concatenate(zgs, 1) * scale
+    if self.csls_k > 0:
+      zq, zg = csls_transform(zq, zg, self.csls_k)
+    return zq, zg
 
 
 # ---- tables ------------------------------------------------------------------------------------

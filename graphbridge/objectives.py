@@ -30,7 +30,8 @@ from graphbridge.translators import EdgeLayout, apply_bucket, normalize
 PyTree = Any
 
 
-INFONCE_POSITIVES = ("label", "pair")   # choices of loss.infonce_positives: same class, or the pair itself
+INFONCE_POSITIVES = ("auto", "label", "pair")  # loss.infonce_positives: read from the pairs
+                                                # (data.choose_positives), same class, or the pair itself
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +83,8 @@ class LossSettings:
   pair_terms: tuple[PairTerm, ...] | None = None    # explicit terms (strategies); overrides supervised_edges
   aligned_batches: bool = False  # instance-aligned data: row i of every modality is one sample, so a
                                  # pair term a->b uses the cycle batches of a and b (shared first hop)
+  structure: float = 0.0         # neighbourhood-structure regulariser weight (structure_loss)
+  structure_temperature: float = 0.1
 
   @property
   def max_cycle_length(self) -> int:
@@ -112,6 +115,8 @@ class LossPlan:
   term_out: tuple[tuple[int, int], ...]   # (slot of side a, slot of side b) per term
   cycle_out: tuple[int, ...]              # slot of the reconstruction per cycle
   applications: int                       # translator applications per step (per batch row)
+  structure_out: tuple[tuple[int, int], ...] = ()   # (slot of a's rows, slot of f_ab(rows)) per edge
+  structure_edges: tuple[str, ...] = ()
 
   @property
   def supervised(self) -> tuple[Edge, ...]:
@@ -127,8 +132,11 @@ class LossPlan:
     return tuple(len(c) - 1 for c in self.cycles)
 
   def term_names(self) -> dict[str, list[str]]:
-    return {"edge_cos": [t.name for t in self.terms], "infonce": [t.name for t in self.terms],
-            "cycle": [path_name(c) for c in self.cycles]}
+    names = {"edge_cos": [t.name for t in self.terms], "infonce": [t.name for t in self.terms],
+             "cycle": [path_name(c) for c in self.cycles]}
+    if self.structure_out:
+      names["structure"] = list(self.structure_edges)
+    return names
 
   def describe(self) -> str:
     return (f"{len(self.terms)} pair terms, {len(self.cycles)} cycles (lengths "
@@ -147,8 +155,11 @@ class LossPlan:
       return {"log_inv_temperature": jnp.float32(np.log(1.0 / self.settings.temperature))}
     return {}
 
-  def sampler_arrays(self, dataset, infonce_positives: str = "label") -> dict:
-    """Numpy arrays for the device sampler: rows to draw cycles from, pair sets, pair labels."""
+  def sampler_arrays(self, dataset, infonce_positives="label") -> dict:
+    """Numpy arrays for the device sampler: rows to draw cycles from, pair sets, pair labels.
+
+    infonce_positives: "label" / "pair", or {"a->b": "label" | "pair"} per pair set (the choices
+    of loss.infonce_positives="auto", see data.choose_positives)."""
     from graphbridge import data as data_lib
     if self.settings.aligned_batches:
       return data_lib.aligned_arrays(dataset, self.starts, self.pair_keys, infonce_positives)
@@ -156,7 +167,8 @@ class LossPlan:
     arrays = data_lib.device_arrays(dataset, self.layout.graph, pair_sets, self.starts)
     for e in pair_sets:
       pairs = arrays["pairs"][e.name]
-      if infonce_positives == "pair" or not data_lib.pair_label_agreement(dataset, e.src, e.dst, pairs):
+      choice = data_lib.resolve_positives(infonce_positives, e.src, e.dst)
+      if choice == "pair" or not data_lib.pair_label_agreement(dataset, e.src, e.dst, pairs):
         arrays["pair_labels"][e.name] = np.arange(len(pairs), dtype=np.int32)
     return arrays
 
@@ -253,6 +265,13 @@ def build_plan(layout: EdgeLayout, settings: LossSettings,
   term_out = [(chain_end(pair_slot[t.pairs][0], t.path_a), chain_end(pair_slot[t.pairs][1], t.path_b))
               for t in terms]
   cycle_out = [chain_end(start_slot[c[0]], c) for c in cycles]
+  structure_out, structure_edges = [], []
+  if settings.structure > 0:  # every trainable first hop of a start modality's own rows
+    for m in starts:
+      for e in graph.out_edges(m):
+        if e in trainable and e.dst in (data_nodes if data_nodes is not None else graph.node_names):
+          structure_out.append((start_slot[m], chain_end(start_slot[m], (m, e.dst))))
+          structure_edges.append(e.name)
 
   planned_levels = []
   applications = 0
@@ -274,14 +293,18 @@ def build_plan(layout: EdgeLayout, settings: LossSettings,
     planned_levels.append(tuple(calls))
   return LossPlan(layout, settings, terms, cycles, starts, tuple(start_slot.items()),
                   tuple((k, a, b) for k, (a, b) in pair_slot.items()), tuple(slot_dims),
-                  tuple(planned_levels), tuple(term_out), tuple(cycle_out), applications)
+                  tuple(planned_levels), tuple(term_out), tuple(cycle_out), applications,
+                  tuple(structure_out), tuple(structure_edges))
 
 
 def initial_weights(settings: LossSettings) -> dict[str, jax.Array]:
   """Loss weights as arrays: they live in the train state, so changing them (e.g. for a
   contrastive fine-tuning phase) does not recompile the step."""
-  return {"edge_cos": jnp.float32(settings.edge_cos), "infonce": jnp.float32(settings.infonce),
-          "cycle": jnp.asarray(settings.cycle_weights, jnp.float32)}
+  weights = {"edge_cos": jnp.float32(settings.edge_cos), "infonce": jnp.float32(settings.infonce),
+             "cycle": jnp.asarray(settings.cycle_weights, jnp.float32)}
+  if settings.structure > 0:
+    weights["structure"] = jnp.float32(settings.structure)
+  return weights
 
 
 def finetune_weights(weights: Mapping[str, jax.Array], finetune) -> dict[str, jax.Array]:
@@ -426,6 +449,22 @@ def _symmetric_infonce(pred: jax.Array, target: jax.Array, labels: jax.Array,
   return 0.5 * (jnp.mean(row, axis=-1) + jnp.mean(col, axis=-1))
 
 
+def structure_loss(x: jax.Array, y: jax.Array, temperature: float) -> jax.Array:
+  """Neighbourhood-structure regulariser (after STRUCTURE, NeurIPS 2025): x [..., B, d_a] rows of a
+  modality, y [..., B, d_b] their translations. Each row's softmax over its cosine similarities
+  to the other rows of the batch (temperature-sharpened: the near neighbours dominate) should be
+  the same before and after translation: mean over rows of KL(p_x || p_y). 0 when the translation
+  keeps every similarity (e.g. a rotation). Returns [...]."""
+  def log_p(z):
+    z = normalize(z)
+    sims = jnp.einsum("...bd,...cd->...bc", z, z) / temperature
+    eye = jnp.eye(sims.shape[-1], dtype=bool)
+    return jax.nn.log_softmax(jnp.where(eye, -1e9, sims), axis=-1)
+  lx, ly = log_p(x.astype(jnp.float32)), log_p(y.astype(jnp.float32))
+  kl = jnp.sum(jnp.exp(lx) * (lx - ly), axis=-1)
+  return jnp.mean(kl, axis=-1)
+
+
 def _by_dim(plan: LossPlan, pred_slots: Sequence[int]) -> list[list[int]]:
   """Indices of items grouped by feature dim (each group is one batched computation)."""
   groups: dict[int, list[int]] = {}
@@ -466,9 +505,14 @@ def compute_terms(plan: LossPlan, pools: Mapping, batch: Mapping, inv_temperatur
     pred = gather_slots(plan, pools, [plan.cycle_out[i] for i in idx])
     target = gather_slots(plan, pools, [cycle_targets[i] for i in idx])
     cycle_parts.append(_cosine_loss(pred, target))
-  return {"edge_cos": _in_item_order(cos_parts, term_groups),
-          "infonce": _in_item_order(nce_parts, term_groups),
-          "cycle": _in_item_order(cycle_parts, cycle_groups)}
+  out = {"edge_cos": _in_item_order(cos_parts, term_groups),
+         "infonce": _in_item_order(nce_parts, term_groups),
+         "cycle": _in_item_order(cycle_parts, cycle_groups)}
+  if plan.structure_out:
+    out["structure"] = jnp.stack([
+        structure_loss(gather_slots(plan, pools, [a])[0], gather_slots(plan, pools, [b])[0],
+                       plan.settings.structure_temperature) for a, b in plan.structure_out])
+  return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -492,6 +536,8 @@ def total_loss(plan: LossPlan, terms: Mapping[str, jax.Array], weights: Mapping[
   if len(plan.cycles):
     cycle_by_length = jnp.asarray(_length_matrix(plan.cycle_lengths, n_lengths)) @ terms["cycle"]
     total += jnp.sum(weights["cycle"] * cycle_by_length)
+  if "structure" in terms and "structure" in weights:
+    total += weights["structure"] * jnp.mean(terms["structure"])
   return total, cycle_by_length
 
 

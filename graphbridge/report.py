@@ -46,6 +46,8 @@ class EvalOptions:
   seed: int = 0
   plot_dpi: int = 120                  # raster figures; PDF/SVG are vector
   plot_formats: tuple[str, ...] = ("png",)   # also ("png", "pdf") or ("png", "svg") for papers
+  routes: str = "ensemble"             # translator aligners: default route for never-paired pairs
+  csls_k: int = 0                      # > 0: CSLS hubness correction (transductive)
   tables: tuple[str, ...] = ()         # evaluators.EVALUATORS names to compute; () = all
 
   @classmethod
@@ -58,6 +60,7 @@ class EvalOptions:
                   extra_routes=paths, cycle_length=int(ev.get("cycle_length", 3)),
                   path_hops=int(ev.get("path_hops", 3)), seed=int(config.get("seed", 0) or 0),
                   plot_dpi=int(ev.get("plot_dpi", 120)), plot_formats=_formats(ev.get("plot_formats", "png")),
+                  routes=str(ev.get("routes", "ensemble")), csls_k=int(ev.get("csls_k", 0) or 0),
                   tables=_names(ev.get("tables", "")), max_queries=int(ev.get("max_queries", 0) or 0))
     return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -96,8 +99,10 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
   """Every table of the report for `aligner` (and `before`: the same strategy at initialisation)."""
   options = options or EvalOptions()
   split = options.split
+  aligner, before = (with_route_options(a, options) for a in (aligner, before))
   ctx = evaluators.Context(aligner, dataset, before, options)
-  summary = {"strategy": aligner.name, "data": dataset.source, "split": split}
+  summary = {"strategy": aligner.name, "data": dataset.source, "split": split,
+             "routes": options.routes, "csls_k": int(options.csls_k), "transductive": bool(options.csls_k > 0)}
   for evaluator in evaluators.selected(options.tables):
     summary.update(evaluator.compute(ctx))
   from graphbridge.data_tools import split_warning
@@ -120,8 +125,33 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
                   "labels": _projection_labels(dataset, split)}
     if before is not None:
       projection["before"], _ = eval_lib.common_space_rows(before, dataset, space, ctx.cache_before)
+    left_out = _one_dimension(projection, space)
     summary["projection"] = {"space": space, "routes": space_routes}
+    if left_out:
+      summary["projection"]["left_out"] = left_out
   return Report(summary, projection)
+
+
+def with_route_options(aligner, options: EvalOptions):
+  """A translator aligner with the options' route mode and CSLS setting (others as they are)."""
+  if isinstance(aligner, eval_lib.GraphAligner) and (aligner.routes, aligner.csls_k) != (options.routes,
+                                                                                          options.csls_k):
+    return dataclasses.replace(aligner, routes=options.routes, csls_k=int(options.csls_k))
+  return aligner
+
+
+def _one_dimension(projection: dict, space: str) -> list[str]:
+  """Keep the modalities whose rows share the common space's dimension (one picture needs one
+  space); returns the names left out, e.g. modalities that meet `space` only in a third space."""
+  dim = projection["after"][space].shape[1]
+  left_out = [m for m, z in projection["after"].items() if z.shape[1] != dim]
+  if projection["before"] is not None:
+    left_out += [m for m, z in projection["before"].items()
+                 if z.shape[1] != projection["before"][space].shape[1] and m not in left_out]
+  for key in ("after", "before"):
+    if projection[key] is not None:
+      projection[key] = {m: z for m, z in projection[key].items() if m not in left_out}
+  return left_out
 
 
 def _projection_labels(dataset, split: str) -> dict | None:
@@ -171,12 +201,35 @@ def write_plots(report: Report, out_dir: str, title: str, names: Sequence[str],
     return _write_plots(plots, report, out_dir, title, names, metrics_rows, seed, points)
 
 
+class _Skips:
+  """Runs each figure; one that cannot be drawn is skipped with a one-line note (the numbers are
+  already in report.json / report.md), so one odd graph never costs the other figures."""
+
+  def __init__(self, summary: dict):
+    self.summary = summary
+
+  def __call__(self, key: str, draw: Callable[[], None]) -> bool:
+    try:
+      draw()
+      return True
+    except ImportError:
+      raise
+    except Exception as exc:  # noqa: BLE001  (any figure failure: note it, keep going)
+      note = f"{key}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+      self.summary.setdefault("plots_not_drawn", []).append(note)
+      return False
+
+
 def _write_plots(plots, report: Report, out_dir: str, title: str, names: Sequence[str],
                  metrics_rows: Sequence[Mapping], seed: int, points: int) -> dict[str, str]:
   colours = plots.modality_colours(names)
   s = report.summary
   written = {}
+  attempt = _Skips(s)
   proj = report.projection
+  if proj is not None and len(proj["after"]) <= 1 and s.get("projection", {}).get("left_out"):
+    s.setdefault("plots_not_drawn", []).append(
+        f"projection: no two modalities share {proj['space']}'s space")
   if proj is not None and len(proj["after"]) > 1:
     space = proj["space"]
     name = PLOT_FILES["projection"]
@@ -185,39 +238,46 @@ def _write_plots(plots, report: Report, out_dir: str, title: str, names: Sequenc
       what = f"all modalities in {space}'s space ({s['split']} split; others translated into it)"
     else:
       what = f"all modalities where they meet {space} ({s['split']} split)"
+    if s.get("projection", {}).get("left_out"):
+      what += f"; left out: {', '.join(s['projection']['left_out'])} (no route into that space)"
     if proj["before"] is not None:
-      plots.plot_projection_before_after(proj["before"], proj["after"], proj["labels"],
-                                         os.path.join(out_dir, name), f"{title}: {what}",
-                                         max_points_per_modality=points, seed=seed, colours=colours)
+      draw = lambda: plots.plot_projection_before_after(
+          proj["before"], proj["after"], proj["labels"], os.path.join(out_dir, name), f"{title}: {what}",
+          max_points_per_modality=points, seed=seed, colours=colours)
     else:
-      plots.plot_projection(proj["after"], proj["labels"], os.path.join(out_dir, name), f"{title}: {what}",
-                            max_points_per_modality=points, seed=seed, colours=colours)
-    written["projection"] = name
+      draw = lambda: plots.plot_projection(proj["after"], proj["labels"], os.path.join(out_dir, name),
+                                           f"{title}: {what}", max_points_per_modality=points, seed=seed,
+                                           colours=colours)
+    if attempt("projection", draw):
+      written["projection"] = name
   for level in ("instance", "class"):
     values, chance = retrieval_matrix(s.get("rows", []), names, level)
     if np.isfinite(values).any():
       name = PLOT_FILES["heatmap"].format(level=level)
-      plots.plot_retrieval_heatmap(values, names, names, os.path.join(out_dir, name),
-                                   f"{title}: {level}-level retrieval mAP ({s['split']} split)",
-                                   metric_name=f"mAP ({level}-level)", chance=chance,
-                                   zero_shot=zero_shot_matrix([r for r in s.get("rows", []) if r["level"] == level],
-                                                              names) & np.isfinite(values))
-      written[f"heatmap_{level}"] = name
+      draw = lambda: plots.plot_retrieval_heatmap(
+          values, names, names, os.path.join(out_dir, name),
+          f"{title}: {level}-level retrieval mAP ({s['split']} split)", metric_name=f"mAP ({level}-level)",
+          chance=chance, zero_shot=zero_shot_matrix([r for r in s.get("rows", []) if r["level"] == level], names)
+          & np.isfinite(values))
+      if attempt(f"heatmap_{level}", draw):
+        written[f"heatmap_{level}"] = name
   if s.get("reconstruction"):
     name = PLOT_FILES["reconstruction"]
     # One line per target modality: its baseline is the same whatever the path, so the line and
     # its dashed baseline compare like with like across hops (cycles a->..->a target a).
     by_target = [{**r, "kind": f"into {r['end']}"} for r in s["reconstruction"]]
-    plots.plot_reconstruction_by_hops(by_target, os.path.join(out_dir, name),
-                                      f"{title}: reconstruction of each modality's rows by path length",
-                                      seed=seed, colours={f"into {m}": c for m, c in colours.items()})
-    written["reconstruction"] = name
+    draw = lambda: plots.plot_reconstruction_by_hops(
+        by_target, os.path.join(out_dir, name), f"{title}: reconstruction of each modality's rows by path length",
+        seed=seed, colours={f"into {m}": c for m, c in colours.items()})
+    if attempt("reconstruction", draw):
+      written["reconstruction"] = name
   curves = [{k: v for k, v in r.items() if k == "step" or _is_summary_loss(k)} for r in metrics_rows]
   if any(k.startswith("loss/") for r in curves for k in r):
     name = PLOT_FILES["curves"]
-    plots.plot_training_curves(curves, os.path.join(out_dir, name), f"{title}: training losses "
-                               "(means over edges; per-edge terms in metrics.jsonl)")
-    written["curves"] = name
+    draw = lambda: plots.plot_training_curves(curves, os.path.join(out_dir, name), f"{title}: training losses "
+                                              "(means over edges; per-edge terms in metrics.jsonl)")
+    if attempt("curves", draw):
+      written["curves"] = name
   return written
 
 
@@ -244,6 +304,9 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
     parts.append(f"\n\n> **Warning:** {summary['split_warning']}.\n\n")
   if summary.get("step") is not None:
     parts.append(f" Checkpoint step {summary['step']}.")
+  if summary.get("transductive"):
+    parts.append(f"\n\n> **Transductive:** CSLS hubness correction (k={summary['csls_k']}) ranks each gallery "
+                 "with statistics of the whole query set.\n\n")
   parts.append("\n\n")
   for evaluator in evaluators.present(summary):
     parts.append(evaluator.markdown(summary))
@@ -266,6 +329,8 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
       parts.append(f"![{key}]({name})\n\n" + _caption(text))
   elif summary.get("plots_skipped"):
     parts.append(f"_No pictures: {summary['plots_skipped']}._\n\n")
+  for note in summary.get("plots_not_drawn", []):
+    parts.append(f"_Figure not drawn: {note}._\n\n")
   if summary.get("timing") or summary.get("final_losses"):
     parts.append("## Run\n\n")
     losses = {k: v for k, v in summary.get("final_losses", {}).items() if _is_summary_loss(k)}
@@ -291,6 +356,8 @@ def write_report(report: Report, out_dir: str, title: str, names: Sequence[str],
     return []
   os.makedirs(out_dir, exist_ok=True)
   images = {}
+  report.summary["plots"] = images
+  _write_numbers(report, out_dir, title, images)  # the numbers first: no figure can cost them
   if plots:
     try:
       images = write_plots(report, out_dir, title, names, metrics_rows, seed=seed, points=points, dpi=dpi,
@@ -298,10 +365,14 @@ def write_report(report: Report, out_dir: str, title: str, names: Sequence[str],
     except ImportError as exc:
       report.summary["plots_skipped"] = f"matplotlib is not installed ({exc}); pip install matplotlib"
   report.summary["plots"] = images
+  _write_numbers(report, out_dir, title, images)  # again, now with the figures and any notes
+  return [os.path.join(out_dir, n) for n in (*REPORT_FILES, *images.values())]
+
+
+def _write_numbers(report: Report, out_dir: str, title: str, images: Mapping[str, str]) -> None:
   eval_lib.write_json(os.path.join(out_dir, "report.json"), report.summary)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write(markdown(report.summary, images, title))
-  return [os.path.join(out_dir, n) for n in (*REPORT_FILES, *images.values())]
 
 
 def run_report(aligner: eval_lib.Aligner, dataset, out_dir: str | None,
@@ -327,6 +398,8 @@ def run_report(aligner: eval_lib.Aligner, dataset, out_dir: str | None,
                            options.projection_points, options.plot_dpi, options.plot_formats)
     note = f" ({report.summary['plots_skipped']})" if report.summary.get("plots_skipped") else ""
     log(f"\nwrote {', '.join(os.path.basename(p) for p in written)} to {out_dir}{note}")
+    for skipped in report.summary.get("plots_not_drawn", []):
+      log(f"figure not drawn: {skipped}")
   log(f"report took {time.perf_counter() - t0:.1f}s")
   return report.summary
 

@@ -72,6 +72,49 @@ def _distances_to(graph: ModalityGraph, target: str) -> dict[str, Path]:
   return best
 
 
+ENSEMBLE_SEP = " + "
+
+
+def without_edges(graph: ModalityGraph, edges) -> ModalityGraph:
+  """The same nodes without `edges` (e.g. edges trained by cycles only, which are no paired hop)."""
+  drop = set(edges)
+  if not drop & set(graph.edges):
+    return graph
+  return ModalityGraph.build(graph.nodes, [e for e in graph.edges if e not in drop])
+
+
+def meeting_routes(graph: ModalityGraph, query: str, gallery: str, interior: bool = False) -> list[Route]:
+  """Every route of the fewest hops, one per meeting node (the best route first, then node order).
+
+  In a tree or chain these are the meeting points along the one path between query and gallery
+  (`a->b->c`, `a->b<-c`, `a<-b<-c`): the same translators, composed towards different spaces.
+  interior: only meeting nodes other than the query and the gallery (both sides translated);
+  the best route alone if there is none."""
+  best = best_route(graph, query, gallery)
+  if best is None:
+    return []
+  routes = [best]
+  for meet in graph.node_names:
+    to_meet = _distances_to(graph, meet)
+    if query in to_meet and gallery in to_meet:
+      route = Route(to_meet[query], to_meet[gallery])
+      if route.hops == best.hops and route.meet != best.meet:
+        routes.append(route)
+  if interior:
+    inner = [r for r in routes if r.meet not in (query, gallery)]
+    routes = inner or routes[:1]
+  return routes
+
+
+def ensemble_name(routes) -> str:
+  """'a->b<-c + a->b->c': similarities averaged over the routes (see GraphAligner.encode)."""
+  return ENSEMBLE_SEP.join(r.name if isinstance(r, Route) else str(r) for r in routes)
+
+
+def split_ensemble(route: str) -> list[str]:
+  return [r.strip() for r in route.split(ENSEMBLE_SEP.strip()) if r.strip()]
+
+
 def best_route(graph: ModalityGraph, query: str, gallery: str) -> Route | None:
   """Fewest total hops; then the shortest longer side (compose as few translators in a row as
   possible: image->text<-audio before image->text->audio); then translating into the gallery's

@@ -56,7 +56,8 @@ class Setup:
   plan: objective_api.Objective
   compute_dtype: str
   batch_size: int
-  infonce_positives: str
+  infonce_positives: tuple        # (("a->b", "label" | "pair"), ...) per pair set of the data
+  positive_choices: tuple = ()    # ((pair set, choice, why), ...) as printed on the plan line
 
   @property
   def graph(self) -> ModalityGraph:
@@ -77,7 +78,9 @@ def loss_settings_from_config(loss_cfg) -> objectives.LossSettings:
       temperature=float(loss_cfg.temperature), learn_temperature=bool(loss_cfg.learn_temperature),
       cycle_weights=tuple(float(w) for w in loss_cfg.cycle_weights),
       supervised_edges=sup or None, cycle_starts=starts or None,
-      aligned_batches=bool(loss_cfg.get("aligned_batches", False)))
+      aligned_batches=bool(loss_cfg.get("aligned_batches", False)),
+      structure=float(loss_cfg.get("structure", 0.0)),
+      structure_temperature=float(loss_cfg.get("structure_temperature", 0.1)))
 
 
 def virtual_nodes_from_config(config) -> dict[str, int]:
@@ -117,11 +120,18 @@ def build_setup(config, dataset: data_lib.Dataset, graph: ModalityGraph | None =
     plan = objectives.build_plan(layout, loss_settings_from_config(config.loss), paired,
                                  data_nodes=[n for n in graph.node_names if n in dataset.modalities])
   dtype_from_name(config.model.compute_dtype)  # validate early
-  positives = config.loss.get("infonce_positives", "label")
-  if positives not in objectives.INFONCE_POSITIVES:
-    raise ConfigError(f"loss.infonce_positives={positives!r}: choose "
-                      + " or ".join(repr(p) for p in objectives.INFONCE_POSITIVES))
-  return Setup(layout, plan, config.model.compute_dtype, int(config.data.batch_size), positives)
+  requested = config.loss.get("infonce_positives", "auto")
+  if requested not in data_lib.POSITIVES:
+    raise ConfigError(f"loss.infonce_positives={requested!r}: choose 'auto', 'label' or 'pair'")
+  choices = {f"{a}->{b}": data_lib.choose_positives(dataset, a, b, requested) for a, b in dataset.pairs}
+  return Setup(layout, plan, config.model.compute_dtype, int(config.data.batch_size),
+               tuple((k, v[0]) for k, v in choices.items()), tuple((k, *v) for k, v in choices.items()))
+
+
+def describe_positives(setup: Setup) -> str:
+  """'InfoNCE positives: image<->text label (class-level pairs ...), ...' for the plan line."""
+  return "InfoNCE positives: " + ", ".join(f"{k.replace('->', '<->')} {c} ({why})"
+                                           for k, c, why in setup.positive_choices)
 
 
 # ---- optimizer and state ------------------------------------------------------------------------
@@ -361,7 +371,7 @@ def make_batch_step(setup: Setup, tx: optax.GradientTransformation, skip_nonfini
 
 def sampler_arrays(setup: Setup, dataset: data_lib.Dataset) -> dict:
   """Numpy arrays the device sampler draws batches from (see the objective's sampler_arrays)."""
-  return setup.plan.sampler_arrays(dataset, setup.infonce_positives)
+  return setup.plan.sampler_arrays(dataset, dict(setup.infonce_positives))
 
 
 # ---- health ------------------------------------------------------------------------------------
@@ -654,7 +664,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
     log(f"devices: {sharding_lib.describe(mesh)}; translators by bucket: "
         + ", ".join(f"{k} {v}" for k, v in sharding_lib.spec_summary(layout, state["params"]["edges"]).items()))
   log(f"graph: {setup.graph.describe()}")
-  log(f"plan: {plan.describe()}; {start}/{n_total} steps done")
+  log(f"plan: {plan.describe()}; {describe_positives(setup)}; {start}/{n_total} steps done")
 
   log_every = max(int(config.train.log_every), 1)
   print_every = max(int(config.train.get("print_every", log_every)), 1)

@@ -165,7 +165,7 @@ def test_config_errors(config, tri_modal_dataset):
         train_lib.make_optimizer(bad)
     bad = config.copy_and_resolve_references()
     bad.loss.infonce_positives = "row"
-    with pytest.raises(train_lib.ConfigError, match="infonce_positives='row': choose 'label' or 'pair'"):
+    with pytest.raises(train_lib.ConfigError, match="infonce_positives='row': choose 'auto', 'label' or 'pair'"):
         train_lib.build_setup(bad, tri_modal_dataset)
     bad = config.copy_and_resolve_references()
     bad.graph.extra_edges = "image->depth"

@@ -125,6 +125,16 @@ def run_strategy(config: ml_collections.ConfigDict, dataset: Dataset, workdir: s
   t0 = time.perf_counter()
   plan = stages(config, dataset)
   results = []
+  trained_on = dataset
+  if strategy.name == "graph" and int((config.get("pseudo", None) or {}).get("rounds", 0) or 0) > 0:
+    from graphbridge import pseudo  # self-training rounds on gated pseudo-pairs (pseudo.py)
+    rounds = int(config.pseudo.rounds)
+    round_dir = lambda r: workdir if (workdir is None or r == rounds) else os.path.join(workdir, f"round{r}")
+    # each round rebuilds the graph from its data: accepted pseudo-pairs may add edges
+    result, trained_on = pseudo.self_train(
+        config, dataset, lambda ds, r: train_lib.train(config, round_dir(r), dataset=ds, log=log),
+        lambda res: strategy.make_aligner(res.setup.layout, res.params, res.setup.compute_dtype), log=log)
+    plan, results = [], [result]
   for i, stage in enumerate(plan):
     if len(plan) > 1 or stage.overrides or stage.objective is not None:
       log(stage.name)
@@ -141,4 +151,6 @@ def run_strategy(config: ml_collections.ConfigDict, dataset: Dataset, workdir: s
                                    frozen_params=frozen or None))
   final = results[-1]
   aligner = strategy.make_aligner(final.setup.layout, final.params, final.setup.compute_dtype)
+  if hasattr(aligner, "bind_data"):
+    aligner.bind_data(trained_on)  # pseudo-paired edges are paired hops; cycle-only edges are not
   return StrategyRun(strategy.name, aligner, results, time.perf_counter() - t0)

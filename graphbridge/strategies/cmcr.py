@@ -47,7 +47,7 @@ def stages(config, dataset) -> list[Stage]:
                 build_graph(dataset, space_edges, spaces),
                 {**contrastive, **({"train.steps": stage1_steps} if stage1_steps > 0 else {})},
                 objective=meet_objective(terms), subdir="stage1")
-  label_positives = config.loss.get("infonce_positives", "label") == "label"
+  label_positives = config.loss.get("infonce_positives", "auto") != "pair"  # resolved per data (sampler_arrays)
   connectors = [f"{s.space_a}->{s.common}", f"{s.space_b}->{s.common}"]
   second = Stage("C-MCR stage 2: connecting the spaces (stage-1 projectors frozen)",
                  build_graph(dataset, space_edges + connectors, {**spaces, s.common: common_dim}),

@@ -1,0 +1,89 @@
+"""Pseudo-pairs: OT / mutual-NN matching and the per-pair agreement gate have known answers."""
+
+import numpy as np
+import pytest
+
+from graphbridge import data as data_lib
+from graphbridge import pseudo
+
+
+def _rotation(d, rng):
+  q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+  return q
+
+
+@pytest.mark.parametrize("method", ["sinkhorn", "mutual_nn"])
+def test_matching_recovers_the_permutation_of_rotated_data(method):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(80, 12))
+  rot = _rotation(12, rng)
+  perm = rng.permutation(80)
+  y = (x @ rot)[perm]                     # y[j] = x[perm[j]] rotated
+  found = pseudo.match(x @ rot, y, method)
+  assert len(found) == 80
+  np.testing.assert_array_equal(perm[found[:, 1]], found[:, 0])
+
+
+def test_sinkhorn_plan_has_uniform_marginals_and_beats_nn_on_a_hub():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(30, 6))
+  plan = pseudo.sinkhorn_plan(x, x + 0.1 * rng.normal(size=x.shape), epsilon=0.05)
+  np.testing.assert_allclose(plan.sum(1), 1 / 30, rtol=1e-2)
+  np.testing.assert_allclose(plan.sum(0), 1 / 30, rtol=1e-3)
+  # a shared offset makes row 0 of the gallery everyone's nearest neighbour; the assignment, which
+  # must spend each gallery row once, still pairs every row with its own
+  hub_q = x + 0.0
+  hub_g = x + 0.25 * rng.normal(size=x.shape)
+  hub_g[0] = hub_q.mean(0) * 4
+  nn = pseudo.mutual_nn(hub_q, hub_g)
+  ot = pseudo.sinkhorn_matches(hub_q, hub_g, epsilon=0.02)
+  assert np.mean(ot[:, 0] == ot[:, 1]) == 1.0
+  assert len(ot) >= len(nn)
+
+
+class _LinearAligner:
+  """Exact maps between views: b = a @ rot; c is unrelated to both (random features)."""
+  name = "exact"
+
+  def __init__(self, rot):
+    self.rot = rot
+
+  def default_route(self, q, g):
+    return f"{q}->{g}"
+
+  def encode(self, q, g, route, xq, xg):
+    if (q, g) == ("a", "b"):
+      return xq @ self.rot, xg
+    if (q, g) == ("b", "a"):
+      return xq @ self.rot.T, xg
+    proj = np.random.default_rng(abs(hash((q, g))) % 2 ** 32).normal(size=(xq.shape[1], xg.shape[1]))
+    return xq @ proj, xg
+
+
+def _data(n=120, seed=0):
+  rng = np.random.default_rng(seed)
+  rot = _rotation(8, rng)
+  a = rng.normal(size=(n, 8))
+  rows = np.arange(n)
+  perm_b, perm_c = rng.permutation(n), rng.permutation(n)   # rows shuffled per view; ids say which
+  arrays = {"a_emb": a, "a_id": rows, "b_emb": (a @ rot)[perm_b], "b_id": perm_b,
+            "c_emb": rng.normal(size=(n, 8))[perm_c], "c_id": perm_c}
+  inv_b, inv_c = np.argsort(perm_b), np.argsort(perm_c)
+  arrays["pairs_a__b"] = np.stack([rows[:10], inv_b[:10]], 1)
+  arrays["pairs_a__c"] = np.stack([rows[10:20], inv_c[10:20]], 1)
+  return data_lib.from_arrays(arrays), rot
+
+
+def test_gate_accepts_a_strongly_related_pair_and_rejects_an_unrelated_one():
+  dataset, rot = _data()
+  settings = pseudo.PseudoSettings(rounds=1, method="sinkhorn", min_agreement=0.5)
+  found = {(m.a, m.b): m for m in pseudo.pseudo_pairs(_LinearAligner(rot), dataset, settings)}
+  ab, ac = found[("a", "b")], found[("a", "c")]
+  assert ab.accepted and ab.agreement > 0.95 and ab.precision == 1.0 and len(ab.pairs) >= 100
+  assert not ac.accepted and ac.agreement < 0.5
+  assert ("b", "c") in found and not found[("b", "c")].accepted
+  grown = pseudo.grow(dataset, list(found.values()))
+  assert len(grown.pairs[("a", "b")]) == 10 + len(ab.pairs)
+  assert len(grown.pairs[("a", "c")]) == 10
+  with pytest.raises(ValueError, match="pseudo.method='ot'"):
+    pseudo.PseudoSettings(method="ot")
