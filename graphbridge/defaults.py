@@ -67,6 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 2
   c.train.skip_nonfinite = True
+  c.train.allow_resume_changes = False  # resume a workdir although config, loss plan or data changed
+                                   # (recorded in the checkpoints' meta); see docs/reliability.md
 
   c.finetune = ml_collections.ConfigDict()   # contrastive fine-tuning phase after train.steps
   c.finetune.steps = 0

@@ -107,6 +107,10 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
   warning = split_warning(dataset, split)
   if warning:
     summary["split_warning"] = warning
+  empty = [m for m in dataset.names if len(eval_lib.split_rows(dataset, m, split)) == 0]
+  if empty:
+    summary["notes"] = [f"{m} has no {split} rows ({m}_{split} is all False): its rows are skipped in every "
+                        "table" for m in empty]
   projection = None
   if len(dataset.names) > 1:
     space = eval_lib.hub_modality(dataset)
@@ -238,6 +242,8 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
   parts.append(f"Data: `{summary['data']}`; evaluated on the {split} split.")
   if summary.get("split_warning"):
     parts.append(f"\n\n> **Warning:** {summary['split_warning']}.\n\n")
+  for note in summary.get("notes", []):
+    parts.append(f"\n\n> **Note:** {note}.\n\n")
   if summary.get("step") is not None:
     parts.append(f" Checkpoint step {summary['step']}.")
   parts.append("\n\n## Retrieval\n\n")
@@ -344,6 +350,12 @@ def write_report(report: Report, out_dir: str, title: str, names: Sequence[str],
                            formats=formats)
     except ImportError as exc:
       report.summary["plots_skipped"] = f"matplotlib is not installed ({exc}); pip install matplotlib"
+    except Exception as exc:  # noqa: BLE001  (a figure must never cost the numbers)
+      if os.environ.get("GRAPHBRIDGE_DEBUG"):
+        raise
+      report.summary["plots_skipped"] = (f"plotting failed ({type(exc).__name__}: {str(exc)[:200]}); the "
+                                         "numbers in report.json/md are complete (GRAPHBRIDGE_DEBUG=1 for the "
+                                         "traceback)")
   report.summary["plots"] = images
   eval_lib.write_json(os.path.join(out_dir, "report.json"), report.summary)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
@@ -366,6 +378,8 @@ def run_report(aligner: eval_lib.Aligner, dataset, out_dir: str | None,
   log("\n" + console_summary(report.summary))
   if report.summary.get("split_warning"):
     log(f"WARNING: {report.summary['split_warning']}")
+  for note in report.summary.get("notes", []):
+    log(f"note: {note}")
   if out_dir:
     title = f"{os.path.basename(os.path.normpath(dataset.source))}, {aligner.name}"
     written = write_report(report, out_dir, title, dataset.names, metrics_rows, plots, options.seed,
@@ -425,4 +439,6 @@ def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str]
   log(f"run: {workdir} step {run.step}; data: {dataset.source}\n{dataset.summary()}")
   metrics_rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   header = {"graph": run.graph.to_dict(), "step": run.step, "workdir": os.path.abspath(workdir)}
-  return run_report(aligner, dataset, out or workdir, before, options, header, metrics_rows, plots, log)
+  from graphbridge import workdir_lock
+  with workdir_lock.WorkdirLock(out or workdir, log=log):  # no report written over a running job's
+    return run_report(aligner, dataset, out or workdir, before, options, header, metrics_rows, plots, log)
