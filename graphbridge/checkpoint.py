@@ -61,14 +61,21 @@ class CheckpointWriteError(CheckpointError):
   """A checkpoint could not be written (e.g. the disk is full); the steps saved before are intact."""
 
 
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM)
+
+
 def _disk_error(exc: BaseException) -> OSError | None:
-  """The OSError (ENOSPC, EDQUOT, EROFS, EIO, EACCES) somewhere in exc's cause/context chain."""
+  """The disk problem (full, quota, read-only, I/O, permissions) behind exc: an OSError in its
+  cause/context chain, or a tensorstore error (ValueError) whose text carries the OS error."""
   seen = set()
   while exc is not None and id(exc) not in seen:
     seen.add(id(exc))
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO,
-                                                    errno.EACCES, errno.EPERM):
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
       return exc
+    text = str(exc)
+    for code in _DISK_ERRNOS:
+      if os.strerror(code) in text or f"os_error_code='{code}'" in text:
+        return OSError(code, os.strerror(code))
     exc = exc.__cause__ or exc.__context__
   return None
 
@@ -198,6 +205,7 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                            enable_async_checkpointing=async_save, read_only=read_only)
     self._pending: list[tuple[int, dict]] = []  # saved steps whose manifest is not written yet
+    self._failed: CheckpointWriteError | None = None  # the disk error already reported
     try:
       self._manager = ocp.CheckpointManager(self.directory, options=options)
     except Exception as exc:  # e.g. the folder cannot be created
@@ -248,6 +256,8 @@ class Checkpoints:
     disk = _disk_error(exc)
     if disk is None:
       return exc
+    if self._failed is not None:  # already reported; the same failure surfacing again
+      return self._failed
     self._discard_partial(step)
     try:
       kept = [s for s in self._manager.all_steps() if s != step] if self._manager else []
@@ -255,15 +265,17 @@ class Checkpoints:
       kept = []
     where = f"; steps saved before are intact: {', '.join(map(str, sorted(kept)))}" if kept else ""
     what = f"checkpoint step {step} to" if step >= 0 else "the checkpoint folder"
-    return CheckpointWriteError(f"could not write {what} {self.directory}: "
-                                f"{disk.strerror or disk}{where}")
+    self._failed = CheckpointWriteError(f"could not write {what} {self.directory}: "
+                                        f"{disk.strerror or disk}{where}")
+    return self._failed
 
   def _discard_partial(self, step: int) -> None:
-    """Remove the temporary folder of a step that failed to write (never a finished step)."""
+    """Remove the temporary folders of steps that failed to write (Orbax's <step>.orbax-checkpoint-tmp*;
+    never a finished step), freeing the space they took."""
     if jax.process_index() != 0 or not os.path.isdir(self.directory):
       return
     for name in os.listdir(self.directory):
-      if name.startswith(f"{step}.") and "tmp" in name:
+      if ".orbax-checkpoint-tmp" in name:
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def _finish_pending(self) -> None:
@@ -351,11 +363,22 @@ class Checkpoints:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
+    """Finish every save (manifests included) and release the manager. A write error already
+    raised by save() is not raised a second time (the caller is handling it)."""
+    raised_before = self._failed
+    error = None
     try:
       self._finish_pending()
       self._manager.wait_until_finished()
-    finally:
+    except Exception as exc:  # noqa: BLE001
+      error = self._write_error(self.latest_step() or 0, exc)
+    try:
       self._manager.close()
+    except Exception as exc:  # noqa: BLE001
+      if error is None and self._failed is None:
+        error = exc
+    if error is not None and not (raised_before is not None and error is raised_before):
+      raise error
 
   # -- restore --
   def restore_meta(self, step: int, verify: bool = False) -> dict:

@@ -611,6 +611,19 @@ class MetricWriter:
         f.write(json.dumps({"step": int(step), **values}) + "\n")
     if os.environ.get("GRAPHBRIDGE_KILL_AFTER_STEP") == str(step):  # fault injection for tests
       os.kill(os.getpid(), 9)
+    if os.environ.get("GRAPHBRIDGE_FILL_DISK_AFTER_STEP") == str(step) and self.path:  # fault injection:
+      _fill_disk(os.path.dirname(self.path))                                          # a full disk
+
+
+def _fill_disk(directory: str) -> None:
+  """Fault injection for tests: fill the file system holding `directory` (a small tmpfs)."""
+  with open(os.path.join(directory, "disk_filler"), "wb") as f:
+    try:
+      while True:
+        f.write(b"\0" * 65536)
+        f.flush()
+    except OSError:
+      pass
 
 
 def trim_metrics(path: str, step: int) -> int:

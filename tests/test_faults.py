@@ -180,3 +180,292 @@ def test_safe_changes_resume_and_explicit_override_is_recorded(run_copy, dataset
   meta = train_lib.load_trained(run_copy).meta
   assert meta["resume_changes"] == [{"step": 30, "changes": ["optim.lr: 0.002 -> 0.001"]}]
   assert meta["config"]["optim"]["lr"] == 0.001
+
+
+def test_graft_into_a_workdir_of_another_run_is_an_error(finished, dataset, tmp_path):
+  from graphbridge import graft as graft_lib
+  from tests.conftest import load_config_module
+  config = load_config_module("configs/graft_audio.py").get_config("tiny")
+  config.data.path = dataset.source
+  config.train.steps = 4
+  config.model.hidden = (16,)
+  base = str(tmp_path / "base")
+  graft_lib.train_base(config, base, dataset=dataset, report=False, log=quiet)
+  before = tree_digest(finished)
+  # `finished` holds a plain run of the very graph the graft builds (image, audio, text)
+  with pytest.raises(graft_lib.GraftError, match=r"already holds a run that is not a graft \(trained directly\) "
+                                                 r"at step 20, not a graft onto .*base; choose a new directory"):
+    graft_lib.graft(config, base, finished, dataset=dataset, log=quiet)
+  assert tree_digest(finished) == before
+  assert not os.path.exists(os.path.join(finished, "checkpoints_damaged"))
+
+
+# ---- 3. workdir lock -----------------------------------------------------------------------------
+
+HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from graphbridge import workdir_lock; "
+        "l = workdir_lock.WorkdirLock({workdir!r}, 'graphbridge-train --config=digits'); l.__enter__(); "
+        "print('held', flush=True); time.sleep(60)")
+
+
+def _holder(workdir):
+  proc = subprocess.Popen([sys.executable, "-c", HOLD.format(root=REPO_ROOT, workdir=workdir)],
+                          stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == "held"
+  return proc
+
+
+def test_second_run_in_a_locked_workdir_refuses_at_once_naming_the_holder(run_copy, dataset):
+  from graphbridge import workdir_lock
+  holder = _holder(run_copy)
+  try:
+    before = tree_digest(os.path.join(run_copy, "checkpoints"))
+    with pytest.raises(workdir_lock.WorkdirLockedError,
+                       match=rf"is in use by pid {holder.pid} on .* \(graphbridge-train --config=digits\)"):
+      train_lib.train(small_config(30), run_copy, dataset=dataset, log=quiet)
+    assert tree_digest(os.path.join(run_copy, "checkpoints")) == before
+  finally:
+    holder.kill()
+    holder.wait()
+  # the holder died without releasing: its stale lock is taken over with a note
+  logs = []
+  train_lib.train(small_config(30), run_copy, dataset=dataset, log=logs.append)
+  assert any(f"took over the stale lock" in line and f"pid {holder.pid}" in line and "no longer running" in line
+             for line in logs), logs
+
+
+def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
+  from graphbridge import workdir_lock
+  with workdir_lock.WorkdirLock(str(tmp_path), "outer", log=quiet):
+    with workdir_lock.WorkdirLock(str(tmp_path), "inner", log=quiet):
+      pass
+  with open(tmp_path / workdir_lock.LOCK_FILE) as f:
+    assert f.read() == ""  # released cleanly: no stale note for the next run
+  notes = []
+  with workdir_lock.WorkdirLock(str(tmp_path), "again", log=notes.append):
+    pass
+  assert notes == []
+
+
+# ---- 4. config values checked before data loading and compilation -------------------------------
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("train.keep_checkpoints", 0, "train.keep_checkpoints must be an integer >= 1 (0 would delete"),
+    ("eval.ks", (0, 5), "eval.ks must be integers >= 1"),
+    ("seed", -3, "seed must be an integer in [0, 2**32)"),
+    ("data.batch_size", 0, "data.batch_size must be > 0"),
+    ("optim.b2", 1.5, "optim.b2 must be in [0, 1)"),
+    ("train.validate_fraction", 1.0, "train.validate_fraction must be in (0, 1)"),
+    ("optim.lr", float("nan"), "optim.lr must be > 0"),
+])
+def test_out_of_range_values_are_rejected_by_validate(key, value, expected):
+  from graphbridge import config_check
+  config = small_config()
+  config.unlock()
+  section, _, field = key.rpartition(".")
+  setattr(config[section] if section else config, field, value)
+  with pytest.raises(config_check.ConfigError) as info:
+    config_check.validate(config)
+  assert expected in str(info.value)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("graph.frozen", "image->audio", "graph.frozen names image->audio, which is not an edge of the graph"),
+    ("graph.frozen", "image->text", "graph.frozen names image->text, but no trained parameters are given"),
+    ("eval.paths", "image->audio->text", "eval.paths route 'image->audio->text'"),
+    ("loss.supervised_edges", "image->audio", "loss.supervised_edges names image->audio, which is not an edge"),
+    ("loss.cycle_starts", "video", "loss.cycle_starts names 'video', which is not a node"),
+])
+def test_values_that_name_missing_edges_fail_before_compiling(key, value, expected, dataset, tmp_path):
+  from graphbridge import config_check
+  config = small_config()
+  section, _, field = key.rpartition(".")
+  setattr(config[section], field, value)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(config_check.ConfigError) as info:
+    train_lib.train(config, workdir, dataset=dataset, log=quiet)
+  assert expected in str(info.value)
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # nothing written
+
+
+def test_pair_set_with_only_test_rows_is_an_error_not_silently_paired(tmp_path):
+  arrays = make_tri_modal_arrays()
+  pairs = arrays["pairs_audio__text"]
+  arrays["pairs_audio__text"] = pairs[arrays["audio_test"][pairs[:, 0]] | arrays["text_test"][pairs[:, 1]]]
+  dataset = data_lib.from_arrays(arrays, source="testpairs.npz")
+  with pytest.raises(data_lib.DataError, match=r"pairs_audio__text: none of its \d+ pairs has both rows in the "
+                                               r"train split .* the report calls audio and text paired"):
+    train_lib.train(small_config(), str(tmp_path / "run"), dataset=dataset, log=quiet)
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_modality_without_test_rows_still_gets_a_report_with_a_note(tmp_path):
+  from graphbridge import experiment
+  arrays = make_tri_modal_arrays()
+  arrays["audio_test"][:] = False
+  arrays["audio_train"][:] = True
+  path = str(tmp_path / "notest.npz")
+  np.savez(path, **arrays)
+  config = small_config(10)
+  config.data.path = path
+  workdir = str(tmp_path / "run")
+  logs = []
+  report = experiment.train_and_evaluate(config, workdir, log=logs.append, plots=False)
+  assert "audio has no test rows (audio_test is all False)" in report["notes"][0]
+  assert {r["query"] for r in report["rows"]} == {"image", "text"}
+  with open(os.path.join(workdir, "report.md")) as f:
+    assert "audio has no test rows" in f.read()
+
+
+# ---- 5. data -------------------------------------------------------------------------------------
+
+def _write_cases(root, arrays):
+  np.savez(os.path.join(root, "ok.npz"), **arrays)
+  with open(os.path.join(root, "ok.npz"), "rb") as f:
+    raw = f.read()
+  cases = {}
+  cases["truncated.npz"] = raw[: len(raw) // 2]
+  flipped = bytearray(raw)
+  flipped[len(raw) // 3] ^= 0xFF
+  cases["flipped.npz"] = bytes(flipped)
+  cases["empty.npz"] = b""
+  for name, content in cases.items():
+    with open(os.path.join(root, name), "wb") as f:
+      f.write(content)
+  np.save(os.path.join(root, "single.npy"), arrays["image_emb"])
+  folder = os.path.join(root, "folder")
+  os.makedirs(folder)
+  for k, v in arrays.items():
+    np.save(os.path.join(folder, f"{k}.npy"), v)
+  with open(os.path.join(folder, "text_emb.npy"), "r+b") as f:
+    f.truncate(100)
+  os.makedirs(os.path.join(root, "empty_folder"))
+  nan = dict(arrays)
+  nan["audio_emb"] = arrays["audio_emb"].copy()
+  nan["audio_emb"][7, 2] = np.inf
+  np.savez(os.path.join(root, "inf.npz"), **nan)
+  big = dict(arrays)
+  big["image_emb"] = arrays["image_emb"].astype(np.float64)
+  big["image_emb"][4, 0] = 1e300
+  np.savez(os.path.join(root, "huge64.npz"), **big)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("truncated.npz", r"could not read '.*truncated.npz' as .npz \(truncated or not a .npz"),
+    ("flipped.npz", r"flipped.npz: array '\w+' is unreadable \(truncated or corrupt"),
+    ("empty.npz", r"empty.npz is empty \(0 bytes\)"),
+    ("single.npy", r"single.npy' is a single array \(float32 \(48, 6\)\), not a data set"),
+    ("folder", r"folder/text_emb.npy is not a readable .npy file"),
+    ("empty_folder", r"data folder '.*empty_folder' holds no .npy files"),
+    ("inf.npz", r"embedding 'audio' row 7 has inf \(1 bad rows in all\)"),
+    ("huge64.npz", r"embedding 'image' row 4 has values beyond float32's range"),
+    ("missing.npz", r"data path '.*missing.npz' does not exist"),
+])
+def test_unreadable_data_is_one_data_error_naming_file_and_array(name, expected, tmp_path):
+  _write_cases(str(tmp_path), make_tri_modal_arrays())
+  with pytest.raises(data_lib.DataError, match=expected):
+    data_lib.load(str(tmp_path / name))
+
+
+def test_huge_but_finite_float32_embeddings_normalise():
+  arrays = make_tri_modal_arrays()
+  arrays["image_emb"] = arrays["image_emb"] * np.float32(1e20)  # squares overflow float32
+  dataset = data_lib.from_arrays(arrays)
+  norms = np.linalg.norm(dataset.modalities["image"].emb, axis=1)
+  np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+
+
+# ---- 6. one line and exit status 2 in every CLI --------------------------------------------------
+
+def test_run_main_user_errors_exit_2_with_a_hint_internal_errors_keep_traceback(capsys):
+  from graphbridge.cli import common
+  from graphbridge import config_check
+
+  def user():
+    raise config_check.ConfigError("train.keep_checkpoints must be an integer >= 1")
+
+  with pytest.raises(SystemExit) as info:
+    common.run_main("graphbridge-train", user)
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.splitlines()[0] == "graphbridge-train: train.keep_checkpoints must be an integer >= 1"
+  assert err.splitlines()[1].startswith("hint: ") and "Traceback" not in err
+
+  def internal():
+    raise KeyError("a bug")
+
+  with pytest.raises(KeyError):
+    common.run_main("graphbridge-train", internal)
+
+
+def _cli(script, *args, env_extra=None):
+  env = {**os.environ, **(env_extra or {})}
+  env.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+  return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "launch", script), *args], capture_output=True,
+                        text=True, cwd=REPO_ROOT, timeout=300, env=env)
+
+
+def test_cli_evaluate_on_a_corrupt_step_is_one_line_and_exit_2(run_copy):
+  victim = max(_item_files(run_copy, 20, "edge.text.image"), key=os.path.getsize)
+  _flip_bit(victim)
+  before = tree_digest(run_copy)
+  proc = _cli("evaluate.py", f"--workdir={run_copy}", "--step=20", "--noplots")
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "graphbridge-evaluate: checkpoint step 20: item 'edge.text.image' is corrupt" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert tree_digest(run_copy) == before
+
+
+def test_cli_train_user_errors_exit_2(tmp_path, data_path):
+  np.save(tmp_path / "one.npy", np.ones((4, 3), np.float32))
+  proc = _cli("train.py", "--config=configs/npz.py:tiny", f"--config.data.path={tmp_path / 'one.npy'}",
+              f"--workdir={tmp_path / 'run'}")
+  assert proc.returncode == 2
+  assert "graphbridge-train: " in proc.stderr and "is a single array" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_save_that_hits_a_full_disk_is_one_error_and_keeps_earlier_steps(dataset, tmp_path, monkeypatch):
+  """Simulated ENOSPC at the save of step 20 (the real one: test_cli_full_disk_on_a_tiny_tmpfs)."""
+  workdir = str(tmp_path / "run")
+  monkeypatch.setenv("GRAPHBRIDGE_FAIL_SAVE", "20")
+  with pytest.raises(ckpt_lib.CheckpointWriteError,
+                     match=r"could not write checkpoint step 20 to .*: No space left on device; steps saved "
+                           r"before are intact: 10"):
+    train_lib.train(small_config(30), workdir, dataset=dataset, log=quiet)
+  assert train_lib.load_trained(workdir).step == 10
+  monkeypatch.delenv("GRAPHBRIDGE_FAIL_SAVE")
+  logs = []
+  train_lib.train(small_config(30), workdir, dataset=dataset, log=logs.append)  # the same command resumes
+  assert "resumed from checkpoint step 10" in "\n".join(logs)
+  assert train_lib.load_trained(workdir).step == 30
+
+
+FULL_DISK = """
+set -u
+mount -t tmpfs -o size=8m tmpfs {mnt} || exit 99
+GRAPHBRIDGE_FILL_DISK_AFTER_STEP=15 {python} {root}/launch/train.py --config=configs/npz.py:tiny \\
+  --config.data.path={data} --workdir={mnt}/run --config.train.steps=30 --config.train.checkpoint_every=10 \\
+  --config.train.log_every=5 --config.model.hidden=16, --config.train.tensorboard=False --noplots \\
+  > {out}/stdout.txt 2> {out}/stderr.txt
+echo "rc=$?"
+rm -f {mnt}/run/disk_filler
+ls {mnt}/run/checkpoints
+{python} -c "import sys; sys.path.insert(0, '{root}'); from graphbridge import train; print('restored', train.load_trained('{mnt}/run').step)" 2>/dev/null
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare to mount a private tmpfs")
+def test_cli_full_disk_on_a_tiny_tmpfs(data_path, tmp_path):
+  mnt = tmp_path / "mnt"
+  mnt.mkdir()
+  script = FULL_DISK.format(mnt=mnt, python=sys.executable, root=REPO_ROOT, data=data_path, out=tmp_path)
+  proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, cwd=REPO_ROOT,
+                        timeout=300, env={**os.environ, "PYTHONPATH": REPO_ROOT})
+  if "rc=" not in proc.stdout:
+    pytest.skip(f"cannot mount a private tmpfs here: {proc.stderr[-300:]}")
+  assert "rc=2" in proc.stdout, proc.stdout + (tmp_path / "stderr.txt").read_text()[-3000:]
+  err = (tmp_path / "stderr.txt").read_text().strip().splitlines()
+  assert len(err) == 2, err[:20]   # one line and a hint, no background tracebacks
+  assert err[0].startswith("graphbridge-train: could not write checkpoint step 20 to ")
+  assert "No space left on device; steps saved before are intact: 10" in err[0]
+  assert proc.stdout.split("rc=2")[1].split() == ["10", "restored", "10"]  # no half-written step left

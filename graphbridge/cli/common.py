@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from typing import Sequence
 
@@ -47,10 +49,44 @@ def _user_errors() -> list[tuple[type, str]]:
   ]
 
 
+class _DropBackgroundErrors(logging.Filter):
+  """Orbax logs every failed background write (one per array, with tracebacks) at ERROR; the
+  error that matters reaches the caller as CheckpointWriteError. GRAPHBRIDGE_DEBUG=1 keeps them."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and "orbax" in (record.pathname or ""))
+
+
+def _quiet_background_errors() -> None:
+  """Silence the echoes of a failed async checkpoint write: Orbax's ERROR records and the
+  'Event loop is closed' tracebacks of tensorstore callbacks arriving after its loop closed."""
+  if os.environ.get("GRAPHBRIDGE_DEBUG"):
+    return
+  for name in ("absl", ""):
+    logging.getLogger(name).addFilter(_DropBackgroundErrors())
+  for handler in logging.getLogger("absl").handlers + logging.getLogger().handlers:
+    handler.addFilter(_DropBackgroundErrors())
+  previous = sys.excepthook
+
+  def hook(kind, value, tb):
+    if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
+      return
+    previous(kind, value, tb)
+  sys.excepthook = hook
+  previous_unraisable = sys.unraisablehook
+
+  def unraisable(info):
+    if isinstance(info.exc_value, RuntimeError) and "Event loop is closed" in str(info.exc_value):
+      return
+    previous_unraisable(info)
+  sys.unraisablehook = unraisable
+
+
 def run_main(prog: str, fn, *args, **kwargs):
   """fn(*args, **kwargs); an error the user caused (bad data, config, graph, checkpoint, lock, full
   disk) prints its message and a hint and exits 2; any other error keeps its traceback."""
   from graphbridge.checkpoint import _disk_error
+  _quiet_background_errors()
   try:
     return fn(*args, **kwargs)
   except Exception as exc:  # noqa: BLE001  (re-raised unless it is the user's to fix)
