@@ -477,3 +477,61 @@ def test_cli_full_disk_on_a_tiny_tmpfs(data_path, tmp_path):
   assert "10" in intact and match.group(1) not in intact
   # every step it names is there and restorable; no half-written step left
   assert proc.stdout.split("rc=2")[1].split() == intact + ["restored", intact[-1]]
+
+
+# ---- 7. metrics once per step, finished runs, reports without figures ---------------------------
+
+def test_metrics_hold_each_step_once_after_kills_and_resumes(data_path, tmp_path):
+  from tests.test_reliability import run_worker
+  workdir = str(tmp_path / "run")
+  killed = run_worker(data_path, workdir, steps=40, env_extra={"GRAPHBRIDGE_KILL_AFTER_STEP": "25"})
+  assert killed.returncode == -9
+  rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  assert max(r["step"] for r in rows) == 25          # logged past the last checkpoint (20 or 10)
+  resumed = run_worker(data_path, workdir, steps=40)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  steps = [r["step"] for r in train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps == list(range(5, 41, 5))              # each step once, in order
+
+
+def test_rerunning_a_finished_run_says_so_and_keeps_its_report(data_path, tmp_path):
+  from graphbridge import experiment
+  config = small_config(10)
+  config.data.path = data_path
+  workdir = str(tmp_path / "run")
+  first = experiment.train_and_evaluate(config, workdir, log=quiet, plots=False)
+  files = tree_digest(workdir)
+  logs = []
+  again = experiment.train_and_evaluate(config, workdir, log=logs.append, plots=False)
+  text = "\n".join(logs)
+  assert "nothing trained" in text and "kept report.json, report.md and the figures of step 10" in text
+  assert again["timing"] == first["timing"]           # the first run's figures, not zeros
+  assert tree_digest(workdir) == files                # nothing rewritten
+
+
+def test_report_is_written_when_plotting_fails(data_path, tmp_path, monkeypatch):
+  from graphbridge import experiment, report as report_lib
+
+  def broken(*args, **kwargs):
+    raise RuntimeError("font cache is corrupt")
+
+  monkeypatch.setattr(report_lib, "write_plots", broken)
+  config = small_config(10)
+  config.data.path = data_path
+  workdir = str(tmp_path / "run")
+  report = experiment.train_and_evaluate(config, workdir, log=quiet, plots=True)
+  assert "plotting failed (RuntimeError: font cache is corrupt)" in report["plots_skipped"]
+  with open(os.path.join(workdir, "report.json")) as f:
+    assert json.load(f)["rows"]
+  with open(os.path.join(workdir, "report.md")) as f:
+    assert "plotting failed" in f.read()
+
+
+def test_keep_checkpoints_zero_never_reaches_training(tmp_path, data_path):
+  from graphbridge import config_check, experiment
+  config = small_config(10)
+  config.data.path = data_path
+  config.train.keep_checkpoints = 0
+  with pytest.raises(config_check.ConfigError, match="train.keep_checkpoints must be an integer >= 1"):
+    experiment.train_and_evaluate(config, str(tmp_path / "run"), log=quiet, plots=False)
+  assert not os.path.exists(tmp_path / "run")
