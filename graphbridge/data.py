@@ -334,8 +334,8 @@ def _npz_arrays(path: str) -> dict[str, np.ndarray]:
   with open(path, "rb") as f:
     head = f.read(6)
   if not head.startswith(b"PK") and not head.startswith(b"\x93NUMPY"):
-    raise DataError(f"{path!r} is not a .npz file (it does not start like a zip archive); give a .npz of named "
-                    "arrays or a folder of .npy files")
+    raise DataError(f"could not read {path!r} as .npz: it is not a .npz file (it does not start like a zip "
+                    "archive); give a .npz of named arrays or a folder of .npy files")
   try:
     npz = np.load(path, allow_pickle=False)
   except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:

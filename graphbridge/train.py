@@ -726,6 +726,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
 
 def _train(config, workdir, dataset, frozen_params, graph, log, objective, frozen_from,
            lock: Callable[[], Any]) -> TrainResult:
+  problems = config_check.range_problems(config)  # also for library callers that skip validate()
+  if problems:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
   dataset = dataset if dataset is not None else data_lib.load_for_config(config)
   full_dataset, validator = dataset, None
   validate_every = int(config.train.get("validate_every", 0) or 0)

@@ -527,6 +527,15 @@ def test_report_is_written_when_plotting_fails(data_path, tmp_path, monkeypatch)
     assert "plotting failed" in f.read()
 
 
+def test_keep_checkpoints_zero_is_refused_by_train_itself(tmp_path, dataset):
+  from graphbridge import config_check
+  config = small_config(10)
+  config.train.keep_checkpoints = 0
+  with pytest.raises(config_check.ConfigError, match="train.keep_checkpoints must be an integer >= 1"):
+    train_lib.train(config, str(tmp_path / "run"), dataset=dataset, log=quiet)
+  assert not os.path.exists(tmp_path / "run")
+
+
 def test_keep_checkpoints_zero_never_reaches_training(tmp_path, data_path):
   from graphbridge import config_check, experiment
   config = small_config(10)
