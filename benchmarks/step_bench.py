@@ -13,6 +13,13 @@ same device (an 8192^3 matmul on GPU, 2048^3 on CPU) in the step's compute dtype
   python benchmarks/step_bench.py --modalities=3 --dim=1024 --hidden=2048 --batch=256 --dtype=bfloat16
   python benchmarks/step_bench.py --sweep=modalities --dim=256 --hidden=512 --batch=64   # M = 3..8
   python benchmarks/step_bench.py --sweep=cycle_length --dim=256 --hidden=512 --batch=64 # L = 2..4
+
+Variants (opt-in library options; the default config is "base"), several per process:
+  python benchmarks/step_bench.py --configs=3:256,5:1024 --variants=base,fused,fused+mu_bf16
+  fused    model.impl="fused": Dense+bias+activation block whose backward recomputes the activation
+           in float32 and sums the bias gradient in the same pass (translators.dense_bias_act)
+  mu_bf16  optim.mu_dtype="bfloat16": Adam's first moment in bf16 (params, second moment f32)
+  --xla_flags="--xla_gpu_..." is appended to XLA_FLAGS before jax starts (one setting per process).
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ flags.DEFINE_integer("repeats", 3, "timed repeats (median reported).")
 flags.DEFINE_bool("guard", True, "keep the non-finite guard (skip bad updates) as in training.")
 flags.DEFINE_enum("sweep", "", ["", "modalities", "cycle_length"], "sweep M=3..8 or L=2..4.")
 flags.DEFINE_string("json_out", "", "also append each result as a JSON line to this file.")
+flags.DEFINE_string("configs", "", "several configurations in one process: 'M:B,M:B' or with their "
+                    "own variants 'M:B:base|fused,M:B:fused' (overrides --modalities/--batch/--sweep).")
+flags.DEFINE_list("variants", ["base"], "variants to time per configuration: base, fused, mu_bf16, or "
+                  "'+'-joined, e.g. fused+mu_bf16.")
+flags.DEFINE_string("xla_flags", "", "appended to XLA_FLAGS before jax is imported.")
+flags.DEFINE_string("tag", "", "free text stored in each JSON result (e.g. which XLA flags).")
 flags.DEFINE_string("profile_dir", "", "trace 10 steps with jax.profiler here and print the top device ops.")
 FLAGS = flags.FLAGS
 
@@ -75,8 +88,25 @@ def synthetic_dataset(modalities: int, dim: int, rows: int, seed: int = 0):
   return data_lib.from_arrays(arrays, source="synthetic")
 
 
+VARIANT_PARTS = {
+    "base": {},
+    "fused": {"model.impl": "fused"},
+    "mu_bf16": {"optim.mu_dtype": "bfloat16"},
+}
+
+
+def variant_overrides(variant: str) -> dict:
+  """'fused+mu_bf16' -> {"model.impl": "fused", "optim.mu_dtype": "bfloat16"}."""
+  out = {}
+  for part in variant.split("+"):
+    if part not in VARIANT_PARTS:
+      raise ValueError(f"unknown variant part {part!r} in {variant!r} (choices: {', '.join(VARIANT_PARTS)})")
+    out.update(VARIANT_PARTS[part])
+  return out
+
+
 def bench_config(modalities: int, dim: int, hidden: int, batch: int, cycle_length: int, dtype: str,
-                 guard: bool):
+                 guard: bool, variant: str = "base"):
   from graphbridge import defaults
   c = defaults.base_config()
   names = [f"m{i}" for i in range(modalities)]
@@ -95,22 +125,39 @@ def bench_config(modalities: int, dim: int, hidden: int, batch: int, cycle_lengt
   c.optim.grad_clip = 0.0
   c.optim.warmup_steps = 1
   c.train.skip_nonfinite = guard
+  for key, value in variant_overrides(variant).items():
+    section, name = key.split(".")
+    c[section][name] = value
   return c
 
 
+_DATASETS: dict = {}
+
+
 def run_one(modalities: int, dim: int, hidden: int, batch: int, cycle_length: int, dtype: str,
-            steps: int, repeats: int, guard: bool, peak: float) -> dict:
+            steps: int, repeats: int, guard: bool, peak: float, variant: str = "base") -> dict:
   import jax
   from graphbridge import train as train_lib
-  dataset = synthetic_dataset(modalities, dim, rows=max(4 * batch, 2048))
-  config = bench_config(modalities, dim, hidden, batch, cycle_length, dtype, guard)
   t0 = time.perf_counter()
+  rows = max(4 * batch, 2048)
+  if (modalities, dim, rows) not in _DATASETS:  # variants of one configuration share the data
+    _DATASETS.clear()
+    _DATASETS[(modalities, dim, rows)] = synthetic_dataset(modalities, dim, rows=rows)
+  dataset = _DATASETS[(modalities, dim, rows)]
+  config = bench_config(modalities, dim, hidden, batch, cycle_length, dtype, guard, variant)
+  t_data = time.perf_counter()
   setup = train_lib.build_setup(config, dataset)
   tx = train_lib.make_optimizer(config)
+  t_plan = time.perf_counter()
   state = train_lib.init_state(setup, tx, 0, train_lib.phase_weights(config, setup.plan, 0))
+  jax.block_until_ready(state)
+  t_state = time.perf_counter()
   arrays = jax.device_put(train_lib.sampler_arrays(setup, dataset))
+  jax.block_until_ready(arrays)
   step = train_lib.make_device_step(setup, tx, skip_nonfinite=guard)
   t_build = time.perf_counter()
+  setup_parts = {"data": t_data - t0, "plan": t_plan - t_data, "init_state": t_state - t_plan,
+                 "arrays": t_build - t_state}
   compiled = step.lower(state, {}, arrays).compile()
   compile_s = time.perf_counter() - t_build
   state, metrics = compiled(state, {}, arrays)  # warm-up
@@ -133,7 +180,8 @@ def run_one(modalities: int, dim: int, hidden: int, batch: int, cycle_length: in
   infonce_flops = 3 * n_terms * 2 * batch * batch * dim
   loss = float(metrics["loss/total"])
   return {
-      "M": modalities, "d": dim, "h": hidden, "B": batch, "L": cycle_length, "dtype": dtype, "guard": guard,
+      "variant": variant, "tag": FLAGS.tag, "xla_flags": FLAGS.xla_flags,
+      "setup_parts_s": setup_parts, "M": modalities, "d": dim, "h": hidden, "B": batch, "L": cycle_length, "dtype": dtype, "guard": guard,
       "device": jax.devices()[0].device_kind, "edges": modalities * (modalities - 1),
       "cycles": len(plan.cycles), "applications": plan.applications,
       "steps_per_s": 1.0 / step_s, "step_ms": 1e3 * step_s,
@@ -178,7 +226,7 @@ def profile_top_ops(compiled, state, arrays, directory: str, steps: int, top: in
 
 
 def line(r: dict) -> str:
-  return (f"step_bench M={r['M']} d={r['d']} h={r['h']} B={r['B']} L={r['L']} {r['dtype']} "
+  return (f"step_bench [{r.get('variant', 'base')}{' ' + r['tag'] if r.get('tag') else ''}] M={r['M']} d={r['d']} h={r['h']} B={r['B']} L={r['L']} {r['dtype']} "
           f"[{r['device']}]: {r['steps_per_s']:.1f} steps/s ({r['step_ms']:.2f} ms), "
           f"{r['samples_per_s']:,.0f} samples/s, {r['model_tflops']:.3g} model TFLOP/s, "
           f"MFU {100 * r['mfu']:.1f}% of {r['peak_tflops']:.3g} measured GEMM TFLOP/s, "
@@ -189,20 +237,53 @@ def line(r: dict) -> str:
 
 def main(argv):
   del argv
-  peak = measure_gemm_peak(FLAGS.dtype)
-  print(f"gemm_peak {FLAGS.dtype}: {peak:.3g} TFLOP/s", flush=True)
-  configs = [(FLAGS.modalities, FLAGS.cycle_length)]
-  if FLAGS.sweep == "modalities":
-    configs = [(m, FLAGS.cycle_length) for m in range(3, 9)]
+  if FLAGS.xla_flags:
+    import os
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FLAGS.xla_flags).strip()
+    print(f"XLA_FLAGS={os.environ['XLA_FLAGS']}", flush=True)
+  for variant in FLAGS.variants:
+    variant_overrides(variant)  # fail on a typo before anything compiles
+  variants = tuple(FLAGS.variants)
+  configs = [(FLAGS.modalities, FLAGS.cycle_length, FLAGS.batch, variants)]
+  if FLAGS.configs:
+    configs = []
+    for item in FLAGS.configs.split(","):
+      m, b, own = (item.split(":") + ["", ""])[:3]
+      own_variants = tuple(own.split("|")) if own else variants
+      for variant in own_variants:
+        variant_overrides(variant)
+      configs.append((int(m), FLAGS.cycle_length, int(b) if b else FLAGS.batch, own_variants))
+  elif FLAGS.sweep == "modalities":
+    configs = [(m, FLAGS.cycle_length, FLAGS.batch, variants) for m in range(3, 9)]
   elif FLAGS.sweep == "cycle_length":
-    configs = [(FLAGS.modalities, length) for length in range(2, 5)]
-  for modalities, cycle_length in configs:
-    result = run_one(modalities, FLAGS.dim, FLAGS.hidden, FLAGS.batch, cycle_length, FLAGS.dtype,
-                     FLAGS.steps, FLAGS.repeats, FLAGS.guard, peak)
-    print(line(result), flush=True)
-    if FLAGS.json_out:
-      with open(FLAGS.json_out, "a") as f:
-        f.write(json.dumps(result) + "\n")
+    configs = [(FLAGS.modalities, length, FLAGS.batch, variants) for length in range(2, 5)]
+  t = time.perf_counter()
+  peak = measure_gemm_peak(FLAGS.dtype)
+  print(f"gemm_peak {FLAGS.dtype}: {peak:.3g} TFLOP/s (jax start + measurement "
+        f"{time.perf_counter() - t:.1f} s)", flush=True)
+  if FLAGS.json_out:
+    import jax
+    with open(FLAGS.json_out, "a") as f:
+      f.write(json.dumps({"gemm_peak_tflops": peak, "dtype": FLAGS.dtype, "tag": FLAGS.tag,
+                          "device": jax.devices()[0].device_kind, "jax": jax.__version__}) + "\n")
+  failures = 0
+  for modalities, cycle_length, batch, config_variants in configs:
+    for variant in config_variants:
+      try:
+        result = run_one(modalities, FLAGS.dim, FLAGS.hidden, batch, cycle_length, FLAGS.dtype,
+                         FLAGS.steps, FLAGS.repeats, FLAGS.guard, peak, variant)
+      except Exception as exc:  # one failed variant (e.g. out of memory) must not stop the others
+        failures += 1
+        print(f"step_bench [{variant}] M={modalities} B={batch}: FAILED {type(exc).__name__}: "
+              f"{str(exc)[:500]}", flush=True)
+        continue
+      print(line(result) + " setup " + ", ".join(f"{k} {v:.1f} s" for k, v in result["setup_parts_s"].items()),
+            flush=True)
+      if FLAGS.json_out:
+        with open(FLAGS.json_out, "a") as f:
+          f.write(json.dumps(result) + "\n")
+  if failures:
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -176,16 +176,15 @@ class Run:
     """The report's numbers ({"rows": retrieval rows, "by_hops", "gap", "silhouette", ...}) on
     `dataset` (default: the run's own data), with extra named `routes`. out: also write
     report.{json,md} (and plots) there."""
-    from graphbridge import evaluate as eval_lib
     from graphbridge import report as report_lib
     ds = self.dataset(dataset)
     name = str(self.config.get("strategy", "graph") or "graph")
-    aligner = eval_lib.GraphAligner(self.layout, self.params, self.compute_dtype, name=name)
+    aligner = report_lib.aligner_for_run(self.layout, self.params, self.compute_dtype, name)
     options = report_lib.EvalOptions.from_config(self.config, split=split)
     if routes:
       options = dataclasses.replace(options, extra_routes=tuple(routes))
-    before = eval_lib.GraphAligner(self.layout, report_lib.initial_params(self.layout, self.params, options.seed),
-                                   self.compute_dtype, name=name)
+    before = report_lib.aligner_for_run(self.layout, report_lib.initial_params(self.layout, self.params, options.seed),
+                                        self.compute_dtype, name)
     return report_lib.run_report(aligner, ds, out, before, options, {"step": self.step}, plots=plots,
                                  log=log or (lambda msg: None))
 
@@ -228,7 +227,7 @@ def load(workdir: str, step: int | None = None) -> Run:
     trained = train_lib.load_trained(workdir, step)
   run_config = trained.config
   resolved = os.path.join(workdir, "config.json")  # the config as asked for (a strategy's checkpoint
-  if os.path.isfile(resolved):                      # holds its rewritten graph config)
+  if os.path.isfile(resolved):                      # holds its last stage's overrides applied)
     with open(resolved) as f:
       run_config = ml_collections.ConfigDict(json.load(f))
   return Run(trained.layout, trained.params, run_config, trained.compute_dtype, int(trained.step), workdir)

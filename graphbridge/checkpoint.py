@@ -216,10 +216,6 @@ class Checkpoints:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def latest_step(self) -> int | None:
-    steps = self.all_steps()
-    return steps[-1] if steps else None
-
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
@@ -358,10 +354,6 @@ class Checkpoints:
     self._manager.reload()
     return target
 
-  def wait(self) -> None:
-    self._finish_pending()
-    self._manager.wait_until_finished()
-
   def close(self) -> None:
     """Finish every save (manifests included) and release the manager. A write error already
     raised by save() is not raised a second time (the caller is handling it)."""
@@ -371,7 +363,7 @@ class Checkpoints:
       self._finish_pending()
       self._manager.wait_until_finished()
     except Exception as exc:  # noqa: BLE001
-      error = self._write_error(self.latest_step() or 0, exc)
+      error = self._write_error(max(self.all_steps(), default=0), exc)
     try:
       self._manager.close()
     except Exception as exc:  # noqa: BLE001

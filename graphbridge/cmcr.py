@@ -13,7 +13,7 @@ shared modality only, with
 * intra-space alignment: 1 - cos between f_a(t_a) and f_a(pseudo a) (and likewise in b), which
   closes the modality gap inside each space so alignment learnt on the shared modality transfers.
 
-The spaces' own projectors (a->space_a, shared->space_a, ...) are frozen here; `strategies.py`
+The spaces' own projectors (a->space_a, shared->space_a, ...) are frozen here; `strategies/cmcr.py`
 trains them first (CLIP-style) when the data holds raw embeddings. This objective has the same
 interface as `objectives.LossPlan`, so it runs through the same jitted step, optimizer, NaN guard
 and per-edge checkpoints.

@@ -67,7 +67,7 @@ def compare(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dat
   dataset = dataset if dataset is not None else experiment.load_dataset(config)
   names = config_check.names(config.compare.strategies)
   for name in names:
-    strat_lib.check_strategy(name)
+    strat_lib.get(name)
   posthoc = config_check.names(config.compare.posthoc) or ("none",)
   seeds = [int(config.seed) + i for i in range(int(config.compare.seeds))]
   rows: list[dict] = []

@@ -12,21 +12,30 @@ from typing import Iterable, Mapping
 
 from graphbridge.graph import Edge, GraphError
 
-# choices read by the library; kept here so the messages list them
-CHOICES = {
-    "strategy": ("graph", "pivot", "pairwise", "cmcr"),
-    "optim.name": ("adam", "adamw", "sgd"),
-    "model.activation": ("gelu", "gelu_exact", "relu", "silu", "tanh"),
-    "model.compute_dtype": ("float32", "bfloat16", "float16"),
-    "loss.infonce_positives": ("label", "pair"),
-    "posthoc": ("none", "center", "procrustes", "cca"),
-    "eval.split": ("test", "train", "all"),
-}
-LIST_CHOICES = {
-    "compare.strategies": CHOICES["strategy"],
-    "compare.posthoc": CHOICES["posthoc"],
-    "compare.baselines": ("ridge", "cca"),
-}
+def choices() -> dict[str, tuple[str, ...]]:
+  """{dotted key: valid values}, each list taken from the module that owns it (imported lazily:
+  those modules import this one)."""
+  from graphbridge import aligners, evaluate, objectives, strategies, train, translators
+  return {
+      "strategy": strategies.names(),
+      "optim.name": tuple(train.OPTIMIZERS),
+      "model.activation": translators.ACTIVATIONS,
+      "model.compute_dtype": translators.COMPUTE_DTYPES,
+      "model.impl": translators.MLP_IMPLS,
+      "optim.mu_dtype": train.MU_DTYPES,
+      "loss.infonce_positives": objectives.INFONCE_POSITIVES,
+      "posthoc": aligners.POSTHOC,
+      "eval.split": evaluate.SPLITS,
+  }
+
+
+def list_choices() -> dict[str, tuple[str, ...]]:
+  """{dotted key: valid values} of comma-separated list fields."""
+  from graphbridge import aligners, evaluators, strategies
+  return {"compare.strategies": strategies.names(), "compare.posthoc": aligners.POSTHOC,
+          "compare.baselines": aligners.BASELINES, "eval.tables": tuple(evaluators.EVALUATORS)}
+
+
 EDGE_LISTS = ("graph.edges", "graph.extra_edges", "graph.frozen")
 
 
@@ -88,14 +97,14 @@ def validate(config, extra_sections: Iterable[str] = ()) -> None:
       reference[section] = config[section].to_dict() if hasattr(config[section], "to_dict") else config[section]
   plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   problems = unknown_keys(plain, reference)
-  for key, choices in CHOICES.items():
+  for key, valid in choices().items():
     value = _get(config, key)
-    if value is not None and value not in choices:
-      problems.append(f"{key}={value!r} is not one of: {', '.join(choices)}")
-  for key, choices in LIST_CHOICES.items():
+    if value is not None and value not in valid:
+      problems.append(f"{key}={value!r} is not one of: {', '.join(valid)}")
+  for key, valid in list_choices().items():
     for value in names(_get(config, key)):
-      if value not in choices:
-        problems.append(f"{key} names {value!r}; choose from: {', '.join(choices)}")
+      if value not in valid:
+        problems.append(f"{key} names {value!r}; choose from: {', '.join(valid)}")
   for key in EDGE_LISTS:
     for value in names(_get(config, key)):
       try:

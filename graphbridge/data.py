@@ -25,7 +25,6 @@ import numpy as np
 
 from graphbridge.graph import Edge, GraphError, ModalityGraph, check_modality_name
 
-_FIELDS = ("emb", "label", "id", "train", "test")
 _PAIRS_RE = re.compile(r"^pairs_([A-Za-z][A-Za-z0-9_]*?)__([A-Za-z][A-Za-z0-9_]*)$")
 _FIELD_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*?)_(emb|label|id|train|test)$")
 DIGITS_PATH = os.path.join(os.path.dirname(__file__), "datasets", "digits", "digits.npz")

@@ -7,7 +7,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Every field a run reads, with defaults tuned on the embedded digits set."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.strategy = "graph"            # graph | pivot | pairwise | cmcr (see graphbridge/strategies.py)
+  c.strategy = "graph"            # a registered strategy: graph | pivot | pairwise | cmcr (graphbridge/strategies/)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"          # the embedded set; or set data.path to a .npz / folder of .npy
@@ -26,13 +26,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.graph.edges = ""              # "" = both directions of every pair set in the data
   c.graph.extra_edges = ""        # e.g. "image->audio,audio->image": edges trained by cycles only
   c.graph.frozen = ""             # edges held fixed (grafting)
+  c.graph.virtual_nodes = ""      # nodes without data (projection spaces), "name:dim,...", e.g. "shared:256"
 
   c.model = ml_collections.ConfigDict()
-  c.model.hidden = (256,)
-  c.model.activation = "gelu"
-  c.model.layer_norm = True
-  c.model.residual = False
+  c.model.hidden = (256,)         # hidden widths of each edge's MLP translator
+  c.model.activation = "gelu"     # translators.ACTIVATIONS
+  c.model.layer_norm = True       # LayerNorm after each hidden layer
+  c.model.residual = False        # add the input to the output where d_in == d_out
   c.model.compute_dtype = "float32"   # "bfloat16": matmuls in bf16, params/optimizer stay f32
+  c.model.impl = "flax"           # "fused": hidden layers as one Dense+bias+activation block whose
+                                  # backward recomputes the activation and sums the bias gradient in
+                                  # one pass (same parameters; needs layer_norm=False)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.edge_cos = 1.0           # per-edge 1 - cos(f(x_a), y_b) on pairs
@@ -47,35 +51,36 @@ def base_config() -> ml_collections.ConfigDict:
                                   # one batch per modality serves pair terms and cycles
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = "adam"
-  c.optim.lr = 2e-3
+  c.optim.name = "adam"           # train.OPTIMIZERS: adam | adamw | sgd
+  c.optim.lr = 2e-3               # peak learning rate (after warmup; cosine decay over train.steps)
   c.optim.warmup_steps = 30
-  c.optim.final_lr_fraction = 0.05
-  c.optim.b1 = 0.9
+  c.optim.final_lr_fraction = 0.05  # lr at the end of train.steps, as a fraction of optim.lr
+  c.optim.b1 = 0.9                # adam / adamw moments
   c.optim.b2 = 0.999
-  c.optim.weight_decay = 0.0
-  c.optim.grad_clip = 1.0
+  c.optim.weight_decay = 0.0      # adamw only
+  c.optim.grad_clip = 1.0         # global-norm clip; 0 = none
+  c.optim.mu_dtype = ""           # "bfloat16": Adam's first moment stored in bf16 ("" = param dtype)
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 400
+  c.train.steps = 400             # main phase (then finetune.steps more)
   c.train.log_every = 10           # metrics.jsonl / TensorBoard points (40 on a default run's curves)
   c.train.print_every = 50         # console progress lines (steps/s, ETA, learning rate)
   c.train.tensorboard = True       # also TensorBoard events in workdir/tensorboard (needs tensorboardX)
   c.train.validate_every = 0       # > 0: every N steps, retrieval mAP on held-back train rows (val/mAP);
   c.train.validate_fraction = 0.1  # the fraction of train rows held back (never trained on); see
                                    # graphbridge/validation.py
-  c.train.checkpoint_every = 200
+  c.train.checkpoint_every = 200   # per-edge Orbax checkpoints under workdir/checkpoints
   c.train.keep_checkpoints = 2
-  c.train.skip_nonfinite = True
-  c.train.allow_resume_changes = False  # resume a workdir although config, loss plan or data changed
-                                   # (recorded in the checkpoints' meta); see docs/reliability.md
+  c.train.skip_nonfinite = True    # a NaN/inf step leaves params untouched, then the run stops naming it
+  c.train.allow_resume_changes = False  # resume although config, loss plan or data changed (recorded in
+                                   # the checkpoints' meta); see docs/reliability.md
 
   c.finetune = ml_collections.ConfigDict()   # contrastive fine-tuning phase after train.steps
-  c.finetune.steps = 0
-  c.finetune.edge_cos = 0.0
+  c.finetune.steps = 0            # 0 = no fine-tuning phase
+  c.finetune.edge_cos = 0.0       # loss weights during the phase (other weights kept as they are)
   c.finetune.infonce = 1.0
-  c.finetune.cycle_scale = 0.0
-  c.finetune.lr_scale = 0.1
+  c.finetune.cycle_scale = 0.0    # cycle weights multiplied by this
+  c.finetune.lr_scale = 0.1       # constant lr = optim.lr * lr_scale
 
   # strategy-specific settings (used when c.strategy selects them)
   c.pivot = ml_collections.ConfigDict()      # ImageBind / VIP-ANT binding to one pivot modality
@@ -91,19 +96,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.cmcr.dim = 256                # dim of each stage-1 contrastive space
   c.cmcr.common_dim = 256
   c.cmcr.stage1_steps = 0         # 0 = train.steps
-  c.cmcr.temperature = 0.07
-  c.cmcr.memory_temperature = 0.05
-  c.cmcr.noise_std = 0.04
-  c.cmcr.memory_size = 1024
-  c.cmcr.inter_weight = 1.0
-  c.cmcr.pseudo_weight = 1.0
-  c.cmcr.intra_weight = 0.5
-  c.posthoc = "none"              # after any strategy: none | center | procrustes | cca
+  c.cmcr.temperature = 0.07       # InfoNCE temperature of stage 2
+  c.cmcr.memory_temperature = 0.05  # softmax temperature reading pseudo embeddings from the memory banks
+  c.cmcr.noise_std = 0.04         # Gaussian noise added before the stage-2 projectors
+  c.cmcr.memory_size = 1024       # rows of each memory bank (unpaired rows of the non-shared modality)
+  c.cmcr.inter_weight = 1.0       # InfoNCE of the shared rows across spaces
+  c.cmcr.pseudo_weight = 1.0      # InfoNCE of the pseudo pairs
+  c.cmcr.intra_weight = 0.5       # 1 - cos closing the gap inside each space
+  c.posthoc = "none"              # after any strategy: aligners.POSTHOC (none | center | procrustes | cca)
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.split = "test"
-  c.eval.ks = (1, 5, 10)
+  c.eval.split = "test"           # evaluate.SPLITS: test | train | all
+  c.eval.ks = (1, 5, 10)          # Recall@k columns
   c.eval.paths = ""               # extra named routes to report, e.g. "image->text->audio"
+  c.eval.cycle_length = 3         # reconstruction table: cycles of up to this many hops
+  c.eval.path_hops = 3            # reconstruction table: paths a->...->b of up to this many hops
+  c.eval.tables = ""              # report tables (evaluators.EVALUATORS), e.g. "retrieval,gap"; "" = all
   c.eval.plot_dpi = 120           # PNG resolution (300 for print)
   c.eval.plot_formats = "png"     # "png,pdf" or "png,svg": vector copies beside each PNG
 

@@ -13,21 +13,13 @@ def stages(config: ml_collections.ConfigDict, dataset) -> list[tuple[str, object
   (graph, translator layout, loss plan), without compiling or initialising anything."""
   from graphbridge import strategies as strat_lib
   from graphbridge import train as train_lib
-  strategy = strat_lib.check_strategy(config.strategy)
-  if strategy == "graph":
-    return [("translator graph", train_lib.build_setup(config, dataset))]
-  if strategy == "pivot":
-    cfg, pivot = strat_lib.pivot_config(config, dataset)
-    return [(f"pivot binding into {pivot!r}", train_lib.build_setup(cfg, dataset))]
-  if strategy == "pairwise":
-    cfg, objective = strat_lib.pairwise_config(config, dataset)
-    return [("pairwise", train_lib.build_setup(cfg, dataset, objective=objective))]
-  (cfg1, obj1), (cfg2, obj2) = strat_lib.cmcr_configs(config, dataset)
-  first = train_lib.build_setup(cfg1, dataset, objective=obj1)
-  graph = train_lib.graph_from_config(cfg2, dataset)
-  second = train_lib.build_setup(cfg2, dataset, graph=graph, objective=obj2,
-                                 frozen=[e.name for e in first.graph.edges])
-  return [("C-MCR stage 1", first), ("C-MCR stage 2", second)]
+  out = []
+  planned = strat_lib.stages(config, dataset)
+  for stage in planned:
+    frozen = [e.name for j in stage.freeze_stages for e in planned[j].graph.edges]
+    out.append((stage.name, train_lib.build_setup(strat_lib.with_overrides(config, stage.overrides), dataset,
+                                                  graph=stage.graph, frozen=frozen, objective=stage.objective)))
+  return out
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir: str | None = None,

@@ -25,9 +25,7 @@ import numpy as np
 from graphbridge import metrics as metrics_lib
 from graphbridge.data import Dataset
 from graphbridge.graph import GraphError, ModalityGraph, path_edges, path_name
-
-METRIC_KEYS = ("R@1", "R@5", "R@10", "mAP", "median_rank")
-
+from graphbridge.routes import best_route, parse_route
 
 class Aligner(Protocol):
   """What evaluation needs from a strategy.
@@ -49,6 +47,9 @@ class Aligner(Protocol):
 def pairs_graph(dataset: Dataset) -> ModalityGraph:
   """Which modalities were paired in training (both directions), for hop distances."""
   return dataset.default_graph()
+
+
+SPLITS = ("test", "train", "all")   # choices of eval.split
 
 
 def split_rows(dataset: Dataset, modality: str, split: str) -> np.ndarray:
@@ -504,7 +505,6 @@ class GraphAligner:
   name: str = "graph"
 
   def default_route(self, query: str, gallery: str) -> str | None:
-    from graphbridge.routes import best_route
     graph = self.layout.graph
     if query not in graph.dims or gallery not in graph.dims:
       return None
@@ -512,7 +512,6 @@ class GraphAligner:
     return None if route is None else route.name
 
   def route_ends(self, route: str) -> tuple[str, str]:
-    from graphbridge.routes import parse_route
     parsed = parse_route(self.layout.graph, route)
     return parsed.query, parsed.gallery
 
@@ -528,7 +527,6 @@ class GraphAligner:
     return translate_paths(self.layout, self.params, self.compute_dtype, [path], x)[path]
 
   def encode(self, query, gallery, route, xq, xg):
-    from graphbridge.routes import parse_route
     parsed = parse_route(self.layout.graph, route)
     if (parsed.query, parsed.gallery) != (query, gallery):
       raise GraphError(f"route {route} does not join {query} (query) and {gallery} (gallery)")

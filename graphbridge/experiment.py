@@ -11,15 +11,13 @@ import jax
 import ml_collections
 
 from graphbridge import data as data_lib
-from graphbridge import evaluate as eval_lib
 from graphbridge import report as report_lib
 from graphbridge import train as train_lib
 from graphbridge import workdir_lock
+from graphbridge import writers as writers_lib
 
 
-def _log(msg: str) -> None:
-  if jax.process_index() == 0:
-    print(msg, flush=True)
+_log = writers_lib.log_process0  # the default `log` of every entry point
 
 
 def load_dataset(config) -> data_lib.Dataset:
@@ -52,31 +50,16 @@ def _train_and_evaluate(config, workdir, dataset, log, plots, t0) -> dict:
     write_config(config, workdir)
   if workdir and sum(r.steps_run for r in run.results) == 0:
     log(nothing_trained_message(workdir, train_lib.total_steps(config)))
-    kept = existing_report(workdir, int(run.result.state["step"]))
+    kept = existing_report(workdir, int(run.results[-1].state["step"]))
     if kept is not None:
       log(f"kept report.json, report.md and the figures of step {kept['step']} in {workdir}; "
           f"graphbridge-evaluate --workdir={workdir} writes a new report")
       return kept
-  result = run.result
-  setup = result.setup
-  aligner = eval_lib.GraphAligner(setup.layout, result.params, setup.compute_dtype, name=config.strategy)
-  if config.get("posthoc", "none") != "none":
-    aligner = strat_lib.PosthocAligner(aligner, config.posthoc, dataset)
-  options = report_lib.EvalOptions.from_config(config)
-  frozen = [e.name for e in setup.layout.frozen]  # grafted edges: "before" keeps their trained values
-  before = eval_lib.GraphAligner(setup.layout, report_lib.initial_params(setup.layout, result.params,
-                                                                         options.seed, frozen),
-                                 setup.compute_dtype, name=config.strategy)
-  header = {"graph": setup.graph.to_dict(), "step": int(result.state["step"]), "strategy": config.strategy,
-            "timing": {"train_seconds": sum(r.seconds for r in run.results),
-                       "compile_seconds": sum(r.compile_seconds for r in run.results),
-                       "steps": sum(r.steps_run for r in run.results)},
-            "final_losses": result.final_metrics}
-  metrics_rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl")) if workdir else []
-  report = report_lib.run_report(aligner, dataset, workdir or None, before, options, header, metrics_rows,
-                                 plots=plots, log=log)
-  log(f"total {time.perf_counter() - t0:.1f}s (train {header['timing']['train_seconds']:.1f}s incl. compile "
-      f"{header['timing']['compile_seconds']:.1f}s)")
+  report = report_lib.report_for_training(config, workdir, run.results, dataset, run.aligner,
+                                         {"strategy": config.strategy}, plots=plots, log=log)
+  timing = report["timing"]
+  log(f"total {time.perf_counter() - t0:.1f}s (train {timing['train_seconds']:.1f}s incl. compile "
+      f"{timing['compile_seconds']:.1f}s)")
   return report
 
 

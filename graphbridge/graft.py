@@ -41,6 +41,7 @@ from graphbridge import evaluate as eval_lib
 from graphbridge import report as report_lib
 from graphbridge import train as train_lib
 from graphbridge import workdir_lock
+from graphbridge import writers as writers_lib
 from graphbridge.graph import GraphError, ModalityGraph, check_modality_name
 from graphbridge.routes import parse_route
 
@@ -51,9 +52,7 @@ class GraftError(ValueError):
   """The graft cannot be done as asked; nothing has been written. The message says what to change."""
 
 
-def _log(msg: str) -> None:
-  if jax.process_index() == 0:
-    print(msg, flush=True)
+_log = writers_lib.log_process0  # the default `log` of every entry point
 
 
 
@@ -406,26 +405,10 @@ def train_base(config: ml_collections.ConfigDict, workdir: str, dataset: data_li
 
 def train_report(config, workdir: str, result: train_lib.TrainResult, header: Mapping, plots: bool = True,
                  log: Callable[[str], None] = _log) -> dict:
-  """The main job's report (experiment.train_and_evaluate) for a finished TrainResult: frozen edges
+  """The main job's report for a finished TrainResult (report.report_for_training): frozen edges
   keep their trained values in the 'before' aligner."""
-  setup = result.setup
-  name = str(config.get("strategy", "graph") or "graph")
-  aligner = eval_lib.GraphAligner(setup.layout, result.params, setup.compute_dtype, name=name)
-  if config.get("posthoc", "none") != "none":
-    from graphbridge import strategies
-    aligner = strategies.PosthocAligner(aligner, config.posthoc, result.dataset)
-  options = report_lib.EvalOptions.from_config(config)
-  frozen = [e.name for e in setup.layout.frozen]
-  before = eval_lib.GraphAligner(setup.layout, report_lib.initial_params(setup.layout, result.params,
-                                                                         options.seed, frozen),
-                                 setup.compute_dtype, name=name)
-  full_header = {"graph": setup.graph.to_dict(), "step": int(result.state["step"]),
-                 "timing": {"train_seconds": result.seconds, "compile_seconds": result.compile_seconds,
-                            "steps": result.steps_run},
-                 "final_losses": result.final_metrics, **header}
-  metrics_rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-  return report_lib.run_report(aligner, result.dataset, workdir, before, options, full_header, metrics_rows,
-                               plots=plots, log=log)
+  return report_lib.report_for_training(config, workdir, [result], result.dataset, header=header, plots=plots,
+                                        log=log)
 
 
 # ---- the new modality in the report -------------------------------------------------------------

@@ -257,11 +257,6 @@ class ModalityGraph:
     return f"nodes: {nodes}; edges: {', '.join(self.edge_names)}"
 
 
-def cycle_paths_up_to(graph: ModalityGraph, length: int) -> tuple[Path, ...]:
-  """All cycles of 2..length hops (alias used by configs and docs)."""
-  return graph.cycles(max_length=length)
-
-
 def all_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
   """Ordered pairs of distinct names, in order."""
   return [(a, b) for a, b in itertools.permutations(names, 2)]

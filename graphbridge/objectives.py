@@ -30,6 +30,9 @@ from graphbridge.translators import EdgeLayout, apply_bucket, normalize
 PyTree = Any
 
 
+INFONCE_POSITIVES = ("label", "pair")   # choices of loss.infonce_positives: same class, or the pair itself
+
+
 @dataclasses.dataclass(frozen=True)
 class PairTerm:
   """Cosine + symmetric InfoNCE between the two sides of training pairs, each side translated
@@ -132,9 +135,12 @@ class LossPlan:
             f"{sorted(set(self.cycle_lengths))}), {self.applications} translator applications/step, "
             f"{len(self.layout.buckets)} buckets")
 
-  # -- the objective interface (shared with strategy objectives such as C-MCR) --
+  # -- the objective interface (objective_api.Objective; shared with C-MCR and strategy objectives) --
   def initial_weights(self) -> dict[str, jax.Array]:
     return initial_weights(self.settings)
+
+  def finetune_weights(self, weights: Mapping[str, jax.Array], finetune) -> dict[str, jax.Array]:
+    return finetune_weights(weights, finetune)
 
   def initial_globals(self) -> dict:
     if self.settings.learn_temperature:
@@ -276,6 +282,13 @@ def initial_weights(settings: LossSettings) -> dict[str, jax.Array]:
   contrastive fine-tuning phase) does not recompile the step."""
   return {"edge_cos": jnp.float32(settings.edge_cos), "infonce": jnp.float32(settings.infonce),
           "cycle": jnp.asarray(settings.cycle_weights, jnp.float32)}
+
+
+def finetune_weights(weights: Mapping[str, jax.Array], finetune) -> dict[str, jax.Array]:
+  """Contrastive fine-tuning (config.finetune): edge_cos and infonce set, cycles scaled; any other
+  weight is kept as it is."""
+  return {**weights, "edge_cos": jnp.float32(finetune.edge_cos), "infonce": jnp.float32(finetune.infonce),
+          "cycle": weights["cycle"] * finetune.cycle_scale}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))

@@ -18,15 +18,17 @@ import jax
 import numpy as np
 
 from graphbridge import evaluate as eval_lib
+from graphbridge import evaluators
+from graphbridge import writers
 
 REPORT_FILES = ("report.json", "report.md")
 PLOT_FILES = {"projection": "projection.png", "heatmap": "retrieval_{level}.png",
               "reconstruction": "reconstruction.png", "curves": "training_curves.png"}
-GAP_COLUMNS = ("query", "gallery", "route", "hops", "gap_raw", "gap_before", "gap_after")
-SILHOUETTE_COLUMNS = ("query", "gallery", "route", "query_raw", "query_translated", "gallery_raw",
-                      "mixed_before", "mixed")
-RECONSTRUCTION_COLUMNS = ("kind", "route", "hops", "target", "n", "cosine", "baseline")
-BY_HOPS_COLUMNS = ("level", "hops", "pairs", "mAP", "R@1", "R@10", "chance_mAP")
+# columns of each table: owned by its evaluator (evaluators.py)
+GAP_COLUMNS = evaluators.Gap.columns
+SILHOUETTE_COLUMNS = evaluators.Silhouette.columns
+RECONSTRUCTION_COLUMNS = evaluators.Reconstruction.columns
+BY_HOPS_COLUMNS = evaluators.ByHops.columns
 
 
 @dataclasses.dataclass
@@ -43,6 +45,7 @@ class EvalOptions:
   seed: int = 0
   plot_dpi: int = 120                  # raster figures; PDF/SVG are vector
   plot_formats: tuple[str, ...] = ("png",)   # also ("png", "pdf") or ("png", "svg") for papers
+  tables: tuple[str, ...] = ()         # evaluators.EVALUATORS names to compute; () = all
 
   @classmethod
   def from_config(cls, config, **overrides) -> "EvalOptions":
@@ -53,8 +56,14 @@ class EvalOptions:
     options = cls(split=ev.get("split", "test"), ks=tuple(int(k) for k in ev.get("ks", (1, 5, 10))),
                   extra_routes=paths, cycle_length=int(ev.get("cycle_length", 3)),
                   path_hops=int(ev.get("path_hops", 3)), seed=int(config.get("seed", 0) or 0),
-                  plot_dpi=int(ev.get("plot_dpi", 120)), plot_formats=_formats(ev.get("plot_formats", "png")))
+                  plot_dpi=int(ev.get("plot_dpi", 120)), plot_formats=_formats(ev.get("plot_formats", "png")),
+                  tables=_names(ev.get("tables", "")))
     return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _names(value) -> tuple[str, ...]:
+  from graphbridge import config_check
+  return config_check.names(value)
 
 
 def _formats(value) -> tuple[str, ...]:
@@ -85,24 +94,11 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
                  options: EvalOptions | None = None) -> Report:
   """Every table of the report for `aligner` (and `before`: the same strategy at initialisation)."""
   options = options or EvalOptions()
-  split, seed = options.split, options.seed
-  cache = eval_lib.EncodingCache(aligner, dataset, split)
-  cache_before = eval_lib.EncodingCache(before, dataset, split) if before is not None else None
-  rows = eval_lib.retrieval_rows(aligner, dataset, split=split, extra_routes=options.extra_routes,
-                                 ks=options.ks, cache=cache)
-  routes = eval_lib.planned_routes(aligner, dataset)  # default routes: one per ordered pair
-  summary = {
-      "strategy": aligner.name, "data": dataset.source, "split": split,
-      "rows": rows,
-      "by_hops": eval_lib.summarize_by_hops([r for r in rows if not r.get("named_route")]),
-      "gap": eval_lib.gap_rows(aligner, dataset, split, before, routes, cache, cache_before),
-      "silhouette": eval_lib.silhouette_rows(aligner, dataset, split, before, routes, cache, cache_before,
-                                             sample=options.silhouette_sample, seed=seed),
-      "reconstruction": eval_lib.reconstruction_rows(aligner, dataset, split, options.cycle_length,
-                                                     options.path_hops, max_rows=options.reconstruction_rows,
-                                                     seed=seed),
-  }
-  summary["reconstruction_by_hops"] = eval_lib.summarize_reconstruction(summary["reconstruction"])
+  split = options.split
+  ctx = evaluators.Context(aligner, dataset, before, options)
+  summary = {"strategy": aligner.name, "data": dataset.source, "split": split}
+  for evaluator in evaluators.selected(options.tables):
+    summary.update(evaluator.compute(ctx))
   from graphbridge.data_tools import split_warning
   warning = split_warning(dataset, split)
   if warning:
@@ -114,11 +110,11 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
   projection = None
   if len(dataset.names) > 1:
     space = eval_lib.hub_modality(dataset)
-    after_rows, space_routes = eval_lib.common_space_rows(aligner, dataset, space, cache)
+    after_rows, space_routes = eval_lib.common_space_rows(aligner, dataset, space, ctx.cache)
     projection = {"space": space, "routes": space_routes, "after": after_rows, "before": None,
                   "labels": _projection_labels(dataset, split)}
     if before is not None:
-      projection["before"], _ = eval_lib.common_space_rows(before, dataset, space, cache_before)
+      projection["before"], _ = eval_lib.common_space_rows(before, dataset, space, ctx.cache_before)
     summary["projection"] = {"space": space, "routes": space_routes}
   return Report(summary, projection)
 
@@ -193,16 +189,16 @@ def _write_plots(plots, report: Report, out_dir: str, title: str, names: Sequenc
                             max_points_per_modality=points, seed=seed, colours=colours)
     written["projection"] = name
   for level in ("instance", "class"):
-    values, chance = retrieval_matrix(s["rows"], names, level)
+    values, chance = retrieval_matrix(s.get("rows", []), names, level)
     if np.isfinite(values).any():
       name = PLOT_FILES["heatmap"].format(level=level)
       plots.plot_retrieval_heatmap(values, names, names, os.path.join(out_dir, name),
                                    f"{title}: {level}-level retrieval mAP ({s['split']} split)",
                                    metric_name=f"mAP ({level}-level)", chance=chance,
-                                   zero_shot=zero_shot_matrix([r for r in s["rows"] if r["level"] == level],
+                                   zero_shot=zero_shot_matrix([r for r in s.get("rows", []) if r["level"] == level],
                                                               names) & np.isfinite(values))
       written[f"heatmap_{level}"] = name
-  if s["reconstruction"]:
+  if s.get("reconstruction"):
     name = PLOT_FILES["reconstruction"]
     # One line per target modality: its baseline is the same whatever the path, so the line and
     # its dashed baseline compare like with like across hops (cycles a->..->a target a).
@@ -227,8 +223,7 @@ def _is_summary_loss(key: str) -> bool:
 
 # ---- markdown and console -----------------------------------------------------------------------
 
-def _caption(text: str) -> str:
-  return f"_{text}_\n\n"
+_caption = evaluators.caption
 
 
 def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
@@ -246,45 +241,9 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
     parts.append(f"\n\n> **Note:** {note}.\n\n")
   if summary.get("step") is not None:
     parts.append(f" Checkpoint step {summary['step']}.")
-  parts.append("\n\n## Retrieval\n\n")
-  parts.append(_caption(
-      "Each query row is put in the gallery's space along `route` (default: the direct edge, else the "
-      "shortest path) and the gallery is ranked by cosine. `hops` = distance in the paired-data graph: "
-      "1 = paired in training, 2+ = never paired (zero-shot). Instance level: relevant = same id; class "
-      "level: relevant = same label. chance_* = expected value of a random ranking."))
-  parts.append(eval_lib.format_table(summary["rows"], eval_lib.RETRIEVAL_COLUMNS) + "\n\n")
-  parts.append("### By hop distance\n\n")
-  parts.append(_caption("Mean over the query/gallery pairs at each distance (default routes only)."))
-  parts.append(eval_lib.format_table(summary["by_hops"], BY_HOPS_COLUMNS) + "\n\n")
-  if summary.get("gap"):
-    parts.append("## Modality gap\n\n")
-    parts.append(_caption(
-        "Distance between the centroids of the L2-normalised query translations and gallery rows, in the "
-        "space where they are compared (0 = centroids coincide, at most 2). before = translators at "
-        "initialisation, after = trained; raw = untranslated rows (only where the dimensions match)."))
-    has_raw = any(g["gap_raw"] is not None for g in summary["gap"])
-    columns = [c for c in GAP_COLUMNS if c != "gap_raw" or has_raw]
-    parts.append(eval_lib.format_table(summary["gap"], columns) + "\n\n")
-  if summary.get("silhouette"):
-    parts.append("## Cluster separability by class\n\n")
-    parts.append(_caption(
-        "Cosine silhouette by class label (-1..1, higher = tighter, better separated classes). "
-        "query_raw / gallery_raw: each modality's own embeddings; query_translated: the query rows in the "
-        "gallery's space; mixed: translated queries + gallery rows scored together, high when classes "
-        "rather than modalities form the clusters (mixed_before: at initialisation)."))
-    parts.append(eval_lib.format_table(summary["silhouette"], SILHOUETTE_COLUMNS) + "\n\n")
-  if summary.get("reconstruction"):
-    parts.append("## Reconstruction along paths and cycles\n\n")
-    parts.append(_caption(
-        "Mean cosine between translations and their targets; `hops` = translators applied. Cycles "
-        "(a->b->a) reconstruct their own start rows. Paths a->..->b are scored against b's row with the "
-        "same instance id; without ids, single hops are scored against the rows the data pairs them with "
-        "(`target`; with class-level pairs that is another row of the same class, so expect less than for "
-        "a cycle). baseline = the mean-predictor cosine (the mean train row of the target modality as a "
-        "constant prediction)."))
-    parts.append(eval_lib.format_table(summary["reconstruction_by_hops"],
-                                       ("kind", "hops", "routes", "cosine", "baseline")) + "\n\n")
-    parts.append(eval_lib.format_table(summary["reconstruction"], RECONSTRUCTION_COLUMNS) + "\n\n")
+  parts.append("\n\n")
+  for evaluator in evaluators.present(summary):
+    parts.append(evaluator.markdown(summary))
   if images:
     parts.append("## Pictures\n\n")
     captions = {
@@ -314,24 +273,9 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
 
 def console_summary(summary: Mapping) -> str:
   """The compact table printed by the main job: retrieval rows, by-hop summary, one line per extra."""
-  split = summary["split"]
-  lines = [f"retrieval on the {split} split (route a->b: query translated into b's space; a->p<-b: both translated into p)",
-           eval_lib.format_table(summary["rows"], eval_lib.RETRIEVAL_COLUMNS), "",
-           "by hop distance in the paired-data graph (1 = paired in training, 2+ = zero-shot)",
-           eval_lib.format_table(summary["by_hops"], BY_HOPS_COLUMNS)]
-  gaps = [g for g in summary.get("gap", []) if g["gap_after"] is not None]
-  if gaps:
-    before = [g["gap_before"] for g in gaps if g["gap_before"] is not None]
-    text = f"{np.mean(before):.3f} at init -> " if before else ""
-    after = np.mean([g["gap_after"] for g in gaps])
-    lines.append(f"\nmodality gap (mean over {len(gaps)} routes): {text}{after:.3f}")
-  sil = [s for s in summary.get("silhouette", []) if s["mixed"] is not None]
-  if sil:
-    mixed = np.mean([s["mixed"] for s in sil])
-    lines.append(f"class silhouette of translated queries + gallery (mean): {mixed:.3f}")
-  for r in summary.get("reconstruction_by_hops", []):
-    lines.append(f"reconstruction {r['kind']} {r['hops']} hops ({r['routes']} routes): "
-                 f"cosine {r['cosine']:.3f} (mean-predictor {r['baseline']:.3f})")
+  lines = []
+  for evaluator in evaluators.present(summary):
+    lines += evaluator.console(summary)
   return "\n".join(lines)
 
 
@@ -390,12 +334,47 @@ def run_report(aligner: eval_lib.Aligner, dataset, out_dir: str | None,
   return report.summary
 
 
+# ---- a finished training run ---------------------------------------------------------------------
+
+def report_for_training(config, workdir: str | None, results: Sequence, dataset, aligner=None,
+                        header: Mapping | None = None, plots: bool = True, log: Callable[[str], None] = print
+                        ) -> dict:
+  """The report of a finished training (experiment.train_and_evaluate, graft): the one path from
+  train.TrainResults (one per stage) to report.{json,md}.
+
+  aligner: the trained aligner (default: the strategy's, strategies.aligner_for); config.posthoc
+  wraps it. The 'before' aligner is the same layout at initialisation, except frozen edges (a
+  grafted run's old graph), which keep their trained values. header: extra report.json entries."""
+  from graphbridge import aligners
+  from graphbridge import strategies
+  final = results[-1]
+  setup = final.setup
+  name = str(config.get("strategy", "graph") or "graph")
+  if aligner is None:
+    aligner = strategies.aligner_for(name, setup.layout, final.params, setup.compute_dtype)
+  if config.get("posthoc", "none") != "none":
+    aligner = aligners.PosthocAligner(aligner, config.posthoc, dataset)
+  options = EvalOptions.from_config(config)
+  frozen = [e.name for e in setup.layout.frozen]
+  before = strategies.aligner_for(name, setup.layout, initial_params(setup.layout, final.params, options.seed, frozen),
+                                  setup.compute_dtype)
+  full_header = {"graph": setup.graph.to_dict(), "step": int(final.state["step"]),
+                 "timing": {"train_seconds": sum(r.seconds for r in results),
+                            "compile_seconds": sum(r.compile_seconds for r in results),
+                            "steps": sum(r.steps_run for r in results)},
+                 "final_losses": final.final_metrics, **(header or {})}
+  metrics_rows = writers.read_metrics(os.path.join(workdir, "metrics.jsonl")) if workdir else []
+  return run_report(aligner, dataset, workdir or None, before, options, full_header, metrics_rows, plots=plots,
+                    log=log)
+
+
 # ---- a trained workdir --------------------------------------------------------------------------
 
 def aligner_for_run(layout, params: Mapping, compute_dtype: str, name: str) -> eval_lib.Aligner:
   """The aligner of a restored run: its translators; routes translate along paths or meet in a
   shared node (pivot, pairwise and C-MCR runs compare in their shared spaces)."""
-  return eval_lib.GraphAligner(layout, params, compute_dtype, name=name)
+  from graphbridge import strategies
+  return strategies.aligner_for(name, layout, params, compute_dtype)
 
 
 def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str] = (),
@@ -420,7 +399,8 @@ def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str]
     raise data_lib.DataError(f"{exc} (the data the run in {workdir} was trained on; pass --data=FILE to "
                              "evaluate on another copy)") from exc
   from graphbridge import config_check
-  declared = config_check.virtual_nodes(config.get("graph", {}).get("virtual_nodes", "") or "")
+  declared = set(config_check.virtual_nodes(config.get("graph", {}).get("virtual_nodes", "") or ""))
+  declared |= set(run.meta.get("virtual_nodes", ()))  # a strategy's projection spaces (train.run_meta)
   # shared projection spaces of a strategy: nodes without rows
   virtual = [n for n in run.graph.node_names if n in declared and n not in dataset.modalities]
   dataset.check_graph(run.graph, virtual=virtual)
@@ -437,7 +417,7 @@ def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str]
   before = aligner_for_run(run.layout, initial_params(run.layout, run.params, options.seed, frozen),
                            run.compute_dtype, name)
   log(f"run: {workdir} step {run.step}; data: {dataset.source}\n{dataset.summary()}")
-  metrics_rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  metrics_rows = writers.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   header = {"graph": run.graph.to_dict(), "step": run.step, "workdir": os.path.abspath(workdir)}
   from graphbridge import workdir_lock
   with workdir_lock.WorkdirLock(out or workdir, log=log):  # no report written over a running job's

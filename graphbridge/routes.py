@@ -90,10 +90,3 @@ def best_route(graph: ModalityGraph, query: str, gallery: str) -> Route | None:
   if not candidates:
     return None
   return min(candidates, key=lambda c: c[:4])[4]
-
-
-def __getattr__(name):  # TranslatorAligner lives in evaluate.py (GraphAligner); kept importable here
-  if name == "TranslatorAligner":
-    from graphbridge.evaluate import GraphAligner
-    return GraphAligner
-  raise AttributeError(name)

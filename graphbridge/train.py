@@ -27,6 +27,7 @@ from graphbridge import checkpoint as ckpt_lib
 from graphbridge import config_check
 from graphbridge.config_check import ConfigError  # noqa: F401  (re-exported: train.ConfigError)
 from graphbridge import data as data_lib
+from graphbridge import objective_api
 from graphbridge import objectives
 from graphbridge import sharding as sharding_lib
 from graphbridge import validation as validation_lib
@@ -63,10 +64,10 @@ SAFE_RESUME_CHANGES = ("train.log_every", "train.print_every", "train.checkpoint
 class Setup:
   """Everything static about a run: graph, translator layout, objective, dtypes, batch size.
 
-  `plan` is the step's objective: a graph `objectives.LossPlan`, or a strategy objective with the
-  same interface (term_names, loss, sample, sampler_arrays, initial_weights, initial_globals)."""
+  `plan` is the step's objective (objective_api.Objective): the graph's `objectives.LossPlan`,
+  `cmcr.CMCRObjective`, or any strategy's own."""
   layout: EdgeLayout
-  plan: Any
+  plan: objective_api.Objective
   compute_dtype: str
   batch_size: int
   infonce_positives: str
@@ -78,7 +79,8 @@ class Setup:
 
 def arch_from_config(model_cfg) -> TranslatorArch:
   return TranslatorArch(hidden=tuple(model_cfg.hidden), activation=model_cfg.activation,
-                        layer_norm=bool(model_cfg.layer_norm), residual=bool(model_cfg.residual))
+                        layer_norm=bool(model_cfg.layer_norm), residual=bool(model_cfg.residual),
+                        impl=model_cfg.get("impl", "flax"))
 
 
 def loss_settings_from_config(loss_cfg) -> objectives.LossSettings:
@@ -132,8 +134,9 @@ def build_setup(config, dataset: data_lib.Dataset, graph: ModalityGraph | None =
                                  data_nodes=[n for n in graph.node_names if n in dataset.modalities])
   dtype_from_name(config.model.compute_dtype)  # validate early
   positives = config.loss.get("infonce_positives", "label")
-  if positives not in ("label", "pair"):
-    raise ConfigError(f"loss.infonce_positives={positives!r}: choose 'label' or 'pair'")
+  if positives not in objectives.INFONCE_POSITIVES:
+    raise ConfigError(f"loss.infonce_positives={positives!r}: choose "
+                      + " or ".join(repr(p) for p in objectives.INFONCE_POSITIVES))
   return Setup(layout, plan, config.model.compute_dtype, int(config.data.batch_size), positives)
 
 
@@ -156,34 +159,42 @@ def learning_rate_schedule(config) -> optax.Schedule:
   return schedule
 
 
+# optim.name -> optax optimizer of (schedule, optim config, first-moment dtype or None); the choices
+# of optim.name
+OPTIMIZERS: dict[str, Callable[[optax.Schedule, Any, Any], optax.GradientTransformation]] = {
+    "adam": lambda schedule, opt, mu_dtype: optax.adam(schedule, b1=opt.b1, b2=opt.b2,
+                                                       mu_dtype=mu_dtype),
+    "adamw": lambda schedule, opt, mu_dtype: optax.adamw(schedule, b1=opt.b1, b2=opt.b2,
+                                                         weight_decay=opt.weight_decay, mu_dtype=mu_dtype),
+    "sgd": lambda schedule, opt, mu_dtype: optax.sgd(schedule, momentum=0.9),
+}
+MU_DTYPES = ("", "float32", "bfloat16")   # choices of optim.mu_dtype ("" = the params' dtype)
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
   opt = config.optim
   schedule = learning_rate_schedule(config)
-  choices = {
-      "adam": lambda: optax.adam(schedule, b1=opt.b1, b2=opt.b2),
-      "adamw": lambda: optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay),
-      "sgd": lambda: optax.sgd(schedule, momentum=0.9),
-  }
-  if opt.name not in choices:
-    raise ConfigError(f"optim.name={opt.name!r}: choose one of {', '.join(choices)}")
+  mu_name = opt.get("mu_dtype", "")
+  if mu_name not in MU_DTYPES:
+    raise ConfigError(f"optim.mu_dtype={mu_name!r}: choose '', 'float32' or 'bfloat16'")
+  mu_dtype = dtype_from_name(mu_name) if mu_name else None
+  if opt.name not in OPTIMIZERS:
+    raise ConfigError(f"optim.name={opt.name!r}: choose one of {', '.join(OPTIMIZERS)}")
   parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip and opt.grad_clip > 0 else []
-  return optax.chain(*parts, choices[opt.name]())
+  return optax.chain(*parts, OPTIMIZERS[opt.name](schedule, opt, mu_dtype))
 
 
-def phase_weights(config, settings, step: int) -> dict[str, jax.Array]:
-  """Loss weights for `step`: the main phase, then (after train.steps) contrastive fine-tuning.
+def phase_weights(config, objective, step: int) -> dict[str, jax.Array]:
+  """Loss weights for `step`: the objective's initial weights, then (from train.steps on, when
+  finetune.steps > 0) its fine-tuning weights (objective_api.finetune_weights: every key kept).
 
-  settings: the loss settings, or an objective (which knows its own initial weights)."""
-  if hasattr(settings, "initial_weights"):
-    weights = settings.initial_weights()
-    settings = getattr(settings, "settings", None)
+  objective: an objective_api.Objective, or objectives.LossSettings (the graph plan's weights)."""
+  if isinstance(objective, objectives.LossSettings):
+    weights, hook_owner = objectives.initial_weights(objective), objectives
   else:
-    weights = objectives.initial_weights(settings)
-  if (int(config.finetune.steps) > 0 and step >= int(config.train.steps)
-      and isinstance(settings, objectives.LossSettings)):
-    ft = config.finetune
-    weights = {"edge_cos": jnp.float32(ft.edge_cos), "infonce": jnp.float32(ft.infonce),
-               "cycle": weights["cycle"] * ft.cycle_scale}
+    weights, hook_owner = objective.initial_weights(), objective
+  if int(config.finetune.steps) > 0 and step >= int(config.train.steps):
+    weights = objective_api.finetune_weights(hook_owner, weights, config.finetune)
   return weights
 
 
@@ -407,6 +418,8 @@ def run_meta(setup: Setup, config, dataset: data_lib.Dataset | None, history: Se
   if dataset is not None:
     meta["data"] = {"source": dataset.source, "fingerprint": dataset.fingerprint(),
                     "content": dataset.content_digest()}
+    # nodes without rows (a strategy's projection spaces): evaluation checks the data against them
+    meta["virtual_nodes"] = [n for n in setup.graph.node_names if n not in dataset.modalities]
   if history:
     meta["resume_changes"] = list(history)
   return meta
@@ -651,17 +664,7 @@ def trim_metrics(path: str, step: int) -> int:
   return dropped
 
 
-def read_metrics(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  rows = []
-  with open(path) as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except ValueError:  # blank, or torn by a kill
-        continue
-  return rows
+read_metrics = writers_lib.read_metrics  # metrics.jsonl rows; kept importable from here
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -693,9 +696,7 @@ def progress_terms(values: Mapping[str, float]) -> str:
                                                                        k.startswith("loss/cycle/")))
 
 
-def _log(msg: str) -> None:
-  if jax.process_index() == 0:
-    print(msg, flush=True)
+_log = writers_lib.log_process0  # the default `log` of every entry point
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_lib.Dataset | None = None,

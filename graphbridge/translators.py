@@ -30,6 +30,9 @@ _ACTIVATIONS: dict[str, Callable] = {
     "tanh": jnp.tanh,
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ACTIVATIONS = tuple(_ACTIVATIONS)   # choices of model.activation
+COMPUTE_DTYPES = tuple(_DTYPES)     # choices of model.compute_dtype
+MLP_IMPLS = ("flax", "fused")       # choices of model.impl
 
 
 def dtype_from_name(name: str):
@@ -46,6 +49,11 @@ class TranslatorArch:
   activation: str = "gelu"
   layer_norm: bool = False   # LayerNorm after each hidden Dense, before the activation
   residual: bool = False     # add a skip path (identity if d_in == d_out, else a bias-free Dense)
+  # how the hidden layers run (same parameters, same function): "flax" (nn.Dense + activation,
+  # autodiff) or "fused" (dense_bias_act: saves only the pre-activation, recomputes the activation's
+  # derivative in float32 and reduces the bias gradient in the same backward pass). Not part of
+  # `tag`, so bucket keys and checkpoints do not depend on it.
+  impl: str = "flax"
 
   def __post_init__(self):
     object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -53,6 +61,11 @@ class TranslatorArch:
       raise ValueError(f"translator hidden sizes must be positive, got {self.hidden}")
     if self.activation not in _ACTIVATIONS:
       raise ValueError(f"unknown activation {self.activation!r} (choices: {', '.join(_ACTIVATIONS)})")
+    if self.impl not in MLP_IMPLS:
+      raise ValueError(f"unknown translator impl {self.impl!r} (choices: {', '.join(MLP_IMPLS)})")
+    if self.impl == "fused" and self.layer_norm:
+      raise ValueError("translator impl 'fused' needs layer_norm=False (the fused block is "
+                       "Dense + bias + activation)")
 
   @property
   def tag(self) -> str:
@@ -64,13 +77,67 @@ class TranslatorArch:
     return "-".join(parts)
 
   def to_dict(self) -> dict:
-    return {"hidden": list(self.hidden), "activation": self.activation,
-            "layer_norm": self.layer_norm, "residual": self.residual}
+    out = {"hidden": list(self.hidden), "activation": self.activation,
+           "layer_norm": self.layer_norm, "residual": self.residual}
+    if self.impl != "flax":
+      out["impl"] = self.impl
+    return out
 
   @classmethod
   def from_dict(cls, data: Mapping) -> "TranslatorArch":
     return cls(hidden=tuple(data["hidden"]), activation=data["activation"],
-               layer_norm=bool(data["layer_norm"]), residual=bool(data["residual"]))
+               layer_norm=bool(data["layer_norm"]), residual=bool(data["residual"]),
+               impl=data.get("impl", "flax"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def dense_bias_act(x: jax.Array, kernel: jax.Array, bias: jax.Array, activation: str) -> jax.Array:
+  """act(x @ kernel + bias) in x's dtype: x [rows, d_in], kernel [d_in, h], bias [h] -> [rows, h].
+
+  Same value as nn.Dense followed by the activation (matmul with float32 accumulation, bias added
+  in x's dtype; the activation evaluated in float32, then cast). The backward pass keeps only the
+  pre-activation, recomputes the activation's derivative in float32 and sums the bias gradient
+  from the same float32 values, so one memory pass over [rows, h] serves both."""
+  return _dense_bias_act_fwd(x, kernel, bias, activation)[0]
+
+
+def _dense_bias_act_fwd(x, kernel, bias, activation):
+  z = jnp.dot(x, kernel.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
+  z = z + bias.astype(x.dtype)
+  y = _ACTIVATIONS[activation](z.astype(jnp.float32)).astype(x.dtype)
+  return y, (x, kernel, bias, z)
+
+
+def _dense_bias_act_bwd(activation, residuals, g):
+  x, kernel, bias, z = residuals
+  _, act_vjp = jax.vjp(_ACTIVATIONS[activation], z.astype(jnp.float32))
+  dz32 = act_vjp(g.astype(jnp.float32))[0]
+  dz = dz32.astype(x.dtype)
+  d_bias = jnp.sum(dz32, axis=0).astype(bias.dtype)
+  d_kernel = jnp.dot(x.T, dz, preferred_element_type=jnp.float32).astype(kernel.dtype)
+  d_x = jnp.dot(dz, kernel.astype(x.dtype).T, preferred_element_type=jnp.float32).astype(x.dtype)
+  return d_x, d_kernel, d_bias
+
+
+dense_bias_act.defvjp(_dense_bias_act_fwd, _dense_bias_act_bwd)
+
+
+class _DenseAct(nn.Module):
+  """Parameters exactly as nn.Dense (kernel lecun_normal, bias zeros, same names), applied with
+  dense_bias_act."""
+  features: int
+  activation: str
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    lead = x.shape[:-1]
+    y = dense_bias_act(x.astype(self.dtype).reshape(-1, x.shape[-1]), kernel.astype(self.dtype),
+                       bias.astype(self.dtype), self.activation)
+    return y.reshape(lead + (self.features,))
 
 
 class Translator(nn.Module):
@@ -84,6 +151,9 @@ class Translator(nn.Module):
     act = _ACTIVATIONS[self.arch.activation]
     h = x.astype(self.dtype)
     for i, width in enumerate(self.arch.hidden):
+      if self.arch.impl == "fused":
+        h = _DenseAct(width, self.arch.activation, dtype=self.dtype, name=f"dense_{i}")(h)
+        continue
       h = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32, name=f"dense_{i}")(h)
       if self.arch.layer_norm:
         h = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name=f"norm_{i}")(h)
@@ -205,6 +275,13 @@ def _edge_rng(edge: Edge, seed) -> jax.Array:
 @functools.lru_cache(maxsize=None)
 def _jitted_init(specs: tuple[tuple[Edge, int, int, TranslatorArch], ...]):
   """One compiled program that initialises every edge in `specs` (one compile, not one per shape)."""
+  # `impl` changes how layers run, never their parameters: one init program serves every impl
+  specs = tuple((e, d_in, d_out, dataclasses.replace(arch, impl="flax")) for e, d_in, d_out, arch in specs)
+  return _jitted_init_flax(specs)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_init_flax(specs: tuple[tuple[Edge, int, int, TranslatorArch], ...]):
   def init(seed):
     return {e.name: Translator(d_out, arch).init(_edge_rng(e, seed), jnp.zeros((1, d_in), jnp.float32))["params"]
             for e, d_in, d_out, arch in specs}

@@ -11,6 +11,7 @@ multi-host run get writers that do nothing.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable, Mapping, Protocol, Sequence
 
@@ -90,6 +91,27 @@ def tensorboard_available() -> bool:
   except ImportError:
     return False
   return True
+
+
+def read_metrics(path: str) -> list[dict]:
+  """The rows of a run's metrics.jsonl ([] when there is none)."""
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except ValueError:  # blank, or torn by a kill
+        continue
+  return rows
+
+
+def log_process0(msg: str) -> None:
+  """The library's default log: print on process 0 only (multi-host runs print once), flushed."""
+  import jax
+  if jax.process_index() == 0:
+    print(msg, flush=True)
 
 
 def for_run(workdir: str | None, config, jsonl, log: Callable[[str], None] = print) -> MultiWriter:

@@ -1,0 +1,145 @@
+"""Opt-in step variants (model.impl="fused", optim.mu_dtype="bfloat16") against a float32 reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from graphbridge import config_check, defaults, train
+from graphbridge import data as data_lib
+from graphbridge import translators as tr
+
+
+def _dataset(modalities=2, dim=16, rows=64):
+  rng = np.random.default_rng(0)
+  names = [f"m{i}" for i in range(modalities)]
+  arrays = {f"{m}_emb": rng.standard_normal((rows, dim), dtype=np.float32) for m in names}
+  ids = np.stack([np.arange(rows), np.arange(rows)], axis=1)
+  for i in range(modalities):
+    for j in range(i + 1, modalities):
+      arrays[f"pairs_{names[i]}__{names[j]}"] = ids
+  return data_lib.from_arrays(arrays, source="synthetic")
+
+
+def _config(dtype="float32", impl="flax", mu_dtype=""):
+  c = defaults.base_config()
+  c.data.batch_size = 16
+  c.model.hidden = (32, 32)
+  c.model.layer_norm = False
+  c.model.compute_dtype = dtype
+  c.model.impl = impl
+  c.optim.mu_dtype = mu_dtype
+  c.optim.warmup_steps = 1
+  c.optim.lr = 1e-3
+  c.loss.infonce_positives = "pair"
+  c.loss.aligned_batches = True
+  c.loss.cycle_weights = (1.0,)
+  return c
+
+
+def _loss_grads_update(config, dataset, steps=3):
+  """Loss and float32 gradients at step 0 on one batch, and the master-param change after `steps`."""
+  setup = train.build_setup(config, dataset)
+  tx = train.make_optimizer(config)
+  state = train.init_state(setup, tx, 0, train.phase_weights(config, setup.plan, 0))
+  arrays = jax.device_put(train.sampler_arrays(setup, dataset))
+  batch = setup.plan.sample(arrays, jax.random.PRNGKey(1), setup.batch_size)
+  dtype = tr.dtype_from_name(setup.compute_dtype)
+
+  def f(p):
+    return setup.plan.loss(p, {}, batch, state["weights"], jax.random.PRNGKey(0), dtype)[0]
+
+  params = {**state["params"], "edges": train.to_compute_dtype(setup, state["params"]["edges"])}
+  loss, grads = jax.jit(jax.value_and_grad(f))(params)
+  p0 = jax.device_get(state["params"]["edges"])
+  step = train.make_device_step(setup, tx)
+  for _ in range(steps):
+    state, _ = step(state, {}, arrays)
+  update = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, jax.device_get(state["params"]["edges"]), p0)
+  grads = jax.tree.map(lambda g: np.asarray(g, np.float64), grads["edges"])
+  return float(loss), grads, update, state
+
+
+def _rel(tree, ref):
+  a = np.concatenate([x.ravel() for x in jax.tree.leaves(tree)])
+  b = np.concatenate([x.ravel() for x in jax.tree.leaves(ref)])
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def reference():
+  dataset = _dataset()
+  return dataset, _loss_grads_update(_config(), dataset)
+
+
+def test_fused_layer_same_params_values_and_grads():
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 6))
+  arch = tr.TranslatorArch(hidden=(16, 12), activation="gelu")
+  fused = tr.TranslatorArch(hidden=(16, 12), activation="gelu", impl="fused")
+  params = tr.Translator(5, arch).init(jax.random.PRNGKey(1), x)["params"]
+  params_fused = tr.Translator(5, fused).init(jax.random.PRNGKey(1), x)["params"]
+  jax.tree.map(np.testing.assert_array_equal, params, params_fused)  # same names, shapes, values
+  f = lambda a: lambda p: jnp.sum(jnp.sin(tr.Translator(5, a).apply({"params": p}, x)))
+  assert "custom_vjp" in str(jax.make_jaxpr(f(fused))(params))
+  assert "custom_vjp" not in str(jax.make_jaxpr(f(arch))(params))
+  np.testing.assert_allclose(f(fused)(params), f(arch)(params), rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               jax.grad(f(fused))(params), jax.grad(f(arch))(params))
+
+
+@pytest.mark.parametrize("activation", ["gelu_exact", "relu", "silu", "tanh"])
+def test_fused_layer_other_activations(activation):
+  x = jax.random.normal(jax.random.PRNGKey(0), (7, 6))
+  arch = tr.TranslatorArch(hidden=(16,), activation=activation)
+  fused = tr.TranslatorArch(hidden=(16,), activation=activation, impl="fused")
+  params = tr.Translator(4, arch).init(jax.random.PRNGKey(2), x)["params"]
+  f = lambda a: lambda p, x: jnp.sum(tr.Translator(4, a).apply({"params": p}, x) ** 2)
+  ga = jax.grad(f(arch), argnums=(0, 1))(params, x)
+  gf = jax.grad(f(fused), argnums=(0, 1))(params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), gf, ga)
+
+
+def test_bf16_variants_within_tolerance_of_float32(reference):
+  dataset, (loss_ref, grads_ref, update_ref, _) = reference
+  errors = {}
+  for name, cfg in {"bf16": _config("bfloat16"), "bf16_fused": _config("bfloat16", "fused"),
+                    "bf16_fused_mu": _config("bfloat16", "fused", "bfloat16")}.items():
+    loss, grads, update, state = _loss_grads_update(cfg, dataset)
+    errors[name] = (abs(loss - loss_ref) / abs(loss_ref), _rel(grads, grads_ref), _rel(update, update_ref))
+    if name == "bf16_fused_mu":
+      mu = state["opt"][-1][0].mu if hasattr(state["opt"][-1][0], "mu") else None
+      mus = [x for x in jax.tree.leaves(state["opt"]) if x.ndim >= 2]
+      assert mu is not None and all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(mu))
+      assert any(x.dtype == jnp.float32 for x in mus)  # the second moment stays float32
+  base = errors["bf16"]
+  for name, (loss_err, grad_err, update_err) in errors.items():
+    assert loss_err < 1e-2 and grad_err < 3e-2 and update_err < 5e-2, (name, errors)
+    # a variant may not be meaningfully less accurate than the bf16 default already is
+    assert grad_err <= 1.5 * base[1] + 1e-3 and update_err <= 1.5 * base[2] + 2e-3, (name, errors)
+  assert base[1] > 1e-4  # bf16 really differs from the reference (the check can fail)
+
+
+def test_float32_fused_and_mu_bf16(reference):
+  dataset, (loss_ref, grads_ref, update_ref, _) = reference
+  loss, grads, update, _ = _loss_grads_update(_config("float32", "fused"), dataset)
+  assert abs(loss - loss_ref) <= 1e-5 * abs(loss_ref)
+  assert _rel(grads, grads_ref) < 1e-4 and _rel(update, update_ref) < 1e-3
+  _, _, update_mu, _ = _loss_grads_update(_config("float32", "flax", "bfloat16"), dataset)
+  assert 0 < _rel(update_mu, update_ref) < 2e-2
+
+
+def test_variant_options_validated():
+  with pytest.raises(ValueError, match="layer_norm=False"):
+    tr.TranslatorArch(hidden=(4,), layer_norm=True, impl="fused")
+  with pytest.raises(ValueError, match="unknown translator impl 'fast'"):
+    tr.TranslatorArch(hidden=(4,), impl="fast")
+  c = _config(mu_dtype="float16")
+  with pytest.raises(config_check.ConfigError, match="optim.mu_dtype"):
+    train.make_optimizer(c)
+  with pytest.raises(config_check.ConfigError, match="model.impl"):
+    config_check.validate(_config(impl="fast"))
+  arch = tr.TranslatorArch(hidden=(4,), impl="fused")
+  assert tr.TranslatorArch.from_dict(arch.to_dict()) == arch
+  assert "impl" not in tr.TranslatorArch(hidden=(4,)).to_dict()  # checkpoints of default runs unchanged
+  assert arch.tag == tr.TranslatorArch(hidden=(4,)).tag          # bucket keys too
+
