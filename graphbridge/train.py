@@ -52,7 +52,8 @@ class RunMismatchError(ckpt_lib.CheckpointMismatchError):
 # train.steps may only grow; anything else needs --config.train.allow_resume_changes=True.
 SAFE_RESUME_CHANGES = ("train.log_every", "train.print_every", "train.checkpoint_every",
                        "train.keep_checkpoints", "train.tensorboard", "train.allow_resume_changes",
-                       "data.path", "data.name", "data.prefetch", "eval.", "posthoc", "compare.")
+                       "data.path", "data.name", "data.prefetch", "eval.", "posthoc", "compare.",
+                       "mesh.")  # the checkpoint format is the single-device one: any mesh resumes it
 
 
 
@@ -121,11 +122,14 @@ def graph_from_config(config, dataset: data_lib.Dataset) -> ModalityGraph:
 
 
 def build_setup(config, dataset: data_lib.Dataset, graph: ModalityGraph | None = None,
-                frozen: Sequence[str] = (), objective: Callable | None = None) -> Setup:
+                frozen: Sequence[str] = (), objective: Callable | None = None,
+                training: bool = False) -> Setup:
   """Static setup of a run. objective(layout, dataset, config) builds a strategy objective
-  (default: the translator graph's loss plan from config.loss)."""
+  (default: the translator graph's loss plan from config.loss). training: the setup is for `train`,
+  so every edge in graph.frozen must be among `frozen` (edges whose trained parameters are given)."""
   graph = graph or graph_from_config(config, dataset)
-  config_check.check_against_graph(config, graph, dataset, frozen_given=frozen, eval_paths=objective is None)
+  config_check.check_against_graph(config, graph, dataset, frozen_given=frozen if training else None,
+                                   eval_paths=objective is None)
   dataset.check_train_pairs()
   frozen = tuple(frozen) + config_check.names(config.graph.get("frozen", ""))
   layout = EdgeLayout.build(graph, arch_from_config(config.model), frozen=frozen)
@@ -752,7 +756,8 @@ def _train(config, workdir, dataset, frozen_params, graph, log, objective, froze
     dataset, val_view = validation_lib.hold_out(dataset, float(config.train.get("validate_fraction", 0.1)),
                                                 int(config.seed))
   frozen_params = dict(frozen_params or {})
-  setup = build_setup(config, dataset, graph=graph, frozen=tuple(frozen_params), objective=objective)
+  setup = build_setup(config, dataset, graph=graph, frozen=tuple(frozen_params), objective=objective,
+                      training=True)
   layout, plan = setup.layout, setup.plan
   mesh = sharding_lib.mesh_from_config(config)  # None: one device, no shardings (the plain path)
   if mesh is not None:

@@ -174,7 +174,8 @@ def test_config_errors(config, tri_modal_dataset):
     bad = config.copy_and_resolve_references()
     bad.loss.supervised_edges = "image->text,image->audio"
     bad.graph.extra_edges = "image->audio"
-    with pytest.raises(GraphError, match="image->audio is asked for a supervised loss but has no training pairs"):
+    with pytest.raises(train_lib.ConfigError,
+                       match="loss.supervised_edges names image->audio, but the data has no train pairs"):
         train_lib.build_setup(bad, tri_modal_dataset)
     bad = config.copy_and_resolve_references()
     bad.model.compute_dtype = "float64x"
