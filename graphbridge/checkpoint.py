@@ -9,10 +9,17 @@ A step directory holds:
 
 Edges are independent items, so a subset can be restored (e.g. to graft a new modality onto a
 trained graph) and an item's files can be copied unchanged into a new checkpoint.
+
+Integrity: once a step is finished (Orbax's async write done, grafted items copied) a manifest
+`<step>/sha256.json` records a sha256 per item (over its files' relative paths and bytes). A restore
+verifies every item it reads against it: a flipped bit is `CheckpointCorruptError` naming step and
+item, never silently changed parameters. Steps written before manifests existed restore unverified.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +36,7 @@ from graphbridge.translators import EdgeLayout
 PyTree = Any
 META, TRAIN = "meta", "train"
 FORMAT_VERSION = 1
+MANIFEST = "sha256.json"
 
 
 class CheckpointError(RuntimeError):
@@ -38,6 +46,52 @@ class CheckpointError(RuntimeError):
 class CheckpointMismatchError(CheckpointError):
   """The checkpoints were written for another graph or architecture: no step of them is usable,
   so this is never a reason to fall back to an older step."""
+
+
+class CheckpointCorruptError(CheckpointError):
+  """An item's files differ from the checksum recorded when the step was saved (or cannot be read).
+  `step` and `item` name it; an older verified step is a valid fallback."""
+
+  def __init__(self, message: str, step: int | None = None, item: str | None = None):
+    super().__init__(message)
+    self.step, self.item = step, item
+
+
+class CheckpointWriteError(CheckpointError):
+  """A checkpoint could not be written (e.g. the disk is full); the steps saved before are intact."""
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM)
+
+
+def _disk_error(exc: BaseException) -> OSError | None:
+  """The disk problem (full, quota, read-only, I/O, permissions) behind exc: an OSError in its
+  cause/context chain, or a tensorstore error (ValueError) whose text carries the OS error."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+      return exc
+    text = str(exc)
+    for code in _DISK_ERRNOS:
+      if os.strerror(code) in text or f"os_error_code='{code}'" in text:
+        return OSError(code, os.strerror(code))
+    exc = exc.__cause__ or exc.__context__
+  return None
+
+
+def item_digest(directory: str) -> str:
+  """sha256 over the relative paths and bytes of every file under an item's directory."""
+  h = hashlib.sha256()
+  for dirpath, dirnames, filenames in os.walk(directory):
+    dirnames.sort()
+    for name in sorted(filenames):
+      path = os.path.join(dirpath, name)
+      h.update(os.path.relpath(path, directory).encode() + b"\0")
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          h.update(chunk)
+  return h.hexdigest()
 
 
 def edge_item_name(edge: Edge | str) -> str:
@@ -118,16 +172,16 @@ def merge_by_edge(layout: EdgeLayout, template: PyTree, per_edge: Mapping[str, M
         for e in bucket.edges:
           row = np.asarray(_get_nested(per_edge[e.name], rest or ["value"]))
           if row.shape != np.shape(leaf)[1:]:
-            raise CheckpointError(f"checkpoint edge {e.name}: array {'/'.join(rest)} has shape {row.shape}, "
+            raise CheckpointMismatchError(f"checkpoint edge {e.name}: array {'/'.join(rest)} has shape {row.shape}, "
                                   f"expected {np.shape(leaf)[1:]} (dimension mismatch with the configured graph)")
           rows.append(row)
         value = np.stack(rows)
     except KeyError as exc:
       where = "shared state" if bucket is None else "edge items"
-      raise CheckpointError(f"checkpoint lacks {'/'.join(keys)} in its {where} ({exc}); it was written for "
+      raise CheckpointMismatchError(f"checkpoint lacks {'/'.join(keys)} in its {where} ({exc}); it was written for "
                             "another optimizer or graph") from None
     if value.shape != np.shape(leaf):
-      raise CheckpointError(f"checkpoint array {'/'.join(keys)} has shape {value.shape}, expected "
+      raise CheckpointMismatchError(f"checkpoint array {'/'.join(keys)} has shape {value.shape}, expected "
                             f"{np.shape(leaf)} (dimension mismatch with the configured graph)")
     leaves.append(value.astype(np.asarray(leaf).dtype))
   return jax.tree_util.tree_unflatten(treedef, leaves)
@@ -150,7 +204,13 @@ class Checkpoints:
       raise CheckpointError(f"no checkpoint directory at {self.directory}")
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                            enable_async_checkpointing=async_save, read_only=read_only)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._pending: list[tuple[int, dict]] = []  # saved steps whose manifest is not written yet
+    self._failed: CheckpointWriteError | None = None  # the disk error already reported
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+    except Exception as exc:  # e.g. the folder cannot be created
+      self._manager = None
+      raise self._write_error(-1, exc) from exc
 
   # -- steps --
   def all_steps(self) -> list[int]:
@@ -172,22 +232,118 @@ class Checkpoints:
   def save_items(self, step: int, items: Mapping[str, Mapping], train_item: Mapping, meta: Mapping,
                  copy_items_from: Mapping[str, str] | None = None) -> None:
     """Save one step of named items ({item name: tree}; models other than translator graphs, e.g.
-    DMVAE's "module.enc.image"). copy_items_from: {item name: step_dir} copied byte for byte."""
+    DMVAE's "module.enc.image"). copy_items_from: {item name: step_dir} copied byte for byte.
+    The step's manifest (sha256 per item) is written once its files are final: at the next save,
+    wait() or close(). A disk error (full, read-only) is CheckpointWriteError; earlier steps stay."""
+    self._finish_pending()
     copy_items_from = dict(copy_items_from or {})
     items = {name: ocp.args.StandardSave(dict(tree)) for name, tree in items.items()}
     all_items = sorted(list(items) + list(copy_items_from))
     meta = {**meta, "items": all_items, "format_version": FORMAT_VERSION, "step": int(step)}
     items[TRAIN] = ocp.args.StandardSave(dict(train_item))
     items[META] = ocp.args.JsonSave(meta)
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    try:
+      if os.environ.get("GRAPHBRIDGE_FAIL_SAVE") == str(step):  # fault injection for tests
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.step_dir(step))
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as exc:
+      raise self._write_error(step, exc) from exc
+    self._pending.append((int(step), copy_items_from))
     if os.environ.get("GRAPHBRIDGE_KILL_DURING_SAVE") == str(step):  # fault injection for tests
       os.kill(os.getpid(), 9)
     if copy_items_from:
+      self._finish_pending()
+
+  def _write_error(self, step: int, exc: BaseException) -> BaseException:
+    """CheckpointWriteError for a disk problem (the half-written step removed), else exc itself."""
+    disk = _disk_error(exc)
+    if disk is None:
+      return exc
+    if self._failed is not None:  # already reported; the same failure surfacing again
+      return self._failed
+    self._discard_partial(step)
+    try:
+      kept = [s for s in self._manager.all_steps() if s != step] if self._manager else []
+    except Exception:  # noqa: BLE001  (a listing must not hide the write error)
+      kept = []
+    where = f"; steps saved before are intact: {', '.join(map(str, sorted(kept)))}" if kept else ""
+    what = f"checkpoint step {step} to" if step >= 0 else "the checkpoint folder"
+    self._failed = CheckpointWriteError(f"could not write {what} {self.directory}: "
+                                        f"{disk.strerror or disk}{where}")
+    return self._failed
+
+  def _discard_partial(self, step: int) -> None:
+    """Remove the temporary folders of steps that failed to write (Orbax's <step>.orbax-checkpoint-tmp*;
+    never a finished step), freeing the space they took."""
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      if ".orbax-checkpoint-tmp" in name:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+  def _finish_pending(self) -> None:
+    """Wait for async writes, copy grafted items, write the manifests of the steps just saved."""
+    if not self._pending:
+      return
+    pending, self._pending = self._pending, []
+    try:
       self._manager.wait_until_finished()
       if jax.process_index() != 0:  # one writer on a shared file system
         return
-      for name, src_dir in copy_items_from.items():
-        shutil.copytree(os.path.join(src_dir, name), os.path.join(self.step_dir(step), name))
+      for step, copy_items_from in pending:
+        if not os.path.isdir(self.step_dir(step)):  # e.g. deleted by max_to_keep already
+          continue
+        for name, src_dir in copy_items_from.items():
+          target = os.path.join(self.step_dir(step), name)
+          if not os.path.isdir(target):
+            shutil.copytree(os.path.join(src_dir, name), target)
+        self.write_manifest(step)
+    except Exception as exc:
+      raise self._write_error(pending[-1][0], exc) from exc
+
+  def write_manifest(self, step: int) -> dict[str, str]:
+    """Record {item: sha256} of a finished step as <step>/sha256.json (atomically)."""
+    step_dir = self.step_dir(step)
+    digests = {name: item_digest(os.path.join(step_dir, name)) for name in sorted(os.listdir(step_dir))
+               if os.path.isdir(os.path.join(step_dir, name))}
+    path = os.path.join(step_dir, MANIFEST)
+    with open(path + ".tmp", "w") as f:
+      json.dump({"step": int(step), "sha256": digests}, f, indent=1, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    return digests
+
+  def manifest(self, step: int) -> dict[str, str] | None:
+    """{item: sha256} recorded for `step`, or None for a step saved before manifests existed (or
+    whose manifest was never written: the process died between the write and the manifest)."""
+    path = os.path.join(self.step_dir(step), MANIFEST)
+    if not os.path.exists(path):
+      return None
+    try:
+      with open(path) as f:
+        return dict(json.load(f)["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+      raise CheckpointCorruptError(f"checkpoint step {step}: its checksum manifest {MANIFEST} is corrupt "
+                                   f"({type(exc).__name__})", step, MANIFEST) from None
+
+  def verify(self, step: int, items: Iterable[str]) -> None:
+    """CheckpointCorruptError naming step and item if an item's files differ from the manifest."""
+    recorded = self.manifest(step)
+    if recorded is None:
+      return
+    for name in items:
+      if name not in recorded:
+        raise CheckpointCorruptError(f"checkpoint step {step}: item {name!r} is not in its checksum manifest",
+                                     step, name)
+      directory = os.path.join(self.step_dir(step), name)
+      if not os.path.isdir(directory):
+        raise CheckpointCorruptError(f"checkpoint step {step} is incomplete: missing item(s) {name}", step, name)
+      if item_digest(directory) != recorded[name]:
+        raise CheckpointCorruptError(
+            f"checkpoint step {step}: item {name!r} is corrupt (sha256 differs from the one recorded at "
+            "save; its files were changed or damaged on disk)", step, name)
+
 
   def quarantine(self, step: int) -> str:
     """Move a damaged step out of the way (to <directory>_damaged/<step>), keeping its files, so
@@ -206,28 +362,47 @@ class Checkpoints:
     return target
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Finish every save (manifests included) and release the manager. A write error already
+    raised by save() is not raised a second time (the caller is handling it)."""
+    raised_before = self._failed
+    error = None
+    try:
+      self._finish_pending()
+      self._manager.wait_until_finished()
+    except Exception as exc:  # noqa: BLE001
+      error = self._write_error(max(self.all_steps(), default=0), exc)
+    try:
+      self._manager.close()
+    except Exception as exc:  # noqa: BLE001
+      if error is None and self._failed is None:
+        error = exc
+    if error is not None and not (raised_before is not None and error is raised_before):
+      raise error
 
   # -- restore --
-  def restore_meta(self, step: int) -> dict:
+  def restore_meta(self, step: int, verify: bool = False) -> dict:
+    """The step's meta item (JSON); verify: check it against the manifest first."""
     path = os.path.join(self.step_dir(step), META, "metadata")
+    if verify and os.path.isdir(os.path.dirname(path)):
+      self.verify(step, [META])
     try:
       with open(path) as f:
         return json.load(f)
     except FileNotFoundError:
-      raise CheckpointError(f"checkpoint step {step} in {self.directory} has no metadata item "
-                            f"(incomplete or not a graphbridge checkpoint)") from None
-    except json.JSONDecodeError as exc:
-      raise CheckpointError(f"checkpoint step {step}: metadata is corrupt ({exc})") from None
+      raise CheckpointCorruptError(f"checkpoint step {step} in {self.directory} has no metadata item "
+                                   f"(incomplete or not a graphbridge checkpoint)", step, META) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+      raise CheckpointCorruptError(f"checkpoint step {step}: metadata is corrupt ({exc})", step, META) from None
 
   def check_complete(self, step: int) -> dict:
-    """Meta of a step whose every listed item is present; CheckpointError otherwise."""
-    meta = self.restore_meta(step)
+    """Meta of a step whose every listed item is present and whose meta matches its checksum;
+    CheckpointCorruptError otherwise."""
+    meta = self.restore_meta(step, verify=True)
     missing = [i for i in meta.get("items", []) + [TRAIN]
                if not os.path.isdir(os.path.join(self.step_dir(step), i))]
     if missing:
-      raise CheckpointError(f"checkpoint step {step} is incomplete: missing item(s) {', '.join(missing)}")
+      raise CheckpointCorruptError(f"checkpoint step {step} is incomplete: missing item(s) {', '.join(missing)}",
+                                   step, missing[0])
     return meta
 
   def latest_complete_step(self) -> int | None:
@@ -244,17 +419,16 @@ class Checkpoints:
                     log: Callable[[str], None] = logging.warning) -> tuple[Any, int | None, list[str]]:
     """(restore(s), s, problems) for `step`, or for the newest step whose restore succeeds.
 
-    Without an explicit step, a step whose restore raises CheckpointError (incomplete, corrupt) is
-    logged and the next older one is tried; (None, None, problems) if none works. An explicit step
-    and CheckpointMismatchError always raise."""
+    Without an explicit step, a step whose restore raises CheckpointCorruptError (incomplete,
+    checksum mismatch, unreadable) is logged and the next older one is tried; (None, None, problems)
+    if none works. An explicit step, and any other CheckpointError (another graph, config or
+    loss plan: CheckpointMismatchError), always raise: no older step would be right either."""
     candidates = [step] if step is not None else list(reversed(self.all_steps()))
     problems: list[str] = []
     for candidate in candidates:
       try:
         return restore(candidate), candidate, problems
-      except CheckpointMismatchError:
-        raise
-      except CheckpointError as exc:
+      except CheckpointCorruptError as exc:
         if step is not None:
           raise
         problems.append(str(exc))
@@ -264,8 +438,9 @@ class Checkpoints:
   def _restore_item(self, step: int, name: str) -> dict:
     directory = os.path.join(self.step_dir(step), name)
     if not os.path.isdir(directory):
-      raise CheckpointError(f"checkpoint step {step} has no item {name!r} (items: "
-                            f"{', '.join(sorted(os.listdir(self.step_dir(step))))})")
+      raise CheckpointCorruptError(f"checkpoint step {step} has no item {name!r} (items: "
+                                   f"{', '.join(sorted(os.listdir(self.step_dir(step))))})", step, name)
+    self.verify(step, [name])
     try:
       with ocp.PyTreeCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(directory)
@@ -275,8 +450,8 @@ class Checkpoints:
     except CheckpointError:
       raise
     except Exception as exc:  # orbax/tensorstore raise many types for damaged files
-      raise CheckpointError(f"checkpoint step {step}: item {name!r} is corrupt or unreadable "
-                            f"({type(exc).__name__}: {str(exc)[:300]})") from exc
+      raise CheckpointCorruptError(f"checkpoint step {step}: item {name!r} is corrupt or unreadable "
+                                   f"({type(exc).__name__}: {str(exc)[:300]})", step, name) from exc
 
   def restore_edges(self, step: int, edges: Iterable[str] | None = None) -> dict[str, dict]:
     """{edge_name: {"params":..., "opt":...}} as numpy, for `edges` (default: all saved edges)."""
@@ -285,7 +460,8 @@ class Checkpoints:
     wanted = saved if edges is None else list(edges)
     for e in wanted:
       if e not in saved:
-        raise CheckpointError(f"checkpoint step {step} has no edge {e} (saved edges: {', '.join(saved)})")
+        raise CheckpointMismatchError(f"checkpoint step {step} has no edge {e} (saved edges: "
+                                      f"{', '.join(saved)}); it was written for another graph")
     return {e: self._restore_item(step, edge_item_name(e)) for e in wanted}
 
   def restore_item(self, step: int, name: str) -> dict:

@@ -122,6 +122,7 @@ def validate(config, extra_sections: Iterable[str] = ()) -> None:
     value = _get(config, key)
     if value is not None and value < 0:
       problems.append(f"{key} must be >= 0, got {value!r}")
+  problems += range_problems(config)
   hidden = _get(config, "model.hidden")
   if hidden is not None and (not all(int(h) == h and h > 0 for h in hidden)):
     problems.append(f"model.hidden must be positive integers, got {hidden!r}")
@@ -138,3 +139,103 @@ def validate(config, extra_sections: Iterable[str] = ()) -> None:
     problems.append(str(exc))
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+# (key, test, what it must be): checked when the key is present
+def _is_int(v) -> bool:
+  return isinstance(v, (int,)) and not isinstance(v, bool) or (isinstance(v, float) and v.is_integer())
+
+
+RANGES = (
+    ("seed", lambda v: _is_int(v) and 0 <= v < 2 ** 32, "an integer in [0, 2**32)"),
+    ("data.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("data.prefetch", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("mesh.data", lambda v: _is_int(v) and (v == -1 or v >= 1), "-1 (all devices) or an integer >= 1"),
+    ("mesh.edges", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("optim.warmup_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("optim.final_lr_fraction", lambda v: v >= 0, ">= 0"),
+    ("optim.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optim.grad_clip", lambda v: v >= 0, ">= 0 (0 = no clipping)"),
+    ("train.steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("train.log_every", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("train.print_every", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("train.checkpoint_every", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = only the last step)"),
+    ("train.keep_checkpoints", lambda v: _is_int(v) and v >= 1,
+     "an integer >= 1 (0 would delete the trained weights)"),
+    ("train.validate_every", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = off)"),
+    ("train.validate_fraction", lambda v: 0 < v < 1, "in (0, 1)"),
+    ("finetune.steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("finetune.lr_scale", lambda v: v > 0, "> 0"),
+    ("finetune.cycle_scale", lambda v: v >= 0, ">= 0"),
+    ("finetune.edge_cos", lambda v: v >= 0, ">= 0"),
+    ("finetune.infonce", lambda v: v >= 0, ">= 0"),
+    ("eval.plot_dpi", lambda v: _is_int(v) and 10 <= v <= 2400, "an integer in [10, 2400]"),
+    ("compare.seeds", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("pairwise.dim", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("cmcr.dim", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("cmcr.common_dim", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("cmcr.memory_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("cmcr.stage1_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = train.steps)"),
+)
+
+
+def range_problems(config) -> list[str]:
+  """Numbers outside what the library can use (NaN included), one line each."""
+  problems = []
+  for key, ok, what in RANGES:
+    value = _get(config, key)
+    if value is None or isinstance(value, str):
+      continue
+    try:
+      good = bool(ok(value))
+    except TypeError:
+      good = False
+    if not good:
+      problems.append(f"{key} must be {what}, got {value!r}")
+  ks = _get(config, "eval.ks")
+  if ks is not None:
+    values = names(ks) if isinstance(ks, str) else tuple(ks)
+    try:
+      bad = not values or any(not _is_int(float(k)) or float(k) < 1 for k in values)
+    except (TypeError, ValueError):
+      bad = True
+    if bad:
+      problems.append(f"eval.ks must be integers >= 1 (the k of R@k), got {ks!r}")
+  return problems
+
+
+def check_against_graph(config, graph, dataset=None, frozen_given: Iterable[str] | None = None,
+                        eval_paths: bool = True) -> None:
+  """ConfigError for config values that name edges or nodes the graph (built from the config and
+  the data) does not have: graph.frozen, loss.supervised_edges (which also need train pairs),
+  loss.cycle_starts, eval.paths. Runs before anything is compiled."""
+  from graphbridge.routes import parse_route
+  problems = []
+  edges = {e.name for e in graph.edges}
+  listing = ", ".join(sorted(edges)) or "none"
+  for e in names(_get(config, "graph.frozen")):
+    if Edge.parse(e).name not in edges:
+      problems.append(f"graph.frozen names {e}, which is not an edge of the graph (edges: {listing})")
+    elif frozen_given is not None and Edge.parse(e).name not in set(frozen_given):
+      problems.append(f"graph.frozen names {e}, but no trained parameters are given for it: frozen edges come "
+                      "from a trained run (graphbridge-graft sets them); leave graph.frozen empty to train it")
+  for e in names(_get(config, "loss.supervised_edges")):
+    name = Edge.parse(e).name
+    if name not in edges:
+      problems.append(f"loss.supervised_edges names {e}, which is not an edge of the graph (edges: {listing})")
+    elif dataset is not None and not len(dataset.pairs_for(*name.split("->"))):
+      problems.append(f"loss.supervised_edges names {e}, but the data has no train pairs for it")
+  for node in names(_get(config, "loss.cycle_starts")):
+    if node not in graph.node_names:
+      problems.append(f"loss.cycle_starts names {node!r}, which is not a node of the graph "
+                      f"({', '.join(graph.node_names)})")
+  if eval_paths:
+    for route in names(_get(config, "eval.paths")):
+      try:
+        parse_route(graph, route)
+      except (GraphError, KeyError, ValueError) as exc:
+        problems.append(f"eval.paths route {route!r}: {exc}")
+  if problems:
+    raise ConfigError("invalid config for this graph:\n  " + "\n  ".join(problems))

@@ -48,9 +48,22 @@ def check_finite_rows(name: str, x: np.ndarray, what: str = "embedding") -> None
 
 
 def l2_normalize_rows(name: str, x: np.ndarray) -> np.ndarray:
-  x = np.asarray(x, np.float32)
-  check_finite_rows(name, x)
-  norms = np.linalg.norm(x, axis=1, keepdims=True)
+  raw = np.asarray(x)
+  if not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)):
+    raise DataError(f"embedding {name!r} must be numbers, got dtype {raw.dtype}")
+  if np.issubdtype(raw.dtype, np.floating):
+    check_finite_rows(name, raw)
+  if np.issubdtype(raw.dtype, np.floating) and raw.dtype.itemsize > 4:
+    big = np.nonzero((np.abs(raw) > np.finfo(np.float32).max).any(axis=1))[0]
+    if len(big):
+      raise DataError(f"embedding {name!r} row {int(big[0])} has values beyond float32's range "
+                      f"({len(big)} such rows); rescale the embeddings")
+  x = raw.astype(np.float32)
+  with np.errstate(over="ignore"):
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+  if not np.isfinite(norms).all():  # squares overflow float32 (values near 1e20): norms in float64
+    x64 = x.astype(np.float64)
+    return (x64 / np.linalg.norm(x64, axis=1, keepdims=True)).astype(np.float32)
   zero = np.nonzero(norms[:, 0] == 0)[0]
   if len(zero):
     raise DataError(f"embedding {name!r} row {int(zero[0])} has zero norm ({len(zero)} zero rows in all); "
@@ -174,6 +187,15 @@ class Dataset:
       pairs = pairs[keep]
     return np.ascontiguousarray(pairs)
 
+  def check_train_pairs(self) -> None:
+    """DataError naming a pair set none of whose pairs has both rows in train (e.g. it references
+    only test rows): training could not use it, yet the report would call the two modalities paired."""
+    for (a, b), pairs in self.pairs.items():
+      if not len(self.pairs_for(a, b, split="train")):
+        raise DataError(f"pairs_{a}__{b}: none of its {len(pairs)} pairs has both rows in the train split "
+                        f"({a}_train and {b}_train); it would train nothing while the report calls {a} and {b} "
+                        "paired. Mark some of those rows as train, or leave the pair set out")
+
   def default_graph(self, extra_edges: Iterable[str] = ()) -> ModalityGraph:
     """Nodes = modalities; edges = both directions of every pair set, plus `extra_edges`."""
     graph = ModalityGraph.build(self.dims)
@@ -209,6 +231,24 @@ class Dataset:
     for (a, b), p in sorted(self.pairs.items()):
       h.update(f"{a}__{b}{p.shape}".encode())
     return h.hexdigest()[:16]
+
+  def content_digest(self) -> str:
+    """sha256 of what a run learns from: every modality's shape, up to 256 evenly spaced embedding
+    rows (cheap on memory-mapped tables), labels, ids, train/test masks, and every pair set in
+    full. Another file with other rows, splits or pairs gets another digest; the same data moved
+    or re-saved keeps it."""
+    h = hashlib.sha256()
+    for m, mod in sorted(self.modalities.items()):
+      n = len(mod)
+      rows = np.unique(np.linspace(0, n - 1, num=min(n, 256)).astype(np.int64))
+      h.update(f"{m}{tuple(np.shape(mod.emb))}".encode())
+      h.update(np.ascontiguousarray(np.asarray(mod.emb[rows], np.float32)).tobytes())
+      for field in (mod.labels, mod.ids, mod.train, mod.test):
+        h.update(b"-" if field is None else np.ascontiguousarray(field).tobytes())
+    for (a, b), p in sorted(self.pairs.items()):
+      h.update(f"{a}__{b}{p.shape}".encode())
+      h.update(np.ascontiguousarray(p).tobytes())
+    return h.hexdigest()[:24]
 
   def save(self, path: str) -> str:
     """Write to a .npz (or, for any other path, a folder of .npy files); data.load reads it back."""
@@ -263,22 +303,73 @@ def from_arrays(arrays: Mapping[str, np.ndarray], source: str = "<arrays>") -> D
   return Dataset(modalities, pairs, class_names, source)
 
 
+def _read_npy(path: str, mmap_mode: str | None = "r") -> np.ndarray:
+  """One .npy file; DataError naming it for anything unreadable."""
+  if os.path.getsize(path) == 0:
+    raise DataError(f"{path} is empty (0 bytes)")
+  try:
+    return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+  except ValueError as exc:
+    if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+      raise DataError(f"{path} holds Python objects (dtype=object), not numbers; save numeric arrays") from None
+    raise DataError(f"{path} is not a readable .npy file (truncated or corrupt: {exc})") from None
+  except (OSError, EOFError) as exc:
+    raise DataError(f"{path} is not a readable .npy file ({type(exc).__name__}: {exc})") from None
+
+
+def _npy_folder(path: str, mmap_mode: str | None = "r") -> dict[str, np.ndarray]:
+  entries = sorted(os.listdir(path))
+  files = [f for f in entries if f.endswith(".npy") and os.path.isfile(os.path.join(path, f))]
+  if not files:
+    others = [f for f in entries if f.endswith(".npz")]
+    hint = f" (it holds {others[0]}: pass that file as the data path)" if others else \
+        " (expected <modality>_emb.npy, pairs_<a>__<b>.npy, ...)"
+    raise DataError(f"data folder {path!r} holds no .npy files{hint}")
+  return {f[:-4]: _read_npy(os.path.join(path, f), mmap_mode) for f in files}
+
+
+def _npz_arrays(path: str) -> dict[str, np.ndarray]:
+  """Every array of a .npz; DataError naming the file (and the array) for anything unreadable."""
+  import zipfile
+  if os.path.getsize(path) == 0:
+    raise DataError(f"{path} is empty (0 bytes)")
+  with open(path, "rb") as f:
+    head = f.read(6)
+  if not head.startswith(b"PK") and not head.startswith(b"\x93NUMPY"):
+    raise DataError(f"could not read {path!r} as .npz: it is not a .npz file (it does not start like a zip "
+                    "archive); give a .npz of named arrays or a folder of .npy files")
+  try:
+    npz = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    raise DataError(f"could not read {path!r} as .npz (truncated or not a .npz: {type(exc).__name__}: "
+                    f"{exc})") from None
+  if isinstance(npz, np.ndarray):
+    raise DataError(f"{path!r} is a single array ({npz.dtype} {npz.shape}), not a data set: give a .npz of named "
+                    "arrays or a folder of .npy files named <modality>_emb.npy, pairs_<a>__<b>.npy, ...")
+  arrays = {}
+  with npz:
+    for key in npz.files:
+      try:
+        arrays[key] = npz[key]
+      except ValueError as exc:
+        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+          raise DataError(f"{path}: array {key!r} holds Python objects (dtype=object), not numbers") from None
+        raise DataError(f"{path}: array {key!r} is unreadable (truncated or corrupt: {exc})") from None
+      except Exception as exc:  # noqa: BLE001  (zlib, zipfile and CRC errors of a damaged member)
+        raise DataError(f"{path}: array {key!r} is unreadable (truncated or corrupt: {type(exc).__name__}: "
+                        f"{exc})") from None
+  return arrays
+
+
 def load(path: str) -> Dataset:
   """Load a data set from a .npz file or a folder of .npy files (memory-mapped)."""
   if not os.path.exists(path):
     raise DataError(f"data path {path!r} does not exist")
   if os.path.isdir(path):
-    files = sorted(f for f in os.listdir(path) if f.endswith(".npy"))
-    if not files:
-      raise DataError(f"data folder {path!r} holds no .npy files")
-    arrays = {f[:-4]: np.load(os.path.join(path, f), mmap_mode="r", allow_pickle=False) for f in files}
-    return from_arrays(arrays, source=path)
-  try:
-    with np.load(path, allow_pickle=False) as npz:
-      arrays = {k: npz[k] for k in npz.files}
-  except (ValueError, OSError) as exc:
-    raise DataError(f"could not read {path!r} as .npz: {exc}") from exc
-  return from_arrays(arrays, source=path)
+    return from_arrays(_npy_folder(path), source=path)
+  if not os.access(path, os.R_OK):
+    raise DataError(f"data path {path!r} is not readable (permissions)")
+  return from_arrays(_npz_arrays(path), source=path)
 
 
 def load_digits() -> Dataset:
@@ -596,10 +687,7 @@ def load_memmapped(path: str) -> Dataset:
   data is read). A .npz cannot be memory-mapped and is loaded as usual."""
   if not os.path.isdir(path):
     return load(path)
-  files = sorted(f for f in os.listdir(path) if f.endswith(".npy"))
-  if not files:
-    raise DataError(f"data folder {path!r} holds no .npy files")
-  arrays = {f[:-4]: np.load(os.path.join(path, f), mmap_mode="r", allow_pickle=False) for f in files}
+  arrays = _npy_folder(path)
   tables, stand_ins = {}, {}
   for key, value in arrays.items():
     match = _FIELD_RE.match(key)

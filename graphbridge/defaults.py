@@ -78,6 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200   # per-edge Orbax checkpoints under workdir/checkpoints
   c.train.keep_checkpoints = 2
   c.train.skip_nonfinite = True    # a NaN/inf step leaves params untouched, then the run stops naming it
+  c.train.allow_resume_changes = False  # resume although config, loss plan or data changed (recorded in
+                                   # the checkpoints' meta); see docs/reliability.md
 
   c.pseudo = ml_collections.ConfigDict()     # self-training on pseudo-pairs of unpaired rows (pseudo.py)
   c.pseudo.rounds = -1            # rounds after the first training (0 = off); each trains from scratch.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Callable
@@ -12,6 +13,7 @@ import ml_collections
 from graphbridge import data as data_lib
 from graphbridge import report as report_lib
 from graphbridge import train as train_lib
+from graphbridge import workdir_lock
 from graphbridge import writers as writers_lib
 
 
@@ -30,16 +32,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns the report dict ({"rows": [...], "by_hops": [...], "gap": [...], "silhouette": [...],
   "reconstruction": [...], "timing": {...}, ...})."""
   from graphbridge import config_check
-  from graphbridge import strategies as strat_lib
   t0 = time.perf_counter()
   config_check.validate(config)
   dataset = load_dataset(config)
   log(f"data: {dataset.source}\n{dataset.summary()}")
-  if workdir and jax.process_index() == 0:
+  with workdir_lock.WorkdirLock(workdir, log=log):  # one writer per workdir, to the report
+    return _train_and_evaluate(config, workdir, dataset, log, plots, t0)
+
+
+def _train_and_evaluate(config, workdir, dataset, log, plots, t0) -> dict:
+  from graphbridge import strategies as strat_lib
+  fresh = workdir and not os.path.isdir(os.path.join(workdir, "checkpoints"))
+  if fresh and jax.process_index() == 0:
     write_config(config, workdir)
   run = strat_lib.run_strategy(config, dataset, workdir, log=log)
+  if workdir and not fresh and jax.process_index() == 0:  # once the checkpoints accepted the config
+    write_config(config, workdir)
   if workdir and sum(r.steps_run for r in run.results) == 0:
     log(nothing_trained_message(workdir, train_lib.total_steps(config)))
+    kept = existing_report(workdir, int(run.results[-1].state["step"]))
+    if kept is not None:
+      log(f"kept report.json, report.md and the figures of step {kept['step']} in {workdir}; "
+          f"graphbridge-evaluate --workdir={workdir} writes a new report")
+      return kept
   if hasattr(run, "report"):  # a strategy that is not a translator graph reports itself (dmvae)
     report = run.report(config, dataset, workdir, log=log, plots=plots)
   else:
@@ -49,6 +64,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   log(f"total {time.perf_counter() - t0:.1f}s (train {timing['train_seconds']:.1f}s incl. compile "
       f"{timing['compile_seconds']:.1f}s)")
   return report
+
+
+def existing_report(workdir: str, step: int) -> dict | None:
+  """report.json of `workdir` if it reports `step` (a finished run evaluated before), else None."""
+  path = os.path.join(workdir, "report.json")
+  try:
+    with open(path) as f:
+      report = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return report if report.get("step") == step and os.path.exists(os.path.join(workdir, "report.md")) else None
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -40,6 +40,7 @@ from graphbridge import data as data_lib
 from graphbridge import evaluate as eval_lib
 from graphbridge import report as report_lib
 from graphbridge import train as train_lib
+from graphbridge import workdir_lock
 from graphbridge import writers as writers_lib
 from graphbridge.graph import GraphError, ModalityGraph, check_modality_name
 from graphbridge.routes import parse_route
@@ -240,7 +241,7 @@ def plan_graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: st
   except (GraphError, ValueError) as exc:
     raise GraftError(f"the grafted graph cannot be trained and evaluated as configured: {exc}") from None
 
-  _check_existing_run(workdir, graph)
+  _check_existing_run(workdir, graph, from_workdir)
   base_fp = old.meta.get("data", {}).get("fingerprint")
   if base_fp and base_fp != subset_modalities(dataset, old_graph.node_names).fingerprint():
     log(f"note: the data's {', '.join(old_graph.node_names)} rows differ from those {from_workdir} was "
@@ -251,8 +252,9 @@ def plan_graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: st
                    from_workdir, old.step, step_dir, workdir)
 
 
-def _check_existing_run(workdir: str, graph: ModalityGraph) -> None:
-  """A workdir that already holds checkpoints must hold this graft (then it resumes)."""
+def _check_existing_run(workdir: str, graph: ModalityGraph, from_workdir: str) -> None:
+  """A workdir that already holds checkpoints must hold this graft (then it resumes): the same
+  graph, grafted onto the same run. Anything else is an error; nothing there is touched."""
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     return
@@ -260,10 +262,16 @@ def _check_existing_run(workdir: str, graph: ModalityGraph) -> None:
   step = checkpoints.latest_complete_step()
   if step is None:
     return
-  saved = ModalityGraph.from_dict(checkpoints.restore_meta(step)["layout"]["graph"])
+  meta = checkpoints.restore_meta(step)
+  saved = ModalityGraph.from_dict(meta["layout"]["graph"])
   if set(saved.nodes) != set(graph.nodes) or set(saved.edges) != set(graph.edges):
     raise GraftError(f"--workdir={workdir} already holds a run of another graph ({saved.describe()}) at step "
                      f"{step}; the graft builds {graph.describe()}: choose a new directory")
+  saved_from = (meta.get("config", {}).get("graft") or {}).get("from_workdir")
+  if saved_from != from_workdir:
+    what = f"a graft onto {saved_from}" if saved_from else "a run that is not a graft (trained directly)"
+    raise GraftError(f"--workdir={workdir} already holds {what} at step {step}, not a graft onto "
+                     f"{from_workdir}; choose a new directory (nothing there was changed)")
 
 
 def _config_for_graft(config, old_arch: Mapping, from_workdir: str, from_step: int,
@@ -348,6 +356,11 @@ def graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: str,
     log(f"graft total {time.perf_counter() - t0:.1f}s")
     return result
   plan = plan_graft(config, from_workdir, workdir, dataset, log=log)
+  with workdir_lock.WorkdirLock(plan.workdir, log=log):  # one writer, to the report
+    return _graft(plan, report, plots, log, t0)
+
+
+def _graft(plan: GraftPlan, report: bool, plots: bool, log: Callable[[str], None], t0: float) -> GraftResult:
   log(plan.describe())
   log(f"data: {plan.dataset.source}\n{plan.dataset.summary()}")
   result = train_lib.train(plan.config, plan.workdir, dataset=plan.dataset, frozen_params=plan.frozen_params,
@@ -394,16 +407,17 @@ def train_base(config: ml_collections.ConfigDict, workdir: str, dataset: data_li
   config.eval.paths = ",".join(routes)
   log(f"base graph on {', '.join(data.names)} (without {', '.join(dropped) or 'nothing'})")
   log(f"data: {data.source}\n{data.summary()}")
-  if config.get("strategy", "graph") == "dmvae":
-    from graphbridge import dmvae
-    config.eval.paths = ""  # graph routes; the DMVAE report adds its own translation routes
-    run = dmvae.run_strategy(config, data, workdir, log=log)
+  with workdir_lock.WorkdirLock(workdir, log=log):  # one writer, to the report
+    if config.get("strategy", "graph") == "dmvae":
+      from graphbridge import dmvae
+      config.eval.paths = ""  # graph routes; the DMVAE report adds its own translation routes
+      run = dmvae.run_strategy(config, data, workdir, log=log)
+      if report:
+        dmvae.report_run(run, config, data, workdir, log=log, plots=plots)
+      return run.result
+    result = train_lib.train(config, workdir, dataset=data, log=log)
     if report:
-      dmvae.report_run(run, config, data, workdir, log=log, plots=plots)
-    return run.result
-  result = train_lib.train(config, workdir, dataset=data, log=log)
-  if report:
-    train_report(config, workdir, result, {}, plots=plots, log=log)
+      train_report(config, workdir, result, {}, plots=plots, log=log)
   log(f"total {time.perf_counter() - t0:.1f}s (train {result.seconds:.1f}s incl. compile "
       f"{result.compile_seconds:.1f}s)")
   return result

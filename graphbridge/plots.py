@@ -229,6 +229,8 @@ def _draw_projection(
             gap = modality_gap(embeddings[ma], embeddings[mb])
             gaps[(ma, mb)] = gap
             ca, cb = centroids_2d[ma], centroids_2d[mb]
+            if len(modalities) > 4:  # 10+ lines and labels would hide the points: gaps in the title
+                continue
             ax.plot([ca[0], cb[0]], [ca[1], cb[1]], color="0.25", linestyle="--", linewidth=1.2, zorder=4)
             if np.hypot(*(ca - cb)) > 0.12 * span:
                 mid = (ca + cb) / 2
@@ -245,7 +247,9 @@ def _draw_projection(
         Line2D([], [], color="0.5", marker="*", markeredgecolor="black", linestyle="none",
                markersize=14, label="centroid")
     )
-    modality_handles.append(Line2D([], [], color="0.25", linestyle="--", label="centroid distance\n(modality gap)"))
+    if len(modalities) <= 4:
+        modality_handles.append(Line2D([], [], color="0.25", linestyle="--",
+                                       label="centroid distance\n(modality gap)"))
 
     class_handles = []
     if len(classes):

@@ -117,6 +117,10 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
         f"(eval.max_queries) against the whole gallery, in {len(sampled)} of {len(rows)} rows "
         f"(up to {max(r['query_rows'] for r in sampled)} query rows available); set eval.max_queries=0 "
         "to score every query")
+  empty = [m for m in dataset.names if len(eval_lib.split_rows(dataset, m, split)) == 0]
+  if empty:
+    summary["notes"] = [f"{m} has no {split} rows ({m}_{split} is all False): its rows are skipped in every "
+                        "table" for m in empty]
   projection = None
   if len(dataset.names) > 1:
     space = eval_lib.hub_modality(dataset)
@@ -302,6 +306,8 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
   parts.append(f"Data: `{summary['data']}`; evaluated on the {split} split.")
   if summary.get("split_warning"):
     parts.append(f"\n\n> **Warning:** {summary['split_warning']}.\n\n")
+  for note in summary.get("notes", []):
+    parts.append(f"\n\n> **Note:** {note}.\n\n")
   if summary.get("step") is not None:
     parts.append(f" Checkpoint step {summary['step']}.")
   if summary.get("transductive"):
@@ -364,6 +370,12 @@ def write_report(report: Report, out_dir: str, title: str, names: Sequence[str],
                            formats=formats)
     except ImportError as exc:
       report.summary["plots_skipped"] = f"matplotlib is not installed ({exc}); pip install matplotlib"
+    except Exception as exc:  # noqa: BLE001  (a figure must never cost the numbers)
+      if os.environ.get("GRAPHBRIDGE_DEBUG"):
+        raise
+      report.summary["plots_skipped"] = (f"plotting failed ({type(exc).__name__}: {str(exc)[:200]}); the "
+                                         "numbers in report.json/md are complete (GRAPHBRIDGE_DEBUG=1 for the "
+                                         "traceback)")
   report.summary["plots"] = images
   _write_numbers(report, out_dir, title, images)  # again, now with the figures and any notes
   return [os.path.join(out_dir, n) for n in (*REPORT_FILES, *images.values())]
@@ -392,6 +404,8 @@ def run_report(aligner: eval_lib.Aligner, dataset, out_dir: str | None,
     log(f"WARNING: {report.summary['split_warning']}")
   if report.summary.get("query_sampling"):
     log(f"note: {report.summary['query_sampling']}")
+  for note in report.summary.get("notes", []):
+    log(f"note: {note}")
   if out_dir:
     title = f"{os.path.basename(os.path.normpath(dataset.source))}, {aligner.name}"
     written = write_report(report, out_dir, title, dataset.names, metrics_rows, plots, options.seed,
@@ -493,4 +507,6 @@ def evaluate_workdir(workdir: str, data: str | None = None, paths: Sequence[str]
   log(f"run: {workdir} step {run.step}; data: {dataset.source}\n{dataset.summary()}")
   metrics_rows = writers.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   header = {"graph": run.graph.to_dict(), "step": run.step, "workdir": os.path.abspath(workdir)}
-  return run_report(aligner, dataset, out or workdir, before, options, header, metrics_rows, plots, log)
+  from graphbridge import workdir_lock
+  with workdir_lock.WorkdirLock(out or workdir, log=log):  # no report written over a running job's
+    return run_report(aligner, dataset, out or workdir, before, options, header, metrics_rows, plots, log)

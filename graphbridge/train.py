@@ -9,6 +9,7 @@ part in every path and cycle but have no optimizer state and never change.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -30,6 +31,7 @@ from graphbridge import objective_api
 from graphbridge import objectives
 from graphbridge import sharding as sharding_lib
 from graphbridge import validation as validation_lib
+from graphbridge import workdir_lock
 from graphbridge import writers as writers_lib
 from graphbridge.graph import Edge, ModalityGraph
 from graphbridge.translators import EdgeLayout, TranslatorArch, dtype_from_name, init_many, stack, unstack
@@ -39,6 +41,18 @@ PyTree = Any
 
 class NonFiniteError(FloatingPointError):
   """A loss term or gradient became NaN/inf; the message names the term and edge."""
+
+
+class RunMismatchError(ckpt_lib.CheckpointMismatchError):
+  """Resuming would silently change the run in the workdir (config, loss plan or data differ from
+  what its checkpoints were trained with); the message lists the differences."""
+
+
+# Config keys a resume may change without changing what the run computes (docs/reliability.md).
+# train.steps may only grow; anything else needs --config.train.allow_resume_changes=True.
+SAFE_RESUME_CHANGES = ("train.log_every", "train.print_every", "train.checkpoint_every",
+                       "train.keep_checkpoints", "train.tensorboard", "train.allow_resume_changes",
+                       "data.path", "data.name", "data.prefetch", "eval.", "posthoc", "compare.")
 
 
 
@@ -111,6 +125,8 @@ def build_setup(config, dataset: data_lib.Dataset, graph: ModalityGraph | None =
   """Static setup of a run. objective(layout, dataset, config) builds a strategy objective
   (default: the translator graph's loss plan from config.loss)."""
   graph = graph or graph_from_config(config, dataset)
+  config_check.check_against_graph(config, graph, dataset, frozen_given=frozen, eval_paths=objective is None)
+  dataset.check_train_pairs()
   frozen = tuple(frozen) + config_check.names(config.graph.get("frozen", ""))
   layout = EdgeLayout.build(graph, arch_from_config(config.model), frozen=frozen)
   if objective is not None:
@@ -398,15 +414,94 @@ def raise_if_unhealthy(setup: Setup, health: Mapping) -> None:
 
 # ---- checkpoint glue ---------------------------------------------------------------------------
 
-def run_meta(setup: Setup, config, dataset: data_lib.Dataset | None) -> dict:
+def plan_identity(setup: Setup) -> dict:
+  """What the loss plan computes: its description and the names of its terms by kind."""
+  plan = setup.plan
+  terms = {k: [str(n) for n in v] for k, v in plan.term_names().items()} if hasattr(plan, "term_names") else {}
+  return {"describe": plan.describe() if hasattr(plan, "describe") else type(plan).__name__, "terms": terms}
+
+
+def config_dict(config) -> dict:
+  return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else {}
+
+
+def run_meta(setup: Setup, config, dataset: data_lib.Dataset | None, history: Sequence[Mapping] = ()) -> dict:
+  """The run's identity, stored in every checkpoint step: layout (graph, architectures), resolved
+  config, loss plan, data fingerprint, and the changes accepted on earlier resumes."""
   meta = {"layout": setup.layout.to_dict(), "compute_dtype": setup.compute_dtype,
-          "config": json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort")
-          else {}}
+          "config": config_dict(config), "plan": plan_identity(setup)}
   if dataset is not None:
-    meta["data"] = {"source": dataset.source, "fingerprint": dataset.fingerprint()}
+    meta["data"] = {"source": dataset.source, "fingerprint": dataset.fingerprint(),
+                    "content": dataset.content_digest()}
     # nodes without rows (a strategy's projection spaces): evaluation checks the data against them
     meta["virtual_nodes"] = [n for n in setup.graph.node_names if n not in dataset.modalities]
+  if history:
+    meta["resume_changes"] = list(history)
   return meta
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+  out = {}
+  if isinstance(tree, Mapping):
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _safe_change(key: str, old, new) -> bool:
+  if key == "train.steps":
+    try:
+      return new is not None and old is not None and int(new) >= int(old)
+    except (TypeError, ValueError):
+      return False
+  return any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_RESUME_CHANGES)
+
+
+def run_differences(setup: Setup, config, dataset: data_lib.Dataset | None, meta: Mapping) -> list[str]:
+  """Differences between the run a checkpoint's meta describes and the one `config` would train,
+  other than the safe ones (SAFE_RESUME_CHANGES): ["optim.lr: 0.002 -> 0.01", ...]."""
+  problems = []
+  if "config" in meta and hasattr(config, "to_json_best_effort"):
+    old, new = _flatten(meta["config"]), _flatten(config_dict(config))
+    for key in sorted(set(old) | set(new)):
+      a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+      if a != b and not _safe_change(key, a, b):
+        problems.append(f"{key}: {a!r} -> {b!r}")
+  saved_plan = meta.get("plan")
+  if saved_plan is not None and saved_plan != plan_identity(setup):
+    now = plan_identity(setup)
+    for kind in sorted(set(saved_plan.get("terms", {})) | set(now["terms"])):
+      a, b = saved_plan.get("terms", {}).get(kind, []), now["terms"].get(kind, [])
+      if a != b:
+        gone, added = [t for t in a if t not in b], [t for t in b if t not in a]
+        problems.append(f"loss plan {kind} terms: " + ", ".join(
+            ([f"removed {', '.join(gone)}"] if gone else []) + ([f"added {', '.join(added)}"] if added else [])
+            or ["reordered"]))
+    if saved_plan.get("describe") != now["describe"] and not any(p.startswith("loss plan") for p in problems):
+      problems.append(f"loss plan: {saved_plan.get('describe')!r} -> {now['describe']!r}")
+  saved_data = meta.get("data", {})
+  if dataset is not None and saved_data.get("content") and saved_data["content"] != dataset.content_digest():
+    problems.append(f"data: {dataset.source} differs from {saved_data.get('source')} the checkpoints were "
+                    "trained on (other rows, splits, labels or pairs)")
+  return problems
+
+
+def check_run_identity(setup: Setup, config, dataset: data_lib.Dataset | None, meta: Mapping, step: int,
+                       directory: str, log: Callable[[str], None] = logging.warning) -> list[str]:
+  """RunMismatchError listing the differences, unless there are none or the config says
+  train.allow_resume_changes=True (then they are logged and returned, to be recorded)."""
+  problems = run_differences(setup, config, dataset, meta)
+  if not problems:
+    return []
+  listing = "\n  ".join(problems)
+  if bool(config.train.get("allow_resume_changes", False)):
+    log(f"resuming checkpoint step {step} with changes (train.allow_resume_changes=True):\n  {listing}")
+    return problems
+  raise RunMismatchError(
+      f"checkpoint step {step} in {directory} belongs to another run; resuming would change:\n  {listing}\n"
+      "use a fresh --workdir, the run's own config (config.json in the workdir), or "
+      "--config.train.allow_resume_changes=True to continue with these changes on purpose")
 
 
 def _drop_empty(tree: Mapping) -> dict:
@@ -473,17 +568,25 @@ def check_meta_matches(setup: Setup, meta: Mapping, step: int, directory: str) -
 
 
 def restore_state(setup: Setup, checkpoints: ckpt_lib.Checkpoints, template: Mapping,
-                  step: int | None = None, log: Callable[[str], None] = logging.warning
+                  step: int | None = None, log: Callable[[str], None] = logging.warning,
+                  config=None, dataset: data_lib.Dataset | None = None, history: list | None = None
                   ) -> tuple[dict, int] | tuple[None, None]:
   """Restore `step`, or the newest step that restores cleanly.
 
   A step that is incomplete (missing item, unreadable metadata) or corrupt (an item fails to
   read) is reported and the next older complete step is tried: resuming from an older step only
   repeats work, and the batch RNG is a function of the step, so the run ends the same. A
-  checkpoint of another graph is an error, not a fallback: no step of it can be used."""
+  checkpoint of another graph is an error, not a fallback: no step of it can be used. With a
+  `config`, so is one of another run (RunMismatchError); `history` receives the changes accepted
+  before (and now, under train.allow_resume_changes) to be recorded in the next checkpoints."""
   def restore(candidate: int) -> dict:
     meta = checkpoints.check_complete(candidate)
     check_meta_matches(setup, meta, candidate, checkpoints.directory)
+    if config is not None:
+      changes = check_run_identity(setup, config, dataset, meta, candidate, checkpoints.directory, log)
+      if history is not None:
+        history[:] = list(meta.get("resume_changes", [])) + ([{"step": candidate, "changes": changes}]
+                                                             if changes else [])
     edge_items = checkpoints.restore_edges(candidate, [e.name for e in setup.layout.trainable_edges])
     return items_to_state(setup, template, edge_items, checkpoints.restore_train(candidate))
 
@@ -536,6 +639,44 @@ class MetricWriter:
         f.write(json.dumps({"step": int(step), **values}) + "\n")
     if os.environ.get("GRAPHBRIDGE_KILL_AFTER_STEP") == str(step):  # fault injection for tests
       os.kill(os.getpid(), 9)
+    if os.environ.get("GRAPHBRIDGE_FILL_DISK_AFTER_STEP") == str(step) and self.path:  # fault injection:
+      _fill_disk(os.path.dirname(self.path))                                          # a full disk
+
+
+def _fill_disk(directory: str) -> None:
+  """Fault injection for tests: fill the file system holding `directory` (a small tmpfs)."""
+  with open(os.path.join(directory, "disk_filler"), "wb") as f:
+    try:
+      while True:
+        f.write(b"\0" * 65536)
+        f.flush()
+    except OSError:
+      pass
+
+
+def trim_metrics(path: str, step: int) -> int:
+  """Drop the rows of metrics.jsonl after `step` (written after the checkpoint a run resumes
+  from; the resumed run writes them again), and a torn last line; keep one row per step.
+  Returns how many rows were dropped. Process 0 only; the file is replaced atomically."""
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.read().splitlines()
+  kept, seen = [], set()
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue  # a line torn by a kill
+    if int(row.get("step", -1)) <= step and row.get("step") not in seen:
+      seen.add(row.get("step"))
+      kept.append(line)
+  dropped = len(lines) - len(kept)
+  if dropped:
+    with open(path + ".tmp", "w") as f:
+      f.write("".join(line + "\n" for line in kept))
+    os.replace(path + ".tmp", path)
+  return dropped
 
 
 read_metrics = writers_lib.read_metrics  # metrics.jsonl rows; kept importable from here
@@ -593,6 +734,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
   gathered to the host (then on the default device), like a single-device run's.
   data.host_sampling: batches are drawn on the host from (memory-mapped) tables, only the batch's
   rows read per step, on background threads (data.prefetch batches ahead)."""
+  with contextlib.ExitStack() as exits:
+    # the workdir lock is taken once the config, data and graph are checked and held to the end
+    lock = lambda: exits.enter_context(workdir_lock.WorkdirLock(workdir, log=log))
+    return _train(config, workdir, dataset, frozen_params, graph, log, objective, frozen_from, lock)
+
+
+def _train(config, workdir, dataset, frozen_params, graph, log, objective, frozen_from,
+           lock: Callable[[], Any]) -> TrainResult:
+  problems = config_check.range_problems(config)  # also for library callers that skip validate()
+  if problems:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
   dataset = dataset if dataset is not None else data_lib.load_for_config(config)
   full_dataset, validator = dataset, None
   validate_every = int(config.train.get("validate_every", 0) or 0)
@@ -620,19 +772,22 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
 
   checkpoints = None
   start = 0
+  history: list = []  # changes accepted on resumes (train.allow_resume_changes), kept in every meta
   if workdir:
-    os.makedirs(workdir, exist_ok=True)
+    lock()
     checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
                                        max_to_keep=int(config.train.get("keep_checkpoints", 2)))
     # with a mesh the template is host zeros: restore reads only its shapes, and a state sharded
     # over several processes cannot be read by one
     template = state if mesh is None else sharding_lib.zeros_like_host(state)
-    restored, restored_step = restore_state(setup, checkpoints, template, log=log)
+    restored, restored_step = restore_state(setup, checkpoints, template, log=log, config=config,
+                                            dataset=dataset, history=history)
     if restored is not None:
       state, start = restored, int(restored_step)
       if mesh is not None:
         state = sharding_lib.put(state, state_sh)
       log(f"resumed from checkpoint step {start} in {checkpoints.directory}")
+    trim_metrics(os.path.join(workdir, "metrics.jsonl"), start)
   writer = writers_lib.for_run(workdir, config, MetricWriter(os.path.join(workdir, "metrics.jsonl") if workdir
                                                              else None), log=log)
   lr_at = learning_rate_schedule(config)
@@ -704,12 +859,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: data_
                  f"{int(values['val/best_step'])})" if "val/mAP" in values else "")
           log(f"step {done}/{n_total}  loss {values['loss/total']:.4f}  {progress_terms(values)}  "
               f"lr {values['lr']:.2e}{val}  {speed}")
-      if checkpoints and ckpt_every > 0 and (done % ckpt_every == 0 or done == n_total):
+      if checkpoints and ((ckpt_every > 0 and done % ckpt_every == 0) or done == n_total):
         raise_if_unhealthy(setup, state["health"])
         # every process gathers the (possibly sharded) state; Orbax writes numpy from process 0
         edge_items, train_item = state_to_items(setup, state if mesh is None else sharding_lib.to_host(
             {k: v for k, v in state.items() if k != "compute_params"}))
-        checkpoints.save(done, {**edge_items, **frozen_items}, train_item, run_meta(setup, config, dataset),
+        checkpoints.save(done, {**edge_items, **frozen_items}, train_item, run_meta(setup, config, dataset, history),
                          copy_items_from=frozen_from)
   finally:  # also on errors: saves in flight finish, so the last good checkpoint stays usable
     writer.close()

@@ -97,8 +97,14 @@ def read_metrics(path: str) -> list[dict]:
   """The rows of a run's metrics.jsonl ([] when there is none)."""
   if not os.path.exists(path):
     return []
+  rows = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except ValueError:  # blank, or torn by a kill
+        continue
+  return rows
 
 
 def log_process0(msg: str) -> None:

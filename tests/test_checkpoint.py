@@ -174,9 +174,12 @@ def test_resume_with_another_graph_is_refused(runs, tmp_path, digits_config_modu
 def test_train_on_a_finished_workdir_runs_no_steps(runs, tmp_path, digits_config_module, tri_modal_dataset):
     work = str(tmp_path / "copy")
     shutil.copytree(runs["full_dir"], work)
-    result = train_lib.train(make_config(digits_config_module, N), work, dataset=tri_modal_dataset,
+    result = train_lib.train(make_config(digits_config_module, 2 * N), work, dataset=tri_modal_dataset,
                              log=lambda _: None)
     assert result.steps_run == 0
+    # fewer steps than the checkpoint holds would label a longer run as a shorter one: an error
+    with pytest.raises(train_lib.RunMismatchError, match=rf"train.steps: {2 * N} -> {N}"):
+        train_lib.train(make_config(digits_config_module, N), work, dataset=tri_modal_dataset, log=lambda _: None)
 
 
 def test_split_and_merge_by_edge(runs):

@@ -121,17 +121,17 @@ def test_damaged_latest_checkpoint_falls_back(damage, trained_workdir, reference
   step_dir = os.path.join(workdir, "checkpoints", "30")
   if damage == "truncated_edge_file":
     _truncate_largest(_item_files(workdir, 30, "edge.image.text"))
-    expected = r"checkpoint step 30: item 'edge.image.text' is corrupt or unreadable"
+    expected = r"checkpoint step 30: item 'edge.image.text' is corrupt"
   elif damage == "missing_edge_item":
     shutil.rmtree(os.path.join(step_dir, "edge.audio.text"))
     expected = r"checkpoint step 30 is incomplete: missing item\(s\) edge.audio.text"
   elif damage == "corrupt_metadata":
     with open(os.path.join(step_dir, "meta", "metadata"), "w") as f:
       f.write('{"layout": {"graph": ')
-    expected = r"checkpoint step 30: metadata is corrupt"
+    expected = r"checkpoint step 30: item 'meta' is corrupt"  # its sha256 differs
   else:
     _truncate_largest(_item_files(workdir, 30, "train"))
-    expected = r"checkpoint step 30: item 'train' is corrupt or unreadable"
+    expected = r"checkpoint step 30: item 'train' is corrupt"
   if damage == "truncated_train_item":  # evaluation needs only the edges: step 30 still evaluates
     assert train_lib.load_trained(workdir, step=30).step == 30
   else:

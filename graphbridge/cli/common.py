@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from typing import Sequence
 
@@ -23,6 +25,81 @@ def fail(prog: str, message: str) -> None:
   """One line on stderr, exit status 2 (a usage error)."""
   print(f"{prog}: {message}", file=sys.stderr)
   sys.exit(USAGE_ERROR)
+
+
+def _user_errors() -> list[tuple[type, str]]:
+  """(error class, hint) for errors a user caused and can fix, most specific first."""
+  from graphbridge import checkpoint as ckpt_lib
+  from graphbridge import config_check, data, graft, train, workdir_lock
+  from graphbridge.graph import GraphError
+  return [
+      (train.RunMismatchError, "docs/reliability.md lists the changes a resume accepts"),
+      (ckpt_lib.CheckpointWriteError, "free space (or fix permissions) and run the same command again: it "
+                                      "resumes from the last saved step"),
+      (ckpt_lib.CheckpointCorruptError, "an older verified step is used when none is named; evaluate --step=N "
+                                        "picks one; the damaged files are kept for inspection"),
+      (ckpt_lib.CheckpointError, "check --workdir / --from_workdir (docs/reliability.md)"),
+      (workdir_lock.WorkdirLockedError, "one run per workdir: train, graft and evaluate lock it"),
+      (config_check.ConfigError, "--dry_run checks a config without training; --help lists the flags"),
+      (graft.GraftError, "docs/grafting.md"),
+      (GraphError, "graph nodes must be modalities of the data (or graph.virtual_nodes), edges 'src->dst'"),
+      (data.DataError, "the data format is described in graphbridge/data.py and docs/api.md"),
+      (train.NonFiniteError, "lower --config.optim.lr or set --config.optim.grad_clip; the same command "
+                             "resumes from the last good checkpoint"),
+  ]
+
+
+class _DropBackgroundErrors(logging.Filter):
+  """Orbax logs every failed background write (one per array, with tracebacks) at ERROR; the
+  error that matters reaches the caller as CheckpointWriteError. GRAPHBRIDGE_DEBUG=1 keeps them."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and "orbax" in (record.pathname or ""))
+
+
+def _quiet_background_errors() -> None:
+  """Silence the echoes of a failed async checkpoint write: Orbax's ERROR records and the
+  'Event loop is closed' tracebacks of tensorstore callbacks arriving after its loop closed."""
+  if os.environ.get("GRAPHBRIDGE_DEBUG"):
+    return
+  for name in ("absl", ""):
+    logging.getLogger(name).addFilter(_DropBackgroundErrors())
+  for handler in logging.getLogger("absl").handlers + logging.getLogger().handlers:
+    handler.addFilter(_DropBackgroundErrors())
+  previous = sys.excepthook
+
+  def hook(kind, value, tb):
+    if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
+      return
+    previous(kind, value, tb)
+  sys.excepthook = hook
+  previous_unraisable = sys.unraisablehook
+
+  def unraisable(info):
+    if isinstance(info.exc_value, RuntimeError) and "Event loop is closed" in str(info.exc_value):
+      return
+    previous_unraisable(info)
+  sys.unraisablehook = unraisable
+
+
+def run_main(prog: str, fn, *args, **kwargs):
+  """fn(*args, **kwargs); an error the user caused (bad data, config, graph, checkpoint, lock, full
+  disk) prints its message and a hint and exits 2; any other error keeps its traceback."""
+  from graphbridge.checkpoint import _disk_error
+  _quiet_background_errors()
+  try:
+    return fn(*args, **kwargs)
+  except Exception as exc:  # noqa: BLE001  (re-raised unless it is the user's to fix)
+    for cls, hint in _user_errors():
+      if isinstance(exc, cls):
+        print(f"{prog}: {exc}\nhint: {hint}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+    disk = _disk_error(exc)
+    if disk is not None:
+      print(f"{prog}: cannot write {disk.filename or ''}: {disk.strerror}\nhint: free space or fix "
+            "permissions and run the same command again (it resumes from the last saved step)", file=sys.stderr)
+      sys.exit(USAGE_ERROR)
+    raise
 
 
 def _flag_value(argv: Sequence[str], i: int, name: str) -> tuple[str | None, int]:

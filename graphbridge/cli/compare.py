@@ -19,7 +19,8 @@ def _main(argv):
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   from graphbridge import compare
-  compare.compare(_CONFIG.value, _WORKDIR.value)
+  from graphbridge.cli import common
+  common.run_main("graphbridge-compare", compare.compare, _CONFIG.value, _WORKDIR.value)
 
 
 def main():

@@ -28,7 +28,8 @@ def _main(argv):
   if not flags.FLAGS["verbosity"].present:  # orbax warns about every read-only restore
     logging.set_verbosity(logging.ERROR)
   from graphbridge import report
-  report.evaluate_workdir(_WORKDIR.value, data=_DATA.value, paths=_PATHS.value, split=_SPLIT.value,
+  from graphbridge.cli import common
+  common.run_main("graphbridge-evaluate", report.evaluate_workdir, _WORKDIR.value, data=_DATA.value, paths=_PATHS.value, split=_SPLIT.value,
                           out=_OUT.value, step=_STEP.value, plots=_PLOTS.value,
                           plot_dpi=_DPI.value, plot_formats=_FORMATS.value)
 

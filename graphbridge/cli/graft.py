@@ -28,14 +28,12 @@ def _main(argv):
                          "modality (not both)")
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO, and warns on read-only restores
     logging.set_verbosity(logging.ERROR)
-  from graphbridge import config_check, data, graft
-  try:
-    if _BASE.value:
-      graft.train_base(_CONFIG.value, _WORKDIR.value, plots=_PLOTS.value)
-    else:
-      graft.graft(_CONFIG.value, _FROM.value, _WORKDIR.value, plots=_PLOTS.value)
-  except (graft.GraftError, config_check.ConfigError, data.DataError) as exc:  # a message the user acts on
-    sys.exit(f"graft: {exc}")
+  from graphbridge import graft
+  from graphbridge.cli import common
+  if _BASE.value:
+    common.run_main("graft", graft.train_base, _CONFIG.value, _WORKDIR.value, plots=_PLOTS.value)
+  else:
+    common.run_main("graft", graft.graft, _CONFIG.value, _FROM.value, _WORKDIR.value, plots=_PLOTS.value)
 
 
 def main():

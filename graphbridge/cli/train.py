@@ -31,16 +31,13 @@ def _main(argv):
     sharding.initialize_distributed()
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
-  from graphbridge import config_check, data, dry_run, experiment
-  from graphbridge.graph import GraphError
-  try:
-    if _DRY_RUN.value:
-      dry_run.dry_run(_CONFIG.value, _WORKDIR.value)
-      return
-    experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value, plots=_PLOTS.value)
-  except (config_check.ConfigError, data.DataError, GraphError) as exc:  # a message the user acts on
-    print(f"graphbridge-train: {exc}", file=sys.stderr)
-    sys.exit(2)
+  from graphbridge import dry_run, experiment
+  from graphbridge.cli import common
+  if _DRY_RUN.value:
+    common.run_main("graphbridge-train", dry_run.dry_run, _CONFIG.value, _WORKDIR.value)
+    return
+  common.run_main("graphbridge-train", experiment.train_and_evaluate, _CONFIG.value, _WORKDIR.value,
+                  plots=_PLOTS.value)
 
 
 def main():
