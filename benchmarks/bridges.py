@@ -217,7 +217,8 @@ def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, lo
     try:
       for s in range(seeds):
         cfg = make_config(name, {**overrides, "seed": int(overrides.get("seed", 0)) + s})
-        run = strat_lib.run_strategy(cfg, dataset, None, log=lambda _m: None)
+        run = strat_lib.run_strategy(cfg, dataset, None, log=lambda m, label=label: (
+            log(f"  {label}: {m}") if m.startswith("pseudo-pairs") else None))
         aligner = report_lib.with_route_options(run.aligner, report_lib.EvalOptions.from_config(cfg))
         aligner.name = label
         per_seed += score(aligner, dataset)

@@ -126,6 +126,10 @@ def validate(config, extra_sections: Iterable[str] = ()) -> None:
   hidden = _get(config, "model.hidden")
   if hidden is not None and (not all(int(h) == h and h > 0 for h in hidden)):
     problems.append(f"model.hidden must be positive integers, got {hidden!r}")
+  rounds = _get(config, "pseudo.rounds")
+  if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < -1):
+    problems.append(f"pseudo.rounds must be an integer >= 0, or -1 for auto (1 round where every pair "
+                    f"set is instance-level), got {rounds!r}")
   cycle = _get(config, "loss.cycle_weights")
   if cycle is not None and any(w < 0 for w in cycle):
     problems.append(f"loss.cycle_weights must be >= 0 (weights of 2-, 3-, ... cycles), got {cycle!r}")

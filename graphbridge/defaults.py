@@ -82,7 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
                                    # the checkpoints' meta); see docs/reliability.md
 
   c.pseudo = ml_collections.ConfigDict()     # self-training on pseudo-pairs of unpaired rows (pseudo.py)
-  c.pseudo.rounds = 0             # rounds after the first training (0 = off); each trains from scratch
+  c.pseudo.rounds = -1            # rounds after the first training (0 = off); each trains from scratch.
+                                  # -1 = auto: 1 where every pair set is instance-level (the rule of
+                                  # loss.infonce_positives="auto"), 0 on class-level pairs (digits),
+                                  # where pseudo-pairs wreck zero-shot; pseudo.resolve_rounds
   c.pseudo.method = "sinkhorn"    # sinkhorn (entropic OT, mutual argmax of the plan) | mutual_nn
   c.pseudo.min_agreement = 0.5    # gate per modality pair: matches found again from the other side
   c.pseudo.max_rows = 1000        # unpaired train rows per modality considered
@@ -166,4 +169,5 @@ def shrink_for_tests(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.compare.seeds = 2
   c.dmvae.shared_dim = 16
   c.dmvae.private_dim = 8
+  c.pseudo.rounds = 0  # auto would train twice on instance-level toy data
   return c

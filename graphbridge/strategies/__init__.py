@@ -126,9 +126,14 @@ def run_strategy(config: ml_collections.ConfigDict, dataset: Dataset, workdir: s
   plan = stages(config, dataset)
   results = []
   trained_on = dataset
-  if strategy.name == "graph" and int((config.get("pseudo", None) or {}).get("rounds", 0) or 0) > 0:
+  rounds = 0
+  if strategy.name == "graph":
     from graphbridge import pseudo  # self-training rounds on gated pseudo-pairs (pseudo.py)
-    rounds = int(config.pseudo.rounds)
+    requested = int((config.get("pseudo", None) or {}).get("rounds", pseudo.AUTO))
+    rounds, why = pseudo.resolve_rounds(requested, dataset)
+    if requested != 0:
+      log(f"pseudo-pairs: {rounds} round{'' if rounds == 1 else 's'} ({why})")
+  if rounds > 0:
     round_dir = lambda r: workdir if (workdir is None or r == rounds) else os.path.join(workdir, f"round{r}")
     # each round rebuilds the graph from its data: accepted pseudo-pairs may add edges
     result, trained_on = pseudo.self_train(

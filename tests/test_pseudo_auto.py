@@ -1,0 +1,110 @@
+"""pseudo.rounds=-1 (auto, the default): 1 round where every pair set is instance-level, else 0."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from graphbridge import config_check
+from graphbridge import data as data_lib
+from graphbridge import defaults, pseudo
+
+
+def _views(class_level: bool, extra_class_level: bool = False, seed: int = 0) -> data_lib.Dataset:
+  """Views of sklearn's digit images (pixels; random projections of the pixels + noise), labelled;
+  pairs join the same image (instance) or random images of one class (class level)."""
+  x, y = load_digits(return_X_y=True)
+  x, y = x[:600], y[:600]
+  rng = np.random.default_rng(seed)
+  rows = np.arange(len(x))
+
+  def partner(shuffle: bool) -> np.ndarray:
+    out = rows.copy()
+    if shuffle:
+      for c in np.unique(y):
+        idx = np.nonzero(y == c)[0]
+        out[idx] = rng.permutation(idx)
+    return out
+
+  arrays = {"pix_emb": x + 1e-3, "pix_label": y}
+  for name in ("proj", "other"):
+    arrays[f"{name}_emb"] = x @ rng.normal(size=(64, 40)) + 2.0 * rng.normal(size=(len(x), 40))
+    arrays[f"{name}_label"] = y
+  arrays["pairs_pix__proj"] = np.stack([rows[:300], partner(class_level)[:300]], 1)
+  arrays["pairs_proj__other"] = np.stack([rows[300:], partner(extra_class_level)[300:]], 1)
+  return data_lib.from_arrays(arrays)
+
+
+def test_default_is_auto():
+  config = defaults.base_config()
+  assert config.pseudo.rounds == pseudo.AUTO == -1
+  assert pseudo.PseudoSettings.from_config(config).rounds == pseudo.AUTO
+
+
+def test_auto_runs_one_round_on_instance_level_pairs():
+  dataset = _views(class_level=False)
+  rounds, why = pseudo.resolve_rounds(pseudo.AUTO, dataset)
+  assert rounds == 1, why
+  assert "instance-level" in why
+  assert pseudo.PseudoSettings.from_config(defaults.base_config(), dataset).rounds == 1
+
+
+@pytest.mark.parametrize("first, second", [(True, False), (False, True), (True, True)])
+def test_auto_is_off_when_any_pair_set_is_class_level(first, second):
+  rounds, why = pseudo.resolve_rounds(pseudo.AUTO, _views(class_level=first, extra_class_level=second))
+  assert rounds == 0, why
+  named = [n for n, c in (("pix<->proj", first), ("proj<->other", second)) if c]
+  assert all(n in why for n in named), why
+
+
+def test_auto_is_off_on_the_embedded_digits_set():
+  dataset = data_lib.load_digits()  # class-level pairs, star around text
+  rounds, why = pseudo.resolve_rounds(pseudo.AUTO, dataset)
+  assert rounds == 0 and "class-level" in why, why
+  assert pseudo.PseudoSettings.from_config(defaults.base_config(), dataset).rounds == 0
+
+
+def test_explicit_rounds_are_kept_and_bad_values_rejected():
+  dataset = data_lib.load_digits()
+  assert pseudo.resolve_rounds(2, dataset) == (2, "asked for")
+  assert pseudo.resolve_rounds(0, _views(class_level=False)) == (0, "asked for")
+  with pytest.raises(ValueError, match="pseudo.rounds=-2"):
+    pseudo.resolve_rounds(-2, dataset)
+  with pytest.raises(ValueError, match="pseudo.rounds=-3"):
+    pseudo.PseudoSettings(rounds=-3)
+  config = defaults.base_config()
+  config_check.validate(config)  # -1 (auto) is valid
+  config.pseudo.rounds = -2
+  with pytest.raises(config_check.ConfigError, match="pseudo.rounds must be an integer >= 0, or -1"):
+    config_check.validate(config)
+
+
+class _Entered(Exception):
+  pass
+
+
+def test_run_logs_the_decision_and_takes_the_matching_path(monkeypatch):
+  """run_strategy prints the decision, then self-trains (auto: 1) or trains once (auto: 0);
+  training itself is stubbed out (pseudo.self_train's own tests: test_pseudo.py)."""
+  from graphbridge import strategies
+  from graphbridge import train as train_lib
+
+  def entered(name):
+    def stub(*args, **kwargs):
+      raise _Entered(name)
+    return stub
+
+  monkeypatch.setattr(pseudo, "self_train", entered("self_train"))
+  monkeypatch.setattr(train_lib, "train", entered("train"))
+  config = defaults.base_config()
+  assert config.pseudo.rounds == pseudo.AUTO
+  for class_level, path, decision in ((False, "self_train", "1 round (auto: all 2 pair sets instance-level)"),
+                                       (True, "train", "0 rounds (auto: class-level pair sets pix<->proj")):
+    lines = []
+    with pytest.raises(_Entered, match=f"^{path}$"):
+      strategies.run_strategy(config, _views(class_level=class_level), None, log=lines.append)
+    assert any(line.startswith(f"pseudo-pairs: {decision}") for line in lines), lines
+  config.pseudo.rounds = 0  # off: no decision line, one training
+  lines = []
+  with pytest.raises(_Entered, match="^train$"):
+    strategies.run_strategy(config, _views(class_level=False), None, log=lines.append)
+  assert not any(line.startswith("pseudo-pairs") for line in lines), lines
