@@ -227,7 +227,13 @@ def _unlocked(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def load(workdir: str, step: int | None = None) -> Run:
   """The trained run in `workdir` (its latest complete checkpoint, or `step`), quietly."""
+  from graphbridge import dmvae
   from graphbridge import train as train_lib
+  with quiet_absl():
+    if dmvae.is_dmvae_workdir(workdir):
+      raise ValueError(f"{workdir} holds a DMVAE run (strategy 'dmvae'): graphbridge.load restores "
+                       "translator-graph runs; use graphbridge.dmvae.load(workdir) for its modules, or "
+                       f"graphbridge-evaluate --workdir={workdir} for its report")
   with quiet_absl():
     trained = train_lib.load_trained(workdir, step)
   run_config = trained.config

@@ -282,3 +282,12 @@ def test_pipeline_reports_shared_and_translation_routes_and_evaluates_workdir(tm
     before = {(r["route"], r["level"]): r["mAP"] for r in summary["rows"]}
     after = {(r["route"], r["level"]): r["mAP"] for r in again["rows"]}
     assert after == pytest.approx(before, abs=1e-6)
+
+
+
+def test_api_load_names_a_dmvae_workdir(digits_run):
+    """graphbridge.load on a DMVAE workdir: a clear error naming the way to load it, not a KeyError."""
+    import graphbridge
+    _, workdir, _ = digits_run
+    with pytest.raises(ValueError, match=r"holds a DMVAE run .*graphbridge\.dmvae\.load"):
+        graphbridge.load(workdir)
