@@ -794,17 +794,7 @@ class DMVAEGraft:
 
 def module_digest(step_dir: str, module: str) -> str:
   """sha256 over the relative paths and bytes of every file of a module's checkpoint item."""
-  import hashlib
-  root = os.path.join(step_dir, item_name(module))
-  h = hashlib.sha256()
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames.sort()
-    for name in sorted(filenames):
-      path = os.path.join(dirpath, name)
-      h.update(os.path.relpath(path, root).encode() + b"\0")
-      with open(path, "rb") as f:
-        h.update(f.read())
-  return h.hexdigest()
+  return ckpt_lib.item_digest(os.path.join(step_dir, item_name(module)))
 
 
 def graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: str, dataset: data_lib.Dataset,

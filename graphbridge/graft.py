@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -302,16 +301,7 @@ def _config_for_graft(config, old_arch: Mapping, from_workdir: str, from_step: i
 
 def item_digest(step_dir: str, edge: str) -> str:
   """sha256 over the relative paths and bytes of every file of an edge's checkpoint item."""
-  root = os.path.join(step_dir, ckpt_lib.edge_item_name(edge))
-  h = hashlib.sha256()
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames.sort()
-    for name in sorted(filenames):
-      path = os.path.join(dirpath, name)
-      h.update(os.path.relpath(path, root).encode() + b"\0")
-      with open(path, "rb") as f:
-        h.update(f.read())
-  return h.hexdigest()
+  return ckpt_lib.item_digest(os.path.join(step_dir, ckpt_lib.edge_item_name(edge)))
 
 
 def _latest_step_dir(workdir: str) -> tuple[int, str]:
