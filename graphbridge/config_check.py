@@ -28,6 +28,7 @@ def choices() -> dict[str, tuple[str, ...]]:
       "eval.split": evaluate.SPLITS,
       "eval.routes": evaluate.ROUTE_MODES,
       "pseudo.method": pseudo.METHODS,
+      "pseudo.gate": pseudo.GATES,
   }
 
 
