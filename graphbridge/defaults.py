@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.pseudo = ml_collections.ConfigDict()     # self-training on pseudo-pairs of unpaired rows (pseudo.py)
   c.pseudo.rounds = -1            # rounds after the first training (0 = off); each trains from scratch.
-                                  # -1 = auto: 1 where every pair set is instance-level (the rule of
+                                  # -1 = auto: 2 where every pair set is instance-level (the rule of
                                   # loss.infonce_positives="auto"), 0 on class-level pairs (digits),
                                   # where pseudo-pairs wreck zero-shot; pseudo.resolve_rounds
   c.pseudo.method = "sinkhorn"    # sinkhorn (entropic OT, mutual argmax of the plan) | mutual_nn

@@ -13,7 +13,7 @@ an existing pair set, or as a new pair set: an edge between modalities never pai
 round trains from scratch on the grown data. Settings (graphbridge/defaults.py, `pseudo.*`):
 
   rounds         self-training rounds after the first training (0 = off); -1 = auto (the
-                 default): 1 where every pair set of the data is instance-level, else 0 (see
+                 default): 2 where every pair set of the data is instance-level, else 0 (see
                  resolve_rounds)
   method         "sinkhorn" | "mutual_nn"
   min_agreement  gate per modality pair (estimated precision of its matches)
@@ -37,7 +37,7 @@ from graphbridge.data import Dataset
 METHODS = ("sinkhorn", "mutual_nn")
 GATES = ("probe", "agreement")
 AUTO = -1          # pseudo.rounds = -1: decided by the data (resolve_rounds)
-AUTO_ROUNDS = 1    # rounds that auto runs where every pair set is instance-level
+AUTO_ROUNDS = 2    # rounds that auto runs where every pair set is instance-level
 
 
 @dataclasses.dataclass(frozen=True)
