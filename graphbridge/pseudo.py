@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Callable
 
 import jax
@@ -389,8 +390,9 @@ def self_train(config, dataset: Dataset, train_round: Callable[[Dataset, int], o
   matches: list[EdgeMatches] = []
   for r in range(1, settings.rounds + 1):
     aligner = make_aligner(result)
+    t0 = time.perf_counter()
     matches = pseudo_pairs(aligner, dataset, settings, seed=int(config.get("seed", 0)) + r, earlier=matches)
-    log(f"pseudo-pairs round {r}: {describe(matches)}")
+    log(f"pseudo-pairs round {r} (matched in {time.perf_counter() - t0:.1f}s): {describe(matches)}")
     grown = grow(dataset, matches)
     if grown.pairs.keys() == dataset.pairs.keys() and all(len(grown.pairs[k]) == len(dataset.pairs[k])
                                                             for k in grown.pairs):
