@@ -228,14 +228,21 @@ def gap_rows(aligner: Aligner, dataset: Dataset, split: str = "test", before: Al
   if before is not None:
     cache_before = cache_before or EncodingCache(before, dataset, split)
   routes = planned_routes(aligner, dataset) if routes is None else routes
+  raw_centroids: dict[str, np.ndarray] = {}  # each modality's raw split rows, reduced once
+
+  def raw_centroid(m: str, rows: np.ndarray) -> np.ndarray:
+    if m not in raw_centroids:
+      raw_centroids[m] = metrics_lib.unit_centroid(dataset.modalities[m].emb[rows], m)
+    return raw_centroids[m]
+
   rows = []
   for spec in routes:
     enc = cache.get(spec)
     if enc is None:
       continue
-    xq = dataset.modalities[spec.query].emb[enc.query_rows]
-    xg = dataset.modalities[spec.gallery].emb[enc.gallery_rows]
-    raw = metrics_lib.modality_gap(xq, xg) if xq.shape[1] == xg.shape[1] else None
+    same_dim = dataset.modalities[spec.query].emb.shape[1] == dataset.modalities[spec.gallery].emb.shape[1]
+    raw = metrics_lib.centroid_gap(raw_centroid(spec.query, enc.query_rows),
+                                   raw_centroid(spec.gallery, enc.gallery_rows)) if same_dim else None
     enc_before = cache_before.get(spec) if before is not None else None
     rows.append({"strategy": aligner.name, "query": spec.query, "gallery": spec.gallery, "route": spec.route,
                  "hops": hops_graph.hop_distance(spec.query, spec.gallery), "gap_raw": raw,
@@ -368,9 +375,13 @@ def reconstruction_rows(aligner: Aligner, dataset: Dataset, split: str = "test",
   paths = sorted((p for p in graph.paths_up_to(path_hops) if p[0] in has_rows and p[-1] in has_rows),
                  key=len)[:max_paths]
 
+  directions: dict[str, np.ndarray] = {}  # the mean train row of each target modality, once
+
   def baseline(m: str, target: np.ndarray) -> float:
-    mod = dataset.modalities[m]
-    return metrics_lib.mean_predictor_cosine(mod.emb[mod.train], target)
+    if m not in directions:
+      mod = dataset.modalities[m]
+      directions[m] = metrics_lib.mean_direction(mod.emb[mod.train])
+    return metrics_lib.mean_direction_cosine(directions[m], target)
 
   out = []
   for start in (m for m in graph.node_names if m in has_rows):

@@ -41,9 +41,13 @@ __all__ = [
     "recall_at_k_curve",
     "chance_retrieval_metrics",
     "modality_gap",
+    "unit_centroid",
+    "centroid_gap",
     "silhouette_cosine",
     "mean_cosine",
     "mean_predictor_cosine",
+    "mean_direction",
+    "mean_direction_cosine",
 ]
 
 
@@ -76,8 +80,10 @@ def _as_embeddings(name: str, array: Any) -> np.ndarray:
             f"{name} has non-finite values (NaN or inf) in row {bad} "
             f"({int((~finite_rows).sum())} bad row(s) in total)"
         )
-    norms = np.linalg.norm(arr.astype(np.float64), axis=1)
-    zero_rows = norms == 0.0
+    if arr.dtype == np.float32:  # finite float32 rows: norm 0 (in float64) iff every entry is 0
+        zero_rows = ~arr.any(axis=1)
+    else:
+        zero_rows = np.linalg.norm(arr.astype(np.float64), axis=1) == 0.0
     if zero_rows.any():
         bad = int(np.argmax(zero_rows))
         raise ValueError(
@@ -93,8 +99,9 @@ def _l2_normalise(arr: np.ndarray) -> np.ndarray:
     Norms are computed in float64 so large float32 values do not overflow.
     """
     dtype = np.float32 if arr.dtype == np.float32 else np.float64
-    norms = np.linalg.norm(arr.astype(np.float64), axis=1, keepdims=True)
-    return (arr.astype(np.float64) / norms).astype(dtype)
+    wide = arr.astype(np.float64)
+    wide /= np.linalg.norm(wide, axis=1, keepdims=True)
+    return wide.astype(dtype, copy=False)
 
 
 def _as_keys(name: str, keys: Any, expected_len: int, against: str) -> np.ndarray:
@@ -795,6 +802,22 @@ def chance_retrieval_metrics(
 # ---------------------------------------------------------------------------
 
 
+def unit_centroid(emb: Any, name: str = "emb") -> np.ndarray:
+    """[d] float64 mean of the L2-normalised rows of emb [n, d] (validated); two of them give
+    the modality gap (:func:`centroid_gap`), so a set compared with many others is reduced once."""
+    return _l2_normalise(_as_embeddings(name, emb).astype(np.float64)).mean(axis=0)
+
+
+def centroid_gap(centroid_a: np.ndarray, centroid_b: np.ndarray) -> float:
+    """:func:`modality_gap` from two :func:`unit_centroid` vectors [d]."""
+    if centroid_a.shape != centroid_b.shape:
+        raise ValueError(
+            f"emb_a and emb_b have different embedding dimensions "
+            f"({centroid_a.shape[-1]} vs {centroid_b.shape[-1]})"
+        )
+    return float(np.linalg.norm(centroid_a - centroid_b))
+
+
 def modality_gap(emb_a: Any, emb_b: Any) -> float:
     """Euclidean distance between the centroids of the L2-normalised rows.
 
@@ -806,9 +829,8 @@ def modality_gap(emb_a: Any, emb_b: Any) -> float:
     emb_a = _as_embeddings("emb_a", emb_a)
     emb_b = _as_embeddings("emb_b", emb_b)
     _check_same_dim("emb_a", emb_a, "emb_b", emb_b)
-    centroid_a = _l2_normalise(emb_a.astype(np.float64)).mean(axis=0)
-    centroid_b = _l2_normalise(emb_b.astype(np.float64)).mean(axis=0)
-    return float(np.linalg.norm(centroid_a - centroid_b))
+    return centroid_gap(_l2_normalise(emb_a.astype(np.float64)).mean(axis=0),
+                        _l2_normalise(emb_b.astype(np.float64)).mean(axis=0))
 
 
 def silhouette_cosine(
@@ -904,12 +926,27 @@ def mean_predictor_cosine(train_target: Any, target: Any) -> float:
     Args:
       train_target: [n_train, d] float; target: [n, d] float.
     """
+    return mean_direction_cosine(mean_direction(train_target), target)
+
+
+def mean_direction(train_target: Any) -> np.ndarray:
+    """[d] float64 unit vector along the mean of the rows of train_target [n, d] (the constant
+    prediction of :func:`mean_predictor_cosine`); compute it once per target modality."""
     train_target = _as_embeddings("train_target", train_target)
-    target = _as_embeddings("target", target)
-    _check_same_dim("train_target", train_target, "target", target)
     mean_vector = train_target.astype(np.float64).mean(axis=0)
     norm = np.linalg.norm(mean_vector)
     if not norm > 0:
         raise ValueError("the mean of train_target is the zero vector; its cosine with targets is undefined")
-    cos = _l2_normalise(target.astype(np.float64)) @ (mean_vector / norm)
+    return mean_vector / norm
+
+
+def mean_direction_cosine(direction: np.ndarray, target: Any) -> float:
+    """Mean over rows of target [n, d] of their cosine with `direction` [d] (from :func:`mean_direction`)."""
+    target = _as_embeddings("target", target)
+    if target.shape[1] != direction.shape[0]:
+        raise ValueError(
+            f"train_target and target have different embedding dimensions "
+            f"({direction.shape[0]} vs {target.shape[1]})"
+        )
+    cos = _l2_normalise(target.astype(np.float64)) @ direction
     return float(np.mean(cos))

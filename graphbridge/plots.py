@@ -190,6 +190,7 @@ def _draw_projection(
 
     all_classes = [lab for lab in labels.values() if lab is not None]
     classes = np.unique(np.concatenate(all_classes)) if all_classes else np.array([])
+    class_index = {c: i for i, c in enumerate(classes)}
     class_marker = {c: CLASS_MARKERS[i % len(CLASS_MARKERS)] for i, c in enumerate(classes)}
 
     centroids_2d = {}
@@ -203,12 +204,14 @@ def _draw_projection(
         if lab is None:
             ax.scatter(points[:, 0], points[:, 1], s=10, color=colour, alpha=0.45, linewidths=0, marker="o")
         else:
-            lab_shown = lab[idx]
-            for c in np.unique(lab_shown):
-                sel = lab_shown == c
+            # one scatter per marker (classes beyond len(CLASS_MARKERS) share markers): with many
+            # classes, one per class made hundreds of artists, slow to draw and save
+            marker_index = np.array([class_index[c] % len(CLASS_MARKERS) for c in lab[idx]], dtype=int)
+            for k in np.unique(marker_index):
+                sel = marker_index == k
                 ax.scatter(
                     points[sel, 0], points[sel, 1], s=14, color=colour, alpha=0.5,
-                    linewidths=0, marker=class_marker[c],
+                    linewidths=0, marker=CLASS_MARKERS[k],
                 )
         centroid = (emb.mean(axis=0) - mean) @ basis  # all rows, not just the shown ones
         centroids_2d[modality] = centroid
