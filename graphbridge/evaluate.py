@@ -480,14 +480,30 @@ TRANSLATE_CHUNK = 1024  # rows per jitted call; inputs are padded to it, so each
 
 @functools.cache
 def _edge_fn():
+  """One jitted translator call per (d_out, architecture, dtype), not per edge: the edge's params
+  are an argument, so every edge of a bucket (and the same edges at initialisation) share one
+  compile."""
   import jax
 
   from graphbridge import translators
 
-  def apply(layout, bucket_params, edge, x, dtype_name):
-    return translators.apply_edge(layout, bucket_params, edge, x, translators.dtype_from_name(dtype_name))
+  def apply(edge_params, x, d_out, arch, dtype_name):
+    module = translators.Translator(d_out, arch, dtype=translators.dtype_from_name(dtype_name))
+    return module.apply({"params": edge_params}, x)
 
-  return jax.jit(apply, static_argnames=("layout", "edge", "dtype_name"))
+  return jax.jit(apply, static_argnames=("d_out", "arch", "dtype_name"))
+
+
+def _edge_params(layout, params: Mapping, edge):
+  """(params of one edge, sliced from its bucket's stack; d_out; arch)."""
+  import jax
+
+  key, index = layout.where(edge)
+  bucket = layout.bucket_by_key[key]
+  if key not in params:
+    raise GraphError(f"edge {bucket.edges[index].name}: no parameters for bucket {key!r} "
+                     f"(have: {', '.join(params)})")
+  return jax.tree.map(lambda p: p[index], params[key]), bucket.d_out, bucket.arch
 
 
 def translate_paths(layout, params: Mapping, compute_dtype: str, routes: Sequence[str], x: np.ndarray
@@ -510,6 +526,7 @@ def translate_paths(layout, params: Mapping, compute_dtype: str, routes: Sequenc
   if x.ndim != 2 or x.shape[1] != d_src:
     raise ValueError(f"translate: input must be [rows, {d_src}] ({starts[0]} embeddings), got shape {x.shape}")
   fn = _edge_fn()
+  edge_args = {}
   chunks: dict[str, list[np.ndarray]] = {r: [] for r in paths}
   for lo in range(0, max(len(x), 1), TRANSLATE_CHUNK):
     block = x[lo:lo + TRANSLATE_CHUNK]
@@ -520,8 +537,11 @@ def translate_paths(layout, params: Mapping, compute_dtype: str, routes: Sequenc
       edges = path_edges(path)
       for i, edge in enumerate(edges):
         if edges[:i + 1] not in prefix:
-          key, _ = layout.where(edge)
-          prefix[edges[:i + 1]] = fn(layout, {key: params[key]}, edge, prefix[edges[:i]], compute_dtype)
+          if edge not in edge_args:
+            edge_args[edge] = _edge_params(layout, params, edge)
+          edge_params, d_out, arch = edge_args[edge]
+          prefix[edges[:i + 1]] = fn(edge_params, prefix[edges[:i]], d_out=d_out, arch=arch,
+                                     dtype_name=compute_dtype)
       chunks[route].append(np.asarray(prefix[edges], np.float32)[:len(block)])
   out = {}
   for route, parts in chunks.items():

@@ -95,6 +95,17 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+def _one_blas_thread():
+    """One BLAS thread for a small decomposition where threadpoolctl is installed: on a loaded
+    machine a multi-threaded SVD of a few hundred rows waited seconds for its threads (measured
+    0.04 s with one thread, 1-5 s with two at load average 5 on 2 cores)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 def _colour(i: int) -> str:
     return OKABE_ITO[i % len(OKABE_ITO)]
 
@@ -179,7 +190,8 @@ def _draw_projection(
     # PCA on the union of the (sub-sampled) unit rows, each modality weighted by its rows.
     union = np.concatenate([embeddings[m][shown_index[m]] for m in embeddings])
     mean = union.mean(axis=0)
-    _, singular_values, vt = np.linalg.svd(union - mean, full_matrices=False)
+    with _one_blas_thread():
+        _, singular_values, vt = np.linalg.svd(union - mean, full_matrices=False)
     n_components = min(2, vt.shape[0])
     basis = np.zeros((union.shape[1], 2))
     basis[:, :n_components] = vt[:n_components].T
