@@ -28,6 +28,7 @@ def choices() -> dict[str, tuple[str, ...]]:
       "eval.split": evaluate.SPLITS,
       "eval.routes": evaluate.ROUTE_MODES,
       "pseudo.method": pseudo.METHODS,
+      "pseudo.gate": pseudo.GATES,
   }
 
 
@@ -128,7 +129,7 @@ def validate(config, extra_sections: Iterable[str] = ()) -> None:
     problems.append(f"model.hidden must be positive integers, got {hidden!r}")
   rounds = _get(config, "pseudo.rounds")
   if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < -1):
-    problems.append(f"pseudo.rounds must be an integer >= 0, or -1 for auto (1 round where every pair "
+    problems.append(f"pseudo.rounds must be an integer >= 0, or -1 for auto (2 rounds where every pair "
                     f"set is instance-level), got {rounds!r}")
   cycle = _get(config, "loss.cycle_weights")
   if cycle is not None and any(w < 0 for w in cycle):

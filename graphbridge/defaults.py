@@ -83,12 +83,17 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.pseudo = ml_collections.ConfigDict()     # self-training on pseudo-pairs of unpaired rows (pseudo.py)
   c.pseudo.rounds = -1            # rounds after the first training (0 = off); each trains from scratch.
-                                  # -1 = auto: 1 where every pair set is instance-level (the rule of
+                                  # -1 = auto: 2 where every pair set is instance-level (the rule of
                                   # loss.infonce_positives="auto"), 0 on class-level pairs (digits),
                                   # where pseudo-pairs wreck zero-shot; pseudo.resolve_rounds
   c.pseudo.method = "sinkhorn"    # sinkhorn (entropic OT, mutual argmax of the plan) | mutual_nn
-  c.pseudo.min_agreement = 0.5    # gate per modality pair: matches found again from the other side
-  c.pseudo.max_rows = 1000        # unpaired train rows per modality considered
+  c.pseudo.gate = "probe"         # probe: paired hops gated by a cross-fitted precision estimate, never-
+                                  # paired modalities by composed hops | agreement: two-sided agreement
+  c.pseudo.min_precision = 0.5    # probe gate: least estimated precision of a pair set's matches
+  c.pseudo.probe_folds = 4        # probe gate: folds of each pair set's own pairs (held out, hidden, matched)
+  c.pseudo.min_new_pairs = -1     # probe gate: least pairs of a new (composed) edge; -1: the smallest pair set's
+  c.pseudo.min_agreement = 0.5    # agreement gate: matches found again from the other side
+  c.pseudo.max_rows = 4000        # unpaired train rows per modality considered
   c.pseudo.new_edges = True       # also pair modalities never paired (grows the graph)
   c.pseudo.epsilon = 0.02         # Sinkhorn entropic regularisation (cost 1 - cos)
 

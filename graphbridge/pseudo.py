@@ -13,7 +13,7 @@ an existing pair set, or as a new pair set: an edge between modalities never pai
 round trains from scratch on the grown data. Settings (graphbridge/defaults.py, `pseudo.*`):
 
   rounds         self-training rounds after the first training (0 = off); -1 = auto (the
-                 default): 1 where every pair set of the data is instance-level, else 0 (see
+                 default): 2 where every pair set of the data is instance-level, else 0 (see
                  resolve_rounds)
   method         "sinkhorn" | "mutual_nn"
   min_agreement  gate per modality pair (estimated precision of its matches)
@@ -24,16 +24,20 @@ round trains from scratch on the grown data. Settings (graphbridge/defaults.py, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from graphbridge import data as data_lib
 from graphbridge.data import Dataset
 
 METHODS = ("sinkhorn", "mutual_nn")
+GATES = ("probe", "agreement")
 AUTO = -1          # pseudo.rounds = -1: decided by the data (resolve_rounds)
-AUTO_ROUNDS = 1    # rounds that auto runs where every pair set is instance-level
+AUTO_ROUNDS = 2    # rounds that auto runs where every pair set is instance-level
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,15 +45,25 @@ class PseudoSettings:
   rounds: int = 0
   method: str = "sinkhorn"
   min_agreement: float = 0.5
-  max_rows: int = 1000
+  max_rows: int = 4000
   new_edges: bool = True
   epsilon: float = 0.02
+  gate: str = "probe"
+  min_precision: float = 0.5
+  probe_folds: int = 4
+  min_new_pairs: int = -1
 
   def __post_init__(self):
     if self.rounds < AUTO:
       raise ValueError(f"pseudo.rounds={self.rounds!r}: must be >= 0, or -1 for auto")
     if self.method not in METHODS:
       raise ValueError(f"pseudo.method={self.method!r}: choose one of {', '.join(METHODS)}")
+    if self.gate not in GATES:
+      raise ValueError(f"pseudo.gate={self.gate!r}: choose one of {', '.join(GATES)}")
+    if not 0.0 <= self.min_precision <= 1.0:
+      raise ValueError(f"pseudo.min_precision={self.min_precision!r}: must be in [0, 1]")
+    if self.probe_folds < 2:
+      raise ValueError(f"pseudo.probe_folds={self.probe_folds!r}: must be >= 2")
     if not 0.0 <= self.min_agreement <= 1.0:
       raise ValueError(f"pseudo.min_agreement={self.min_agreement!r}: must be in [0, 1]")
 
@@ -61,8 +75,10 @@ class PseudoSettings:
     if dataset is not None:
       rounds = resolve_rounds(rounds, dataset)[0]
     return cls(rounds=rounds, method=str(p.get("method", "sinkhorn")),
-               min_agreement=float(p.get("min_agreement", 0.5)), max_rows=int(p.get("max_rows", 1000)),
-               new_edges=bool(p.get("new_edges", True)), epsilon=float(p.get("epsilon", 0.02)))
+               min_agreement=float(p.get("min_agreement", 0.5)), max_rows=int(p.get("max_rows", 4000)),
+               new_edges=bool(p.get("new_edges", True)), epsilon=float(p.get("epsilon", 0.02)),
+               gate=str(p.get("gate", "probe")), min_precision=float(p.get("min_precision", 0.5)),
+               probe_folds=int(p.get("probe_folds", 4)), min_new_pairs=int(p.get("min_new_pairs", -1)))
 
 
 def resolve_rounds(rounds: int, dataset: Dataset) -> tuple[int, str]:
@@ -104,25 +120,32 @@ def mutual_nn(zq: np.ndarray, zg: np.ndarray) -> np.ndarray:
 def sinkhorn_plan(zq: np.ndarray, zg: np.ndarray, epsilon: float = 0.02, iters: int = 200,
                   tol: float = 1e-3) -> np.ndarray:
   """Entropic OT plan [n_q, n_g] between uniform marginals, cost 1 - cos (log-domain Sinkhorn,
-  float32; stops once the row marginals are within `tol` (relative) of uniform)."""
+  float32, jitted; stops once the row marginals are within `tol` (relative) of uniform)."""
   cost = (1.0 - _unit(zq) @ _unit(zg).T).astype(np.float32)
-  log_k = -cost / np.float32(epsilon)
+  return np.asarray(_sinkhorn_jit(cost, np.float32(epsilon), int(iters), np.float32(tol)))
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _sinkhorn_jit(cost, epsilon, iters, tol):
+  log_k = -cost / epsilon
   n, m = cost.shape
-  log_a, log_b = np.float32(-np.log(n)), np.float32(-np.log(m))
-  f, g = np.zeros(n, np.float32), np.zeros(m, np.float32)
+  log_a, log_b = -jnp.log(jnp.float32(n)), -jnp.log(jnp.float32(m))
 
-  def lse(x, axis):
-    mx = np.max(x, axis=axis, keepdims=True)
-    return np.squeeze(mx, axis) + np.log(np.sum(np.exp(x - mx), axis=axis))
+  def ten(carry):
+    it, f, g, _ = carry
+    for _ in range(10):
+      f = log_a - jax.nn.logsumexp(log_k + g[None, :], axis=1)
+      g = log_b - jax.nn.logsumexp(log_k + f[:, None], axis=0)
+    rows = jnp.exp(f + jax.nn.logsumexp(log_k + g[None, :], axis=1)) * n   # 1 at convergence
+    return it + 10, f, g, jnp.max(jnp.abs(rows - 1.0))
 
-  for it in range(iters):
-    f = log_a - lse(log_k + g[None, :], 1)
-    g = log_b - lse(log_k + f[:, None], 0)
-    if it % 10 == 9:
-      rows = np.exp(f + lse(log_k + g[None, :], 1)) * n   # row sums / (1/n); 1 at convergence
-      if np.max(np.abs(rows - 1.0)) < tol:
-        break
-  return np.exp(log_k + f[:, None] + g[None, :])
+  def more(carry):
+    it, _, _, err = carry
+    return (it < iters) & (err >= tol)
+
+  init = (jnp.int32(0), jnp.zeros(n, jnp.float32), jnp.zeros(m, jnp.float32), jnp.float32(jnp.inf))
+  _, f, g, _ = jax.lax.while_loop(more, ten, init)
+  return jnp.exp(log_k + f[:, None] + g[None, :])
 
 
 def sinkhorn_matches(zq: np.ndarray, zg: np.ndarray, epsilon: float = 0.02) -> np.ndarray:
@@ -167,16 +190,83 @@ class EdgeMatches:
   agreement: float         # fraction of them found again in a's space
   accepted: bool
   precision: float | None = None   # true fraction correct, where ids say (reported, never used)
+  estimate: float | None = None    # label-free precision estimate the probe gate used
+  via: str = ""                    # "" (matched directly) or the path a composed match followed
 
 
-def pseudo_pairs(aligner, dataset: Dataset, settings: PseudoSettings, seed: int = 0) -> list[EdgeMatches]:
-  """Agreed matches of unpaired train rows for every pair of modalities (see the module docstring)."""
+def _agreed(za, zb, wb, wa, settings: PseudoSettings) -> tuple[np.ndarray, int, float]:
+  """(agreed [m, 2] (query row, gallery row), candidates, agreement) of matching in both spaces."""
+  m_ab = match(za, zb, settings.method, settings.epsilon)
+  m_ba = match(wb, wa, settings.method, settings.epsilon)
+  back = {int(j): int(k) for j, k in m_ba}               # row of b -> row of a
+  agree = np.asarray([back.get(int(j)) == int(k) for k, j in m_ab], bool)
+  agreement = float(agree.mean()) if len(m_ab) else 0.0
+  return (m_ab[agree] if len(m_ab) else np.zeros((0, 2), np.int64)), len(m_ab), agreement
+
+
+def probe_precision(dataset: Dataset, a: str, b: str, rows_a: np.ndarray, rows_b: np.ndarray,
+                    settings: PseudoSettings, seed: int = 0, extra: np.ndarray | None = None) -> float | None:
+  """Label-free estimate of the precision of matching unpaired rows of a and b (the probe gate).
+
+  The pair set's own train pairs are split in `pseudo.probe_folds` folds; for each fold a ridge map
+  a -> b (and b -> a) is fitted on the other folds, the held-out pairs are hidden among the unpaired
+  rows (rows_a, rows_b: the pools the real matching uses) and matched exactly as the real matching
+  does (both spaces, agreed matches). The estimate is the fraction of agreed held-out rows matched to
+  their own partner. A linear map is weaker than a trained translator, so the estimate is on the
+  conservative side. extra: [k, 2] pseudo-pairs of an earlier round, added to every fold's fit (never
+  held out). None when the pair set has fewer than 4 pairs per fold."""
+  from graphbridge import baselines
+  pairs = dataset.pairs_for(a, b)
+  folds = int(settings.probe_folds)
+  if len(pairs) < 4 * folds:
+    return None
+  rng = np.random.default_rng([int(seed), len(pairs)] + [ord(c) for c in a + "|" + b])
+  order = rng.permutation(len(pairs))
+  ea, eb = dataset.modalities[a].emb, dataset.modalities[b].emb
+  unit = lambda x: _unit(np.asarray(x, np.float64))
+  correct = matched = 0
+  for f in range(folds):
+    held = pairs[order[f::folds]]
+    fit = pairs[np.setdiff1d(order, order[f::folds])]
+    if extra is not None and len(extra):
+      fit = np.concatenate([fit, extra])
+    ab = baselines.fit_ridge_cv(unit(ea[fit[:, 0]]), unit(eb[fit[:, 1]]))
+    ba = baselines.fit_ridge_cv(unit(eb[fit[:, 1]]), unit(ea[fit[:, 0]]))
+    qa = np.concatenate([held[:, 0], rows_a])
+    gb = np.concatenate([held[:, 1], rows_b])
+    xa, xb = unit(ea[qa]), unit(eb[gb])
+    agreed, _, _ = _agreed(ab.apply(xa), xb, ba.apply(xb), xa, settings)
+    mine = agreed[agreed[:, 0] < len(held)]
+    matched += len(mine)
+    correct += int(np.sum(mine[:, 0] == mine[:, 1]))
+  return correct / matched if matched else 0.0
+
+
+def _true_precision(dataset: Dataset, a: str, b: str, pairs: np.ndarray) -> float | None:
+  ids_a, ids_b = dataset.modalities[a].ids, dataset.modalities[b].ids
+  if ids_a is None or ids_b is None or not len(pairs):
+    return None
+  return float(np.mean(ids_a[pairs[:, 0]] == ids_b[pairs[:, 1]]))
+
+
+def pseudo_pairs(aligner, dataset: Dataset, settings: PseudoSettings, seed: int = 0,
+                 earlier: list[EdgeMatches] = ()) -> list[EdgeMatches]:
+  """Gated matches of unpaired train rows for pairs of modalities (see the module docstring).
+
+  gate "agreement": every pair of modalities is matched along the aligner's default route and gated
+  by two-sided agreement. gate "probe": only paired modalities are matched (one hop: their translator
+  was trained on pairs), each gated by probe_precision; with new_edges, never-paired modalities get
+  composed matches (compose_matches) gated by the product of the hops' estimates. earlier: the
+  previous round's matches; the probe's ridge maps also fit its accepted pseudo-pairs, as the
+  translators being probed were trained on them."""
+  previous = {(m.a, m.b): m.pairs for m in earlier if m.accepted and not m.via}
   out = []
   names = dataset.names
+  probe = settings.gate == "probe"
   for i, a in enumerate(names):
     for b in names[i + 1:]:
       paired = bool(dataset.pairs_for(a, b).size)
-      if not paired and not settings.new_edges:
+      if not paired and (probe or not settings.new_edges):
         continue
       route_ab, route_ba = aligner.default_route(a, b), aligner.default_route(b, a)
       if route_ab is None or route_ba is None:
@@ -188,18 +278,77 @@ def pseudo_pairs(aligner, dataset: Dataset, settings: PseudoSettings, seed: int 
       xa, xb = dataset.modalities[a].emb[rows_a], dataset.modalities[b].emb[rows_b]
       za, zb = aligner.encode(a, b, route_ab, xa, xb)        # compared where a's route meets b
       wb, wa = aligner.encode(b, a, route_ba, xb, xa)        # and where b's route meets a
-      m_ab = match(za, zb, settings.method, settings.epsilon)
-      m_ba = match(wb, wa, settings.method, settings.epsilon)
-      back = {int(j): int(k) for j, k in m_ba}               # row of b -> row of a
-      agree = np.asarray([back.get(int(j)) == int(k) for k, j in m_ab], bool)
-      agreement = float(agree.mean()) if len(m_ab) else 0.0
-      kept = m_ab[agree]
+      kept, candidates, agreement = _agreed(za, zb, wb, wa, settings)
       pairs = np.stack([rows_a[kept[:, 0]], rows_b[kept[:, 1]]], 1) if len(kept) else np.zeros((0, 2), int)
-      ids_a, ids_b = dataset.modalities[a].ids, dataset.modalities[b].ids
-      precision = (float(np.mean(ids_a[pairs[:, 0]] == ids_b[pairs[:, 1]]))
-                   if ids_a is not None and ids_b is not None and len(pairs) else None)
-      out.append(EdgeMatches(a, b, pairs, len(m_ab), agreement,
-                             agreement >= settings.min_agreement and len(pairs) >= 2, precision))
+      if probe:
+        estimate = probe_precision(dataset, a, b, rows_a, rows_b, settings, seed, previous.get((a, b)))
+        accepted = estimate is not None and estimate >= settings.min_precision and len(pairs) >= 2
+      else:
+        estimate = None
+        accepted = agreement >= settings.min_agreement and len(pairs) >= 2
+      out.append(EdgeMatches(a, b, pairs, candidates, agreement, accepted,
+                             _true_precision(dataset, a, b, pairs), estimate))
+  if probe and settings.new_edges:
+    out += compose_matches(dataset, out, settings)
+  return out
+
+
+def compose_matches(dataset: Dataset, direct: list[EdgeMatches], settings: PseudoSettings) -> list[EdgeMatches]:
+  """Matches between never-paired modalities, composed hop by hop along the fewest-hop path of the
+  paired-data graph: a row of a follows its link (a train pair, or an accepted pseudo-pair) to b,
+  then b's row its link to c, ... Each link is right with probability 1 (a train pair) or its hop's
+  probe estimate (a pseudo-pair); a composed pair set's estimate is the mean over its rows of the
+  product along the row's links, gated by `pseudo.min_precision`, and by its size: a new edge needs
+  at least `pseudo.min_new_pairs` pairs (-1: as many as the data's smallest pair set), since an edge
+  trained on a handful of pairs would become the one-hop route between its modalities and cut off
+  the better-supported multi-hop routes. One row of a keeps one chain; a row of the far end reached
+  twice keeps the likelier chain (pairs stay one-to-one)."""
+  links: dict[tuple[str, str], dict[int, tuple[int, float]]] = {}
+
+  def add(u, v, pairs, p):
+    fwd, back = links.setdefault((u, v), {}), links.setdefault((v, u), {})
+    for x, y in pairs:
+      x, y = int(x), int(y)
+      if fwd.get(x, (None, -1.0))[1] < p:
+        fwd[x] = (y, p)
+      if back.get(y, (None, -1.0))[1] < p:
+        back[y] = (x, p)
+
+  for a, b in dataset.pairs:
+    add(a, b, dataset.pairs_for(a, b), 1.0)
+  for m in direct:
+    if m.accepted and m.estimate is not None:
+      add(m.a, m.b, m.pairs, float(m.estimate))
+  graph = dataset.default_graph()
+  min_pairs = settings.min_new_pairs
+  if min_pairs < 0:
+    min_pairs = min(len(dataset.pairs_for(a, b)) for a, b in dataset.pairs)
+  min_pairs = max(min_pairs, 2)
+  out = []
+  names = dataset.names
+  for i, a in enumerate(names):
+    for c in names[i + 1:]:
+      if dataset.pairs_for(a, c).size or graph.hop_distance(a, c) is None:
+        continue
+      path = graph.shortest_path(a, c)
+      chains = {}
+      for row in np.nonzero(dataset.modalities[a].train)[0]:
+        node, p = int(row), 1.0
+        for u, v in zip(path[:-1], path[1:]):
+          nxt = links.get((u, v), {}).get(node)
+          if nxt is None:
+            break
+          node, p = nxt[0], p * nxt[1]
+        else:
+          if node not in chains or chains[node][1] < p:
+            chains[node] = (int(row), p)
+      if not chains:
+        continue
+      pairs = np.asarray([(r, end) for end, (r, _) in sorted(chains.items())], np.int64)
+      estimate = float(np.mean([p for _, p in chains.values()]))
+      out.append(EdgeMatches(a, c, pairs, len(pairs), 1.0,
+                             estimate >= settings.min_precision and len(pairs) >= min_pairs,
+                             _true_precision(dataset, a, c, pairs), estimate, via="->".join(path)))
   return out
 
 
@@ -222,7 +371,9 @@ def describe(matches: list[EdgeMatches]) -> str:
   parts = []
   for m in matches:
     prec = "" if m.precision is None else f", true precision {m.precision:.2f}"
-    parts.append(f"{m.a}-{m.b} {'+' if m.accepted else '-'}{len(m.pairs)} (agreement {m.agreement:.2f}{prec})")
+    gate = f"estimate {m.estimate:.2f}" if m.estimate is not None else f"agreement {m.agreement:.2f}"
+    via = f" via {m.via}" if m.via else ""
+    parts.append(f"{m.a}-{m.b} {'+' if m.accepted else '-'}{len(m.pairs)} ({gate}{via}{prec})")
   return "; ".join(parts)
 
 
@@ -235,9 +386,10 @@ def self_train(config, dataset: Dataset, train_round: Callable[[Dataset, int], o
   settings = PseudoSettings.from_config(config, dataset)
   result = train_round(dataset, 0)
   grown = dataset
+  matches: list[EdgeMatches] = []
   for r in range(1, settings.rounds + 1):
     aligner = make_aligner(result)
-    matches = pseudo_pairs(aligner, dataset, settings, seed=int(config.get("seed", 0)) + r)
+    matches = pseudo_pairs(aligner, dataset, settings, seed=int(config.get("seed", 0)) + r, earlier=matches)
     log(f"pseudo-pairs round {r}: {describe(matches)}")
     grown = grow(dataset, matches)
     if grown.pairs.keys() == dataset.pairs.keys() and all(len(grown.pairs[k]) == len(dataset.pairs[k])

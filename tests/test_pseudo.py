@@ -76,7 +76,7 @@ def _data(n=120, seed=0):
 
 def test_gate_accepts_a_strongly_related_pair_and_rejects_an_unrelated_one():
   dataset, rot = _data()
-  settings = pseudo.PseudoSettings(rounds=1, method="sinkhorn", min_agreement=0.5)
+  settings = pseudo.PseudoSettings(rounds=1, method="sinkhorn", min_agreement=0.5, gate="agreement")
   found = {(m.a, m.b): m for m in pseudo.pseudo_pairs(_LinearAligner(rot), dataset, settings)}
   ab, ac = found[("a", "b")], found[("a", "c")]
   assert ab.accepted and ab.agreement > 0.95 and ab.precision == 1.0 and len(ab.pairs) >= 100
@@ -87,3 +87,70 @@ def test_gate_accepts_a_strongly_related_pair_and_rejects_an_unrelated_one():
   assert len(grown.pairs[("a", "c")]) == 10
   with pytest.raises(ValueError, match="pseudo.method='ot'"):
     pseudo.PseudoSettings(method="ot")
+
+
+class _ViewsAligner:
+  """Exact maps between views that are rotations of one latent (b, c); d is unrelated to all."""
+  name = "views"
+
+  def __init__(self, rots):
+    self.rots = rots   # view -> rotation from a's space (a: identity)
+
+  def default_route(self, q, g):
+    return f"{q}->{g}"
+
+  def encode(self, q, g, route, xq, xg):
+    if q in self.rots and g in self.rots:
+      return xq @ self.rots[q].T @ self.rots[g], xg
+    proj = np.random.default_rng(len(q) * 7 + len(g)).normal(size=(xq.shape[1], xg.shape[1]))
+    return xq @ proj, xg
+
+
+def _views(n=400, pairs=40, seed=0):
+  """a, b = a rot_b, c = a rot_c (+ a little noise), d unrelated; pairs a-b, a-c, a-d on disjoint
+  slices of `pairs` rows each; rows shuffled per view (ids say which)."""
+  rng = np.random.default_rng(seed)
+  rots = {"a": np.eye(8), "b": _rotation(8, rng), "c": _rotation(8, rng)}
+  lat = rng.normal(size=(n, 8))
+  arrays, inv = {}, {}
+  for v in "abcd":
+    perm = rng.permutation(n)
+    emb = lat @ rots[v] + 0.05 * rng.normal(size=(n, 8)) if v in rots else rng.normal(size=(n, 8))
+    arrays[f"{v}_emb"], arrays[f"{v}_id"] = emb[perm], perm
+    inv[v] = np.argsort(perm)
+  ids = np.arange(n)
+  for k, v in enumerate("bcd"):
+    sl = ids[k * pairs:(k + 1) * pairs]
+    arrays[f"pairs_a__{v}"] = np.stack([inv["a"][sl], inv[v][sl]], 1)
+  return data_lib.from_arrays(arrays), rots
+
+
+def test_probe_gate_estimates_precision_from_held_out_pairs_and_composes_new_edges():
+  dataset, rots = _views()
+  settings = pseudo.PseudoSettings(rounds=1, gate="probe", min_precision=0.5)
+  found = {(m.a, m.b): m for m in pseudo.pseudo_pairs(_ViewsAligner(rots), dataset, settings)}
+  ab, ac, ad = found[("a", "b")], found[("a", "c")], found[("a", "d")]
+  # paired hops: the probe's estimate (held-out pairs hidden among ~280 unpaired rows) says b and c
+  # match a exactly and d does not
+  assert ab.estimate > 0.9 and ac.estimate > 0.9 and ad.estimate < 0.2
+  assert ab.accepted and ac.accepted and not ad.accepted
+  assert ab.precision == 1.0 and len(ab.pairs) > 300
+  # never-paired b-c: composed through a (b's rows -> a's pair or pseudo-pair -> c), all right;
+  # b-d and c-d are composed only through a-d's 40 train pairs (its matches were rejected): right
+  bc = found[("b", "c")]
+  assert bc.via == "b->a->c" and bc.accepted and bc.precision == 1.0 and len(bc.pairs) > 300
+  for far in (found[("b", "d")], found[("c", "d")]):
+    assert far.via and len(far.pairs) <= 40 and far.precision > 0.9
+  # the probe never matches never-paired modalities directly
+  assert all(m.via for (a, b), m in found.items() if not dataset.pairs_for(a, b).size)
+  grown = pseudo.grow(dataset, list(found.values()))
+  assert len(grown.pairs[("b", "c")]) == len(bc.pairs)
+  with pytest.raises(ValueError, match="pseudo.gate='best'"):
+    pseudo.PseudoSettings(gate="best")
+
+
+def test_probe_needs_enough_pairs_to_hold_out():
+  dataset, rots = _views(pairs=10)
+  settings = pseudo.PseudoSettings(rounds=1, gate="probe", probe_folds=4)
+  found = {(m.a, m.b): m for m in pseudo.pseudo_pairs(_ViewsAligner(rots), dataset, settings)}
+  assert found[("a", "b")].estimate is None and not found[("a", "b")].accepted

@@ -1,4 +1,4 @@
-"""pseudo.rounds=-1 (auto, the default): 1 round where every pair set is instance-level, else 0."""
+"""pseudo.rounds=-1 (auto, the default): pseudo.AUTO_ROUNDS (2) rounds where every pair set is instance-level, else 0."""
 
 import numpy as np
 import pytest
@@ -43,9 +43,9 @@ def test_default_is_auto():
 def test_auto_runs_one_round_on_instance_level_pairs():
   dataset = _views(class_level=False)
   rounds, why = pseudo.resolve_rounds(pseudo.AUTO, dataset)
-  assert rounds == 1, why
+  assert rounds == pseudo.AUTO_ROUNDS == 2, why
   assert "instance-level" in why
-  assert pseudo.PseudoSettings.from_config(defaults.base_config(), dataset).rounds == 1
+  assert pseudo.PseudoSettings.from_config(defaults.base_config(), dataset).rounds == 2
 
 
 @pytest.mark.parametrize("first, second", [(True, False), (False, True), (True, True)])
@@ -97,7 +97,7 @@ def test_run_logs_the_decision_and_takes_the_matching_path(monkeypatch):
   monkeypatch.setattr(train_lib, "train", entered("train"))
   config = defaults.base_config()
   assert config.pseudo.rounds == pseudo.AUTO
-  for class_level, path, decision in ((False, "self_train", "1 round (auto: all 2 pair sets instance-level)"),
+  for class_level, path, decision in ((False, "self_train", "2 rounds (auto: all 2 pair sets instance-level)"),
                                        (True, "train", "0 rounds (auto: class-level pair sets pix<->proj")):
     lines = []
     with pytest.raises(_Entered, match=f"^{path}$"):
