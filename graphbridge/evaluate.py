@@ -228,14 +228,21 @@ def gap_rows(aligner: Aligner, dataset: Dataset, split: str = "test", before: Al
   if before is not None:
     cache_before = cache_before or EncodingCache(before, dataset, split)
   routes = planned_routes(aligner, dataset) if routes is None else routes
+  raw_centroids: dict[str, np.ndarray] = {}  # each modality's raw split rows, reduced once
+
+  def raw_centroid(m: str, rows: np.ndarray) -> np.ndarray:
+    if m not in raw_centroids:
+      raw_centroids[m] = metrics_lib.unit_centroid(dataset.modalities[m].emb[rows], m)
+    return raw_centroids[m]
+
   rows = []
   for spec in routes:
     enc = cache.get(spec)
     if enc is None:
       continue
-    xq = dataset.modalities[spec.query].emb[enc.query_rows]
-    xg = dataset.modalities[spec.gallery].emb[enc.gallery_rows]
-    raw = metrics_lib.modality_gap(xq, xg) if xq.shape[1] == xg.shape[1] else None
+    same_dim = dataset.modalities[spec.query].emb.shape[1] == dataset.modalities[spec.gallery].emb.shape[1]
+    raw = metrics_lib.centroid_gap(raw_centroid(spec.query, enc.query_rows),
+                                   raw_centroid(spec.gallery, enc.gallery_rows)) if same_dim else None
     enc_before = cache_before.get(spec) if before is not None else None
     rows.append({"strategy": aligner.name, "query": spec.query, "gallery": spec.gallery, "route": spec.route,
                  "hops": hops_graph.hop_distance(spec.query, spec.gallery), "gap_raw": raw,
@@ -368,9 +375,13 @@ def reconstruction_rows(aligner: Aligner, dataset: Dataset, split: str = "test",
   paths = sorted((p for p in graph.paths_up_to(path_hops) if p[0] in has_rows and p[-1] in has_rows),
                  key=len)[:max_paths]
 
+  directions: dict[str, np.ndarray] = {}  # the mean train row of each target modality, once
+
   def baseline(m: str, target: np.ndarray) -> float:
-    mod = dataset.modalities[m]
-    return metrics_lib.mean_predictor_cosine(mod.emb[mod.train], target)
+    if m not in directions:
+      mod = dataset.modalities[m]
+      directions[m] = metrics_lib.mean_direction(mod.emb[mod.train])
+    return metrics_lib.mean_direction_cosine(directions[m], target)
 
   out = []
   for start in (m for m in graph.node_names if m in has_rows):
@@ -469,14 +480,30 @@ TRANSLATE_CHUNK = 1024  # rows per jitted call; inputs are padded to it, so each
 
 @functools.cache
 def _edge_fn():
+  """One jitted translator call per (d_out, architecture, dtype), not per edge: the edge's params
+  are an argument, so every edge of a bucket (and the same edges at initialisation) share one
+  compile."""
   import jax
 
   from graphbridge import translators
 
-  def apply(layout, bucket_params, edge, x, dtype_name):
-    return translators.apply_edge(layout, bucket_params, edge, x, translators.dtype_from_name(dtype_name))
+  def apply(edge_params, x, d_out, arch, dtype_name):
+    module = translators.Translator(d_out, arch, dtype=translators.dtype_from_name(dtype_name))
+    return module.apply({"params": edge_params}, x)
 
-  return jax.jit(apply, static_argnames=("layout", "edge", "dtype_name"))
+  return jax.jit(apply, static_argnames=("d_out", "arch", "dtype_name"))
+
+
+def _edge_params(layout, params: Mapping, edge):
+  """(params of one edge, sliced from its bucket's stack; d_out; arch)."""
+  import jax
+
+  key, index = layout.where(edge)
+  bucket = layout.bucket_by_key[key]
+  if key not in params:
+    raise GraphError(f"edge {bucket.edges[index].name}: no parameters for bucket {key!r} "
+                     f"(have: {', '.join(params)})")
+  return jax.tree.map(lambda p: p[index], params[key]), bucket.d_out, bucket.arch
 
 
 def translate_paths(layout, params: Mapping, compute_dtype: str, routes: Sequence[str], x: np.ndarray
@@ -499,6 +526,7 @@ def translate_paths(layout, params: Mapping, compute_dtype: str, routes: Sequenc
   if x.ndim != 2 or x.shape[1] != d_src:
     raise ValueError(f"translate: input must be [rows, {d_src}] ({starts[0]} embeddings), got shape {x.shape}")
   fn = _edge_fn()
+  edge_args = {}
   chunks: dict[str, list[np.ndarray]] = {r: [] for r in paths}
   for lo in range(0, max(len(x), 1), TRANSLATE_CHUNK):
     block = x[lo:lo + TRANSLATE_CHUNK]
@@ -509,8 +537,11 @@ def translate_paths(layout, params: Mapping, compute_dtype: str, routes: Sequenc
       edges = path_edges(path)
       for i, edge in enumerate(edges):
         if edges[:i + 1] not in prefix:
-          key, _ = layout.where(edge)
-          prefix[edges[:i + 1]] = fn(layout, {key: params[key]}, edge, prefix[edges[:i]], compute_dtype)
+          if edge not in edge_args:
+            edge_args[edge] = _edge_params(layout, params, edge)
+          edge_params, d_out, arch = edge_args[edge]
+          prefix[edges[:i + 1]] = fn(edge_params, prefix[edges[:i]], d_out=d_out, arch=arch,
+                                     dtype_name=compute_dtype)
       chunks[route].append(np.asarray(prefix[edges], np.float32)[:len(block)])
   out = {}
   for route, parts in chunks.items():

@@ -157,7 +157,7 @@ class Silhouette(Evaluator):
     rows = eval_lib.silhouette_rows(ctx.aligner, ctx.dataset, o.split, ctx.before,
                                     ctx.default_routes, ctx.cache, ctx.cache_before,
                                     sample=o.silhouette_sample, seed=o.seed)
-    return {"silhouette": rows}
+    return {"silhouette": rows, "silhouette_sample": int(o.silhouette_sample)}
 
   def markdown(self, summary):
     if not summary.get("silhouette"):
@@ -166,7 +166,9 @@ class Silhouette(Evaluator):
         "Cosine silhouette by class label (-1..1, higher = tighter, better separated classes). "
         "query_raw / gallery_raw: each modality's own embeddings; query_translated: the query rows "
         "in the gallery's space; mixed: translated queries + gallery rows scored together, high "
-        "when classes rather than modalities form the clusters (mixed_before: at initialisation).")
+        "when classes rather than modalities form the clusters (mixed_before: at initialisation). "
+        f"An estimate: each set is a seeded sample of at most {summary.get('silhouette_sample', 500)} rows "
+        "(half from each side for mixed).")
         + eval_lib.format_table(summary["silhouette"], self.columns) + "\n\n")
 
   def console(self, summary):

@@ -41,9 +41,13 @@ __all__ = [
     "recall_at_k_curve",
     "chance_retrieval_metrics",
     "modality_gap",
+    "unit_centroid",
+    "centroid_gap",
     "silhouette_cosine",
     "mean_cosine",
     "mean_predictor_cosine",
+    "mean_direction",
+    "mean_direction_cosine",
 ]
 
 
@@ -76,8 +80,10 @@ def _as_embeddings(name: str, array: Any) -> np.ndarray:
             f"{name} has non-finite values (NaN or inf) in row {bad} "
             f"({int((~finite_rows).sum())} bad row(s) in total)"
         )
-    norms = np.linalg.norm(arr.astype(np.float64), axis=1)
-    zero_rows = norms == 0.0
+    if arr.dtype == np.float32:  # finite float32 rows: norm 0 (in float64) iff every entry is 0
+        zero_rows = ~arr.any(axis=1)
+    else:
+        zero_rows = np.linalg.norm(arr.astype(np.float64), axis=1) == 0.0
     if zero_rows.any():
         bad = int(np.argmax(zero_rows))
         raise ValueError(
@@ -93,8 +99,9 @@ def _l2_normalise(arr: np.ndarray) -> np.ndarray:
     Norms are computed in float64 so large float32 values do not overflow.
     """
     dtype = np.float32 if arr.dtype == np.float32 else np.float64
-    norms = np.linalg.norm(arr.astype(np.float64), axis=1, keepdims=True)
-    return (arr.astype(np.float64) / norms).astype(dtype)
+    wide = arr.astype(np.float64)
+    wide /= np.linalg.norm(wide, axis=1, keepdims=True)
+    return wide.astype(dtype, copy=False)
 
 
 def _as_keys(name: str, keys: Any, expected_len: int, against: str) -> np.ndarray:
@@ -369,6 +376,44 @@ def _ranks_by_sorted_rows(block: np.ndarray, rel_idx: np.ndarray, rel_valid: np.
     return ranks
 
 
+def _orderable(scores: np.ndarray) -> np.ndarray:
+    """float32 scores -> int64 in [0, 2^32), decreasing as the score increases (so an ascending
+    sort is the descending score order); -0.0 and +0.0 map to the same value."""
+    bits = (-scores + np.float32(0.0)).view(np.int32)  # + 0 turns -0.0 into +0.0 so they tie
+    return np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int64) + (1 << 31)
+
+
+def _ranks_in_range(block: np.ndarray, inside: np.ndarray, n_above: np.ndarray, rel_idx: np.ndarray,
+                    rel_valid: np.ndarray) -> np.ndarray:
+    """:func:`_ranks_by_sorted_rows` without sorting rows: only the items scored within the
+    range of the row's relevant items can lie between two of them, so only those are sorted.
+
+    block: [c, n] float32 scores; inside: [c, n] bool, scored within [lo, hi] (lo, hi: the row's
+    lowest and highest relevant score); n_above: [c] items scored above hi; rel_idx/rel_valid:
+    [c, R]. Returns [c, R] 1-based ranks, ascending (int32 max where not valid). A relevant item's
+    rank is 1 + n_above + the inside items scored higher + those tied with it at a lower index."""
+    c, n = block.shape
+    flat = np.flatnonzero(inside)  # row-major: by row, then by gallery index
+    keys = ((flat // n) << 32) | _orderable(block.reshape(-1)[flat])
+    keys.sort()
+    rows = np.arange(c)[:, None]
+    key_rel = (rows << 32) | _orderable(np.take_along_axis(block, rel_idx, axis=1))
+    higher = np.searchsorted(keys, key_rel, side="left")
+    tied = np.searchsorted(keys, key_rel, side="right") - higher
+    ranks = 1 + n_above[:, None].astype(np.int64) + higher - np.searchsorted(keys, rows << 32, side="left")
+    for i, r in zip(*np.nonzero((tied > 1) & rel_valid)):  # an exact tie: count lower indices
+        j = rel_idx[i, r]
+        ranks[i, r] += int(np.count_nonzero(block[i, :j] == block[i, j]))
+    ranks = np.where(rel_valid, ranks, np.iinfo(np.int32).max)
+    ranks.sort(axis=1)
+    return ranks
+
+
+# Class level on CPU: rows with at most this fraction of the gallery scored between their lowest
+# and highest relevant item rank from those items alone (_ranks_in_range); other rows are sorted.
+IN_RANGE_UP_TO = 0.25
+
+
 def _first_rank_and_ap(
     query: np.ndarray,
     gallery: np.ndarray,
@@ -389,13 +434,16 @@ def _first_rank_and_ap_levels(query, gallery, key_pairs, exclude_self, chunk_siz
     """(first rank, AP, relevant count) for each (query_keys, gallery_keys) in `key_pairs`, from
     one pass of scores (the levels of one route share every matmul).
 
-    float32 inputs run on JAX's default device in chunks of queries: one jitted matmul per chunk,
-    then per level, where every query has at most COUNT_RANKS_UP_TO relevant items (instance
-    level), the rank of each relevant item is counted on the device (1 + items scored higher, ties
-    by gallery index); otherwise (class level) each row is sorted once: NumPy's SIMD float32 sort
-    in threads on CPU, lax.sort on accelerators. AP comes from the ranks in float64 on the host.
-    Peak memory is a few [chunk, n_gallery] blocks (chunk: `chunk_size` queries, or as many as fit
-    SCORE_BLOCK_ELEMENTS). Other dtypes use the NumPy reference in float64."""
+    float32 inputs run on JAX's default device in chunks of queries: one jitted matmul per chunk
+    (the next chunk's is dispatched before this one is ranked). On CPU every level is ranked on
+    the host (_ranks_on_host): a relevant item's rank is 1 + the items scored higher + those tied
+    with it at a lower gallery index, counted from the items scored within the range of the row's
+    relevant items, or from one sort of the row where that range holds much of the gallery. On
+    accelerators, where every query has at most COUNT_RANKS_UP_TO relevant items (instance level),
+    ranks are counted on the device, otherwise each row is sorted with lax.sort. AP comes from the
+    ranks in float64 on the host. Peak memory is a few [chunk, n_gallery] blocks (chunk:
+    `chunk_size` queries, or as many as fit SCORE_BLOCK_ELEMENTS). Other dtypes use the NumPy
+    reference in float64."""
     if query.dtype != np.float32 or gallery.dtype != np.float32:
         return [_first_rank_and_ap_numpy(query, gallery, qk, gk, exclude_self, chunk_size or 1024)
                 for qk, gk in key_pairs]
@@ -432,28 +480,73 @@ def _first_rank_and_ap_levels(query, gallery, key_pairs, exclude_self, chunk_siz
             level["ap"][start:stop] = np.where(ordinal <= n_rel[:, None], ordinal / ranks, 0.0).sum(axis=1) / n_rel
         level["first"][start:stop] = np.where(n_rel > 0, ranks[:, 0], 0)
 
-    for start in range(0, n_query, chunk):
+    def padded(x, start, stop, fill=0):  # the last chunk is padded so every chunk has one shape
+        pad = chunk - (stop - start)
+        return np.pad(x[start:stop], [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
+
+    def block_at(start):
         stop = min(start + chunk, n_query)
-        pad = chunk - (stop - start)  # the last chunk is padded so every chunk has one shape
+        return scores(padded(query_unit, start, stop), gallery_unit, np.int32(start), exclude_self=exclude_self)
 
-        def padded(x, fill=0):
-            return np.pad(x[start:stop], [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
-
-        block = scores(padded(query_unit), gallery_unit, np.int32(start), exclude_self=exclude_self)
-        host_block = None
+    starts = list(range(0, n_query, chunk))
+    upcoming = block_at(starts[0])
+    for i, start in enumerate(starts):
+        stop = min(start + chunk, n_query)
+        block = upcoming
+        if i + 1 < len(starts):  # dispatched now, so the next matmul runs while this block is ranked
+            upcoming = block_at(starts[i + 1])
+        if host_sort:
+            host_block = np.asarray(block)[: stop - start]
+            for level in levels:
+                finish(level, start, stop, _ranks_on_host(host_block, level["rel_idx"][start:stop],
+                                                          level["rel_valid"][start:stop]))
+            continue
         for level in levels:
             if level["counting"]:
-                ranks = count_ranks(block, padded(level["rel_idx"]), padded(level["rel_valid"], False))
-            elif host_sort:
-                if host_block is None:
-                    host_block = np.asarray(block)[: stop - start]
-                ranks = _ranks_by_sorted_scores(host_block, level["rel_idx"][start:stop],
-                                                level["rel_valid"][start:stop])
+                ranks = count_ranks(block, padded(level["rel_idx"], start, stop),
+                                    padded(level["rel_valid"], start, stop, False))
             else:
-                ranks = sorted_ranks(block, padded(level["q_code"], -1), level["g_code"], np.int32(start),
-                                     exclude_self=exclude_self, width=level["width"])
+                ranks = sorted_ranks(block, padded(level["q_code"], start, stop, -1), level["g_code"],
+                                     np.int32(start), exclude_self=exclude_self, width=level["width"])
             finish(level, start, stop, ranks)
     return [(lv["first"], lv["ap"], lv["n_relevant"]) for lv in levels]
+
+
+def _ranks_on_host(block: np.ndarray, rel_idx: np.ndarray, rel_valid: np.ndarray) -> np.ndarray:
+    """block: [c, n] float32 scores; rel_idx/rel_valid: [c, R] -> [c, R] 1-based ranks of the
+    relevant items (stable descending order), ascending, int32 max where not valid. CPU path.
+
+    Rows in which at most IN_RANGE_UP_TO of the gallery scores within [lo, hi] (lo, hi: the
+    row's lowest and highest relevant score; always so at instance level, and for any model that
+    ranks a class's items near each other) rank from those items alone (_ranks_in_range); the
+    other rows are sorted (_ranks_by_sorted_scores). Row halves run in two threads."""
+    def part(lo_row, hi_row):
+        b, idx, valid = block[lo_row:hi_row], rel_idx[lo_row:hi_row], rel_valid[lo_row:hi_row]
+        t = np.take_along_axis(b, idx, axis=1)
+        lo = np.where(valid, t, np.inf).min(axis=1, initial=np.inf).astype(np.float32)
+        hi = np.where(valid, t, -np.inf).max(axis=1, initial=-np.inf).astype(np.float32)
+        hi[~valid.any(axis=1)] = np.inf  # no relevant item: nothing inside, nothing above
+        above = b > hi[:, None]
+        inside = b >= lo[:, None]
+        np.logical_xor(inside, above, out=inside)  # above is a subset of inside: lo <= hi
+        n_above = np.count_nonzero(above, axis=1)
+        few = np.count_nonzero(inside, axis=1) <= IN_RANGE_UP_TO * b.shape[1]
+        if few.all():
+            return _ranks_in_range(b, inside, n_above, idx, valid)
+        ranks = np.empty(idx.shape, np.int64)
+        if few.any():
+            ranks[few] = _ranks_in_range(b[few], inside[few], n_above[few], idx[few], valid[few])
+        many = ~few
+        ranks[many] = _ranks_by_sorted_scores(b[many], idx[many], valid[many])
+        return ranks
+
+    c = block.shape[0]
+    if c < 128:
+        return part(0, c)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(2) as pool:  # NumPy's comparisons and sorts run without the GIL
+        halves = list(pool.map(lambda bounds: part(*bounds), [(0, c // 2), (c // 2, c)]))
+    return np.concatenate(halves)
 
 
 def retrieval_metrics(
@@ -709,6 +802,22 @@ def chance_retrieval_metrics(
 # ---------------------------------------------------------------------------
 
 
+def unit_centroid(emb: Any, name: str = "emb") -> np.ndarray:
+    """[d] float64 mean of the L2-normalised rows of emb [n, d] (validated); two of them give
+    the modality gap (:func:`centroid_gap`), so a set compared with many others is reduced once."""
+    return _l2_normalise(_as_embeddings(name, emb).astype(np.float64)).mean(axis=0)
+
+
+def centroid_gap(centroid_a: np.ndarray, centroid_b: np.ndarray) -> float:
+    """:func:`modality_gap` from two :func:`unit_centroid` vectors [d]."""
+    if centroid_a.shape != centroid_b.shape:
+        raise ValueError(
+            f"emb_a and emb_b have different embedding dimensions "
+            f"({centroid_a.shape[-1]} vs {centroid_b.shape[-1]})"
+        )
+    return float(np.linalg.norm(centroid_a - centroid_b))
+
+
 def modality_gap(emb_a: Any, emb_b: Any) -> float:
     """Euclidean distance between the centroids of the L2-normalised rows.
 
@@ -720,9 +829,8 @@ def modality_gap(emb_a: Any, emb_b: Any) -> float:
     emb_a = _as_embeddings("emb_a", emb_a)
     emb_b = _as_embeddings("emb_b", emb_b)
     _check_same_dim("emb_a", emb_a, "emb_b", emb_b)
-    centroid_a = _l2_normalise(emb_a.astype(np.float64)).mean(axis=0)
-    centroid_b = _l2_normalise(emb_b.astype(np.float64)).mean(axis=0)
-    return float(np.linalg.norm(centroid_a - centroid_b))
+    return centroid_gap(_l2_normalise(emb_a.astype(np.float64)).mean(axis=0),
+                        _l2_normalise(emb_b.astype(np.float64)).mean(axis=0))
 
 
 def silhouette_cosine(
@@ -818,12 +926,27 @@ def mean_predictor_cosine(train_target: Any, target: Any) -> float:
     Args:
       train_target: [n_train, d] float; target: [n, d] float.
     """
+    return mean_direction_cosine(mean_direction(train_target), target)
+
+
+def mean_direction(train_target: Any) -> np.ndarray:
+    """[d] float64 unit vector along the mean of the rows of train_target [n, d] (the constant
+    prediction of :func:`mean_predictor_cosine`); compute it once per target modality."""
     train_target = _as_embeddings("train_target", train_target)
-    target = _as_embeddings("target", target)
-    _check_same_dim("train_target", train_target, "target", target)
     mean_vector = train_target.astype(np.float64).mean(axis=0)
     norm = np.linalg.norm(mean_vector)
     if not norm > 0:
         raise ValueError("the mean of train_target is the zero vector; its cosine with targets is undefined")
-    cos = _l2_normalise(target.astype(np.float64)) @ (mean_vector / norm)
+    return mean_vector / norm
+
+
+def mean_direction_cosine(direction: np.ndarray, target: Any) -> float:
+    """Mean over rows of target [n, d] of their cosine with `direction` [d] (from :func:`mean_direction`)."""
+    target = _as_embeddings("target", target)
+    if target.shape[1] != direction.shape[0]:
+        raise ValueError(
+            f"train_target and target have different embedding dimensions "
+            f"({direction.shape[0]} vs {target.shape[1]})"
+        )
+    cos = _l2_normalise(target.astype(np.float64)) @ direction
     return float(np.mean(cos))

@@ -95,6 +95,17 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+def _one_blas_thread():
+    """One BLAS thread for a small decomposition where threadpoolctl is installed: on a loaded
+    machine a multi-threaded SVD of a few hundred rows waited seconds for its threads (measured
+    0.04 s with one thread, 1-5 s with two at load average 5 on 2 cores)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 def _colour(i: int) -> str:
     return OKABE_ITO[i % len(OKABE_ITO)]
 
@@ -179,7 +190,8 @@ def _draw_projection(
     # PCA on the union of the (sub-sampled) unit rows, each modality weighted by its rows.
     union = np.concatenate([embeddings[m][shown_index[m]] for m in embeddings])
     mean = union.mean(axis=0)
-    _, singular_values, vt = np.linalg.svd(union - mean, full_matrices=False)
+    with _one_blas_thread():
+        _, singular_values, vt = np.linalg.svd(union - mean, full_matrices=False)
     n_components = min(2, vt.shape[0])
     basis = np.zeros((union.shape[1], 2))
     basis[:, :n_components] = vt[:n_components].T
@@ -190,6 +202,7 @@ def _draw_projection(
 
     all_classes = [lab for lab in labels.values() if lab is not None]
     classes = np.unique(np.concatenate(all_classes)) if all_classes else np.array([])
+    class_index = {c: i for i, c in enumerate(classes)}
     class_marker = {c: CLASS_MARKERS[i % len(CLASS_MARKERS)] for i, c in enumerate(classes)}
 
     centroids_2d = {}
@@ -203,12 +216,14 @@ def _draw_projection(
         if lab is None:
             ax.scatter(points[:, 0], points[:, 1], s=10, color=colour, alpha=0.45, linewidths=0, marker="o")
         else:
-            lab_shown = lab[idx]
-            for c in np.unique(lab_shown):
-                sel = lab_shown == c
+            # one scatter per marker (classes beyond len(CLASS_MARKERS) share markers): with many
+            # classes, one per class made hundreds of artists, slow to draw and save
+            marker_index = np.array([class_index[c] % len(CLASS_MARKERS) for c in lab[idx]], dtype=int)
+            for k in np.unique(marker_index):
+                sel = marker_index == k
                 ax.scatter(
                     points[sel, 0], points[sel, 1], s=14, color=colour, alpha=0.5,
-                    linewidths=0, marker=class_marker[c],
+                    linewidths=0, marker=CLASS_MARKERS[k],
                 )
         centroid = (emb.mean(axis=0) - mean) @ basis  # all rows, not just the shown ones
         centroids_2d[modality] = centroid

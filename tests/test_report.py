@@ -69,6 +69,8 @@ def test_report_files_and_keys(digits_report):
     assert len(on_disk["gap"]) == 6 and all(0 <= g["gap_before"] <= 2 and 0 <= g["gap_after"] <= 2
                                             for g in on_disk["gap"])
     assert len(on_disk["silhouette"]) == 6 and all(-1 <= s["mixed"] <= 1 for s in on_disk["silhouette"])
+    assert on_disk["silhouette_sample"] == 500  # an estimate on a stated sample, said in report.md
+    assert "seeded sample of at most 500 rows" in open(os.path.join(out, "report.md")).read()
     kinds = {(r["kind"], r["hops"]) for r in on_disk["reconstruction"]}
     assert kinds == {("path", 1), ("cycle", 2)}
     assert on_disk["projection"]["space"] == "text"
