@@ -68,3 +68,18 @@ def test_cli_rejects_unknown_variant(tmp_path):
     proc = run_cli("--config=configs/digits.py:huge", f"--workdir={tmp_path}", timeout=120)
     assert proc.returncode != 0
     assert "unknown variant 'huge'" in proc.stderr
+
+
+def test_help_into_a_closed_pipe_exits_quietly():
+  """`graphbridge-train --help | head -1`: the reader closes the pipe; no BrokenPipeError traceback."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  read, write = os.pipe()
+  os.close(read)                                   # nobody reads: the first write breaks the pipe
+  proc = subprocess.run([sys.executable, os.path.join(root, "launch", "train.py"), "--help"], stdout=write,
+                        stderr=subprocess.PIPE, text=True, timeout=120)
+  os.close(write)
+  assert proc.returncode == 0, proc.stderr
+  assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -124,7 +124,11 @@ def prepare_argv(argv: Sequence[str], prog: str, module_name: str, doc: str | No
   """argv with `--config` resolved to a file; handles --help and config typos (exits)."""
   argv = list(argv)
   if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
-    print_help(prog, module_name, doc)
+    try:
+      print_help(prog, module_name, doc)
+      sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped early (`--help | head`): not an error
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0)
   if config_flag is None:
     return argv
