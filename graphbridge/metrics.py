@@ -367,8 +367,15 @@ def _ranks_by_sorted_rows(block: np.ndarray, rel_idx: np.ndarray, rel_valid: np.
         above[i] = np.searchsorted(neg[i], thresholds[i], side="left")
         ties[i] = np.searchsorted(neg[i], thresholds[i], side="right") - above[i]
     del neg
-    ranks = above + 1
-    for i, r in zip(*np.nonzero((ties > 1) & rel_valid)):  # an exact tie: count lower indices
+    return _break_ties_and_sort(above + 1, ties, block, rel_idx, rel_valid)
+
+
+def _break_ties_and_sort(ranks: np.ndarray, tied: np.ndarray, block: np.ndarray, rel_idx: np.ndarray,
+                         rel_valid: np.ndarray) -> np.ndarray:
+    """ranks [c, R] (1 + items scored strictly higher), tied [c, R] (items scored equal, itself
+    included) -> final ranks: + the tied items at a lower gallery index (counted directly; exact ties
+    are rare), int32 max where not valid, ascending per row."""
+    for i, r in zip(*np.nonzero((tied > 1) & rel_valid)):  # an exact tie: count lower indices
         j = rel_idx[i, r]
         ranks[i, r] += int(np.count_nonzero(block[i, :j] == block[i, j]))
     ranks = np.where(rel_valid, ranks, np.iinfo(np.int32).max)
@@ -401,12 +408,7 @@ def _ranks_in_range(block: np.ndarray, inside: np.ndarray, n_above: np.ndarray, 
     higher = np.searchsorted(keys, key_rel, side="left")
     tied = np.searchsorted(keys, key_rel, side="right") - higher
     ranks = 1 + n_above[:, None].astype(np.int64) + higher - np.searchsorted(keys, rows << 32, side="left")
-    for i, r in zip(*np.nonzero((tied > 1) & rel_valid)):  # an exact tie: count lower indices
-        j = rel_idx[i, r]
-        ranks[i, r] += int(np.count_nonzero(block[i, :j] == block[i, j]))
-    ranks = np.where(rel_valid, ranks, np.iinfo(np.int32).max)
-    ranks.sort(axis=1)
-    return ranks
+    return _break_ties_and_sort(ranks, tied, block, rel_idx, rel_valid)
 
 
 # Class level on CPU: rows with at most this fraction of the gallery scored between their lowest

@@ -224,18 +224,17 @@ def probe_precision(dataset: Dataset, a: str, b: str, rows_a: np.ndarray, rows_b
   rng = np.random.default_rng([int(seed), len(pairs)] + [ord(c) for c in a + "|" + b])
   order = rng.permutation(len(pairs))
   ea, eb = dataset.modalities[a].emb, dataset.modalities[b].emb
-  unit = lambda x: _unit(np.asarray(x, np.float64))
   correct = matched = 0
   for f in range(folds):
     held = pairs[order[f::folds]]
     fit = pairs[np.setdiff1d(order, order[f::folds])]
     if extra is not None and len(extra):
       fit = np.concatenate([fit, extra])
-    ab = baselines.fit_ridge_cv(unit(ea[fit[:, 0]]), unit(eb[fit[:, 1]]))
-    ba = baselines.fit_ridge_cv(unit(eb[fit[:, 1]]), unit(ea[fit[:, 0]]))
+    ab = baselines.fit_ridge_cv(_unit(ea[fit[:, 0]]), _unit(eb[fit[:, 1]]))
+    ba = baselines.fit_ridge_cv(_unit(eb[fit[:, 1]]), _unit(ea[fit[:, 0]]))
     qa = np.concatenate([held[:, 0], rows_a])
     gb = np.concatenate([held[:, 1], rows_b])
-    xa, xb = unit(ea[qa]), unit(eb[gb])
+    xa, xb = _unit(ea[qa]), _unit(eb[gb])
     agreed, _, _ = _agreed(ab.apply(xa), xb, ba.apply(xb), xa, settings)
     mine = agreed[agreed[:, 0] < len(held)]
     matched += len(mine)
