@@ -89,6 +89,15 @@ def tri_modal_arrays() -> dict[str, np.ndarray]:
     return make_tri_modal_arrays()
 
 
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory) -> str:
+    """The tri-modal arrays saved as one .npz, a fresh file per test module (some modules damage
+    copies of it)."""
+    path = str(tmp_path_factory.mktemp("data") / "tri.npz")
+    np.savez(path, **make_tri_modal_arrays())
+    return path
+
+
 @pytest.fixture(scope="session")
 def tri_modal_dataset() -> data_lib.Dataset:
     """Shared, treat as read-only."""

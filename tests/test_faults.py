@@ -40,13 +40,6 @@ def quiet(_):
 
 
 @pytest.fixture(scope="module")
-def data_path(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("data") / "tri.npz")
-  np.savez(path, **make_tri_modal_arrays())
-  return path
-
-
-@pytest.fixture(scope="module")
 def dataset(data_path):
   return data_lib.load(data_path)
 

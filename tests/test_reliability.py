@@ -18,7 +18,7 @@ from graphbridge import checkpoint as ckpt_lib
 from graphbridge import config_check
 from graphbridge import data as data_lib
 from graphbridge import train as train_lib
-from tests.conftest import REPO_ROOT, load_config_module, make_tri_modal_arrays
+from tests.conftest import REPO_ROOT, load_config_module
 from tests.reliability_worker import config_for
 
 STEPS = 40
@@ -41,13 +41,6 @@ def assert_bit_identical(a, b):
   assert len(leaves_a) == len(leaves_b)
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(x, y)
-
-
-@pytest.fixture(scope="module")
-def data_path(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("data") / "tri.npz")
-  np.savez(path, **make_tri_modal_arrays())
-  return path
 
 
 @pytest.fixture(scope="module")
