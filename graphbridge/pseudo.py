@@ -75,11 +75,12 @@ class PseudoSettings:
     rounds = int(p.get("rounds", AUTO))
     if dataset is not None:
       rounds = resolve_rounds(rounds, dataset)[0]
-    return cls(rounds=rounds, method=str(p.get("method", "sinkhorn")),
-               min_agreement=float(p.get("min_agreement", 0.5)), max_rows=int(p.get("max_rows", 4000)),
-               new_edges=bool(p.get("new_edges", True)), epsilon=float(p.get("epsilon", 0.02)),
-               gate=str(p.get("gate", "probe")), min_precision=float(p.get("min_precision", 0.5)),
-               probe_folds=int(p.get("probe_folds", 4)), min_new_pairs=int(p.get("min_new_pairs", -1)))
+    fields = {}
+    for field in dataclasses.fields(cls):   # each field as the config gives it, else its default,
+      if field.name != "rounds":            # cast to the default's type
+        default = field.default
+        fields[field.name] = type(default)(p.get(field.name, default))
+    return cls(rounds=rounds, **fields)
 
 
 def resolve_rounds(rounds: int, dataset: Dataset) -> tuple[int, str]:
