@@ -455,7 +455,9 @@ def _first_rank_and_ap_levels(query, gallery, key_pairs, exclude_self, chunk_siz
     count_ranks, sorted_ranks, scores = _jax_kernels()
     host_sort = jax.default_backend() == "cpu"  # NumPy's SIMD float32 sort beats XLA's on CPU
     query_unit = _l2_normalise(query)
-    gallery_unit = jnp.asarray(_l2_normalise(gallery))
+    gallery_unit = _l2_normalise(gallery)
+    if not host_sort:
+        gallery_unit = jnp.asarray(gallery_unit)
     n_query, n_gallery = query.shape[0], gallery.shape[0]
     chunk = chunk_size or max(1, SCORE_BLOCK_ELEMENTS // n_gallery)
     chunk = max(1, min(chunk, n_query))
@@ -488,8 +490,13 @@ def _first_rank_and_ap_levels(query, gallery, key_pairs, exclude_self, chunk_siz
 
     def block_at(start):
         stop = min(start + chunk, n_query)
+        if host_sort:  # NumPy's BLAS in a worker thread (it releases the GIL): faster than XLA's dot here
+            return matmul_thread.submit(_host_scores, query_unit[start:stop], gallery_unit, start, exclude_self)
         return scores(padded(query_unit, start, stop), gallery_unit, np.int32(start), exclude_self=exclude_self)
 
+    if host_sort:
+        from concurrent.futures import ThreadPoolExecutor
+        matmul_thread = ThreadPoolExecutor(1)
     starts = list(range(0, n_query, chunk))
     upcoming = block_at(starts[0])
     for i, start in enumerate(starts):
@@ -498,7 +505,7 @@ def _first_rank_and_ap_levels(query, gallery, key_pairs, exclude_self, chunk_siz
         if i + 1 < len(starts):  # dispatched now, so the next matmul runs while this block is ranked
             upcoming = block_at(starts[i + 1])
         if host_sort:
-            host_block = np.asarray(block)[: stop - start]
+            host_block = block.result()
             for level in levels:
                 finish(level, start, stop, _ranks_on_host(host_block, level["rel_idx"][start:stop],
                                                           level["rel_valid"][start:stop]))
@@ -511,7 +518,19 @@ def _first_rank_and_ap_levels(query, gallery, key_pairs, exclude_self, chunk_siz
                 ranks = sorted_ranks(block, padded(level["q_code"], start, stop, -1), level["g_code"],
                                      np.int32(start), exclude_self=exclude_self, width=level["width"])
             finish(level, start, stop, ranks)
+    if host_sort:
+        matmul_thread.shutdown()
     return [(lv["first"], lv["ap"], lv["n_relevant"]) for lv in levels]
+
+
+def _host_scores(query_unit: np.ndarray, gallery_unit: np.ndarray, offset: int, exclude_self: bool) -> np.ndarray:
+    """[c, n_g] float32 cosine scores on the host (CPU path of _first_rank_and_ap_levels); with
+    exclude_self, each query's own gallery item (index offset + row) scores -inf."""
+    s = query_unit @ gallery_unit.T
+    if exclude_self:
+        rows = np.arange(s.shape[0])
+        s[rows, offset + rows] = -np.inf
+    return s
 
 
 def _ranks_on_host(block: np.ndarray, rel_idx: np.ndarray, rel_valid: np.ndarray) -> np.ndarray:
