@@ -23,7 +23,10 @@ pairs; then one SUMMARY line. Reference rows:
 Methods are named option sets (METHODS below, extendable with --method NAME:key=value,key=value or
 NAME:strategy=pivot); --set key=value overrides apply to every trained method (after its own). Values
 are Python literals where they parse ('(1.0,)', '0.5', 'True'), else strings. Strategies that cannot
-run on a data set's pairing shape (pivot needs a star) are listed as n/a with the reason.
+run on a data set's pairing shape (pivot needs a star) are listed as n/a with the reason. A method whose
+config resolves to an earlier method's on a data set (`pair` where `loss.infonce_positives="auto"` picks
+pair positives for every pair set, i.e. on instance-level pairs) is not trained again: it gets the
+earlier method's rows, and the log says so.
 """
 
 from __future__ import annotations
@@ -204,14 +207,41 @@ def summary_line(name: str, rows: list[dict], trained: list[str]) -> str:
 
 # ---- running ----------------------------------------------------------------------------------
 
+def resolved_key(cfg, dataset) -> str:
+  """The config as this data set resolves it: loss.infonce_positives ("auto", "label", "pair") replaced by
+  the choice data.choose_positives makes for each pair set, so methods that differ only in naming what
+  "auto" picks anyway (e.g. `pair` on instance-level pairs) are recognised as one run."""
+  resolved = cfg.copy_and_resolve_references()
+  if "loss" in resolved:
+    with resolved.unlocked():
+      resolved.loss.infonce_positives = ",".join(
+          f"{a}-{b}:{data_lib.choose_positives(dataset, a, b, cfg.loss.infonce_positives)[0]}"
+          for a, b in dataset.pairs)
+  return resolved.to_json(sort_keys=True)
+
+
 def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, log=print) -> dict:
   from graphbridge import report as report_lib
   from graphbridge import strategies as strat_lib
   from graphbridge.graph import GraphError
   dataset = data_lib.load_named(name)
   rows, skipped, seconds = [], {}, {}
+  trained_as: dict[str, str] = {}  # resolved config -> the method that trained it
   for label, options in methods.items():
     overrides = {**options, **global_overrides}
+    try:
+      key = resolved_key(make_config(name, overrides), dataset)
+    except (GraphError, ValueError):
+      key = None  # reported as n/a below
+    if key in trained_as and trained_as[key] not in skipped:
+      same = trained_as[key]
+      rows += [{**r, "method": label} for r in rows if r["method"] == same]
+      seconds[label] = 0.0
+      log(f"  {label}: the same run as {same} on this data set (loss.infonce_positives resolves to the same "
+          f"choice for every pair set): its rows are reused")
+      continue
+    if key is not None:
+      trained_as[key] = label
     per_seed = []
     t0 = time.perf_counter()
     try:

@@ -176,3 +176,14 @@ def test_benchmark_mrr_and_overrides():
       "loss.cycle_weights": (1.0, 0.5), "strategy": "pivot", "train.steps": 10}
   rows = [{"method": "m", "level": "instance", "hops": h, "MRR": v} for h, v in ((1, 0.9), (2, 0.4), (3, 0.2))]
   assert bench.by_hops(rows, "m", "instance", "MRR") == {1: 0.9, 2: 0.4, 3: 0.2, "never": pytest.approx(0.3)}
+
+
+def test_benchmark_recognises_methods_that_resolve_to_one_run():
+  """`pair` on instance-level pairs is what `auto` picks anyway: one run, rows reused; on the class-level
+  digits pairs the two differ (and pivot differs from default everywhere)."""
+  bench = _load_module(os.path.join(ROOT, "benchmarks", "bridges.py"), "bench_bridges")
+  for name, same in (("mv6", True), ("digits", False)):
+    ds = data_lib.load_named(name)
+    keys = {m: bench.resolved_key(bench.make_config(name, o), ds) for m, o in bench.METHODS.items()}
+    assert (keys["default"] == keys["pair"]) is same
+    assert keys["default"] != keys["pivot"]
