@@ -41,6 +41,32 @@ def test_sinkhorn_plan_has_uniform_marginals_and_beats_nn_on_a_hub():
   assert len(ot) >= len(nn)
 
 
+@pytest.mark.parametrize("n_q, n_g", [(130, 130), (200, 131), (257, 300)])
+def test_sinkhorn_scaling_domain_equals_the_log_domain_on_padded_shapes(n_q, n_g):
+  """The default (scaling domain, padded to SINKHORN_BUCKET) gives the log domain's plan; sizes that are
+  not multiples of the bucket, square and not."""
+  rng = np.random.default_rng(n_q + n_g)
+  x = rng.normal(size=(n_q, 16))
+  y = x[rng.integers(0, n_q, n_g)] @ _rotation(16, rng) + 0.8 * rng.normal(size=(n_g, 16))
+  plan = pseudo.sinkhorn_plan(x, y, epsilon=0.02)
+  cost = (1.0 - pseudo._unit(x) @ pseudo._unit(y).T).astype(np.float32)
+  log_plan = np.asarray(pseudo._sinkhorn_jit(cost, np.float32(0.02), 200, np.float32(1e-3)))
+  assert plan.shape == (n_q, n_g)
+  np.testing.assert_allclose(plan, log_plan, rtol=1e-3, atol=1e-6 * log_plan.max())
+  np.testing.assert_allclose(plan.sum(0), 1 / n_g, rtol=1e-3)
+
+
+def test_sinkhorn_falls_back_to_the_log_domain_where_the_kernel_underflows():
+  """At a tiny epsilon a gallery row far from every query has an all-zero scaled kernel column; the
+  plan is still finite, with uniform column marginals, from the log domain."""
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(40, 8)) + 3.0
+  y = np.concatenate([x[:39] + 0.05 * rng.normal(size=(39, 8)), -x[39:]])  # the last row: opposite all
+  plan = pseudo.sinkhorn_plan(x, y, epsilon=0.002)
+  assert np.all(np.isfinite(plan))
+  np.testing.assert_allclose(plan.sum(0), 1 / 40, rtol=1e-2)
+
+
 class _LinearAligner:
   """Exact maps between views: b = a @ rot; c is unrelated to both (random features)."""
   name = "exact"
