@@ -108,3 +108,35 @@ def test_run_logs_the_decision_and_takes_the_matching_path(monkeypatch):
   with pytest.raises(_Entered, match="^train$"):
     strategies.run_strategy(config, _views(class_level=False), None, log=lines.append)
   assert not any(line.startswith("pseudo-pairs") for line in lines), lines
+
+
+def test_a_run_that_stops_early_keeps_its_model_in_the_workdir(tmp_path, monkeypatch):
+  """No pseudo-pair passes the gate after round 0: the kept model is round 0's (trained into round0/),
+  so its checkpoints and metrics are copied into the workdir, where a finished run's model is; loading
+  the workdir gives round 0's params, and a rerun (everything resumed) copies again without error."""
+  from graphbridge import strategies
+  from graphbridge import train as train_lib
+  monkeypatch.setattr(pseudo, "probe_precision", lambda *a, **k: 0.0)  # the gate rejects every pair set
+  c = defaults.shrink_for_tests(defaults.base_config())
+  c.pseudo.rounds = 2
+  c.train.tensorboard = False
+  workdir = str(tmp_path / "run")
+  lines = []
+  run = strategies.run_strategy(c, _views(class_level=False), workdir, log=lines.append)
+  assert any("no modality pair passed the gate" in l for l in lines)
+  assert (tmp_path / "run" / "round0" / "checkpoints").is_dir()
+  assert (tmp_path / "run" / "checkpoints").is_dir() and (tmp_path / "run" / "metrics.jsonl").is_file()
+  assert '"round": 0' in (tmp_path / "run" / strategies.PUBLISHED).read_text()
+  loaded = train_lib.load_trained(workdir)
+  for key, stacked in run.results[-1].params.items():
+    for a, b in zip(jax_leaves(stacked), jax_leaves(loaded.params[key])):
+      np.testing.assert_array_equal(a, b)
+  lines.clear()
+  strategies.run_strategy(c, _views(class_level=False), workdir, log=lines.append)  # rerun: resumed, copied again
+  assert any("copied into" in l for l in lines)
+  assert train_lib.load_trained(workdir).step == loaded.step
+
+
+def jax_leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]

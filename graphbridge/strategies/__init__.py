@@ -113,6 +113,44 @@ def aligner_for(strategy: str, layout, params, compute_dtype: str, name: str | N
   return GraphAligner(layout, params, compute_dtype, name=name or strategy)
 
 
+PUBLISHED = "kept_round.json"   # in a workdir whose outputs were copied from a round's (publish_round)
+ROUND_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard")
+
+
+def publish_round(round_dir: str, workdir: str, kept: int, rounds: int, log: Callable[[str], None] = print) -> None:
+  """Self-training stopped before its last round (no pseudo-pair passed the gate), so the kept model
+  lives in round_dir, not in the workdir where a finished run's model is. Copy its checkpoints,
+  metrics.jsonl and tensorboard events into the workdir, so `graphbridge.load(workdir)`,
+  launch/evaluate.py and the report's training curves find them, and record the copy in
+  kept_round.json. Outputs already in the workdir are replaced only when an earlier copy put them
+  there (a rerun); anything else there is left as it is, with a message."""
+  import json
+  import shutil
+  marker = os.path.join(workdir, PUBLISHED)
+  copied_before = os.path.exists(marker)
+  kept_out = [name for name in ROUND_OUTPUTS if os.path.exists(os.path.join(workdir, name))]
+  if kept_out and not copied_before:
+    log(f"pseudo-pairs: kept round {kept}'s model is in {round_dir}; {workdir} already holds "
+        f"{', '.join(kept_out)} from another run, left as they are")
+    return
+  for name in ROUND_OUTPUTS:
+    src, dst = os.path.join(round_dir, name), os.path.join(workdir, name)
+    if not os.path.exists(src):
+      continue
+    tmp = dst + ".copying"
+    for stale in (tmp, dst):
+      if os.path.isdir(stale):
+        shutil.rmtree(stale)
+      elif os.path.exists(stale):
+        os.remove(stale)
+    (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, tmp)
+    os.replace(tmp, dst)
+  with open(marker, "w") as f:
+    json.dump({"round": kept, "rounds": rounds, "copied_from": os.path.basename(round_dir)}, f)
+  log(f"pseudo-pairs: kept the model of round {kept} ({os.path.basename(round_dir)}/); its checkpoints and "
+      f"metrics are copied into {workdir}")
+
+
 def run_strategy(config: ml_collections.ConfigDict, dataset: Dataset, workdir: str | None,
                  log: Callable[[str], None] = print) -> StrategyRun:
   """Train `config.strategy`'s stages on `dataset` (checkpoints under workdir).
@@ -135,10 +173,18 @@ def run_strategy(config: ml_collections.ConfigDict, dataset: Dataset, workdir: s
       log(f"pseudo-pairs: {rounds} round{'' if rounds == 1 else 's'} ({why})")
   if rounds > 0:
     round_dir = lambda r: workdir if (workdir is None or r == rounds) else os.path.join(workdir, f"round{r}")
+    trained_rounds = []
+
+    def train_round(ds, r):
+      trained_rounds.append(r)
+      return train_lib.train(config, round_dir(r), dataset=ds, log=log)
+
     # each round rebuilds the graph from its data: accepted pseudo-pairs may add edges
     result, trained_on = pseudo.self_train(
-        config, dataset, lambda ds, r: train_lib.train(config, round_dir(r), dataset=ds, log=log),
+        config, dataset, train_round,
         lambda res: strategy.make_aligner(res.setup.layout, res.params, res.setup.compute_dtype), log=log)
+    if workdir is not None and trained_rounds[-1] != rounds:  # stopped early: the kept model is a round's
+      publish_round(round_dir(trained_rounds[-1]), workdir, trained_rounds[-1], rounds, log)
     plan, results = [], [result]
   for i, stage in enumerate(plan):
     if len(plan) > 1 or stage.overrides or stage.objective is not None:
