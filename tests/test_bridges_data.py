@@ -187,3 +187,16 @@ def test_benchmark_recognises_methods_that_resolve_to_one_run():
     keys = {m: bench.resolved_key(bench.make_config(name, o), ds) for m, o in bench.METHODS.items()}
     assert (keys["default"] == keys["pair"]) is same
     assert keys["default"] != keys["pivot"]
+
+
+def test_shapes_benchmark_builds_loadable_sets_of_the_stated_shapes(tmp_path):
+  """benchmarks/shapes.py: every shape is a valid .npz of the stated size (no training here)."""
+  shapes = _load_module(os.path.join(ROOT, "benchmarks", "shapes.py"), "bench_shapes")
+  expected = {"two_5_5000": (2, 1), "chain_few": (3, 2), "star_class": (4, 3), "tree6": (6, 5), "cycle10": (10, 10)}
+  for shape, (n_modalities, n_pair_sets) in expected.items():
+    path = str(tmp_path / f"{shape}.npz")
+    np.savez(path, **shapes.build(shape))
+    ds = data_lib.load(path)
+    assert len(ds.names) == n_modalities and len(ds.pairs) == n_pair_sets, shape
+  dims = {m.emb.shape[1] for m in data_lib.load(str(tmp_path / "two_5_5000.npz")).modalities.values()}
+  assert dims == {5, 5000}
