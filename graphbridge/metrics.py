@@ -497,29 +497,31 @@ def _first_rank_and_ap_levels(query, gallery, key_pairs, exclude_self, chunk_siz
     if host_sort:
         from concurrent.futures import ThreadPoolExecutor
         matmul_thread = ThreadPoolExecutor(1)
-    starts = list(range(0, n_query, chunk))
-    upcoming = block_at(starts[0])
-    for i, start in enumerate(starts):
-        stop = min(start + chunk, n_query)
-        block = upcoming
-        if i + 1 < len(starts):  # dispatched now, so the next matmul runs while this block is ranked
-            upcoming = block_at(starts[i + 1])
-        if host_sort:
-            host_block = block.result()
+    try:  # the worker thread is shut down also on errors
+        starts = list(range(0, n_query, chunk))
+        upcoming = block_at(starts[0])
+        for i, start in enumerate(starts):
+            stop = min(start + chunk, n_query)
+            block = upcoming
+            if i + 1 < len(starts):  # dispatched now, so the next matmul runs while this block is ranked
+                upcoming = block_at(starts[i + 1])
+            if host_sort:
+                host_block = block.result()
+                for level in levels:
+                    finish(level, start, stop, _ranks_on_host(host_block, level["rel_idx"][start:stop],
+                                                              level["rel_valid"][start:stop]))
+                continue
             for level in levels:
-                finish(level, start, stop, _ranks_on_host(host_block, level["rel_idx"][start:stop],
-                                                          level["rel_valid"][start:stop]))
-            continue
-        for level in levels:
-            if level["counting"]:
-                ranks = count_ranks(block, padded(level["rel_idx"], start, stop),
-                                    padded(level["rel_valid"], start, stop, False))
-            else:
-                ranks = sorted_ranks(block, padded(level["q_code"], start, stop, -1), level["g_code"],
-                                     np.int32(start), exclude_self=exclude_self, width=level["width"])
-            finish(level, start, stop, ranks)
-    if host_sort:
-        matmul_thread.shutdown()
+                if level["counting"]:
+                    ranks = count_ranks(block, padded(level["rel_idx"], start, stop),
+                                        padded(level["rel_valid"], start, stop, False))
+                else:
+                    ranks = sorted_ranks(block, padded(level["q_code"], start, stop, -1), level["g_code"],
+                                         np.int32(start), exclude_self=exclude_self, width=level["width"])
+                finish(level, start, stop, ranks)
+    finally:
+        if host_sort:
+            matmul_thread.shutdown(wait=True, cancel_futures=True)
     return [(lv["first"], lv["ap"], lv["n_relevant"]) for lv in levels]
 
 

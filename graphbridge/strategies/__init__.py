@@ -183,7 +183,9 @@ def run_strategy(config: ml_collections.ConfigDict, dataset: Dataset, workdir: s
     result, trained_on = pseudo.self_train(
         config, dataset, train_round,
         lambda res: strategy.make_aligner(res.setup.layout, res.params, res.setup.compute_dtype), log=log)
-    if workdir is not None and trained_rounds[-1] != rounds:  # stopped early: the kept model is a round's
+    import jax
+    if workdir is not None and trained_rounds[-1] != rounds and jax.process_index() == 0:
+      # stopped early: the kept model is a round's (process 0 writes, as for checkpoints)
       publish_round(round_dir(trained_rounds[-1]), workdir, trained_rounds[-1], rounds, log)
     plan, results = [], [result]
   for i, stage in enumerate(plan):
