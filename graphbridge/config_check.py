@@ -195,6 +195,8 @@ def range_problems(config) -> list[str]:
       good = False
     if not good:
       problems.append(f"{key} must be {what}, got {value!r}")
+  if _get(config, "train.keep_best") and not _get(config, "train.validate_every"):
+    problems.append("train.keep_best needs train.validate_every > 0 (the best step is the best validated one)")
   ks = _get(config, "eval.ks")
   if ks is not None:
     values = names(ks) if isinstance(ks, str) else tuple(ks)

@@ -75,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.validate_every = 0       # > 0: every N steps, retrieval mAP on held-back train rows (val/mAP);
   c.train.validate_fraction = 0.1  # the fraction of train rows held back (never trained on); see
                                    # graphbridge/validation.py
+  c.train.keep_best = False        # with validate_every > 0: end with the params of the best val/mAP step
+                                   # (early stopping; for few pairs of large dims, where the MLP overfits)
   c.train.checkpoint_every = 200   # per-edge Orbax checkpoints under workdir/checkpoints
   c.train.keep_checkpoints = 2
   c.train.skip_nonfinite = True    # a NaN/inf step leaves params untouched, then the run stops naming it

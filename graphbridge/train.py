@@ -797,7 +797,8 @@ def _train(config, workdir, dataset, frozen_params, graph, log, objective, froze
                                                              else None), log=log)
   lr_at = learning_rate_schedule(config)
   if validate_every > 0:
-    validator = validation_lib.Validator(layout, val_view, setup.compute_dtype)
+    validator = validation_lib.Validator(layout, val_view, setup.compute_dtype,
+                                         keep=bool(config.train.get("keep_best", False)))
 
   skip_nonfinite = bool(config.train.get("skip_nonfinite", True))
   batches = None
@@ -864,6 +865,11 @@ def _train(config, workdir, dataset, frozen_params, graph, log, objective, froze
                  f"{int(values['val/best_step'])})" if "val/mAP" in values else "")
           log(f"step {done}/{n_total}  loss {values['loss/total']:.4f}  {progress_terms(values)}  "
               f"lr {values['lr']:.2e}{val}  {speed}")
+      if done == n_total and validator is not None and validator.keep and validator.best_params is not None \
+          and validator.best_step != done:  # train.keep_best: end with the best validated step's params
+        state = with_edge_params(state, validator.best_params, setup)
+        log(f"keeping the params of step {validator.best_step} (best val mAP {validator.best_map:.3f}; "
+            f"train.keep_best)")
       if checkpoints and ((ckpt_every > 0 and done % ckpt_every == 0) or done == n_total):
         raise_if_unhealthy(setup, state["health"])
         # every process gathers the (possibly sharded) state; Orbax writes numpy from process 0
@@ -885,6 +891,18 @@ def _train(config, workdir, dataset, frozen_params, graph, log, objective, froze
     state = jax.tree.map(jnp.asarray, sharding_lib.to_host(state))
   return TrainResult(setup, state, frozen_f32, full_dataset, max(n_total - start, 0), seconds, compile_seconds,
                      final)
+
+
+def with_edge_params(state: dict, params: Mapping, setup) -> dict:
+  """state with its trainable edge params replaced by `params` ({bucket_key: stacked}, host arrays; extra
+  keys such as frozen buckets are ignored), each placed as the leaf it replaces (device, sharding)."""
+  edges = state["params"]["edges"]
+  new_edges = jax.tree.map(lambda old, new: jax.device_put(jnp.asarray(new, old.dtype), old.sharding), edges,
+                           {k: params[k] for k in edges})
+  out = {**state, "params": {**state["params"], "edges": new_edges}}
+  if "compute_params" in state:
+    out["compute_params"] = to_compute_dtype(setup, new_edges)
+  return out
 
 
 # ---- loading a trained run ---------------------------------------------------------------------

@@ -5,7 +5,9 @@ modality's train rows (the same instance ids across modalities where every modal
 held back before training: the run never trains on them (neither pairs nor cycles), and every N
 steps mean mAP over the default route of every ordered pair of modalities is computed on them and
 written as `val/mAP` (plus `val/mAP/<query>-><gallery>`), with the best so far (`val/best_mAP`,
-`val/best_step`). It monitors; nothing is selected or stopped on it, and the test split is never
+`val/best_step`). By itself it monitors; with `train.keep_best = True` the run ends with the params
+of the best validated step (early stopping without stopping: they are what the run returns and what
+its last checkpoint holds; the optimizer state stays the last step's). The test split is never
 touched. Cost: one translation of the held-back rows per route and an [n, n] similarity per route.
 """
 
@@ -64,12 +66,15 @@ class Validator:
   compute_dtype: str = "float32"
   best_map: float = float("-inf")
   best_step: int = -1
+  best_params: dict | None = None    # host copy of the best step's params (kept only with keep=True)
+  keep: bool = False
 
   def score(self, step: int, params: Mapping) -> dict[str, float]:
     """{"val/mAP", "val/mAP/<q>-><g>"..., "val/best_mAP", "val/best_step"}; params: stacked, every edge."""
     from graphbridge import evaluate as eval_lib
     import jax
-    aligner = eval_lib.GraphAligner(self.layout, jax.device_get(dict(params)), self.compute_dtype, name="val")
+    host = jax.device_get(dict(params))
+    aligner = eval_lib.GraphAligner(self.layout, host, self.compute_dtype, name="val")
     rows = eval_lib.retrieval_rows(aligner, self.dataset, split="test", ks=(1,))
     level = "instance" if any(r["level"] == "instance" for r in rows) else "class"
     rows = [r for r in rows if r["level"] == level]
@@ -79,4 +84,6 @@ class Validator:
     mean = float(np.mean([r["mAP"] for r in rows]))
     if mean > self.best_map:
       self.best_map, self.best_step = mean, int(step)
+      if self.keep:
+        self.best_params = host
     return {"val/mAP": mean, **out, "val/best_mAP": self.best_map, "val/best_step": float(self.best_step)}

@@ -87,3 +87,45 @@ def test_format_eta():
   assert writers.format_eta(185) == "3m05s"
   assert writers.format_eta(3720) == "1h02m"
   assert writers.format_eta(float("nan")) == "?"
+
+
+def test_keep_best_ends_with_the_best_validated_params(tmp_path, tri_modal_dataset, digits_config_module,
+                                                       monkeypatch):
+  """train.keep_best: the run returns, and its last checkpoint holds, the params scored best on the
+  held-back rows (here step 10 of 20, by scripted validation scores), not the last step's."""
+  import jax
+  from graphbridge import evaluate as eval_lib
+  scripted = iter([0.2, 0.9, 0.5, 0.4])   # steps 5, 10, 15, 20
+  seen = {}
+
+  def fake_rows(aligner, dataset, split="test", ks=(1,)):
+    seen[len(seen) * 5 + 5] = jax.tree.map(np.array, aligner.params)
+    return [{"level": "instance", "query": "image", "gallery": "text", "mAP": next(scripted)}]
+
+  monkeypatch.setattr(eval_lib, "retrieval_rows", fake_rows)
+  config = digits_config_module.get_config("tiny")
+  config.model.hidden = (16,)
+  config.data.batch_size = 16
+  config.train.steps = 20
+  config.train.log_every = 5
+  config.train.validate_every = 5
+  config.train.keep_best = True
+  workdir = str(tmp_path / "run")
+  lines = []
+  result = train_lib.train(config, workdir, dataset=tri_modal_dataset, log=lines.append)
+  assert any("keeping the params of step 10" in line for line in lines)
+  loaded = train_lib.load_trained(workdir)
+  assert loaded.step == 20
+  for key, stacked in result.state["params"]["edges"].items():
+    for got, saved, best, last in zip(jax.tree.leaves(stacked), jax.tree.leaves(loaded.params[key]),
+                                      jax.tree.leaves(seen[10][key]), jax.tree.leaves(seen[20][key])):
+      np.testing.assert_array_equal(np.asarray(got), best)
+      np.testing.assert_array_equal(np.asarray(saved), best)
+      assert not np.array_equal(best, last)
+
+
+def test_keep_best_needs_validation(digits_config_module):
+  from graphbridge import config_check
+  config = digits_config_module.get_config("tiny")
+  config.train.keep_best = True
+  assert any("train.keep_best needs train.validate_every" in p for p in config_check.range_problems(config))
