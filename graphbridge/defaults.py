@@ -141,10 +141,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_queries = 0          # retrieval: score a seeded sample of this many query rows per route
                                   # against the whole gallery (0: every row); reported when used
   c.eval.paths = ""               # extra named routes to report, e.g. "image->text->audio"
-  c.eval.routes = "ensemble"      # never-paired modalities: "ensemble" averages the similarities of
+  c.eval.routes = "auto"          # never-paired modalities: "ensemble" averages the similarities of
                                   # the fewest-hop routes meeting between query and gallery (one per
                                   # meeting node); "ensemble_all" also in their own spaces; "best":
-                                  # one route (docs/evaluation.md, "Routes")
+                                  # one route; "auto": ensemble_all where every pair set is instance-
+                                  # level, else ensemble (docs/evaluation.md, "Routes")
   c.eval.csls_k = 0               # > 0: CSLS hubness correction with k neighbours (transductive)
   c.eval.cycle_length = 3         # reconstruction table: cycles of up to this many hops
   c.eval.path_hops = 3            # reconstruction table: paths a->...->b of up to this many hops

@@ -46,7 +46,7 @@ class EvalOptions:
   seed: int = 0
   plot_dpi: int = 120                  # raster figures; PDF/SVG are vector
   plot_formats: tuple[str, ...] = ("png",)   # also ("png", "pdf") or ("png", "svg") for papers
-  routes: str = "ensemble"             # translator aligners: default route for never-paired pairs
+  routes: str = "auto"                 # translator aligners: default route for never-paired pairs
   csls_k: int = 0                      # > 0: CSLS hubness correction (transductive)
   tables: tuple[str, ...] = ()         # evaluators.EVALUATORS names to compute; () = all
 
@@ -60,7 +60,7 @@ class EvalOptions:
                   extra_routes=paths, cycle_length=int(ev.get("cycle_length", 3)),
                   path_hops=int(ev.get("path_hops", 3)), seed=int(config.get("seed", 0) or 0),
                   plot_dpi=int(ev.get("plot_dpi", 120)), plot_formats=_formats(ev.get("plot_formats", "png")),
-                  routes=str(ev.get("routes", "ensemble")), csls_k=int(ev.get("csls_k", 0) or 0),
+                  routes=str(ev.get("routes", "auto")), csls_k=int(ev.get("csls_k", 0) or 0),
                   tables=_names(ev.get("tables", "")), max_queries=int(ev.get("max_queries", 0) or 0))
     return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -102,7 +102,8 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
   aligner, before = (with_route_options(a, options) for a in (aligner, before))
   ctx = evaluators.Context(aligner, dataset, before, options)
   summary = {"strategy": aligner.name, "data": dataset.source, "split": split,
-             "routes": options.routes, "csls_k": int(options.csls_k), "transductive": bool(options.csls_k > 0)}
+             "routes": options.routes, "route_mode": "%s (%s)" % eval_lib.resolve_route_mode(options.routes, dataset),
+             "csls_k": int(options.csls_k), "transductive": bool(options.csls_k > 0)}
   for evaluator in evaluators.selected(options.tables):
     summary.update(evaluator.compute(ctx))
   from graphbridge.data_tools import split_warning

@@ -97,3 +97,22 @@ def test_csls_ranks_as_two_cos_minus_hubness():
   np.testing.assert_array_equal(np.argsort(-(qn @ gn.T), axis=1, kind="stable"),
                                 np.argsort(-want, axis=1, kind="stable"))
   assert (np.argmax(cos, 1) == 0).sum() > (np.argmax(want, 1) == 0).sum()  # the hub is demoted
+
+
+def test_auto_route_mode_reads_the_pair_sets():
+  """eval.routes="auto" (the default): ensemble_all where every pair set is instance-level (ids agree along
+  the pairs), ensemble where a pair set is class-level (the embedded digits set); an aligner resolves it
+  when bound to the data."""
+  instance = _tri()
+  assert eval_lib.resolve_route_mode("auto", instance)[0] == "ensemble_all"
+  assert eval_lib.resolve_route_mode("auto", data_lib.load_digits())[0] == "ensemble"
+  assert eval_lib.resolve_route_mode("best", instance) == ("best", "asked for")
+  chain = ModalityGraph.build({"image": 6, "text": 5, "audio": 7})
+  chain = chain.add_edges_both_ways("image", "text").add_edges_both_ways("audio", "text")
+  aligner = _aligner(chain)
+  assert aligner.routes == "auto" and aligner.route_mode == "ensemble"   # unbound: the inner ensemble
+  aligner.bind_data(instance)
+  assert aligner.route_mode == "ensemble_all"
+  parts = routes_lib.split_ensemble(aligner.default_route("image", "audio"))
+  assert sorted(parts) == sorted(r.name for r in routes_lib.meeting_routes(chain, "image", "audio"))
+  assert len(parts) == 3   # into text (between), and into audio's and image's own spaces
