@@ -58,6 +58,9 @@ METHODS = {
 DEFAULT_METHODS = ("default", "pair", "pivot", "pairwise")
 QUICK_METHODS = ("default", "pair")
 LINEAR = ("ridge-chain", "procrustes-chain", "oracle-ridge")
+# the linear references again with the query-bank hubness correction that the default evaluation
+# applies on this data set (eval.querybank_k, resolved as for the default method; absent where off)
+LINEAR_QB = ("ridge-chain+qb", "oracle-ridge+qb")
 METRICS = (("instance", "R@1"), ("instance", "MRR"), ("class", "mAP"))
 
 
@@ -117,9 +120,10 @@ def mrr(zq: np.ndarray, zg: np.ndarray, kq: np.ndarray, kg: np.ndarray) -> float
   return float(np.mean(1.0 / rank[keep]))
 
 
-def score(aligner, dataset, split: str = "test") -> list[dict]:
+def score(aligner, dataset, split: str = "test", querybank_k: int = 0, seed: int = 0) -> list[dict]:
   """One row per (query, gallery, level) for the aligner's default route of every ordered pair:
-  R@1, mAP, MRR, hops (paired-data graph)."""
+  R@1, mAP, MRR, hops (paired-data graph). querybank_k > 0: ranked with the query-bank hubness
+  correction, as the report ranks them (evaluate.querybank_scores)."""
   hops_graph = eval_lib.pairs_graph(dataset)
   cache = eval_lib.EncodingCache(aligner, dataset, split)
   rows = []
@@ -127,16 +131,19 @@ def score(aligner, dataset, split: str = "test") -> list[dict]:
     enc = cache.get(spec)
     if enc is None:
       continue
+    zq, zg = enc.zq, enc.zg
+    if querybank_k > 0:
+      zq, zg = eval_lib.querybank_scores(aligner, dataset, enc, zq, querybank_k, seed)
     for level in eval_lib.levels_available(dataset, spec.query, spec.gallery):
       attr = "ids" if level == "instance" else "labels"
       kq = getattr(dataset.modalities[spec.query], attr)[enc.query_rows]
       kg = getattr(dataset.modalities[spec.gallery], attr)[enc.gallery_rows]
       if not np.isin(kq, kg).any():
         continue
-      m = metrics_lib.retrieval_metrics(enc.zq, enc.zg, kq, kg, ks=(1,))
+      m = metrics_lib.retrieval_metrics(zq, zg, kq, kg, ks=(1,))
       rows.append({"method": aligner.name, "query": spec.query, "gallery": spec.gallery, "route": spec.route,
                    "hops": hops_graph.hop_distance(spec.query, spec.gallery), "level": level,
-                   "R@1": m["R@1"], "mAP": m["mAP"], "MRR": mrr(enc.zq, enc.zg, kq, kg)})
+                   "R@1": m["R@1"], "mAP": m["mAP"], "MRR": mrr(zq, zg, kq, kg)})
   return rows
 
 
@@ -190,16 +197,21 @@ def summary_line(name: str, rows: list[dict], trained: list[str]) -> str:
     v = by_hops(rows, method, level, metric).get("never")
     if v is None:
       continue
-    ratio = f" ({v / ref['ridge-chain']:.2f}x ridge, {v / ref['oracle-ridge']:.2f}x oracle)" \
+    ratio = f" ({v / ref['ridge-chain']:.2f}x ridge, {v / ref['oracle-ridge']:.2f}x oracle" \
         if ref.get("ridge-chain") and ref.get("oracle-ridge") else ""
+    qb = by_hops(rows, "ridge-chain+qb", level, metric).get("never")
+    if ratio:
+      ratio += (f", {v / qb:.2f}x ridge+qb)" if qb else ")")
     parts.append(f"{method} {v:.3f}{ratio}")
   parts += [f"{m} {ref[m]:.3f}" for m in LINEAR if ref.get(m) is not None]
+  parts += [f"{m} {v:.3f}" for m in LINEAR_QB
+            if (v := by_hops(rows, m, level, metric).get("never")) is not None]
   line = f"SUMMARY {name}: never-paired {level} {metric}: " + ", ".join(parts)
   if level == "instance":
-    r3 = {m: by_hops(rows, m, "instance", "R@1").get(3) for m in trained + list(LINEAR)}
+    r3 = {m: by_hops(rows, m, "instance", "R@1").get(3) for m in trained + list(LINEAR + LINEAR_QB)}
     if any(v is not None for v in r3.values()):
       line += "; 3-hop R@1: " + ", ".join(f"{m} {v:.3f}" for m, v in r3.items() if v is not None)
-  cls = {m: by_hops(rows, m, "class", "mAP").get("never") for m in trained + list(LINEAR)}
+  cls = {m: by_hops(rows, m, "class", "mAP").get("never") for m in trained + list(LINEAR + LINEAR_QB)}
   if level == "instance" and any(v is not None for v in cls.values()):
     line += "; class mAP: " + ", ".join(f"{m} {v:.3f}" for m, v in cls.items() if v is not None)
   return line
@@ -251,7 +263,8 @@ def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, lo
             log(f"  {label}: {m}") if m.startswith("pseudo-pairs") else None))
         aligner = report_lib.with_route_options(run.aligner, report_lib.EvalOptions.from_config(cfg))
         aligner.name = label
-        per_seed += score(aligner, dataset)
+        bank_k = eval_lib.resolve_querybank(cfg.eval.querybank_k, dataset, cfg.eval.csls_k)[0]
+        per_seed += score(aligner, dataset, querybank_k=bank_k, seed=int(cfg.seed))
     except (GraphError, ValueError) as exc:
       skipped[label] = str(exc).splitlines()[0]
       log(f"  {label}: n/a ({skipped[label]})")
@@ -260,9 +273,15 @@ def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, lo
     rows += average_seeds(per_seed)
     log(f"  {label}: trained and scored in {seconds[label]:.0f}s")
   t0 = time.perf_counter()
-  for aligner in (baselines.ChainAligner(dataset, "ridge"), baselines.ChainAligner(dataset, "procrustes"),
-                  baselines.OracleAligner(dataset)):
+  linear = (baselines.ChainAligner(dataset, "ridge"), baselines.ChainAligner(dataset, "procrustes"),
+            baselines.OracleAligner(dataset))
+  for aligner in linear:
     rows += score(aligner, dataset)
+  default = make_config(name, global_overrides)
+  bank_k = eval_lib.resolve_querybank(default.eval.querybank_k, dataset, default.eval.csls_k)[0]
+  if bank_k > 0:
+    for aligner, label in ((linear[0], LINEAR_QB[0]), (linear[2], LINEAR_QB[1])):
+      rows += [{**r, "method": label} for r in score(aligner, dataset, querybank_k=bank_k, seed=int(default.seed))]
   seconds["linear"] = time.perf_counter() - t0
   return {"dataset": name, "rows": rows, "skipped": skipped, "seconds": seconds,
           "trained": [m for m in methods if m not in skipped],
@@ -281,7 +300,7 @@ def dataset_job(name: str, methods: dict, overrides: dict, seeds: int) -> dict:
 
 def report(result: dict) -> str:
   name, rows, trained = result["dataset"], result["rows"], result["trained"]
-  methods = trained + list(LINEAR)
+  methods = trained + list(LINEAR) + [m for m in LINEAR_QB if any(r["method"] == m for r in rows)]
   out = [f"== {name}: {len(result['modalities'])} modalities, pair sets {', '.join(result['pair_sets'])} "
          f"(test split) =="]
   for level, metric in METRICS:

@@ -71,6 +71,10 @@ def compare(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dat
   posthoc = config_check.names(config.compare.posthoc) or ("none",)
   seeds = [int(config.seed) + i for i in range(int(config.compare.seeds))]
   rows: list[dict] = []
+  bank_k, bank_why = eval_lib.resolve_querybank(config.eval.get("querybank_k", -1), dataset,
+                                                int(config.eval.get("csls_k", 0) or 0))
+  log(f"query-bank hubness correction: {'k=%d' % bank_k if bank_k else 'off'} ({bank_why}), "
+      "the same for every method and baseline")
   t0 = time.perf_counter()
   for name in names:
     for seed in seeds:
@@ -83,7 +87,8 @@ def compare(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dat
       for base in getattr(run, "aligners", [run.aligner]):  # dmvae: shared latent and translation
         for method in posthoc:
           aligner = base if method == "none" else strat_lib.PosthocAligner(base, method, dataset)
-          for r in eval_lib.retrieval_rows(aligner, dataset, split=config.eval.split, ks=tuple(config.eval.ks)):
+          for r in eval_lib.retrieval_rows(aligner, dataset, split=config.eval.split, ks=tuple(config.eval.ks),
+                                           querybank_k=bank_k):
             rows.append({**r, "seed": seed, "train_seconds": train_seconds})
       zs = [r for r in rows if r["strategy"] == name and r["seed"] == seed and (r["hops"] or 0) >= 2
             and r["level"] == "class"]
@@ -91,7 +96,8 @@ def compare(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dat
           ", ".join(f"{r['query']}->{r['gallery']} {r['mAP']:.3f}" for r in zs) + f"  ({train_seconds:.1f}s)")
   for kind in config_check.names(config.compare.baselines):
     aligner = strat_lib.LinearAligner(dataset, kind)
-    for r in eval_lib.retrieval_rows(aligner, dataset, split=config.eval.split, ks=tuple(config.eval.ks)):
+    for r in eval_lib.retrieval_rows(aligner, dataset, split=config.eval.split, ks=tuple(config.eval.ks),
+                                     querybank_k=bank_k):
       rows.append({**r, "seed": seeds[0], "train_seconds": None})
   level = "instance" if any(r["level"] == "instance" for r in rows) else "class"
   table, zero_shot = summarize(rows, level)

@@ -131,6 +131,13 @@ def validate(config, extra_sections: Iterable[str] = ()) -> None:
   if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < -1):
     problems.append(f"pseudo.rounds must be an integer >= 0, or -1 for auto (2 rounds where every pair "
                     f"set is instance-level), got {rounds!r}")
+  bank = _get(config, "eval.querybank_k")
+  if bank is not None and (isinstance(bank, bool) or not isinstance(bank, int) or bank < -1):
+    problems.append(f"eval.querybank_k must be an integer >= 0 (0: off), or -1 for auto (10 where every "
+                    f"pair set is instance-level), got {bank!r}")
+  elif bank is not None and bank > 0 and (_get(config, "eval.csls_k") or 0) > 0:
+    problems.append(f"eval.querybank_k={bank} and eval.csls_k={_get(config, 'eval.csls_k')}: both correct "
+                    "hubness, choose one (querybank_k=0 or csls_k=0)")
   cycle = _get(config, "loss.cycle_weights")
   if cycle is not None and any(w < 0 for w in cycle):
     problems.append(f"loss.cycle_weights must be >= 0 (weights of 2-, 3-, ... cycles), got {cycle!r}")

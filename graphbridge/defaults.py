@@ -147,6 +147,9 @@ def base_config() -> ml_collections.ConfigDict:
                                   # one route; "auto": ensemble_all where every pair set is instance-
                                   # level, else ensemble (docs/evaluation.md, "Routes")
   c.eval.csls_k = 0               # > 0: CSLS hubness correction with k neighbours (transductive)
+  c.eval.querybank_k = -1         # > 0: query-bank hubness correction, k neighbours among the query
+                                  # modality's train rows (inductive); 0 off; -1 auto: 10 where every
+                                  # pair set is instance-level, else off (docs/evaluation.md, "Hubness")
   c.eval.cycle_length = 3         # reconstruction table: cycles of up to this many hops
   c.eval.path_hops = 3            # reconstruction table: paths a->...->b of up to this many hops
   c.eval.tables = ""              # report tables (evaluators.EVALUATORS), e.g. "retrieval,gap"; "" = all

@@ -169,14 +169,16 @@ def retrieval_rows(aligner: Aligner, dataset: Dataset, split: str = "test",
                    extra_routes: Iterable[str] = (), ks: Sequence[int] = (1, 5, 10),
                    pairs: Sequence[tuple[str, str]] | None = None,
                    cache: EncodingCache | None = None, max_queries: int | None = None,
-                   seed: int = 0) -> list[dict]:
+                   seed: int = 0, querybank_k: int = 0) -> list[dict]:
   """One row per (query, gallery, route, level) with R@k, mAP, median rank and their chance values.
 
   Routes: the aligner's default for every ordered pair (or `pairs`), then `extra_routes` by name.
   Levels: "instance" where both modalities have ids, "class" where both have labels.
   max_queries: score at most this many query rows per route (a seeded sample, the same rows at
   every level), against the whole gallery; each row then records `query_rows` (the split's query
-  rows) and `queries_sampled` = True. None or 0: every query row."""
+  rows) and `queries_sampled` = True. None or 0: every query row.
+  querybank_k > 0: rank each gallery row by its cosine minus its hubness against a bank of the query
+  modality's train rows (querybank_scores; resolve_querybank decides eval.querybank_k=-1)."""
   if max_queries is not None and (isinstance(max_queries, bool) or int(max_queries) != max_queries
                                   or max_queries < 0):
     raise ValueError(f"eval.max_queries must be a non-negative integer (0: every query), got {max_queries!r}")
@@ -192,6 +194,9 @@ def retrieval_rows(aligner: Aligner, dataset: Dataset, split: str = "test",
     if max_queries and n_query_rows > max_queries:
       pick = _subsample(pick, int(max_queries), seed, "max_queries", spec.query, spec.gallery, spec.route)
     zq, q_rows = enc.zq[pick], enc.query_rows[pick]
+    zg = enc.zg
+    if querybank_k and querybank_k > 0:
+      zq, zg = querybank_scores(aligner, dataset, enc, zq, int(querybank_k), seed)
     keys = {}
     for level in levels_available(dataset, spec.query, spec.gallery):
       attr = "ids" if level == "instance" else "labels"
@@ -199,7 +204,7 @@ def retrieval_rows(aligner: Aligner, dataset: Dataset, split: str = "test",
       kg = getattr(dataset.modalities[spec.gallery], attr)[enc.gallery_rows]
       if np.isin(kq, kg).any():  # else no query has a relevant gallery item at this level
         keys[level] = (kq, kg)
-    by_level = metrics_lib.retrieval_metrics_by_level(zq, enc.zg, keys, ks=ks)  # one pass of scores
+    by_level = metrics_lib.retrieval_metrics_by_level(zq, zg, keys, ks=ks)  # one pass of scores
     for level, (kq, kg) in keys.items():
       scores = by_level[level]
       chance = metrics_lib.chance_retrieval_metrics(kq, kg, ks=ks)
@@ -579,18 +584,77 @@ def csls_transform(zq: np.ndarray, zg: np.ndarray, k: int) -> tuple[np.ndarray, 
   Transductive: r uses the whole query set. zq [n_q, d], zg [n_g, d] (unit rows) -> [n, d + 2]:
   queries [x, 1, 0], gallery [y, -r/2, sqrt(1/4 - r^2/4)]; every row of a side has the same norm,
   so cosine = (cos - r/2) / const."""
+  return hubness_transform(zq, zg, knn_mean_similarity(zg, zq, k))
+
+
+QUERYBANK_K = 10            # eval.querybank_k=-1 (auto): neighbours where every pair set is instance-level
+QUERYBANK_MAX_ROWS = 4096   # train rows of the query modality in the bank (a seeded sample beyond)
+
+
+def resolve_querybank(k: int, dataset: Dataset, csls_k: int = 0) -> tuple[int, str]:
+  """(neighbours, why) for eval.querybank_k on `dataset`: k >= 0 as asked; -1 (auto, the default)
+  reads the pair sets with the rule of routes="auto": QUERYBANK_K where every pair set is
+  instance-level (docs/evaluation.md, "Hubness"), off where any is class-level (class-level mAP
+  gains nothing: digits 0.956 -> 0.952), and off where CSLS (eval.csls_k) is asked for, which
+  corrects the same thing from the test queries."""
+  k = int(k)
+  if k >= 0:
+    return k, "asked for"
+  if csls_k and csls_k > 0:
+    return 0, "auto: off, eval.csls_k is set"
+  mode, why = resolve_route_mode("auto", dataset)
+  if mode == "ensemble_all":
+    return QUERYBANK_K, why
+  return 0, why
+
+
+def hubness_transform(zq: np.ndarray, zg: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Two embeddings whose cosine ranks the gallery for each query as cos(x, y) - r(y)/2 does, for
+  a per-gallery-row penalty r in [-1, 1] (zq, zg unit rows) -> [n, d + 2]: queries [x, 1, 0],
+  gallery [y, -r/2, sqrt(1/4 - r^2/4)]; every row of a side has the same norm, so the cosine is
+  (cos - r/2) / const and rankings (R@k, mAP, MRR) follow cos - r/2, i.e. CSLS's 2 cos - r."""
   zq = np.asarray(zq, np.float32)
   zg = np.asarray(zg, np.float32)
-  k = max(1, min(int(k), len(zq)))
-  r = np.empty(len(zg), np.float32)
-  for lo in range(0, len(zg), 2048):
-    sims = zg[lo:lo + 2048] @ zq.T
-    r[lo:lo + 2048] = np.mean(-np.partition(-sims, k - 1, axis=1)[:, :k], axis=1)
-  r = np.clip(r, -1.0, 1.0)
-  a = -r / 2
+  a = -np.clip(np.asarray(r, np.float32), -1.0, 1.0) / 2
   q = np.concatenate([zq, np.ones((len(zq), 1), np.float32), np.zeros((len(zq), 1), np.float32)], 1)
   g = np.concatenate([zg, a[:, None], np.sqrt(np.maximum(0.25 - a ** 2, 0.0))[:, None]], 1)
   return q, g
+
+
+def knn_mean_similarity(zg: np.ndarray, zb: np.ndarray, k: int) -> np.ndarray:
+  """[n_g]: mean cosine of each row of zg to its k nearest rows of zb (unit rows), in blocks."""
+  zg = np.asarray(zg, np.float32)
+  zb = np.asarray(zb, np.float32)
+  k = max(1, min(int(k), len(zb)))
+  r = np.empty(len(zg), np.float32)
+  for lo in range(0, len(zg), 2048):
+    sims = zg[lo:lo + 2048] @ zb.T
+    r[lo:lo + 2048] = np.mean(-np.partition(-sims, k - 1, axis=1)[:, :k], axis=1)
+  return r
+
+
+def _unit_rows(z) -> np.ndarray:
+  z = np.asarray(z, np.float32)
+  return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def querybank_scores(aligner: Aligner, dataset: Dataset, enc: Encoded, zq: np.ndarray, k: int,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Query-bank hubness correction, the inductive form of CSLS (cf. QB-Norm, Bogolin et al., CVPR
+  2022): gallery row y is penalised by r(y), its mean cosine to its k nearest rows of a *bank*, the
+  query modality's train rows (at most QUERYBANK_MAX_ROWS, seeded) brought along the same route,
+  and ranked by cos(x, y) - r(y)/2. Hubs, gallery rows close to many queries whatever the query, are
+  pushed down. Unlike eval.csls_k it never reads the test queries: a gallery row's penalty depends on
+  that row and the train data only. Returns (zq, zg) as hubness_transform writes them (zq: the
+  rows to score, e.g. a sample of enc.zq); unchanged if the query modality has no train rows."""
+  q, g = enc.spec.query, enc.spec.gallery
+  bank = _subsample(split_rows(dataset, q, "train"), QUERYBANK_MAX_ROWS, seed, "querybank", q)
+  if len(bank) == 0:
+    return zq, enc.zg
+  mq, mg = dataset.modalities[q], dataset.modalities[g]
+  zb, _ = aligner.encode(q, g, enc.spec.route, mq.emb[bank], mg.emb[enc.gallery_rows[:2]])
+  zg = _unit_rows(enc.zg)
+  return hubness_transform(_unit_rows(zq), zg, knn_mean_similarity(zg, _unit_rows(zb), k))
 
 
 @dataclasses.dataclass

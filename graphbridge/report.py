@@ -48,6 +48,7 @@ class EvalOptions:
   plot_formats: tuple[str, ...] = ("png",)   # also ("png", "pdf") or ("png", "svg") for papers
   routes: str = "auto"                 # translator aligners: default route for never-paired pairs
   csls_k: int = 0                      # > 0: CSLS hubness correction (transductive)
+  querybank_k: int = -1                # > 0: query-bank hubness correction; -1: auto (resolve_querybank)
   tables: tuple[str, ...] = ()         # evaluators.EVALUATORS names to compute; () = all
 
   @classmethod
@@ -61,6 +62,7 @@ class EvalOptions:
                   path_hops=int(ev.get("path_hops", 3)), seed=int(config.get("seed", 0) or 0),
                   plot_dpi=int(ev.get("plot_dpi", 120)), plot_formats=_formats(ev.get("plot_formats", "png")),
                   routes=str(ev.get("routes", "auto")), csls_k=int(ev.get("csls_k", 0) or 0),
+                  querybank_k=int(ev.get("querybank_k", -1)),
                   tables=_names(ev.get("tables", "")), max_queries=int(ev.get("max_queries", 0) or 0))
     return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -100,10 +102,14 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
   options = options or EvalOptions()
   split = options.split
   aligner, before = (with_route_options(a, options) for a in (aligner, before))
-  ctx = evaluators.Context(aligner, dataset, before, options)
   summary = {"strategy": aligner.name, "data": dataset.source, "split": split,
              "routes": options.routes, "route_mode": "%s (%s)" % eval_lib.resolve_route_mode(options.routes, dataset),
              "csls_k": int(options.csls_k), "transductive": bool(options.csls_k > 0)}
+  bank_k, bank_why = eval_lib.resolve_querybank(options.querybank_k, dataset, options.csls_k)
+  summary["querybank_k"] = bank_k
+  summary["querybank"] = f"{'on, k=%d' % bank_k if bank_k else 'off'} ({bank_why})"
+  options = dataclasses.replace(options, querybank_k=bank_k)
+  ctx = evaluators.Context(aligner, dataset, before, options)
   for evaluator in evaluators.selected(options.tables):
     summary.update(evaluator.compute(ctx))
   from graphbridge.data_tools import split_warning
@@ -314,6 +320,10 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
   if summary.get("transductive"):
     parts.append(f"\n\n> **Transductive:** CSLS hubness correction (k={summary['csls_k']}) ranks each gallery "
                  "with statistics of the whole query set.\n\n")
+  if summary.get("querybank_k"):
+    parts.append(f"\n\nRetrieval ranks each gallery row by its cosine minus its hubness, its mean cosine to its "
+                 f"{summary['querybank_k']} nearest train rows of the query modality (query-bank correction, "
+                 f"`eval.querybank_k`; {summary.get('querybank', '')}); test queries are never used.")
   parts.append("\n\n")
   for evaluator in evaluators.present(summary):
     parts.append(evaluator.markdown(summary))
