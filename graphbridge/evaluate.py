@@ -588,7 +588,7 @@ def csls_transform(zq: np.ndarray, zg: np.ndarray, k: int) -> tuple[np.ndarray, 
 
 
 QUERYBANK_K = 10            # eval.querybank_k=-1 (auto): neighbours where every pair set is instance-level
-QUERYBANK_MAX_ROWS = 4096   # train rows of the query modality in the bank (a seeded sample beyond)
+QUERYBANK_MAX_ROWS = 2048   # train rows of the query modality in the bank (a seeded sample beyond)
 
 
 def resolve_querybank(k: int, dataset: Dataset, csls_k: int = 0) -> tuple[int, str]:
@@ -627,9 +627,11 @@ def knn_mean_similarity(zg: np.ndarray, zb: np.ndarray, k: int) -> np.ndarray:
   zb = np.asarray(zb, np.float32)
   k = max(1, min(int(k), len(zb)))
   r = np.empty(len(zg), np.float32)
+  n = len(zb)
   for lo in range(0, len(zg), 2048):
     sims = zg[lo:lo + 2048] @ zb.T
-    r[lo:lo + 2048] = np.mean(-np.partition(-sims, k - 1, axis=1)[:, :k], axis=1)
+    sims.partition(n - k, axis=1)   # in place: the k largest last
+    r[lo:lo + 2048] = np.mean(sims[:, n - k:], axis=1)
   return r
 
 
