@@ -72,7 +72,7 @@ def compare(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dat
   seeds = [int(config.seed) + i for i in range(int(config.compare.seeds))]
   rows: list[dict] = []
   bank_k, bank_why = eval_lib.resolve_querybank(config.eval.get("querybank_k", -1), dataset,
-                                                int(config.eval.get("csls_k", 0) or 0))
+                                                int(config.eval.get("csls_k", 0) or 0), config.eval.split)
   log(f"query-bank hubness correction: {'k=%d' % bank_k if bank_k else 'off'} ({bank_why}), "
       "the same for every method and baseline")
   t0 = time.perf_counter()

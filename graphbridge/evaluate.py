@@ -591,17 +591,21 @@ QUERYBANK_K = 10            # eval.querybank_k=-1 (auto): neighbours where every
 QUERYBANK_MAX_ROWS = 2048   # train rows of the query modality in the bank (a seeded sample beyond)
 
 
-def resolve_querybank(k: int, dataset: Dataset, csls_k: int = 0) -> tuple[int, str]:
+def resolve_querybank(k: int, dataset: Dataset, csls_k: int = 0, split: str = "test") -> tuple[int, str]:
   """(neighbours, why) for eval.querybank_k on `dataset`: k >= 0 as asked; -1 (auto, the default)
   reads the pair sets with the rule of routes="auto": QUERYBANK_K where every pair set is
   instance-level (docs/evaluation.md, "Hubness"), off where any is class-level (class-level mAP
-  gains nothing: digits 0.956 -> 0.952), and off where CSLS (eval.csls_k) is asked for, which
-  corrects the same thing from the test queries."""
+  gains nothing: digits 0.956 -> 0.952), off where CSLS (eval.csls_k) is asked for, which
+  corrects the same thing from the test queries, and off where the evaluated split is not "test"
+  (the bank is the train rows: scored against themselves, each right answer would be penalised by
+  its own query)."""
   k = int(k)
   if k >= 0:
     return k, "asked for"
   if csls_k and csls_k > 0:
     return 0, "auto: off, eval.csls_k is set"
+  if split != "test":
+    return 0, f"auto: off, the {split} split holds the bank's own train rows"
   mode, why = resolve_route_mode("auto", dataset)
   if mode == "ensemble_all":
     return QUERYBANK_K, why

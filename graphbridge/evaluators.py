@@ -47,7 +47,7 @@ class Context:
                                    extra_routes=o.extra_routes, ks=o.ks, cache=self.cache,
                                    max_queries=getattr(o, "max_queries", 0) or None, seed=o.seed,
                                    querybank_k=eval_lib.resolve_querybank(
-                                       getattr(o, "querybank_k", 0), self.dataset, o.csls_k)[0])
+                                       getattr(o, "querybank_k", 0), self.dataset, o.csls_k, o.split)[0])
 
 
 def caption(text: str) -> str:

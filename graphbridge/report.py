@@ -105,7 +105,7 @@ def build_report(aligner: eval_lib.Aligner, dataset, before: eval_lib.Aligner | 
   summary = {"strategy": aligner.name, "data": dataset.source, "split": split,
              "routes": options.routes, "route_mode": "%s (%s)" % eval_lib.resolve_route_mode(options.routes, dataset),
              "csls_k": int(options.csls_k), "transductive": bool(options.csls_k > 0)}
-  bank_k, bank_why = eval_lib.resolve_querybank(options.querybank_k, dataset, options.csls_k)
+  bank_k, bank_why = eval_lib.resolve_querybank(options.querybank_k, dataset, options.csls_k, split)
   summary["querybank_k"] = bank_k
   summary["querybank"] = f"{'on, k=%d' % bank_k if bank_k else 'off'} ({bank_why})"
   options = dataclasses.replace(options, querybank_k=bank_k)

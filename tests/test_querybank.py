@@ -91,6 +91,8 @@ def test_auto_is_on_for_instance_pairs_and_off_for_class_pairs_or_csls():
   assert eval_lib.resolve_querybank(-1, instance, csls_k=10)[0] == 0
   assert eval_lib.resolve_querybank(3, instance) == (3, "asked for")
   assert eval_lib.resolve_querybank(0, instance)[0] == 0
+  assert eval_lib.resolve_querybank(-1, instance, split="train")[0] == 0   # the bank is the train rows
+  assert eval_lib.resolve_querybank(-1, instance, split="all")[0] == 0
   rng = np.random.default_rng(0)
   labels = np.repeat(np.arange(4), 10)
   arrays = {"x_emb": rng.normal(size=(40, 5)), "y_emb": rng.normal(size=(40, 4)), "x_label": labels,
