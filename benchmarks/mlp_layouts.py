@@ -6,6 +6,7 @@ and against PyTorch's `baddbmm`, timed interleaved in one run (issue #17: where 
   split     stacked params split per edge inside the jitted function (jnp.split), per-edge 2-D dots,
             gradients concatenated back
   lists     params held as one array per edge (no stacking), per-edge 2-D dots
+  scan      stacked params, lax.scan over the edges (a loop of per-edge 2-D dots on slices)
   torch     the peer's layout: stacked params, one `baddbmm` per layer (benchmarks/peer_torch.py)
 
 Workload: E edges, d->h->h->d, tanh-GELU, N rows per edge, loss sum(y * g). Each variant's median
@@ -59,15 +60,25 @@ def jax_variants(E, N, d, h):
   def lists(pl, bl, xs):
     return per_edge(pl, bl, xs)
 
+  def scan(ps, bs, x):
+    def one(_, args):
+      w1, w2, w3, c1, c2, c3, xe = args
+      y = gelu(xe @ w1 + c1)
+      y = gelu(y @ w2 + c2)
+      return None, y @ w3 + c3
+    _, ys = jax.lax.scan(one, None, (*ps, *bs, x))
+    return jnp.sum(ys * g)
+
   pl = [[p[e] for e in range(E)] for p in ps]
   bl = [[b[e] for e in range(E)] for b in bs]
   xs = [x[e] for e in range(E)]
   grad = lambda f: jax.jit(jax.grad(f, argnums=(0, 1, 2)))
-  f_stacked, f_split, f_lists = grad(stacked), grad(split), grad(lists)
+  f_stacked, f_split, f_lists, f_scan = grad(stacked), grad(split), grad(lists), grad(scan)
   return {
       "stacked": lambda: jax.block_until_ready(f_stacked(ps, bs, x)),
       "split": lambda: jax.block_until_ready(f_split(ps, bs, x)),
       "lists": lambda: jax.block_until_ready(f_lists(pl, bl, xs)),
+      "scan": lambda: jax.block_until_ready(f_scan(ps, bs, x)),
   }
 
 
