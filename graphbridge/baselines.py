@@ -27,6 +27,7 @@ import numpy as np
 from graphbridge import posthoc
 from graphbridge.data import Dataset
 from graphbridge.graph import GraphError
+from graphbridge.metrics import unit_rows
 from graphbridge.routes import best_route, parse_route
 
 RIDGE_ALPHAS = tuple(10.0 ** np.arange(-3.0, 3.01, 0.5))
@@ -35,10 +36,6 @@ KINDS = ("ridge", "procrustes")
 
 def _rows(x) -> np.ndarray:
   return np.asarray(x, np.float64)
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def ridge_loo_alpha(x, y, alphas: Sequence[float] = RIDGE_ALPHAS) -> float:
@@ -149,9 +146,9 @@ class ChainAligner:
 
   def translate(self, path: Sequence[str], x) -> np.ndarray:
     """x [n, d_path[0]] -> [n, d_path[-1]] along the path (a single node: x normalised)."""
-    z = _normalize(_rows(x))
+    z = unit_rows(_rows(x))
     for src, dst in zip(path[:-1], path[1:]):
-      z = _normalize(self.hop_map(src, dst).apply(z))
+      z = unit_rows(self.hop_map(src, dst).apply(z))
     return z.astype(np.float32)
 
   def encode(self, query, gallery, route, xq, xg):
@@ -229,5 +226,5 @@ class OracleAligner:
       self._maps[(query, gallery)] = fit_ridge_cv(
           np.asarray(self.dataset.modalities[query].emb[pairs[:, 0]], np.float64),
           np.asarray(self.dataset.modalities[gallery].emb[pairs[:, 1]], np.float64))
-    zq = _normalize(self._maps[(query, gallery)].apply(_normalize(_rows(xq))))
-    return zq.astype(np.float32), _normalize(_rows(xg)).astype(np.float32)
+    zq = unit_rows(self._maps[(query, gallery)].apply(unit_rows(_rows(xq))))
+    return zq.astype(np.float32), unit_rows(_rows(xg)).astype(np.float32)

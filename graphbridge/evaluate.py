@@ -639,11 +639,6 @@ def knn_mean_similarity(zg: np.ndarray, zb: np.ndarray, k: int) -> np.ndarray:
   return r
 
 
-def _unit_rows(z) -> np.ndarray:
-  z = np.asarray(z, np.float32)
-  return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-
-
 def querybank_scores(aligner: Aligner, dataset: Dataset, enc: Encoded, zq: np.ndarray, k: int,
                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Query-bank hubness correction, the inductive form of CSLS (cf. QB-Norm, Bogolin et al., CVPR
@@ -659,8 +654,9 @@ def querybank_scores(aligner: Aligner, dataset: Dataset, enc: Encoded, zq: np.nd
     return zq, enc.zg
   mq, mg = dataset.modalities[q], dataset.modalities[g]
   zb, _ = aligner.encode(q, g, enc.spec.route, mq.emb[bank], mg.emb[enc.gallery_rows[:2]])
-  zg = _unit_rows(enc.zg)
-  return hubness_transform(_unit_rows(zq), zg, knn_mean_similarity(zg, _unit_rows(zb), k))
+  unit = lambda z: metrics_lib.unit_rows(np.asarray(z, np.float32))
+  zg = unit(enc.zg)
+  return hubness_transform(unit(zq), zg, knn_mean_similarity(zg, unit(zb), k))
 
 
 @dataclasses.dataclass

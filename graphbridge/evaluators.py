@@ -46,8 +46,7 @@ class Context:
     return eval_lib.retrieval_rows(self.aligner, self.dataset, split=o.split,
                                    extra_routes=o.extra_routes, ks=o.ks, cache=self.cache,
                                    max_queries=getattr(o, "max_queries", 0) or None, seed=o.seed,
-                                   querybank_k=eval_lib.resolve_querybank(
-                                       getattr(o, "querybank_k", 0), self.dataset, o.csls_k, o.split)[0])
+                                   querybank_k=o.querybank_k)  # resolved by report.build_report
 
 
 def caption(text: str) -> str:

@@ -35,6 +35,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+  """x / its row norms (rows of norm 0 stay 0), in x's dtype."""
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
 __all__ = [
     "retrieval_metrics",
     "retrieval_metrics_by_level",
