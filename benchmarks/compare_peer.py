@@ -5,9 +5,12 @@ configuration; the parent then times them alternately (A B A B ...), each turn r
 steps for about --seconds, so a load change on a shared machine hits both alike. Printed per
 configuration: the median steps/s of each and the median of the per-round ratios
 (project / peer), plus each framework's measured float32 GEMM rate (1024^3 and 2048^3).
+`--edge_apply auto,batched,per_edge` times the project once per `model.edge_apply` setting, each in
+its own worker, all in the same rounds (A1 A2 A3 B, A1 A2 A3 B, ...).
 
   PYTHONPATH=$PWD python benchmarks/compare_peer.py                     # M=3,5,8 x L=2,3
   PYTHONPATH=$PWD python benchmarks/compare_peer.py --configs 3:3,5:3 --rounds 5 --threads 2
+  PYTHONPATH=$PWD python benchmarks/compare_peer.py --configs 3:3,5:3 --edge_apply batched,per_edge
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def _project_stepper(args):
   dataset = step_bench.synthetic_dataset(args.modalities, args.dim, rows=max(4 * args.batch, 2048))
   config = step_bench.bench_config(args.modalities, args.dim, args.hidden, args.batch, args.cycle_length,
                                    "float32", True)
+  config.model.edge_apply = args.edge_apply
   setup = train_lib.build_setup(config, dataset)
   tx = train_lib.make_optimizer(config)
   state = train_lib.init_state(setup, tx, 0, train_lib.phase_weights(config, setup.plan, 0))
@@ -121,8 +125,11 @@ def worker(args) -> None:
 
 
 class Worker:
-  def __init__(self, kind: str, args, modalities: int, cycle_length: int):
+  def __init__(self, kind: str, args, modalities: int, cycle_length: int, edge_apply: str = "auto",
+               xla_flags: str = ""):
     env = dict(os.environ)
+    if xla_flags:
+      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
     if args.threads:
       env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                           f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}")
@@ -132,9 +139,9 @@ class Worker:
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--modalities", str(modalities),
            "--cycle_length", str(cycle_length), "--dim", str(args.dim), "--hidden", str(args.hidden),
-           "--batch", str(args.batch), "--threads", str(args.threads)]
+           "--batch", str(args.batch), "--threads", str(args.threads), "--edge_apply", edge_apply]
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    self.kind = kind
+    self.kind = kind if kind == "peer" else f"project[{edge_apply}{' ' + xla_flags if xla_flags else ''}]"
 
   def ready(self) -> float:
     line = self.proc.stdout.readline()
@@ -160,30 +167,35 @@ class Worker:
 
 
 def compare(args, modalities: int, cycle_length: int, gemm: bool) -> dict:
-  project = Worker("project", args, modalities, cycle_length)
+  variants = args.edge_apply.split(",")
+  flag_sets = args.xla_variants.split(";") if args.xla_variants else [""]
+  projects = [Worker("project", args, modalities, cycle_length, v, f.strip()) for v in variants for f in flag_sets]
   peer = Worker("peer", args, modalities, cycle_length)
+  workers = projects + [peer]
   try:
-    start_s = {"project": project.ready(), "peer": peer.ready()}
-    rates = {"project": [], "peer": []}
-    ratios = []
+    start_s = {w.kind: w.ready() for w in workers}
+    rates = {w.kind: [] for w in workers}
     for _ in range(args.rounds):
-      for w in (project, peer):
+      for w in workers:
         steps, seconds = w.ask(f"time {args.seconds}").split()
         rates[w.kind].append(int(steps) / float(seconds))
-      ratios.append(rates["project"][-1] / rates["peer"][-1])
+    ratios = {w.kind: [a / b for a, b in zip(rates[w.kind], rates["peer"])] for w in projects}
+    first = projects[0].kind
     out = {"M": modalities, "L": cycle_length, "d": args.dim, "h": args.hidden, "B": args.batch,
            "threads": args.threads or os.cpu_count(), "rounds": args.rounds,
-           "project_steps_per_s": statistics.median(rates["project"]),
+           "project_steps_per_s": statistics.median(rates[first]),
            "peer_steps_per_s": statistics.median(rates["peer"]),
-           "ratio": statistics.median(ratios), "ratios": ratios, "rates": rates,
-           "startup_s": start_s, "loadavg_1min": os.getloadavg()[0]}
+           "ratio": statistics.median(ratios[first]), "ratios": ratios[first],
+           "variants": {k: {"steps_per_s": statistics.median(rates[k]), "ratio": statistics.median(v),
+                            "ratios": v} for k, v in ratios.items()},
+           "rates": rates, "startup_s": start_s, "loadavg_1min": os.getloadavg()[0]}
     if gemm:
       for n in (1024, 2048):
-        out[f"gemm{n}_gflops"] = {"xla": float(project.ask(f"gemm {n}")), "torch": float(peer.ask(f"gemm {n}"))}
+        out[f"gemm{n}_gflops"] = {"xla": float(projects[0].ask(f"gemm {n}")), "torch": float(peer.ask(f"gemm {n}"))}
     return out
   finally:
-    project.close()
-    peer.close()
+    for w in workers:
+      w.close()
 
 
 def main(argv=None) -> int:
@@ -198,6 +210,12 @@ def main(argv=None) -> int:
   p.add_argument("--omp_active", action="store_true",
                  help="leave torch's OpenMP threads spinning (default: OMP_WAIT_POLICY=PASSIVE for the peer, "
                       "its faster setting on a shared machine; on an idle machine spinning may be faster)")
+  p.add_argument("--edge_apply", default="auto",
+                 help="model.edge_apply setting(s) of the project, comma separated: each its own worker, "
+                      "timed in the same rounds (e.g. batched,per_edge)")
+  p.add_argument("--xla_variants", default="",
+                 help="';'-separated XLA_FLAGS sets for the project's workers (one worker per set and "
+                      "edge_apply setting; an empty set = XLA's defaults), e.g. ';--xla_cpu_use_onednn=true'")
   p.add_argument("--json_out", default="")
   p.add_argument("--worker", default="", choices=["", "project", "peer"], help=argparse.SUPPRESS)
   p.add_argument("--modalities", type=int, default=3, help=argparse.SUPPRESS)
@@ -220,9 +238,10 @@ def main(argv=None) -> int:
       g = {n: r[f"gemm{n}_gflops"] for n in (1024, 2048)}
       print("GEMM float32 GFLOP/s: " + ", ".join(f"{n}^3 XLA {v['xla']:.0f} torch {v['torch']:.0f}"
                                                  for n, v in g.items()), flush=True)
-    print(f"M={m} L={length}: project {r['project_steps_per_s']:.2f} steps/s, peer "
-          f"{r['peer_steps_per_s']:.2f} steps/s, ratio {r['ratio']:.2f}x (rounds "
-          f"{', '.join(f'{x:.2f}' for x in r['ratios'])}; load {r['loadavg_1min']:.1f})", flush=True)
+    for kind, v in r["variants"].items():
+      print(f"M={m} L={length}: {kind} {v['steps_per_s']:.2f} steps/s, peer "
+            f"{r['peer_steps_per_s']:.2f} steps/s, ratio {v['ratio']:.2f}x (rounds "
+            f"{', '.join(f'{x:.2f}' for x in v['ratios'])}; load {r['loadavg_1min']:.1f})", flush=True)
     if args.json_out:
       with open(args.json_out, "a") as f:
         f.write(json.dumps(r) + "\n")

@@ -92,6 +92,8 @@ VARIANT_PARTS = {
     "base": {},
     "fused": {"model.impl": "fused"},
     "mu_bf16": {"optim.mu_dtype": "bfloat16"},
+    "batched": {"model.edge_apply": "batched"},     # one batched matmul per layer over stacked edges
+    "per_edge": {"model.edge_apply": "per_edge"},   # one 2-D matmul per edge (auto's choice on CPU)
 }
 
 

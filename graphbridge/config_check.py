@@ -22,6 +22,7 @@ def choices() -> dict[str, tuple[str, ...]]:
       "model.activation": translators.ACTIVATIONS,
       "model.compute_dtype": translators.COMPUTE_DTYPES,
       "model.impl": translators.MLP_IMPLS,
+      "model.edge_apply": translators.EDGE_APPLY,
       "optim.mu_dtype": train.MU_DTYPES,
       "loss.infonce_positives": objectives.INFONCE_POSITIVES,
       "posthoc": aligners.POSTHOC,

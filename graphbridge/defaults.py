@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.impl = "flax"           # "fused": hidden layers as one Dense+bias+activation block whose
                                   # backward recomputes the activation and sums the bias gradient in
                                   # one pass (same parameters; needs layer_norm=False)
+  c.model.edge_apply = "auto"     # "batched" | "per_edge" | "auto": how a bucket's stacked edges run
+                                  # (same parameters, same function); auto = per_edge on CPU, batched
+                                  # on GPU/TPU (translators.resolve_edge_apply, docs/performance.md)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.edge_cos = 1.0           # per-edge 1 - cos(f(x_a), y_b) on pairs

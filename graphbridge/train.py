@@ -53,7 +53,8 @@ class RunMismatchError(ckpt_lib.CheckpointMismatchError):
 SAFE_RESUME_CHANGES = ("train.log_every", "train.print_every", "train.checkpoint_every",
                        "train.keep_checkpoints", "train.tensorboard", "train.allow_resume_changes",
                        "data.path", "data.name", "data.prefetch", "eval.", "posthoc", "compare.",
-                       "mesh.")  # the checkpoint format is the single-device one: any mesh resumes it
+                       "mesh.",  # the checkpoint format is the single-device one: any mesh resumes it
+                       "model.edge_apply")  # how stacked edges run: the same function either way
 
 
 
@@ -82,7 +83,8 @@ class Setup:
 def arch_from_config(model_cfg) -> TranslatorArch:
   return TranslatorArch(hidden=tuple(model_cfg.hidden), activation=model_cfg.activation,
                         layer_norm=bool(model_cfg.layer_norm), residual=bool(model_cfg.residual),
-                        impl=model_cfg.get("impl", "flax"))
+                        impl=model_cfg.get("impl", "flax"),
+                        edge_apply=model_cfg.get("edge_apply", "auto"))
 
 
 def loss_settings_from_config(loss_cfg) -> objectives.LossSettings:

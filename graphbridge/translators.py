@@ -33,6 +33,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 ACTIVATIONS = tuple(_ACTIVATIONS)   # choices of model.activation
 COMPUTE_DTYPES = tuple(_DTYPES)     # choices of model.compute_dtype
 MLP_IMPLS = ("flax", "fused")       # choices of model.impl
+EDGE_APPLY = ("auto", "batched", "per_edge")  # choices of model.edge_apply
 
 
 def dtype_from_name(name: str):
@@ -54,6 +55,12 @@ class TranslatorArch:
   # derivative in float32 and reduces the bias gradient in the same backward pass). Not part of
   # `tag`, so bucket keys and checkpoints do not depend on it.
   impl: str = "flax"
+  # how a bucket's edges run together (same parameters, same function; not part of `tag`):
+  # "batched" (one batched matmul per layer over the stacked edges), "per_edge" (the stacked
+  # parameters split once per call and one 2-D matmul per edge and layer), or "auto": per_edge where
+  # JAX runs on CPU and the bucket has 2..PER_EDGE_MAX_EDGES edges, batched elsewhere (see
+  # `resolve_edge_apply`; measured in docs/performance.md).
+  edge_apply: str = "auto"
 
   def __post_init__(self):
     object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -63,6 +70,8 @@ class TranslatorArch:
       raise ValueError(f"unknown activation {self.activation!r} (choices: {', '.join(_ACTIVATIONS)})")
     if self.impl not in MLP_IMPLS:
       raise ValueError(f"unknown translator impl {self.impl!r} (choices: {', '.join(MLP_IMPLS)})")
+    if self.edge_apply not in EDGE_APPLY:
+      raise ValueError(f"unknown edge_apply {self.edge_apply!r} (choices: {', '.join(EDGE_APPLY)})")
     if self.impl == "fused" and self.layer_norm:
       raise ValueError("translator impl 'fused' needs layer_norm=False (the fused block is "
                        "Dense + bias + activation)")
@@ -81,7 +90,7 @@ class TranslatorArch:
            "layer_norm": self.layer_norm, "residual": self.residual}
     if self.impl != "flax":
       out["impl"] = self.impl
-    return out
+    return out  # edge_apply is left out: how edges run is no part of a saved model
 
   @classmethod
   def from_dict(cls, data: Mapping) -> "TranslatorArch":
@@ -276,7 +285,8 @@ def _edge_rng(edge: Edge, seed) -> jax.Array:
 def _jitted_init(specs: tuple[tuple[Edge, int, int, TranslatorArch], ...]):
   """One compiled program that initialises every edge in `specs` (one compile, not one per shape)."""
   # `impl` changes how layers run, never their parameters: one init program serves every impl
-  specs = tuple((e, d_in, d_out, dataclasses.replace(arch, impl="flax")) for e, d_in, d_out, arch in specs)
+  specs = tuple((e, d_in, d_out, dataclasses.replace(arch, impl="flax", edge_apply="auto"))
+                for e, d_in, d_out, arch in specs)
   return _jitted_init_flax(specs)
 
 
@@ -337,9 +347,47 @@ def count_params(tree: PyTree) -> int:
 
 # ---- application --------------------------------------------------------------------------------
 
+PER_EDGE_MAX_EDGES = 32        # auto: a bucket of more edges stays batched (compile time grows with E)
+PER_EDGE_MIN_FLOPS = 16e6      # auto: per edge only where one edge's call has this many forward FLOPs
+
+
+def resolve_edge_apply(bucket: Bucket, backend: str | None = None, rows: int | None = None) -> str:
+  """"batched" or "per_edge" for this bucket (model.edge_apply, "auto" resolved).
+
+  auto = per_edge on CPU for a bucket of 2..PER_EDGE_MAX_EDGES edges whose call moves enough work
+  (rows per edge x the translator's forward FLOPs per row >= PER_EDGE_MIN_FLOPS; `rows` None: not
+  checked): XLA's CPU backend runs a batched matmul over stacked edges well below its 2-D GEMM rate,
+  so E 2-D matmuls on the split parameters are faster there (measured 1.12-1.20x per step,
+  docs/performance.md), but they compile E times the matmuls (seconds more per program), and on tiny
+  calls the split costs more than it saves. On GPU/TPU one batched call per layer is one kernel and
+  stays. One edge is the same either way."""
+  mode = bucket.arch.edge_apply
+  if mode != "auto":
+    return mode
+  backend = backend or jax.default_backend()
+  if backend != "cpu" or not 1 < bucket.size <= PER_EDGE_MAX_EDGES:
+    return "batched"
+  if rows is not None and rows * translator_flops(bucket.d_in, bucket.d_out, bucket.arch) < PER_EDGE_MIN_FLOPS:
+    return "batched"
+  return "per_edge"
+
+
+def _split_edges(tree: PyTree, n: int) -> list[PyTree]:
+  """Stacked [n, ...] leaves -> n per-edge trees (jnp.split: its gradient is one concatenate)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  parts = [[q[0] for q in jnp.split(leaf, n, axis=0)] for leaf in leaves]
+  return [jax.tree.unflatten(treedef, [p[i] for p in parts]) for i in range(n)]
+
+
 def apply_bucket(bucket: Bucket, bucket_params: PyTree, x: jax.Array, dtype=jnp.float32) -> jax.Array:
-  """x: [E_b, rows, d_in] -> [E_b, rows, d_out]: every edge of the bucket in one batched call."""
-  return StackedTranslator(bucket.d_out, bucket.arch, dtype=dtype).apply({"params": bucket_params}, x)
+  """x: [E_b, rows, d_in] -> [E_b, rows, d_out]: every edge of the bucket, as one batched call
+  or one call per edge (`resolve_edge_apply`); the same function of the same parameters."""
+  if bucket.size == 1 or resolve_edge_apply(bucket, rows=x.shape[1]) == "batched":
+    return StackedTranslator(bucket.d_out, bucket.arch, dtype=dtype).apply({"params": bucket_params}, x)
+  module = Translator(bucket.d_out, bucket.arch, dtype=dtype)
+  per_edge = _split_edges(bucket_params, bucket.size)
+  xs = [q[0] for q in jnp.split(x, bucket.size, axis=0)]
+  return jnp.stack([module.apply({"params": p}, xe) for p, xe in zip(per_edge, xs)])
 
 
 def apply_edge(layout: EdgeLayout, params: Mapping[str, PyTree], edge: Edge | str, x: jax.Array,

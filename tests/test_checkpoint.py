@@ -211,3 +211,19 @@ def test_merge_names_a_single_mis_shaped_edge(runs):
     params_by_edge["image->text"]["out"]["kernel"] = np.zeros((16, 9), np.float32)
     with pytest.raises(ckpt_lib.CheckpointError, match="image->text"):
         ckpt_lib.merge_by_edge(layout, state["params"], params_by_edge, {"globals": {}})
+
+
+def test_resume_across_edge_apply_settings(runs, tmp_path, digits_config_module, tri_modal_dataset):
+    # model.edge_apply changes how stacked edges run, never the function: a safe resume change, and a
+    # run written before the option existed (no model.edge_apply in its meta) resumes too
+    work = str(tmp_path / "copy")
+    shutil.copytree(runs["full_dir"], work)
+    config = make_config(digits_config_module, 2 * N)
+    config.model.edge_apply = "per_edge"
+    result = train_lib.train(config, work, dataset=tri_modal_dataset, log=lambda _: None)
+    assert result.steps_run == 0
+    meta = {"config": train_lib.config_dict(make_config(digits_config_module, 2 * N))}
+    del meta["config"]["model"]["edge_apply"]
+    assert train_lib.run_differences(result.setup, config, None, meta) == []
+    config.model.hidden = (7,)
+    assert any(p.startswith("model.hidden") for p in train_lib.run_differences(result.setup, config, None, meta))

@@ -143,3 +143,51 @@ def test_variant_options_validated():
   assert "impl" not in tr.TranslatorArch(hidden=(4,)).to_dict()  # checkpoints of default runs unchanged
   assert arch.tag == tr.TranslatorArch(hidden=(4,)).tag          # bucket keys too
 
+
+
+def _edge_apply_config(edge_apply, layer_norm):
+  c = _config()
+  c.model.edge_apply = edge_apply
+  c.model.layer_norm = layer_norm
+  c.loss.cycle_weights = (1.0, 1.0)  # 2- and 3-cycles: several calls per bucket and level
+  return c
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_edge_apply_per_edge_is_the_batched_function(layer_norm):
+  # 3 modalities of one dim: one bucket of 6 edges, applied per edge or as one batched call
+  dataset = _dataset(modalities=3)
+  runs = {mode: _loss_grads_update(_edge_apply_config(mode, layer_norm), dataset)
+          for mode in ("batched", "per_edge")}
+  (loss_b, grads_b, update_b, _), (loss_e, grads_e, update_e, _) = runs["batched"], runs["per_edge"]
+  assert jax.tree.structure(grads_b) == jax.tree.structure(grads_e)
+  assert abs(loss_e - loss_b) <= 1e-6 * abs(loss_b)
+  assert _rel(grads_e, grads_b) < 1e-5 and _rel(update_e, update_b) < 1e-4
+  assert _rel(update_b, jax.tree.map(np.zeros_like, update_b)) > 0  # the steps did move the params
+
+
+def test_edge_apply_auto_resolution_and_validation():
+  arch = tr.TranslatorArch(hidden=(4,))
+  edges = tuple(tr.Edge(f"m{i}", f"m{j}") for i in range(3) for j in range(3) if i != j)
+  bucket = tr.Bucket("8x8-h4-gelu", 8, 8, arch, True, edges)
+  single = tr.Bucket("8x8-h4-gelu", 8, 8, arch, True, edges[:1])
+  assert tr.resolve_edge_apply(bucket, "cpu") == "per_edge"
+  assert tr.resolve_edge_apply(bucket, "gpu") == "batched"
+  assert tr.resolve_edge_apply(bucket, "tpu") == "batched"
+  assert tr.resolve_edge_apply(single, "cpu") == "batched"
+  many = tr.Bucket("k", 8, 8, arch, True, edges * (tr.PER_EDGE_MAX_EDGES // len(edges) + 1))
+  assert tr.resolve_edge_apply(many, "cpu") == "batched"
+  rows_needed = tr.PER_EDGE_MIN_FLOPS / tr.translator_flops(8, 8, arch)   # tiny calls stay batched
+  assert tr.resolve_edge_apply(bucket, "cpu", rows=int(rows_needed) - 1) == "batched"
+  assert tr.resolve_edge_apply(bucket, "cpu", rows=int(rows_needed) + 1) == "per_edge"
+  forced = tr.TranslatorArch(hidden=(4,), edge_apply="batched")
+  assert tr.resolve_edge_apply(tr.Bucket("k", 8, 8, forced, True, edges), "cpu") == "batched"
+  with pytest.raises(ValueError, match="unknown edge_apply 'loop'"):
+    tr.TranslatorArch(hidden=(4,), edge_apply="loop")
+  c = _config()
+  c.model.edge_apply = "loop"
+  with pytest.raises(config_check.ConfigError, match="model.edge_apply"):
+    config_check.validate(c)
+  per_edge = tr.TranslatorArch(hidden=(4,), edge_apply="per_edge")
+  # no part of a saved model: checkpoints, their meta and bucket keys are the same either way
+  assert per_edge.to_dict() == arch.to_dict() and per_edge.tag == arch.tag
