@@ -34,6 +34,7 @@ import numpy as np
 
 from graphbridge import data as data_lib
 from graphbridge.data import Dataset
+from graphbridge.metrics import unit_rows
 
 METHODS = ("sinkhorn", "mutual_nn")
 GATES = ("probe", "agreement")
@@ -107,8 +108,7 @@ def resolve_rounds(rounds: int, dataset: Dataset) -> tuple[int, str]:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-  x = np.asarray(x, np.float64)
-  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  return unit_rows(np.asarray(x, np.float64))
 
 
 def mutual_nn(zq: np.ndarray, zg: np.ndarray) -> np.ndarray:

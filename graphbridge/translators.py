@@ -386,7 +386,7 @@ def apply_bucket(bucket: Bucket, bucket_params: PyTree, x: jax.Array, dtype=jnp.
     return StackedTranslator(bucket.d_out, bucket.arch, dtype=dtype).apply({"params": bucket_params}, x)
   module = Translator(bucket.d_out, bucket.arch, dtype=dtype)
   per_edge = _split_edges(bucket_params, bucket.size)
-  xs = [q[0] for q in jnp.split(x, bucket.size, axis=0)]
+  xs = _split_edges(x, bucket.size)
   return jnp.stack([module.apply({"params": p}, xe) for p, xe in zip(per_edge, xs)])
 
 
