@@ -6,9 +6,9 @@ all train rows that show the same instance (matched by id: pairs the protocol wi
 pairs any edge of these sets has) and scores test instance R@1 / MRR by cosine, as
 `benchmarks/bridges.py` does:
 
-  ridge-chain     the linear reference of bridges.py (baselines.ChainAligner): a ridge map per paired
+  ridge-chain     the linear reference of bridges.py (baselines_lib.ChainAligner): a ridge map per paired
                   hop, composed along the default route; the issue's "3x the linear chain" is 3x this
-  full ridge      ridge on all train instances, penalty by leave-one-out error (baselines.fit_ridge_cv)
+  full ridge      ridge on all train instances, penalty by leave-one-out error (baselines_lib.fit_ridge_cv)
   full KRR (cv)   RBF kernel ridge on all train instances, (alpha, gamma) by 3-fold cross-validated
                   R@1 on the train rows
   full KRR (test) the same, (alpha, gamma) chosen on the TEST rows: optimistic, an upper bound
@@ -29,6 +29,9 @@ import sys
 import time
 
 import numpy as np
+from graphbridge.linear import baselines as baselines_lib
+from graphbridge.data import readers as readers_lib
+from graphbridge.evaluation import encoding as encoding_lib
 
 GAMMAS = (0.25, 0.5, 1.0, 2.0, 4.0)
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)
@@ -85,11 +88,9 @@ def krr_cv(xtr, ytr, ids, folds: int = 3, seed: int = 0) -> tuple[float, float]:
 
 
 def run(name: str, hops: list[int]) -> list[dict]:
-  from graphbridge import baselines, data as data_lib
-  from graphbridge import evaluate as eval_lib
-  dataset = data_lib.load_named(name)
-  graph = eval_lib.pairs_graph(dataset)
-  chain = baselines.ChainAligner(dataset, "ridge")
+  dataset = readers_lib.load_named(name)
+  graph = encoding_lib.pairs_graph(dataset)
+  chain = baselines_lib.ChainAligner(dataset, "ridge")
   names = dataset.names
   rows = []
   for q in names:
@@ -106,7 +107,7 @@ def run(name: str, hops: list[int]) -> list[dict]:
       cq, cg = chain.encode(q, g, route, xq_te, xg_te)
       r = {"dataset": name, "query": q, "gallery": g, "hops": h, "train_instances": len(ids_tr)}
       r["ridge-chain"] = instance_scores(cq, cg, ids_te, ids_te)
-      ridge = baselines.fit_ridge_cv(xq_tr, xg_tr)
+      ridge = baselines_lib.fit_ridge_cv(xq_tr, xg_tr)
       r["full ridge"] = instance_scores(ridge.apply(xq_te), xg_te, ids_te, ids_te)
       alpha, gamma = krr_cv(xq_tr, xg_tr, ids_tr)
       r["full KRR (cv)"] = instance_scores(krr_predict(xq_tr, xg_tr, xq_te, alpha, gamma), xg_te, ids_te, ids_te)

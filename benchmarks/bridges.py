@@ -42,10 +42,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from graphbridge import baselines  # noqa: E402
-from graphbridge import data as data_lib  # noqa: E402
-from graphbridge import evaluate as eval_lib  # noqa: E402
-from graphbridge import metrics as metrics_lib  # noqa: E402
+from graphbridge.linear import baselines as baselines_lib
+from graphbridge.data import readers as readers_lib
+from graphbridge.data import positives as positives_lib
+from graphbridge.evaluation import encoding as encoding_lib
+from graphbridge.evaluation import hubness as hubness_lib
+from graphbridge.evaluation import metrics as metrics_lib
+from graphbridge import api
+from graphbridge.runs import configs as configs_lib
+from graphbridge.evaluation import report as report_lib
+from graphbridge.strategies import registry as strategies
+from graphbridge.core.errors import GraphError
 
 DATASETS = ("digits", "mv6", "fsdd_chain", "mv8")
 # name -> overrides ("strategy" selects the strategy; everything else is a dotted config field)
@@ -97,9 +104,7 @@ def parse_assignments(text: str) -> dict:
 
 
 def make_config(dataset_name: str, overrides: dict):
-  from graphbridge import api
-  from graphbridge import configs_resolver
-  c = configs_resolver.load(dataset_name)
+  c = configs_lib.load(dataset_name)
   c.train.tensorboard = False
   return api.apply_overrides(c, overrides)
 
@@ -124,17 +129,17 @@ def score(aligner, dataset, split: str = "test", querybank_k: int = 0, seed: int
   """One row per (query, gallery, level) for the aligner's default route of every ordered pair:
   R@1, mAP, MRR, hops (paired-data graph). querybank_k > 0: ranked with the query-bank hubness
   correction, as the report ranks them (evaluate.querybank_scores)."""
-  hops_graph = eval_lib.pairs_graph(dataset)
-  cache = eval_lib.EncodingCache(aligner, dataset, split)
+  hops_graph = encoding_lib.pairs_graph(dataset)
+  cache = encoding_lib.EncodingCache(aligner, dataset, split)
   rows = []
-  for spec in eval_lib.planned_routes(aligner, dataset):
+  for spec in encoding_lib.planned_routes(aligner, dataset):
     enc = cache.get(spec)
     if enc is None:
       continue
     zq, zg = enc.zq, enc.zg
     if querybank_k > 0:
-      zq, zg = eval_lib.querybank_scores(aligner, dataset, enc, zq, querybank_k, seed)
-    for level in eval_lib.levels_available(dataset, spec.query, spec.gallery):
+      zq, zg = hubness_lib.querybank_scores(aligner, dataset, enc, zq, querybank_k, seed)
+    for level in encoding_lib.levels_available(dataset, spec.query, spec.gallery):
       attr = "ids" if level == "instance" else "labels"
       kq = getattr(dataset.modalities[spec.query], attr)[enc.query_rows]
       kg = getattr(dataset.modalities[spec.gallery], attr)[enc.gallery_rows]
@@ -227,16 +232,13 @@ def resolved_key(cfg, dataset) -> str:
   if "loss" in resolved:
     with resolved.unlocked():
       resolved.loss.infonce_positives = ",".join(
-          f"{a}-{b}:{data_lib.choose_positives(dataset, a, b, cfg.loss.infonce_positives)[0]}"
+          f"{a}-{b}:{positives_lib.choose_positives(dataset, a, b, cfg.loss.infonce_positives)[0]}"
           for a, b in dataset.pairs)
   return resolved.to_json(sort_keys=True)
 
 
 def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, log=print) -> dict:
-  from graphbridge import report as report_lib
-  from graphbridge import strategies as strat_lib
-  from graphbridge.graph import GraphError
-  dataset = data_lib.load_named(name)
+  dataset = readers_lib.load_named(name)
   rows, skipped, seconds = [], {}, {}
   trained_as: dict[str, str] = {}  # resolved config -> the method that trained it
   for label, options in methods.items():
@@ -259,11 +261,11 @@ def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, lo
     try:
       for s in range(seeds):
         cfg = make_config(name, {**overrides, "seed": int(overrides.get("seed", 0)) + s})
-        run = strat_lib.run_strategy(cfg, dataset, None, log=lambda m, label=label: (
+        run = strategies.get(cfg.strategy).train(cfg, dataset, None, log=lambda m, label=label: (
             log(f"  {label}: {m}") if m.startswith("pseudo-pairs") else None))
         aligner = report_lib.with_route_options(run.aligner, report_lib.EvalOptions.from_config(cfg))
         aligner.name = label
-        bank_k = eval_lib.resolve_querybank(cfg.eval.querybank_k, dataset, cfg.eval.csls_k)[0]
+        bank_k = hubness_lib.resolve_querybank(cfg.eval.querybank_k, dataset, cfg.eval.csls_k)[0]
         per_seed += score(aligner, dataset, querybank_k=bank_k, seed=int(cfg.seed))
     except (GraphError, ValueError) as exc:
       skipped[label] = str(exc).splitlines()[0]
@@ -273,12 +275,12 @@ def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, lo
     rows += average_seeds(per_seed)
     log(f"  {label}: trained and scored in {seconds[label]:.0f}s")
   t0 = time.perf_counter()
-  linear = (baselines.ChainAligner(dataset, "ridge"), baselines.ChainAligner(dataset, "procrustes"),
-            baselines.OracleAligner(dataset))
+  linear = (baselines_lib.ChainAligner(dataset, "ridge"), baselines_lib.ChainAligner(dataset, "procrustes"),
+            baselines_lib.OracleAligner(dataset))
   for aligner in linear:
     rows += score(aligner, dataset)
   default = make_config(name, global_overrides)
-  bank_k = eval_lib.resolve_querybank(default.eval.querybank_k, dataset, default.eval.csls_k)[0]
+  bank_k = hubness_lib.resolve_querybank(default.eval.querybank_k, dataset, default.eval.csls_k)[0]
   if bank_k > 0:
     for aligner, label in ((linear[0], LINEAR_QB[0]), (linear[2], LINEAR_QB[1])):
       rows += [{**r, "method": label} for r in score(aligner, dataset, querybank_k=bank_k, seed=int(default.seed))]
@@ -290,7 +292,6 @@ def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, lo
 
 def dataset_job(name: str, methods: dict, overrides: dict, seeds: int) -> dict:
   """run_dataset with absl quiet and the overrides recorded (a top-level function: runs in workers)."""
-  from graphbridge import api
   print(f"[{name}] training {', '.join(methods)}" + (f" with {overrides}" if overrides else ""), flush=True)
   with api.quiet_absl():
     result = run_dataset(name, methods, overrides, seeds, log=lambda m: print(f"[{name}] {m.strip()}", flush=True))
@@ -346,8 +347,8 @@ def main(argv=None) -> int:
     global_overrides.update(parse_assignments(s))
   datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
   for d in datasets:
-    if d not in data_lib.NAMED_DATASETS:
-      raise SystemExit(f"bridges.py: unknown data set {d!r} (choices: {', '.join(data_lib.NAMED_DATASETS)})")
+    if d not in readers_lib.NAMED_DATASETS:
+      raise SystemExit(f"bridges.py: unknown data set {d!r} (choices: {', '.join(readers_lib.NAMED_DATASETS)})")
 
   t_all = time.perf_counter()
   jobs = []

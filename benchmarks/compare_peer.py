@@ -22,6 +22,10 @@ import statistics
 import subprocess
 import sys
 import time
+from graphbridge.training import setup as setup_lib
+from graphbridge.training import state as state_lib
+from graphbridge.training import step as step_lib
+from graphbridge.training import optimizer as optimizer_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -34,16 +38,15 @@ def _project_stepper(args):
   sys.path.insert(0, HERE)
   import jax
   import step_bench
-  from graphbridge import train as train_lib
   dataset = step_bench.synthetic_dataset(args.modalities, args.dim, rows=max(4 * args.batch, 2048))
   config = step_bench.bench_config(args.modalities, args.dim, args.hidden, args.batch, args.cycle_length,
                                    "float32", True)
   config.model.edge_apply = args.edge_apply
-  setup = train_lib.build_setup(config, dataset)
-  tx = train_lib.make_optimizer(config)
-  state = train_lib.init_state(setup, tx, 0, train_lib.phase_weights(config, setup.plan, 0))
-  arrays = jax.device_put(train_lib.sampler_arrays(setup, dataset))
-  compiled = train_lib.make_device_step(setup, tx, skip_nonfinite=True).lower(state, {}, arrays).compile()
+  setup = setup_lib.build_setup(config, dataset)
+  tx = optimizer_lib.make_optimizer(config)
+  state = state_lib.init_state(setup, tx, 0, optimizer_lib.phase_weights(config, setup.plan, 0))
+  arrays = jax.device_put(step_lib.sampler_arrays(setup, dataset))
+  compiled = step_lib.make_device_step(setup, tx, skip_nonfinite=True).lower(state, {}, arrays).compile()
   box = {"state": state}
 
   def run_steps(n):

@@ -30,14 +30,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from graphbridge import checkpoint as ckpt_lib  # noqa: E402
-from graphbridge import config_check  # noqa: E402
-from graphbridge import data as data_lib  # noqa: E402
-from graphbridge import train as train_lib  # noqa: E402
-from graphbridge import workdir_lock  # noqa: E402
+from graphbridge.core import errors
+from graphbridge.training import checkpoint as checkpoint_lib
+from graphbridge.runs import validate as validate_lib
+from graphbridge.data import readers as readers_lib
+from graphbridge.training import trained as trained_lib
+from graphbridge.training import trainer as trainer_lib
+from graphbridge.training import lock as lock_lib
 from graphbridge.cli import common  # noqa: E402
 from tests.conftest import make_tri_modal_arrays  # noqa: E402
 from tests.reliability_worker import config_for  # noqa: E402
+from graphbridge.strategies import registry as strategies
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS: list[dict] = []
@@ -51,7 +54,7 @@ def quiet(_):
 def digest(root: str) -> dict[str, str]:
   out = {}
   for path in sorted(glob.glob(os.path.join(root, "**", "*"), recursive=True)):
-    if os.path.isfile(path) and not path.endswith(workdir_lock.LOCK_FILE):
+    if os.path.isfile(path) and not path.endswith(lock_lib.LOCK_FILE):
       with open(path, "rb") as f:
         out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
   return out
@@ -135,9 +138,9 @@ def main() -> None:
   data_path = os.path.join(tmp, "tri.npz")
   arrays = make_tri_modal_arrays()
   np.savez(data_path, **arrays)
-  dataset = data_lib.load(data_path)
+  dataset = readers_lib.load(data_path)
   finished = os.path.join(tmp, "finished")
-  train_lib.train(small_config(), finished, dataset=dataset, log=quiet)
+  trainer_lib.train(small_config(), finished, dataset=dataset, log=quiet)
   counter = [0]
 
   def copy() -> str:
@@ -156,9 +159,9 @@ def main() -> None:
       expect_ok(f"flipped bit in {item}: resume falls back to 10, damaged step kept",
                 lambda w=w: _resume(w, dataset), _fell_back)
     else:
-      expect_error(f"flipped bit in {item}: load step 20", lambda w=w: train_lib.load_trained(w, step=20),
-                   ckpt_lib.CheckpointCorruptError, rf"step 20: item '{item}' is corrupt", protect=w)
-      expect_ok(f"flipped bit in {item}: default load falls back", lambda w=w: train_lib.load_trained(w),
+      expect_error(f"flipped bit in {item}: load step 20", lambda w=w: trained_lib.load_trained(w, step=20),
+                   errors.CheckpointCorruptError, rf"step 20: item '{item}' is corrupt", protect=w)
+      expect_ok(f"flipped bit in {item}: default load falls back", lambda w=w: trained_lib.load_trained(w),
                 lambda r: (r.step == 10, f"step {r.step}"))
   for item in items:
     w = copy()
@@ -170,28 +173,28 @@ def main() -> None:
   for item in items:
     w = copy()
     shutil.rmtree(os.path.join(w, "checkpoints", "20", item))
-    expect_error(f"missing {item}: load step 20", lambda w=w: train_lib.load_trained(w, step=20),
-                 ckpt_lib.CheckpointCorruptError, r"step 20", protect=w)
+    expect_error(f"missing {item}: load step 20", lambda w=w: trained_lib.load_trained(w, step=20),
+                 errors.CheckpointCorruptError, r"step 20", protect=w)
   w = copy()
-  os.remove(os.path.join(w, "checkpoints", "20", ckpt_lib.MANIFEST))
+  os.remove(os.path.join(w, "checkpoints", "20", checkpoint_lib.MANIFEST))
   expect_ok("manifest removed (a step from before manifests): loads unverified",
-            lambda: train_lib.load_trained(w), lambda r: (r.step == 20, f"step {r.step}"))
+            lambda: trained_lib.load_trained(w), lambda r: (r.step == 20, f"step {r.step}"))
   w = copy()
-  with open(os.path.join(w, "checkpoints", "20", ckpt_lib.MANIFEST), "w") as f:
+  with open(os.path.join(w, "checkpoints", "20", checkpoint_lib.MANIFEST), "w") as f:
     f.write("{not json")
-  expect_error("manifest corrupt", lambda: train_lib.load_trained(w, step=20), ckpt_lib.CheckpointCorruptError,
+  expect_error("manifest corrupt", lambda: trained_lib.load_trained(w, step=20), errors.CheckpointCorruptError,
                "manifest", protect=w)
   w = copy()
   for step in (10, 20):
     flip(max(item_files(w, step, "edge.image.text"), key=os.path.getsize))
-  expect_error("every step corrupt: load", lambda: train_lib.load_trained(w), ckpt_lib.CheckpointError,
+  expect_error("every step corrupt: load", lambda: trained_lib.load_trained(w), errors.CheckpointError,
                "no usable checkpoint", protect=w)
   w = copy()
   flip(os.path.join(w, "checkpoints", "20", "meta", "metadata"), offset=3)
-  expect_error("flipped bit in meta JSON (still parses?)", lambda: train_lib.load_trained(w, step=20),
-               ckpt_lib.CheckpointCorruptError, "corrupt", protect=w)
-  expect_error("evaluate a workdir without checkpoints", lambda: train_lib.load_trained(tmp),
-               ckpt_lib.CheckpointError, "no checkpoints", protect=None)
+  expect_error("flipped bit in meta JSON (still parses?)", lambda: trained_lib.load_trained(w, step=20),
+               errors.CheckpointCorruptError, "corrupt", protect=w)
+  expect_error("evaluate a workdir without checkpoints", lambda: trained_lib.load_trained(tmp),
+               errors.CheckpointError, "no checkpoints", protect=None)
 
   # -- run identity --
   changes = {
@@ -219,17 +222,17 @@ def main() -> None:
     config.unlock()
     change(config)
     expect_error(f"resume with {label}", lambda w=w, config=config: _train_or_strategy(config, w, dataset),
-                 ckpt_lib.CheckpointMismatchError, r"another run|another graph|architecture", protect=w)
+                 errors.CheckpointMismatchError, r"another run|another graph|architecture", protect=w)
   other = dict(arrays)
   other["image_emb"] = arrays["image_emb"][::-1].copy()
   for label, arr in {"other rows, same dims": other,
                      "other split": {**arrays, "image_test": ~arrays["image_test"],
                                      "image_train": ~arrays["image_train"]}}.items():
     w = copy()
-    ds = data_lib.from_arrays(arr, source="other.npz")
+    ds = readers_lib.from_arrays(arr, source="other.npz")
     expect_error(f"resume with other data ({label})",
-                 lambda w=w, ds=ds: train_lib.train(small_config(), w, dataset=ds, log=quiet),
-                 train_lib.RunMismatchError, r"data: other.npz differs", protect=w)
+                 lambda w=w, ds=ds: trainer_lib.train(small_config(), w, dataset=ds, log=quiet),
+                 errors.RunMismatchError, r"data: other.npz differs", protect=w)
   safe = {"train.steps=30": lambda c: None, "print_every=5": lambda c: setattr(c.train, "print_every", 5),
           "log_every=2": lambda c: setattr(c.train, "log_every", 2), "eval.ks=(1,3)": lambda c: setattr(
               c.eval, "ks", (1, 3)), "keep_checkpoints=5": lambda c: setattr(c.train, "keep_checkpoints", 5)}
@@ -238,35 +241,35 @@ def main() -> None:
     config = small_config(30)
     change(config)
     expect_ok(f"resume with safe change {label}",
-              lambda w=w, config=config: train_lib.train(config, w, dataset=dataset, log=quiet),
+              lambda w=w, config=config: trainer_lib.train(config, w, dataset=dataset, log=quiet),
               lambda r: (r.steps_run == 10, f"{r.steps_run} steps run"))
   w = copy()
   config = small_config(30)
   config.optim.lr = 0.001
   config.train.allow_resume_changes = True
-  expect_ok("resume with lr change and allow_resume_changes", lambda: train_lib.train(config, w, dataset=dataset,
+  expect_ok("resume with lr change and allow_resume_changes", lambda: trainer_lib.train(config, w, dataset=dataset,
                                                                                      log=quiet),
-            lambda r: (train_lib.load_trained(w).meta.get("resume_changes") == [
+            lambda r: (trained_lib.load_trained(w).meta.get("resume_changes") == [
                 {"step": 20, "changes": ["optim.lr: 0.002 -> 0.001"]}], "recorded in meta"))
   w = copy()
-  expect_ok("rerun a finished run", lambda: train_lib.train(small_config(), w, dataset=dataset, log=quiet),
+  expect_ok("rerun a finished run", lambda: trainer_lib.train(small_config(), w, dataset=dataset, log=quiet),
             lambda r: (r.steps_run == 0 and digest(os.path.join(w, "checkpoints")) ==
                        digest(os.path.join(finished, "checkpoints")), "0 steps, checkpoints unchanged"))
 
   # -- lock --
   w = copy()
   hold = subprocess.Popen([sys.executable, "-c", (
-      f"import sys, time; sys.path.insert(0, {ROOT!r}); from graphbridge import workdir_lock; "
-      f"workdir_lock.WorkdirLock({w!r}, 'holder').__enter__(); print('held', flush=True); time.sleep(60)")],
+      f"import sys, time; sys.path.insert(0, {ROOT!r}); from graphbridge.training import lock as lock_lib; "
+      f"lock_lib.WorkdirLock({w!r}, 'holder').__enter__(); print('held', flush=True); time.sleep(60)")],
       stdout=subprocess.PIPE, text=True)
   hold.stdout.readline()
-  expect_error("second run in a locked workdir", lambda: train_lib.train(small_config(30), w, dataset=dataset,
+  expect_error("second run in a locked workdir", lambda: trainer_lib.train(small_config(30), w, dataset=dataset,
                                                                          log=quiet),
-               workdir_lock.WorkdirLockedError, rf"in use by pid {hold.pid}", protect=w)
+               errors.WorkdirLockedError, rf"in use by pid {hold.pid}", protect=w)
   hold.kill()
   hold.wait()
   notes = []
-  expect_ok("stale lock of a killed run", lambda: train_lib.train(small_config(30), w, dataset=dataset,
+  expect_ok("stale lock of a killed run", lambda: trainer_lib.train(small_config(30), w, dataset=dataset,
                                                                   log=notes.append),
             lambda r: (any("stale lock" in n and "no longer running" in n for n in notes), "taken over with a note"))
 
@@ -282,8 +285,8 @@ def main() -> None:
     config.unlock()
     section, _, field = key.rpartition(".")
     setattr(config[section] if section else config, field, value)
-    expect_error(f"config {key}={value!r}", lambda config=config: config_check.validate(config),
-                 config_check.ConfigError, re.escape(key))
+    expect_error(f"config {key}={value!r}", lambda config=config: validate_lib.validate(config),
+                 errors.ConfigError, re.escape(key))
   graph_values = {"graph.frozen": "image->audio", "graph.frozen ": "image->text", "eval.paths": "image->audio->text",
                   "loss.supervised_edges": "image->audio", "loss.cycle_starts": "video"}
   for key, value in graph_values.items():
@@ -293,14 +296,14 @@ def main() -> None:
     target = os.path.join(tmp, f"cfg{counter[0]}")
     counter[0] += 1
     expect_error(f"config {key.strip()}={value!r} (against the graph)",
-                 lambda config=config, target=target: train_lib.train(config, target, dataset=dataset, log=quiet),
-                 config_check.ConfigError, re.escape(key.strip()))
+                 lambda config=config, target=target: trainer_lib.train(config, target, dataset=dataset, log=quiet),
+                 errors.ConfigError, re.escape(key.strip()))
 
   # -- data --
   files = _data_cases(tmp, arrays)
   for name, pattern in files.items():
-    expect_error(f"data {name}", lambda name=name: data_lib.load(os.path.join(tmp, "data", name)),
-                 data_lib.DataError, pattern)
+    expect_error(f"data {name}", lambda name=name: readers_lib.load(os.path.join(tmp, "data", name)),
+                 errors.DataError, pattern)
   array_cases = {
       "pairs index out of range": ({"pairs_image__text": np.array([[0, 999]])}, r"out of range"),
       "pairs float dtype": ({"pairs_image__text": np.zeros((3, 2), np.float32)}, r"must be integers"),
@@ -314,24 +317,24 @@ def main() -> None:
                            r"row 3 has NaN"),
   }
   for label, (patch, pattern) in array_cases.items():
-    expect_error(f"data {label}", lambda patch=patch: data_lib.from_arrays({**arrays, **patch}),
-                 data_lib.DataError, pattern)
+    expect_error(f"data {label}", lambda patch=patch: readers_lib.from_arrays({**arrays, **patch}),
+                 errors.DataError, pattern)
   pairs = arrays["pairs_audio__text"]
   test_only = {**arrays, "pairs_audio__text": pairs[arrays["audio_test"][pairs[:, 0]] |
                                                     arrays["text_test"][pairs[:, 1]]]}
-  ds = data_lib.from_arrays(test_only, source="testpairs.npz")
-  expect_error("pair set of test rows only", lambda: train_lib.train(small_config(), os.path.join(tmp, "tp"),
+  ds = readers_lib.from_arrays(test_only, source="testpairs.npz")
+  expect_error("pair set of test rows only", lambda: trainer_lib.train(small_config(), os.path.join(tmp, "tp"),
                                                                      dataset=ds, log=quiet),
-               data_lib.DataError, r"none of its \d+ pairs has both rows in the train split")
+               errors.DataError, r"none of its \d+ pairs has both rows in the train split")
 
   # -- disk --
   w = os.path.join(tmp, "disk")
   os.environ["GRAPHBRIDGE_FAIL_SAVE"] = "20"
-  expect_error("full disk at the save of step 20", lambda: train_lib.train(small_config(30), w, dataset=dataset,
+  expect_error("full disk at the save of step 20", lambda: trainer_lib.train(small_config(30), w, dataset=dataset,
                                                                            log=quiet),
-               ckpt_lib.CheckpointWriteError, r"No space left on device; steps saved before are intact: 10")
+               errors.CheckpointWriteError, r"No space left on device; steps saved before are intact: 10")
   del os.environ["GRAPHBRIDGE_FAIL_SAVE"]
-  expect_ok("after the full disk: step 10 intact", lambda: train_lib.load_trained(w),
+  expect_ok("after the full disk: step 10 intact", lambda: trained_lib.load_trained(w),
             lambda r: (r.step == 10, f"step {r.step}"))
 
   # -- the CLIs: one line and a hint, exit 2, no traceback --
@@ -381,21 +384,20 @@ def cli(name, script, argv, pattern, protect: str | None = None):
 
 def _train_or_strategy(config, workdir, dataset):
   if config.strategy != "graph":
-    from graphbridge import strategies
-    return strategies.run_strategy(config, dataset, workdir, log=quiet)
-  return train_lib.train(config, workdir, dataset=dataset, log=quiet)
+    return strategies.get(config.strategy).train(config, dataset, workdir, log=quiet)
+  return trainer_lib.train(config, workdir, dataset=dataset, log=quiet)
 
 
 def _resume(workdir, dataset):
   logs = []
-  result = train_lib.train(small_config(), workdir, dataset=dataset, log=logs.append)
+  result = trainer_lib.train(small_config(), workdir, dataset=dataset, log=logs.append)
   return result, logs, workdir
 
 
 def _fell_back(out):
   result, logs, workdir = out
   kept = os.path.isdir(os.path.join(workdir, "checkpoints_damaged", "20"))
-  ok = result.steps_run == 10 and kept and train_lib.load_trained(workdir).step == 20
+  ok = result.steps_run == 10 and kept and trained_lib.load_trained(workdir).step == 20
   return ok, f"{result.steps_run} steps run, damaged step kept: {kept}"
 
 

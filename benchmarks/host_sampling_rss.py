@@ -25,6 +25,9 @@ import threading
 import time
 
 from absl import app, flags
+from graphbridge.data import readers as readers_lib
+from graphbridge import defaults
+from graphbridge.training import trainer as trainer_lib
 
 flags.DEFINE_float("gb", 4.0, "total size of the embedding files (GB)")
 flags.DEFINE_integer("modalities", 2, "number of modalities (tables)")
@@ -108,12 +111,9 @@ def child(mode: str, folder: str) -> dict:
   t0 = time.perf_counter()
   result = {}
   if mode == "load":
-    from graphbridge import data as data_lib
-    dataset = data_lib.load(folder)
+    dataset = readers_lib.load(folder)
     result["rows"] = {m: len(mod) for m, mod in dataset.modalities.items()}
   else:
-    from graphbridge import defaults
-    from graphbridge import train as train_lib
     c = defaults.base_config()
     c.data.path = folder
     c.data.host_sampling = mode == "host"
@@ -125,7 +125,7 @@ def child(mode: str, folder: str) -> dict:
     c.train.steps = FLAGS.steps
     c.train.log_every = FLAGS.steps
     c.train.checkpoint_every = 0
-    run = train_lib.train(c, None, log=lambda msg: None)
+    run = trainer_lib.train(c, None, log=lambda msg: None)
     result["steps_per_s"] = run.steps_run / max(run.seconds - run.compile_seconds, 1e-9)
     result["loss"] = run.final_metrics["loss/total"]
   result["seconds"] = time.perf_counter() - t0

@@ -29,6 +29,9 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from graphbridge.training import setup as setup_lib
+from graphbridge.training import state as state_lib
+from graphbridge.training import optimizer as optimizer_lib
 
 
 # ---- the static plan: which edge runs on which slot at which hop ---------------------------------
@@ -278,16 +281,15 @@ def check(args) -> int:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax
   import jax.numpy as jnp
-  from graphbridge import train as train_lib
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import step_bench
 
   dataset = step_bench.synthetic_dataset(args.modalities, args.dim, rows=max(4 * args.batch, 2048))
   config = step_bench.bench_config(args.modalities, args.dim, args.hidden, args.batch, args.cycle_length,
                                    "float32", True)
-  setup = train_lib.build_setup(config, dataset)
-  tx = train_lib.make_optimizer(config)
-  state = train_lib.init_state(setup, tx, 0, train_lib.phase_weights(config, setup.plan, 0))
+  setup = setup_lib.build_setup(config, dataset)
+  tx = optimizer_lib.make_optimizer(config)
+  state = state_lib.init_state(setup, tx, 0, optimizer_lib.phase_weights(config, setup.plan, 0))
   (bucket_key, stacked), = state["params"]["edges"].items()
   names = [f"m{i}" for i in range(args.modalities)]
   rng = np.random.default_rng(1)

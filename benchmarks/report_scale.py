@@ -20,6 +20,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from graphbridge.data import readers as readers_lib
+from graphbridge import defaults
+from graphbridge.evaluation import report as report_lib
+from graphbridge.evaluation.aligners import GraphAligner
+from graphbridge.training import setup as setup_lib
+from graphbridge.training import state as state_lib
+from graphbridge.training import step as step_lib
+from graphbridge.training import optimizer as optimizer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,10 +36,6 @@ def one(rows: int, steps: int, plots: bool, max_queries: int, classes: int, quer
   sys.path.insert(0, ROOT)
   import jax
   import numpy as np
-  from graphbridge import data as data_lib
-  from graphbridge import defaults
-  from graphbridge import report as report_lib
-  from graphbridge import train as train_lib
 
   t0 = time.perf_counter()
   rng = np.random.default_rng(0)
@@ -54,7 +58,7 @@ def one(rows: int, steps: int, plots: bool, max_queries: int, classes: int, quer
   for i, a in enumerate(names):
     for b in names[i + 1:]:
       arrays[f"pairs_{a}__{b}"] = identity
-  dataset = data_lib.from_arrays(arrays, source=f"synthetic{rows}")
+  dataset = readers_lib.from_arrays(arrays, source=f"synthetic{rows}")
   del arrays
   t_data = time.perf_counter() - t0
 
@@ -63,11 +67,11 @@ def one(rows: int, steps: int, plots: bool, max_queries: int, classes: int, quer
   c.model.hidden = (512, 512)
   c.train.steps = steps
   c.optim.warmup_steps = 5
-  setup = train_lib.build_setup(c, dataset)
-  tx = train_lib.make_optimizer(c)
-  state = train_lib.init_state(setup, tx, 0, train_lib.phase_weights(c, setup.plan, 0))
-  arrays = jax.device_put(train_lib.sampler_arrays(setup, dataset))
-  step = train_lib.make_device_step(setup, tx)
+  setup = setup_lib.build_setup(c, dataset)
+  tx = optimizer_lib.make_optimizer(c)
+  state = state_lib.init_state(setup, tx, 0, optimizer_lib.phase_weights(c, setup.plan, 0))
+  arrays = jax.device_put(step_lib.sampler_arrays(setup, dataset))
+  step = step_lib.make_device_step(setup, tx)
   t1 = time.perf_counter()
   for _ in range(steps):
     state, _ = step(state, {}, arrays)
@@ -75,9 +79,8 @@ def one(rows: int, steps: int, plots: bool, max_queries: int, classes: int, quer
   t_train = time.perf_counter() - t1
 
   params = state["params"]["edges"]
-  aligner = report_lib.aligner_for_run(setup.layout, params, "float32", "graph")
-  before = report_lib.aligner_for_run(setup.layout, report_lib.initial_params(setup.layout, params, 0),
-                                      "float32", "graph")
+  aligner = GraphAligner(setup.layout, params, "float32", name="graph")
+  before = GraphAligner(setup.layout, report_lib.initial_params(setup.layout, params, 0), "float32", name="graph")
   options = report_lib.EvalOptions(max_queries=max_queries or 0, querybank_k=querybank_k)
   rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   cpu2 = time.process_time()

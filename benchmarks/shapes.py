@@ -29,6 +29,11 @@ import tempfile
 import time
 
 import numpy as np
+from graphbridge import api
+from graphbridge.linear import baselines as baselines_lib
+from graphbridge.data import readers as readers_lib
+from graphbridge.evaluation import report as report_lib
+from graphbridge.strategies import registry as strategies
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -108,10 +113,6 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0, help="data seed")
   args = p.parse_args(argv)
   import bridges
-  from graphbridge import api, baselines
-  from graphbridge import data as data_lib
-  from graphbridge import report as report_lib
-  from graphbridge import strategies as strat_lib
   overrides = {}
   for text in args.set:
     overrides.update(bridges.parse_assignments(text))
@@ -123,15 +124,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
       path = os.path.join(tmp, f"{shape}.npz")
       np.savez(path, **build(shape, args.seed))
-      dataset = data_lib.load(path)
+      dataset = readers_lib.load(path)
       cfg = bridges.make_config("npz", {**overrides, "data.path": path})
       t0 = time.perf_counter()
       with api.quiet_absl():
-        run = strat_lib.run_strategy(cfg, dataset, None, log=lambda m: None)
+        run = strategies.get(cfg.strategy).train(cfg, dataset, None, log=lambda m: None)
       aligner = report_lib.with_route_options(run.aligner, report_lib.EvalOptions.from_config(cfg))
       ours = bridges.score(aligner, dataset)
       seconds = time.perf_counter() - t0
-      ridge = bridges.score(baselines.ChainAligner(dataset, "ridge"), dataset)
+      ridge = bridges.score(baselines_lib.ChainAligner(dataset, "ridge"), dataset)
     for level in ("instance", "class"):
       g, r = by_hops(ours, level), by_hops(ridge, level)
       if not g:

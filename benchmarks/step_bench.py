@@ -30,6 +30,12 @@ import sys
 import time
 
 from absl import app, flags
+from graphbridge.data import readers as readers_lib
+from graphbridge import defaults
+from graphbridge.training import setup as setup_lib
+from graphbridge.training import state as state_lib
+from graphbridge.training import step as step_lib
+from graphbridge.training import optimizer as optimizer_lib
 
 flags.DEFINE_integer("modalities", 3, "M: number of modalities (complete graph, M(M-1) edges).")
 flags.DEFINE_integer("dim", 1024, "d: embedding dim of every modality.")
@@ -77,7 +83,6 @@ def measure_gemm_peak(dtype_name: str) -> float:
 
 def synthetic_dataset(modalities: int, dim: int, rows: int, seed: int = 0):
   import numpy as np
-  from graphbridge import data as data_lib
   rng = np.random.default_rng(seed)
   names = [f"m{i}" for i in range(modalities)]
   arrays = {f"{m}_emb": rng.standard_normal((rows, dim), dtype=np.float32) for m in names}
@@ -85,7 +90,7 @@ def synthetic_dataset(modalities: int, dim: int, rows: int, seed: int = 0):
   for i in range(modalities):
     for j in range(i + 1, modalities):
       arrays[f"pairs_{names[i]}__{names[j]}"] = identity
-  return data_lib.from_arrays(arrays, source="synthetic")
+  return readers_lib.from_arrays(arrays, source="synthetic")
 
 
 VARIANT_PARTS = {
@@ -109,7 +114,6 @@ def variant_overrides(variant: str) -> dict:
 
 def bench_config(modalities: int, dim: int, hidden: int, batch: int, cycle_length: int, dtype: str,
                  guard: bool, variant: str = "base"):
-  from graphbridge import defaults
   c = defaults.base_config()
   names = [f"m{i}" for i in range(modalities)]
   c.graph.edges = ",".join(f"{a}->{b}" for a in names for b in names if a != b)
@@ -139,7 +143,6 @@ _DATASETS: dict = {}
 def run_one(modalities: int, dim: int, hidden: int, batch: int, cycle_length: int, dtype: str,
             steps: int, repeats: int, guard: bool, peak: float, variant: str = "base") -> dict:
   import jax
-  from graphbridge import train as train_lib
   t0 = time.perf_counter()
   rows = max(4 * batch, 2048)
   if (modalities, dim, rows) not in _DATASETS:  # variants of one configuration share the data
@@ -148,15 +151,15 @@ def run_one(modalities: int, dim: int, hidden: int, batch: int, cycle_length: in
   dataset = _DATASETS[(modalities, dim, rows)]
   config = bench_config(modalities, dim, hidden, batch, cycle_length, dtype, guard, variant)
   t_data = time.perf_counter()
-  setup = train_lib.build_setup(config, dataset)
-  tx = train_lib.make_optimizer(config)
+  setup = setup_lib.build_setup(config, dataset)
+  tx = optimizer_lib.make_optimizer(config)
   t_plan = time.perf_counter()
-  state = train_lib.init_state(setup, tx, 0, train_lib.phase_weights(config, setup.plan, 0))
+  state = state_lib.init_state(setup, tx, 0, optimizer_lib.phase_weights(config, setup.plan, 0))
   jax.block_until_ready(state)
   t_state = time.perf_counter()
-  arrays = jax.device_put(train_lib.sampler_arrays(setup, dataset))
+  arrays = jax.device_put(step_lib.sampler_arrays(setup, dataset))
   jax.block_until_ready(arrays)
-  step = train_lib.make_device_step(setup, tx, skip_nonfinite=guard)
+  step = step_lib.make_device_step(setup, tx, skip_nonfinite=guard)
   t_build = time.perf_counter()
   setup_parts = {"data": t_data - t0, "plan": t_plan - t_data, "init_state": t_state - t_plan,
                  "arrays": t_build - t_state}

@@ -23,6 +23,11 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import step_bench  # noqa: E402  (its flags: --modalities --dim --hidden --batch ...)
+from graphbridge.training import setup as setup_lib
+from graphbridge.training import state as state_lib
+from graphbridge.training import step as step_lib
+from graphbridge.training import optimizer as optimizer_lib
+from graphbridge.model.translators import dtype_from_name
 
 flags.DEFINE_integer("check_steps", 5, "optimizer steps for the update comparison")
 flags.DEFINE_list("checks", ["bf16:base", "bf16:fused", "bf16:fused+mu_bf16"],
@@ -53,29 +58,27 @@ def evaluate(dtype: str, variant: str, modalities: int, dim: int, hidden: int, b
   import jax
   import jax.numpy as jnp
   bench_config, synthetic_dataset = step_bench.bench_config, step_bench.synthetic_dataset
-  from graphbridge import train as train_lib
-  from graphbridge.translators import dtype_from_name
   dataset = synthetic_dataset(modalities, dim, rows=max(4 * batch, 256))
   config = bench_config(modalities, dim, hidden, batch, cycle_length, dtype, True, variant)
   config.optim.lr = 1e-3
-  setup = train_lib.build_setup(config, dataset)
-  tx = train_lib.make_optimizer(config)
-  state = train_lib.init_state(setup, tx, 0, train_lib.phase_weights(config, setup.plan, 0))
-  arrays = jax.device_put(train_lib.sampler_arrays(setup, dataset))
+  setup = setup_lib.build_setup(config, dataset)
+  tx = optimizer_lib.make_optimizer(config)
+  state = state_lib.init_state(setup, tx, 0, optimizer_lib.phase_weights(config, setup.plan, 0))
+  arrays = jax.device_put(step_lib.sampler_arrays(setup, dataset))
   batch_ = setup.plan.sample(arrays, jax.random.PRNGKey(1), setup.batch_size)
   compute = dtype_from_name(setup.compute_dtype)
 
   @jax.jit
   def loss_and_grad(params, batch_):
     f = lambda p: setup.plan.loss(p, {}, batch_, state["weights"], jax.random.PRNGKey(0), compute)[0]
-    p = {**params, "edges": train_lib.to_compute_dtype(setup, params["edges"])}
+    p = {**params, "edges": state_lib.to_compute_dtype(setup, params["edges"])}
     loss, grads = jax.value_and_grad(f)(p)
     return loss, jax.tree.map(lambda g: g.astype(jnp.float32), grads["edges"])
 
   t = time.perf_counter()
   loss, grads = jax.device_get(loss_and_grad(state["params"], batch_))
   p0 = jax.device_get(state["params"]["edges"])
-  step = train_lib.make_device_step(setup, tx, skip_nonfinite=True)
+  step = step_lib.make_device_step(setup, tx, skip_nonfinite=True)
   for _ in range(steps):
     state, metrics = step(state, {}, arrays)
   p_end = jax.device_get(state["params"]["edges"])

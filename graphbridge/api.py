@@ -1,4 +1,4 @@
-"""One object for a trained run, for notebooks and scripts.
+"""One object for a trained run, for notebooks and scripts, whatever strategy trained it.
 
   import graphbridge
   run = graphbridge.load("/tmp/gb")                       # or: run = graphbridge.fit(config, "/tmp/gb")
@@ -17,17 +17,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import os
 from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging as absl_logging
 
-from graphbridge.graph import GraphError, ModalityGraph
+from graphbridge.core.errors import ConfigError, GraphError
+from graphbridge.core.fields import names
+from graphbridge.core.graph import Edge, ModalityGraph, path_name
+from graphbridge.core.routes import best_route, parse_route, without_edges
+from graphbridge.data import readers as readers_lib
+from graphbridge.data.dataset import Dataset
+from graphbridge.evaluation.report import EvalOptions
+from graphbridge.model.translators import compose, normalize, unstack
+from graphbridge.runs import configs as configs_lib
+from graphbridge.runs import evaluate as evaluate_run
+from graphbridge.runs import experiment
+from graphbridge.runs import graft as graft_run
+from graphbridge.strategies import reporting
+from graphbridge.strategies.base import Model
 
 PyTree = Any
 
@@ -36,7 +48,6 @@ PyTree = Any
 def quiet_absl(level: int = logging.ERROR) -> Iterator[None]:
   """Hold absl's (and so orbax's) log level at `level` inside the block: a read-only restore
   warns 4-6 times about metadata it does not need."""
-  from absl import logging as absl_logging
   logger = absl_logging.get_absl_logger()
   before = logger.level
   logger.setLevel(level)
@@ -51,20 +62,17 @@ def config(name: str = "digits", **overrides) -> ml_collections.ConfigDict:
 
   config("digits:tiny", **{"train.steps": 50}) == configs/digits.py get_config("tiny") with
   train.steps = 50. Unknown override keys raise ConfigError naming the closest field."""
-  from graphbridge import configs_resolver
-  c = apply_overrides(configs_resolver.load(name), overrides)
+  c = apply_overrides(configs_lib.load(name), overrides)
   c.lock()
   return c
 
 
 def apply_overrides(c: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """Set dotted fields {"train.steps": 50}; an unknown one raises ConfigError naming the closest."""
-  from graphbridge import config_check
-  from graphbridge.configs_resolver import unknown_field_message
   for key, value in overrides.items():
-    message = unknown_field_message(c, key)
+    message = configs_lib.unknown_field_message(c, key)
     if message:
-      raise config_check.ConfigError(message)
+      raise ConfigError(message)
     node = c
     *parents, leaf = key.split(".")
     for p in parents:
@@ -84,43 +92,73 @@ def _as_numpy_rows(x, what: str) -> np.ndarray:
 
 @dataclasses.dataclass
 class Run:
-  """A trained run: its graph, translators and config (see the module docstring).
-
-  params: {bucket_key: stacked} for every edge (what translators.compose takes)."""
-  layout: Any
-  params: Mapping[str, PyTree]
-  config: ml_collections.ConfigDict
-  compute_dtype: str
-  step: int
-  workdir: str | None
+  """A trained run (see the module docstring): `model`, restored or trained by its strategy."""
+  model: Model
 
   @property
-  def graph(self) -> ModalityGraph:
-    return self.layout.graph
+  def config(self) -> ml_collections.ConfigDict:
+    return self.model.config
+
+  @property
+  def step(self) -> int:
+    return int(self.model.step)
+
+  @property
+  def workdir(self) -> str | None:
+    return self.model.workdir
+
+  @property
+  def strategy(self) -> str:
+    return self.model.strategy
 
   @property
   def modalities(self) -> tuple[str, ...]:
-    return tuple(self.graph.node_names)
+    return tuple(self.model.modalities)
+
+  def _translators(self):
+    if not hasattr(self.model, "layout"):
+      raise AttributeError(f"a {self.strategy} run has no translator graph (graph, layout, params, edge_params "
+                           "belong to translator strategies); translate, search and evaluate work for every run")
+    return self.model
+
+  @property
+  def layout(self):
+    return self._translators().layout
+
+  @property
+  def params(self) -> Mapping[str, PyTree]:
+    """{bucket_key: stacked} for every edge (what translators.compose takes)."""
+    return self._translators().params
+
+  @property
+  def compute_dtype(self) -> str:
+    return getattr(self.model, "compute_dtype", "float32")
+
+  @property
+  def graph(self) -> ModalityGraph:
+    return self._translators().graph
 
   def __repr__(self) -> str:
-    return (f"Run({self.workdir!r}, step {self.step}, strategy {self.config.get('strategy', 'graph')}, "
-            f"{self.compute_dtype}; {self.graph.describe()})")
+    what = self.model.graph.describe() if hasattr(self.model, "layout") else ", ".join(self.modalities)
+    return f"Run({self.workdir!r}, step {self.step}, strategy {self.strategy}, {self.compute_dtype}; {what})"
 
   # -- parameters ---------------------------------------------------------------------------------
   def edge_params(self, edge: str | None = None) -> PyTree:
     """edge_params("image->text"): that translator's params; edge_params(): {edge name: params}."""
-    from graphbridge.translators import unstack
+    model = self._translators()
     if edge is None:
-      return unstack(self.layout, self.params)
-    key, index = self.layout.where(edge)  # GraphError naming the edges if it is not one
-    return jax.tree.map(lambda x: x[index], self.params[key])
+      return unstack(model.layout, model.params)
+    key, index = model.layout.where(edge)  # GraphError naming the edges if it is not one
+    return jax.tree.map(lambda x: x[index], model.params[key])
 
   # -- translation and retrieval ------------------------------------------------------------------
   def translate(self, x, path: str):
     """x: [rows, d_src] (numpy or jax) -> [rows, d_dst] float32 along `path` ('image->text->audio'),
     L2-normalised; a single node ('image') only normalises. Returns the input's array type."""
-    from graphbridge.translators import compose, normalize
     is_numpy = not isinstance(x, jax.Array)
+    if not hasattr(self.model, "layout"):
+      out = self.model.translate(_as_numpy_rows(x, f"translate({path!r})"), path)
+      return out if is_numpy else jnp.asarray(out)
     rows = jnp.asarray(_as_numpy_rows(x, f"translate({path!r})") if is_numpy else x, jnp.float32)
     rows = normalize(rows)
     if "->" in path:
@@ -134,10 +172,7 @@ class Run:
     """The best single route between two modalities (e.g. 'image->text<-audio'); edges trained by
     cycles only (graph.extra_edges) are never a hop of it. The report's default for never-paired
     modalities averages several such routes (docs/evaluation.md, "Routes")."""
-    from graphbridge.config_check import names
-    from graphbridge.graph import Edge
-    from graphbridge.routes import best_route, without_edges
-    extra = [Edge.parse(e) for e in names((self.config.get("graph", None) or {}).get("extra_edges", ""))]
+    extra = [Edge.parse(e) for e in names(self.config.graph.extra_edges)]
     route = best_route(without_edges(self.graph, extra), query, gallery)
     if route is None:
       raise GraphError(f"no route joins {query} and {gallery} in {self.graph.describe()}")
@@ -145,8 +180,6 @@ class Run:
 
   def encode(self, queries, gallery, route: str) -> tuple[jax.Array, jax.Array]:
     """Both sides in the route's meeting space: ([nq, d], [ng, d]) float32, L2-normalised."""
-    from graphbridge.graph import path_name
-    from graphbridge.routes import parse_route
     parsed = parse_route(self.graph, route)
     zq = self.translate(jnp.asarray(_as_numpy_rows(queries, "queries")), path_name(parsed.query_path))
     zg = self.translate(jnp.asarray(_as_numpy_rows(gallery, "gallery")), path_name(parsed.gallery_path))
@@ -166,32 +199,25 @@ class Run:
     return np.asarray(scores), np.asarray(indices)
 
   # -- evaluation ---------------------------------------------------------------------------------
-  def dataset(self, data=None):
+  def dataset(self, data=None) -> Dataset:
     """The run's own data (config data.path or data.name), or `data` (a Dataset or a path)."""
-    from graphbridge import data as data_lib
-    if isinstance(data, data_lib.Dataset):
+    if isinstance(data, Dataset):
       return data
     if data is not None:
-      return data_lib.load_named(str(data))
-    saved = self.config.get("data", None) or {}
-    return data_lib.load_named(saved.get("path") or saved.get("name") or "digits")
+      return readers_lib.load_named(str(data))
+    return evaluate_run.model_dataset(self.model)
 
   def evaluate(self, dataset=None, routes: Sequence[str] = (), split: str | None = None,
                out: str | None = None, plots: bool = False, log=None) -> dict:
     """The report's numbers ({"rows": retrieval rows, "by_hops", "gap", "silhouette", ...}) on
     `dataset` (default: the run's own data), with extra named `routes`. out: also write
     report.{json,md} (and plots) there."""
-    from graphbridge import report as report_lib
     ds = self.dataset(dataset)
-    name = str(self.config.get("strategy", "graph") or "graph")
-    aligner = report_lib.aligner_for_run(self.layout, self.params, self.compute_dtype, name)
-    options = report_lib.EvalOptions.from_config(self.config, split=split)
+    options = EvalOptions.from_config(self.config, split=split)
     if routes:
       options = dataclasses.replace(options, extra_routes=tuple(routes))
-    before = report_lib.aligner_for_run(self.layout, report_lib.initial_params(self.layout, self.params, options.seed),
-                                        self.compute_dtype, name)
-    return report_lib.run_report(aligner, ds, out, before, options, {"step": self.step}, plots=plots,
-                                 log=log or (lambda msg: None))
+    return reporting.report(self.model, self.config, ds, out, options=options, metrics_dir=self.workdir,
+                            plots=plots, log=log or (lambda msg: None))
 
   # -- more training ------------------------------------------------------------------------------
   def continue_training(self, steps: int, log=None, plots: bool = False, **overrides) -> "Run":
@@ -202,17 +228,16 @@ class Run:
     if int(steps) <= 0:
       raise ValueError(f"continue_training: steps must be > 0, got {steps}")
     c = _unlocked(self.config)
-    c.train.steps = int(self.step) + int(steps) - int(c.finetune.get("steps", 0))
+    c.train.steps = int(self.step) + int(steps) - int(c.finetune.steps)
     return fit(c, self.workdir, log=log, plots=plots, **overrides)
 
   def graft(self, graft_config: ml_collections.ConfigDict, workdir: str, log=None, plots: bool = False
             ) -> "Run":
     """Add graft_config.graft.modality to this run's graph, training only its new edges (this run's
     edges frozen, byte-identical), in a new `workdir`; returns the grafted run."""
-    from graphbridge import graft as graft_lib
     if not self.workdir:
       raise ValueError("graft: this run has no workdir to graft onto")
-    graft_lib.graft(graft_config, self.workdir, workdir, plots=plots, log=log or _print)
+    graft_run.graft(graft_config, self.workdir, workdir, plots=plots, log=log or _print)
     return load(workdir)
 
 
@@ -227,28 +252,14 @@ def _unlocked(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def load(workdir: str, step: int | None = None) -> Run:
   """The trained run in `workdir` (its latest complete checkpoint, or `step`), quietly."""
-  from graphbridge import dmvae
-  from graphbridge import train as train_lib
   with quiet_absl():
-    if dmvae.is_dmvae_workdir(workdir):
-      raise ValueError(f"{workdir} holds a DMVAE run (strategy 'dmvae'): graphbridge.load restores "
-                       "translator-graph runs; use graphbridge.dmvae.load(workdir) for its modules, or "
-                       f"graphbridge-evaluate --workdir={workdir} for its report")
-  with quiet_absl():
-    trained = train_lib.load_trained(workdir, step)
-  run_config = trained.config
-  resolved = os.path.join(workdir, "config.json")  # the config as asked for (a strategy's checkpoint
-  if os.path.isfile(resolved):                      # holds its last stage's overrides applied)
-    with open(resolved) as f:
-      run_config = ml_collections.ConfigDict(json.load(f))
-  return Run(trained.layout, trained.params, run_config, trained.compute_dtype, int(trained.step), workdir)
+    return Run(evaluate_run.load_model(workdir, step))
 
 
 def fit(config_or_name, workdir: str, log=None, plots: bool = True, **overrides) -> Run:
   """Train and evaluate as the main command does (report.{json,md}, plots, config.json in workdir)
   and return the trained run. config_or_name: a ConfigDict or a name such as 'digits:tiny';
   overrides: dotted fields, fit("digits:tiny", "/tmp/gb", **{"train.steps": 50})."""
-  from graphbridge import experiment
   if isinstance(config_or_name, str):
     c = config(config_or_name, **overrides)
   else:

@@ -13,7 +13,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llv
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from graphbridge import data as data_lib  # noqa: E402
+from graphbridge.data import dataset as dataset_lib
+from graphbridge.data import readers as readers_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,16 +100,16 @@ def data_path(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def tri_modal_dataset() -> data_lib.Dataset:
+def tri_modal_dataset() -> dataset_lib.Dataset:
     """Shared, treat as read-only."""
-    return data_lib.from_arrays(make_tri_modal_arrays(), source="<synthetic tri-modal>")
+    return readers_lib.from_arrays(make_tri_modal_arrays(), source="<synthetic tri-modal>")
 
 
 @pytest.fixture(scope="session")
 def make_synthetic_dataset():
     """Builder: make_synthetic_dataset(dims, rows, paired, seed=0) -> Dataset (4 classes)."""
     def build(dims, rows, paired, seed=0):
-        return data_lib.from_arrays(make_synthetic_arrays(dims, rows, paired, seed), source="<synthetic>")
+        return readers_lib.from_arrays(make_synthetic_arrays(dims, rows, paired, seed), source="<synthetic>")
     return build
 
 

@@ -13,8 +13,8 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from graphbridge import data as data_lib  # noqa: E402
-from graphbridge import train as train_lib  # noqa: E402
+from graphbridge.data import readers as readers_lib
+from graphbridge.training import trainer as trainer_lib
 from tests.conftest import load_config_module  # noqa: E402
 
 
@@ -31,5 +31,5 @@ def config_for(steps: int):
 
 if __name__ == "__main__":
   data_path, workdir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-  train_lib.train(config_for(steps), workdir, dataset=data_lib.load(data_path), log=lambda m: print(m, flush=True))
+  trainer_lib.train(config_for(steps), workdir, dataset=readers_lib.load(data_path), log=lambda m: print(m, flush=True))
   print("finished", flush=True)

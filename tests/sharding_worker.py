@@ -26,8 +26,14 @@ import numpy as np
 TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(TESTS))
 
-from graphbridge import sharding as sharding_lib  # noqa: E402
-from graphbridge import train as train_lib  # noqa: E402
+from graphbridge.training import sharding as sharding_lib
+from graphbridge.training import setup as setup_lib
+from graphbridge.training import state as state_lib
+from graphbridge.training import trained as trained_lib
+from graphbridge.training import optimizer as optimizer_lib
+from graphbridge.training import trainer as trainer_lib
+from graphbridge.training import writers as writers_lib
+from graphbridge.data import readers as readers_lib
 
 FAKE_DEVICES_FLAGS = ("--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
                       "--xla_llvm_disable_expensive_passes=true")
@@ -59,12 +65,12 @@ def tiny_config(data_dir: str, steps: int, **overrides):
 
 
 def final_params(workdir: str, step: int) -> list[np.ndarray]:
-  run = train_lib.load_trained(workdir, step)
+  run = trained_lib.load_trained(workdir, step)
   return [np.asarray(x) for x in jax.tree.leaves(run.edge_params())]
 
 
 def losses(workdir: str) -> dict[int, dict[str, float]]:
-  rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  rows = writers_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   return {r["step"]: {k: v for k, v in r.items() if k.startswith("loss/")} for r in rows}
 
 
@@ -108,14 +114,14 @@ def main(data_dir: str, one_device_workdir: str, out_dir: str, steps: int) -> No
 
   # data parallel over 8 devices, batch drawn on device
   workdir = os.path.join(out_dir, "dp8")
-  train_lib.train(tiny_config(data_dir, steps), workdir, log=quiet)
+  trainer_lib.train(tiny_config(data_dir, steps), workdir, log=quiet)
   check("data8", workdir, range(1, total + 1))
 
   # data 4 x edges 2 (trained in 2 processes, see multihost): the state is built split as asked
   config = tiny_config(data_dir, steps, **{"mesh.data": 4, "mesh.edges": 2})
-  setup = train_lib.build_setup(config, train_lib.data_lib.load(data_dir))
-  tx = train_lib.make_optimizer(config)
-  state = train_lib.init_state(setup, tx, 0, setup.plan.initial_weights(), mesh=sharding_lib.make_mesh(4, 2))
+  setup = setup_lib.build_setup(config, readers_lib.load(data_dir))
+  tx = optimizer_lib.make_optimizer(config)
+  state = state_lib.init_state(setup, tx, 0, setup.plan.initial_weights(), mesh=sharding_lib.make_mesh(4, 2))
   for key, tree in state["params"]["edges"].items():  # both buckets hold 2 edges: one per device
     for leaf in jax.tree.leaves(tree):
       assert leaf.sharding.spec[0] == "edges" and len(leaf.addressable_shards[0].data) == 1, (key, leaf.sharding)
@@ -132,19 +138,19 @@ def main(data_dir: str, one_device_workdir: str, out_dir: str, steps: int) -> No
 
   # data rows sharded over the data axis (device sampler gathers across devices)
   workdir = os.path.join(out_dir, "rows")
-  train_lib.train(tiny_config(data_dir, steps, **{"mesh.shard_data_rows": True}), workdir, log=quiet)
+  trainer_lib.train(tiny_config(data_dir, steps, **{"mesh.shard_data_rows": True}), workdir, log=quiet)
   check("data8_rows_sharded", workdir, range(1, total + 1))
 
   # host sampling from the memory-mapped folder, batches laid out over 8 devices
   workdir = os.path.join(out_dir, "host")
-  result = train_lib.train(tiny_config(data_dir, steps, **{"data.host_sampling": True}), workdir, log=quiet)
+  result = trainer_lib.train(tiny_config(data_dir, steps, **{"data.host_sampling": True}), workdir, log=quiet)
   assert type(result.dataset.modalities["image"].emb).__name__ == "NormalizedRows"
   check("data8_host_sampling", workdir, range(1, total + 1))
 
   # a one-device checkpoint resumes on 8 devices and ends as the one-device run does
   workdir = os.path.join(out_dir, "resume_on_8")
   copy_step(one_device_workdir, steps, workdir)
-  result = train_lib.train(tiny_config(data_dir, steps), workdir, log=quiet)
+  result = trainer_lib.train(tiny_config(data_dir, steps), workdir, log=quiet)
   assert result.steps_run == steps, result.steps_run
   check("one_to_8_resume", workdir, range(steps + 1, total + 1))
 
@@ -159,7 +165,7 @@ def multihost(process: int, processes: int, port: int, data_dir: str, workdir: s
                              initialization_timeout=60)
   messages = []
   config = tiny_config(data_dir, steps, **{"mesh.data": 4, "mesh.edges": 2})
-  train_lib.train(config, workdir, log=messages.append)
+  trainer_lib.train(config, workdir, log=messages.append)
   assert jax.process_count() == processes and jax.device_count() == 8, (jax.process_count(), jax.devices())
   assert any("6x8-h16-gelu-ln edges, 8x6-h16-gelu-ln edges" in m and f"in {processes} process(es)" in m
              for m in messages), messages

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import graphbridge
-from graphbridge import translators
+from graphbridge.model import translators as translators_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,7 +63,7 @@ def test_search_matches_brute_force_cosine(notebook):
 def test_translate_normalises_and_keeps_array_type(notebook):
   run, ds = notebook["run"], notebook["ds"]
   x = ds.modalities["image"].emb[:4]
-  expected = np.asarray(translators.compose(run.layout, run.params, "image->text", x))
+  expected = np.asarray(translators_lib.compose(run.layout, run.params, "image->text", x))
   out_np = run.translate(3.0 * x, "image->text")  # scaled input: normalised first
   out_jax = run.translate(jnp.asarray(x), "image->text")
   assert isinstance(out_np, np.ndarray) and isinstance(out_jax, jax.Array)
@@ -75,7 +75,7 @@ def test_translate_normalises_and_keeps_array_type(notebook):
 
 def test_edge_params_by_name(notebook):
   run = notebook["run"]
-  per_edge = translators.unstack(run.layout, run.params)
+  per_edge = translators_lib.unstack(run.layout, run.params)
   w = run.edge_params("image->text")
   for a, b in zip(jax.tree.leaves(w), jax.tree.leaves(per_edge["image->text"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -94,5 +94,5 @@ def test_config_typos_name_the_field():
   c = graphbridge.config("digits:tiny")
   with pytest.raises(AttributeError, match='Did you mean "steps"'):
     c.train.stpes = 5
-  with pytest.raises(graphbridge.config_check.ConfigError, match="closest: 'train.steps'"):
+  with pytest.raises(graphbridge.ConfigError, match="closest: 'train.steps'"):
     graphbridge.config("digits:tiny", **{"train.stpes": 5})

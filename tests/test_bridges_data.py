@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from graphbridge import baselines
-from graphbridge import data as data_lib
-from graphbridge import evaluate as eval_lib
+from graphbridge.linear import baselines as baselines_lib
+from graphbridge.data import readers as readers_lib
+from graphbridge.evaluation import retrieval as retrieval_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = {"mv6": ("tree", 6, 120), "mv8": ("tree", 8, 120), "fsdd_chain": ("chain", 4, 300)}
@@ -24,14 +24,14 @@ def _load_module(path, name):
 
 @pytest.fixture(scope="module", params=sorted(SHAPES))
 def named(request):
-  return request.param, data_lib.load_named(request.param)
+  return request.param, readers_lib.load_named(request.param)
 
 
 def test_loads_with_ids_labels_splits_and_no_nans(named):
   name, ds = named
   shape, n_mod, _ = SHAPES[name]
   assert len(ds.names) == n_mod
-  with np.load(data_lib.NAMED_DATASETS[name]) as z:
+  with np.load(readers_lib.NAMED_DATASETS[name]) as z:
     for m in ds.names:
       assert np.isfinite(z[f"{m}_emb"].astype(np.float32)).all(), m
   dims = {mod.dim for mod in ds.modalities.values()}
@@ -85,7 +85,7 @@ def test_pairs_follow_the_stated_shape_on_disjoint_train_slices(named):
 def test_mv6_rebuild_is_identical():
   build = _load_module(os.path.join(ROOT, "graphbridge", "datasets", "build_bridges.py"), "build_bridges")
   arrays = build.build("mv6")
-  with np.load(data_lib.NAMED_DATASETS["mv6"]) as z:
+  with np.load(readers_lib.NAMED_DATASETS["mv6"]) as z:
     assert set(z.files) == set(arrays)
     for k in arrays:
       assert np.array_equal(z[k], arrays[k]), k
@@ -119,32 +119,32 @@ def _synthetic(n=600, seed=0, lossy_middle=False):
   for m, x in (("a", a), ("b", b), ("c", c)):
     arrays.update({f"{m}_emb": x.astype(np.float32), f"{m}_id": ids, f"{m}_label": ids % 5,
                    f"{m}_train": ~test, f"{m}_test": test})
-  return data_lib.from_arrays(arrays), q
+  return readers_lib.from_arrays(arrays), q
 
 
 def test_linear_maps_recover_a_known_map():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(200, 8))
   q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
-  fit = baselines.fit_procrustes_any(x, 2.0 * x @ q + 0.5)
+  fit = baselines_lib.fit_procrustes_any(x, 2.0 * x @ q + 0.5)
   assert np.allclose(fit.w, q, atol=1e-8) and fit.scale == pytest.approx(2.0)
   w = rng.normal(size=(8, 5))
-  ridge = baselines.fit_ridge_cv(x, x @ w + 0.01 * rng.normal(size=(200, 5)))
+  ridge = baselines_lib.fit_ridge_cv(x, x @ w + 0.01 * rng.normal(size=(200, 5)))
   assert np.abs(ridge.coef - w).max() < 0.02
-  assert baselines.ridge_loo_alpha(x, x @ w) == min(baselines.RIDGE_ALPHAS)  # noiseless: least penalty
+  assert baselines_lib.ridge_loo_alpha(x, x @ w) == min(baselines_lib.RIDGE_ALPHAS)  # noiseless: least penalty
   ds, _ = _synthetic()
-  for kind in baselines.KINDS:  # b = a rotated: one hop is exact, retrieval is perfect
-    chain = baselines.ChainAligner(ds, kind)
-    rows = [r for r in eval_lib.retrieval_rows(chain, ds) if r["level"] == "instance"
+  for kind in baselines_lib.KINDS:  # b = a rotated: one hop is exact, retrieval is perfect
+    chain = baselines_lib.ChainAligner(ds, kind)
+    rows = [r for r in retrieval_lib.retrieval_rows(chain, ds) if r["level"] == "instance"
             and (r["query"], r["gallery"]) == ("a", "b")]
     assert rows and rows[0]["R@1"] == 1.0, kind
 
 
 def test_chain_follows_the_tree_path_and_oracle_uses_withheld_instance_pairs():
   ds, _ = _synthetic(lossy_middle=True)
-  chain = baselines.ChainAligner(ds, "ridge")
+  chain = baselines_lib.ChainAligner(ds, "ridge")
   assert chain.default_route("a", "c") == "a->b<-c"  # meet in the middle, as the graph's best_route
-  oracle = baselines.OracleAligner(ds)
+  oracle = baselines_lib.OracleAligner(ds)
   pairs = oracle.pairs("a", "c")
   assert oracle.n_pairs == 150 and len(pairs) == 150
   ma, mc = ds.modalities["a"], ds.modalities["c"]
@@ -152,14 +152,14 @@ def test_chain_follows_the_tree_path_and_oracle_uses_withheld_instance_pairs():
   assert np.array_equal(np.sort(oracle.pairs("c", "a")[:, 0]), np.sort(pairs[:, 1]))  # same instances
   scores = {}
   for aligner in (chain, oracle):
-    rows = [r for r in eval_lib.retrieval_rows(aligner, ds) if r["level"] == "instance" and r["hops"] == 2]
+    rows = [r for r in retrieval_lib.retrieval_rows(aligner, ds) if r["level"] == "instance" and r["hops"] == 2]
     scores[aligner.name] = np.mean([r["mAP"] for r in rows])
   assert scores["oracle-ridge"] > scores["ridge-chain"] + 0.2, scores  # the lossy middle view hurts chains
 
 
 def test_withheld_pairs_are_class_level_without_ids():
-  ds = data_lib.load_named("digits")
-  pairs = baselines.withheld_pairs(ds, "image", "audio", 100)
+  ds = readers_lib.load_named("digits")
+  pairs = baselines_lib.withheld_pairs(ds, "image", "audio", 100)
   assert len(pairs) == 100
   assert np.array_equal(ds.modalities["image"].labels[pairs[:, 0]], ds.modalities["audio"].labels[pairs[:, 1]])
   assert ds.modalities["image"].train[pairs[:, 0]].all() and ds.modalities["audio"].train[pairs[:, 1]].all()
@@ -183,7 +183,7 @@ def test_benchmark_recognises_methods_that_resolve_to_one_run():
   digits pairs the two differ (and pivot differs from default everywhere)."""
   bench = _load_module(os.path.join(ROOT, "benchmarks", "bridges.py"), "bench_bridges")
   for name, same in (("mv6", True), ("digits", False)):
-    ds = data_lib.load_named(name)
+    ds = readers_lib.load_named(name)
     keys = {m: bench.resolved_key(bench.make_config(name, o), ds) for m, o in bench.METHODS.items()}
     assert (keys["default"] == keys["pair"]) is same
     assert keys["default"] != keys["pivot"]
@@ -196,7 +196,7 @@ def test_shapes_benchmark_builds_loadable_sets_of_the_stated_shapes(tmp_path):
   for shape, (n_modalities, n_pair_sets) in expected.items():
     path = str(tmp_path / f"{shape}.npz")
     np.savez(path, **shapes.build(shape))
-    ds = data_lib.load(path)
+    ds = readers_lib.load(path)
     assert len(ds.names) == n_modalities and len(ds.pairs) == n_pair_sets, shape
-  dims = {m.emb.shape[1] for m in data_lib.load(str(tmp_path / "two_5_5000.npz")).modalities.values()}
+  dims = {m.emb.shape[1] for m in readers_lib.load(str(tmp_path / "two_5_5000.npz")).modalities.values()}
   assert dims == {5, 5000}

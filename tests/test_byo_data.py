@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from graphbridge import data as data_lib
-from graphbridge import experiment
-from graphbridge.data import DataError
+from graphbridge.data import readers as readers_lib
+from graphbridge.runs import experiment
+from graphbridge.core.errors import DataError
 
 from conftest import REPO_ROOT, load_config_module
 
@@ -57,12 +57,12 @@ def write_example_npz(path: str, **kwargs) -> str:
 
 def test_example_loads_from_npz_and_from_a_folder(tmp_path):
     arrays = example_arrays()
-    npz = data_lib.load(write_example_npz(str(tmp_path / "mine.npz")))
+    npz = readers_lib.load(write_example_npz(str(tmp_path / "mine.npz")))
     folder = tmp_path / "mine"
     folder.mkdir()
     for key, value in arrays.items():
         np.save(folder / f"{key}.npy", value)
-    from_folder = data_lib.load(str(folder))
+    from_folder = readers_lib.load(str(folder))
     for ds in (npz, from_folder):
         assert set(ds.names) == set(EXAMPLE_DIMS)
         assert ds.dims == EXAMPLE_DIMS
@@ -120,7 +120,7 @@ def test_bad_files_fail_with_a_message_naming_the_array(tmp_path, change, messag
     path = str(tmp_path / "bad.npz")
     np.savez(path, **_corrupt(example_arrays(), change))
     with pytest.raises(DataError, match=message):
-        data_lib.load(path)
+        readers_lib.load(path)
 
 
 # --------------------------------------------------------------------------- configs/npz.py

@@ -10,9 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from graphbridge import checkpoint as ckpt_lib
-from graphbridge import train as train_lib
-from graphbridge import translators as tr
+from graphbridge.core import errors
+from graphbridge.training import checkpoint as checkpoint_lib
+from graphbridge.training import identity as identity_lib
+from graphbridge.training import state as state_lib
+from graphbridge.training import trained as trained_lib
+from graphbridge.training import optimizer as optimizer_lib
+from graphbridge.training import trainer as trainer_lib
+from graphbridge.model import translators as translators_lib
 
 N = 4  # steps per half run
 
@@ -44,12 +49,12 @@ def runs(tmp_path_factory, digits_config_module, tri_modal_dataset):
     root = tmp_path_factory.mktemp("runs")
     full_dir, resumed_dir = str(root / "full"), str(root / "resumed")
     logs = {"full": [], "half": [], "resumed": []}
-    full = train_lib.train(make_config(digits_config_module, 2 * N), full_dir, dataset=tri_modal_dataset,
+    full = trainer_lib.train(make_config(digits_config_module, 2 * N), full_dir, dataset=tri_modal_dataset,
                            log=logs["full"].append)
-    half = train_lib.train(make_config(digits_config_module, N), resumed_dir, dataset=tri_modal_dataset,
+    half = trainer_lib.train(make_config(digits_config_module, N), resumed_dir, dataset=tri_modal_dataset,
                            log=logs["half"].append)
     half_state = jax.device_get(half.state)
-    resumed = train_lib.train(make_config(digits_config_module, 2 * N), resumed_dir, dataset=tri_modal_dataset,
+    resumed = trainer_lib.train(make_config(digits_config_module, 2 * N), resumed_dir, dataset=tri_modal_dataset,
                               log=logs["resumed"].append)
     return {"full": full, "full_dir": full_dir, "half_state": half_state, "resumed": resumed,
             "resumed_dir": resumed_dir, "logs": logs, "root": root}
@@ -69,7 +74,7 @@ def test_train_writes_checkpoints_and_metrics(runs):
 
 def test_load_trained_gives_the_trained_params(runs):
     full = runs["full"]
-    loaded = train_lib.load_trained(runs["full_dir"])
+    loaded = trained_lib.load_trained(runs["full_dir"])
     assert loaded.step == 2 * N
     assert loaded.graph == full.setup.graph
     trained = jax.device_get(full.edge_params())
@@ -79,10 +84,10 @@ def test_load_trained_gives_the_trained_params(runs):
         assert_trees_equal(restored[edge], trained[edge])
     # the restored params translate like the trained ones
     x = np.asarray(full.dataset.modalities["image"].emb[:5])
-    np.testing.assert_array_equal(tr.compose(loaded.layout, loaded.params, "image->text->audio", x),
-                                  tr.compose(full.setup.layout, full.params, "image->text->audio", x))
+    np.testing.assert_array_equal(translators_lib.compose(loaded.layout, loaded.params, "image->text->audio", x),
+                                  translators_lib.compose(full.setup.layout, full.params, "image->text->audio", x))
     assert int(loaded.config.train.steps) == 2 * N
-    earlier = train_lib.load_trained(runs["full_dir"], step=N)
+    earlier = trained_lib.load_trained(runs["full_dir"], step=N)
     assert earlier.step == N
     assert not np.array_equal(jax.tree.leaves(earlier.params)[0], jax.tree.leaves(loaded.params)[0])
 
@@ -91,19 +96,19 @@ def test_items_round_trip_is_exact(runs, tmp_path, digits_config_module):
     full = runs["full"]
     setup = full.setup
     state = jax.device_get(full.state)
-    edge_items, train_item = train_lib.state_to_items(setup, state)
+    edge_items, train_item = state_lib.state_to_items(setup, state)
     assert set(edge_items) == set(setup.graph.edge_names)
-    checkpoints = ckpt_lib.Checkpoints(str(tmp_path / "ckpt"), async_save=False)
+    checkpoints = checkpoint_lib.Checkpoints(str(tmp_path / "ckpt"), async_save=False)
     checkpoints.save(7, edge_items, train_item, {"note": "test"})
     checkpoints.close()
 
-    reader = ckpt_lib.Checkpoints(str(tmp_path / "ckpt"), read_only=True)
+    reader = checkpoint_lib.Checkpoints(str(tmp_path / "ckpt"), read_only=True)
     assert reader.latest_complete_step() == 7
     assert reader.restore_meta(7)["note"] == "test"
     config = make_config(digits_config_module, 2 * N)
-    tx = train_lib.make_optimizer(config)
-    template = train_lib.init_state(setup, tx, 123, train_lib.phase_weights(config, setup.plan.settings, 0))
-    restored = train_lib.items_to_state(setup, template, reader.restore_edges(7), reader.restore_train(7))
+    tx = optimizer_lib.make_optimizer(config)
+    template = state_lib.init_state(setup, tx, 123, optimizer_lib.phase_weights(config, setup.plan.settings, 0))
+    restored = state_lib.items_to_state(setup, template, reader.restore_edges(7), reader.restore_train(7))
     restored = jax.device_get(restored)
     assert int(restored["step"]) == 2 * N
     assert_trees_equal(restored["params"], state["params"])
@@ -120,12 +125,12 @@ def test_items_round_trip_is_exact(runs, tmp_path, digits_config_module):
 
 def test_restore_a_subset_of_edges(runs):
     full = runs["full"]
-    reader = ckpt_lib.Checkpoints(os.path.join(runs["full_dir"], "checkpoints"), read_only=True)
+    reader = checkpoint_lib.Checkpoints(os.path.join(runs["full_dir"], "checkpoints"), read_only=True)
     subset = reader.restore_edges(2 * N, ["image->text"])
     assert list(subset) == ["image->text"]
     trained = jax.device_get(full.edge_params())
     assert_trees_equal(subset["image->text"]["params"], trained["image->text"])
-    with pytest.raises(ckpt_lib.CheckpointError,
+    with pytest.raises(errors.CheckpointError,
                        match=r"checkpoint step 8 has no edge image->audio \(saved edges: .*image->text"):
         reader.restore_edges(2 * N, ["image->audio"])
 
@@ -148,17 +153,17 @@ def test_incomplete_checkpoint_falls_back(runs, tmp_path):
     shutil.copytree(runs["full_dir"], work)
     latest = os.path.join(work, "checkpoints", str(2 * N))
     shutil.rmtree(os.path.join(latest, "edge.image.text"))
-    reader = ckpt_lib.Checkpoints(os.path.join(work, "checkpoints"), read_only=True)
-    with pytest.raises(ckpt_lib.CheckpointError,
+    reader = checkpoint_lib.Checkpoints(os.path.join(work, "checkpoints"), read_only=True)
+    with pytest.raises(errors.CheckpointError,
                        match=rf"checkpoint step {2 * N} is incomplete: missing item\(s\) edge.image.text"):
         reader.check_complete(2 * N)
     assert reader.latest_complete_step() == N
-    assert train_lib.load_trained(work).step == N
+    assert trained_lib.load_trained(work).step == N
     os.remove(os.path.join(latest, "meta", "metadata"))
-    with pytest.raises(ckpt_lib.CheckpointError, match="has no metadata item"):
+    with pytest.raises(errors.CheckpointError, match="has no metadata item"):
         reader.restore_meta(2 * N)
-    with pytest.raises(ckpt_lib.CheckpointError, match="no checkpoints in"):
-        train_lib.load_trained(str(tmp_path / "empty"))
+    with pytest.raises(errors.CheckpointError, match="no checkpoints in"):
+        trained_lib.load_trained(str(tmp_path / "empty"))
 
 
 def test_resume_with_another_graph_is_refused(runs, tmp_path, digits_config_module, tri_modal_dataset):
@@ -166,51 +171,51 @@ def test_resume_with_another_graph_is_refused(runs, tmp_path, digits_config_modu
     shutil.copytree(runs["full_dir"], work)
     config = make_config(digits_config_module, 2 * N)
     config.graph.extra_edges = "image->audio"
-    with pytest.raises(ckpt_lib.CheckpointError, match=rf"checkpoint step {2 * N} in .* was written for another "
+    with pytest.raises(errors.CheckpointError, match=rf"checkpoint step {2 * N} in .* was written for another "
                                                        r"graph .* use a fresh --workdir"):
-        train_lib.train(config, work, dataset=tri_modal_dataset, log=lambda _: None)
+        trainer_lib.train(config, work, dataset=tri_modal_dataset, log=lambda _: None)
 
 
 def test_train_on_a_finished_workdir_runs_no_steps(runs, tmp_path, digits_config_module, tri_modal_dataset):
     work = str(tmp_path / "copy")
     shutil.copytree(runs["full_dir"], work)
-    result = train_lib.train(make_config(digits_config_module, 2 * N), work, dataset=tri_modal_dataset,
+    result = trainer_lib.train(make_config(digits_config_module, 2 * N), work, dataset=tri_modal_dataset,
                              log=lambda _: None)
     assert result.steps_run == 0
     # fewer steps than the checkpoint holds would label a longer run as a shorter one: an error
-    with pytest.raises(train_lib.RunMismatchError, match=rf"train.steps: {2 * N} -> {N}"):
-        train_lib.train(make_config(digits_config_module, N), work, dataset=tri_modal_dataset, log=lambda _: None)
+    with pytest.raises(errors.RunMismatchError, match=rf"train.steps: {2 * N} -> {N}"):
+        trainer_lib.train(make_config(digits_config_module, N), work, dataset=tri_modal_dataset, log=lambda _: None)
 
 
 def test_split_and_merge_by_edge(runs):
     full = runs["full"]
     layout = full.setup.layout
     state = jax.device_get(full.state)
-    per_edge, shared = ckpt_lib.split_by_edge(layout, state["opt"])
+    per_edge, shared = checkpoint_lib.split_by_edge(layout, state["opt"])
     assert set(per_edge) == set(layout.graph.edge_names)
-    merged = ckpt_lib.merge_by_edge(layout, state["opt"], per_edge, shared)
+    merged = checkpoint_lib.merge_by_edge(layout, state["opt"], per_edge, shared)
     assert_trees_equal(merged, state["opt"])
-    params_by_edge, _ = ckpt_lib.split_by_edge(layout, state["params"])
+    params_by_edge, _ = checkpoint_lib.split_by_edge(layout, state["params"])
     assert_trees_equal(params_by_edge, jax.device_get(full.edge_params()))
     # a wrong shape (another graph's dims) is named in the error
     broken = jax.tree.map(lambda x: x, params_by_edge)
     for edge in ("image->text", "audio->text"):  # both edges of the 6x8 bucket
         broken[edge]["out"]["kernel"] = np.zeros((16, 9), np.float32)
-    with pytest.raises(ckpt_lib.CheckpointError, match=r"edge image->text: array out/kernel has shape \(16, 9\), "
+    with pytest.raises(errors.CheckpointError, match=r"item image->text: array out/kernel has shape \(16, 9\), "
                                                        r"expected \(16, 8\)"):
-        ckpt_lib.merge_by_edge(layout, state["params"], broken, {"globals": {}})
+        checkpoint_lib.merge_by_edge(layout, state["params"], broken, {"globals": {}})
     del broken["image->text"]
-    with pytest.raises(ckpt_lib.CheckpointError, match="checkpoint lacks .* in its edge items"):
-        ckpt_lib.merge_by_edge(layout, state["params"], broken, {"globals": {}})
+    with pytest.raises(errors.CheckpointError, match="checkpoint lacks .* in its items"):
+        checkpoint_lib.merge_by_edge(layout, state["params"], broken, {"globals": {}})
 
 
 def test_merge_names_a_single_mis_shaped_edge(runs):
     layout = runs["full"].setup.layout
     state = jax.device_get(runs["full"].state)
-    params_by_edge, _ = ckpt_lib.split_by_edge(layout, state["params"])
+    params_by_edge, _ = checkpoint_lib.split_by_edge(layout, state["params"])
     params_by_edge["image->text"]["out"]["kernel"] = np.zeros((16, 9), np.float32)
-    with pytest.raises(ckpt_lib.CheckpointError, match="image->text"):
-        ckpt_lib.merge_by_edge(layout, state["params"], params_by_edge, {"globals": {}})
+    with pytest.raises(errors.CheckpointError, match="image->text"):
+        checkpoint_lib.merge_by_edge(layout, state["params"], params_by_edge, {"globals": {}})
 
 
 def test_resume_across_edge_apply_settings(runs, tmp_path, digits_config_module, tri_modal_dataset):
@@ -220,10 +225,10 @@ def test_resume_across_edge_apply_settings(runs, tmp_path, digits_config_module,
     shutil.copytree(runs["full_dir"], work)
     config = make_config(digits_config_module, 2 * N)
     config.model.edge_apply = "per_edge"
-    result = train_lib.train(config, work, dataset=tri_modal_dataset, log=lambda _: None)
+    result = trainer_lib.train(config, work, dataset=tri_modal_dataset, log=lambda _: None)
     assert result.steps_run == 0
-    meta = {"config": train_lib.config_dict(make_config(digits_config_module, 2 * N))}
+    meta = {"config": identity_lib.config_dict(make_config(digits_config_module, 2 * N))}
     del meta["config"]["model"]["edge_apply"]
-    assert train_lib.run_differences(result.setup, config, None, meta) == []
+    assert identity_lib.run_differences(result.setup, config, None, meta) == []
     config.model.hidden = (7,)
-    assert any(p.startswith("model.hidden") for p in train_lib.run_differences(result.setup, config, None, meta))
+    assert any(p.startswith("model.hidden") for p in identity_lib.run_differences(result.setup, config, None, meta))

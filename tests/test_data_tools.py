@@ -6,30 +6,31 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphbridge import data as data_lib
-from graphbridge import evaluate as eval_lib
-from graphbridge import report as report_lib
-from graphbridge.translators import EdgeLayout, TranslatorArch, init_params
+from graphbridge.data import readers as readers_lib
+from graphbridge.data import tools as tools_lib
+from graphbridge.evaluation import aligners as aligners_lib
+from graphbridge.evaluation import report as report_lib
+from graphbridge.model.translators import EdgeLayout, TranslatorArch, init_params
 
 
 def test_pairs_from_ids_joins_equal_ids():
-  pairs = data_lib.pairs_from_ids([7, 3, 3, 9], [3, 7, 3, 5])
+  pairs = tools_lib.pairs_from_ids([7, 3, 3, 9], [3, 7, 3, 5])
   assert pairs.tolist() == [[0, 1], [1, 0], [1, 2], [2, 0], [2, 2]]
   assert pairs.dtype == np.int64
-  assert data_lib.pairs_from_ids(np.array(["a", "b"]), np.array(["b", "c"])).tolist() == [[1, 0]]
+  assert tools_lib.pairs_from_ids(np.array(["a", "b"]), np.array(["b", "c"])).tolist() == [[1, 0]]
   with pytest.raises(ValueError, match="no id of a"):
-    data_lib.pairs_from_ids([1, 2], [3])
+    tools_lib.pairs_from_ids([1, 2], [3])
 
 
 def test_make_splits_exact_without_groups():
-  split = data_lib.make_splits(100, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=3)
+  split = tools_lib.make_splits(100, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=3)
   assert [int(split[k].sum()) for k in ("train", "val", "test")] == [70, 10, 20]
   assert np.all(split["train"].astype(int) + split["val"] + split["test"] == 1)  # disjoint, covering
-  again = data_lib.make_splits(100, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=3)
+  again = tools_lib.make_splits(100, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=3)
   assert all(np.array_equal(split[k], again[k]) for k in split)
-  assert set(data_lib.make_splits(10, (0.5, 0.5))) == {"train", "test"}
+  assert set(tools_lib.make_splits(10, (0.5, 0.5))) == {"train", "test"}
   with pytest.raises(ValueError, match="sum to 1"):
-    data_lib.make_splits(10, {"train": 0.8, "test": 0.3})
+    tools_lib.make_splits(10, {"train": 0.8, "test": 0.3})
 
 
 def test_make_splits_groups_agree_across_modalities():
@@ -37,8 +38,8 @@ def test_make_splits_groups_agree_across_modalities():
   ids_a = rng.integers(0, 200, size=500)
   ids_b = rng.integers(50, 250, size=300)  # other rows, partly other ids
   fractions = {"train": 0.8, "test": 0.2}
-  sa = data_lib.make_splits(len(ids_a), fractions, seed=1, groups=ids_a)
-  sb = data_lib.make_splits(len(ids_b), fractions, seed=1, groups=ids_b)
+  sa = tools_lib.make_splits(len(ids_a), fractions, seed=1, groups=ids_a)
+  sb = tools_lib.make_splits(len(ids_b), fractions, seed=1, groups=ids_b)
   test_ids_a, test_ids_b = set(ids_a[sa["test"]]), set(ids_b[sb["test"]])
   shared = set(ids_a) & set(ids_b)
   assert test_ids_a & shared == test_ids_b & shared  # an id is test in both modalities or in neither
@@ -49,7 +50,7 @@ def test_make_splits_groups_agree_across_modalities():
 @pytest.mark.parametrize("target", ["mine.npz", "mine_folder"])
 def test_dataset_save_round_trip(tmp_path, tri_modal_dataset, target):
   path = tri_modal_dataset.save(str(tmp_path / target))
-  loaded = data_lib.load(path)
+  loaded = readers_lib.load(path)
   assert sorted(loaded.names) == sorted(tri_modal_dataset.names)  # a folder lists its files sorted
   assert loaded.class_names == tri_modal_dataset.class_names
   for m, mod in tri_modal_dataset.modalities.items():
@@ -62,10 +63,10 @@ def test_dataset_save_round_trip(tmp_path, tri_modal_dataset, target):
 
 def test_no_splits_warns_and_report_says_so(tri_modal_arrays):
   arrays = {k: v for k, v in tri_modal_arrays.items() if not k.endswith(("_train", "_test"))}
-  dataset = data_lib.from_arrays(arrays, source="nosplit.npz")
+  dataset = readers_lib.from_arrays(arrays, source="nosplit.npz")
   graph = dataset.default_graph()
   layout = EdgeLayout.build(graph, TranslatorArch(hidden=(8,)))
-  aligner = eval_lib.GraphAligner(layout, init_params(layout, 0))
+  aligner = aligners_lib.GraphAligner(layout, init_params(layout, 0))
   lines = []
   summary = report_lib.run_report(aligner, dataset, None, options=report_lib.EvalOptions(silhouette_sample=50),
                                   log=lines.append)
@@ -73,6 +74,6 @@ def test_no_splits_warns_and_report_says_so(tri_modal_arrays):
   assert any(line.startswith("WARNING: nosplit.npz") for line in lines)
   assert "**Warning:**" in report_lib.markdown(summary, {}, "t")
   # a data set with disjoint splits gets no warning
-  split_ds = data_lib.from_arrays(tri_modal_arrays, source="split.npz")
+  split_ds = readers_lib.from_arrays(tri_modal_arrays, source="split.npz")
   report = report_lib.build_report(aligner, split_ds, options=report_lib.EvalOptions(silhouette_sample=50))
   assert "split_warning" not in report.summary

@@ -1,4 +1,4 @@
-"""Tests for graphbridge.evaluate: known answers for retrieval, gap, silhouette and reconstruction."""
+"""Tests for graphbridge.evaluation: known answers for retrieval, gap, silhouette and reconstruction."""
 
 from __future__ import annotations
 
@@ -7,10 +7,17 @@ import dataclasses
 import numpy as np
 import pytest
 
-from graphbridge import data as data_lib
-from graphbridge import evaluate as eval_lib
-from graphbridge import metrics as metrics_lib
-from graphbridge.graph import GraphError, ModalityGraph
+from graphbridge.data import dataset as dataset_lib
+from graphbridge.data import readers as readers_lib
+from graphbridge.evaluation import encoding as encoding_lib
+from graphbridge.evaluation import aligners as aligners_lib
+from graphbridge.model import translate as translate_lib
+from graphbridge.evaluation import tables as tables_lib
+from graphbridge.evaluation import retrieval as retrieval_lib
+from graphbridge.evaluation import geometry as geometry_lib
+from graphbridge.core.errors import GraphError
+from graphbridge.core.graph import ModalityGraph
+from graphbridge.model import translators as translators_lib
 
 
 @dataclasses.dataclass
@@ -42,7 +49,7 @@ class MeetAligner:
         return xq, xg
 
 
-def two_modalities(a_emb, b_emb, ids=None, labels=None, extra=None) -> data_lib.Dataset:
+def two_modalities(a_emb, b_emb, ids=None, labels=None, extra=None) -> dataset_lib.Dataset:
     n = len(a_emb)
     arrays = {"a_emb": a_emb, "b_emb": b_emb, "pairs_a__b": np.stack([np.arange(n)] * 2, axis=1)}
     if ids is not None:
@@ -50,7 +57,7 @@ def two_modalities(a_emb, b_emb, ids=None, labels=None, extra=None) -> data_lib.
     if labels is not None:
         arrays.update(a_label=labels[0], b_label=labels[1])
     arrays.update(extra or {})
-    return data_lib.from_arrays(arrays)
+    return readers_lib.from_arrays(arrays)
 
 
 def test_identical_embeddings_give_perfect_retrieval():
@@ -58,7 +65,7 @@ def test_identical_embeddings_give_perfect_retrieval():
     x = rng.normal(size=(200, 32)).astype(np.float32)
     ids = np.arange(200)
     ds = two_modalities(x, x.copy(), ids=(ids, ids), labels=(ids % 5, ids % 5))
-    rows = eval_lib.retrieval_rows(IdentityAligner(), ds)
+    rows = retrieval_lib.retrieval_rows(IdentityAligner(), ds)
     inst = {(r["query"], r["gallery"]): r for r in rows if r["level"] == "instance"}
     assert set(inst) == {("a", "b"), ("b", "a")}
     for r in inst.values():
@@ -75,7 +82,7 @@ def test_shuffled_embeddings_give_chance():
     x = rng.normal(size=(n, 64)).astype(np.float32)
     ids = np.arange(n)
     ds = two_modalities(x, x[rng.permutation(n)], ids=(ids, ids))  # b row i no longer shows instance i
-    rows = eval_lib.retrieval_rows(IdentityAligner(), ds, ks=(1, 10, 100))
+    rows = retrieval_lib.retrieval_rows(IdentityAligner(), ds, ks=(1, 10, 100))
     assert len(rows) == 2
     for r in rows:
         assert r["chance_mAP"] == pytest.approx(np.sum(1 / np.arange(1, n + 1)) / n)
@@ -87,25 +94,25 @@ def test_shuffled_embeddings_give_chance():
 def test_named_routes_are_opaque_and_rows_carry_strategy_and_route():
     x = np.eye(4, dtype=np.float32)
     ds = two_modalities(x, x.copy(), ids=(np.arange(4), np.arange(4)))
-    rows = eval_lib.retrieval_rows(MeetAligner(), ds)
+    rows = retrieval_lib.retrieval_rows(MeetAligner(), ds)
     assert [(r["route"], r["strategy"], r["named_route"]) for r in rows] == [
         ("a->space<-b", "meet", False), ("b->space<-a", "meet", False)]
     assert {r["mAP"] for r in rows} == {1.0}
-    specs = eval_lib.planned_routes(MeetAligner(), ds, extra_routes=["a->other<-b"])
-    assert specs[-1] == eval_lib.RouteSpec("a", "b", "a->other<-b", named=True)
+    specs = encoding_lib.planned_routes(MeetAligner(), ds, extra_routes=["a->other<-b"])
+    assert specs[-1] == encoding_lib.RouteSpec("a", "b", "a->other<-b", named=True)
     with pytest.raises(GraphError, match="modality 'zz' is not in the data"):
-        eval_lib.planned_routes(MeetAligner(), ds, extra_routes=["zz->space<-b"])
+        encoding_lib.planned_routes(MeetAligner(), ds, extra_routes=["zz->space<-b"])
     # aligners that cannot say: the ends are read from the route string
-    assert eval_lib.route_ends(IdentityAligner(), "a->s1->common<-s2<-b") == ("a", "b")
-    assert eval_lib.route_ends(IdentityAligner(), "a->p->b") == ("a", "b")
+    assert encoding_lib.route_ends(IdentityAligner(), "a->s1->common<-s2<-b") == ("a", "b")
+    assert encoding_lib.route_ends(IdentityAligner(), "a->p->b") == ("a", "b")
 
 
 def test_hops_are_distances_in_the_paired_data_graph(tri_modal_dataset):
-    rows = eval_lib.retrieval_rows(IdentityAligner(query_map=lambda x: x[:, :6]), tri_modal_dataset,
+    rows = retrieval_lib.retrieval_rows(IdentityAligner(query_map=lambda x: x[:, :6]), tri_modal_dataset,
                                    pairs=[("image", "audio"), ("audio", "image")])
     assert {(r["query"], r["gallery"], r["hops"]) for r in rows} == {("image", "audio", 2),
                                                                    ("audio", "image", 2)}
-    summary = eval_lib.summarize_by_hops(rows)
+    summary = tables_lib.summarize_by_hops(rows)
     assert [(s["level"], s["hops"], s["pairs"]) for s in summary] == [("class", 2, 2)]
 
 
@@ -116,7 +123,7 @@ def test_gap_known_answer():
     b = np.repeat(e[:1], 20, 0)
     ds = two_modalities(a, b)
     to_e0 = lambda x: np.repeat(e[:1], len(x), 0)  # "trained": every query lands on b's centroid
-    rows = eval_lib.gap_rows(IdentityAligner(query_map=to_e0), ds, before=IdentityAligner())
+    rows = tables_lib.gap_rows(IdentityAligner(query_map=to_e0), ds, before=IdentityAligner())
     by_pair = {(r["query"], r["gallery"]): r for r in rows}
     ab = by_pair[("a", "b")]
     assert ab["gap_raw"] == pytest.approx(np.sqrt(0.5))
@@ -125,7 +132,7 @@ def test_gap_known_answer():
     assert ab["hops"] == 1 and ab["route"] == "a->b"
     # b -> a: queries (all e0) mapped to e0 again, gallery a: gap sqrt(.5) before and after
     assert by_pair[("b", "a")]["gap_after"] == pytest.approx(np.sqrt(0.5))
-    assert metrics_lib.modality_gap(a, b) == pytest.approx(np.sqrt(0.5))
+    assert geometry_lib.modality_gap(a, b) == pytest.approx(np.sqrt(0.5))
 
 
 def test_silhouette_known_answers():
@@ -136,7 +143,7 @@ def test_silhouette_known_answers():
     one_hot = np.eye(2 * k, dtype=np.float32)[labels]
     ds = two_modalities(one_hot, one_hot.copy(), labels=(labels, labels))
     shift = lambda x: np.roll(x, k, axis=1)  # class c -> e_{k+c}: same clusters, other block
-    rows = eval_lib.silhouette_rows(IdentityAligner(query_map=shift), ds, before=IdentityAligner())
+    rows = tables_lib.silhouette_rows(IdentityAligner(query_map=shift), ds, before=IdentityAligner())
     r = {(s["query"], s["gallery"]): s for s in rows}[("a", "b")]
     assert r["query_raw"] == pytest.approx(1.0) and r["gallery_raw"] == pytest.approx(1.0)
     assert r["query_translated"] == pytest.approx(1.0)
@@ -146,9 +153,9 @@ def test_silhouette_known_answers():
 
 def test_silhouette_skips_unlabelled_modalities(tri_modal_arrays):
     del tri_modal_arrays["audio_label"]
-    ds = data_lib.from_arrays(tri_modal_arrays)
-    routes = eval_lib.planned_routes(IdentityAligner(), ds, pairs=[("image", "audio"), ("audio", "image")])
-    assert eval_lib.silhouette_rows(IdentityAligner(), ds, routes=routes) == []
+    ds = readers_lib.from_arrays(tri_modal_arrays)
+    routes = encoding_lib.planned_routes(IdentityAligner(), ds, pairs=[("image", "audio"), ("audio", "image")])
+    assert tables_lib.silhouette_rows(IdentityAligner(), ds, routes=routes) == []
 
 
 # --------------------------------------------------------------------------- the translator graph
@@ -158,37 +165,35 @@ def test_silhouette_skips_unlabelled_modalities(tri_modal_arrays):
 def tiny_graph():
     import jax
 
-    from graphbridge import translators
     graph = ModalityGraph.build({"image": 6, "audio": 6, "text": 8},
                                 ["image->text", "text->image", "audio->text", "text->audio"])
-    layout = translators.EdgeLayout.build(graph, translators.TranslatorArch(hidden=(16,), layer_norm=True))
+    layout = translators_lib.EdgeLayout.build(graph, translators_lib.TranslatorArch(hidden=(16,), layer_norm=True))
     # Random params of init_params' structure (eval_shape: no slow RNG compile); nonlinear translators.
-    shapes = jax.eval_shape(lambda: translators.init_params(layout, seed=0))
+    shapes = jax.eval_shape(lambda: translators_lib.init_params(layout, seed=0))
     rng = np.random.default_rng(3)
     return layout, jax.tree.map(lambda s: 0.5 * rng.normal(size=s.shape).astype(np.float32), shapes)
 
 
 def test_translate_paths_matches_compose_and_shares_prefixes(tiny_graph):
-    from graphbridge import translators
     layout, params = tiny_graph
-    x = np.random.default_rng(0).normal(size=(eval_lib.TRANSLATE_CHUNK + 37, 6)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(translate_lib.TRANSLATE_CHUNK + 37, 6)).astype(np.float32)
     routes = ["image->text", "image->text->image", "image->text->audio"]
-    out = eval_lib.translate_paths(layout, params, "float32", routes, x)
+    out = translate_lib.translate_paths(layout, params, "float32", routes, x)
     for route in routes:
-        expected = np.asarray(translators.compose(layout, params, route, x))
+        expected = np.asarray(translators_lib.compose(layout, params, route, x))
         assert out[route].shape == expected.shape
         np.testing.assert_allclose(out[route], expected, atol=2e-5)
-    aligner = eval_lib.GraphAligner(layout, params)
+    aligner = aligners_lib.GraphAligner(layout, params)
     np.testing.assert_array_equal(aligner.translate("image->text", x[:5]), out["image->text"][:5])
     with pytest.raises(GraphError, match="no edge image->audio"):
         aligner.translate("image->audio", x)
     with pytest.raises(GraphError, match="start at different modalities"):
-        eval_lib.translate_paths(layout, params, "float32", ["image->text", "audio->text"], x)
+        translate_lib.translate_paths(layout, params, "float32", ["image->text", "audio->text"], x)
 
 
 def test_graph_aligner_routes(tiny_graph):
     layout, params = tiny_graph
-    aligner = eval_lib.GraphAligner(layout, params)
+    aligner = aligners_lib.GraphAligner(layout, params)
     assert aligner.default_route("image", "text") == "image->text"
     # never paired: meet in the shared neighbour (one translator per side) rather than two in a row
     assert aligner.default_route("image", "audio") == "image->text<-audio"
@@ -208,31 +213,30 @@ def test_graph_aligner_routes(tiny_graph):
 def test_reconstruction_rows(tiny_graph, tri_modal_dataset):
     layout, params = tiny_graph
     ds = tri_modal_dataset
-    rows = eval_lib.reconstruction_rows(eval_lib.GraphAligner(layout, params), ds, cycle_length=3)
+    rows = tables_lib.reconstruction_rows(aligners_lib.GraphAligner(layout, params), ds, cycle_length=3)
     cycles = [r for r in rows if r["kind"] == "cycle"]
     assert {r["route"] for r in cycles} == {"image->text->image", "text->image->text", "audio->text->audio",
                                            "text->audio->text"}
     image_rows = np.nonzero(ds.modalities["image"].test)[0]
     cycle = next(r for r in cycles if r["route"] == "image->text->image")
     x = ds.modalities["image"].emb[image_rows]
-    expected = metrics_lib.mean_cosine(eval_lib.GraphAligner(layout, params).translate(cycle["route"], x), x)
+    expected = geometry_lib.mean_cosine(aligners_lib.GraphAligner(layout, params).translate(cycle["route"], x), x)
     assert cycle["cosine"] == pytest.approx(expected) and cycle["n"] == len(image_rows)
     img = ds.modalities["image"]
-    assert cycle["baseline"] == pytest.approx(metrics_lib.mean_predictor_cosine(img.emb[img.train], x))
+    assert cycle["baseline"] == pytest.approx(geometry_lib.mean_predictor_cosine(img.emb[img.train], x))
     # no ids: single hops are scored on the data's pairs (train pairs: the synthetic pairs are train rows)
     paths = [r for r in rows if r["kind"] == "path"]
     assert {r["hops"] for r in paths} == {1}
     assert {r["target"] for r in paths} <= {"paired rows (test)", "paired rows (train)"}
     assert [r["kind"] for r in rows] == sorted((r["kind"] for r in rows), key=lambda k: k != "path")
     # strategies without translators have no reconstruction table
-    assert eval_lib.reconstruction_rows(IdentityAligner(), ds) == []
+    assert tables_lib.reconstruction_rows(IdentityAligner(), ds) == []
 
 
 def test_reconstruction_with_ids_uses_the_same_instance():
     """Identity-like translators (a linear graph with identity weights) reconstruct exactly."""
-    from graphbridge import translators
     graph = ModalityGraph.build({"a": 4, "b": 4, "c": 4}, ["a->b", "b->c", "c->a"])
-    layout = translators.EdgeLayout.build(graph, translators.TranslatorArch(hidden=()))
+    layout = translators_lib.EdgeLayout.build(graph, translators_lib.TranslatorArch(hidden=()))
     (key, bucket), = layout.bucket_by_key.items()  # one bucket: three 4x4 linear maps
     params = {key: {"out": {"kernel": np.stack([np.eye(4, dtype=np.float32)] * bucket.size),
                             "bias": np.zeros((bucket.size, 4), np.float32)}}}
@@ -242,8 +246,8 @@ def test_reconstruction_with_ids_uses_the_same_instance():
     arrays = {"a_emb": x, "b_emb": x[order], "c_emb": x, "a_id": np.arange(12), "b_id": order,
               "c_id": np.arange(12), "pairs_a__b": np.stack([order, np.arange(12)], 1),
               "pairs_b__c": np.stack([np.arange(12), order], 1)}
-    ds = data_lib.from_arrays(arrays)
-    rows = eval_lib.reconstruction_rows(eval_lib.GraphAligner(layout, params), ds, cycle_length=3, path_hops=2)
+    ds = readers_lib.from_arrays(arrays)
+    rows = tables_lib.reconstruction_rows(aligners_lib.GraphAligner(layout, params), ds, cycle_length=3, path_hops=2)
     by_route = {r["route"]: r for r in rows}
     assert set(by_route) == {"a->b", "b->c", "c->a", "a->b->c", "b->c->a", "c->a->b",
                              "a->b->c->a", "b->c->a->b", "c->a->b->c"}
@@ -252,16 +256,16 @@ def test_reconstruction_with_ids_uses_the_same_instance():
         assert r["target"] == ("same rows" if r["kind"] == "cycle" else "same id")
         assert r["n"] == 12
     assert by_route["a->b->c"]["hops"] == 2 and by_route["a->b->c->a"]["hops"] == 3
-    summary = eval_lib.summarize_reconstruction(rows)
+    summary = tables_lib.summarize_reconstruction(rows)
     assert [(s["kind"], s["hops"], s["routes"]) for s in summary] == [("path", 1, 3), ("path", 2, 3),
                                                                     ("cycle", 3, 3)]
 
 
 def test_hub_modality_and_common_space(tri_modal_dataset):
-    assert eval_lib.hub_modality(tri_modal_dataset) == "text"
+    assert tables_lib.hub_modality(tri_modal_dataset) == "text"
     aligner = IdentityAligner(query_map=lambda x: np.pad(x, ((0, 0), (0, 2))))  # 6 -> 8 dims
-    cache = eval_lib.EncodingCache(aligner, tri_modal_dataset, "test")
-    sets, routes = eval_lib.common_space_rows(aligner, tri_modal_dataset, "text", cache)
+    cache = encoding_lib.EncodingCache(aligner, tri_modal_dataset, "test")
+    sets, routes = tables_lib.common_space_rows(aligner, tri_modal_dataset, "text", cache)
     assert list(sets) == ["image", "audio", "text"]
     assert routes == {"image": "image->text", "audio": "audio->text", "text": "raw"}
     assert {z.shape[1] for z in sets.values()} == {8}

@@ -16,11 +16,20 @@ import sys
 import numpy as np
 import pytest
 
-from graphbridge import checkpoint as ckpt_lib
-from graphbridge import data as data_lib
-from graphbridge import train as train_lib
+from graphbridge.core import errors
+from graphbridge.training import checkpoint as checkpoint_lib
+from graphbridge.data import readers as readers_lib
+from graphbridge.training import trained as trained_lib
+from graphbridge.training import trainer as trainer_lib
 from tests.conftest import REPO_ROOT, make_tri_modal_arrays
 from tests.reliability_worker import config_for
+from graphbridge.training import writers as writers_lib
+from graphbridge.runs import validate as validate_lib
+from graphbridge.evaluation import report as report_lib
+from graphbridge.runs import graft as graft_run
+from graphbridge.training import lock as lock_lib
+from graphbridge.cli import common
+from graphbridge.runs import experiment
 
 STEPS = 20
 
@@ -41,7 +50,7 @@ def quiet(_):
 
 @pytest.fixture(scope="module")
 def dataset(data_path):
-  return data_lib.load(data_path)
+  return readers_lib.load(data_path)
 
 
 def small_config(steps=STEPS):
@@ -57,7 +66,7 @@ def small_config(steps=STEPS):
 def finished(dataset, tmp_path_factory):
   """A finished run (checkpoints 10 and 20)."""
   workdir = str(tmp_path_factory.mktemp("finished"))
-  train_lib.train(small_config(), workdir, dataset=dataset, log=quiet)
+  trainer_lib.train(small_config(), workdir, dataset=dataset, log=quiet)
   return workdir
 
 
@@ -85,7 +94,7 @@ def _flip_bit(path, offset=None):
 # ---- 1. checkpoint integrity ---------------------------------------------------------------------
 
 def test_every_saved_step_has_a_manifest_that_matches(finished):
-  checkpoints = ckpt_lib.Checkpoints(os.path.join(finished, "checkpoints"), read_only=True)
+  checkpoints = checkpoint_lib.Checkpoints(os.path.join(finished, "checkpoints"), read_only=True)
   assert checkpoints.all_steps() == [10, 20]
   for step in (10, 20):
     manifest = checkpoints.manifest(step)
@@ -96,12 +105,12 @@ def test_every_saved_step_has_a_manifest_that_matches(finished):
 def test_flipped_bit_in_an_edge_array_is_an_error_naming_step_and_item(run_copy):
   victim = max(_item_files(run_copy, 20, "edge.image.text"), key=os.path.getsize)
   _flip_bit(victim)
-  with pytest.raises(ckpt_lib.CheckpointCorruptError,
+  with pytest.raises(errors.CheckpointCorruptError,
                      match=r"checkpoint step 20: item 'edge.image.text' is corrupt \(sha256 differs") as info:
-    train_lib.load_trained(run_copy, step=20)
+    trained_lib.load_trained(run_copy, step=20)
   assert (info.value.step, info.value.item) == (20, "edge.image.text")
   # without an explicit step, evaluation uses the newest verified step
-  assert train_lib.load_trained(run_copy).step == 10
+  assert trained_lib.load_trained(run_copy).step == 10
 
 
 def test_corrupt_step_falls_back_to_the_newest_verified_and_is_kept_aside(run_copy, dataset):
@@ -109,7 +118,7 @@ def test_corrupt_step_falls_back_to_the_newest_verified_and_is_kept_aside(run_co
   _flip_bit(victim)
   damaged_files = tree_digest(os.path.join(run_copy, "checkpoints", "20"))
   logs = []
-  result = train_lib.train(small_config(), run_copy, dataset=dataset, log=logs.append)
+  result = trainer_lib.train(small_config(), run_copy, dataset=dataset, log=logs.append)
   text = "\n".join(logs)
   assert "checkpoint step 20: item 'train' is corrupt" in text
   assert "resumed from checkpoint step 10" in text and result.steps_run == 10
@@ -119,8 +128,8 @@ def test_corrupt_step_falls_back_to_the_newest_verified_and_is_kept_aside(run_co
 
 def test_flipped_bit_in_metadata_is_detected(run_copy):
   _flip_bit(os.path.join(run_copy, "checkpoints", "20", "meta", "metadata"), offset=5)
-  with pytest.raises(ckpt_lib.CheckpointCorruptError, match=r"step 20: item 'meta' is corrupt"):
-    train_lib.load_trained(run_copy, step=20)
+  with pytest.raises(errors.CheckpointCorruptError, match=r"step 20: item 'meta' is corrupt"):
+    trained_lib.load_trained(run_copy, step=20)
 
 
 # ---- 2. run identity -----------------------------------------------------------------------------
@@ -137,8 +146,8 @@ def test_resume_with_another_config_stops_with_the_diff(change, expected, run_co
   config = small_config()
   config.unlock()
   change(config)
-  with pytest.raises(train_lib.RunMismatchError, match=r"belongs to another run; resuming would change:") as info:
-    train_lib.train(config, run_copy, dataset=dataset, log=quiet)
+  with pytest.raises(errors.RunMismatchError, match=r"belongs to another run; resuming would change:") as info:
+    trainer_lib.train(config, run_copy, dataset=dataset, log=quiet)
   assert re.search(expected, str(info.value)), str(info.value)
   assert "allow_resume_changes" in str(info.value)
   assert tree_digest(run_copy) == before          # nothing written, moved or removed
@@ -148,10 +157,10 @@ def test_resume_with_another_config_stops_with_the_diff(change, expected, run_co
 def test_resume_with_other_data_of_the_same_dims_stops(run_copy, data_path):
   arrays = make_tri_modal_arrays()
   arrays["image_emb"] = arrays["image_emb"][::-1].copy()
-  other = data_lib.from_arrays(arrays, source="other.npz")
+  other = readers_lib.from_arrays(arrays, source="other.npz")
   before = tree_digest(run_copy)
-  with pytest.raises(train_lib.RunMismatchError, match=r"data: other.npz differs from .*tri.npz"):
-    train_lib.train(small_config(), run_copy, dataset=other, log=quiet)
+  with pytest.raises(errors.RunMismatchError, match=r"data: other.npz differs from .*tri.npz"):
+    trainer_lib.train(small_config(), run_copy, dataset=other, log=quiet)
   assert tree_digest(run_copy) == before
 
 
@@ -161,43 +170,42 @@ def test_safe_changes_resume_and_explicit_override_is_recorded(run_copy, dataset
   config.train.log_every = 2
   config.eval.ks = (1, 3)
   logs = []
-  result = train_lib.train(config, run_copy, dataset=dataset, log=logs.append)
+  result = trainer_lib.train(config, run_copy, dataset=dataset, log=logs.append)
   assert result.steps_run == 10 and "resumed from checkpoint step 20" in "\n".join(logs)
   config = small_config(40)
   config.optim.lr = 0.001
-  with pytest.raises(train_lib.RunMismatchError):
-    train_lib.train(config, run_copy, dataset=dataset, log=quiet)
+  with pytest.raises(errors.RunMismatchError):
+    trainer_lib.train(config, run_copy, dataset=dataset, log=quiet)
   config.train.allow_resume_changes = True
   logs = []
-  train_lib.train(config, run_copy, dataset=dataset, log=logs.append)
+  trainer_lib.train(config, run_copy, dataset=dataset, log=logs.append)
   assert "with changes (train.allow_resume_changes=True):\n  optim.lr: 0.002 -> 0.001" in "\n".join(logs)
-  meta = train_lib.load_trained(run_copy).meta
+  meta = trained_lib.load_trained(run_copy).meta
   assert meta["resume_changes"] == [{"step": 30, "changes": ["optim.lr: 0.002 -> 0.001"]}]
   assert meta["config"]["optim"]["lr"] == 0.001
 
 
 def test_graft_into_a_workdir_of_another_run_is_an_error(finished, dataset, tmp_path):
-  from graphbridge import graft as graft_lib
   from tests.conftest import load_config_module
   config = load_config_module("configs/graft_audio.py").get_config("tiny")
   config.data.path = dataset.source
   config.train.steps = 4
   config.model.hidden = (16,)
   base = str(tmp_path / "base")
-  graft_lib.train_base(config, base, dataset=dataset, report=False, log=quiet)
+  graft_run.train_base(config, base, dataset=dataset, report=False, log=quiet)
   before = tree_digest(finished)
   # `finished` holds a plain run of the very graph the graft builds (image, audio, text)
-  with pytest.raises(graft_lib.GraftError, match=r"already holds a run that is not a graft \(trained directly\) "
+  with pytest.raises(errors.GraftError, match=r"already holds a run that is not a graft \(trained directly\) "
                                                  r"at step 20, not a graft onto .*base; choose a new directory"):
-    graft_lib.graft(config, base, finished, dataset=dataset, log=quiet)
+    graft_run.graft(config, base, finished, dataset=dataset, log=quiet)
   assert tree_digest(finished) == before
   assert not os.path.exists(os.path.join(finished, "checkpoints_damaged"))
 
 
 # ---- 3. workdir lock -----------------------------------------------------------------------------
 
-HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from graphbridge import workdir_lock; "
-        "l = workdir_lock.WorkdirLock({workdir!r}, 'graphbridge-train --config=digits'); l.__enter__(); "
+HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from graphbridge.training import lock as lock_lib; "
+        "l = lock_lib.WorkdirLock({workdir!r}, 'graphbridge-train --config=digits'); l.__enter__(); "
         "print('held', flush=True); time.sleep(60)")
 
 
@@ -209,33 +217,31 @@ def _holder(workdir):
 
 
 def test_second_run_in_a_locked_workdir_refuses_at_once_naming_the_holder(run_copy, dataset):
-  from graphbridge import workdir_lock
   holder = _holder(run_copy)
   try:
     before = tree_digest(os.path.join(run_copy, "checkpoints"))
-    with pytest.raises(workdir_lock.WorkdirLockedError,
+    with pytest.raises(errors.WorkdirLockedError,
                        match=rf"is in use by pid {holder.pid} on .* \(graphbridge-train --config=digits\)"):
-      train_lib.train(small_config(30), run_copy, dataset=dataset, log=quiet)
+      trainer_lib.train(small_config(30), run_copy, dataset=dataset, log=quiet)
     assert tree_digest(os.path.join(run_copy, "checkpoints")) == before
   finally:
     holder.kill()
     holder.wait()
   # the holder died without releasing: its stale lock is taken over with a note
   logs = []
-  train_lib.train(small_config(30), run_copy, dataset=dataset, log=logs.append)
+  trainer_lib.train(small_config(30), run_copy, dataset=dataset, log=logs.append)
   assert any(f"took over the stale lock" in line and f"pid {holder.pid}" in line and "no longer running" in line
              for line in logs), logs
 
 
 def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
-  from graphbridge import workdir_lock
-  with workdir_lock.WorkdirLock(str(tmp_path), "outer", log=quiet):
-    with workdir_lock.WorkdirLock(str(tmp_path), "inner", log=quiet):
+  with lock_lib.WorkdirLock(str(tmp_path), "outer", log=quiet):
+    with lock_lib.WorkdirLock(str(tmp_path), "inner", log=quiet):
       pass
-  with open(tmp_path / workdir_lock.LOCK_FILE) as f:
+  with open(tmp_path / lock_lib.LOCK_FILE) as f:
     assert f.read() == ""  # released cleanly: no stale note for the next run
   notes = []
-  with workdir_lock.WorkdirLock(str(tmp_path), "again", log=notes.append):
+  with lock_lib.WorkdirLock(str(tmp_path), "again", log=notes.append):
     pass
   assert notes == []
 
@@ -252,13 +258,12 @@ def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
     ("optim.lr", float("nan"), "optim.lr must be > 0"),
 ])
 def test_out_of_range_values_are_rejected_by_validate(key, value, expected):
-  from graphbridge import config_check
   config = small_config()
   config.unlock()
   section, _, field = key.rpartition(".")
   setattr(config[section] if section else config, field, value)
-  with pytest.raises(config_check.ConfigError) as info:
-    config_check.validate(config)
+  with pytest.raises(errors.ConfigError) as info:
+    validate_lib.validate(config)
   assert expected in str(info.value)
 
 
@@ -270,13 +275,12 @@ def test_out_of_range_values_are_rejected_by_validate(key, value, expected):
     ("loss.cycle_starts", "video", "loss.cycle_starts names 'video', which is not a node"),
 ])
 def test_values_that_name_missing_edges_fail_before_compiling(key, value, expected, dataset, tmp_path):
-  from graphbridge import config_check
   config = small_config()
   section, _, field = key.rpartition(".")
   setattr(config[section], field, value)
   workdir = str(tmp_path / "run")
-  with pytest.raises(config_check.ConfigError) as info:
-    train_lib.train(config, workdir, dataset=dataset, log=quiet)
+  with pytest.raises(errors.ConfigError) as info:
+    trainer_lib.train(config, workdir, dataset=dataset, log=quiet)
   assert expected in str(info.value)
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # nothing written
 
@@ -285,15 +289,14 @@ def test_pair_set_with_only_test_rows_is_an_error_not_silently_paired(tmp_path):
   arrays = make_tri_modal_arrays()
   pairs = arrays["pairs_audio__text"]
   arrays["pairs_audio__text"] = pairs[arrays["audio_test"][pairs[:, 0]] | arrays["text_test"][pairs[:, 1]]]
-  dataset = data_lib.from_arrays(arrays, source="testpairs.npz")
-  with pytest.raises(data_lib.DataError, match=r"pairs_audio__text: none of its \d+ pairs has both rows in the "
+  dataset = readers_lib.from_arrays(arrays, source="testpairs.npz")
+  with pytest.raises(errors.DataError, match=r"pairs_audio__text: none of its \d+ pairs has both rows in the "
                                                r"train split .* the report calls audio and text paired"):
-    train_lib.train(small_config(), str(tmp_path / "run"), dataset=dataset, log=quiet)
+    trainer_lib.train(small_config(), str(tmp_path / "run"), dataset=dataset, log=quiet)
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
 def test_modality_without_test_rows_still_gets_a_report_with_a_note(tmp_path):
-  from graphbridge import experiment
   arrays = make_tri_modal_arrays()
   arrays["audio_test"][:] = False
   arrays["audio_train"][:] = True
@@ -356,14 +359,14 @@ def _write_cases(root, arrays):
 ])
 def test_unreadable_data_is_one_data_error_naming_file_and_array(name, expected, tmp_path):
   _write_cases(str(tmp_path), make_tri_modal_arrays())
-  with pytest.raises(data_lib.DataError, match=expected):
-    data_lib.load(str(tmp_path / name))
+  with pytest.raises(errors.DataError, match=expected):
+    readers_lib.load(str(tmp_path / name))
 
 
 def test_huge_but_finite_float32_embeddings_normalise():
   arrays = make_tri_modal_arrays()
   arrays["image_emb"] = arrays["image_emb"] * np.float32(1e20)  # squares overflow float32
-  dataset = data_lib.from_arrays(arrays)
+  dataset = readers_lib.from_arrays(arrays)
   norms = np.linalg.norm(dataset.modalities["image"].emb, axis=1)
   np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
 
@@ -371,11 +374,9 @@ def test_huge_but_finite_float32_embeddings_normalise():
 # ---- 6. one line and exit status 2 in every CLI --------------------------------------------------
 
 def test_run_main_user_errors_exit_2_with_a_hint_internal_errors_keep_traceback(capsys):
-  from graphbridge.cli import common
-  from graphbridge import config_check
 
   def user():
-    raise config_check.ConfigError("train.keep_checkpoints must be an integer >= 1")
+    raise errors.ConfigError("train.keep_checkpoints must be an integer >= 1")
 
   with pytest.raises(SystemExit) as info:
     common.run_main("graphbridge-train", user)
@@ -422,16 +423,16 @@ def test_save_that_hits_a_full_disk_is_one_error_and_keeps_earlier_steps(dataset
   """Simulated ENOSPC at the save of step 20 (the real one: test_cli_full_disk_on_a_tiny_tmpfs)."""
   workdir = str(tmp_path / "run")
   monkeypatch.setenv("GRAPHBRIDGE_FAIL_SAVE", "20")
-  with pytest.raises(ckpt_lib.CheckpointWriteError,
+  with pytest.raises(errors.CheckpointWriteError,
                      match=r"could not write checkpoint step 20 to .*: No space left on device; steps saved "
                            r"before are intact: 10"):
-    train_lib.train(small_config(30), workdir, dataset=dataset, log=quiet)
-  assert train_lib.load_trained(workdir).step == 10
+    trainer_lib.train(small_config(30), workdir, dataset=dataset, log=quiet)
+  assert trained_lib.load_trained(workdir).step == 10
   monkeypatch.delenv("GRAPHBRIDGE_FAIL_SAVE")
   logs = []
-  train_lib.train(small_config(30), workdir, dataset=dataset, log=logs.append)  # the same command resumes
+  trainer_lib.train(small_config(30), workdir, dataset=dataset, log=logs.append)  # the same command resumes
   assert "resumed from checkpoint step 10" in "\n".join(logs)
-  assert train_lib.load_trained(workdir).step == 30
+  assert trained_lib.load_trained(workdir).step == 30
 
 
 FULL_DISK = """
@@ -444,7 +445,7 @@ GRAPHBRIDGE_FILL_DISK_AFTER_STEP=25 {python} {root}/launch/train.py --config=con
 echo "rc=$?"
 rm -f {mnt}/run/disk_filler
 ls {mnt}/run/checkpoints
-{python} -c "import sys; sys.path.insert(0, '{root}'); from graphbridge import train; print('restored', train.load_trained('{mnt}/run').step)" 2>/dev/null
+{python} -c "import sys; sys.path.insert(0, '{root}'); from graphbridge.training import trained; print('restored', trained.load_trained('{mnt}/run').step)" 2>/dev/null
 """
 
 
@@ -481,16 +482,15 @@ def test_metrics_hold_each_step_once_after_kills_and_resumes(data_path, tmp_path
   workdir = str(tmp_path / "run")
   killed = run_worker(data_path, workdir, steps=40, env_extra={"GRAPHBRIDGE_KILL_AFTER_STEP": "25"})
   assert killed.returncode == -9
-  rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  rows = writers_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert max(r["step"] for r in rows) == 25          # logged past the last checkpoint (20 or 10)
   resumed = run_worker(data_path, workdir, steps=40)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  steps = [r["step"] for r in train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))]
+  steps = [r["step"] for r in writers_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))]
   assert steps == list(range(5, 41, 5))              # each step once, in order
 
 
 def test_rerunning_a_finished_run_says_so_and_keeps_its_report(data_path, tmp_path):
-  from graphbridge import experiment
   config = small_config(10)
   config.data.path = data_path
   workdir = str(tmp_path / "run")
@@ -505,7 +505,6 @@ def test_rerunning_a_finished_run_says_so_and_keeps_its_report(data_path, tmp_pa
 
 
 def test_report_is_written_when_plotting_fails(data_path, tmp_path, monkeypatch):
-  from graphbridge import experiment, report as report_lib
 
   def broken(*args, **kwargs):
     raise RuntimeError("font cache is corrupt")
@@ -523,19 +522,17 @@ def test_report_is_written_when_plotting_fails(data_path, tmp_path, monkeypatch)
 
 
 def test_keep_checkpoints_zero_is_refused_by_train_itself(tmp_path, dataset):
-  from graphbridge import config_check
   config = small_config(10)
   config.train.keep_checkpoints = 0
-  with pytest.raises(config_check.ConfigError, match="train.keep_checkpoints must be an integer >= 1"):
-    train_lib.train(config, str(tmp_path / "run"), dataset=dataset, log=quiet)
+  with pytest.raises(errors.ConfigError, match="train.keep_checkpoints must be an integer >= 1"):
+    trainer_lib.train(config, str(tmp_path / "run"), dataset=dataset, log=quiet)
   assert not os.path.exists(tmp_path / "run")
 
 
 def test_keep_checkpoints_zero_never_reaches_training(tmp_path, data_path):
-  from graphbridge import config_check, experiment
   config = small_config(10)
   config.data.path = data_path
   config.train.keep_checkpoints = 0
-  with pytest.raises(config_check.ConfigError, match="train.keep_checkpoints must be an integer >= 1"):
+  with pytest.raises(errors.ConfigError, match="train.keep_checkpoints must be an integer >= 1"):
     experiment.train_and_evaluate(config, str(tmp_path / "run"), log=quiet, plots=False)
   assert not os.path.exists(tmp_path / "run")

@@ -12,8 +12,9 @@ pytest.importorskip("matplotlib")
 
 from matplotlib.colors import to_hex  # noqa: E402
 
-from graphbridge import plots  # noqa: E402
-from graphbridge import report as report_lib  # noqa: E402
+from graphbridge.evaluation.plots import style as style_lib
+from graphbridge.evaluation import report as report_lib
+from graphbridge.evaluation import figures as figures_lib
 
 NAMES = ("image", "audio", "text")
 
@@ -46,17 +47,17 @@ def figures(tmp_path_factory):
   """write_plots with 300 dpi and PDF, every figure captured before it is cleared."""
   out = str(tmp_path_factory.mktemp("figures"))
   captured = {}
-  real_save = plots._save
+  real_save = style_lib.save_figure
 
   def capture(fig, path):
     captured[os.path.basename(str(path))] = _inspect(fig)
     return real_save(fig, path)
 
-  plots._save = capture
+  style_lib.save_figure = capture
   try:
-    written = report_lib.write_plots(_fake_report(), out, "fake", NAMES, dpi=300, formats=("png", "pdf"))
+    written = figures_lib.write_plots(_fake_report(), out, "fake", NAMES, dpi=300, formats=("png", "pdf"))
   finally:
-    plots._save = real_save
+    style_lib.save_figure = real_save
   return out, written, captured
 
 
@@ -83,7 +84,7 @@ def _inspect(fig) -> dict:
 
 def test_one_colour_per_modality_across_figures(figures):
   _, _, captured = figures
-  colours = plots.modality_colours(NAMES)
+  colours = style_lib.modality_colours(NAMES)
   legend = {t.split(" (n=")[0]: c for t, c in captured["projection.png"]["legend"]}
   for m in NAMES:
     assert legend[m] == colours[m].lower()
@@ -124,6 +125,6 @@ def test_pdf_copies_and_300_dpi(figures):
 
 def test_save_options_reject_unknown_formats():
   with pytest.raises(ValueError, match="choose from png, pdf, svg"):
-    with plots.save_options(formats=("png", "jpg")):
+    with style_lib.save_options(formats=("png", "jpg")):
       pass
   assert report_lib._formats("pdf, svg") == ("png", "pdf", "svg")

@@ -16,13 +16,17 @@ import jax
 import numpy as np
 import pytest
 
-from graphbridge import checkpoint as ckpt_lib
-from graphbridge import data as data_lib
-from graphbridge import graft as graft_lib
-from graphbridge import train as train_lib
-from graphbridge import translators as tr
+from graphbridge.training import checkpoint as checkpoint_lib
+from graphbridge.data import readers as readers_lib
+from graphbridge.strategies import translator_graft
+from graphbridge.core import errors
+from graphbridge.runs import graft as graft_run
+from graphbridge.data import dataset as dataset_lib
+from graphbridge.training import trained as trained_lib
+from graphbridge.model import translators as translators_lib
 
 from conftest import REPO_ROOT, TRI_MODAL_DIMS, load_config_module, make_synthetic_arrays
+from graphbridge.training import writers as writers_lib
 
 ROWS = {"image": 96, "audio": 96, "text": 48}
 PAIRED = [("image", "text"), ("audio", "text")]
@@ -64,14 +68,14 @@ def arrays():
 
 @pytest.fixture(scope="module")
 def dataset(arrays):
-    return data_lib.from_arrays(arrays, source="<synthetic graft>")
+    return readers_lib.from_arrays(arrays, source="<synthetic graft>")
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, dataset):
     """image <-> text trained on the data without audio; hashes of every file of its workdir."""
     old = str(tmp_path_factory.mktemp("graft") / "old")
-    result = graft_lib.train_base(make_config(), old, dataset=dataset, report=False, log=quiet)
+    result = graft_run.train_base(make_config(), old, dataset=dataset, report=False, log=quiet)
     return {"dir": old, "result": result, "hashes": tree_hashes(old)}
 
 
@@ -79,7 +83,7 @@ def base(tmp_path_factory, dataset):
 def grafted(base, dataset, tmp_path_factory):
     new = str(tmp_path_factory.mktemp("graft") / "new")
     lines = []
-    result = graft_lib.graft(make_config(), base["dir"], new, dataset=dataset, plots=False, log=lines.append)
+    result = graft_run.graft(make_config(), base["dir"], new, dataset=dataset, plots=False, log=lines.append)
     return {"dir": new, "result": result, "log": "\n".join(lines)}
 
 
@@ -101,23 +105,23 @@ def test_base_has_no_audio(base):
 
 
 def test_subset_modalities_keeps_rows_and_pairs_between_kept(dataset):
-    sub = graft_lib.subset_modalities(dataset, ["text", "image"])
+    sub = dataset_lib.subset_modalities(dataset, ["text", "image"])
     assert sub.names == ("image", "text")  # the data's order
     assert list(sub.pairs) == [("image", "text")]
     assert sub.modalities["image"] is dataset.modalities["image"]
-    with pytest.raises(graft_lib.GraftError, match="modality 'depth' is not in the data"):
-        graft_lib.subset_modalities(dataset, ["image", "depth"])
+    with pytest.raises(errors.GraftError, match="modality 'depth' is not in the data"):
+        dataset_lib.subset_modalities(dataset, ["image", "depth"])
 
 
 def test_old_items_byte_identical_and_arrays_equal(base, grafted):
     old_dir, new_dir = step_dir(base["dir"]), step_dir(grafted["dir"])
     for edge in OLD_EDGES:
-        item = ckpt_lib.edge_item_name(edge)
+        item = checkpoint_lib.edge_item_name(edge)
         old_files = tree_hashes(os.path.join(old_dir, item))
         assert old_files, item
         assert tree_hashes(os.path.join(new_dir, item)) == old_files
-        assert grafted["result"].item_digests[edge] == graft_lib.item_digest(old_dir, edge)
-    old_items, new_items = (ckpt_lib.Checkpoints(os.path.dirname(d), read_only=True)
+        assert grafted["result"].item_digests[edge] == translator_graft.item_digest(old_dir, edge)
+    old_items, new_items = (checkpoint_lib.Checkpoints(os.path.dirname(d), read_only=True)
                             .restore_edges(int(os.path.basename(d)), OLD_EDGES) for d in (old_dir, new_dir))
     for edge in OLD_EDGES:
         assert_trees_equal(old_items[edge], new_items[edge])  # params and Adam moments
@@ -148,26 +152,26 @@ def test_new_edges_trained_and_loss_fell(grafted):
     trained = result.edge_params()
     for edge in NEW_EDGES:
         bucket = layout.bucket_of(edge)
-        init = tr.init_edge_params(layout.graph.edge(edge), bucket.d_in, bucket.d_out, bucket.arch, seed=0)
+        init = translators_lib.init_edge_params(layout.graph.edge(edge), bucket.d_in, bucket.d_out, bucket.arch, seed=0)
         assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
                    for a, b in zip(jax.tree.leaves(trained[edge]), jax.tree.leaves(init))) > 1e-3
-    rows = train_lib.read_metrics(os.path.join(grafted["dir"], "metrics.jsonl"))
+    rows = writers_lib.read_metrics(os.path.join(grafted["dir"], "metrics.jsonl"))
     assert rows[-1]["step"] == STEPS
     assert rows[-1]["loss/total"] < 0.8 * rows[0]["loss/total"], [r["loss/total"] for r in rows]
     assert "grad_norm/image->text" not in rows[-1] and "grad_norm/audio->text" in rows[-1]
 
 
 def test_load_trained_new_run_has_every_edge(base, grafted):
-    run = train_lib.load_trained(grafted["dir"])
+    run = trained_lib.load_trained(grafted["dir"])
     assert set(run.graph.edge_names) == OLD_EDGES | NEW_EDGES
     assert run.graph.node_names == ("image", "text", "audio")
     assert set(run.meta["layout"]["frozen"]) == OLD_EDGES
     assert run.config.graft.from_workdir == os.path.abspath(base["dir"])
-    old = train_lib.load_trained(base["dir"]).edge_params()
+    old = trained_lib.load_trained(base["dir"]).edge_params()
     new = run.edge_params()
     for edge in OLD_EDGES:
         assert_trees_equal(old[edge], new[edge])
-    provenance = json.load(open(os.path.join(grafted["dir"], graft_lib.GRAFT_FILE)))
+    provenance = json.load(open(os.path.join(grafted["dir"], translator_graft.GRAFT_FILE)))
     assert set(provenance["new_edges"]) == NEW_EDGES and set(provenance["frozen_edges"]) == OLD_EDGES
 
 
@@ -218,8 +222,8 @@ def test_bad_grafts_fail_before_writing(case, base, dataset, tmp_path, make_synt
         shutil.copytree(old, new)
         match = r"already holds a run of another graph \(nodes: image\[6\], text\[8\]; .*choose a new directory"
     before = tree_hashes(new) if os.path.exists(new) else None
-    with pytest.raises(graft_lib.GraftError, match=match):
-        graft_lib.graft(config, old, new, dataset=data, plots=False, log=quiet)
+    with pytest.raises(errors.GraftError, match=match):
+        graft_run.graft(config, old, new, dataset=data, plots=False, log=quiet)
     assert (tree_hashes(new) if os.path.exists(new) else None) == before
     assert tree_hashes(base["dir"]) == base["hashes"]
 
@@ -237,7 +241,7 @@ def test_cli_grafts_end_to_end(base, arrays, tmp_path):
     assert "zero-shot audio->image" in proc.stdout
     report = json.load(open(os.path.join(new, "report.json")))
     assert any(r["query"] == "audio" and r["gallery"] == "image" and r["hops"] == 2 for r in report["rows"])
-    assert set(train_lib.load_trained(new).graph.edge_names) == OLD_EDGES | NEW_EDGES
+    assert set(trained_lib.load_trained(new).graph.edge_names) == OLD_EDGES | NEW_EDGES
     # a bad graft from the command line: a clear message, a non-zero exit, nothing written
     bad = str(tmp_path / "bad")
     proc = subprocess.run([sys.executable, "launch/graft.py", *common, "--config.graft.modality=image",

@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from graphbridge.graph import Edge, GraphError, ModalityGraph
+from graphbridge.core.graph import Edge, ModalityGraph
+from graphbridge.core.errors import GraphError
 
 
 def complete_graph(names=("a", "b", "c"), dim=4) -> ModalityGraph:

@@ -1,19 +1,13 @@
-"""Tests for graphbridge.metrics (known answers; scipy/sklearn only as references)."""
+"""Tests for graphbridge.evaluation.metrics (known answers; scipy/sklearn only as references)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from graphbridge.metrics import (
-    chance_retrieval_metrics,
-    mean_cosine,
-    mean_predictor_cosine,
-    modality_gap,
-    recall_at_k_curve,
-    retrieval_metrics,
-    silhouette_cosine,
-)
+from graphbridge.evaluation.metrics import chance_retrieval_metrics, recall_at_k_curve, retrieval_metrics
+from graphbridge.evaluation.geometry import mean_cosine, mean_predictor_cosine, modality_gap, silhouette_cosine
+from graphbridge.evaluation.ranks import _descending_order
 
 
 def _clustered(rng, n_per_class, n_classes, dim, spread=0.5):
@@ -293,7 +287,6 @@ def test_mean_cosine_and_mean_predictor():
 
 
 def test_fast_descending_order_equals_stable_argsort():
-    from graphbridge.metrics import _descending_order
 
     rng = np.random.default_rng(9)
     scores = rng.normal(size=(20, 300)).astype(np.float32)

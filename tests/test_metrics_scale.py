@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphbridge import metrics
-from graphbridge.metrics import _first_rank_and_ap, _first_rank_and_ap_numpy, retrieval_metrics
+from graphbridge.evaluation import ranks as ranks_lib
+from graphbridge.evaluation import metrics as metrics_lib
+from graphbridge.evaluation.ranks import _first_rank_and_ap, _first_rank_and_ap_numpy
+from graphbridge.evaluation.metrics import retrieval_metrics
 
 
 def _data(rng, n_query, n_gallery, dim, n_keys):
@@ -58,7 +60,7 @@ def test_jax_path_ties_by_gallery_index_every_path(monkeypatch, host_sort):
   gallery = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [1, 0]], np.float32)
   query = np.array([[1, 0], [0, 1]], np.float32)
   for limit in (16, 0):  # counted ranks, then sorted rows
-    monkeypatch.setattr(metrics, "COUNT_RANKS_UP_TO", limit)
+    monkeypatch.setattr(ranks_lib, "COUNT_RANKS_UP_TO", limit)
     first, ap, _ = _first_rank_and_ap(query, gallery, np.array([5, 7]), np.array([0, 0, 5, 7, 5]), False, None)
     # query 0: relevant at indices 2 and 4, tied with 0 and 1 -> ranks 3 and 4
     np.testing.assert_array_equal(first, [3, 1])
@@ -69,10 +71,10 @@ def test_chunk_is_bounded_by_the_block(monkeypatch):
   """With a small score block the queries are scored a few at a time, with the same result."""
   rng = np.random.default_rng(3)
   args = _data(rng, 64, 500, 8, 5)
-  monkeypatch.setattr(metrics, "SCORE_BLOCK_ELEMENTS", 2000)  # 4 queries per chunk
+  monkeypatch.setattr(ranks_lib, "SCORE_BLOCK_ELEMENTS", 2000)  # 4 queries per chunk
   _assert_same(args)
   r = retrieval_metrics(*args)
-  monkeypatch.setattr(metrics, "SCORE_BLOCK_ELEMENTS", 1 << 24)
+  monkeypatch.setattr(ranks_lib, "SCORE_BLOCK_ELEMENTS", 1 << 24)
   assert retrieval_metrics(*args) == r
 
 
@@ -83,7 +85,7 @@ def test_by_level_equals_one_call_per_level(exclude_self):
   ids, labels = np.arange(90) % 45, rng.integers(0, 6, 90)  # two rows per id
   gallery = emb if exclude_self else rng.normal(size=(90, 10)).astype(np.float32)
   keys = {"instance": (ids, ids), "class": (labels, labels)}
-  both = metrics.retrieval_metrics_by_level(emb, gallery, keys, ks=(1, 5), exclude_self=exclude_self,
+  both = metrics_lib.retrieval_metrics_by_level(emb, gallery, keys, ks=(1, 5), exclude_self=exclude_self,
                                             chunk_size=16)
   for level, (qk, gk) in keys.items():
     assert both[level] == retrieval_metrics(emb, gallery, qk, gk, ks=(1, 5), exclude_self=exclude_self)
@@ -105,10 +107,10 @@ def test_cpu_in_range_ranks_equal_numpy_reference(up_to, exclude_self, monkeypat
   """300 queries: one chunk split over two threads; half the rows clustered, half not."""
   calls = {"in_range": 0, "sorted": 0}
   for name, key in (("_ranks_in_range", "in_range"), ("_ranks_by_sorted_scores", "sorted")):
-    original = getattr(metrics, name)
-    monkeypatch.setattr(metrics, name, lambda *a, _f=original, _k=key: (calls.__setitem__(_k, calls[_k] + 1),
+    original = getattr(ranks_lib, name)
+    monkeypatch.setattr(ranks_lib, name, lambda *a, _f=original, _k=key: (calls.__setitem__(_k, calls[_k] + 1),
                                                                         _f(*a))[1])
-  monkeypatch.setattr(metrics, "IN_RANGE_UP_TO", up_to)
+  monkeypatch.setattr(ranks_lib, "IN_RANGE_UP_TO", up_to)
   rng = np.random.default_rng(5)
   tight = _clustered(rng, 150, 400, 24, 8, 0.3)
   loose = _clustered(rng, 150, 400, 24, 8, 3.0)
@@ -127,7 +129,7 @@ def test_cpu_in_range_ranks_equal_numpy_reference(up_to, exclude_self, monkeypat
 def test_cpu_paths_exact_ties_and_signed_zeros(up_to, monkeypatch):
   """Entries in {-1, 0, 1} x 3 dims: scores repeat across the gallery (exact ties, broken by the
   gallery index), and orthogonal rows score -0.0 or +0.0, which tie."""
-  monkeypatch.setattr(metrics, "IN_RANGE_UP_TO", up_to)
+  monkeypatch.setattr(ranks_lib, "IN_RANGE_UP_TO", up_to)
   rng = np.random.default_rng(9)
   query = rng.integers(-1, 2, (200, 3)).astype(np.float32)
   gallery = rng.integers(-1, 2, (260, 3)).astype(np.float32)
@@ -144,14 +146,14 @@ def test_cpu_paths_exact_ties_and_signed_zeros(up_to, monkeypatch):
 def test_cpu_ranks_of_a_score_block(up_to, monkeypatch):
   """_ranks_on_host on blocks with -0.0 next to +0.0 (they tie), repeated values and -inf (the
   query's own item with exclude_self), against a stable argsort of each row."""
-  monkeypatch.setattr(metrics, "IN_RANGE_UP_TO", up_to)
+  monkeypatch.setattr(ranks_lib, "IN_RANGE_UP_TO", up_to)
   rng = np.random.default_rng(13)
   values = np.array([-0.0, 0.0, 0.5, -0.5, 0.25, 1.0, -np.inf], np.float32)
   block = values[rng.integers(0, len(values), (140, 60))]
   rel_idx = np.stack([rng.choice(60, 5, replace=False) for _ in range(140)]).astype(np.int32)
   rel_valid = rng.random((140, 5)) < 0.8
   rel_valid &= np.take_along_axis(block, rel_idx, axis=1) > -np.inf  # the own item is never relevant
-  ranks = metrics._ranks_on_host(block, rel_idx, rel_valid)
+  ranks = ranks_lib._ranks_on_host(block, rel_idx, rel_valid)
   order = np.argsort(-block + np.float32(0.0), axis=1, kind="stable")
   position = np.argsort(order, axis=1) + 1  # 1-based rank of every gallery column
   expected = np.where(rel_valid, np.take_along_axis(position, rel_idx, axis=1), np.iinfo(np.int32).max)

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from graphbridge import data as data_lib
-from graphbridge import evaluate as eval_lib
-from graphbridge import train as train_lib
+from graphbridge.data import readers as readers_lib
+from graphbridge.evaluation import aligners as aligners_lib
+from graphbridge.evaluation import retrieval as retrieval_lib
+from graphbridge.training import trainer as trainer_lib
 from tests.conftest import load_config_module
 
 
@@ -26,12 +27,12 @@ def _digits_config(dtype: str, steps: int = 150):
 
 @pytest.fixture(scope="module")
 def digits():
-  return data_lib.load_digits()
+  return readers_lib.load_digits()
 
 
 def _zero_shot_map(result, dataset):
-  aligner = eval_lib.GraphAligner(result.setup.layout, result.params, result.setup.compute_dtype)
-  rows = eval_lib.retrieval_rows(aligner, dataset, pairs=[("image", "audio"), ("audio", "image")])
+  aligner = aligners_lib.GraphAligner(result.setup.layout, result.params, result.setup.compute_dtype)
+  rows = retrieval_lib.retrieval_rows(aligner, dataset, pairs=[("image", "audio"), ("audio", "image")])
   return {(r["query"], r["gallery"]): r["mAP"] for r in rows}, rows[0]["chance_mAP"]
 
 
@@ -39,7 +40,7 @@ def test_bfloat16_training_converges_on_digits_like_float32(digits):
   runs = {}
   for dtype in ("float32", "bfloat16"):
     logs = []
-    result = train_lib.train(_digits_config(dtype), None, dataset=digits, log=logs.append)
+    result = trainer_lib.train(_digits_config(dtype), None, dataset=digits, log=logs.append)
     runs[dtype] = result
     losses = [float(line.split("loss ")[1].split()[0]) for line in logs if line.startswith("step ")]
     assert losses[-1] < 0.8 * losses[0], (dtype, losses)   # the loss falls
@@ -66,9 +67,9 @@ def test_bfloat16_resume_is_bit_identical(tri_modal_dataset, tmp_path):
     c.optim.final_lr_fraction = 1.0  # a schedule that does not depend on train.steps
     return c
   quiet = lambda _: None
-  whole = train_lib.train(config(20), str(tmp_path / "whole"), dataset=tri_modal_dataset, log=quiet)
-  train_lib.train(config(10), str(tmp_path / "split"), dataset=tri_modal_dataset, log=quiet)
-  resumed = train_lib.train(config(20), str(tmp_path / "split"), dataset=tri_modal_dataset, log=quiet)
+  whole = trainer_lib.train(config(20), str(tmp_path / "whole"), dataset=tri_modal_dataset, log=quiet)
+  trainer_lib.train(config(10), str(tmp_path / "split"), dataset=tri_modal_dataset, log=quiet)
+  resumed = trainer_lib.train(config(20), str(tmp_path / "split"), dataset=tri_modal_dataset, log=quiet)
   assert resumed.steps_run == 10
   for a, b in zip(jax.tree.leaves(jax.device_get(whole.state["params"])),
                   jax.tree.leaves(jax.device_get(resumed.state["params"]))):

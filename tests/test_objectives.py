@@ -9,11 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from graphbridge import data as data_lib
-from graphbridge import objectives
-from graphbridge import train as train_lib
-from graphbridge import translators as tr
-from graphbridge.graph import GraphError, ModalityGraph, path_edges, path_name
+from graphbridge.data import sampling as sampling_lib
+from graphbridge.model import objectives as objectives_lib
+from graphbridge.training import setup as setup_lib
+from graphbridge.training import state as state_lib
+from graphbridge.training import optimizer as optimizer_lib
+from graphbridge.training import step as step_lib
+from graphbridge.model import translators as translators_lib
+from graphbridge.core.errors import GraphError
+from graphbridge.core.graph import ModalityGraph, path_edges, path_name
 
 # On the tri-modal set (image[6], audio[6], text[8]; pairs image<->text, audio<->text) plus the
 # unpaired edges image<->audio: image->text and audio->text share the 6x8 bucket, image->audio and
@@ -59,7 +63,7 @@ def reference_loss(graph, arch, supervised, cycles, n_lengths, learn_temperature
 
     def translate(edge, x):
         dst = edge.split("->")[1]
-        return tr.Translator(graph.dim(dst), arch).apply({"params": everything[edge]}, x)
+        return translators_lib.Translator(graph.dim(dst), arch).apply({"params": everything[edge]}, x)
 
     if learn_temperature:
         inv_t = jnp.minimum(jnp.exp(globals_["log_inv_temperature"]), 100.0)
@@ -103,7 +107,7 @@ def graph_case(tri_modal_dataset, digits_config_module):
     config.graph.frozen = FROZEN_EDGE
     config.loss.cycle_weights = (0.5, 0.25)
     config.loss.learn_temperature = True
-    setup = train_lib.build_setup(config, dataset)
+    setup = setup_lib.build_setup(config, dataset)
     return dataset, config, setup
 
 
@@ -128,7 +132,7 @@ def test_stacked_loss_and_grads_equal_a_plain_per_edge_loop(graph_case):
     dataset, config, setup = graph_case
     layout, plan = setup.layout, setup.plan
     graph = layout.graph
-    arch = train_lib.arch_from_config(config.model)
+    arch = setup_lib.arch_from_config(config.model)
 
     # the case is one where stacking matters: two buckets hold two edges each
     assert sorted(b.size for b in layout.buckets) == [1, 1, 2, 2]
@@ -148,20 +152,20 @@ def test_stacked_loss_and_grads_equal_a_plain_per_edge_loop(graph_case):
     assert sorted(names["edge_cos"]) == sorted(supervised)
     assert sorted(names["cycle"]) == sorted(path_name(c) for c in cycles)
 
-    tx = train_lib.make_optimizer(config)
-    state = train_lib.init_state(setup, tx, seed=3, weights=objectives.initial_weights(plan.settings))
+    tx = optimizer_lib.make_optimizer(config)
+    state = state_lib.init_state(setup, tx, seed=3, weights=objectives_lib.initial_weights(plan.settings))
     params = jax.device_get(state["params"])  # numpy: unstacking it below compiles nothing
     params["globals"]["log_inv_temperature"] = np.float32(np.log(12.5))
     assert set(params["globals"]) == {"log_inv_temperature"}
-    all_stacked = jax.device_get(tr.init_params(layout, seed=7))
+    all_stacked = jax.device_get(translators_lib.init_params(layout, seed=7))
     frozen = {b.key: all_stacked[b.key] for b in layout.frozen_buckets}
-    frozen_edge_params = tr.unstack(layout, frozen)
+    frozen_edge_params = translators_lib.unstack(layout, frozen)
     assert set(frozen_edge_params) == {FROZEN_EDGE}
     weights = {"edge_cos": jnp.float32(0.8), "infonce": jnp.float32(0.3),
                "cycle": jnp.asarray([0.5, 0.25], jnp.float32)}
 
     stacked_fn = jax.jit(jax.value_and_grad(
-        lambda p, batch: objectives.loss_fn(plan, p, frozen, batch, weights, jnp.float32)[0]))
+        lambda p, batch: objectives_lib.loss_fn(plan, p, frozen, batch, weights, jnp.float32)[0]))
 
     def plain(edge_params, globals_, batch):
         return reference_loss(graph, arch, supervised, cycles, len(config.loss.cycle_weights),
@@ -170,20 +174,20 @@ def test_stacked_loss_and_grads_equal_a_plain_per_edge_loop(graph_case):
 
     plain_fn = jax.jit(jax.value_and_grad(plain, argnums=(0, 1)))
 
-    arrays = train_lib.sampler_arrays(setup, dataset)
-    sample = jax.jit(data_lib.sample_batch, static_argnums=2)
+    arrays = step_lib.sampler_arrays(setup, dataset)
+    sample = jax.jit(sampling_lib.sample_batch, static_argnums=2)
     for seed in (0, 1):
         batch = sample(arrays, jax.random.PRNGKey(seed), BATCH)
         labels = np.asarray(batch["pair_label"]["image->text"])
         assert len(np.unique(labels)) < len(labels)  # label-aware positives are exercised
 
         total, grads = stacked_fn(params, batch)
-        ref_total, (ref_edge_grads, ref_global_grads) = plain_fn(tr.unstack(layout, params["edges"]),
+        ref_total, (ref_edge_grads, ref_global_grads) = plain_fn(translators_lib.unstack(layout, params["edges"]),
                                                                  params["globals"], batch)
         assert 0.5 < float(total) < 20.0
         np.testing.assert_allclose(total, ref_total, rtol=1e-5, atol=1e-5)
 
-        edge_grads = tr.unstack(layout, jax.device_get(grads["edges"]))
+        edge_grads = translators_lib.unstack(layout, jax.device_get(grads["edges"]))
         assert set(edge_grads) == trainable == set(ref_edge_grads)
         for edge in sorted(trainable):
             leaves = jax.tree_util.tree_leaves_with_path(edge_grads[edge])
@@ -202,13 +206,13 @@ def test_stacked_loss_and_grads_equal_a_plain_per_edge_loop(graph_case):
 def test_loss_terms_are_reported_per_edge_and_cycle(graph_case):
     dataset, config, setup = graph_case
     plan = setup.plan
-    tx = train_lib.make_optimizer(config)
-    state = train_lib.init_state(setup, tx, seed=0, weights=objectives.initial_weights(plan.settings))
-    batch = jax.jit(data_lib.sample_batch, static_argnums=2)(
-        train_lib.sampler_arrays(setup, dataset), jax.random.PRNGKey(0), BATCH)
-    frozen = {b.key: tr.init_params(setup.layout, seed=0)[b.key] for b in setup.layout.frozen_buckets}
+    tx = optimizer_lib.make_optimizer(config)
+    state = state_lib.init_state(setup, tx, seed=0, weights=objectives_lib.initial_weights(plan.settings))
+    batch = jax.jit(sampling_lib.sample_batch, static_argnums=2)(
+        step_lib.sampler_arrays(setup, dataset), jax.random.PRNGKey(0), BATCH)
+    frozen = {b.key: translators_lib.init_params(setup.layout, seed=0)[b.key] for b in setup.layout.frozen_buckets}
     zero = {"edge_cos": jnp.float32(0.0), "infonce": jnp.float32(0.0), "cycle": jnp.asarray([1.0, 0.0])}
-    total, aux = jax.jit(lambda p, b: objectives.loss_fn(plan, p, frozen, b, zero, jnp.float32))(
+    total, aux = jax.jit(lambda p, b: objectives_lib.loss_fn(plan, p, frozen, b, zero, jnp.float32))(
         state["params"], batch)
     names = plan.term_names()
     assert aux["terms"]["edge_cos"].shape == (len(names["edge_cos"]),)
@@ -227,14 +231,14 @@ def test_loss_terms_are_reported_per_edge_and_cycle(graph_case):
 
 def complete_layout(names=("a", "b", "c"), dims=(4, 4, 6)):
     graph = ModalityGraph.build(dict(zip(names, dims)), [f"{x}->{y}" for x, y in itertools.permutations(names, 2)])
-    return tr.EdgeLayout.build(graph, tr.TranslatorArch(hidden=(8,)))
+    return translators_lib.EdgeLayout.build(graph, translators_lib.TranslatorArch(hidden=(8,)))
 
 
 def test_plan_shares_cycle_prefixes():
     layout = complete_layout()
     graph = layout.graph
-    settings = objectives.LossSettings(cycle_weights=(0.5, 0.25))
-    plan = objectives.build_plan(layout, settings, paired_edges=graph.edges)
+    settings = objectives_lib.LossSettings(cycle_weights=(0.5, 0.25))
+    plan = objectives_lib.build_plan(layout, settings, paired_edges=graph.edges)
     # By hand: 6 supervised edges (one application each, on pair rows). Cycles from start a:
     # hop 1: a->b, a->c (2); hop 2: a->b->a, a->b->c, a->c->a, a->c->b (4); hop 3: a->b->c->a,
     # a->c->b->a (2) = 8 distinct prefixes per start, 24 for 3 starts. Total 6 + 24 = 30.
@@ -250,20 +254,20 @@ def test_plan_shares_cycle_prefixes():
 
 def test_plan_with_two_cycles_only_and_partial_pairs():
     layout = complete_layout()
-    settings = objectives.LossSettings(cycle_weights=(0.5,))
-    plan = objectives.build_plan(layout, settings, paired_edges=["a->b", "b->a"])
+    settings = objectives_lib.LossSettings(cycle_weights=(0.5,))
+    plan = objectives_lib.build_plan(layout, settings, paired_edges=["a->b", "b->a"])
     assert [e.name for e in plan.supervised] == ["a->b", "b->a"]
     assert len(plan.cycles) == 6 and set(plan.cycle_lengths) == {2}
     assert plan.applications == 2 + 6 * 2  # 2-cycles share nothing
-    off = objectives.build_plan(layout, objectives.LossSettings(cycle_weights=(0.0, 0.5)),
+    off = objectives_lib.build_plan(layout, objectives_lib.LossSettings(cycle_weights=(0.0, 0.5)),
                                 paired_edges=["a->b"])
     assert set(off.cycle_lengths) == {3} and len(off.cycles) == 6
 
 
 def test_plan_skips_terms_without_trainable_edges():
     graph = complete_layout().graph
-    layout = tr.EdgeLayout.build(graph, tr.TranslatorArch(hidden=(8,)), frozen=["a->b", "b->a"])
-    plan = objectives.build_plan(layout, objectives.LossSettings(cycle_weights=(0.5,)),
+    layout = translators_lib.EdgeLayout.build(graph, translators_lib.TranslatorArch(hidden=(8,)), frozen=["a->b", "b->a"])
+    plan = objectives_lib.build_plan(layout, objectives_lib.LossSettings(cycle_weights=(0.5,)),
                                  paired_edges=graph.edges)
     assert "a->b" not in {e.name for e in plan.supervised}
     assert ("a", "b", "a") not in plan.cycles and ("b", "a", "b") not in plan.cycles
@@ -274,19 +278,19 @@ def test_plan_errors():
     layout = complete_layout()
     graph = layout.graph
     with pytest.raises(GraphError, match="edge b->c is asked for a supervised loss but has no training pairs"):
-        objectives.build_plan(layout, objectives.LossSettings(supervised_edges=("a->b", "b->c")),
+        objectives_lib.build_plan(layout, objectives_lib.LossSettings(supervised_edges=("a->b", "b->c")),
                               paired_edges=["a->b"])
-    all_frozen = tr.EdgeLayout.build(graph, tr.TranslatorArch(hidden=(8,)), frozen=graph.edge_names)
+    all_frozen = translators_lib.EdgeLayout.build(graph, translators_lib.TranslatorArch(hidden=(8,)), frozen=graph.edge_names)
     with pytest.raises(GraphError, match="nothing to train"):
-        objectives.build_plan(all_frozen, objectives.LossSettings(), paired_edges=graph.edges)
+        objectives_lib.build_plan(all_frozen, objectives_lib.LossSettings(), paired_edges=graph.edges)
     with pytest.raises(GraphError, match="nothing to train"):
-        objectives.build_plan(layout, objectives.LossSettings(cycle_weights=(0.0,)), paired_edges=())
+        objectives_lib.build_plan(layout, objectives_lib.LossSettings(cycle_weights=(0.0,)), paired_edges=())
 
 
 def test_initial_weights_and_max_cycle_length():
-    settings = objectives.LossSettings(edge_cos=0.7, infonce=0.2, cycle_weights=(0.5, 0.0, 0.1))
+    settings = objectives_lib.LossSettings(edge_cos=0.7, infonce=0.2, cycle_weights=(0.5, 0.0, 0.1))
     assert settings.max_cycle_length == 4
-    w = objectives.initial_weights(settings)
+    w = objectives_lib.initial_weights(settings)
     assert float(w["edge_cos"]) == pytest.approx(0.7) and float(w["infonce"]) == pytest.approx(0.2)
     np.testing.assert_allclose(w["cycle"], [0.5, 0.0, 0.1])
-    assert objectives.LossSettings(cycle_weights=(0.0, 0.0)).max_cycle_length == 0
+    assert objectives_lib.LossSettings(cycle_weights=(0.0, 0.0)).max_cycle_length == 0

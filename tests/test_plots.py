@@ -1,4 +1,4 @@
-"""Tests for graphbridge.plots: every function writes a readable PNG of the expected size."""
+"""Tests for graphbridge.evaluation.plots: every function writes a readable PNG of the expected size."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from graphbridge import plots  # noqa: E402
+from graphbridge.evaluation.plots import style as style_lib
+from graphbridge.evaluation.plots import projection as projection_lib
+from graphbridge.evaluation.plots import charts as charts_lib
 
-DPI = plots.DPI
+DPI = style_lib.DPI
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -51,7 +53,7 @@ def clustered():
 def test_import_without_matplotlib():
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
-        "import graphbridge.plots as p\n"
+        "import graphbridge.evaluation.plots.charts as p\n"
         "try:\n"
         "    p.plot_retrieval_heatmap([[1.0]], ['a'], ['b'], '/nonexistent/x.png', 't')\n"
         "except ImportError:\n"
@@ -67,30 +69,30 @@ def test_import_without_matplotlib():
 def test_plot_projection(tmp_path, clustered):
     _, after, labels = clustered
     path = tmp_path / "sub" / "proj.png"
-    out = plots.plot_projection(after, labels, path, "projection")
+    out = projection_lib.plot_projection(after, labels, path, "projection")
     _assert_png(path, out, (8.6, 6.2))
     # without labels, and a single modality
-    out = plots.plot_projection({"image": after["image"]}, None, tmp_path / "one.png", "one")
+    out = projection_lib.plot_projection({"image": after["image"]}, None, tmp_path / "one.png", "one")
     _assert_png(tmp_path / "one.png", out, (8.6, 6.2))
     with pytest.raises(ValueError, match="only 'pca'"):
-        plots.plot_projection(after, labels, tmp_path / "x.png", "t", method="tsne")
+        projection_lib.plot_projection(after, labels, tmp_path / "x.png", "t", method="tsne")
     with pytest.raises(ValueError, match="share one embedding dimension"):
-        plots.plot_projection({"a": np.ones((3, 4)), "b": np.ones((3, 5))}, None, tmp_path / "x.png", "t")
+        projection_lib.plot_projection({"a": np.ones((3, 4)), "b": np.ones((3, 5))}, None, tmp_path / "x.png", "t")
     with pytest.raises(ValueError, match="labels for modality 'image'"):
-        plots.plot_projection(after, {"image": labels["image"][:5]}, tmp_path / "x.png", "t")
+        projection_lib.plot_projection(after, {"image": labels["image"][:5]}, tmp_path / "x.png", "t")
 
 
 def test_plot_projection_subsamples_large_sets(tmp_path):
     rng = np.random.default_rng(1)
     big = {"a": rng.normal(size=(5000, 16)), "b": rng.normal(size=(5000, 16)) + 1}
-    out = plots.plot_projection(big, None, tmp_path / "big.png", "big", max_points_per_modality=300)
+    out = projection_lib.plot_projection(big, None, tmp_path / "big.png", "big", max_points_per_modality=300)
     _assert_png(tmp_path / "big.png", out, (8.6, 6.2))
 
 
 def test_plot_projection_before_after(tmp_path, clustered):
     before, after, labels = clustered
     path = tmp_path / "before_after.png"
-    out = plots.plot_projection_before_after(before, after, labels, path, "gap closing")
+    out = projection_lib.plot_projection_before_after(before, after, labels, path, "gap closing")
     _assert_png(path, out, (14.0, 6.4))
 
 
@@ -99,17 +101,17 @@ def test_plot_retrieval_heatmap(tmp_path):
     matrix = np.array([[np.nan, 0.61, 0.72], [0.58, np.nan, 0.44], [0.70, 0.41, np.nan]])
     chance = np.full((3, 3), 0.11)
     path = tmp_path / "heat.png"
-    out = plots.plot_retrieval_heatmap(matrix, names, names, path, "mAP", chance=chance)
+    out = charts_lib.plot_retrieval_heatmap(matrix, names, names, path, "mAP", chance=chance)
     n = 3
     _assert_png(path, out, (max(4.8, 1.15 * n + 0.09 * 5 + 2.6), max(3.6, 0.85 * n + 1.9)))
     # non-[0, 1] metric, rectangular, no chance
     ranks = np.array([[1.0, 40.0, 300.0]])
-    out = plots.plot_retrieval_heatmap(ranks, ["q"], names, tmp_path / "r.png", "rank", metric_name="median rank")
+    out = charts_lib.plot_retrieval_heatmap(ranks, ["q"], names, tmp_path / "r.png", "rank", metric_name="median rank")
     assert _read_png(out).size > 0
     with pytest.raises(ValueError, match="query_names"):
-        plots.plot_retrieval_heatmap(matrix, names[:2], names, tmp_path / "x.png", "t")
+        charts_lib.plot_retrieval_heatmap(matrix, names[:2], names, tmp_path / "x.png", "t")
     with pytest.raises(ValueError, match="chance has shape"):
-        plots.plot_retrieval_heatmap(matrix, names, names, tmp_path / "x.png", "t", chance=chance[:2])
+        charts_lib.plot_retrieval_heatmap(matrix, names, names, tmp_path / "x.png", "t", chance=chance[:2])
 
 
 def test_plot_reconstruction_by_hops(tmp_path):
@@ -121,11 +123,11 @@ def test_plot_reconstruction_by_hops(tmp_path):
         if hops > 1:
             rows.append({"hops": hops, "cosine": 0.92 ** hops, "baseline": 0.28, "kind": "cycle"})
     path = tmp_path / "hops.png"
-    _assert_png(path, plots.plot_reconstruction_by_hops(rows, path, "hops"), (10.5, 5.0))  # legend beside the axes
+    _assert_png(path, charts_lib.plot_reconstruction_by_hops(rows, path, "hops"), (10.5, 5.0))  # legend beside the axes
     with pytest.raises(ValueError, match="missing key"):
-        plots.plot_reconstruction_by_hops([{"hops": 1, "cosine": 0.5}], tmp_path / "x.png", "t")
+        charts_lib.plot_reconstruction_by_hops([{"hops": 1, "cosine": 0.5}], tmp_path / "x.png", "t")
     with pytest.raises(ValueError, match="empty"):
-        plots.plot_reconstruction_by_hops([], tmp_path / "x.png", "t")
+        charts_lib.plot_reconstruction_by_hops([], tmp_path / "x.png", "t")
 
 
 def test_plot_training_curves(tmp_path):
@@ -140,12 +142,12 @@ def test_plot_training_curves(tmp_path):
         row["lr"] = 1e-3
         rows.append(row)
     path = tmp_path / "train.png"
-    _assert_png(path, plots.plot_training_curves(rows, path, "training"), (12.0, 4.8))
+    _assert_png(path, charts_lib.plot_training_curves(rows, path, "training"), (12.0, 4.8))
     many = [{"step": s, **{f"loss/edge/{i}": 1.0 / (s + 1 + i) for i in range(10)}} for s in range(30)]
-    _assert_png(tmp_path / "many.png", plots.plot_training_curves(many, tmp_path / "many.png", "many"),
+    _assert_png(tmp_path / "many.png", charts_lib.plot_training_curves(many, tmp_path / "many.png", "many"),
                 (13.0, 4.8))
     with pytest.raises(ValueError, match="no key starting with 'loss/'"):
-        plots.plot_training_curves([{"step": 1, "acc": 0.5}], tmp_path / "x.png", "t")
+        charts_lib.plot_training_curves([{"step": 1, "acc": 0.5}], tmp_path / "x.png", "t")
 
 
 def test_plot_strategy_comparison(tmp_path):
@@ -157,6 +159,6 @@ def test_plot_strategy_comparison(tmp_path):
     rows.append({"strategy": "graph", "pair": "text->image", "mean": 0.7})  # no std / chance
     path = tmp_path / "strategy.png"
     # width grows with pairs x strategies: 3 pairs x 3 strategies -> 0.55 * 9 + 3 inches
-    _assert_png(path, plots.plot_strategy_comparison(rows, path, "strategies"), (0.55 * 9 + 3.0, 5.0))
+    _assert_png(path, charts_lib.plot_strategy_comparison(rows, path, "strategies"), (0.55 * 9 + 3.0, 5.0))
     with pytest.raises(ValueError, match="repeats strategy"):
-        plots.plot_strategy_comparison(rows + [rows[0]], tmp_path / "x.png", "t")
+        charts_lib.plot_strategy_comparison(rows + [rows[0]], tmp_path / "x.png", "t")

@@ -1,4 +1,4 @@
-"""Tests for graphbridge.posthoc (scipy / scikit-learn used only as references)."""
+"""Tests for graphbridge.linear (posthoc, cca) (scipy / scikit-learn used only as references)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,10 @@ import scipy.linalg
 from sklearn.cross_decomposition import CCA as SkCCA
 from sklearn.linear_model import Ridge as SkRidge
 
-from graphbridge import posthoc
-from graphbridge.posthoc import (
-    fit_cca,
-    fit_cca_bridge,
-    fit_centering,
-    fit_procrustes,
-    fit_ridge,
-    fit_ridge_bridge,
-    paired_rows,
-)
+from graphbridge.linear.cca import fit_cca, fit_cca_bridge
+from graphbridge.linear.posthoc import fit_centering, fit_procrustes, fit_ridge, fit_ridge_bridge, paired_rows
+from graphbridge.linear import cca as cca_lib
+from graphbridge.linear import posthoc
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
@@ -394,5 +388,5 @@ def test_centering_validation_and_min_rows():
 
 
 def test_public_api_listed():
-    for name in posthoc.__all__:
-        assert hasattr(posthoc, name)
+    for module in (posthoc, cca_lib):
+        assert module.__all__ and all(hasattr(module, name) for name in module.__all__)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from graphbridge import data as data_lib
-from graphbridge import pseudo
+from graphbridge.data import readers as readers_lib
+from graphbridge.strategies import pseudo as pseudo_lib
 
 
 def _rotation(d, rng):
@@ -19,7 +19,7 @@ def test_matching_recovers_the_permutation_of_rotated_data(method):
   rot = _rotation(12, rng)
   perm = rng.permutation(80)
   y = (x @ rot)[perm]                     # y[j] = x[perm[j]] rotated
-  found = pseudo.match(x @ rot, y, method)
+  found = pseudo_lib.match(x @ rot, y, method)
   assert len(found) == 80
   np.testing.assert_array_equal(perm[found[:, 1]], found[:, 0])
 
@@ -27,7 +27,7 @@ def test_matching_recovers_the_permutation_of_rotated_data(method):
 def test_sinkhorn_plan_has_uniform_marginals_and_beats_nn_on_a_hub():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(30, 6))
-  plan = pseudo.sinkhorn_plan(x, x + 0.1 * rng.normal(size=x.shape), epsilon=0.05)
+  plan = pseudo_lib.sinkhorn_plan(x, x + 0.1 * rng.normal(size=x.shape), epsilon=0.05)
   np.testing.assert_allclose(plan.sum(1), 1 / 30, rtol=1e-2)
   np.testing.assert_allclose(plan.sum(0), 1 / 30, rtol=1e-3)
   # a shared offset makes row 0 of the gallery everyone's nearest neighbour; the assignment, which
@@ -35,8 +35,8 @@ def test_sinkhorn_plan_has_uniform_marginals_and_beats_nn_on_a_hub():
   hub_q = x + 0.0
   hub_g = x + 0.25 * rng.normal(size=x.shape)
   hub_g[0] = hub_q.mean(0) * 4
-  nn = pseudo.mutual_nn(hub_q, hub_g)
-  ot = pseudo.sinkhorn_matches(hub_q, hub_g, epsilon=0.02)
+  nn = pseudo_lib.mutual_nn(hub_q, hub_g)
+  ot = pseudo_lib.sinkhorn_matches(hub_q, hub_g, epsilon=0.02)
   assert np.mean(ot[:, 0] == ot[:, 1]) == 1.0
   assert len(ot) >= len(nn)
 
@@ -48,9 +48,9 @@ def test_sinkhorn_scaling_domain_equals_the_log_domain_on_padded_shapes(n_q, n_g
   rng = np.random.default_rng(n_q + n_g)
   x = rng.normal(size=(n_q, 16))
   y = x[rng.integers(0, n_q, n_g)] @ _rotation(16, rng) + 0.8 * rng.normal(size=(n_g, 16))
-  plan = pseudo.sinkhorn_plan(x, y, epsilon=0.02)
-  cost = (1.0 - pseudo._unit(x) @ pseudo._unit(y).T).astype(np.float32)
-  log_plan = np.asarray(pseudo._sinkhorn_jit(cost, np.float32(0.02), 200, np.float32(1e-3)))
+  plan = pseudo_lib.sinkhorn_plan(x, y, epsilon=0.02)
+  cost = (1.0 - pseudo_lib._unit(x) @ pseudo_lib._unit(y).T).astype(np.float32)
+  log_plan = np.asarray(pseudo_lib._sinkhorn_jit(cost, np.float32(0.02), 200, np.float32(1e-3)))
   assert plan.shape == (n_q, n_g)
   np.testing.assert_allclose(plan, log_plan, rtol=1e-3, atol=1e-6 * log_plan.max())
   np.testing.assert_allclose(plan.sum(0), 1 / n_g, rtol=1e-3)
@@ -62,7 +62,7 @@ def test_sinkhorn_falls_back_to_the_log_domain_where_the_kernel_underflows():
   rng = np.random.default_rng(5)
   x = rng.normal(size=(40, 8)) + 3.0
   y = np.concatenate([x[:39] + 0.05 * rng.normal(size=(39, 8)), -x[39:]])  # the last row: opposite all
-  plan = pseudo.sinkhorn_plan(x, y, epsilon=0.002)
+  plan = pseudo_lib.sinkhorn_plan(x, y, epsilon=0.002)
   assert np.all(np.isfinite(plan))
   np.testing.assert_allclose(plan.sum(0), 1 / 40, rtol=1e-2)
 
@@ -97,22 +97,22 @@ def _data(n=120, seed=0):
   inv_b, inv_c = np.argsort(perm_b), np.argsort(perm_c)
   arrays["pairs_a__b"] = np.stack([rows[:10], inv_b[:10]], 1)
   arrays["pairs_a__c"] = np.stack([rows[10:20], inv_c[10:20]], 1)
-  return data_lib.from_arrays(arrays), rot
+  return readers_lib.from_arrays(arrays), rot
 
 
 def test_gate_accepts_a_strongly_related_pair_and_rejects_an_unrelated_one():
   dataset, rot = _data()
-  settings = pseudo.PseudoSettings(rounds=1, method="sinkhorn", min_agreement=0.5, gate="agreement")
-  found = {(m.a, m.b): m for m in pseudo.pseudo_pairs(_LinearAligner(rot), dataset, settings)}
+  settings = pseudo_lib.PseudoSettings(rounds=1, method="sinkhorn", min_agreement=0.5, gate="agreement")
+  found = {(m.a, m.b): m for m in pseudo_lib.pseudo_pairs(_LinearAligner(rot), dataset, settings)}
   ab, ac = found[("a", "b")], found[("a", "c")]
   assert ab.accepted and ab.agreement > 0.95 and ab.precision == 1.0 and len(ab.pairs) >= 100
   assert not ac.accepted and ac.agreement < 0.5
   assert ("b", "c") in found and not found[("b", "c")].accepted
-  grown = pseudo.grow(dataset, list(found.values()))
+  grown = pseudo_lib.grow(dataset, list(found.values()))
   assert len(grown.pairs[("a", "b")]) == 10 + len(ab.pairs)
   assert len(grown.pairs[("a", "c")]) == 10
   with pytest.raises(ValueError, match="pseudo.method='ot'"):
-    pseudo.PseudoSettings(method="ot")
+    pseudo_lib.PseudoSettings(method="ot")
 
 
 class _ViewsAligner:
@@ -148,13 +148,13 @@ def _views(n=400, pairs=40, seed=0):
   for k, v in enumerate("bcd"):
     sl = ids[k * pairs:(k + 1) * pairs]
     arrays[f"pairs_a__{v}"] = np.stack([inv["a"][sl], inv[v][sl]], 1)
-  return data_lib.from_arrays(arrays), rots
+  return readers_lib.from_arrays(arrays), rots
 
 
 def test_probe_gate_estimates_precision_from_held_out_pairs_and_composes_new_edges():
   dataset, rots = _views()
-  settings = pseudo.PseudoSettings(rounds=1, gate="probe", min_precision=0.5)
-  found = {(m.a, m.b): m for m in pseudo.pseudo_pairs(_ViewsAligner(rots), dataset, settings)}
+  settings = pseudo_lib.PseudoSettings(rounds=1, gate="probe", min_precision=0.5)
+  found = {(m.a, m.b): m for m in pseudo_lib.pseudo_pairs(_ViewsAligner(rots), dataset, settings)}
   ab, ac, ad = found[("a", "b")], found[("a", "c")], found[("a", "d")]
   # paired hops: the probe's estimate (held-out pairs hidden among ~280 unpaired rows) says b and c
   # match a exactly and d does not
@@ -169,14 +169,14 @@ def test_probe_gate_estimates_precision_from_held_out_pairs_and_composes_new_edg
     assert far.via and len(far.pairs) <= 40 and far.precision > 0.9
   # the probe never matches never-paired modalities directly
   assert all(m.via for (a, b), m in found.items() if not dataset.pairs_for(a, b).size)
-  grown = pseudo.grow(dataset, list(found.values()))
+  grown = pseudo_lib.grow(dataset, list(found.values()))
   assert len(grown.pairs[("b", "c")]) == len(bc.pairs)
   with pytest.raises(ValueError, match="pseudo.gate='best'"):
-    pseudo.PseudoSettings(gate="best")
+    pseudo_lib.PseudoSettings(gate="best")
 
 
 def test_probe_needs_enough_pairs_to_hold_out():
   dataset, rots = _views(pairs=10)
-  settings = pseudo.PseudoSettings(rounds=1, gate="probe", probe_folds=4)
-  found = {(m.a, m.b): m for m in pseudo.pseudo_pairs(_ViewsAligner(rots), dataset, settings)}
+  settings = pseudo_lib.PseudoSettings(rounds=1, gate="probe", probe_folds=4)
+  found = {(m.a, m.b): m for m in pseudo_lib.pseudo_pairs(_ViewsAligner(rots), dataset, settings)}
   assert found[("a", "b")].estimate is None and not found[("a", "b")].accepted

@@ -1,15 +1,22 @@
-"""pseudo.rounds=-1 (auto, the default): pseudo.AUTO_ROUNDS (2) rounds where every pair set is instance-level, else 0."""
+"""pseudo.rounds=-1 (auto, the default): pseudo_lib.AUTO_ROUNDS (2) rounds where every pair set is instance-level, else 0."""
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from graphbridge import config_check
-from graphbridge import data as data_lib
-from graphbridge import defaults, pseudo
+from graphbridge.core import errors
+from graphbridge.runs import validate as validate_lib
+from graphbridge.data import dataset as dataset_lib
+from graphbridge.data import readers as readers_lib
+from graphbridge import defaults
+from graphbridge.strategies import pseudo as pseudo_lib
+from graphbridge.training import trainer as trainer_lib
+from graphbridge.strategies import graph as graph_strategy
+from graphbridge.strategies import registry as strategies
+from graphbridge.training import trained as trained_lib
 
 
-def _views(class_level: bool, extra_class_level: bool = False, seed: int = 0) -> data_lib.Dataset:
+def _views(class_level: bool, extra_class_level: bool = False, seed: int = 0) -> dataset_lib.Dataset:
   """Views of sklearn's digit images (pixels; random projections of the pixels + noise), labelled;
   pairs join the same image (instance) or random images of one class (class level)."""
   x, y = load_digits(return_X_y=True)
@@ -31,51 +38,51 @@ def _views(class_level: bool, extra_class_level: bool = False, seed: int = 0) ->
     arrays[f"{name}_label"] = y
   arrays["pairs_pix__proj"] = np.stack([rows[:300], partner(class_level)[:300]], 1)
   arrays["pairs_proj__other"] = np.stack([rows[300:], partner(extra_class_level)[300:]], 1)
-  return data_lib.from_arrays(arrays)
+  return readers_lib.from_arrays(arrays)
 
 
 def test_default_is_auto():
   config = defaults.base_config()
-  assert config.pseudo.rounds == pseudo.AUTO == -1
-  assert pseudo.PseudoSettings.from_config(config).rounds == pseudo.AUTO
+  assert config.pseudo.rounds == pseudo_lib.AUTO == -1
+  assert pseudo_lib.PseudoSettings.from_config(config).rounds == pseudo_lib.AUTO
 
 
 def test_auto_runs_one_round_on_instance_level_pairs():
   dataset = _views(class_level=False)
-  rounds, why = pseudo.resolve_rounds(pseudo.AUTO, dataset)
-  assert rounds == pseudo.AUTO_ROUNDS == 2, why
+  rounds, why = pseudo_lib.resolve_rounds(pseudo_lib.AUTO, dataset)
+  assert rounds == pseudo_lib.AUTO_ROUNDS == 2, why
   assert "instance-level" in why
-  assert pseudo.PseudoSettings.from_config(defaults.base_config(), dataset).rounds == 2
+  assert pseudo_lib.PseudoSettings.from_config(defaults.base_config(), dataset).rounds == 2
 
 
 @pytest.mark.parametrize("first, second", [(True, False), (False, True), (True, True)])
 def test_auto_is_off_when_any_pair_set_is_class_level(first, second):
-  rounds, why = pseudo.resolve_rounds(pseudo.AUTO, _views(class_level=first, extra_class_level=second))
+  rounds, why = pseudo_lib.resolve_rounds(pseudo_lib.AUTO, _views(class_level=first, extra_class_level=second))
   assert rounds == 0, why
   named = [n for n, c in (("pix<->proj", first), ("proj<->other", second)) if c]
   assert all(n in why for n in named), why
 
 
 def test_auto_is_off_on_the_embedded_digits_set():
-  dataset = data_lib.load_digits()  # class-level pairs, star around text
-  rounds, why = pseudo.resolve_rounds(pseudo.AUTO, dataset)
+  dataset = readers_lib.load_digits()  # class-level pairs, star around text
+  rounds, why = pseudo_lib.resolve_rounds(pseudo_lib.AUTO, dataset)
   assert rounds == 0 and "class-level" in why, why
-  assert pseudo.PseudoSettings.from_config(defaults.base_config(), dataset).rounds == 0
+  assert pseudo_lib.PseudoSettings.from_config(defaults.base_config(), dataset).rounds == 0
 
 
 def test_explicit_rounds_are_kept_and_bad_values_rejected():
-  dataset = data_lib.load_digits()
-  assert pseudo.resolve_rounds(2, dataset) == (2, "asked for")
-  assert pseudo.resolve_rounds(0, _views(class_level=False)) == (0, "asked for")
+  dataset = readers_lib.load_digits()
+  assert pseudo_lib.resolve_rounds(2, dataset) == (2, "asked for")
+  assert pseudo_lib.resolve_rounds(0, _views(class_level=False)) == (0, "asked for")
   with pytest.raises(ValueError, match="pseudo.rounds=-2"):
-    pseudo.resolve_rounds(-2, dataset)
+    pseudo_lib.resolve_rounds(-2, dataset)
   with pytest.raises(ValueError, match="pseudo.rounds=-3"):
-    pseudo.PseudoSettings(rounds=-3)
+    pseudo_lib.PseudoSettings(rounds=-3)
   config = defaults.base_config()
-  config_check.validate(config)  # -1 (auto) is valid
+  validate_lib.validate(config)  # -1 (auto) is valid
   config.pseudo.rounds = -2
-  with pytest.raises(config_check.ConfigError, match="pseudo.rounds must be an integer >= 0, or -1"):
-    config_check.validate(config)
+  with pytest.raises(errors.ConfigError, match="pseudo.rounds must be an integer >= 0, or -1"):
+    validate_lib.validate(config)
 
 
 class _Entered(Exception):
@@ -84,29 +91,27 @@ class _Entered(Exception):
 
 def test_run_logs_the_decision_and_takes_the_matching_path(monkeypatch):
   """run_strategy prints the decision, then self-trains (auto: 1) or trains once (auto: 0);
-  training itself is stubbed out (pseudo.self_train's own tests: test_pseudo.py)."""
-  from graphbridge import strategies
-  from graphbridge import train as train_lib
+  training itself is stubbed out (pseudo_lib.self_train's own tests: test_pseudo.py)."""
 
   def entered(name):
     def stub(*args, **kwargs):
       raise _Entered(name)
     return stub
 
-  monkeypatch.setattr(pseudo, "self_train", entered("self_train"))
-  monkeypatch.setattr(train_lib, "train", entered("train"))
+  monkeypatch.setattr(pseudo_lib, "self_train", entered("self_train"))
+  monkeypatch.setattr(trainer_lib, "train", entered("train"))
   config = defaults.base_config()
-  assert config.pseudo.rounds == pseudo.AUTO
+  assert config.pseudo.rounds == pseudo_lib.AUTO
   for class_level, path, decision in ((False, "self_train", "2 rounds (auto: all 2 pair sets instance-level)"),
                                        (True, "train", "0 rounds (auto: class-level pair sets pix<->proj")):
     lines = []
     with pytest.raises(_Entered, match=f"^{path}$"):
-      strategies.run_strategy(config, _views(class_level=class_level), None, log=lines.append)
+      graph_strategy.STRATEGY.train(config, _views(class_level=class_level), None, log=lines.append)
     assert any(line.startswith(f"pseudo-pairs: {decision}") for line in lines), lines
   config.pseudo.rounds = 0  # off: no decision line, one training
   lines = []
   with pytest.raises(_Entered, match="^train$"):
-    strategies.run_strategy(config, _views(class_level=False), None, log=lines.append)
+    graph_strategy.STRATEGY.train(config, _views(class_level=False), None, log=lines.append)
   assert not any(line.startswith("pseudo-pairs") for line in lines), lines
 
 
@@ -114,27 +119,25 @@ def test_a_run_that_stops_early_keeps_its_model_in_the_workdir(tmp_path, monkeyp
   """No pseudo-pair passes the gate after round 0: the kept model is round 0's (trained into round0/),
   so its checkpoints and metrics are copied into the workdir, where a finished run's model is; loading
   the workdir gives round 0's params, and a rerun (everything resumed) copies again without error."""
-  from graphbridge import strategies
-  from graphbridge import train as train_lib
-  monkeypatch.setattr(pseudo, "probe_precision", lambda *a, **k: 0.0)  # the gate rejects every pair set
+  monkeypatch.setattr(pseudo_lib, "probe_precision", lambda *a, **k: 0.0)  # the gate rejects every pair set
   c = defaults.shrink_for_tests(defaults.base_config())
   c.pseudo.rounds = 2
   c.train.tensorboard = False
   workdir = str(tmp_path / "run")
   lines = []
-  run = strategies.run_strategy(c, _views(class_level=False), workdir, log=lines.append)
+  run = strategies.get(c.strategy).train(c, _views(class_level=False), workdir, log=lines.append)
   assert any("no modality pair passed the gate" in l for l in lines)
   assert (tmp_path / "run" / "round0" / "checkpoints").is_dir()
   assert (tmp_path / "run" / "checkpoints").is_dir() and (tmp_path / "run" / "metrics.jsonl").is_file()
-  assert '"round": 0' in (tmp_path / "run" / strategies.PUBLISHED).read_text()
-  loaded = train_lib.load_trained(workdir)
+  assert '"round": 0' in (tmp_path / "run" / graph_strategy.PUBLISHED).read_text()
+  loaded = trained_lib.load_trained(workdir)
   for key, stacked in run.results[-1].params.items():
     for a, b in zip(jax_leaves(stacked), jax_leaves(loaded.params[key])):
       np.testing.assert_array_equal(a, b)
   lines.clear()
-  strategies.run_strategy(c, _views(class_level=False), workdir, log=lines.append)  # rerun: resumed, copied again
+  strategies.get(c.strategy).train(c, _views(class_level=False), workdir, log=lines.append)  # rerun: resumed, copied again
   assert any("copied into" in l for l in lines)
-  assert train_lib.load_trained(workdir).step == loaded.step
+  assert trained_lib.load_trained(workdir).step == loaded.step
 
 
 def jax_leaves(tree):

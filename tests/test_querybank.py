@@ -4,11 +4,14 @@ the auto rule, the config check and the report's record."""
 import numpy as np
 import pytest
 
-from graphbridge import config_check
-from graphbridge import data as data_lib
+from graphbridge.runs import validate as validate_lib
+from graphbridge.data import readers as readers_lib
 from graphbridge import defaults
-from graphbridge import evaluate as eval_lib
-from graphbridge.config_check import ConfigError
+from graphbridge.evaluation import hubness as hubness_lib
+from graphbridge.evaluation import encoding as encoding_lib
+from graphbridge.evaluation import retrieval as retrieval_lib
+from graphbridge.core.errors import ConfigError
+from graphbridge.evaluation import report as report_lib
 
 
 class _Identity:
@@ -45,7 +48,7 @@ def _hub_data(n_test=8, n_train=40, d=16, seed=0):
             "a_test": np.arange(len(a)) < n_test, "a_train": np.arange(len(a)) >= n_test,
             "b_test": np.arange(len(b)) <= n_test, "b_train": np.arange(len(b)) > n_test,
             "pairs_a__b": pairs}
-  return data_lib.from_arrays(arrays)
+  return readers_lib.from_arrays(arrays)
 
 
 def _r1(rows, query="a", gallery="b"):
@@ -54,8 +57,8 @@ def _r1(rows, query="a", gallery="b"):
 
 def test_the_query_bank_pushes_a_hub_down():
   dataset = _hub_data()
-  plain = eval_lib.retrieval_rows(_Identity(), dataset, split="test", ks=(1,), pairs=[("a", "b")])
-  banked = eval_lib.retrieval_rows(_Identity(), dataset, split="test", ks=(1,), pairs=[("a", "b")],
+  plain = retrieval_lib.retrieval_rows(_Identity(), dataset, split="test", ks=(1,), pairs=[("a", "b")])
+  banked = retrieval_lib.retrieval_rows(_Identity(), dataset, split="test", ks=(1,), pairs=[("a", "b")],
                                    querybank_k=5)
   assert _r1(plain) == 0.0      # the hub is every query's first answer
   assert _r1(banked) == 1.0     # with the hub's penalty each query finds its own partner
@@ -63,21 +66,21 @@ def test_the_query_bank_pushes_a_hub_down():
 
 def test_the_query_bank_never_reads_the_test_queries():
   dataset = _hub_data()
-  enc = eval_lib.encode_route(_Identity(), dataset, eval_lib.RouteSpec("a", "b", "a->b"), "test")
-  zq, zg = eval_lib.querybank_scores(_Identity(), dataset, enc, enc.zq, 5)
+  enc = encoding_lib.encode_route(_Identity(), dataset, encoding_lib.RouteSpec("a", "b", "a->b"), "test")
+  zq, zg = hubness_lib.querybank_scores(_Identity(), dataset, enc, enc.zq, 5)
   # the gallery side (and so every score) is the same whatever test queries are scored with it
-  zq_half, zg_half = eval_lib.querybank_scores(_Identity(), dataset, enc, enc.zq[:3], 5)
+  zq_half, zg_half = hubness_lib.querybank_scores(_Identity(), dataset, enc, enc.zq[:3], 5)
   np.testing.assert_array_equal(zg, zg_half)
   np.testing.assert_allclose(zq_half @ zg_half.T, (zq @ zg.T)[:3], atol=1e-6)
   # CSLS, the transductive form, changes with the query set
-  _, g_all = eval_lib.csls_transform(enc.zq, enc.zg, 5)
-  _, g_half = eval_lib.csls_transform(enc.zq[:3], enc.zg, 5)
+  _, g_all = hubness_lib.csls_transform(enc.zq, enc.zg, 5)
+  _, g_half = hubness_lib.csls_transform(enc.zq[:3], enc.zg, 5)
   assert not np.allclose(g_all, g_half)
   # scores follow cos - r/2
   bank = enc.zq  # not used: recompute r from the train rows
   mq = dataset.modalities["a"]
   zb = _Identity().encode("a", "b", "a->b", mq.emb[mq.train], enc.zg[:2])[0]
-  r = eval_lib.knn_mean_similarity(enc.zg, zb, 5)
+  r = hubness_lib.knn_mean_similarity(enc.zg, zb, 5)
   scores = zq @ zg.T
   expected = enc.zq @ enc.zg.T - r[None, :] / 2
   order = np.argsort(-scores, axis=1)
@@ -87,40 +90,39 @@ def test_the_query_bank_never_reads_the_test_queries():
 
 def test_auto_is_on_for_instance_pairs_and_off_for_class_pairs_or_csls():
   instance = _hub_data()
-  assert eval_lib.resolve_querybank(-1, instance)[0] == eval_lib.QUERYBANK_K
-  assert eval_lib.resolve_querybank(-1, instance, csls_k=10)[0] == 0
-  assert eval_lib.resolve_querybank(3, instance) == (3, "asked for")
-  assert eval_lib.resolve_querybank(0, instance)[0] == 0
-  assert eval_lib.resolve_querybank(-1, instance, split="train")[0] == 0   # the bank is the train rows
-  assert eval_lib.resolve_querybank(-1, instance, split="all")[0] == 0
+  assert hubness_lib.resolve_querybank(-1, instance)[0] == hubness_lib.QUERYBANK_K
+  assert hubness_lib.resolve_querybank(-1, instance, csls_k=10)[0] == 0
+  assert hubness_lib.resolve_querybank(3, instance) == (3, "asked for")
+  assert hubness_lib.resolve_querybank(0, instance)[0] == 0
+  assert hubness_lib.resolve_querybank(-1, instance, split="train")[0] == 0   # the bank is the train rows
+  assert hubness_lib.resolve_querybank(-1, instance, split="all")[0] == 0
   rng = np.random.default_rng(0)
   labels = np.repeat(np.arange(4), 10)
   arrays = {"x_emb": rng.normal(size=(40, 5)), "y_emb": rng.normal(size=(40, 4)), "x_label": labels,
             "y_label": labels, "pairs_x__y": np.stack([np.arange(40), rng.permutation(40)], 1)}
   arrays["pairs_x__y"] = np.stack([np.arange(40), np.concatenate(
       [rng.permutation(np.nonzero(labels == c)[0]) for c in range(4)])], 1)
-  class_level = data_lib.from_arrays(arrays)
-  assert eval_lib.resolve_querybank(-1, class_level)[0] == 0
+  class_level = readers_lib.from_arrays(arrays)
+  assert hubness_lib.resolve_querybank(-1, class_level)[0] == 0
 
 
 def test_config_check_on_querybank_k():
   c = defaults.base_config()
   assert c.eval.querybank_k == -1
-  config_check.validate(c)
+  validate_lib.validate(c)
   for bad in (-2, -10):
     c.eval.querybank_k = bad
     with pytest.raises(ConfigError, match="eval.querybank_k"):
-      config_check.validate(c)
+      validate_lib.validate(c)
   c.eval.querybank_k, c.eval.csls_k = 10, 10
   with pytest.raises(ConfigError, match="choose one"):
-    config_check.validate(c)
+    validate_lib.validate(c)
 
 
 def test_the_report_records_the_query_bank():
-  from graphbridge import report as report_lib
   dataset = _hub_data()
   rep = report_lib.build_report(_Identity(), dataset, options=report_lib.EvalOptions(tables=("retrieval",)))
-  assert rep.summary["querybank_k"] == eval_lib.QUERYBANK_K
+  assert rep.summary["querybank_k"] == hubness_lib.QUERYBANK_K
   assert rep.summary["querybank"].startswith("on, k=10")
   off = report_lib.build_report(_Identity(), dataset,
                                 options=report_lib.EvalOptions(tables=("retrieval",), querybank_k=0))

@@ -14,10 +14,12 @@ import jax
 import numpy as np
 import pytest
 
-from graphbridge import checkpoint as ckpt_lib
-from graphbridge import config_check
-from graphbridge import data as data_lib
-from graphbridge import train as train_lib
+from graphbridge.core import errors
+from graphbridge.training import checkpoint as checkpoint_lib
+from graphbridge.runs import validate as validate_lib
+from graphbridge.data import readers as readers_lib
+from graphbridge.training import trained as trained_lib
+from graphbridge.training import trainer as trainer_lib
 from tests.conftest import REPO_ROOT, load_config_module
 from tests.reliability_worker import config_for
 
@@ -32,7 +34,7 @@ def run_worker(data_path, workdir, steps=STEPS, env_extra=None):
 
 
 def final_params(workdir):
-  run = train_lib.load_trained(workdir)
+  run = trained_lib.load_trained(workdir)
   return run.step, jax.tree.map(np.asarray, run.edge_params())
 
 
@@ -59,7 +61,7 @@ def test_sigkill_then_same_command_ends_bit_identical(fault, data_path, referenc
   killed = run_worker(data_path, workdir, env_extra=fault)
   assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
   assert "finished" not in killed.stdout
-  complete = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True).latest_complete_step()
+  complete = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True).latest_complete_step()
   # saves are asynchronous: step 20 may still have been in flight when the process died; step 30
   # never completed in either case
   assert complete in (10, 20)
@@ -80,8 +82,8 @@ def trained_workdir(data_path, reference, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(reference[2], workdir)
   shutil.rmtree(os.path.join(workdir, "checkpoints", str(STEPS)))
-  assert ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True).all_steps() == [20, 30]
-  return workdir, data_lib.load(data_path)
+  assert checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True).all_steps() == [20, 30]
+  return workdir, readers_lib.load(data_path)
 
 
 def _item_files(workdir, step, item):
@@ -98,7 +100,7 @@ def _truncate_largest(files):
 
 def _resume_and_compare(workdir, dataset, expect_from, messages, reference_params):
   logs = []
-  result = train_lib.train(config_for(STEPS), workdir, dataset=dataset, log=logs.append)
+  result = trainer_lib.train(config_for(STEPS), workdir, dataset=dataset, log=logs.append)
   assert f"resumed from checkpoint step {expect_from}" in "\n".join(logs)
   assert result.steps_run == STEPS - expect_from
   step, params = final_params(workdir)
@@ -126,14 +128,14 @@ def test_damaged_latest_checkpoint_falls_back(damage, trained_workdir, reference
     _truncate_largest(_item_files(workdir, 30, "train"))
     expected = r"checkpoint step 30: item 'train' is corrupt"
   if damage == "truncated_train_item":  # evaluation needs only the edges: step 30 still evaluates
-    assert train_lib.load_trained(workdir, step=30).step == 30
+    assert trained_lib.load_trained(workdir, step=30).step == 30
   else:
     # the error names the step and the problem, for evaluation ...
-    with pytest.raises(ckpt_lib.CheckpointError, match=expected):
-      train_lib.load_trained(workdir, step=30)
+    with pytest.raises(errors.CheckpointError, match=expected):
+      trained_lib.load_trained(workdir, step=30)
     # ... and without an explicit step evaluation falls back to step 20
     with caplog.at_level("WARNING"):
-      assert train_lib.load_trained(workdir).step == 20
+      assert trained_lib.load_trained(workdir).step == 20
     assert any(re.search(expected, r.getMessage()) for r in caplog.records)
   # training resumes from step 20, moving step 30 aside (kept, not deleted), and ends identical
   logs = _resume_and_compare(workdir, dataset, 20, expected, reference[1])
@@ -146,8 +148,8 @@ def test_checkpoint_of_another_graph_is_an_error_not_a_fallback(trained_workdir,
   config = config_for(STEPS)
   config.graph.extra_edges = "image->audio"  # another graph than the one in the checkpoints
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-  with pytest.raises(ckpt_lib.CheckpointError, match=r"checkpoint step 30 in .* was written for another graph"):
-    train_lib.train(config, workdir, dataset=dataset, log=lambda _: None)
+  with pytest.raises(errors.CheckpointError, match=r"checkpoint step 30 in .* was written for another graph"):
+    trainer_lib.train(config, workdir, dataset=dataset, log=lambda _: None)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before  # nothing written or removed
 
 
@@ -156,9 +158,9 @@ def test_all_checkpoints_damaged_starts_over_and_says_so(trained_workdir, refere
   for step in (20, 30):
     shutil.rmtree(os.path.join(workdir, "checkpoints", str(step), "edge.image.text"))
   logs = []
-  with pytest.raises(ckpt_lib.CheckpointError, match="no usable checkpoint"):
-    train_lib.load_trained(workdir)
-  result = train_lib.train(config_for(STEPS), workdir, dataset=dataset, log=logs.append)
+  with pytest.raises(errors.CheckpointError, match="no usable checkpoint"):
+    trained_lib.load_trained(workdir)
+  result = trainer_lib.train(config_for(STEPS), workdir, dataset=dataset, log=logs.append)
   assert result.steps_run == STEPS
   assert any("starting from scratch" in line for line in logs)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints_damaged"))) == ["20", "30"]
@@ -177,17 +179,17 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_p
   config.optim.grad_clip = 0.0
   config.train.checkpoint_every = 1
   config.train.log_every = 1
-  with pytest.raises(train_lib.NonFiniteError) as info:
-    train_lib.train(config, workdir, dataset=data_lib.load(data_path), log=lambda _: None)
+  with pytest.raises(errors.NonFiniteError) as info:
+    trainer_lib.train(config, workdir, dataset=readers_lib.load(data_path), log=lambda _: None)
   message = str(info.value)
   assert message.startswith("step ") and "non-finite" in message
   assert "edge_cos " in message or "cycle " in message          # a loss term named ...
   assert "->" in message                                          # ... with its edge or cycle
   assert "checkpoints hold the last good state" in message
   bad_step = int(message.split()[1].rstrip(":"))
-  saved = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True).all_steps()
+  saved = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True).all_steps()
   assert saved and max(saved) < bad_step  # nothing saved at or after the bad update
-  for leaf in jax.tree.leaves(train_lib.load_trained(workdir).params):
+  for leaf in jax.tree.leaves(trained_lib.load_trained(workdir).params):
     assert np.all(np.isfinite(leaf))
 
 
@@ -200,8 +202,8 @@ def test_validate_lists_every_problem_with_choices():
   config.optim.name = "adamm"
   config.train.stpes = 10
   config.graph.extra_edges = "image-audio"
-  with pytest.raises(config_check.ConfigError) as info:
-    config_check.validate(config)
+  with pytest.raises(errors.ConfigError) as info:
+    validate_lib.validate(config)
   message = str(info.value)
   assert "strategy='clip' is not one of: graph, pivot, pairwise, cmcr" in message
   assert "optim.name='adamm' is not one of: adam, adamw, sgd" in message

@@ -1,4 +1,4 @@
-"""Tests for graphbridge.report and the evaluate CLI: files, keys, readable PNGs, a restored run."""
+"""Tests for graphbridge.evaluation.report and the evaluate CLI: files, keys, readable PNGs, a restored run."""
 
 from __future__ import annotations
 
@@ -10,11 +10,16 @@ import sys
 import numpy as np
 import pytest
 
-from graphbridge import evaluate as eval_lib
-from graphbridge import report as report_lib
-from graphbridge import train as train_lib
+from graphbridge.evaluation import aligners as aligners_lib
+from graphbridge.evaluation import retrieval as retrieval_lib
+from graphbridge.evaluation import report as report_lib
+from graphbridge.runs import evaluate as evaluate_run
+from graphbridge.evaluation import figures as figures_lib
+from graphbridge.training import trainer as trainer_lib
 
 from conftest import REPO_ROOT, load_config_module
+from graphbridge.training import writers as writers_lib
+from graphbridge.core.errors import CheckpointError
 
 REPORT_KEYS = {"strategy", "data", "split", "rows", "by_hops", "gap", "silhouette", "reconstruction",
                "reconstruction_by_hops", "projection", "plots", "timing"}
@@ -26,7 +31,7 @@ def digits_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("digits_tiny"))
     config = load_config_module("configs/digits.py").get_config("tiny")
     config.train.checkpoint_every = 30  # one checkpoint: the final step
-    result = train_lib.train(config, workdir, log=lambda msg: None)
+    result = trainer_lib.train(config, workdir, log=lambda msg: None)
     return config, result, workdir
 
 
@@ -34,14 +39,14 @@ def digits_run(tmp_path_factory):
 def digits_report(digits_run, tmp_path_factory):
     config, result, workdir = digits_run
     setup = result.setup
-    aligner = eval_lib.GraphAligner(setup.layout, result.params, setup.compute_dtype)
-    before = eval_lib.GraphAligner(setup.layout, report_lib.initial_params(setup.layout, result.params, 0),
+    aligner = aligners_lib.GraphAligner(setup.layout, result.params, setup.compute_dtype)
+    before = aligners_lib.GraphAligner(setup.layout, report_lib.initial_params(setup.layout, result.params, 0),
                                    setup.compute_dtype)
     out = str(tmp_path_factory.mktemp("report"))
     lines = []
     summary = report_lib.run_report(aligner, result.dataset, out, before,
                                     report_lib.EvalOptions.from_config(config), header={"step": 30},
-                                    metrics_rows=train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl")),
+                                    metrics_rows=writers_lib.read_metrics(os.path.join(workdir, "metrics.jsonl")),
                                     log=lines.append)
     return summary, out, "\n".join(lines)
 
@@ -138,13 +143,12 @@ def test_evaluate_cli_on_a_trained_workdir(digits_run, digits_report, tmp_path):
 
 
 def test_evaluate_workdir_errors(tmp_path, digits_run, tri_modal_arrays):
-    from graphbridge.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="no checkpoints in"):
-        report_lib.evaluate_workdir(str(tmp_path))
+        evaluate_run.evaluate_workdir(str(tmp_path))
     other = str(tmp_path / "other.npz")
     np.savez(other, **tri_modal_arrays)  # same modality names, other dims
     with pytest.raises(Exception, match="dimension mismatch for 'image'"):
-        report_lib.evaluate_workdir(digits_run[2], data=other, out=str(tmp_path / "x"), log=lambda m: None)
+        evaluate_run.evaluate_workdir(digits_run[2], data=other, out=str(tmp_path / "x"), log=lambda m: None)
 
 
 def test_retrieval_matrix():
@@ -152,7 +156,7 @@ def test_retrieval_matrix():
             {"query": "b", "gallery": "a", "level": "class", "mAP": 0.7, "chance_mAP": 0.2},
             {"query": "b", "gallery": "a", "level": "class", "mAP": 0.0, "chance_mAP": 0.2,
              "named_route": True}]
-    values, chance = report_lib.retrieval_matrix(rows, ["a", "b"], "class")
+    values, chance = figures_lib.retrieval_matrix(rows, ["a", "b"], "class")
     np.testing.assert_array_equal(values, [[np.nan, 0.5], [0.7, np.nan]])
     np.testing.assert_array_equal(chance, [[np.nan, 0.1], [0.2, np.nan]])
 
@@ -162,18 +166,18 @@ def test_max_queries_samples_queries_and_says_so(digits_run, tmp_path):
     report (json, md, console) says so; 0 scores every row."""
     config, result, _ = digits_run
     setup = result.setup
-    aligner = eval_lib.GraphAligner(setup.layout, result.params, setup.compute_dtype)
+    aligner = aligners_lib.GraphAligner(setup.layout, result.params, setup.compute_dtype)
     dataset = result.dataset
-    full = eval_lib.retrieval_rows(aligner, dataset)
-    sampled = eval_lib.retrieval_rows(aligner, dataset, max_queries=40, seed=0)
-    again = eval_lib.retrieval_rows(aligner, dataset, max_queries=40, seed=0)
+    full = retrieval_lib.retrieval_rows(aligner, dataset)
+    sampled = retrieval_lib.retrieval_rows(aligner, dataset, max_queries=40, seed=0)
+    again = retrieval_lib.retrieval_rows(aligner, dataset, max_queries=40, seed=0)
     assert sampled == again  # deterministic
     for f, s in zip(full, sampled):
         assert "queries_sampled" not in f
         assert s["queries_sampled"] and s["query_rows"] == f["n_queries"] + f["n_skipped"] > 40
         assert s["n_queries"] + s["n_skipped"] == 40 and s["n_gallery"] == f["n_gallery"]
     with pytest.raises(ValueError, match="max_queries"):
-        eval_lib.retrieval_rows(aligner, dataset, max_queries=-1)
+        retrieval_lib.retrieval_rows(aligner, dataset, max_queries=-1)
     options = report_lib.EvalOptions.from_config(config)
     assert options.max_queries == 0
     config = config.copy_and_resolve_references()

@@ -6,15 +6,18 @@ import os
 import numpy as np
 import pytest
 
-from graphbridge import data as data_lib
+from graphbridge.data import dataset as dataset_lib
+from graphbridge.data import readers as readers_lib
 from graphbridge import defaults
-from graphbridge import report as report_lib
-from graphbridge import evaluate as eval_lib
-from graphbridge import train as train_lib
-from graphbridge import translators
+from graphbridge.evaluation import report as report_lib
+from graphbridge.evaluation import figures as figures_lib
+from graphbridge.evaluation import aligners as aligners_lib
+from graphbridge.training import setup as setup_lib
+from graphbridge.model import translators as translators_lib
+from graphbridge.evaluation.plots import projection as projection_lib
 
 
-def multiview(dims, edges, n=320, per_edge=25, seed=0) -> data_lib.Dataset:
+def multiview(dims, edges, n=320, per_edge=25, seed=0) -> dataset_lib.Dataset:
   """Instance-aligned views of one latent (row i of every view = sample i), labels and ids; each
   paired edge on its own disjoint slice of the train rows, the rest unpaired."""
   rng = np.random.default_rng(seed)
@@ -30,7 +33,7 @@ def multiview(dims, edges, n=320, per_edge=25, seed=0) -> data_lib.Dataset:
     rows = np.arange(k * per_edge, (k + 1) * per_edge)
     assert train[rows].all()
     arrays[f"pairs_m{a}__m{b}"] = np.stack([rows, rows], 1)
-  return data_lib.from_arrays(arrays, source="multiview")
+  return readers_lib.from_arrays(arrays, source="multiview")
 
 
 class untrained:
@@ -39,9 +42,9 @@ class untrained:
 
   def __init__(self, dataset, seed=0):
     config = defaults.shrink_for_tests(defaults.base_config())
-    layout = translators.EdgeLayout.build(dataset.default_graph(), train_lib.arch_from_config(config.model))
-    self.aligner = eval_lib.GraphAligner(layout, translators.init_params(layout, seed), name="graph")
-    self.init_aligner = eval_lib.GraphAligner(layout, translators.init_params(layout, seed + 1), name="graph")
+    layout = translators_lib.EdgeLayout.build(dataset.default_graph(), setup_lib.arch_from_config(config.model))
+    self.aligner = aligners_lib.GraphAligner(layout, translators_lib.init_params(layout, seed), name="graph")
+    self.init_aligner = aligners_lib.GraphAligner(layout, translators_lib.init_params(layout, seed + 1), name="graph")
 
 
 FAST = report_lib.EvalOptions(cycle_length=2, path_hops=1, silhouette_sample=60, projection_points=30)
@@ -61,7 +64,7 @@ def test_report_for_mixed_dims(shape, tmp_path, monkeypatch):
   dataset = multiview(dims, edges)
   run = untrained(dataset)
   seen_before_plots = []
-  original = report_lib.write_plots
+  original = figures_lib.write_plots
 
   def spy(report, out_dir, *args, **kwargs):
     seen_before_plots.append(all(os.path.exists(os.path.join(out_dir, f)) for f in report_lib.REPORT_FILES))
@@ -91,12 +94,11 @@ def test_a_figure_that_fails_is_skipped_with_a_note(tmp_path, monkeypatch):
   dims, edges = SHAPES["tree6"]
   dataset = multiview(dims, edges + ((2, 5),))
   run = untrained(dataset)
-  from graphbridge import plots
 
   def broken(*args, **kwargs):
     raise ValueError("all modalities in before must share one embedding dimension")
 
-  monkeypatch.setattr(plots, "plot_projection_before_after", broken)
+  monkeypatch.setattr(projection_lib, "plot_projection_before_after", broken)
   log = []
   report_lib.run_report(run.aligner, dataset, str(tmp_path), before=run.init_aligner, options=FAST,
                         log=log.append)

@@ -3,12 +3,15 @@
 import numpy as np
 import pytest
 
-from graphbridge import data as data_lib
-from graphbridge import evaluate as eval_lib
-from graphbridge import routes as routes_lib
-from graphbridge.graph import Edge
-from graphbridge.graph import ModalityGraph
-from graphbridge.translators import EdgeLayout, TranslatorArch, init_params
+from graphbridge.data import readers as readers_lib
+from graphbridge.evaluation import aligners as aligners_lib
+from graphbridge.evaluation import encoding as encoding_lib
+from graphbridge.evaluation import hubness as hubness_lib
+from graphbridge.evaluation import retrieval as retrieval_lib
+from graphbridge.core import routes as routes_lib
+from graphbridge.core.graph import Edge
+from graphbridge.core.graph import ModalityGraph
+from graphbridge.model.translators import EdgeLayout, TranslatorArch, init_params
 
 
 def _tri(n=60, seed=0):
@@ -18,12 +21,12 @@ def _tri(n=60, seed=0):
             "audio_emb": rng.normal(size=(n, 7)), "image_id": rows, "text_id": rows, "audio_id": rows,
             "pairs_image__text": np.stack([rows[:20], rows[:20]], 1),
             "pairs_audio__text": np.stack([rows[20:40], rows[20:40]], 1)}
-  return data_lib.from_arrays(arrays)
+  return readers_lib.from_arrays(arrays)
 
 
 def _aligner(graph, **kw):
   layout = EdgeLayout.build(graph, TranslatorArch(hidden=(8,)))
-  return eval_lib.GraphAligner(layout, init_params(layout, 0), **kw)
+  return aligners_lib.GraphAligner(layout, init_params(layout, 0), **kw)
 
 
 def test_a_cycle_only_edge_is_never_a_paired_hop():
@@ -31,7 +34,7 @@ def test_a_cycle_only_edge_is_never_a_paired_hop():
   graph = dataset.default_graph(extra_edges=["image->audio", "audio->image"])
   for mode in ("ensemble", "best"):
     aligner = _aligner(graph, routes=mode)
-    rows = eval_lib.retrieval_rows(aligner, dataset, split="all", pairs=[("image", "audio"), ("audio", "image")])
+    rows = retrieval_lib.retrieval_rows(aligner, dataset, split="all", pairs=[("image", "audio"), ("audio", "image")])
     assert rows and all(r["hops"] == 2 for r in rows)
     for r in rows:
       for part in routes_lib.split_ensemble(r["route"]):
@@ -39,7 +42,7 @@ def test_a_cycle_only_edge_is_never_a_paired_hop():
         assert "text" in part
     assert aligner.not_hops == {Edge("image", "audio"), Edge("audio", "image")}
   # named routes may still use the edge on purpose
-  named = eval_lib.retrieval_rows(_aligner(graph), dataset, split="all", pairs=[],
+  named = retrieval_lib.retrieval_rows(_aligner(graph), dataset, split="all", pairs=[],
                                   extra_routes=["image->audio"])
   assert [r["route"] for r in named] == ["image->audio"]
 
@@ -92,7 +95,7 @@ def test_csls_ranks_as_two_cos_minus_hubness():
   cos = zq @ zg.T
   r = np.sort(cos.T, axis=1)[:, -k:].mean(1)
   want = 2 * cos - r[None, :]
-  q, g = eval_lib.csls_transform(zq, zg, k)
+  q, g = hubness_lib.csls_transform(zq, zg, k)
   qn, gn = q / np.linalg.norm(q, axis=1, keepdims=True), g / np.linalg.norm(g, axis=1, keepdims=True)
   np.testing.assert_array_equal(np.argsort(-(qn @ gn.T), axis=1, kind="stable"),
                                 np.argsort(-want, axis=1, kind="stable"))
@@ -104,9 +107,9 @@ def test_auto_route_mode_reads_the_pair_sets():
   the pairs), ensemble where a pair set is class-level (the embedded digits set); an aligner resolves it
   when bound to the data."""
   instance = _tri()
-  assert eval_lib.resolve_route_mode("auto", instance)[0] == "ensemble_all"
-  assert eval_lib.resolve_route_mode("auto", data_lib.load_digits())[0] == "ensemble"
-  assert eval_lib.resolve_route_mode("best", instance) == ("best", "asked for")
+  assert encoding_lib.resolve_route_mode("auto", instance)[0] == "ensemble_all"
+  assert encoding_lib.resolve_route_mode("auto", readers_lib.load_digits())[0] == "ensemble"
+  assert encoding_lib.resolve_route_mode("best", instance) == ("best", "asked for")
   chain = ModalityGraph.build({"image": 6, "text": 5, "audio": 7})
   chain = chain.add_edges_both_ways("image", "text").add_edges_both_ways("audio", "text")
   aligner = _aligner(chain)

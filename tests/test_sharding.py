@@ -19,9 +19,16 @@ import pytest
 
 import sharding_worker as worker
 from conftest import REPO_ROOT, make_synthetic_arrays, make_tri_modal_arrays
-from graphbridge import data as data_lib
-from graphbridge import sharding as sharding_lib
-from graphbridge import train as train_lib
+from graphbridge.core import errors
+from graphbridge.data import host as host_lib
+from graphbridge.data import tables as tables_lib
+from graphbridge.data import readers as readers_lib
+from graphbridge.data import dataset as dataset_lib
+from graphbridge.training import sharding as sharding_lib
+from graphbridge.training import setup as setup_lib
+from graphbridge.training import step as step_lib
+from graphbridge.training import trainer as trainer_lib
+import ml_collections
 
 STEPS = 3  # each run: STEPS steps, a checkpoint, STEPS more
 
@@ -39,18 +46,18 @@ def test_mesh_axes():
   assert sharding_lib.resolve_axes(-1, 1, 8) == (8, 1)
   assert sharding_lib.resolve_axes(-1, 2, 8) == (4, 2)
   assert sharding_lib.resolve_axes(2, 2, 8) == (2, 2)
-  with pytest.raises(sharding_lib.MeshError, match="mesh.edges=3 does not divide the 8 devices"):
+  with pytest.raises(errors.MeshError, match="mesh.edges=3 does not divide the 8 devices"):
     sharding_lib.resolve_axes(-1, 3, 8)
-  with pytest.raises(sharding_lib.MeshError, match="needs 16 devices but there are 8"):
+  with pytest.raises(errors.MeshError, match="needs 16 devices but there are 8"):
     sharding_lib.resolve_axes(8, 2, 8)
   mesh = jax.sharding.AbstractMesh((4, 2), ("data", "edges"))
-  with pytest.raises(sharding_lib.MeshError, match=r"batch_size=18 is not divisible .* \(4 devices\)"):
+  with pytest.raises(errors.MeshError, match=r"batch_size=18 is not divisible .* \(4 devices\)"):
     sharding_lib.check_batch(18, mesh)
-  assert sharding_lib.mesh_from_config(train_lib.ml_collections.ConfigDict()) is None  # one device here
+  assert sharding_lib.mesh_from_config(ml_collections.ConfigDict()) is None  # one device here
 
 
 def test_edge_split_only_where_the_bucket_divides(tri_modal_dataset, tiny_config):
-  layout = train_lib.build_setup(tiny_config, tri_modal_dataset).layout  # two buckets of 2 edges
+  layout = setup_lib.build_setup(tiny_config, tri_modal_dataset).layout  # two buckets of 2 edges
   key = layout.buckets[0].key
   for edges, expected in ((2, ("edges",)), (4, ())):
     mesh = jax.sharding.AbstractMesh((8 // edges, edges), ("data", "edges"))
@@ -63,8 +70,8 @@ def test_edge_split_only_where_the_bucket_divides(tri_modal_dataset, tiny_config
 def test_normalized_rows_read_rows_on_demand(tmp_path):
   raw = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float16)
   np.save(tmp_path / "x.npy", raw)
-  table = data_lib.NormalizedRows(np.load(tmp_path / "x.npy", mmap_mode="r"), "x")
-  full = data_lib.l2_normalize_rows("x", raw)
+  table = tables_lib.NormalizedRows(np.load(tmp_path / "x.npy", mmap_mode="r"), "x")
+  full = dataset_lib.l2_normalize_rows("x", raw)
   np.testing.assert_array_equal(table[[3, 1, 3]], full[[3, 1, 3]])
   np.testing.assert_array_equal(table[2:5], full[2:5])
   np.testing.assert_array_equal(table[np.arange(10) % 3 == 0], full[::3])
@@ -72,16 +79,16 @@ def test_normalized_rows_read_rows_on_demand(tmp_path):
   np.testing.assert_array_equal(np.asarray(table), full)
   assert table.shape == (10, 4) and len(table) == 10 and table.dtype == np.float32
   raw[7, 1] = np.nan
-  bad = data_lib.NormalizedRows(raw, "x")
+  bad = tables_lib.NormalizedRows(raw, "x")
   bad[[1, 2]]  # rows are checked when read
-  with pytest.raises(data_lib.DataError, match="embedding 'x' row 7 has NaN"):
+  with pytest.raises(errors.DataError, match="embedding 'x' row 7 has NaN"):
     bad[[1, 7]]
 
 
 def test_memmapped_dataset_keeps_tables_on_disk(data_dir):
-  eager, lazy = data_lib.load(data_dir), data_lib.load_memmapped(data_dir)
+  eager, lazy = readers_lib.load(data_dir), readers_lib.load_memmapped(data_dir)
   for m, mod in lazy.modalities.items():
-    assert isinstance(mod.emb, data_lib.NormalizedRows) and isinstance(mod.emb.raw, np.memmap)
+    assert isinstance(mod.emb, tables_lib.NormalizedRows) and isinstance(mod.emb.raw, np.memmap)
     assert mod.dim == eager.modalities[m].dim and len(mod) == len(eager.modalities[m])
     np.testing.assert_allclose(mod.emb[mod.train], eager.modalities[m].emb[mod.train], atol=1e-6)
   assert lazy.pairs.keys() == eager.pairs.keys()
@@ -95,13 +102,13 @@ def test_host_sampler_draws_the_device_samplers_batches(tiny_config, aligned):
   if aligned:
     arrays = make_synthetic_arrays({"a": 6, "b": 8}, {"a": 40, "b": 40}, [])
     arrays["pairs_a__b"] = np.stack([np.arange(40), np.arange(40)], axis=1)  # row i of a is row i of b
-    dataset = data_lib.from_arrays(arrays, source="<aligned>")
+    dataset = readers_lib.from_arrays(arrays, source="<aligned>")
   else:
-    dataset = data_lib.from_arrays(make_tri_modal_arrays())
-  setup = train_lib.build_setup(config, dataset)
-  arrays = train_lib.sampler_arrays(setup, dataset)
+    dataset = readers_lib.from_arrays(make_tri_modal_arrays())
+  setup = setup_lib.build_setup(config, dataset)
+  arrays = step_lib.sampler_arrays(setup, dataset)
   rng = jax.random.PRNGKey(3)
-  sampler = data_lib.HostSampler(setup.plan.sample, arrays, setup.batch_size, rng)
+  sampler = host_lib.HostSampler(setup.plan.sample, arrays, setup.batch_size, rng)
   device_sample = jax.jit(setup.plan.sample, static_argnums=2)
   device_arrays = jax.device_put(arrays)
   for step in (0, 7):
@@ -122,7 +129,7 @@ def _free_port() -> int:
 def test_eight_devices_match_one_device_and_checkpoints_move_both_ways(data_dir, tmp_path):
   quiet = lambda msg: None
   one = str(tmp_path / "one_device")
-  train_lib.train(worker.tiny_config(data_dir, STEPS), one, log=quiet)  # the reference, on this process
+  trainer_lib.train(worker.tiny_config(data_dir, STEPS), one, log=quiet)  # the reference, on this process
   out = tmp_path / "eight"
   out.mkdir()
   env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}
@@ -157,7 +164,7 @@ def test_eight_devices_match_one_device_and_checkpoints_move_both_ways(data_dir,
   # and ends where the one-device run ended
   back = str(tmp_path / "eight_to_one")
   worker.copy_step(multihost, STEPS, back)
-  result = train_lib.train(worker.tiny_config(data_dir, STEPS), back, log=quiet)
+  result = trainer_lib.train(worker.tiny_config(data_dir, STEPS), back, log=quiet)
   assert result.steps_run == STEPS
   assert worker.max_diff(worker.final_params(back, 2 * STEPS), worker.final_params(one, 2 * STEPS)) <= 1e-5
   assert worker.loss_diff(worker.losses(back), worker.losses(one), range(STEPS + 1, 2 * STEPS + 1)) <= 1e-5

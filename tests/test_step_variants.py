@@ -5,9 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from graphbridge import config_check, defaults, train
-from graphbridge import data as data_lib
-from graphbridge import translators as tr
+from graphbridge import defaults
+from graphbridge.core import errors
+from graphbridge.runs import validate as validate_lib
+from graphbridge.training import setup as setup_lib
+from graphbridge.training import state as state_lib
+from graphbridge.training import step as step_lib
+from graphbridge.training import optimizer as optimizer_lib
+from graphbridge.data import readers as readers_lib
+from graphbridge.model import translators as translators_lib
+from graphbridge.core import graph as graph_lib
 
 
 def _dataset(modalities=2, dim=16, rows=64):
@@ -18,7 +25,7 @@ def _dataset(modalities=2, dim=16, rows=64):
   for i in range(modalities):
     for j in range(i + 1, modalities):
       arrays[f"pairs_{names[i]}__{names[j]}"] = ids
-  return data_lib.from_arrays(arrays, source="synthetic")
+  return readers_lib.from_arrays(arrays, source="synthetic")
 
 
 def _config(dtype="float32", impl="flax", mu_dtype=""):
@@ -39,20 +46,20 @@ def _config(dtype="float32", impl="flax", mu_dtype=""):
 
 def _loss_grads_update(config, dataset, steps=3):
   """Loss and float32 gradients at step 0 on one batch, and the master-param change after `steps`."""
-  setup = train.build_setup(config, dataset)
-  tx = train.make_optimizer(config)
-  state = train.init_state(setup, tx, 0, train.phase_weights(config, setup.plan, 0))
-  arrays = jax.device_put(train.sampler_arrays(setup, dataset))
+  setup = setup_lib.build_setup(config, dataset)
+  tx = optimizer_lib.make_optimizer(config)
+  state = state_lib.init_state(setup, tx, 0, optimizer_lib.phase_weights(config, setup.plan, 0))
+  arrays = jax.device_put(step_lib.sampler_arrays(setup, dataset))
   batch = setup.plan.sample(arrays, jax.random.PRNGKey(1), setup.batch_size)
-  dtype = tr.dtype_from_name(setup.compute_dtype)
+  dtype = translators_lib.dtype_from_name(setup.compute_dtype)
 
   def f(p):
     return setup.plan.loss(p, {}, batch, state["weights"], jax.random.PRNGKey(0), dtype)[0]
 
-  params = {**state["params"], "edges": train.to_compute_dtype(setup, state["params"]["edges"])}
+  params = {**state["params"], "edges": state_lib.to_compute_dtype(setup, state["params"]["edges"])}
   loss, grads = jax.jit(jax.value_and_grad(f))(params)
   p0 = jax.device_get(state["params"]["edges"])
-  step = train.make_device_step(setup, tx)
+  step = step_lib.make_device_step(setup, tx)
   for _ in range(steps):
     state, _ = step(state, {}, arrays)
   update = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, jax.device_get(state["params"]["edges"]), p0)
@@ -74,12 +81,12 @@ def reference():
 
 def test_fused_layer_same_params_values_and_grads():
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 6))
-  arch = tr.TranslatorArch(hidden=(16, 12), activation="gelu")
-  fused = tr.TranslatorArch(hidden=(16, 12), activation="gelu", impl="fused")
-  params = tr.Translator(5, arch).init(jax.random.PRNGKey(1), x)["params"]
-  params_fused = tr.Translator(5, fused).init(jax.random.PRNGKey(1), x)["params"]
+  arch = translators_lib.TranslatorArch(hidden=(16, 12), activation="gelu")
+  fused = translators_lib.TranslatorArch(hidden=(16, 12), activation="gelu", impl="fused")
+  params = translators_lib.Translator(5, arch).init(jax.random.PRNGKey(1), x)["params"]
+  params_fused = translators_lib.Translator(5, fused).init(jax.random.PRNGKey(1), x)["params"]
   jax.tree.map(np.testing.assert_array_equal, params, params_fused)  # same names, shapes, values
-  f = lambda a: lambda p: jnp.sum(jnp.sin(tr.Translator(5, a).apply({"params": p}, x)))
+  f = lambda a: lambda p: jnp.sum(jnp.sin(translators_lib.Translator(5, a).apply({"params": p}, x)))
   assert "custom_vjp" in str(jax.make_jaxpr(f(fused))(params))
   assert "custom_vjp" not in str(jax.make_jaxpr(f(arch))(params))
   np.testing.assert_allclose(f(fused)(params), f(arch)(params), rtol=1e-6)
@@ -90,10 +97,10 @@ def test_fused_layer_same_params_values_and_grads():
 @pytest.mark.parametrize("activation", ["gelu_exact", "relu", "silu", "tanh"])
 def test_fused_layer_other_activations(activation):
   x = jax.random.normal(jax.random.PRNGKey(0), (7, 6))
-  arch = tr.TranslatorArch(hidden=(16,), activation=activation)
-  fused = tr.TranslatorArch(hidden=(16,), activation=activation, impl="fused")
-  params = tr.Translator(4, arch).init(jax.random.PRNGKey(2), x)["params"]
-  f = lambda a: lambda p, x: jnp.sum(tr.Translator(4, a).apply({"params": p}, x) ** 2)
+  arch = translators_lib.TranslatorArch(hidden=(16,), activation=activation)
+  fused = translators_lib.TranslatorArch(hidden=(16,), activation=activation, impl="fused")
+  params = translators_lib.Translator(4, arch).init(jax.random.PRNGKey(2), x)["params"]
+  f = lambda a: lambda p, x: jnp.sum(translators_lib.Translator(4, a).apply({"params": p}, x) ** 2)
   ga = jax.grad(f(arch), argnums=(0, 1))(params, x)
   gf = jax.grad(f(fused), argnums=(0, 1))(params, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), gf, ga)
@@ -130,18 +137,18 @@ def test_float32_fused_and_mu_bf16(reference):
 
 def test_variant_options_validated():
   with pytest.raises(ValueError, match="layer_norm=False"):
-    tr.TranslatorArch(hidden=(4,), layer_norm=True, impl="fused")
+    translators_lib.TranslatorArch(hidden=(4,), layer_norm=True, impl="fused")
   with pytest.raises(ValueError, match="unknown translator impl 'fast'"):
-    tr.TranslatorArch(hidden=(4,), impl="fast")
+    translators_lib.TranslatorArch(hidden=(4,), impl="fast")
   c = _config(mu_dtype="float16")
-  with pytest.raises(config_check.ConfigError, match="optim.mu_dtype"):
-    train.make_optimizer(c)
-  with pytest.raises(config_check.ConfigError, match="model.impl"):
-    config_check.validate(_config(impl="fast"))
-  arch = tr.TranslatorArch(hidden=(4,), impl="fused")
-  assert tr.TranslatorArch.from_dict(arch.to_dict()) == arch
-  assert "impl" not in tr.TranslatorArch(hidden=(4,)).to_dict()  # checkpoints of default runs unchanged
-  assert arch.tag == tr.TranslatorArch(hidden=(4,)).tag          # bucket keys too
+  with pytest.raises(errors.ConfigError, match="optim.mu_dtype"):
+    optimizer_lib.make_optimizer(c)
+  with pytest.raises(errors.ConfigError, match="model.impl"):
+    validate_lib.validate(_config(impl="fast"))
+  arch = translators_lib.TranslatorArch(hidden=(4,), impl="fused")
+  assert translators_lib.TranslatorArch.from_dict(arch.to_dict()) == arch
+  assert "impl" not in translators_lib.TranslatorArch(hidden=(4,)).to_dict()  # checkpoints of default runs unchanged
+  assert arch.tag == translators_lib.TranslatorArch(hidden=(4,)).tag          # bucket keys too
 
 
 
@@ -167,27 +174,27 @@ def test_edge_apply_per_edge_is_the_batched_function(layer_norm):
 
 
 def test_edge_apply_auto_resolution_and_validation():
-  arch = tr.TranslatorArch(hidden=(4,))
-  edges = tuple(tr.Edge(f"m{i}", f"m{j}") for i in range(3) for j in range(3) if i != j)
-  bucket = tr.Bucket("8x8-h4-gelu", 8, 8, arch, True, edges)
-  single = tr.Bucket("8x8-h4-gelu", 8, 8, arch, True, edges[:1])
-  assert tr.resolve_edge_apply(bucket, "cpu") == "per_edge"
-  assert tr.resolve_edge_apply(bucket, "gpu") == "batched"
-  assert tr.resolve_edge_apply(bucket, "tpu") == "batched"
-  assert tr.resolve_edge_apply(single, "cpu") == "batched"
-  many = tr.Bucket("k", 8, 8, arch, True, edges * (tr.PER_EDGE_MAX_EDGES // len(edges) + 1))
-  assert tr.resolve_edge_apply(many, "cpu") == "batched"
-  rows_needed = tr.PER_EDGE_MIN_FLOPS / tr.translator_flops(8, 8, arch)   # tiny calls stay batched
-  assert tr.resolve_edge_apply(bucket, "cpu", rows=int(rows_needed) - 1) == "batched"
-  assert tr.resolve_edge_apply(bucket, "cpu", rows=int(rows_needed) + 1) == "per_edge"
-  forced = tr.TranslatorArch(hidden=(4,), edge_apply="batched")
-  assert tr.resolve_edge_apply(tr.Bucket("k", 8, 8, forced, True, edges), "cpu") == "batched"
+  arch = translators_lib.TranslatorArch(hidden=(4,))
+  edges = tuple(graph_lib.Edge(f"m{i}", f"m{j}") for i in range(3) for j in range(3) if i != j)
+  bucket = translators_lib.Bucket("8x8-h4-gelu", 8, 8, arch, True, edges)
+  single = translators_lib.Bucket("8x8-h4-gelu", 8, 8, arch, True, edges[:1])
+  assert translators_lib.resolve_edge_apply(bucket, "cpu") == "per_edge"
+  assert translators_lib.resolve_edge_apply(bucket, "gpu") == "batched"
+  assert translators_lib.resolve_edge_apply(bucket, "tpu") == "batched"
+  assert translators_lib.resolve_edge_apply(single, "cpu") == "batched"
+  many = translators_lib.Bucket("k", 8, 8, arch, True, edges * (translators_lib.PER_EDGE_MAX_EDGES // len(edges) + 1))
+  assert translators_lib.resolve_edge_apply(many, "cpu") == "batched"
+  rows_needed = translators_lib.PER_EDGE_MIN_FLOPS / translators_lib.translator_flops(8, 8, arch)   # tiny calls stay batched
+  assert translators_lib.resolve_edge_apply(bucket, "cpu", rows=int(rows_needed) - 1) == "batched"
+  assert translators_lib.resolve_edge_apply(bucket, "cpu", rows=int(rows_needed) + 1) == "per_edge"
+  forced = translators_lib.TranslatorArch(hidden=(4,), edge_apply="batched")
+  assert translators_lib.resolve_edge_apply(translators_lib.Bucket("k", 8, 8, forced, True, edges), "cpu") == "batched"
   with pytest.raises(ValueError, match="unknown edge_apply 'loop'"):
-    tr.TranslatorArch(hidden=(4,), edge_apply="loop")
+    translators_lib.TranslatorArch(hidden=(4,), edge_apply="loop")
   c = _config()
   c.model.edge_apply = "loop"
-  with pytest.raises(config_check.ConfigError, match="model.edge_apply"):
-    config_check.validate(c)
-  per_edge = tr.TranslatorArch(hidden=(4,), edge_apply="per_edge")
+  with pytest.raises(errors.ConfigError, match="model.edge_apply"):
+    validate_lib.validate(c)
+  per_edge = translators_lib.TranslatorArch(hidden=(4,), edge_apply="per_edge")
   # no part of a saved model: checkpoints, their meta and bucket keys are the same either way
   assert per_edge.to_dict() == arch.to_dict() and per_edge.tag == arch.tag

@@ -8,13 +8,20 @@ import ml_collections
 import numpy as np
 import pytest
 
-from graphbridge import config_check
-from graphbridge import objective_api
-from graphbridge import objectives
+from graphbridge.core import errors
+from graphbridge.runs import validate as validate_lib
+from graphbridge.model import objective as objective_lib
+from graphbridge.model import objectives as objectives_lib
+from graphbridge.strategies import pairwise as pairwise_lib
 from graphbridge import strategies
-from graphbridge import train as train_lib
-from graphbridge.graph import Edge, GraphError, ModalityGraph
-from graphbridge.routes import best_route, parse_route
+from graphbridge import defaults
+from graphbridge.strategies import base as base_lib
+from graphbridge.training import setup as setup_lib
+from graphbridge.training import optimizer as optimizer_lib
+from graphbridge.core.graph import Edge, ModalityGraph
+from graphbridge.core.errors import GraphError
+from graphbridge.core.routes import best_route, parse_route
+from graphbridge.runs import compare as compare_run
 
 
 @pytest.fixture
@@ -35,77 +42,79 @@ def config(tiny_config):
 
 
 def _with(config, **fields):
-  return strategies.with_overrides(config, {k.replace("__", "."): v for k, v in fields.items()})
+  return base_lib.with_overrides(config, {k.replace("__", "."): v for k, v in fields.items()})
 
 
 # ---- registry ----------------------------------------------------------------------------------
 
 def test_registry_lists_the_four_strategies_and_config_check_uses_it():
   assert strategies.names()[:4] == ("graph", "pivot", "pairwise", "cmcr")
-  assert config_check.choices()["strategy"] == strategies.names()
-  with pytest.raises(config_check.ConfigError, match="choices: graph, pivot, pairwise, cmcr"):
+  bad = ml_collections.ConfigDict({**defaults.base_config().to_dict(), "strategy": "clap"})
+  with pytest.raises(errors.ConfigError, match="strategy='clap' is not one of: graph, pivot, pairwise, cmcr, dmvae"):
+    validate_lib.validate(bad)
+  with pytest.raises(errors.ConfigError, match="choices: graph, pivot, pairwise, cmcr"):
     strategies.get("clap")
   with pytest.raises(ValueError, match="already registered"):
     strategies.register(strategies.get("graph"))
 
 
 def test_with_overrides_rejects_unknown_fields(config):
-  assert strategies.with_overrides(config, {"loss.infonce": 2.0}).loss.infonce == 2.0
+  assert base_lib.with_overrides(config, {"loss.infonce": 2.0}).loss.infonce == 2.0
   assert config.loss.infonce != 2.0  # a copy
-  with pytest.raises(config_check.ConfigError, match="loss.infonse"):
-    strategies.with_overrides(config, {"loss.infonse": 1.0})
+  with pytest.raises(errors.ConfigError, match="loss.infonse"):
+    base_lib.with_overrides(config, {"loss.infonse": 1.0})
 
 
 # ---- each strategy's stages (no training) -------------------------------------------------------
 
 def test_graph_stage_is_the_config_graph(config, tri_modal_dataset):
-  (stage,) = strategies.stages(_with(config, strategy="graph"), tri_modal_dataset)
+  (stage,) = strategies.get("graph").plan(_with(config, strategy="graph"), tri_modal_dataset)
   assert stage.graph.edge_names == tri_modal_dataset.default_graph().edge_names
   assert stage.objective is None and not stage.overrides
 
 
 def test_pivot_stage_binds_into_the_most_paired_modality(config, tri_modal_dataset):
-  (stage,) = strategies.stages(_with(config, strategy="pivot"), tri_modal_dataset)
+  (stage,) = strategies.get("pivot").plan(_with(config, strategy="pivot"), tri_modal_dataset)
   assert sorted(stage.graph.edge_names) == ["audio->text", "image->text"]
   assert stage.overrides["loss.cycle_weights"] == (0.0,) and stage.overrides["finetune.steps"] == 0
   with pytest.raises(GraphError, match="no pairs for audio"):
-    strategies.stages(_with(config, strategy="pivot", pivot__modality="image"), tri_modal_dataset)
+    strategies.get("pivot").plan(_with(config, strategy="pivot", pivot__modality="image"), tri_modal_dataset)
 
 
 def test_pairwise_stage_meets_in_a_virtual_space(config, tri_modal_dataset):
-  (stage,) = strategies.stages(_with(config, strategy="pairwise"), tri_modal_dataset)
-  assert stage.graph.dims[strategies.SHARED_NODE] == 8
-  setup = train_lib.build_setup(_with(config, **{k.replace(".", "__"): v for k, v in stage.overrides.items()}),
+  (stage,) = strategies.get("pairwise").plan(_with(config, strategy="pairwise"), tri_modal_dataset)
+  assert stage.graph.dims[pairwise_lib.SHARED_NODE] == 8
+  setup = setup_lib.build_setup(_with(config, **{k.replace(".", "__"): v for k, v in stage.overrides.items()}),
                                 tri_modal_dataset, graph=stage.graph, objective=stage.objective)
-  assert isinstance(setup.plan, objective_api.Objective)
+  assert isinstance(setup.plan, objective_lib.Objective)
   assert len(setup.plan.terms) == len(tri_modal_dataset.pairs)
   assert setup.plan.cycles == ()
 
 
 def test_cmcr_stages_freeze_stage_one(config, tri_modal_dataset):
-  first, second = strategies.stages(_with(config, strategy="cmcr", cmcr__stage1_steps=3), tri_modal_dataset)
+  first, second = strategies.get("cmcr").plan(_with(config, strategy="cmcr", cmcr__stage1_steps=3), tri_modal_dataset)
   assert first.subdir == "stage1" and first.overrides["train.steps"] == 3
   assert second.freeze_stages == (0,)
   assert set(first.graph.edge_names) < set(second.graph.edge_names)
   assert {"space_image->common", "space_audio->common"} == set(second.graph.edge_names) - set(first.graph.edge_names)
   with pytest.raises(GraphError, match="set cmcr.shared"):
-    strategies.stages(_with(config, strategy="cmcr", cmcr__shared="image"), tri_modal_dataset)
+    strategies.get("cmcr").plan(_with(config, strategy="cmcr", cmcr__shared="image"), tri_modal_dataset)
 
 
 # ---- objective interface ------------------------------------------------------------------------
 
 def test_finetune_keeps_every_weight_key(config, tri_modal_dataset):
-  setup = train_lib.build_setup(config, tri_modal_dataset)
+  setup = setup_lib.build_setup(config, tri_modal_dataset)
 
   class WithExtraWeight:  # a plan with one more weight than the graph plan knows about
     def initial_weights(self):
       return {**setup.plan.initial_weights(), "extra": jnp.float32(0.25)}
 
-    finetune_weights = staticmethod(objectives.finetune_weights)
+    finetune_weights = staticmethod(objectives_lib.finetune_weights)
 
   ft = _with(config, finetune__steps=2, finetune__infonce=3.0)
-  main = train_lib.phase_weights(ft, WithExtraWeight(), int(ft.train.steps) - 1)
-  tuned = train_lib.phase_weights(ft, WithExtraWeight(), int(ft.train.steps))
+  main = optimizer_lib.phase_weights(ft, WithExtraWeight(), int(ft.train.steps) - 1)
+  tuned = optimizer_lib.phase_weights(ft, WithExtraWeight(), int(ft.train.steps))
   assert float(main["infonce"]) == pytest.approx(config.loss.infonce)
   assert float(tuned["infonce"]) == 3.0 and float(tuned["extra"]) == 0.25
   assert jax.tree.structure(main) == jax.tree.structure(tuned)
@@ -114,7 +123,7 @@ def test_finetune_keeps_every_weight_key(config, tri_modal_dataset):
 # ---- training through the registry (a few steps) ------------------------------------------------
 
 def test_cmcr_run_trains_both_stages_and_keeps_stage_one_frozen(config, tri_modal_dataset, tmp_path):
-  run = strategies.run_strategy(_with(config, strategy="cmcr"), tri_modal_dataset, str(tmp_path),
+  run = strategies.get("cmcr").train(_with(config, strategy="cmcr"), tri_modal_dataset, str(tmp_path),
                                 log=lambda m: None)
   first, second = run.results
   assert (tmp_path / "stage1" / "checkpoints").is_dir() and (tmp_path / "checkpoints").is_dir()
@@ -126,16 +135,15 @@ def test_cmcr_run_trains_both_stages_and_keeps_stage_one_frozen(config, tri_moda
 
 
 def test_compare_one_seed(config, tri_modal_dataset, tmp_path):
-  from graphbridge import compare
   c = _with(config, compare__strategies="pivot,pairwise", compare__seeds=1, compare__posthoc="none",
             compare__baselines="ridge")
-  result = compare.compare(c, str(tmp_path), dataset=tri_modal_dataset, log=lambda m: None)
+  result = compare_run.compare(c, str(tmp_path), dataset=tri_modal_dataset, log=lambda m: None)
   methods = [t["method"] for t in result["table"]]
   assert methods == ["pivot", "pairwise", "linear-ridge"]
   assert result["zero_shot_pairs"] == ["audio->image", "image->audio"]
   assert (tmp_path / "compare.md").is_file()
-  with pytest.raises(config_check.ConfigError, match="compare.strategies names 'clip'"):
-    compare.compare(_with(c, compare__strategies="clip"), None, dataset=tri_modal_dataset)
+  with pytest.raises(errors.ConfigError, match="compare.strategies names 'clip'"):
+    compare_run.compare(_with(c, compare__strategies="clip"), None, dataset=tri_modal_dataset)
 
 
 # ---- routes -------------------------------------------------------------------------------------

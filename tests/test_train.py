@@ -1,4 +1,4 @@
-"""Tests for graphbridge.train: the step lowers the loss, traces once, and stops on non-finite values."""
+"""Tests for graphbridge.training: the step lowers the loss, traces once, and stops on non-finite values."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from graphbridge import data as data_lib
-from graphbridge import train as train_lib
-from graphbridge.graph import GraphError
+from graphbridge.data import sampling as sampling_lib
+from graphbridge.core import errors
+from graphbridge.training import setup as setup_lib
+from graphbridge.training import state as state_lib
+from graphbridge.training import step as step_lib
+from graphbridge.training import optimizer as optimizer_lib
+from graphbridge.core.errors import GraphError
 
 
 @pytest.fixture(scope="module")
@@ -22,37 +26,37 @@ def config(digits_config_module):
 
 @pytest.fixture(scope="module")
 def setup(config, tri_modal_dataset):
-    return train_lib.build_setup(config, tri_modal_dataset)
+    return setup_lib.build_setup(config, tri_modal_dataset)
 
 
 @pytest.fixture(scope="module")
 def tx(config):
-    return train_lib.make_optimizer(config)
+    return optimizer_lib.make_optimizer(config)
 
 
 @pytest.fixture(scope="module")
 def arrays(setup, tri_modal_dataset):
-    return jax.device_put(train_lib.sampler_arrays(setup, tri_modal_dataset))
+    return jax.device_put(step_lib.sampler_arrays(setup, tri_modal_dataset))
 
 
 @pytest.fixture(scope="module")
 def sample(setup):
-    return jax.jit(data_lib.sample_batch, static_argnums=2)
+    return jax.jit(sampling_lib.sample_batch, static_argnums=2)
 
 
 @pytest.fixture(scope="module")
 def device_step(setup, tx):
-    return train_lib.make_device_step(setup, tx)
+    return step_lib.make_device_step(setup, tx)
 
 
 @pytest.fixture(scope="module")
 def traced_once_step(setup, tx):
     """The pure step, jitted by us, that fails if it is ever traced a second time."""
-    return jax.jit(chex.assert_max_traces(train_lib.make_step_fn(setup, tx), n=1))
+    return jax.jit(chex.assert_max_traces(step_lib.make_step_fn(setup, tx), n=1))
 
 
 def fresh_state(setup, tx, config, seed=0):
-    return train_lib.init_state(setup, tx, seed, train_lib.phase_weights(config, setup.plan.settings, 0))
+    return state_lib.init_state(setup, tx, seed, optimizer_lib.phase_weights(config, setup.plan.settings, 0))
 
 
 def test_setup_from_config(setup):
@@ -79,7 +83,7 @@ def test_device_steps_lower_the_loss(setup, tx, config, arrays, device_step):
     assert last < 0.8 * first, (first, last, losses)
     assert np.mean(infonce[-3:]) < np.mean(infonce[:3])
     assert int(state["health"]["bad_step"]) == -1
-    train_lib.raise_if_unhealthy(setup, state["health"])  # healthy: no error
+    step_lib.raise_if_unhealthy(setup, state["health"])  # healthy: no error
 
 
 def test_device_sampler_is_deterministic_per_step(setup, tx, config, arrays, device_step):
@@ -110,7 +114,7 @@ def test_step_traces_once(setup, tx, config, arrays, sample, traced_once_step):
     # new loss weights (e.g. the fine-tuning phase) are state, not structure: still no retrace
     finetune = config.copy_and_resolve_references()
     finetune.finetune.steps = 5
-    weights = train_lib.phase_weights(finetune, setup.plan.settings, int(finetune.train.steps))
+    weights = optimizer_lib.phase_weights(finetune, setup.plan.settings, int(finetune.train.steps))
     assert float(weights["edge_cos"]) == 0.0 and float(weights["infonce"]) == 1.0
     state, metrics = traced_once_step({**state, "weights": weights}, {}, batch)
     np.testing.assert_allclose(metrics["loss/total"], np.mean(metrics["terms"]["infonce"]), rtol=1e-5)
@@ -134,10 +138,10 @@ def test_non_finite_batch_skips_the_update_and_names_the_edge(setup, tx, config,
     for a, b in zip(jax.tree.leaves(after["params"]) + jax.tree.leaves(after["opt"]),
                     jax.tree.leaves(before["params"]) + jax.tree.leaves(before["opt"])):
         np.testing.assert_array_equal(a, b)  # the bad update was skipped
-    with pytest.raises(train_lib.NonFiniteError,
+    with pytest.raises(errors.NonFiniteError,
                        match=r"step 2: non-finite loss term\(s\): edge_cos image->text, infonce image->text; "
                              r"non-finite gradient for edge\(s\): image->text \(the update was skipped"):
-        train_lib.raise_if_unhealthy(setup, after["health"])
+        step_lib.raise_if_unhealthy(setup, after["health"])
     # the record keeps the first bad step even after good steps
     later, _ = traced_once_step(after, {}, good)
     assert int(later["health"]["bad_step"]) == 1
@@ -148,11 +152,11 @@ def test_phase_weights(config, setup):
     ft.finetune.steps = 10
     ft.finetune.cycle_scale = 0.5
     settings = setup.plan.settings
-    main = train_lib.phase_weights(ft, settings, int(ft.train.steps) - 1)
+    main = optimizer_lib.phase_weights(ft, settings, int(ft.train.steps) - 1)
     assert float(main["edge_cos"]) == pytest.approx(config.loss.edge_cos)
     assert float(main["infonce"]) == pytest.approx(config.loss.infonce)
     np.testing.assert_allclose(main["cycle"], config.loss.cycle_weights)
-    tuned = train_lib.phase_weights(ft, settings, int(ft.train.steps))
+    tuned = optimizer_lib.phase_weights(ft, settings, int(ft.train.steps))
     assert float(tuned["edge_cos"]) == 0.0 and float(tuned["infonce"]) == 1.0
     np.testing.assert_allclose(tuned["cycle"], np.asarray(config.loss.cycle_weights) * 0.5)
     assert jax.tree.structure(main) == jax.tree.structure(tuned)
@@ -161,26 +165,26 @@ def test_phase_weights(config, setup):
 def test_config_errors(config, tri_modal_dataset):
     bad = config.copy_and_resolve_references()
     bad.optim.name = "lion"
-    with pytest.raises(train_lib.ConfigError, match=r"optim.name='lion': choose one of adam, adamw, sgd"):
-        train_lib.make_optimizer(bad)
+    with pytest.raises(errors.ConfigError, match=r"optim.name='lion': choose one of adam, adamw, sgd"):
+        optimizer_lib.make_optimizer(bad)
     bad = config.copy_and_resolve_references()
     bad.loss.infonce_positives = "row"
-    with pytest.raises(train_lib.ConfigError, match="infonce_positives='row': choose 'auto', 'label' or 'pair'"):
-        train_lib.build_setup(bad, tri_modal_dataset)
+    with pytest.raises(errors.ConfigError, match="infonce_positives='row': choose 'auto', 'label' or 'pair'"):
+        setup_lib.build_setup(bad, tri_modal_dataset)
     bad = config.copy_and_resolve_references()
     bad.graph.extra_edges = "image->depth"
     with pytest.raises(GraphError, match="unknown modality 'depth'"):
-        train_lib.build_setup(bad, tri_modal_dataset)
+        setup_lib.build_setup(bad, tri_modal_dataset)
     bad = config.copy_and_resolve_references()
     bad.loss.supervised_edges = "image->text,image->audio"
     bad.graph.extra_edges = "image->audio"
-    with pytest.raises(train_lib.ConfigError,
+    with pytest.raises(errors.ConfigError,
                        match="loss.supervised_edges names image->audio, but the data has no train pairs"):
-        train_lib.build_setup(bad, tri_modal_dataset)
+        setup_lib.build_setup(bad, tri_modal_dataset)
     bad = config.copy_and_resolve_references()
     bad.model.compute_dtype = "float64x"
     with pytest.raises(ValueError, match="unknown compute dtype 'float64x'"):
-        train_lib.build_setup(bad, tri_modal_dataset)
+        setup_lib.build_setup(bad, tri_modal_dataset)
 
 
 def test_graph_from_config_edges_and_extra_edges(config, tri_modal_dataset):
@@ -188,7 +192,7 @@ def test_graph_from_config_edges_and_extra_edges(config, tri_modal_dataset):
     cfg.graph.edges = "image->text,text->audio"
     cfg.graph.extra_edges = "audio->image"
     cfg.loss.cycle_weights = (0.0, 0.5)
-    setup = train_lib.build_setup(cfg, tri_modal_dataset)
+    setup = setup_lib.build_setup(cfg, tri_modal_dataset)
     assert setup.graph.edge_names == ("image->text", "audio->image", "text->audio")
     assert [e.name for e in setup.plan.supervised] == ["image->text", "text->audio"]
     assert {c[0] for c in setup.plan.cycles} == {"image", "audio", "text"}

@@ -8,8 +8,12 @@ import os
 import numpy as np
 import pytest
 
-from graphbridge import train as train_lib
-from graphbridge import validation, writers
+from graphbridge.training import trained as trained_lib
+from graphbridge.training import trainer as trainer_lib
+from graphbridge.training import validation as validation_lib
+from graphbridge.training import writers as writers_lib
+from graphbridge.evaluation import retrieval as retrieval_lib
+from graphbridge.core import fields
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +28,13 @@ def validated_run(tmp_path_factory, tri_modal_dataset, digits_config_module):
   config.train.validate_fraction = 0.25
   workdir = str(tmp_path_factory.mktemp("writers") / "run")
   lines = []
-  result = train_lib.train(config, workdir, dataset=tri_modal_dataset, log=lines.append)
+  result = trainer_lib.train(config, workdir, dataset=tri_modal_dataset, log=lines.append)
   return result, workdir, lines
 
 
 def test_tensorboard_events_hold_the_scalars(validated_run):
   _, workdir, _ = validated_run
-  scalars = writers.read_tensorboard_scalars(os.path.join(workdir, writers.TENSORBOARD_DIR))
+  scalars = writers_lib.read_tensorboard_scalars(os.path.join(workdir, writers_lib.TENSORBOARD_DIR))
   assert [s for s, _ in scalars["loss/total"]] == [5, 10, 15, 20]
   assert all(np.isfinite(v) for _, v in scalars["loss/total"])
   lrs = [v for _, v in scalars["lr"]]
@@ -41,7 +45,7 @@ def test_tensorboard_events_hold_the_scalars(validated_run):
 
 def test_jsonl_progress_and_validation(validated_run):
   result, workdir, lines = validated_run
-  rows = train_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  rows = writers_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert [r["step"] for r in rows] == [5, 10, 15, 20]
   assert all("lr" in r for r in rows)
   val = [r for r in rows if "val/mAP" in r]
@@ -60,7 +64,7 @@ def test_jsonl_progress_and_validation(validated_run):
 
 
 def test_hold_out_never_overlaps_and_keeps_test_rows(tri_modal_dataset):
-  train_view, val_view = validation.hold_out(tri_modal_dataset, 0.25, seed=1)
+  train_view, val_view = validation_lib.hold_out(tri_modal_dataset, 0.25, seed=1)
   for name, mod in tri_modal_dataset.modalities.items():
     t, v = train_view.modalities[name], val_view.modalities[name]
     assert not np.any(t.train & v.test)
@@ -68,25 +72,25 @@ def test_hold_out_never_overlaps_and_keeps_test_rows(tri_modal_dataset):
     assert np.array_equal(t.test, mod.test)  # the test split is untouched
     assert v.test.sum() == round(0.25 * mod.train.sum())
   with pytest.raises(ValueError, match="validate_fraction"):
-    validation.hold_out(tri_modal_dataset, 1.0)
+    validation_lib.hold_out(tri_modal_dataset, 1.0)
 
 
 def test_no_tensorboardx_is_a_note_not_an_error(tmp_path, tri_modal_dataset, tiny_config, monkeypatch):
-  monkeypatch.setattr(writers, "tensorboard_available", lambda: False)
+  monkeypatch.setattr(writers_lib, "tensorboard_available", lambda: False)
   tiny_config.train.steps = 5
   tiny_config.train.checkpoint_every = 0
   lines = []
-  train_lib.train(tiny_config, str(tmp_path), dataset=tri_modal_dataset, log=lines.append)
+  trainer_lib.train(tiny_config, str(tmp_path), dataset=tri_modal_dataset, log=lines.append)
   assert any("tensorboardX is not installed" in line for line in lines)
-  assert not os.path.exists(os.path.join(tmp_path, writers.TENSORBOARD_DIR))
-  assert train_lib.read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
+  assert not os.path.exists(os.path.join(tmp_path, writers_lib.TENSORBOARD_DIR))
+  assert writers_lib.read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
 
 
 def test_format_eta():
-  assert writers.format_eta(42.4) == "42s"
-  assert writers.format_eta(185) == "3m05s"
-  assert writers.format_eta(3720) == "1h02m"
-  assert writers.format_eta(float("nan")) == "?"
+  assert writers_lib.format_eta(42.4) == "42s"
+  assert writers_lib.format_eta(185) == "3m05s"
+  assert writers_lib.format_eta(3720) == "1h02m"
+  assert writers_lib.format_eta(float("nan")) == "?"
 
 
 def test_keep_best_ends_with_the_best_validated_params(tmp_path, tri_modal_dataset, digits_config_module,
@@ -94,7 +98,6 @@ def test_keep_best_ends_with_the_best_validated_params(tmp_path, tri_modal_datas
   """train.keep_best: the run returns, and its last checkpoint holds, the params scored best on the
   held-back rows (here step 10 of 20, by scripted validation scores), not the last step's."""
   import jax
-  from graphbridge import evaluate as eval_lib
   scripted = iter([0.2, 0.9, 0.5, 0.4])   # steps 5, 10, 15, 20
   seen = {}
 
@@ -102,7 +105,7 @@ def test_keep_best_ends_with_the_best_validated_params(tmp_path, tri_modal_datas
     seen[len(seen) * 5 + 5] = jax.tree.map(np.array, aligner.params)
     return [{"level": "instance", "query": "image", "gallery": "text", "mAP": next(scripted)}]
 
-  monkeypatch.setattr(eval_lib, "retrieval_rows", fake_rows)
+  monkeypatch.setattr(retrieval_lib, "retrieval_rows", fake_rows)
   config = digits_config_module.get_config("tiny")
   config.model.hidden = (16,)
   config.data.batch_size = 16
@@ -112,9 +115,9 @@ def test_keep_best_ends_with_the_best_validated_params(tmp_path, tri_modal_datas
   config.train.keep_best = True
   workdir = str(tmp_path / "run")
   lines = []
-  result = train_lib.train(config, workdir, dataset=tri_modal_dataset, log=lines.append)
+  result = trainer_lib.train(config, workdir, dataset=tri_modal_dataset, log=lines.append)
   assert any("keeping the params of step 10" in line for line in lines)
-  loaded = train_lib.load_trained(workdir)
+  loaded = trained_lib.load_trained(workdir)
   assert loaded.step == 20
   for key, stacked in result.state["params"]["edges"].items():
     for got, saved, best, last in zip(jax.tree.leaves(stacked), jax.tree.leaves(loaded.params[key]),
@@ -125,7 +128,6 @@ def test_keep_best_ends_with_the_best_validated_params(tmp_path, tri_modal_datas
 
 
 def test_keep_best_needs_validation(digits_config_module):
-  from graphbridge import config_check
   config = digits_config_module.get_config("tiny")
   config.train.keep_best = True
-  assert any("train.keep_best needs train.validate_every" in p for p in config_check.range_problems(config))
+  assert any("train.keep_best needs train.validate_every" in p for p in fields.range_problems(config))

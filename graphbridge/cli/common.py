@@ -16,7 +16,11 @@ from typing import Sequence
 
 from absl import flags
 
-from graphbridge.configs_resolver import unknown_field_message
+from graphbridge.runs.configs import unknown_field_message
+from graphbridge.core import errors
+from graphbridge.core.errors import GraphError
+from graphbridge.training.checkpoint import _disk_error
+from graphbridge.runs import configs as configs_lib
 
 USAGE_ERROR = 2
 
@@ -29,22 +33,19 @@ def fail(prog: str, message: str) -> None:
 
 def _user_errors() -> list[tuple[type, str]]:
   """(error class, hint) for errors a user caused and can fix, most specific first."""
-  from graphbridge import checkpoint as ckpt_lib
-  from graphbridge import config_check, data, graft, train, workdir_lock
-  from graphbridge.graph import GraphError
   return [
-      (train.RunMismatchError, "docs/reliability.md lists the changes a resume accepts"),
-      (ckpt_lib.CheckpointWriteError, "free space (or fix permissions) and run the same command again: it "
+      (errors.RunMismatchError, "docs/reliability.md lists the changes a resume accepts"),
+      (errors.CheckpointWriteError, "free space (or fix permissions) and run the same command again: it "
                                       "resumes from the last saved step"),
-      (ckpt_lib.CheckpointCorruptError, "an older verified step is used when none is named; evaluate --step=N "
+      (errors.CheckpointCorruptError, "an older verified step is used when none is named; evaluate --step=N "
                                         "picks one; the damaged files are kept for inspection"),
-      (ckpt_lib.CheckpointError, "check --workdir / --from_workdir (docs/reliability.md)"),
-      (workdir_lock.WorkdirLockedError, "one run per workdir: train, graft and evaluate lock it"),
-      (config_check.ConfigError, "--dry_run checks a config without training; --help lists the flags"),
-      (graft.GraftError, "docs/grafting.md"),
+      (errors.CheckpointError, "check --workdir / --from_workdir (docs/reliability.md)"),
+      (errors.WorkdirLockedError, "one run per workdir: train, graft and evaluate lock it"),
+      (errors.ConfigError, "--dry_run checks a config without training; --help lists the flags"),
+      (errors.GraftError, "docs/grafting.md"),
       (GraphError, "graph nodes must be modalities of the data (or graph.virtual_nodes), edges 'src->dst'"),
-      (data.DataError, "the data format is described in graphbridge/data.py and docs/api.md"),
-      (train.NonFiniteError, "lower --config.optim.lr or set --config.optim.grad_clip; the same command "
+      (errors.DataError, "the data format is described in graphbridge/data.py and docs/api.md"),
+      (errors.NonFiniteError, "lower --config.optim.lr or set --config.optim.grad_clip; the same command "
                              "resumes from the last good checkpoint"),
   ]
 
@@ -85,7 +86,6 @@ def _quiet_background_errors() -> None:
 def run_main(prog: str, fn, *args, **kwargs):
   """fn(*args, **kwargs); an error the user caused (bad data, config, graph, checkpoint, lock, full
   disk) prints its message and a hint and exits 2; any other error keeps its traceback."""
-  from graphbridge.checkpoint import _disk_error
   _quiet_background_errors()
   try:
     return fn(*args, **kwargs)
@@ -132,14 +132,13 @@ def prepare_argv(argv: Sequence[str], prog: str, module_name: str, doc: str | No
     sys.exit(0)
   if config_flag is None:
     return argv
-  from graphbridge import configs_resolver
   config_value = None
   for i in range(1, len(argv)):
     value, used = _flag_value(argv, i, config_flag)
     if used:
       try:
-        resolved = configs_resolver.resolve_flag_value(value)
-      except configs_resolver.ConfigNotFoundError as exc:
+        resolved = configs_lib.resolve_flag_value(value)
+      except errors.ConfigNotFoundError as exc:
         fail(prog, str(exc))
       argv[i + used - 1] = resolved if used == 2 else f"--{config_flag}={resolved}"
       config_value = resolved
@@ -149,7 +148,7 @@ def prepare_argv(argv: Sequence[str], prog: str, module_name: str, doc: str | No
   overrides = [a[len(f"--{config_flag}."):].split("=", 1)[0] for a in argv[1:]
                if a.startswith(f"--{config_flag}.")]
   try:
-    config = configs_resolver.load(config_value)
+    config = configs_lib.load(config_value)
   except ValueError as exc:  # e.g. an unknown variant
     fail(prog, str(exc))
   for key in overrides:

@@ -7,6 +7,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+from graphbridge.runs import compare as compare_run
+from graphbridge.cli import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: a packaged name (compare, "
                                           "compare:tiny) or a file (configs/compare.py).", lock_config=True)
@@ -18,13 +20,10 @@ def _main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
-  from graphbridge import compare
-  from graphbridge.cli import common
-  common.run_main("graphbridge-compare", compare.compare, _CONFIG.value, _WORKDIR.value)
+  common.run_main("graphbridge-compare", compare_run.compare, _CONFIG.value, _WORKDIR.value)
 
 
 def main():
-  from graphbridge.cli import common
   sys.argv = common.prepare_argv(sys.argv, "graphbridge-compare", __name__, __doc__)
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(_main)

@@ -8,6 +8,8 @@ silhouette, reconstruction, plots) without training again.
 import sys
 
 from absl import app, flags, logging
+from graphbridge.runs import evaluate as evaluate_run
+from graphbridge.cli import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's directory (checkpoints/, metrics.jsonl).")
 _DATA = flags.DEFINE_string("data", None, "Evaluate on this .npz / folder of .npy instead of the run's own "
@@ -27,15 +29,12 @@ def _main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:  # orbax warns about every read-only restore
     logging.set_verbosity(logging.ERROR)
-  from graphbridge import report
-  from graphbridge.cli import common
-  common.run_main("graphbridge-evaluate", report.evaluate_workdir, _WORKDIR.value, data=_DATA.value, paths=_PATHS.value, split=_SPLIT.value,
+  common.run_main("graphbridge-evaluate", evaluate_run.evaluate_workdir, _WORKDIR.value, data=_DATA.value, paths=_PATHS.value, split=_SPLIT.value,
                           out=_OUT.value, step=_STEP.value, plots=_PLOTS.value,
                           plot_dpi=_DPI.value, plot_formats=_FORMATS.value)
 
 
 def main():
-  from graphbridge.cli import common
   sys.argv = common.prepare_argv(sys.argv, "graphbridge-evaluate", __name__, __doc__, config_flag=None)
   flags.mark_flags_as_required(["workdir"])
   app.run(_main)

@@ -8,6 +8,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+from graphbridge.runs import graft as graft_run
+from graphbridge.cli import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Graft config: a packaged name (graft_audio, "
                                           "graft_audio:tiny) or a file (configs/graft_audio.py).",
@@ -16,7 +18,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "New directory for the grafted r
                                "report (with --base: the base run's directory).")
 _FROM = flags.DEFINE_string("from_workdir", None, "The trained run to graft onto; only read, never written.")
 _BASE = flags.DEFINE_bool("base", False, "Instead of grafting, train the graph without graft.modality "
-                          "(the data restricted to graft.base_modalities).")
+                          "(the data restricted to graft_run.base_modalities).")
 _PLOTS = flags.DEFINE_bool("plots", True, "Write the report's PNG plots (needs matplotlib).")
 
 
@@ -28,16 +30,13 @@ def _main(argv):
                          "modality (not both)")
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO, and warns on read-only restores
     logging.set_verbosity(logging.ERROR)
-  from graphbridge import graft
-  from graphbridge.cli import common
   if _BASE.value:
-    common.run_main("graft", graft.train_base, _CONFIG.value, _WORKDIR.value, plots=_PLOTS.value)
+    common.run_main("graft", graft_run.train_base, _CONFIG.value, _WORKDIR.value, plots=_PLOTS.value)
   else:
-    common.run_main("graft", graft.graft, _CONFIG.value, _FROM.value, _WORKDIR.value, plots=_PLOTS.value)
+    common.run_main("graft", graft_run.graft, _CONFIG.value, _FROM.value, _WORKDIR.value, plots=_PLOTS.value)
 
 
 def main():
-  from graphbridge.cli import common
   sys.argv = common.prepare_argv(sys.argv, "graphbridge-graft", __name__, __doc__)
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(_main)

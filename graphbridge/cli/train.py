@@ -10,6 +10,10 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+from graphbridge.runs import dry_run
+from graphbridge.runs import experiment
+from graphbridge.cli import common
+from graphbridge.training import sharding as sharding_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: a packaged name (digits, "
                                           "digits:tiny, npz, compare) or a file (configs/*.py[:variant]).",
@@ -27,12 +31,9 @@ def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _DISTRIBUTED.value:  # before anything touches devices
-    from graphbridge import sharding
-    sharding.initialize_distributed()
+    sharding_lib.initialize_distributed()
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
-  from graphbridge import dry_run, experiment
-  from graphbridge.cli import common
   if _DRY_RUN.value:
     common.run_main("graphbridge-train", dry_run.dry_run, _CONFIG.value, _WORKDIR.value)
     return
@@ -41,7 +42,6 @@ def _main(argv):
 
 
 def main():
-  from graphbridge.cli import common
   sys.argv = common.prepare_argv(sys.argv, "graphbridge-train", __name__, __doc__)
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(_main)

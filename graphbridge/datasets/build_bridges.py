@@ -26,7 +26,6 @@ as float16 (the loader casts to float32 and L2-normalises rows).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -329,8 +328,8 @@ def out_path(name: str) -> Path:
 
 
 def describe(name: str, arrays: dict) -> str:
-  from graphbridge import data as data_lib
-  ds = data_lib.from_arrays(arrays, source=name)
+  from graphbridge.data import readers as readers_lib
+  ds = readers_lib.from_arrays(arrays, source=name)
   lines = [f"{name}: {len(ds.names)} modalities, pair sets {', '.join(f'{a}-{b}' for a, b in ds.pairs)}",
            ds.summary()]
   return "\n".join(lines)

@@ -1,10 +1,15 @@
-"""What a strategy is: a name, the stages it trains, and how its trained translators are scored.
+"""What a strategy is: one method of the field, owning its whole life cycle through hooks.
 
-A strategy turns (config, dataset) into a list of `Stage` objects. Each stage is one call of
-`train.train` with an explicit graph, an optional objective builder and a few numeric config
-overrides; nothing about the graph travels through config strings. `run_strategy` (in
-`strategies/__init__.py`) runs the stages in order, freezing earlier stages' edges where a stage
-asks for it, and builds the aligner the evaluation scores.
+A `Strategy` trains a model on a dataset (`train`), restores it from a workdir (`load`), adds a
+modality to a trained one (`graft`) and describes its plan without training (`describe`, for the
+dry run). Runs, the report, grafting and the Python API only call these hooks; none of them asks
+which strategy a workdir holds (strategies.registry.for_workdir reads the name from its checkpoint).
+
+What `train` and `load` give back is a `Model`: the aligner evaluation scores, the same model at
+initialisation (the report's "before"), translation of new rows. Most strategies are translators
+on a graph and only say which stages to train (`translator.TranslatorStrategy`); a model that is
+not (DMVAE, strategies/dmvae/) subclasses `Strategy` and `Model` itself. docs/extending.md has a
+recipe of each.
 """
 
 from __future__ import annotations
@@ -13,71 +18,118 @@ import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
+import numpy as np
 
-from graphbridge import config_check
-from graphbridge.data import Dataset
-from graphbridge.graph import Edge, ModalityGraph
+from graphbridge.core.errors import ConfigError, GraftError
 
-# objective(layout, dataset, stage_config) -> an `objective_api.Objective`
-ObjectiveBuilder = Callable[[Any, Dataset, ml_collections.ConfigDict], Any]
-# aligner(layout, params, compute_dtype, name) -> an `evaluate.Aligner`
-AlignerBuilder = Callable[[Any, Mapping, str, str], Any]
+Log = Callable[[str], None]
 
 
-@dataclasses.dataclass(frozen=True)
-class Stage:
-  """One training run of a strategy.
+class Model:
+  """A trained (or restored) model, as evaluation and the Python API use it.
 
-  name: shown in logs and the dry run ("C-MCR stage 1").
-  graph: the translator graph this stage trains (frozen edges included).
-  overrides: dotted config fields set for this stage only,
-    {"loss.infonce": 1.0, "finetune.steps": 0}; numbers and tuples only (the graph is `graph`,
-    never a config string).
-  objective: builds the stage's objective; None = the translator graph's loss plan from config.loss.
-  freeze_stages: indices of earlier stages whose trained edges take part here, frozen.
-  subdir: checkpoint folder under the run's workdir ("stage1"); "" = the workdir itself (the last
-    stage must use the workdir: evaluation and resuming read it).
-  """
-  name: str
-  graph: ModalityGraph
-  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  objective: ObjectiveBuilder | None = None
-  freeze_stages: tuple[int, ...] = ()
-  subdir: str = ""
+  Subclasses set `strategy`, `config`, `meta`, `step`, `workdir` and `aligner`, and override the
+  hooks below that do not fit their model."""
+  strategy: str
+  config: ml_collections.ConfigDict
+  meta: dict
+  step: int
+  workdir: str | None
+  aligner: Any                 # evaluation.encoding.Aligner of the trained model
+
+  @property
+  def dims(self) -> dict[str, int]:
+    """{modality: embedding dim} of the modalities the model takes (no virtual spaces)."""
+    raise NotImplementedError
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    return tuple(self.dims)
+
+  @property
+  def aligners(self) -> list:
+    """Every retrieval view of the model worth comparing (compare.py scores each)."""
+    return [self.aligner]
+
+  def initial_aligner(self, seed: int):
+    """The same model at initialisation (the report's "before" columns); None if there is none."""
+    return None
+
+  def report_routes(self, dataset) -> tuple[str, ...]:
+    """Named routes every report of this model adds to the default ones."""
+    return ()
+
+  def report_header(self) -> dict:
+    """Entries at the top of report.json: {"graph": ..., "step": ...}."""
+    return {"step": int(self.step)}
+
+  def check_data(self, dataset) -> None:
+    """DataError / GraphError if `dataset` cannot be evaluated with this model (missing modality,
+    another dim)."""
+
+  def translate(self, x: np.ndarray, route: str) -> np.ndarray:
+    """x: [rows, d_query] -> [rows, d] along `route`, L2-normalised, float32."""
+    raise NotImplementedError(f"{type(self).__name__} does not translate")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
+class StrategyRun:
+  """A finished training: the model and one result per trained stage (each with steps_run,
+  seconds, compile_seconds, final_metrics and state["step"])."""
+  strategy: str
+  model: Model
+  results: list
+  seconds: float
+
+  @property
+  def result(self):
+    return self.results[-1]
+
+  @property
+  def aligner(self):
+    return self.model.aligner
+
+  @property
+  def aligners(self) -> list:
+    return self.model.aligners
+
+
 class Strategy:
-  """A registered strategy (see `strategies.register`).
+  """A registered strategy (strategies.register). Override the hooks; `name` selects it
+  (config.strategy, compare.strategies).
 
-  stages(config, dataset) -> [Stage, ...]: what to train, in order; raise GraphError/ConfigError
-    with an actionable message when the data does not fit the strategy.
-  aligner: how a trained (or restored) run of this strategy embeds queries and galleries for
-    evaluation; None = translate along routes of the trained graph (evaluate.GraphAligner), which
-    also covers strategies that meet in a shared virtual node.
-  summary: one line for listings and docs.
-  run: for a model that is not a translator graph (DMVAE): run(config, dataset, workdir, log) trains
-    it and returns a run object like StrategyRun (strategy, aligner, results with steps_run /
-    seconds / compile_seconds) plus report(config, dataset, workdir, log, plots) -> report dict;
-    `stages` is then not called for training.
-  describe: with `run`, describe(config, dataset) -> the plan's lines for the dry run.
-  """
-  name: str
-  stages: Callable[[ml_collections.ConfigDict, Dataset], list[Stage]]
-  aligner: AlignerBuilder | None = None
+  settings: the strategy's own config block (config[name]) with its defaults, for a strategy
+    defined outside graphbridge (the built-in ones are declared in defaults.py); config
+    validation accepts it and fills in what a config leaves out."""
+  name: str = ""
   summary: str = ""
-  run: Callable[..., Any] | None = None
-  describe: Callable[[ml_collections.ConfigDict, Dataset], list[str]] | None = None
+  settings: ml_collections.ConfigDict | None = None
 
-  def make_aligner(self, layout, params: Mapping, compute_dtype: str, name: str | None = None):
-    if self.aligner is not None:
-      return self.aligner(layout, params, compute_dtype, name or self.name)
-    from graphbridge.evaluate import GraphAligner
-    return GraphAligner(layout, params, compute_dtype, name=name or self.name)
+  def describe(self, config, dataset) -> list[str]:
+    """The plan's lines for the dry run (nothing built or compiled)."""
+    return [f"strategy {self.name}: {self.summary}"]
+
+  def train(self, config, dataset, workdir: str | None, log: Log = print) -> StrategyRun:
+    """Train on `dataset`; checkpoints and metrics under `workdir` (None: neither)."""
+    raise NotImplementedError(f"strategy {self.name!r} does not train")
+
+  def load(self, workdir: str, step: int | None = None, log: Log | None = None) -> Model:
+    """The model in `workdir` (its newest usable checkpoint, or `step`)."""
+    raise NotImplementedError(f"strategy {self.name!r} cannot restore a workdir")
+
+  def graft(self, config, from_workdir: str, workdir: str, dataset, report: bool = True,
+            plots: bool = True, log: Log = print):
+    """Add config.graft.modality to the model in `from_workdir` (whose files are only read),
+    training in `workdir`."""
+    raise GraftError(f"strategy {self.name!r} does not support grafting")
+
+  def train_base(self, config, workdir: str, dataset, log: Log = print) -> StrategyRun:
+    """The first half of a graft's worked example: train on `dataset` (the data without the
+    modality to graft). The default is `train`."""
+    return self.train(config, dataset, workdir, log)
 
 
-def with_overrides(config: ml_collections.ConfigDict,
-                   overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """An unlocked copy of `config` with dotted `overrides` set (the keys must exist)."""
   out = ml_collections.ConfigDict(config.to_dict())
   for dotted, value in overrides.items():
@@ -86,40 +138,27 @@ def with_overrides(config: ml_collections.ConfigDict,
     for part in parents:
       node = node[part]
     if leaf not in node:
-      raise config_check.ConfigError(f"stage override {dotted!r}: no such config field")
+      raise ConfigError(f"stage override {dotted!r}: no such config field")
     node[leaf] = value
   return out
 
 
-def pair_partners(dataset: Dataset, modality: str) -> list[str]:
+def pair_partners(dataset, modality: str) -> list[str]:
   """The modalities `modality` has pair sets with, in the data's pair order."""
   return [b if a == modality else a for a, b in dataset.pairs if modality in (a, b)]
 
 
-def build_graph(dataset: Dataset, edges: Sequence[str],
-                virtual: Mapping[str, int] = ()) -> ModalityGraph:
-  """Every data modality and `virtual` node ({name: dim}, nodes without rows), with `edges` in
-  order; checked against the data."""
-  virtual = dict(virtual)
-  graph = ModalityGraph.build({**dataset.dims, **virtual})
-  for e in edges:
-    graph = graph.add_edge(e)
-  dataset.check_graph(graph, virtual=virtual)
-  return graph
+def graft_settings(config) -> ml_collections.ConfigDict:
+  """config.graft (graft.modality, graft.connect_to, ...); GraftError without one."""
+  block = config.get("graft", None)
+  if block is None:
+    raise GraftError("the config has no `graft` block (graft.modality, graft.connect_to); start from "
+                     "configs/graft_audio.py")
+  return block
 
 
-def pair_sets(dataset: Dataset) -> list[Edge]:
-  return [Edge(a, b) for a, b in dataset.pairs]
-
-
-def meet_objective(terms: tuple) -> ObjectiveBuilder:
-  """Objective builder for projector strategies: InfoNCE (and optional cosine, as the stage's
-  config.loss says) on explicit pair terms that meet in a shared node; no cycles."""
-  from graphbridge import objectives
-  from graphbridge import train as train_lib
-
-  def build(layout, dataset: Dataset, cfg) -> objectives.LossPlan:
-    settings = dataclasses.replace(train_lib.loss_settings_from_config(cfg.loss), pair_terms=terms,
-                                   cycle_weights=(0.0,))
-    return objectives.build_plan(layout, settings, pair_sets(dataset))
-  return build
+def timing(results: Sequence) -> dict:
+  """report.json's timing of a training: seconds, compile seconds and steps over its stages."""
+  return {"train_seconds": sum(r.seconds for r in results),
+          "compile_seconds": sum(r.compile_seconds for r in results),
+          "steps": sum(r.steps_run for r in results)}

@@ -3,8 +3,9 @@ symmetric InfoNCE on every pair set, meeting in that space."""
 
 from __future__ import annotations
 
-from graphbridge import objectives
-from graphbridge.strategies.base import Stage, Strategy, build_graph, meet_objective
+from graphbridge.model import objectives as objectives_lib
+from graphbridge.strategies.translator import Stage, TranslatorStrategy, build_graph, meet_objective
+
 
 SHARED_NODE = "shared"
 
@@ -14,9 +15,9 @@ def stages(config, dataset) -> list[Stage]:
                       {SHARED_NODE: int(config.pairwise.dim)})
   overrides = {"loss.edge_cos": float(config.pairwise.edge_cos),
                "loss.infonce": float(config.pairwise.infonce), "finetune.steps": 0}
-  terms = tuple(objectives.meet_term(a, b, SHARED_NODE) for a, b in dataset.pairs)
+  terms = tuple(objectives_lib.meet_term(a, b, SHARED_NODE) for a, b in dataset.pairs)
   return [Stage("pairwise", graph, overrides, objective=meet_objective(terms))]
 
 
-STRATEGY = Strategy("pairwise", stages,
+STRATEGY = TranslatorStrategy("pairwise", stages,
                     summary="CLIP-style projection of every modality into one space")

@@ -3,8 +3,9 @@ aligned by InfoNCE (config.pivot); alignment between the other modalities must e
 
 from __future__ import annotations
 
-from graphbridge.graph import GraphError
-from graphbridge.strategies.base import Stage, Strategy, build_graph, pair_partners
+from graphbridge.core.errors import GraphError
+from graphbridge.strategies.base import pair_partners
+from graphbridge.strategies.translator import Stage, TranslatorStrategy, build_graph
 
 
 def choose_pivot(dataset, requested: str = "") -> str:
@@ -30,4 +31,4 @@ def stages(config, dataset) -> list[Stage]:
   return [Stage(f"pivot binding into {pivot!r}", graph, overrides)]
 
 
-STRATEGY = Strategy("pivot", stages, summary="ImageBind-style binding into one pivot modality")
+STRATEGY = TranslatorStrategy("pivot", stages, summary="ImageBind-style binding into one pivot modality")

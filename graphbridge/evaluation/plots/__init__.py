@@ -1,0 +1,1 @@
+"""Plotting for reports and comparisons (matplotlib, imported when a figure is drawn)."""

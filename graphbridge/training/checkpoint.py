@@ -1,0 +1,484 @@
+"""Orbax checkpoints with one item per edge.
+
+A step directory holds:
+  meta              JSON: graph, translator architectures, frozen edges, item list, config, data fingerprint
+  train             step, RNG key, loss weights, health record, and optimizer leaves shared by all
+                    edges (e.g. Adam's step count)
+  edge.<src>.<dst>  {"params": the edge's translator params, "opt": the edge's rows of every
+                    per-parameter optimizer leaf (Adam's mu and nu)}
+
+Edges are independent items, so a subset can be restored (e.g. to graft a new modality onto a
+trained graph) and an item's files can be copied unchanged into a new checkpoint.
+
+Integrity: once a step is finished (Orbax's async write done, grafted items copied) a manifest
+`<step>/sha256.json` records a sha256 per item (over its files' relative paths and bytes). A restore
+verifies every item it reads against it: a flipped bit is `CheckpointCorruptError` naming step and
+item, never silently changed parameters. Steps written before manifests existed restore unverified.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+from typing import Any, Callable, Iterable, Mapping, Sequence
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from graphbridge.core.graph import Edge
+from graphbridge.model.translators import EdgeLayout
+from graphbridge.core.errors import CheckpointCorruptError, CheckpointError, CheckpointMismatchError, CheckpointWriteError
+
+
+PyTree = Any
+
+
+META, TRAIN = "meta", "train"
+
+
+FORMAT_VERSION = 1
+
+
+MANIFEST = "sha256.json"
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM)
+
+
+def _disk_error(exc: BaseException) -> OSError | None:
+  """The disk problem (full, quota, read-only, I/O, permissions) behind exc: an OSError in its
+  cause/context chain, or a tensorstore error (ValueError) whose text carries the OS error."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+      return exc
+    text = str(exc)
+    for code in _DISK_ERRNOS:
+      if os.strerror(code) in text or f"os_error_code='{code}'" in text:
+        return OSError(code, os.strerror(code))
+    exc = exc.__cause__ or exc.__context__
+  return None
+
+
+def item_digest(directory: str) -> str:
+  """sha256 over the relative paths and bytes of every file under an item's directory."""
+  h = hashlib.sha256()
+  for dirpath, dirnames, filenames in os.walk(directory):
+    dirnames.sort()
+    for name in sorted(filenames):
+      path = os.path.join(dirpath, name)
+      h.update(os.path.relpath(path, directory).encode() + b"\0")
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          h.update(chunk)
+  return h.hexdigest()
+
+
+def edge_item_name(edge: Edge | str) -> str:
+  edge = Edge.parse(edge) if isinstance(edge, str) else edge
+  return f"edge.{edge.src}.{edge.dst}"
+
+
+def edge_from_item_name(item: str) -> Edge:
+  _, src, dst = item.split(".")
+  return Edge(src, dst)
+
+
+def _key_str(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _set_nested(tree: dict, keys: Sequence[str], value) -> None:
+  for k in keys[:-1]:
+    tree = tree.setdefault(k, {})
+  tree[keys[-1]] = value
+
+
+def _get_nested(tree: Mapping, keys: Sequence[str]):
+  for k in keys:
+    tree = tree[k]
+  return tree
+
+
+# locate(keys of a leaf) -> None (the leaf is shared by every item) or (item names, the leaf's keys
+# inside each item, stacked): stacked leaves hold one row per item on their leading axis (a bucket of
+# translators), the others belong to their one item whole (a module of another model)
+Locate = Callable[[Sequence[str]], "tuple[Sequence[str], list[str], bool] | None"]
+
+
+def edge_locator(layout: EdgeLayout) -> Locate:
+  """Leaves under ...edges/<bucket>/... are stacked rows of the bucket's edges."""
+  def locate(keys):
+    for i in range(len(keys) - 1):
+      if keys[i] == "edges" and keys[i + 1] in layout.bucket_by_key:
+        bucket = layout.bucket_by_key[keys[i + 1]]
+        return [e.name for e in bucket.edges], list(keys[:i]) + list(keys[i + 2:]), True
+    return None
+  return locate
+
+
+def module_locator(modules: Sequence[str]) -> Locate:
+  """A leaf belongs whole to the first module named on its path (DMVAE's "enc:image", ...)."""
+  names = set(modules)
+
+  def locate(keys):
+    hit = next((i for i, k in enumerate(keys) if k in names), None)
+    return None if hit is None else ([keys[hit]], list(keys[:hit]) + list(keys[hit + 1:]), False)
+  return locate
+
+
+def split_items(tree: PyTree, locate: Locate) -> tuple[dict[str, dict], dict]:
+  """({item: nested dict of its leaves (its rows of stacked ones)}, nested dict of the shared leaves).
+  Empty leaves are left out (Orbax cannot store them; merge_items takes them from the template)."""
+  per_item: dict[str, dict] = {}
+  shared: dict = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = [_key_str(k) for k in path]
+    if np.size(leaf) == 0:
+      continue
+    where = locate(keys)
+    leaf = np.asarray(leaf)
+    if where is None:
+      _set_nested(shared, keys or ["value"], leaf)
+      continue
+    items, rest, stacked = where
+    for i, item in enumerate(items):
+      _set_nested(per_item.setdefault(item, {}), rest or ["value"], leaf[i] if stacked else leaf)
+  return per_item, shared
+
+
+def merge_items(template: PyTree, per_item: Mapping[str, Mapping], shared: Mapping, locate: Locate) -> PyTree:
+  """Inverse of split_items: `template`'s structure filled from items and shared leaves, each leaf in
+  the template's dtype; CheckpointMismatchError naming the array if one is missing or shaped otherwise."""
+  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
+  leaves = []
+  for path, leaf in leaves_with_path:
+    keys = [_key_str(k) for k in path]
+    if np.size(leaf) == 0:
+      leaves.append(np.asarray(leaf))
+      continue
+    where = locate(keys)
+    try:
+      if where is None:
+        value = np.asarray(_get_nested(shared, keys or ["value"]))
+      else:
+        items, rest, stacked = where
+        parts = [np.asarray(_get_nested(per_item[item], rest or ["value"])) for item in items]
+        for item, part in zip(items, parts):
+          expected = np.shape(leaf)[1:] if stacked else np.shape(leaf)
+          if part.shape != expected:
+            raise CheckpointMismatchError(
+                f"checkpoint item {item}: array {'/'.join(rest)} has shape {part.shape}, expected {expected} "
+                "(a dimension or size other than the configured model's)")
+        value = np.stack(parts) if stacked else parts[0]
+    except KeyError as exc:
+      what = "shared state" if where is None else "items"
+      raise CheckpointMismatchError(f"checkpoint lacks {'/'.join(keys)} in its {what} ({exc}); it was written for "
+                                    "another optimizer or model") from None
+    if value.shape != np.shape(leaf):
+      raise CheckpointMismatchError(f"checkpoint array {'/'.join(keys)} has shape {value.shape}, expected "
+                                    f"{np.shape(leaf)} (a dimension or size other than the configured model's)")
+    leaves.append(value.astype(np.asarray(leaf).dtype))
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def split_by_edge(layout: EdgeLayout, tree: PyTree) -> tuple[dict[str, dict], dict]:
+  """Split a tree containing {"edges": {bucket: stacked}} subtrees (params or optimizer state):
+  ({edge_name: nested dict of that edge's rows}, nested dict of every other leaf)."""
+  return split_items(tree, edge_locator(layout))
+
+
+def merge_by_edge(layout: EdgeLayout, template: PyTree, per_edge: Mapping[str, Mapping],
+                  shared: Mapping) -> PyTree:
+  """Inverse of split_by_edge: fill `template`'s structure from per-edge rows and shared leaves."""
+  return merge_items(template, per_edge, shared, edge_locator(layout))
+
+
+def _numpy_restore_args(metadata_tree) -> ocp.args.PyTreeRestore:
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata_tree)
+  return ocp.args.PyTreeRestore(restore_args=restore_args)
+
+
+class Checkpoints:
+  """Per-edge Orbax checkpoints in `directory` (steps as sub-directories)."""
+
+  def __init__(self, directory: str, max_to_keep: int | None = 3, async_save: bool = True,
+               read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    if read_only and not os.path.isdir(self.directory):
+      raise CheckpointError(f"no checkpoint directory at {self.directory}")
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                           enable_async_checkpointing=async_save, read_only=read_only)
+    self._pending: list[tuple[int, dict]] = []  # saved steps whose manifest is not written yet
+    self._failed: CheckpointWriteError | None = None  # the disk error already reported
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+    except Exception as exc:  # e.g. the folder cannot be created
+      self._manager = None
+      raise self._write_error(-1, exc) from exc
+
+  # -- steps --
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  # -- save --
+  def save(self, step: int, edge_items: Mapping[str, Mapping], train_item: Mapping, meta: Mapping,
+           copy_items_from: Mapping[str, str] | None = None) -> None:
+    """Save one step. edge_items: {edge_name: {"params":..., "opt":...}}.
+
+    copy_items_from: {edge_name: step_dir} of items to copy byte for byte from an existing
+    checkpoint instead of writing them (used by grafting: frozen edges stay identical)."""
+    self.save_items(step, {edge_item_name(e): tree for e, tree in edge_items.items()}, train_item, meta,
+                    {edge_item_name(e): d for e, d in (copy_items_from or {}).items()})
+
+  def save_items(self, step: int, items: Mapping[str, Mapping], train_item: Mapping, meta: Mapping,
+                 copy_items_from: Mapping[str, str] | None = None) -> None:
+    """Save one step of named items ({item name: tree}; models other than translator graphs, e.g.
+    DMVAE's "module.enc.image"). copy_items_from: {item name: step_dir} copied byte for byte.
+    The step's manifest (sha256 per item) is written once its files are final: at the next save,
+    wait() or close(). A disk error (full, read-only) is CheckpointWriteError; earlier steps stay."""
+    self._finish_pending()
+    copy_items_from = dict(copy_items_from or {})
+    items = {name: ocp.args.StandardSave(dict(tree)) for name, tree in items.items()}
+    all_items = sorted(list(items) + list(copy_items_from))
+    meta = {**meta, "items": all_items, "format_version": FORMAT_VERSION, "step": int(step)}
+    items[TRAIN] = ocp.args.StandardSave(dict(train_item))
+    items[META] = ocp.args.JsonSave(meta)
+    try:
+      if os.environ.get("GRAPHBRIDGE_FAIL_SAVE") == str(step):  # fault injection for tests
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.step_dir(step))
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as exc:
+      raise self._write_error(step, exc) from exc
+    self._pending.append((int(step), copy_items_from))
+    if os.environ.get("GRAPHBRIDGE_KILL_DURING_SAVE") == str(step):  # fault injection for tests
+      os.kill(os.getpid(), 9)
+    if copy_items_from:
+      self._finish_pending()
+
+  def _write_error(self, step: int, exc: BaseException) -> BaseException:
+    """CheckpointWriteError for a disk problem (the half-written step removed), else exc itself."""
+    disk = _disk_error(exc)
+    if disk is None:
+      return exc
+    if self._failed is not None:  # already reported; the same failure surfacing again
+      return self._failed
+    self._discard_partial(step)
+    try:
+      kept = [s for s in self._manager.all_steps() if s != step] if self._manager else []
+    except Exception:  # noqa: BLE001  (a listing must not hide the write error)
+      kept = []
+    where = f"; steps saved before are intact: {', '.join(map(str, sorted(kept)))}" if kept else ""
+    what = f"checkpoint step {step} to" if step >= 0 else "the checkpoint folder"
+    self._failed = CheckpointWriteError(f"could not write {what} {self.directory}: "
+                                        f"{disk.strerror or disk}{where}")
+    return self._failed
+
+  def _discard_partial(self, step: int) -> None:
+    """Remove the temporary folders of steps that failed to write (Orbax's <step>.orbax-checkpoint-tmp*;
+    never a finished step), freeing the space they took."""
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      if ".orbax-checkpoint-tmp" in name:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+  def _finish_pending(self) -> None:
+    """Wait for async writes, copy grafted items, write the manifests of the steps just saved."""
+    if not self._pending:
+      return
+    pending, self._pending = self._pending, []
+    try:
+      self._manager.wait_until_finished()
+      if jax.process_index() != 0:  # one writer on a shared file system
+        return
+      for step, copy_items_from in pending:
+        if not os.path.isdir(self.step_dir(step)):  # e.g. deleted by max_to_keep already
+          continue
+        for name, src_dir in copy_items_from.items():
+          target = os.path.join(self.step_dir(step), name)
+          if not os.path.isdir(target):
+            shutil.copytree(os.path.join(src_dir, name), target)
+        self.write_manifest(step)
+    except Exception as exc:
+      raise self._write_error(pending[-1][0], exc) from exc
+
+  def write_manifest(self, step: int) -> dict[str, str]:
+    """Record {item: sha256} of a finished step as <step>/sha256.json (atomically)."""
+    step_dir = self.step_dir(step)
+    digests = {name: item_digest(os.path.join(step_dir, name)) for name in sorted(os.listdir(step_dir))
+               if os.path.isdir(os.path.join(step_dir, name))}
+    path = os.path.join(step_dir, MANIFEST)
+    with open(path + ".tmp", "w") as f:
+      json.dump({"step": int(step), "sha256": digests}, f, indent=1, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    return digests
+
+  def manifest(self, step: int) -> dict[str, str] | None:
+    """{item: sha256} recorded for `step`, or None for a step saved before manifests existed (or
+    whose manifest was never written: the process died between the write and the manifest)."""
+    path = os.path.join(self.step_dir(step), MANIFEST)
+    if not os.path.exists(path):
+      return None
+    try:
+      with open(path) as f:
+        return dict(json.load(f)["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+      raise CheckpointCorruptError(f"checkpoint step {step}: its checksum manifest {MANIFEST} is corrupt "
+                                   f"({type(exc).__name__})", step, MANIFEST) from None
+
+  def verify(self, step: int, items: Iterable[str]) -> None:
+    """CheckpointCorruptError naming step and item if an item's files differ from the manifest."""
+    recorded = self.manifest(step)
+    if recorded is None:
+      return
+    for name in items:
+      if name not in recorded:
+        raise CheckpointCorruptError(f"checkpoint step {step}: item {name!r} is not in its checksum manifest",
+                                     step, name)
+      directory = os.path.join(self.step_dir(step), name)
+      if not os.path.isdir(directory):
+        raise CheckpointCorruptError(f"checkpoint step {step} is incomplete: missing item(s) {name}", step, name)
+      if item_digest(directory) != recorded[name]:
+        raise CheckpointCorruptError(
+            f"checkpoint step {step}: item {name!r} is corrupt (sha256 differs from the one recorded at "
+            "save; its files were changed or damaged on disk)", step, name)
+
+
+  def quarantine(self, step: int) -> str:
+    """Move a damaged step out of the way (to <directory>_damaged/<step>), keeping its files, so
+    training can write that step again. Returns the new location."""
+    if jax.process_index() != 0:  # one writer on a shared file system; others only re-read the steps
+      self._manager.reload()
+      return ""
+    target_root = self.directory.rstrip("/") + "_damaged"
+    os.makedirs(target_root, exist_ok=True)
+    target = os.path.join(target_root, str(step))
+    suffix = 1
+    while os.path.exists(target):
+      target, suffix = os.path.join(target_root, f"{step}.{suffix}"), suffix + 1
+    shutil.move(self.step_dir(step), target)
+    self._manager.reload()
+    return target
+
+  def close(self) -> None:
+    """Finish every save (manifests included) and release the manager. A write error already
+    raised by save() is not raised a second time (the caller is handling it)."""
+    raised_before = self._failed
+    error = None
+    try:
+      self._finish_pending()
+      self._manager.wait_until_finished()
+    except Exception as exc:  # noqa: BLE001
+      error = self._write_error(max(self.all_steps(), default=0), exc)
+    try:
+      self._manager.close()
+    except Exception as exc:  # noqa: BLE001
+      if error is None and self._failed is None:
+        error = exc
+    if error is not None and not (raised_before is not None and error is raised_before):
+      raise error
+
+  # -- restore --
+  def restore_meta(self, step: int, verify: bool = False) -> dict:
+    """The step's meta item (JSON); verify: check it against the manifest first."""
+    path = os.path.join(self.step_dir(step), META, "metadata")
+    if verify and os.path.isdir(os.path.dirname(path)):
+      self.verify(step, [META])
+    try:
+      with open(path) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      raise CheckpointCorruptError(f"checkpoint step {step} in {self.directory} has no metadata item "
+                                   f"(incomplete or not a graphbridge checkpoint)", step, META) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+      raise CheckpointCorruptError(f"checkpoint step {step}: metadata is corrupt ({exc})", step, META) from None
+
+  def check_complete(self, step: int) -> dict:
+    """Meta of a step whose every listed item is present and whose meta matches its checksum;
+    CheckpointCorruptError otherwise."""
+    meta = self.restore_meta(step, verify=True)
+    missing = [i for i in meta.get("items", []) + [TRAIN]
+               if not os.path.isdir(os.path.join(self.step_dir(step), i))]
+    if missing:
+      raise CheckpointCorruptError(f"checkpoint step {step} is incomplete: missing item(s) {', '.join(missing)}",
+                                   step, missing[0])
+    return meta
+
+  def latest_complete_step(self) -> int | None:
+    """Newest step that passes check_complete (older ones are tried in turn; failures logged)."""
+    for step in reversed(self.all_steps()):
+      try:
+        self.check_complete(step)
+        return step
+      except CheckpointError as exc:
+        logging.warning("skipping checkpoint: %s", exc)
+    return None
+
+  def newest_usable(self, restore: Callable[[int], Any], step: int | None = None,
+                    log: Callable[[str], None] = logging.warning) -> tuple[Any, int | None, list[str]]:
+    """(restore(s), s, problems) for `step`, or for the newest step whose restore succeeds.
+
+    Without an explicit step, a step whose restore raises CheckpointCorruptError (incomplete,
+    checksum mismatch, unreadable) is logged and the next older one is tried; (None, None, problems)
+    if none works. An explicit step, and any other CheckpointError (another graph, config or
+    loss plan: CheckpointMismatchError), always raise: no older step would be right either."""
+    candidates = [step] if step is not None else list(reversed(self.all_steps()))
+    problems: list[str] = []
+    for candidate in candidates:
+      try:
+        return restore(candidate), candidate, problems
+      except CheckpointCorruptError as exc:
+        if step is not None:
+          raise
+        problems.append(str(exc))
+        log(f"{exc}; trying an older checkpoint")
+    return None, None, problems
+
+  def _restore_item(self, step: int, name: str) -> dict:
+    directory = os.path.join(self.step_dir(step), name)
+    if not os.path.isdir(directory):
+      raise CheckpointCorruptError(f"checkpoint step {step} has no item {name!r} (items: "
+                                   f"{', '.join(sorted(os.listdir(self.step_dir(step))))})", step, name)
+    self.verify(step, [name])
+    try:
+      with ocp.PyTreeCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(directory)
+        metadata = getattr(metadata, "item_metadata", metadata)  # StepMetadata in newer orbax
+        tree = getattr(metadata, "tree", metadata)
+        return checkpointer.restore(directory, args=_numpy_restore_args(tree))
+    except CheckpointError:
+      raise
+    except Exception as exc:  # orbax/tensorstore raise many types for damaged files
+      raise CheckpointCorruptError(f"checkpoint step {step}: item {name!r} is corrupt or unreadable "
+                                   f"({type(exc).__name__}: {str(exc)[:300]})", step, name) from exc
+
+  def restore_edges(self, step: int, edges: Iterable[str] | None = None) -> dict[str, dict]:
+    """{edge_name: {"params":..., "opt":...}} as numpy, for `edges` (default: all saved edges)."""
+    meta = self.restore_meta(step)
+    saved = [edge_from_item_name(i).name for i in meta["items"]]
+    wanted = saved if edges is None else list(edges)
+    for e in wanted:
+      if e not in saved:
+        raise CheckpointMismatchError(f"checkpoint step {step} has no edge {e} (saved edges: "
+                                      f"{', '.join(saved)}); it was written for another graph")
+    return {e: self._restore_item(step, edge_item_name(e)) for e in wanted}
+
+  def restore_item(self, step: int, name: str) -> dict:
+    """One named item of a step as numpy (see save_items)."""
+    return self._restore_item(step, name)
+
+  def restore_train(self, step: int) -> dict:
+    return self._restore_item(step, TRAIN)

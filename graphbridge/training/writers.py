@@ -1,0 +1,210 @@
+"""Metric writers (the CLU `metric_writers` interface, kept small): JSONL always, TensorBoard
+event files when tensorboardX is installed (`pip install graphbridge[tensorboard]`).
+
+  writer = writers.for_run(workdir, config)   # metrics.jsonl (+ TensorBoard) in workdir
+  writer.write_scalars(step, {"loss/total": 0.4, "lr": 1e-3})
+  writer.close()
+
+TensorBoard: `tensorboard --logdir WORKDIR/tensorboard`. Process 0 writes; other processes of a
+multi-host run get writers that do nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Mapping, Protocol, Sequence
+import jax
+
+
+TENSORBOARD_DIR = "tensorboard"
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricWriter(Protocol):
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None: ...
+  def flush(self) -> None: ...
+  def close(self) -> None: ...
+
+
+class JsonlWriter:
+  """Appends one JSON object per logged step to `path` (workdir/metrics.jsonl); process 0 only,
+  None writes nothing."""
+
+  def __init__(self, path: str | None):
+    self.path = path if jax.process_index() == 0 else None
+    if self.path:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    if self.path:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    if os.environ.get("GRAPHBRIDGE_KILL_AFTER_STEP") == str(step):  # fault injection for tests
+      os.kill(os.getpid(), 9)
+    if os.environ.get("GRAPHBRIDGE_FILL_DISK_AFTER_STEP") == str(step) and self.path:  # fault injection:
+      _fill_disk(os.path.dirname(self.path))                                          # a full disk
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+class TensorBoardWriter:
+  """Scalars as TensorBoard events under `logdir` (tensorboardX: no TensorFlow needed)."""
+
+  def __init__(self, logdir: str):
+    from tensorboardX import SummaryWriter  # ImportError when the extra is not installed
+    self.logdir = logdir
+    self._writer = SummaryWriter(logdir=logdir)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    for key, value in scalars.items():
+      if isinstance(value, (int, float)) and value == value:  # NaN (e.g. no rate yet) is left out
+        self._writer.add_scalar(tensorboard_tag(key), float(value), global_step=int(step))
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+def tensorboard_tag(key: str) -> str:
+  """TensorBoard tags allow [A-Za-z0-9_./-]: 'grad_norm/image->text' -> 'grad_norm/image_to_text'."""
+  return key.replace("->", "_to_").replace("<-", "_from_")
+
+
+class MultiWriter:
+  def __init__(self, writers: Sequence[MetricWriter]):
+    self.writers = list(writers)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    for w in self.writers:
+      w.write_scalars(step, scalars)
+
+  def flush(self) -> None:
+    for w in self.writers:
+      w.flush()
+
+  def close(self) -> None:
+    for w in self.writers:
+      w.close()
+
+
+def tensorboard_available() -> bool:
+  try:
+    import tensorboardX  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+def read_metrics(path: str) -> list[dict]:
+  """The rows of a run's metrics.jsonl ([] when there is none)."""
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except ValueError:  # blank, or torn by a kill
+        continue
+  return rows
+
+
+def log_process0(msg: str) -> None:
+  """The library's default log: print on process 0 only (multi-host runs print once), flushed."""
+  import jax
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def for_run(workdir: str | None, config, log: Callable[[str], None] = print) -> MultiWriter:
+  """workdir/metrics.jsonl (None: nothing) plus TensorBoard events in workdir/tensorboard when
+  config.train.tensorboard is on (default) and tensorboardX is installed; a note, not an error,
+  when it is not."""
+  import jax
+  writers: list[MetricWriter] = [JsonlWriter(os.path.join(workdir, METRICS_FILE) if workdir else None)]
+  wanted = bool(config.get("train", {}).get("tensorboard", True))
+  if workdir and wanted and jax.process_index() == 0:
+    if tensorboard_available():
+      writers.append(TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR)))
+    else:
+      log("note: no TensorBoard events (tensorboardX is not installed: pip install graphbridge[tensorboard]); "
+          "metrics go to metrics.jsonl")
+  return MultiWriter(writers)
+
+
+def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} from the event files in `logdir` (for tests and notebooks; needs
+  tensorboardX's protobufs only)."""
+  from tensorboardX.proto import event_pb2
+  import struct
+  out: dict[str, list[tuple[int, float]]] = {}
+  for name in sorted(os.listdir(logdir)):
+    if "tfevents" not in name:
+      continue
+    with open(os.path.join(logdir, name), "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos + 12 <= len(data):  # TFRecord: len u64, crc u32, payload, crc u32
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      payload = data[pos + 12:pos + 12 + length]
+      pos += 12 + length + 4
+      event = event_pb2.Event()
+      event.ParseFromString(payload)
+      for value in event.summary.value:
+        out.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+  return out
+
+
+def format_eta(seconds: float) -> str:
+  """'1h02m', '3m05s', '42s'."""
+  if not seconds == seconds or seconds < 0:
+    return "?"
+  s = int(round(seconds))
+  if s >= 3600:
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+  if s >= 60:
+    return f"{s // 60}m{s % 60:02d}s"
+  return f"{s}s"
+
+
+def _fill_disk(directory: str) -> None:
+  """Fault injection for tests: fill the file system holding `directory` (a small tmpfs)."""
+  with open(os.path.join(directory, "disk_filler"), "wb") as f:
+    try:
+      while True:
+        f.write(b"\0" * 65536)
+        f.flush()
+    except OSError:
+      pass
+
+
+def trim_metrics(path: str, step: int) -> int:
+  """Drop the rows of metrics.jsonl after `step` (written after the checkpoint a run resumes
+  from; the resumed run writes them again), and a torn last line; keep one row per step.
+  Returns how many rows were dropped. Process 0 only; the file is replaced atomically."""
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.read().splitlines()
+  kept, seen = [], set()
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue  # a line torn by a kill
+    if int(row.get("step", -1)) <= step and row.get("step") not in seen:
+      seen.add(row.get("step"))
+      kept.append(line)
+  dropped = len(lines) - len(kept)
+  if dropped:
+    with open(path + ".tmp", "w") as f:
+      f.write("".join(line + "\n" for line in kept))
+    os.replace(path + ".tmp", path)
+  return dropped
