@@ -1,14 +1,19 @@
 """How far a bridge can go: direct maps fitted on EVERY train instance, by hop distance (issue #18).
 
 For each instance-level bridge set (mv6, fsdd_chain, mv8) and each ordered modality pair at a given
-distance in the paired-data graph, this fits maps *directly* from the query to the gallery modality on
-all train rows that show the same instance (matched by id: pairs the protocol withholds, about 10x the
+distance in the paired-data graph, this fits maps *directly* from the query to the gallery modality
+on
+all train rows that show the same instance (matched by id: pairs the protocol withholds, about 10x
+the
 pairs any edge of these sets has) and scores test instance R@1 / MRR by cosine, as
 `benchmarks/bridges.py` does:
 
-  ridge-chain     the linear reference of bridges.py (baselines_lib.ChainAligner): a ridge map per paired
-                  hop, composed along the default route; the issue's "3x the linear chain" is 3x this
-  full ridge      ridge on all train instances, penalty by leave-one-out error (baselines_lib.fit_ridge_cv)
+  ridge-chain     the linear reference of bridges.py (baselines_lib.ChainAligner): a ridge map per
+  paired
+                  hop, composed along the default route; the issue's "3x the linear chain" is 3x
+                  this
+  full ridge      ridge on all train instances, penalty by leave-one-out error
+  (baselines_lib.fit_ridge_cv)
   full KRR (cv)   RBF kernel ridge on all train instances, (alpha, gamma) by 3-fold cross-validated
                   R@1 on the train rows
   full KRR (test) the same, (alpha, gamma) chosen on the TEST rows: optimistic, an upper bound
@@ -17,7 +22,8 @@ None of these is a zero-shot bridge: they see pairs no bridge method may use. Th
 target asks for: if 3x the ridge chain is above what every direct map fitted on all train instances
 reaches, no bridge built from the withheld data's paired edges will reach it either.
 
-  PYTHONPATH=$PWD python benchmarks/bridge_bounds.py                          # mv6, fsdd_chain; 3 hops
+  PYTHONPATH=$PWD python benchmarks/bridge_bounds.py                          # mv6, fsdd_chain; 3
+  hops
   PYTHONPATH=$PWD python benchmarks/bridge_bounds.py --datasets=mv8 --hops=2,3,4
 """
 
@@ -37,7 +43,9 @@ GAMMAS = (0.25, 0.5, 1.0, 2.0, 4.0)
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)
 
 
-def instance_scores(q: np.ndarray, g: np.ndarray, q_ids: np.ndarray, g_ids: np.ndarray) -> tuple[float, float]:
+def instance_scores(
+  q: np.ndarray, g: np.ndarray, q_ids: np.ndarray, g_ids: np.ndarray
+) -> tuple[float, float]:
   """(R@1, MRR) of cosine retrieval: each query's relevant gallery row has its id."""
   q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
   g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
@@ -64,6 +72,7 @@ def matched_rows(dataset, a: str, b: str, split: str):
 
 def krr_predict(xtr, ytr, xte, alpha: float, gamma: float) -> np.ndarray:
   from sklearn.kernel_ridge import KernelRidge
+
   mu = ytr.mean(0)
   model = KernelRidge(alpha=alpha, kernel="rbf", gamma=gamma).fit(xtr, ytr - mu)
   return model.predict(xte) + mu
@@ -110,12 +119,22 @@ def run(name: str, hops: list[int]) -> list[dict]:
       ridge = baselines_lib.fit_ridge_cv(xq_tr, xg_tr)
       r["full ridge"] = instance_scores(ridge.apply(xq_te), xg_te, ids_te, ids_te)
       alpha, gamma = krr_cv(xq_tr, xg_tr, ids_tr)
-      r["full KRR (cv)"] = instance_scores(krr_predict(xq_tr, xg_tr, xq_te, alpha, gamma), xg_te, ids_te, ids_te)
+      r["full KRR (cv)"] = instance_scores(
+        krr_predict(xq_tr, xg_tr, xq_te, alpha, gamma), xg_te, ids_te, ids_te
+      )
       r["full KRR (test)"] = max(
-          (instance_scores(krr_predict(xq_tr, xg_tr, xq_te, a, gm), xg_te, ids_te, ids_te)
-           for gm in GAMMAS for a in ALPHAS), key=lambda s: s[0])
-      print(f"[{name}] {q}->{g} ({h} hops, {len(ids_tr)} train instances, {time.perf_counter() - t:.1f}s): "
-            + ", ".join(f"{k} R@1 {r[k][0]:.3f}" for k in COLUMNS), flush=True)
+        (
+          instance_scores(krr_predict(xq_tr, xg_tr, xq_te, a, gm), xg_te, ids_te, ids_te)
+          for gm in GAMMAS
+          for a in ALPHAS
+        ),
+        key=lambda s: s[0],
+      )
+      print(
+        f"[{name}] {q}->{g} ({h} hops, {len(ids_tr)} train instances, {time.perf_counter() - t:.1f}s): "
+        + ", ".join(f"{k} R@1 {r[k][0]:.3f}" for k in COLUMNS),
+        flush=True,
+      )
       rows.append(r)
   return rows
 
@@ -124,9 +143,13 @@ COLUMNS = ("ridge-chain", "full ridge", "full KRR (cv)", "full KRR (test)")
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--datasets", default="mv6,fsdd_chain")
-  p.add_argument("--hops", default="3", help="hop distances in the paired-data graph, comma separated")
+  p.add_argument(
+    "--hops", default="3", help="hop distances in the paired-data graph, comma separated"
+  )
   args = p.parse_args(argv)
   hops = [int(h) for h in args.hops.split(",")]
   t0 = time.perf_counter()
@@ -138,9 +161,12 @@ def main(argv=None) -> int:
         continue
       for i, metric in enumerate(("R@1", "MRR")):
         means = {k: statistics.mean(r[k][i] for r in mine) for k in COLUMNS}
-        print(f"SUMMARY {name} {h} hops ({len(mine)} ordered pairs) instance {metric}: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in means.items())
-              + (f"; 3x ridge-chain {3 * means['ridge-chain']:.3f}" if metric == "R@1" else ""), flush=True)
+        print(
+          f"SUMMARY {name} {h} hops ({len(mine)} ordered pairs) instance {metric}: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in means.items())
+          + (f"; 3x ridge-chain {3 * means['ridge-chain']:.3f}" if metric == "R@1" else ""),
+          flush=True,
+        )
   print(f"bridge_bounds: {time.perf_counter() - t0:.0f} s", flush=True)
   return 0
 

@@ -23,15 +23,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # (the weight gradient x^T g, contracting over rows), "nt" rhs stored transposed [n, k] (the input
 # gradient g W^T)
 SHAPES = (
-    ("square 2048", 2048, 2048, 2048, "nn"),
-    ("fwd d->h", 512, 256, 512, "nn"),
-    ("fwd h->h", 512, 512, 512, "nn"),
-    ("fwd h->d", 512, 512, 256, "nn"),
-    ("dgrad h->d (g W^T)", 512, 256, 512, "nt"),
-    ("dgrad h->h (g W^T)", 512, 512, 512, "nt"),
-    ("wgrad h x h (x^T g)", 512, 512, 512, "tn"),
-    ("wgrad d x h (x^T g)", 256, 512, 512, "tn"),
-    ("fwd h->h, 128 rows", 128, 512, 512, "nn"),
+  ("square 2048", 2048, 2048, 2048, "nn"),
+  ("fwd d->h", 512, 256, 512, "nn"),
+  ("fwd h->h", 512, 512, 512, "nn"),
+  ("fwd h->d", 512, 512, 256, "nn"),
+  ("dgrad h->d (g W^T)", 512, 256, 512, "nt"),
+  ("dgrad h->h (g W^T)", 512, 512, 512, "nt"),
+  ("wgrad h x h (x^T g)", 512, 512, 512, "tn"),
+  ("wgrad d x h (x^T g)", 256, 512, 512, "tn"),
+  ("fwd h->h, 128 rows", 128, 512, 512, "nn"),
 )
 
 
@@ -49,16 +49,22 @@ def _time(fn, flops, min_s=0.3):
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--threads", type=int, default=2)
   p.add_argument("--rounds", type=int, default=5)
   args = p.parse_args(argv)
   import jax
   import jax.numpy as jnp
   import torch
+
   torch.set_num_threads(args.threads)
-  print(f"gemm_shapes float32, torch {torch.__version__} ({args.threads} threads), jax {jax.__version__}, "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+  print(
+    f"gemm_shapes float32, torch {torch.__version__} ({args.threads} threads), jax {jax.__version__}, "
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+    flush=True,
+  )
   for name, m, k, n, layout in SHAPES:
     flops = 2 * m * k * n
     a_shape = (k, m) if layout == "tn" else (m, k)
@@ -75,8 +81,11 @@ def main(argv=None) -> int:
       xla.append(_time(run_jax, flops))
       tor.append(_time(run_torch, flops))
     x, t = statistics.median(xla), statistics.median(tor)
-    print(f"{name:22s} [{m}x{k}]@[{k}x{n}] {layout}: XLA {x:5.0f} GFLOP/s, "
-          f"torch {t:6.0f} GFLOP/s, XLA/torch {x / t:.2f}", flush=True)
+    print(
+      f"{name:22s} [{m}x{k}]@[{k}x{n}] {layout}: XLA {x:5.0f} GFLOP/s, "
+      f"torch {t:6.0f} GFLOP/s, XLA/torch {x / t:.2f}",
+      flush=True,
+    )
   return 0
 
 

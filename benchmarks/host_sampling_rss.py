@@ -44,15 +44,17 @@ GB = 1 << 30
 
 def write_data(folder: str, gb: float, modalities: int, dim: int) -> int:
   import numpy as np
+
   rows = int(gb * GB / (modalities * dim * 2))
   rng = np.random.default_rng(0)
   chunk = max(1, (256 << 20) // (dim * 4))
   for m in range(modalities):
-    out = np.lib.format.open_memmap(os.path.join(folder, f"m{m}_emb.npy"), mode="w+", dtype=np.float16,
-                                    shape=(rows, dim))
+    out = np.lib.format.open_memmap(
+      os.path.join(folder, f"m{m}_emb.npy"), mode="w+", dtype=np.float16, shape=(rows, dim)
+    )
     for start in range(0, rows, chunk):
       n = min(chunk, rows - start)
-      out[start:start + n] = rng.standard_normal((n, dim), dtype=np.float32)
+      out[start : start + n] = rng.standard_normal((n, dim), dtype=np.float32)
     out.flush()
     del out
   identity = np.stack([np.arange(rows), np.arange(rows)], axis=1).astype(np.int64)
@@ -149,26 +151,44 @@ def main(argv):
   if not any(f.endswith("_emb.npy") for f in os.listdir(folder)):
     t = time.perf_counter()
     rows = write_data(folder, FLAGS.gb, FLAGS.modalities, FLAGS.dim)
-    print(f"wrote {FLAGS.modalities} x {rows} rows x {FLAGS.dim} float16 in {time.perf_counter() - t:.0f} s",
-          flush=True)
-  size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith("_emb.npy"))
+    print(
+      f"wrote {FLAGS.modalities} x {rows} rows x {FLAGS.dim} float16 in {time.perf_counter() - t:.0f} s",
+      flush=True,
+    )
+  size = sum(
+    os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith("_emb.npy")
+  )
   for mode in FLAGS.modes.split(","):
     evict_page_cache(folder)
-    cmd = [sys.executable, os.path.abspath(__file__), f"--child={mode}:{folder}", f"--steps={FLAGS.steps}",
-           f"--batch={FLAGS.batch}", f"--prefetch={FLAGS.prefetch}"]
+    cmd = [
+      sys.executable,
+      os.path.abspath(__file__),
+      f"--child={mode}:{folder}",
+      f"--steps={FLAGS.steps}",
+      f"--batch={FLAGS.batch}",
+      f"--prefetch={FLAGS.prefetch}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode or not lines:
-      print(f"host_sampling_rss mode={mode}: failed\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}", flush=True)
+      print(
+        f"host_sampling_rss mode={mode}: failed\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}",
+        flush=True,
+      )
       continue
     r = json.loads(lines[-1][7:])
     p = r["peak"]
-    extra = (f", {r['steps_per_s']:.1f} steps/s (B={FLAGS.batch}, prefetch {FLAGS.prefetch}), loss {r['loss']:.3f}"
-             if "steps_per_s" in r
-             else "")
-    print(f"host_sampling_rss mode={mode} tables {size / GB:.2f} GB on disk: peak RSS {p['VmRSS'] / GB:.2f} GB "
-          f"(anonymous {p['RssAnon'] / GB:.2f} GB, file-backed {p['RssFile'] / GB:.2f} GB; ru_maxrss "
-          f"{r['ru_maxrss'] / GB:.2f} GB), {r['seconds']:.0f} s{extra}", flush=True)
+    extra = (
+      f", {r['steps_per_s']:.1f} steps/s (B={FLAGS.batch}, prefetch {FLAGS.prefetch}), loss {r['loss']:.3f}"
+      if "steps_per_s" in r
+      else ""
+    )
+    print(
+      f"host_sampling_rss mode={mode} tables {size / GB:.2f} GB on disk: peak RSS {p['VmRSS'] / GB:.2f} GB "
+      f"(anonymous {p['RssAnon'] / GB:.2f} GB, file-backed {p['RssFile'] / GB:.2f} GB; ru_maxrss "
+      f"{r['ru_maxrss'] / GB:.2f} GB), {r['seconds']:.0f} s{extra}",
+      flush=True,
+    )
   if tmp is not None:
     tmp.cleanup()
 

@@ -1,5 +1,6 @@
 """The translator MLP of the standard CPU workload, forward and backward, in three parameter layouts
-and against PyTorch's `baddbmm`, timed interleaved in one run (issue #17: where the CPU step's gap is).
+and against PyTorch's `baddbmm`, timed interleaved in one run (issue #17: where the CPU step's gap
+is).
 
   stacked   params [E, ...] applied with batched dots (einsum over the edge axis): the layout the
             training step uses today (translators.StackedTranslator)
@@ -30,10 +31,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def jax_variants(E, N, d, h):
   import jax
   import jax.numpy as jnp
+
   key = jax.random.PRNGKey(0)
   k1, k2, k3 = jax.random.split(key, 3)
-  ps = [jax.random.normal(jax.random.fold_in(k1, i), (E, a, b)) / a ** 0.5
-        for i, (a, b) in enumerate([(d, h), (h, h), (h, d)])]
+  ps = [
+    jax.random.normal(jax.random.fold_in(k1, i), (E, a, b)) / a**0.5
+    for i, (a, b) in enumerate([(d, h), (h, h), (h, d)])
+  ]
   bs = [jnp.zeros((E, b)) for b in (h, h, d)]
   x = jax.random.normal(k2, (E, N, d))
   g = jax.random.normal(k3, (E, N, d))
@@ -66,6 +70,7 @@ def jax_variants(E, N, d, h):
       y = gelu(xe @ w1 + c1)
       y = gelu(y @ w2 + c2)
       return None, y @ w3 + c3
+
     _, ys = jax.lax.scan(one, None, (*ps, *bs, x))
     return jnp.sum(ys * g)
 
@@ -75,20 +80,23 @@ def jax_variants(E, N, d, h):
   grad = lambda f: jax.jit(jax.grad(f, argnums=(0, 1, 2)))
   f_stacked, f_split, f_lists, f_scan = grad(stacked), grad(split), grad(lists), grad(scan)
   return {
-      "stacked": lambda: jax.block_until_ready(f_stacked(ps, bs, x)),
-      "split": lambda: jax.block_until_ready(f_split(ps, bs, x)),
-      "lists": lambda: jax.block_until_ready(f_lists(pl, bl, xs)),
-      "scan": lambda: jax.block_until_ready(f_scan(ps, bs, x)),
+    "stacked": lambda: jax.block_until_ready(f_stacked(ps, bs, x)),
+    "split": lambda: jax.block_until_ready(f_split(ps, bs, x)),
+    "lists": lambda: jax.block_until_ready(f_lists(pl, bl, xs)),
+    "scan": lambda: jax.block_until_ready(f_scan(ps, bs, x)),
   }
 
 
 def torch_variant(E, N, d, h, threads):
   import torch
   import torch.nn.functional as F
+
   torch.set_num_threads(threads)
   g0 = torch.Generator().manual_seed(0)
-  ps = [(torch.randn(E, a, b, generator=g0) / a ** 0.5).requires_grad_(True)
-        for a, b in [(d, h), (h, h), (h, d)]]
+  ps = [
+    (torch.randn(E, a, b, generator=g0) / a**0.5).requires_grad_(True)
+    for a, b in [(d, h), (h, h), (h, d)]
+  ]
   bs = [torch.zeros(E, 1, b, requires_grad=True) for b in (h, h, d)]
   x = torch.randn(E, N, d, generator=g0, requires_grad=True)
   g = torch.randn(E, N, d, generator=g0)
@@ -98,11 +106,14 @@ def torch_variant(E, N, d, h, threads):
     y = F.gelu(torch.baddbmm(bs[1], y, ps[1]), approximate="tanh")
     y = torch.baddbmm(bs[2], y, ps[2])
     return torch.autograd.grad((y * g).sum(), ps + bs + [x])
+
   return run
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--edges", type=int, default=20)
   p.add_argument("--rows", default="128,384,512", help="rows per edge, comma-separated")
   p.add_argument("--dim", type=int, default=256)
@@ -124,12 +135,14 @@ def main(argv=None) -> int:
     if have_torch:
       runs["torch"] = torch_variant(E, N, d, h, args.threads)
     for r in runs.values():
-      r(); r()
+      r()
+      r()
     times = {k: [] for k in runs}
     for _ in range(args.rounds):
       for k, r in runs.items():
         t = time.perf_counter()
-        r(); r()
+        r()
+        r()
         times[k].append((time.perf_counter() - t) / 2)
     flops = 3 * 2 * E * N * (d * h + h * h + h * d)
     ref = statistics.median(times["stacked"])

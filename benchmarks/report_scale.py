@@ -32,7 +32,9 @@ from graphbridge.training import optimizer as optimizer_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def one(rows: int, steps: int, plots: bool, max_queries: int, classes: int, querybank_k: int = -1) -> dict:
+def one(
+  rows: int, steps: int, plots: bool, max_queries: int, classes: int, querybank_k: int = -1
+) -> dict:
   sys.path.insert(0, ROOT)
   import jax
   import numpy as np
@@ -48,15 +50,16 @@ def one(rows: int, steps: int, plots: bool, max_queries: int, classes: int, quer
   arrays = {}
   for i, m in enumerate(names):
     mix = rng.standard_normal((256, 256)).astype(np.float32) / 16
-    arrays[f"{m}_emb"] = (centres[m][labels] + shared @ mix +
-                          0.5 * rng.standard_normal((rows, 256)).astype(np.float32))
+    arrays[f"{m}_emb"] = (
+      centres[m][labels] + shared @ mix + 0.5 * rng.standard_normal((rows, 256)).astype(np.float32)
+    )
     arrays[f"{m}_label"] = labels
     arrays[f"{m}_id"] = np.arange(rows)
     arrays[f"{m}_test"] = test
     arrays[f"{m}_train"] = ~test
   identity = np.stack([np.arange(rows), np.arange(rows)], axis=1)
   for i, a in enumerate(names):
-    for b in names[i + 1:]:
+    for b in names[i + 1 :]:
       arrays[f"pairs_{a}__{b}"] = identity
   dataset = readers_lib.from_arrays(arrays, source=f"synthetic{rows}")
   del arrays
@@ -80,48 +83,99 @@ def one(rows: int, steps: int, plots: bool, max_queries: int, classes: int, quer
 
   params = state["params"]["edges"]
   aligner = GraphAligner(setup.layout, params, "float32", name="graph")
-  before = GraphAligner(setup.layout, report_lib.initial_params(setup.layout, params, 0), "float32", name="graph")
+  before = GraphAligner(
+    setup.layout, report_lib.initial_params(setup.layout, params, 0), "float32", name="graph"
+  )
   options = report_lib.EvalOptions(max_queries=max_queries or 0, querybank_k=querybank_k)
   rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   cpu2 = time.process_time()
   t2 = time.perf_counter()
   with tempfile.TemporaryDirectory() as out:
-    summary = report_lib.run_report(aligner, dataset, out, before, options, plots=plots, log=lambda s: None)
+    summary = report_lib.run_report(
+      aligner, dataset, out, before, options, plots=plots, log=lambda s: None
+    )
   t_report = time.perf_counter() - t2
   cpu_report = time.process_time() - cpu2
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   inst = [r for r in summary["rows"] if r["level"] == "instance"]
-  return {"rows": rows, "test_rows": int(test.sum()), "classes": classes, "steps": steps, "plots": plots,
-          "max_queries": max_queries, "querybank_k": summary.get("querybank_k"), "data_s": t_data, "train_s": t_train, "report_s": t_report, "report_cpu_s": cpu_report,
-          "eval_s": summary["timing"]["eval_seconds"], "peak_rss_mb": rss, "rss_before_report_mb": rss_before,
-          "instance_mAP_mean": float(np.mean([r["mAP"] for r in inst])) if inst else None,
-          "n_queries": inst[0]["n_queries"] if inst else None, "devices": str(jax.devices()[0].platform)}
+  return {
+    "rows": rows,
+    "test_rows": int(test.sum()),
+    "classes": classes,
+    "steps": steps,
+    "plots": plots,
+    "max_queries": max_queries,
+    "querybank_k": summary.get("querybank_k"),
+    "data_s": t_data,
+    "train_s": t_train,
+    "report_s": t_report,
+    "report_cpu_s": cpu_report,
+    "eval_s": summary["timing"]["eval_seconds"],
+    "peak_rss_mb": rss,
+    "rss_before_report_mb": rss_before,
+    "instance_mAP_mean": float(np.mean([r["mAP"] for r in inst])) if inst else None,
+    "n_queries": inst[0]["n_queries"] if inst else None,
+    "devices": str(jax.devices()[0].platform),
+  }
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--rows", default="5000,20000,50000,200000", help="rows per modality, comma separated")
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    "--rows", default="5000,20000,50000,200000", help="rows per modality, comma separated"
+  )
   p.add_argument("--steps", type=int, default=100)
   p.add_argument("--classes", type=int, default=100)
   p.add_argument("--max_queries", type=int, default=0, help="eval.max_queries (0: every test row)")
-  p.add_argument("--querybank_k", default="-1",
-                  help="eval.querybank_k (-1 auto: on here, the pairs are instance-level; 0 off); a comma "
-                       "list runs each size once per value")
+  p.add_argument(
+    "--querybank_k",
+    default="-1",
+    help="eval.querybank_k (-1 auto: on here, the pairs are instance-level; 0 off); a comma "
+    "list runs each size once per value",
+  )
   p.add_argument("--noplots", action="store_true")
   p.add_argument("--json_out", default="")
   p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.one:
-    print("RESULT " + json.dumps(one(args.one, args.steps, not args.noplots, args.max_queries, args.classes,
-                                     int(args.querybank_k))))
+    print(
+      "RESULT "
+      + json.dumps(
+        one(
+          args.one,
+          args.steps,
+          not args.noplots,
+          args.max_queries,
+          args.classes,
+          int(args.querybank_k),
+        )
+      )
+    )
     return 0
-  print(f"report_scale: 3 modalities x 256-d, 20% test, {args.classes} classes, {args.steps} training steps, "
-        f"plots {'off' if args.noplots else 'on'}, max_queries {args.max_queries or 'all'}; load average "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+  print(
+    f"report_scale: 3 modalities x 256-d, 20% test, {args.classes} classes, {args.steps} training steps, "
+    f"plots {'off' if args.noplots else 'on'}, max_queries {args.max_queries or 'all'}; load average "
+    f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+    flush=True,
+  )
   runs = [(int(r), int(k)) for r in args.rows.split(",") for k in args.querybank_k.split(",")]
   for rows, bank in runs:
-    cmd = [sys.executable, os.path.abspath(__file__), "--one", str(rows), "--steps", str(args.steps),
-           "--classes", str(args.classes), "--max_queries", str(args.max_queries), "--querybank_k", str(bank)]
+    cmd = [
+      sys.executable,
+      os.path.abspath(__file__),
+      "--one",
+      str(rows),
+      "--steps",
+      str(args.steps),
+      "--classes",
+      str(args.classes),
+      "--max_queries",
+      str(args.max_queries),
+      "--querybank_k",
+      str(bank),
+    ]
     if args.noplots:
       cmd.append("--noplots")
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -131,11 +185,14 @@ def main(argv=None) -> int:
       print(f"rows={rows}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
       return 1
     r = json.loads(lines[-1][7:])
-    print(f"rows={rows:>7,} per modality ({r['test_rows']:,} test): report {r['report_s']:.1f} s "
-          f"({r['report_cpu_s']:.1f} CPU s; metrics {r['eval_s']:.1f} s), train {r['train_s']:.1f} s, data {r['data_s']:.1f} s, "
-          f"peak RSS {r['peak_rss_mb']:,.0f} MB ({r['rss_before_report_mb']:,.0f} MB before the report), "
-          f"instance mAP {r['instance_mAP_mean']:.3f} over {r['n_queries']:,} queries, querybank_k {r['querybank_k']}; "
-          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+      f"rows={rows:>7,} per modality ({r['test_rows']:,} test): report {r['report_s']:.1f} s "
+      f"({r['report_cpu_s']:.1f} CPU s; metrics {r['eval_s']:.1f} s), train {r['train_s']:.1f} s, data {r['data_s']:.1f} s, "
+      f"peak RSS {r['peak_rss_mb']:,.0f} MB ({r['rss_before_report_mb']:,.0f} MB before the report), "
+      f"instance mAP {r['instance_mAP_mean']:.3f} over {r['n_queries']:,} queries, querybank_k {r['querybank_k']}; "
+      f"load {os.getloadavg()[0]:.1f}",
+      flush=True,
+    )
     if args.json_out:
       with open(args.json_out, "a") as f:
         f.write(json.dumps(r) + "\n")

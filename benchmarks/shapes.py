@@ -13,10 +13,12 @@ rows, except `star_class` (class-level pairs: random rows of one class, rows not
 
 Every shape is trained with the default config (`graph`, no overrides; the .npz config's defaults),
 and scored on its test split by its default routes: mean mAP over ordered modality pairs, by hop
-distance in the paired-data graph (1 = paired, 2+ = never paired), next to a ridge map per paired hop
+distance in the paired-data graph (1 = paired, 2+ = never paired), next to a ridge map per paired
+hop
 composed along the same routes (graphbridge/baselines.py).
 
-  PYTHONPATH=$PWD python benchmarks/shapes.py                       # all shapes (about 8 min on 2 cores)
+  PYTHONPATH=$PWD python benchmarks/shapes.py                       # all shapes (about 8 min on 2
+  cores)
   PYTHONPATH=$PWD python benchmarks/shapes.py --shapes=two_5_5000 --set=train.steps=50
 """
 
@@ -61,11 +63,13 @@ def _instance_set(rng, dims, edges, n, per_edge, labels=True) -> dict:
   rng.shuffle(train_rows)
   arrays = {}
   for m in dims:
-    arrays.update({f"{m}_emb": emb[m], f"{m}_id": np.arange(n), f"{m}_test": test, f"{m}_train": ~test})
+    arrays.update(
+      {f"{m}_emb": emb[m], f"{m}_id": np.arange(n), f"{m}_test": test, f"{m}_train": ~test}
+    )
     if labels:
       arrays[f"{m}_label"] = lab
   for i, (a, b) in enumerate(edges):
-    rows = train_rows[i * per_edge:(i + 1) * per_edge]
+    rows = train_rows[i * per_edge : (i + 1) * per_edge]
     arrays[f"pairs_{a}__{b}"] = np.stack([rows, rows], 1)
   return arrays
 
@@ -76,23 +80,34 @@ def build(shape: str, seed: int = 0) -> dict:
   if shape == "two_5_5000":
     return _instance_set(rng, {"small": 5, "big": 5000}, [("small", "big")], n=600, per_edge=40)
   if shape == "chain_few":
-    return _instance_set(rng, {"a": 32, "b": 48, "c": 24}, [("a", "b"), ("b", "c")], n=400, per_edge=10,
-                         labels=False)
+    return _instance_set(
+      rng, {"a": 32, "b": 48, "c": 24}, [("a", "b"), ("b", "c")], n=400, per_edge=10, labels=False
+    )
   if shape == "tree6":
-    return _instance_set(rng, {"r": 100, "s": 20, "t": 700, "u": 12, "v": 64, "w": 300},
-                         [("r", "s"), ("r", "t"), ("t", "u"), ("t", "v"), ("s", "w")], n=1000, per_edge=80)
+    return _instance_set(
+      rng,
+      {"r": 100, "s": 20, "t": 700, "u": 12, "v": 64, "w": 300},
+      [("r", "s"), ("r", "t"), ("t", "u"), ("t", "v"), ("s", "w")],
+      n=1000,
+      per_edge=80,
+    )
   if shape == "cycle10":
     names = [f"m{i}" for i in range(10)]
     dims = {m: int(d) for m, d in zip(names, rng.integers(8, 300, 10))}
-    return _instance_set(rng, dims, [(names[i], names[(i + 1) % 10]) for i in range(10)], n=900, per_edge=50)
+    return _instance_set(
+      rng, dims, [(names[i], names[(i + 1) % 10]) for i in range(10)], n=900, per_edge=50
+    )
   if shape == "star_class":
     pivot, pivot_labels = _views(rng, 500, {"text": 64})
     arrays = {"text_emb": pivot["text"], "text_label": pivot_labels}
     for m, d, n in (("img", 128, 700), ("aud", 40, 400), ("vid", 256, 300)):
       emb, lab = _views(rng, n, {m: d})
       arrays.update({f"{m}_emb": emb[m], f"{m}_label": lab})
-      pairs = [(r, rng.choice(np.nonzero(pivot_labels == lab[r])[0])) for r in range(n)
-               if (pivot_labels == lab[r]).any() and rng.random() < 0.5]
+      pairs = [
+        (r, rng.choice(np.nonzero(pivot_labels == lab[r])[0]))
+        for r in range(n)
+        if (pivot_labels == lab[r]).any() and rng.random() < 0.5
+      ]
       arrays[f"pairs_{m}__text"] = np.asarray(pairs)
     return arrays
   raise SystemExit(f"shapes.py: unknown shape {shape!r} (choose from {', '.join(SHAPES)})")
@@ -107,19 +122,30 @@ def by_hops(rows, level: str) -> dict:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--shapes", default=",".join(SHAPES))
-  p.add_argument("--set", action="append", default=[], metavar="key=value", help="config override (repeatable)")
+  p.add_argument(
+    "--set", action="append", default=[], metavar="key=value", help="config override (repeatable)"
+  )
   p.add_argument("--seed", type=int, default=0, help="data seed")
   args = p.parse_args(argv)
   import bridges
+
   overrides = {}
   for text in args.set:
     overrides.update(bridges.parse_assignments(text))
   t_all = time.perf_counter()
-  print(f"shapes: default config{' with ' + str(overrides) if overrides else ''}; mean mAP over ordered pairs, "
-        f"1 = paired hop, 2+ = never paired; ridge = ridge chain on the same routes", flush=True)
-  print(f"{'shape':12s} {'level':8s} | {'graph 1':>7s} {'ridge 1':>7s} | {'graph 2+':>8s} {'ridge 2+':>8s} | time", flush=True)
+  print(
+    f"shapes: default config{' with ' + str(overrides) if overrides else ''}; mean mAP over ordered pairs, "
+    f"1 = paired hop, 2+ = never paired; ridge = ridge chain on the same routes",
+    flush=True,
+  )
+  print(
+    f"{'shape':12s} {'level':8s} | {'graph 1':>7s} {'ridge 1':>7s} | {'graph 2+':>8s} {'ridge 2+':>8s} | time",
+    flush=True,
+  )
   for shape in args.shapes.split(","):
     with tempfile.TemporaryDirectory() as tmp:
       path = os.path.join(tmp, f"{shape}.npz")
@@ -138,8 +164,11 @@ def main(argv=None) -> int:
       if not g:
         continue
       cell = lambda d, h: f"{d[h]:.3f}" if h in d else "-"
-      print(f"{shape:12s} {level:8s} | {cell(g, 1):>7s} {cell(r, 1):>7s} | {cell(g, 2):>8s} {cell(r, 2):>8s} | "
-            f"{seconds:.0f}s", flush=True)
+      print(
+        f"{shape:12s} {level:8s} | {cell(g, 1):>7s} {cell(r, 1):>7s} | {cell(g, 2):>8s} {cell(r, 2):>8s} | "
+        f"{seconds:.0f}s",
+        flush=True,
+      )
   print(f"total {time.perf_counter() - t_all:.0f}s", flush=True)
   return 0
 

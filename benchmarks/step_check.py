@@ -30,13 +30,17 @@ from graphbridge.training import optimizer as optimizer_lib
 from graphbridge.model.translators import dtype_from_name
 
 flags.DEFINE_integer("check_steps", 5, "optimizer steps for the update comparison")
-flags.DEFINE_list("checks", ["bf16:base", "bf16:fused", "bf16:fused+mu_bf16"],
-                  "dtype:variant pairs (variant as step_bench --variants)")
+flags.DEFINE_list(
+  "checks",
+  ["bf16:base", "bf16:fused", "bf16:fused+mu_bf16"],
+  "dtype:variant pairs (variant as step_bench --variants)",
+)
 FLAGS = flags.FLAGS
 
 
 def _rel(a, b) -> float:
   import numpy as np
+
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
@@ -45,6 +49,7 @@ def _tree_rel(tree, ref) -> tuple[float, float]:
   """(relative error of all leaves together, worst single leaf)."""
   import jax
   import numpy as np
+
   leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(jax.device_get(tree))]
   refs = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(jax.device_get(ref))]
   total = _rel(np.concatenate(leaves), np.concatenate(refs))
@@ -52,11 +57,20 @@ def _tree_rel(tree, ref) -> tuple[float, float]:
   return total, worst
 
 
-def evaluate(dtype: str, variant: str, modalities: int, dim: int, hidden: int, batch: int,
-             cycle_length: int, steps: int) -> dict:
+def evaluate(
+  dtype: str,
+  variant: str,
+  modalities: int,
+  dim: int,
+  hidden: int,
+  batch: int,
+  cycle_length: int,
+  steps: int,
+) -> dict:
   """Loss, gradient and update of one (dtype, variant), float32 master values (host numpy)."""
   import jax
   import jax.numpy as jnp
+
   bench_config, synthetic_dataset = step_bench.bench_config, step_bench.synthetic_dataset
   dataset = synthetic_dataset(modalities, dim, rows=max(4 * batch, 256))
   config = bench_config(modalities, dim, hidden, batch, cycle_length, dtype, True, variant)
@@ -70,7 +84,9 @@ def evaluate(dtype: str, variant: str, modalities: int, dim: int, hidden: int, b
 
   @jax.jit
   def loss_and_grad(params, batch_):
-    f = lambda p: setup.plan.loss(p, {}, batch_, state["weights"], jax.random.PRNGKey(0), compute)[0]
+    f = lambda p: setup.plan.loss(p, {}, batch_, state["weights"], jax.random.PRNGKey(0), compute)[
+      0
+    ]
     p = {**params, "edges": state_lib.to_compute_dtype(setup, params["edges"])}
     loss, grads = jax.value_and_grad(f)(p)
     return loss, jax.tree.map(lambda g: g.astype(jnp.float32), grads["edges"])
@@ -83,19 +99,38 @@ def evaluate(dtype: str, variant: str, modalities: int, dim: int, hidden: int, b
     state, metrics = step(state, {}, arrays)
   p_end = jax.device_get(state["params"]["edges"])
   update = jax.tree.map(lambda a, b: a - b, p_end, p0)
-  return {"loss": float(loss), "grads": grads, "update": update,
-          "loss_end": float(metrics["loss/total"]), "seconds": time.perf_counter() - t}
+  return {
+    "loss": float(loss),
+    "grads": grads,
+    "update": update,
+    "loss_end": float(metrics["loss/total"]),
+    "seconds": time.perf_counter() - t,
+  }
 
 
 def main(argv):
   del argv
   import jax
-  print(f"step_check on {jax.devices()[0].device_kind}: M={FLAGS.modalities} d={FLAGS.dim} "
-        f"h={FLAGS.hidden} B={FLAGS.batch} L={FLAGS.cycle_length}, {FLAGS.check_steps} steps", flush=True)
-  dims = (FLAGS.modalities, FLAGS.dim, FLAGS.hidden, FLAGS.batch, FLAGS.cycle_length, FLAGS.check_steps)
+
+  print(
+    f"step_check on {jax.devices()[0].device_kind}: M={FLAGS.modalities} d={FLAGS.dim} "
+    f"h={FLAGS.hidden} B={FLAGS.batch} L={FLAGS.cycle_length}, {FLAGS.check_steps} steps",
+    flush=True,
+  )
+  dims = (
+    FLAGS.modalities,
+    FLAGS.dim,
+    FLAGS.hidden,
+    FLAGS.batch,
+    FLAGS.cycle_length,
+    FLAGS.check_steps,
+  )
   ref = evaluate("float32", "base", *dims)
-  print(f"step_check reference float32:base loss {ref['loss']:.6f} loss after {FLAGS.check_steps} steps "
-        f"{ref['loss_end']:.6f} ({ref['seconds']:.1f} s)", flush=True)
+  print(
+    f"step_check reference float32:base loss {ref['loss']:.6f} loss after {FLAGS.check_steps} steps "
+    f"{ref['loss_end']:.6f} ({ref['seconds']:.1f} s)",
+    flush=True,
+  )
   failures = 0
   for item in FLAGS.checks:
     dtype_short, _, variant = item.partition(":")
@@ -108,15 +143,25 @@ def main(argv):
       continue
     grad_rel, grad_worst = _tree_rel(out["grads"], ref["grads"])
     upd_rel, upd_worst = _tree_rel(out["update"], ref["update"])
-    row = {"check": item, "device": jax.devices()[0].device_kind, "dims": dims,
-           "loss_rel": abs(out["loss"] - ref["loss"]) / abs(ref["loss"]), "grad_rel": grad_rel,
-           "grad_rel_worst_leaf": grad_worst, "update_rel": upd_rel, "update_rel_worst_leaf": upd_worst,
-           "loss_end_rel": abs(out["loss_end"] - ref["loss_end"]) / abs(ref["loss_end"]),
-           "seconds": out["seconds"]}
-    print(f"step_check {item}: loss rel err {row['loss_rel']:.2e}, grad rel err {grad_rel:.2e} "
-          f"(worst leaf {grad_worst:.2e}), update rel err after {FLAGS.check_steps} steps {upd_rel:.2e} "
-          f"(worst leaf {upd_worst:.2e}), loss after steps rel err {row['loss_end_rel']:.2e} "
-          f"({out['seconds']:.1f} s)", flush=True)
+    row = {
+      "check": item,
+      "device": jax.devices()[0].device_kind,
+      "dims": dims,
+      "loss_rel": abs(out["loss"] - ref["loss"]) / abs(ref["loss"]),
+      "grad_rel": grad_rel,
+      "grad_rel_worst_leaf": grad_worst,
+      "update_rel": upd_rel,
+      "update_rel_worst_leaf": upd_worst,
+      "loss_end_rel": abs(out["loss_end"] - ref["loss_end"]) / abs(ref["loss_end"]),
+      "seconds": out["seconds"],
+    }
+    print(
+      f"step_check {item}: loss rel err {row['loss_rel']:.2e}, grad rel err {grad_rel:.2e} "
+      f"(worst leaf {grad_worst:.2e}), update rel err after {FLAGS.check_steps} steps {upd_rel:.2e} "
+      f"(worst leaf {upd_worst:.2e}), loss after steps rel err {row['loss_end_rel']:.2e} "
+      f"({out['seconds']:.1f} s)",
+      flush=True,
+    )
     if FLAGS.json_out:
       with open(FLAGS.json_out, "a") as f:
         f.write(json.dumps(row) + "\n")

@@ -1,6 +1,7 @@
 """Translator graph on `mv6`: 6 feature views of the 8x8 digit images, paired only along a tree.
 
-Views pix, prof, dct, hog, mom, polar (dims 10..144) of the same 1,797 images; pairs are instance-level
+Views pix, prof, dct, hog, mom, polar (dims 10..144) of the same 1,797 images; pairs are
+instance-level
 (one image's two views) on 5 tree edges pix-dct, dct-hog, hog-polar, dct-prof, prof-mom, each on its
 own disjoint slice of 120 train images, so most train rows are unpaired and 10 of the 15 view pairs
 are never paired (2-4 hops). See graphbridge/datasets/mv6/README.md. Default training settings: this

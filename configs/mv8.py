@@ -1,7 +1,8 @@
 """Translator graph on `mv8`: 8 feature views of the 8x8 digit images on a deeper tree.
 
 The 6 views of mv6 plus lbp (local binary patterns) and rff (random Fourier features of the pixels),
-paired along 7 tree edges (the mv6 tree plus polar-lbp, lbp-rff), 120 disjoint train images per edge;
+paired along 7 tree edges (the mv6 tree plus polar-lbp, lbp-rff), 120 disjoint train images per
+edge;
 never-paired view pairs are 2-6 hops apart. See graphbridge/datasets/mv8/README.md. Default training
 settings: this file differs from configs/digits.py only in the data. Run:
 

@@ -5,8 +5,10 @@ m_label, m_id, m_train, m_test (optional), and pairs_a__b [P, 2] for every pair 
 docstring of graphbridge/data.py. Graph nodes are the modalities in the file; edges default to both
 directions of every pair set. Run:
 
-  python launch/train.py --config=configs/npz.py --config.data.path=/data/mine.npz --workdir=/tmp/gb_mine
-  python launch/evaluate.py --workdir=/tmp/gb_mine --paths=image->text->audio   # report again, other routes
+  python launch/train.py --config=configs/npz.py --config.data.path=/data/mine.npz
+  --workdir=/tmp/gb_mine
+  python launch/evaluate.py --workdir=/tmp/gb_mine --paths=image->text->audio   # report again,
+  other routes
 
 Shrunk for tests (a few seconds): --config=configs/npz.py:tiny
 Any field can be overridden from flags, e.g. --config.strategy=pivot --config.train.steps=2000
@@ -20,7 +22,9 @@ from graphbridge import defaults
 
 # data.path is required. Runs read `data.path or data.name`, so with no path the name is what gets
 # opened, and the error names the missing flag ("data path '<no data: ...>' does not exist").
-MISSING_PATH = "<no data: add --config.data.path=FILE.npz, your embeddings in graphbridge/data.py's format>"
+MISSING_PATH = (
+  "<no data: add --config.data.path=FILE.npz, your embeddings in graphbridge/data.py's format>"
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -12,14 +12,32 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Run": "graphbridge.api", "config": "graphbridge.api", "fit": "graphbridge.api", "load": "graphbridge.api",
-    "Edge": "graphbridge.core.graph", "ModalityGraph": "graphbridge.core.graph", "path_name": "graphbridge.core.graph",
-    **{name: "graphbridge.core.errors" for name in (
-        "GraphError", "ConfigError", "DataError", "GraftError", "CheckpointError", "CheckpointCorruptError",
-        "CheckpointMismatchError", "CheckpointWriteError", "NonFiniteError", "RunMismatchError",
-        "WorkdirLockedError")},
-    "EdgeLayout": "graphbridge.model.translators", "TranslatorArch": "graphbridge.model.translators",
-    "compose": "graphbridge.model.translators",
+  "Run": "graphbridge.api",
+  "config": "graphbridge.api",
+  "fit": "graphbridge.api",
+  "load": "graphbridge.api",
+  "Edge": "graphbridge.core.graph",
+  "ModalityGraph": "graphbridge.core.graph",
+  "path_name": "graphbridge.core.graph",
+  **{
+    name: "graphbridge.core.errors"
+    for name in (
+      "GraphError",
+      "ConfigError",
+      "DataError",
+      "GraftError",
+      "CheckpointError",
+      "CheckpointCorruptError",
+      "CheckpointMismatchError",
+      "CheckpointWriteError",
+      "NonFiniteError",
+      "RunMismatchError",
+      "WorkdirLockedError",
+    )
+  },
+  "EdgeLayout": "graphbridge.model.translators",
+  "TranslatorArch": "graphbridge.model.translators",
+  "compose": "graphbridge.model.translators",
 }
 __all__ = sorted(_LAZY)
 

@@ -1,8 +1,10 @@
 """One object for a trained run, for notebooks and scripts, whatever strategy trained it.
 
   import graphbridge
-  run = graphbridge.load("/tmp/gb")                       # or: run = graphbridge.fit(config, "/tmp/gb")
-  z = run.translate(x_image, "image->text->audio")         # [n, 200] in audio's space, L2-normalised
+  run = graphbridge.load("/tmp/gb")                       # or: run = graphbridge.fit(config,
+  "/tmp/gb")
+  z = run.translate(x_image, "image->text->audio")         # [n, 200] in audio's space,
+  L2-normalised
   scores, idx = run.search(x_image, x_audio, route="image->text<-audio", k=10)
   report = run.evaluate(routes=["image->text->audio"])     # the report's numbers as a dict
   w = run.edge_params("image->text")                       # that translator's Flax params
@@ -67,7 +69,9 @@ def config(name: str = "digits", **overrides) -> ml_collections.ConfigDict:
   return c
 
 
-def apply_overrides(c: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def apply_overrides(
+  c: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
   """Set dotted fields {"train.steps": 50}; an unknown one raises ConfigError naming the closest."""
   for key, value in overrides.items():
     message = configs_lib.unknown_field_message(c, key)
@@ -93,6 +97,7 @@ def _as_numpy_rows(x, what: str) -> np.ndarray:
 @dataclasses.dataclass
 class Run:
   """A trained run (see the module docstring): `model`, restored or trained by its strategy."""
+
   model: Model
 
   @property
@@ -117,8 +122,10 @@ class Run:
 
   def _translators(self):
     if not hasattr(self.model, "layout"):
-      raise AttributeError(f"a {self.strategy} run has no translator graph (graph, layout, params, edge_params "
-                           "belong to translator strategies); translate, search and evaluate work for every run")
+      raise AttributeError(
+        f"a {self.strategy} run has no translator graph (graph, layout, params, edge_params "
+        "belong to translator strategies); translate, search and evaluate work for every run"
+      )
     return self.model
 
   @property
@@ -139,7 +146,9 @@ class Run:
     return self._translators().graph
 
   def __repr__(self) -> str:
-    what = self.model.graph.describe() if hasattr(self.model, "layout") else ", ".join(self.modalities)
+    what = (
+      self.model.graph.describe() if hasattr(self.model, "layout") else ", ".join(self.modalities)
+    )
     return f"Run({self.workdir!r}, step {self.step}, strategy {self.strategy}, {self.compute_dtype}; {what})"
 
   # -- parameters ---------------------------------------------------------------------------------
@@ -181,8 +190,12 @@ class Run:
   def encode(self, queries, gallery, route: str) -> tuple[jax.Array, jax.Array]:
     """Both sides in the route's meeting space: ([nq, d], [ng, d]) float32, L2-normalised."""
     parsed = parse_route(self.graph, route)
-    zq = self.translate(jnp.asarray(_as_numpy_rows(queries, "queries")), path_name(parsed.query_path))
-    zg = self.translate(jnp.asarray(_as_numpy_rows(gallery, "gallery")), path_name(parsed.gallery_path))
+    zq = self.translate(
+      jnp.asarray(_as_numpy_rows(queries, "queries")), path_name(parsed.query_path)
+    )
+    zg = self.translate(
+      jnp.asarray(_as_numpy_rows(gallery, "gallery")), path_name(parsed.gallery_path)
+    )
     return zq, zg
 
   def search(self, queries, gallery, route: str, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -207,8 +220,15 @@ class Run:
       return readers_lib.load_named(str(data))
     return evaluate_run.model_dataset(self.model)
 
-  def evaluate(self, dataset=None, routes: Sequence[str] = (), split: str | None = None,
-               out: str | None = None, plots: bool = False, log=None) -> dict:
+  def evaluate(
+    self,
+    dataset=None,
+    routes: Sequence[str] = (),
+    split: str | None = None,
+    out: str | None = None,
+    plots: bool = False,
+    log=None,
+  ) -> dict:
     """The report's numbers ({"rows": retrieval rows, "by_hops", "gap", "silhouette", ...}) on
     `dataset` (default: the run's own data), with extra named `routes`. out: also write
     report.{json,md} (and plots) there."""
@@ -216,8 +236,16 @@ class Run:
     options = EvalOptions.from_config(self.config, split=split)
     if routes:
       options = dataclasses.replace(options, extra_routes=tuple(routes))
-    return reporting.report(self.model, self.config, ds, out, options=options, metrics_dir=self.workdir,
-                            plots=plots, log=log or (lambda msg: None))
+    return reporting.report(
+      self.model,
+      self.config,
+      ds,
+      out,
+      options=options,
+      metrics_dir=self.workdir,
+      plots=plots,
+      log=log or (lambda msg: None),
+    )
 
   # -- more training ------------------------------------------------------------------------------
   def continue_training(self, steps: int, log=None, plots: bool = False, **overrides) -> "Run":
@@ -231,8 +259,9 @@ class Run:
     c.train.steps = int(self.step) + int(steps) - int(c.finetune.steps)
     return fit(c, self.workdir, log=log, plots=plots, **overrides)
 
-  def graft(self, graft_config: ml_collections.ConfigDict, workdir: str, log=None, plots: bool = False
-            ) -> "Run":
+  def graft(
+    self, graft_config: ml_collections.ConfigDict, workdir: str, log=None, plots: bool = False
+  ) -> "Run":
     """Add graft_config.graft.modality to this run's graph, training only its new edges (this run's
     edges frozen, byte-identical), in a new `workdir`; returns the grafted run."""
     if not self.workdir:

@@ -1,6 +1,6 @@
 """Train a translator graph, evaluate it and write the report. See graphbridge/cli/train.py.
 
-  python launch/train.py --config=configs/digits.py --workdir=/tmp/gb
+python launch/train.py --config=configs/digits.py --workdir=/tmp/gb
 """
 
 from graphbridge.cli.train import main

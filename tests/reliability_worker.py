@@ -10,7 +10,9 @@ GRAPHBRIDGE_KILL_DURING_SAVE=N kills it while the checkpoint of step N is being 
 import os
 import sys
 
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+os.environ.setdefault(
+  "XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from graphbridge.data import readers as readers_lib
@@ -31,5 +33,10 @@ def config_for(steps: int):
 
 if __name__ == "__main__":
   data_path, workdir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-  trainer_lib.train(config_for(steps), workdir, dataset=readers_lib.load(data_path), log=lambda m: print(m, flush=True))
+  trainer_lib.train(
+    config_for(steps),
+    workdir,
+    dataset=readers_lib.load(data_path),
+    log=lambda m: print(m, flush=True),
+  )
   print("finished", flush=True)

@@ -35,8 +35,10 @@ from graphbridge.training import trainer as trainer_lib
 from graphbridge.training import writers as writers_lib
 from graphbridge.data import readers as readers_lib
 
-FAKE_DEVICES_FLAGS = ("--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
-                      "--xla_llvm_disable_expensive_passes=true")
+FAKE_DEVICES_FLAGS = (
+  "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
+  "--xla_llvm_disable_expensive_passes=true"
+)
 
 TOL = 1e-5
 
@@ -45,8 +47,10 @@ def tiny_config(data_dir: str, steps: int, **overrides):
   """configs/digits.py:tiny on the test's data folder, shrunk as tests/conftest.py's tiny_config;
   overrides: {"mesh.data": 4, ...}."""
   import importlib.util
-  spec = importlib.util.spec_from_file_location("gb_digits_config", os.path.join(os.path.dirname(TESTS),
-                                                                               "configs", "digits.py"))
+
+  spec = importlib.util.spec_from_file_location(
+    "gb_digits_config", os.path.join(os.path.dirname(TESTS), "configs", "digits.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config("tiny")
@@ -92,13 +96,17 @@ def loss_diff(a: dict, b: dict, steps) -> float:
 def copy_step(src_workdir: str, step: int, dst_workdir: str) -> None:
   """A fresh workdir whose only checkpoint is `step` of src (resume from exactly there)."""
   os.makedirs(os.path.join(dst_workdir, "checkpoints"), exist_ok=True)
-  shutil.copytree(os.path.join(src_workdir, "checkpoints", str(step)),
-                  os.path.join(dst_workdir, "checkpoints", str(step)))
+  shutil.copytree(
+    os.path.join(src_workdir, "checkpoints", str(step)),
+    os.path.join(dst_workdir, "checkpoints", str(step)),
+  )
 
 
 def main(data_dir: str, one_device_workdir: str, out_dir: str, steps: int) -> None:
   assert jax.device_count() == 8, jax.devices()
-  jax.config.update("jax_compilation_cache_dir", os.path.join(out_dir, "xla_cache"))  # resume = same program
+  jax.config.update(
+    "jax_compilation_cache_dir", os.path.join(out_dir, "xla_cache")
+  )  # resume = same program
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   total = 2 * steps
   ref_params = final_params(one_device_workdir, total)
@@ -121,29 +129,45 @@ def main(data_dir: str, one_device_workdir: str, out_dir: str, steps: int) -> No
   config = tiny_config(data_dir, steps, **{"mesh.data": 4, "mesh.edges": 2})
   setup = setup_lib.build_setup(config, readers_lib.load(data_dir))
   tx = optimizer_lib.make_optimizer(config)
-  state = state_lib.init_state(setup, tx, 0, setup.plan.initial_weights(), mesh=sharding_lib.make_mesh(4, 2))
+  state = state_lib.init_state(
+    setup, tx, 0, setup.plan.initial_weights(), mesh=sharding_lib.make_mesh(4, 2)
+  )
   for key, tree in state["params"]["edges"].items():  # both buckets hold 2 edges: one per device
     for leaf in jax.tree.leaves(tree):
-      assert leaf.sharding.spec[0] == "edges" and len(leaf.addressable_shards[0].data) == 1, (key, leaf.sharding)
+      assert leaf.sharding.spec[0] == "edges" and len(leaf.addressable_shards[0].data) == 1, (
+        key,
+        leaf.sharding,
+      )
   for leaf in jax.tree.leaves(state["opt"]):  # Adam's mu/nu follow the params
     assert leaf.ndim < 2 or leaf.sharding.spec[0] == "edges", leaf.sharding
 
   # a table split by rows is padded to a multiple of the data axis, the real rows unchanged
   table = np.arange(30, dtype=np.float32).reshape(10, 3)
-  placed = sharding_lib.put_arrays({"emb": {"m": table}}, sharding_lib.arrays_shardings(
-      {"emb": {"m": table}}, sharding_lib.make_mesh(8, 1), by_rows=True))["emb"]["m"]
-  assert placed.shape == (16, 3) and placed.sharding.spec[0] == "data", (placed.shape, placed.sharding)
+  placed = sharding_lib.put_arrays(
+    {"emb": {"m": table}},
+    sharding_lib.arrays_shardings(
+      {"emb": {"m": table}}, sharding_lib.make_mesh(8, 1), by_rows=True
+    ),
+  )["emb"]["m"]
+  assert placed.shape == (16, 3) and placed.sharding.spec[0] == "data", (
+    placed.shape,
+    placed.sharding,
+  )
   np.testing.assert_array_equal(np.asarray(placed)[:10], table)
   assert not np.asarray(placed)[10:].any()
 
   # data rows sharded over the data axis (device sampler gathers across devices)
   workdir = os.path.join(out_dir, "rows")
-  trainer_lib.train(tiny_config(data_dir, steps, **{"mesh.shard_data_rows": True}), workdir, log=quiet)
+  trainer_lib.train(
+    tiny_config(data_dir, steps, **{"mesh.shard_data_rows": True}), workdir, log=quiet
+  )
   check("data8_rows_sharded", workdir, range(1, total + 1))
 
   # host sampling from the memory-mapped folder, batches laid out over 8 devices
   workdir = os.path.join(out_dir, "host")
-  result = trainer_lib.train(tiny_config(data_dir, steps, **{"data.host_sampling": True}), workdir, log=quiet)
+  result = trainer_lib.train(
+    tiny_config(data_dir, steps, **{"data.host_sampling": True}), workdir, log=quiet
+  )
   assert type(result.dataset.modalities["image"].emb).__name__ == "NormalizedRows"
   check("data8_host_sampling", workdir, range(1, total + 1))
 
@@ -158,17 +182,25 @@ def main(data_dir: str, one_device_workdir: str, out_dir: str, steps: int) -> No
     json.dump(summary, f, indent=1)
 
 
-def multihost(process: int, processes: int, port: int, data_dir: str, workdir: str, steps: int) -> None:
+def multihost(
+  process: int, processes: int, port: int, data_dir: str, workdir: str, steps: int
+) -> None:
   """One process of a multi-process run: data 4 x edges 2 over every process's devices."""
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(f"localhost:{port}", num_processes=processes, process_id=process,
-                             initialization_timeout=60)
+  jax.distributed.initialize(
+    f"localhost:{port}", num_processes=processes, process_id=process, initialization_timeout=60
+  )
   messages = []
   config = tiny_config(data_dir, steps, **{"mesh.data": 4, "mesh.edges": 2})
   trainer_lib.train(config, workdir, log=messages.append)
-  assert jax.process_count() == processes and jax.device_count() == 8, (jax.process_count(), jax.devices())
-  assert any("6x8-h16-gelu-ln edges, 8x6-h16-gelu-ln edges" in m and f"in {processes} process(es)" in m
-             for m in messages), messages
+  assert jax.process_count() == processes and jax.device_count() == 8, (
+    jax.process_count(),
+    jax.devices(),
+  )
+  assert any(
+    "6x8-h16-gelu-ln edges, 8x6-h16-gelu-ln edges" in m and f"in {processes} process(es)" in m
+    for m in messages
+  ), messages
   jax.distributed.shutdown()
 
 
@@ -176,8 +208,19 @@ if __name__ == "__main__":
   args = [a for a in sys.argv[1:] if not a.startswith("--")]
   opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--"))
   if opts:
-    os.environ["XLA_FLAGS"] = FAKE_DEVICES_FLAGS.replace("count=8", f"count={8 // int(opts['processes'])}")
-    multihost(int(opts["process"]), int(opts["processes"]), int(opts["port"]), args[0], args[1], int(args[2]))
+    os.environ["XLA_FLAGS"] = FAKE_DEVICES_FLAGS.replace(
+      "count=8", f"count={8 // int(opts['processes'])}"
+    )
+    multihost(
+      int(opts["process"]),
+      int(opts["processes"]),
+      int(opts["port"]),
+      args[0],
+      args[1],
+      int(args[2]),
+    )
   else:
-    os.environ["XLA_FLAGS"] = FAKE_DEVICES_FLAGS  # read when the CPU backend starts: before any computation
+    os.environ["XLA_FLAGS"] = (
+      FAKE_DEVICES_FLAGS  # read when the CPU backend starts: before any computation
+    )
     main(args[0], args[1], args[2], int(args[3]))

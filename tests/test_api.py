@@ -84,8 +84,12 @@ def test_edge_params_by_name(notebook):
 
 def test_refit_of_finished_run_says_nothing_trained(notebook):
   lines = []
-  run = graphbridge.fit(graphbridge.config("digits:tiny", **{"train.steps": 30}), notebook["run"].workdir,
-                        plots=False, log=lines.append)
+  run = graphbridge.fit(
+    graphbridge.config("digits:tiny", **{"train.steps": 30}),
+    notebook["run"].workdir,
+    plots=False,
+    log=lines.append,
+  )
   assert run.step == 30
   assert any(line.startswith("nothing trained:") for line in lines), lines
 

@@ -40,7 +40,9 @@ def test_loads_with_ids_labels_splits_and_no_nans(named):
   for m, mod in ds.modalities.items():
     assert np.isfinite(mod.emb).all()
     assert sorted(mod.ids.tolist()) == list(range(n)), f"{m}: every instance exactly once"
-    assert mod.labels is not None and not (mod.train & mod.test).any() and (mod.train | mod.test).all()
+    assert (
+      mod.labels is not None and not (mod.train & mod.test).any() and (mod.train | mod.test).all()
+    )
   first = ds.modalities[ds.names[0]]
   for m, mod in ds.modalities.items():  # the split follows the instance, the row order does not
     assert np.array_equal(mod.train[np.argsort(mod.ids)], first.train[np.argsort(first.ids)])
@@ -75,15 +77,22 @@ def test_pairs_follow_the_stated_shape_on_disjoint_train_slices(named):
     assert not ids & seen, f"{a}-{b} shares instances with another edge"
     seen |= ids
   for m, mod in ds.modalities.items():
-    paired = {int(r) for (a, b), p in ds.pairs.items() for col, x in enumerate((a, b)) if x == m
-              for r in p[:, col]}
+    paired = {
+      int(r)
+      for (a, b), p in ds.pairs.items()
+      for col, x in enumerate((a, b))
+      if x == m
+      for r in p[:, col]
+    }
     assert len(paired) < 0.5 * mod.train.sum(), f"{m}: most train rows are unpaired"
   never = [(a, b) for a in ds.names for b in ds.names if a < b and graph.hop_distance(a, b) >= 2]
   assert len(never) == n_mod * (n_mod - 1) // 2 - (n_mod - 1)
 
 
 def test_mv6_rebuild_is_identical():
-  build = _load_module(os.path.join(ROOT, "graphbridge", "datasets", "build_bridges.py"), "build_bridges")
+  build = _load_module(
+    os.path.join(ROOT, "graphbridge", "datasets", "build_bridges.py"), "build_bridges"
+  )
   arrays = build.build("mv6")
   with np.load(readers_lib.NAMED_DATASETS["mv6"]) as z:
     assert set(z.files) == set(arrays)
@@ -92,7 +101,9 @@ def test_mv6_rebuild_is_identical():
 
 
 def test_configs_differ_from_digits_only_in_data():
-  load = lambda n: _load_module(os.path.join(ROOT, "configs", f"{n}.py"), f"cfg_{n}").get_config().to_dict()
+  load = lambda n: (
+    _load_module(os.path.join(ROOT, "configs", f"{n}.py"), f"cfg_{n}").get_config().to_dict()
+  )
   digits = load("digits")
   for name in SHAPES:
     c = load(name)
@@ -103,22 +114,37 @@ def test_configs_differ_from_digits_only_in_data():
 
 # ---- baselines on synthetic data --------------------------------------------------------------
 
+
 def _synthetic(n=600, seed=0, lossy_middle=False):
   """a, b, c views of one latent; pairs a-b and b-c on disjoint train slices (a chain)."""
   rng = np.random.default_rng(seed)
   z = rng.normal(size=(n, 12))
   q, _ = np.linalg.qr(rng.normal(size=(12, 12)))
   a = z
-  b = z @ q if not lossy_middle else z[:, :3] @ rng.normal(size=(3, 12)) + 0.3 * rng.normal(size=(n, 12))
+  b = (
+    z @ q
+    if not lossy_middle
+    else z[:, :3] @ rng.normal(size=(3, 12)) + 0.3 * rng.normal(size=(n, 12))
+  )
   c = z @ rng.normal(size=(12, 10))
   ids = np.arange(n)
   test = np.zeros(n, bool)
   test[: n // 4] = True
   train_ids = ids[~test]
-  arrays = {"pairs_a__b": np.stack([train_ids[:150]] * 2, 1), "pairs_b__c": np.stack([train_ids[150:300]] * 2, 1)}
+  arrays = {
+    "pairs_a__b": np.stack([train_ids[:150]] * 2, 1),
+    "pairs_b__c": np.stack([train_ids[150:300]] * 2, 1),
+  }
   for m, x in (("a", a), ("b", b), ("c", c)):
-    arrays.update({f"{m}_emb": x.astype(np.float32), f"{m}_id": ids, f"{m}_label": ids % 5,
-                   f"{m}_train": ~test, f"{m}_test": test})
+    arrays.update(
+      {
+        f"{m}_emb": x.astype(np.float32),
+        f"{m}_id": ids,
+        f"{m}_label": ids % 5,
+        f"{m}_train": ~test,
+        f"{m}_test": test,
+      }
+    )
   return readers_lib.from_arrays(arrays), q
 
 
@@ -131,12 +157,17 @@ def test_linear_maps_recover_a_known_map():
   w = rng.normal(size=(8, 5))
   ridge = baselines_lib.fit_ridge_cv(x, x @ w + 0.01 * rng.normal(size=(200, 5)))
   assert np.abs(ridge.coef - w).max() < 0.02
-  assert baselines_lib.ridge_loo_alpha(x, x @ w) == min(baselines_lib.RIDGE_ALPHAS)  # noiseless: least penalty
+  assert baselines_lib.ridge_loo_alpha(x, x @ w) == min(
+    baselines_lib.RIDGE_ALPHAS
+  )  # noiseless: least penalty
   ds, _ = _synthetic()
   for kind in baselines_lib.KINDS:  # b = a rotated: one hop is exact, retrieval is perfect
     chain = baselines_lib.ChainAligner(ds, kind)
-    rows = [r for r in retrieval_lib.retrieval_rows(chain, ds) if r["level"] == "instance"
-            and (r["query"], r["gallery"]) == ("a", "b")]
+    rows = [
+      r
+      for r in retrieval_lib.retrieval_rows(chain, ds)
+      if r["level"] == "instance" and (r["query"], r["gallery"]) == ("a", "b")
+    ]
     assert rows and rows[0]["R@1"] == 1.0, kind
 
 
@@ -149,33 +180,60 @@ def test_chain_follows_the_tree_path_and_oracle_uses_withheld_instance_pairs():
   assert oracle.n_pairs == 150 and len(pairs) == 150
   ma, mc = ds.modalities["a"], ds.modalities["c"]
   assert np.array_equal(ma.ids[pairs[:, 0]], mc.ids[pairs[:, 1]]) and ma.train[pairs[:, 0]].all()
-  assert np.array_equal(np.sort(oracle.pairs("c", "a")[:, 0]), np.sort(pairs[:, 1]))  # same instances
+  assert np.array_equal(
+    np.sort(oracle.pairs("c", "a")[:, 0]), np.sort(pairs[:, 1])
+  )  # same instances
   scores = {}
   for aligner in (chain, oracle):
-    rows = [r for r in retrieval_lib.retrieval_rows(aligner, ds) if r["level"] == "instance" and r["hops"] == 2]
+    rows = [
+      r
+      for r in retrieval_lib.retrieval_rows(aligner, ds)
+      if r["level"] == "instance" and r["hops"] == 2
+    ]
     scores[aligner.name] = np.mean([r["mAP"] for r in rows])
-  assert scores["oracle-ridge"] > scores["ridge-chain"] + 0.2, scores  # the lossy middle view hurts chains
+  assert scores["oracle-ridge"] > scores["ridge-chain"] + 0.2, (
+    scores
+  )  # the lossy middle view hurts chains
 
 
 def test_withheld_pairs_are_class_level_without_ids():
   ds = readers_lib.load_named("digits")
   pairs = baselines_lib.withheld_pairs(ds, "image", "audio", 100)
   assert len(pairs) == 100
-  assert np.array_equal(ds.modalities["image"].labels[pairs[:, 0]], ds.modalities["audio"].labels[pairs[:, 1]])
-  assert ds.modalities["image"].train[pairs[:, 0]].all() and ds.modalities["audio"].train[pairs[:, 1]].all()
+  assert np.array_equal(
+    ds.modalities["image"].labels[pairs[:, 0]], ds.modalities["audio"].labels[pairs[:, 1]]
+  )
+  assert (
+    ds.modalities["image"].train[pairs[:, 0]].all()
+    and ds.modalities["audio"].train[pairs[:, 1]].all()
+  )
 
 
 # ---- benchmark helpers --------------------------------------------------------------------------
+
 
 def test_benchmark_mrr_and_overrides():
   bench = _load_module(os.path.join(ROOT, "benchmarks", "bridges.py"), "bench_bridges")
   zq = np.eye(3)
   zg = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]], float)  # query 0 finds its match second
-  assert bench.mrr(zq, zg, np.array([0, 1, 2]), np.array([0, 1, 2])) == pytest.approx((0.5 + 0.5 + 1) / 3)
+  assert bench.mrr(zq, zg, np.array([0, 1, 2]), np.array([0, 1, 2])) == pytest.approx(
+    (0.5 + 0.5 + 1) / 3
+  )
   assert bench.parse_assignments("loss.cycle_weights=(1.0, 0.5),strategy=pivot,train.steps=10") == {
-      "loss.cycle_weights": (1.0, 0.5), "strategy": "pivot", "train.steps": 10}
-  rows = [{"method": "m", "level": "instance", "hops": h, "MRR": v} for h, v in ((1, 0.9), (2, 0.4), (3, 0.2))]
-  assert bench.by_hops(rows, "m", "instance", "MRR") == {1: 0.9, 2: 0.4, 3: 0.2, "never": pytest.approx(0.3)}
+    "loss.cycle_weights": (1.0, 0.5),
+    "strategy": "pivot",
+    "train.steps": 10,
+  }
+  rows = [
+    {"method": "m", "level": "instance", "hops": h, "MRR": v}
+    for h, v in ((1, 0.9), (2, 0.4), (3, 0.2))
+  ]
+  assert bench.by_hops(rows, "m", "instance", "MRR") == {
+    1: 0.9,
+    2: 0.4,
+    3: 0.2,
+    "never": pytest.approx(0.3),
+  }
 
 
 def test_benchmark_recognises_methods_that_resolve_to_one_run():
@@ -192,11 +250,19 @@ def test_benchmark_recognises_methods_that_resolve_to_one_run():
 def test_shapes_benchmark_builds_loadable_sets_of_the_stated_shapes(tmp_path):
   """benchmarks/shapes.py: every shape is a valid .npz of the stated size (no training here)."""
   shapes = _load_module(os.path.join(ROOT, "benchmarks", "shapes.py"), "bench_shapes")
-  expected = {"two_5_5000": (2, 1), "chain_few": (3, 2), "star_class": (4, 3), "tree6": (6, 5), "cycle10": (10, 10)}
+  expected = {
+    "two_5_5000": (2, 1),
+    "chain_few": (3, 2),
+    "star_class": (4, 3),
+    "tree6": (6, 5),
+    "cycle10": (10, 10),
+  }
   for shape, (n_modalities, n_pair_sets) in expected.items():
     path = str(tmp_path / f"{shape}.npz")
     np.savez(path, **shapes.build(shape))
     ds = readers_lib.load(path)
     assert len(ds.names) == n_modalities and len(ds.pairs) == n_pair_sets, shape
-  dims = {m.emb.shape[1] for m in readers_lib.load(str(tmp_path / "two_5_5000.npz")).modalities.values()}
+  dims = {
+    m.emb.shape[1] for m in readers_lib.load(str(tmp_path / "two_5_5000.npz")).modalities.values()
+  }
   assert dims == {5, 5000}

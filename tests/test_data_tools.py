@@ -25,7 +25,9 @@ def test_pairs_from_ids_joins_equal_ids():
 def test_make_splits_exact_without_groups():
   split = tools_lib.make_splits(100, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=3)
   assert [int(split[k].sum()) for k in ("train", "val", "test")] == [70, 10, 20]
-  assert np.all(split["train"].astype(int) + split["val"] + split["test"] == 1)  # disjoint, covering
+  assert np.all(
+    split["train"].astype(int) + split["val"] + split["test"] == 1
+  )  # disjoint, covering
   again = tools_lib.make_splits(100, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=3)
   assert all(np.array_equal(split[k], again[k]) for k in split)
   assert set(tools_lib.make_splits(10, (0.5, 0.5))) == {"train", "test"}
@@ -42,9 +44,11 @@ def test_make_splits_groups_agree_across_modalities():
   sb = tools_lib.make_splits(len(ids_b), fractions, seed=1, groups=ids_b)
   test_ids_a, test_ids_b = set(ids_a[sa["test"]]), set(ids_b[sb["test"]])
   shared = set(ids_a) & set(ids_b)
-  assert test_ids_a & shared == test_ids_b & shared  # an id is test in both modalities or in neither
-  assert not set(ids_a[sa["train"]]) & test_ids_a      # a group never straddles splits
-  assert 0.1 < sa["test"].mean() < 0.3                 # about the asked fraction
+  assert (
+    test_ids_a & shared == test_ids_b & shared
+  )  # an id is test in both modalities or in neither
+  assert not set(ids_a[sa["train"]]) & test_ids_a  # a group never straddles splits
+  assert 0.1 < sa["test"].mean() < 0.3  # about the asked fraction
 
 
 @pytest.mark.parametrize("target", ["mine.npz", "mine_folder"])
@@ -68,12 +72,15 @@ def test_no_splits_warns_and_report_says_so(tri_modal_arrays):
   layout = EdgeLayout.build(graph, TranslatorArch(hidden=(8,)))
   aligner = aligners_lib.GraphAligner(layout, init_params(layout, 0))
   lines = []
-  summary = report_lib.run_report(aligner, dataset, None, options=report_lib.EvalOptions(silhouette_sample=50),
-                                  log=lines.append)
+  summary = report_lib.run_report(
+    aligner, dataset, None, options=report_lib.EvalOptions(silhouette_sample=50), log=lines.append
+  )
   assert "include training rows" in summary["split_warning"]
   assert any(line.startswith("WARNING: nosplit.npz") for line in lines)
   assert "**Warning:**" in report_lib.markdown(summary, {}, "t")
   # a data set with disjoint splits gets no warning
   split_ds = readers_lib.from_arrays(tri_modal_arrays, source="split.npz")
-  report = report_lib.build_report(aligner, split_ds, options=report_lib.EvalOptions(silhouette_sample=50))
+  report = report_lib.build_report(
+    aligner, split_ds, options=report_lib.EvalOptions(silhouette_sample=50)
+  )
   assert "split_warning" not in report.summary

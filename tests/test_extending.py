@@ -33,6 +33,7 @@ from graphbridge.evaluation import tables as tables_lib
 
 # ---- recipe 2: a loss term ----------------------------------------------------------------------
 
+
 class NormPenaltyPlan:
   """The translator graph's loss plan plus one term: the sum of squares of the trainable
   translators' parameters (weight "norm"; kept through fine-tuning)."""
@@ -57,11 +58,14 @@ class NormPenaltyPlan:
 
   def loss(self, params, frozen, batch, weights, key, dtype):
     total, aux = self.plan.loss(params, frozen, batch, weights, key, dtype)
-    norm = sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in jax.tree.leaves(params["edges"]))[None]
+    norm = sum(
+      jnp.sum(jnp.square(p.astype(jnp.float32))) for p in jax.tree.leaves(params["edges"])
+    )[None]
     return total + weights["norm"] * norm[0], {**aux, "terms": {**aux["terms"], "norm": norm}}
 
 
 # ---- recipe 1: a strategy -----------------------------------------------------------------------
+
 
 def _star_stages(config, dataset):
   """Every modality translated into the most paired one (one direction only), with the norm penalty."""
@@ -72,7 +76,12 @@ def _star_stages(config, dataset):
     paired = [e for e in layout.graph.edges if len(ds.pairs_for(e.src, e.dst))]
     plan = objectives_lib.build_plan(layout, setup_lib.loss_settings_from_config(cfg.loss), paired)
     return NormPenaltyPlan(plan, weight=1e-3)
-  return [translator_lib.Stage(f"star into {hub!r}", graph, {"loss.cycle_weights": (0.0,)}, objective=objective)]
+
+  return [
+    translator_lib.Stage(
+      f"star into {hub!r}", graph, {"loss.cycle_weights": (0.0,)}, objective=objective
+    )
+  ]
 
 
 ENCODED: list[str] = []
@@ -86,13 +95,16 @@ def _star_aligner(layout, params, compute_dtype, name):
     def encode(self, query, gallery, route, xq, xg):
       ENCODED.append(route)
       return super().encode(query, gallery, route, xq, xg)
+
   return Recording(layout, params, compute_dtype, name=name)
 
 
 # ---- recipe 3: a report table -------------------------------------------------------------------
 
+
 class MeanNorm(evaluators_lib.Evaluator):
   """Mean L2 norm of each modality's test rows after its default route into the gallery space."""
+
   name = "mean_norm"
 
   def compute(self, ctx):
@@ -100,13 +112,22 @@ class MeanNorm(evaluators_lib.Evaluator):
     for spec in ctx.default_routes:
       enc = ctx.cache.get(spec)
       if enc is not None:
-        rows.append({"query": spec.query, "gallery": spec.gallery,
-                     "norm": float(jnp.mean(jnp.linalg.norm(jnp.asarray(enc.zq), axis=-1)))})
+        rows.append(
+          {
+            "query": spec.query,
+            "gallery": spec.gallery,
+            "norm": float(jnp.mean(jnp.linalg.norm(jnp.asarray(enc.zq), axis=-1))),
+          }
+        )
     return {"mean_norm": rows}
 
   def markdown(self, summary):
-    return ("## Mean norm\n\n" + evaluators_lib.caption("Mean L2 norm of the translated query rows.")
-            + tables_lib.format_table(summary["mean_norm"], ("query", "gallery", "norm")) + "\n\n")
+    return (
+      "## Mean norm\n\n"
+      + evaluators_lib.caption("Mean L2 norm of the translated query rows.")
+      + tables_lib.format_table(summary["mean_norm"], ("query", "gallery", "norm"))
+      + "\n\n"
+    )
 
   def console(self, summary):
     return [f"mean norm rows: {len(summary['mean_norm'])}"]
@@ -114,7 +135,9 @@ class MeanNorm(evaluators_lib.Evaluator):
 
 @pytest.fixture
 def toy_plugins():
-  strategies.register(translator_lib.TranslatorStrategy("star", _star_stages, aligner=_star_aligner, summary="toy"))
+  strategies.register(
+    translator_lib.TranslatorStrategy("star", _star_stages, aligner=_star_aligner, summary="toy")
+  )
   ENCODED.clear()
   evaluators_lib.register(MeanNorm())
   yield
@@ -122,8 +145,9 @@ def toy_plugins():
   evaluators_lib.unregister("mean_norm")
 
 
-def test_toy_strategy_loss_and_table_end_to_end(toy_plugins, tiny_config, tri_modal_dataset, tmp_path,
-                                                monkeypatch):
+def test_toy_strategy_loss_and_table_end_to_end(
+  toy_plugins, tiny_config, tri_modal_dataset, tmp_path, monkeypatch
+):
   config = ml_collections.ConfigDict(tiny_config.to_dict())
   config.strategy = "star"
   config.train.steps = 6
@@ -145,8 +169,9 @@ def test_toy_strategy_loss_and_table_end_to_end(toy_plugins, tiny_config, tri_mo
   metrics = writers_lib.read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
   assert [m["step"] for m in metrics][-1] == 8 and all("loss/norm" in m for m in metrics)
   # the new table is in report.json and report.md; unselected tables are not
-  assert len(report["mean_norm"]) == len([r for r in report["rows"] if r["level"] == "class"
-                                          and not r.get("named_route")])
+  assert len(report["mean_norm"]) == len(
+    [r for r in report["rows"] if r["level"] == "class" and not r.get("named_route")]
+  )
   assert "gap" not in report and "silhouette" not in report
   with open(tmp_path / "report.md") as f:
     md = f.read()
@@ -204,12 +229,20 @@ class ProjectionAligner:
     return self.project(query, xq), self.project(gallery, xg)
 
   def project(self, modality, x):
-    return np.asarray(_unit(_unit(jnp.asarray(x, jnp.float32)) @ self.weights[f"proj:{modality}"]["w"]))
+    return np.asarray(
+      _unit(_unit(jnp.asarray(x, jnp.float32)) @ self.weights[f"proj:{modality}"]["w"])
+    )
 
 
 class ProjectionModel(Model):
   def __init__(self, weights, config, meta, step, workdir, initial=None):
-    self.strategy, self.config, self.meta, self.step, self.workdir = "projection", config, meta, step, workdir
+    self.strategy, self.config, self.meta, self.step, self.workdir = (
+      "projection",
+      config,
+      meta,
+      step,
+      workdir,
+    )
     self.weights, self.initial = weights, initial
     self.aligner = ProjectionAligner(weights)
 
@@ -226,19 +259,24 @@ class ProjectionModel(Model):
 
 def _init(dims, size, seed):
   rng = np.random.default_rng(seed)
-  return {f"proj:{m}": {"w": jnp.asarray(rng.normal(size=(d, size)) / np.sqrt(d), jnp.float32)} for m, d in dims}
+  return {
+    f"proj:{m}": {"w": jnp.asarray(rng.normal(size=(d, size)) / np.sqrt(d), jnp.float32)}
+    for m, d in dims
+  }
 
 
 class ProjectionStrategy(Strategy):
   name = "projection"
   summary = "linear projection of every modality into one space, InfoNCE on the pairs"
-  settings = ml_collections.ConfigDict({"dim": 8, "temperature": 0.1})   # config.projection
+  settings = ml_collections.ConfigDict({"dim": 8, "temperature": 0.1})  # config.projection
 
   def _train(self, config, dataset, workdir, log, frozen=None, frozen_from=None):
     s = config.projection
     pairs = [(a, b) for a, b in dataset.pairs if len(dataset.pairs_for(a, b))]
-    arrays = {"emb": {m: np.asarray(dataset.modalities[m].emb, np.float32) for m in dataset.names},
-              "pairs": {f"{a}:{b}": dataset.pairs_for(a, b).astype(np.int32) for a, b in pairs}}
+    arrays = {
+      "emb": {m: np.asarray(dataset.modalities[m].emb, np.float32) for m in dataset.names},
+      "pairs": {f"{a}:{b}": dataset.pairs_for(a, b).astype(np.int32) for a, b in pairs},
+    }
     batch = int(config.data.batch_size)
 
     def loss(trainable, fixed, arrays, key):
@@ -250,18 +288,34 @@ class ProjectionStrategy(Strategy):
         zb = _unit(_unit(arrays["emb"][b][pick[:, 1]]) @ params[f"proj:{b}"]["w"])
         logits = za @ zb.T / float(s.temperature)
         target = jnp.arange(batch)
-        total += 0.5 * (-jnp.mean(jax.nn.log_softmax(logits)[target, target])
-                        - jnp.mean(jax.nn.log_softmax(logits.T)[target, target]))
+        total += 0.5 * (
+          -jnp.mean(jax.nn.log_softmax(logits)[target, target])
+          - jnp.mean(jax.nn.log_softmax(logits.T)[target, target])
+        )
       return total / len(pairs), {"loss/total": total / len(pairs)}
 
     tx = make_optimizer(config)
     dims = [(m, d) for m, d in dataset.dims.items() if f"proj:{m}" not in (frozen or {})]
-    meta = {"kind": self.name, "spec": {"dims": dict(dataset.dims), "dim": int(s.dim)},
-            "config": json.loads(config.to_json_best_effort())}
+    meta = {
+      "kind": self.name,
+      "spec": {"dims": dict(dataset.dims), "dim": int(s.dim)},
+      "config": json.loads(config.to_json_best_effort()),
+    }
     result = modules_lib.train_modules(
-        config, workdir, _init(dims, int(s.dim), int(config.seed)), modules_lib.make_step(loss, tx), tx, arrays,
-        jax.random.PRNGKey(int(config.seed)), meta, lambda old: old.get("spec") == meta["spec"],
-        lambda v: f"loss {v['loss/total']:.4f}", frozen=frozen, frozen_from=frozen_from, log=log)
+      config,
+      workdir,
+      _init(dims, int(s.dim), int(config.seed)),
+      modules_lib.make_step(loss, tx),
+      tx,
+      arrays,
+      jax.random.PRNGKey(int(config.seed)),
+      meta,
+      lambda old: old.get("spec") == meta["spec"],
+      lambda v: f"loss {v['loss/total']:.4f}",
+      frozen=frozen,
+      frozen_from=frozen_from,
+      log=log,
+    )
     initial = {**(frozen or {}), **_init(dims, int(s.dim), int(config.seed))}
     model = ProjectionModel(result.params, config, meta, result.state["step"], workdir, initial)
     return StrategyRun(self.name, model, [result], result.seconds)
@@ -270,20 +324,29 @@ class ProjectionStrategy(Strategy):
     return self._train(config, dataset, workdir, log)
 
   def load(self, workdir, step=None, log=None):
-    loaded = modules_lib.load_modules(workdir, lambda meta: _init(meta["spec"]["dims"].items(), meta["spec"]["dim"], 0),
-                                      self.name, step)
+    loaded = modules_lib.load_modules(
+      workdir,
+      lambda meta: _init(meta["spec"]["dims"].items(), meta["spec"]["dim"], 0),
+      self.name,
+      step,
+    )
     config = ml_collections.ConfigDict(loaded.meta["config"])
     return ProjectionModel(loaded.params, config, loaded.meta, loaded.step, workdir)
 
   def graft(self, config, from_workdir, workdir, dataset, report=True, plots=True, log=print):
-    old = modules_lib.load_modules(from_workdir, lambda meta: _init(meta["spec"]["dims"].items(),
-                                                                    meta["spec"]["dim"], 0), self.name)
+    old = modules_lib.load_modules(
+      from_workdir,
+      lambda meta: _init(meta["spec"]["dims"].items(), meta["spec"]["dim"], 0),
+      self.name,
+    )
     keep = list(old.meta["spec"]["dims"]) + [graft_settings(config).modality]
     data = subset_modalities(dataset, [m for m in dataset.names if m in keep])
     return self._train(config, data, workdir, log, frozen=old.params, frozen_from=old.step_dir)
 
 
-PROJECTION = ProjectionStrategy()   # config.strategy = "test_extending:PROJECTION" finds it by import
+PROJECTION = (
+  ProjectionStrategy()
+)  # config.strategy = "test_extending:PROJECTION" finds it by import
 
 
 def _projection_config(data_path, steps=20, **graft):
@@ -299,8 +362,9 @@ def _projection_config(data_path, steps=20, **graft):
   return c
 
 
-def test_a_model_that_is_not_a_translator_graph_trains_evaluates_grafts_and_loads(data_path, tmp_path,
-                                                                                   monkeypatch):
+def test_a_model_that_is_not_a_translator_graph_trains_evaluates_grafts_and_loads(
+  data_path, tmp_path, monkeypatch
+):
   """The toy strategy above through the public API (fit, load, evaluate, translate, graft) and the CLI
   (train --base, graft, evaluate in fresh processes), touching no library file."""
   monkeypatch.syspath_prepend(os.path.dirname(__file__))
@@ -310,32 +374,53 @@ def test_a_model_that_is_not_a_translator_graph_trains_evaluates_grafts_and_load
   run = graphbridge.load(base)
   assert run.strategy == "projection" and set(run.modalities) == {"image", "text"}
   report = run.evaluate()
-  assert {(r["query"], r["gallery"]) for r in report["rows"]} == {("image", "text"), ("text", "image")}
-  assert np.mean([r["mAP"] - r["chance_mAP"] for r in report["rows"]]) > 0.05  # above chance: it learnt
+  assert {(r["query"], r["gallery"]) for r in report["rows"]} == {
+    ("image", "text"),
+    ("text", "image"),
+  }
+  assert (
+    np.mean([r["mAP"] - r["chance_mAP"] for r in report["rows"]]) > 0.05
+  )  # above chance: it learnt
   assert run.translate(np.ones((2, 6)), "image->space").shape == (2, 8)
   grafted_run = run.graft(config, grafted, log=lambda m: None)
   assert set(grafted_run.modalities) == {"image", "text", "audio"}
   for module in ("proj:image", "proj:text"):  # the old modules: frozen, copied byte for byte
-    np.testing.assert_array_equal(grafted_run.model.weights[module]["w"], run.model.weights[module]["w"])
-    assert (translator_graft_digest(base, module) == translator_graft_digest(grafted, module))
+    np.testing.assert_array_equal(
+      grafted_run.model.weights[module]["w"], run.model.weights[module]["w"]
+    )
+    assert translator_graft_digest(base, module) == translator_graft_digest(grafted, module)
   zero_shot = grafted_run.evaluate()["rows"]
-  assert any(r["query"] == "audio" and r["gallery"] == "image" and r["hops"] == 2 for r in zero_shot)
+  assert any(
+    r["query"] == "audio" and r["gallery"] == "image" and r["hops"] == 2 for r in zero_shot
+  )
 
   cfg_file = tmp_path / "projection_config.py"
-  cfg_file.write_text("import sys\nsys.path.insert(0, %r)\nimport test_extending\n\n"
-                      "def get_config(arg=None):\n  return test_extending._projection_config(%r, modality='audio', "
-                      "connect_to='', base_modalities='')\n" % (os.path.dirname(__file__), data_path))
+  cfg_file.write_text(
+    "import sys\nsys.path.insert(0, %r)\nimport test_extending\n\n"
+    "def get_config(arg=None):\n  return test_extending._projection_config(%r, modality='audio', "
+    "connect_to='', base_modalities='')\n" % (os.path.dirname(__file__), data_path)
+  )
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), REPO])}
-  cli = lambda *args: subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=env,
-                                     timeout=300)
+  cli = lambda *args: subprocess.run(
+    [sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=300
+  )
   cli_base, cli_graft = str(tmp_path / "cli_base"), str(tmp_path / "cli_graft")
-  done = cli("launch/graft.py", "--base", f"--config={cfg_file}", f"--workdir={cli_base}", "--noplots")
+  done = cli(
+    "launch/graft.py", "--base", f"--config={cfg_file}", f"--workdir={cli_base}", "--noplots"
+  )
   assert done.returncode == 0, done.stderr[-2000:]
-  done = cli("launch/graft.py", f"--from_workdir={cli_base}", f"--config={cfg_file}", f"--workdir={cli_graft}",
-             "--noplots")
+  done = cli(
+    "launch/graft.py",
+    f"--from_workdir={cli_base}",
+    f"--config={cfg_file}",
+    f"--workdir={cli_graft}",
+    "--noplots",
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   done = cli("launch/evaluate.py", f"--workdir={cli_graft}", "--noplots")
-  assert done.returncode == 0 and "audio" in done.stdout and "space" in done.stdout, done.stderr[-2000:]
+  assert done.returncode == 0 and "audio" in done.stdout and "space" in done.stdout, done.stderr[
+    -2000:
+  ]
   with open(os.path.join(cli_graft, "report.json")) as f:
     assert json.load(f)["strategy"] == "projection"
 
@@ -343,6 +428,10 @@ def test_a_model_that_is_not_a_translator_graph_trains_evaluates_grafts_and_load
 def translator_graft_digest(workdir, module):
   """sha256 of a module's item in the newest checkpoint of `workdir`."""
   from graphbridge.training.checkpoint import Checkpoints, item_digest
+
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=None, read_only=True)
-  return item_digest(os.path.join(checkpoints.step_dir(checkpoints.latest_complete_step()),
-                                  modules_lib.item_name(module)))
+  return item_digest(
+    os.path.join(
+      checkpoints.step_dir(checkpoints.latest_complete_step()), modules_lib.item_name(module)
+    )
+  )

@@ -78,8 +78,13 @@ def run_copy(finished, tmp_path):
 
 
 def _item_files(workdir, step, item):
-  return sorted(f for f in glob.glob(os.path.join(workdir, "checkpoints", str(step), item, "**", "*"),
-                                     recursive=True) if os.path.isfile(f))
+  return sorted(
+    f
+    for f in glob.glob(
+      os.path.join(workdir, "checkpoints", str(step), item, "**", "*"), recursive=True
+    )
+    if os.path.isfile(f)
+  )
 
 
 def _flip_bit(path, offset=None):
@@ -93,6 +98,7 @@ def _flip_bit(path, offset=None):
 
 # ---- 1. checkpoint integrity ---------------------------------------------------------------------
 
+
 def test_every_saved_step_has_a_manifest_that_matches(finished):
   checkpoints = checkpoint_lib.Checkpoints(os.path.join(finished, "checkpoints"), read_only=True)
   assert checkpoints.all_steps() == [10, 20]
@@ -105,8 +111,10 @@ def test_every_saved_step_has_a_manifest_that_matches(finished):
 def test_flipped_bit_in_an_edge_array_is_an_error_naming_step_and_item(run_copy):
   victim = max(_item_files(run_copy, 20, "edge.image.text"), key=os.path.getsize)
   _flip_bit(victim)
-  with pytest.raises(errors.CheckpointCorruptError,
-                     match=r"checkpoint step 20: item 'edge.image.text' is corrupt \(sha256 differs") as info:
+  with pytest.raises(
+    errors.CheckpointCorruptError,
+    match=r"checkpoint step 20: item 'edge.image.text' is corrupt \(sha256 differs",
+  ) as info:
     trained_lib.load_trained(run_copy, step=20)
   assert (info.value.step, info.value.item) == (20, "edge.image.text")
   # without an explicit step, evaluation uses the newest verified step
@@ -134,23 +142,32 @@ def test_flipped_bit_in_metadata_is_detected(run_copy):
 
 # ---- 2. run identity -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("change, expected", [
+
+@pytest.mark.parametrize(
+  "change, expected",
+  [
     (lambda c: setattr(c.loss, "cycle_starts", "image"), r"loss.cycle_starts: '' -> 'image'"),
-    (lambda c: setattr(c.loss, "supervised_edges", "image->text"), r"loss plan edge_cos terms: removed"),
+    (
+      lambda c: setattr(c.loss, "supervised_edges", "image->text"),
+      r"loss plan edge_cos terms: removed",
+    ),
     (lambda c: setattr(c.optim, "lr", 0.01), r"optim.lr: 0.002 -> 0.01"),
     (lambda c: setattr(c, "seed", 7), r"seed: 0 -> 7"),
     (lambda c: setattr(c.train, "steps", 10), r"train.steps: 20 -> 10"),
-])
+  ],
+)
 def test_resume_with_another_config_stops_with_the_diff(change, expected, run_copy, dataset):
   before = tree_digest(run_copy)
   config = small_config()
   config.unlock()
   change(config)
-  with pytest.raises(errors.RunMismatchError, match=r"belongs to another run; resuming would change:") as info:
+  with pytest.raises(
+    errors.RunMismatchError, match=r"belongs to another run; resuming would change:"
+  ) as info:
     trainer_lib.train(config, run_copy, dataset=dataset, log=quiet)
   assert re.search(expected, str(info.value)), str(info.value)
   assert "allow_resume_changes" in str(info.value)
-  assert tree_digest(run_copy) == before          # nothing written, moved or removed
+  assert tree_digest(run_copy) == before  # nothing written, moved or removed
   assert not os.path.exists(os.path.join(run_copy, "checkpoints_damaged"))
 
 
@@ -165,7 +182,7 @@ def test_resume_with_other_data_of_the_same_dims_stops(run_copy, data_path):
 
 
 def test_safe_changes_resume_and_explicit_override_is_recorded(run_copy, dataset):
-  config = small_config(30)            # longer, other print/log intervals, other eval options
+  config = small_config(30)  # longer, other print/log intervals, other eval options
   config.train.print_every = 5
   config.train.log_every = 2
   config.eval.ks = (1, 3)
@@ -179,7 +196,9 @@ def test_safe_changes_resume_and_explicit_override_is_recorded(run_copy, dataset
   config.train.allow_resume_changes = True
   logs = []
   trainer_lib.train(config, run_copy, dataset=dataset, log=logs.append)
-  assert "with changes (train.allow_resume_changes=True):\n  optim.lr: 0.002 -> 0.001" in "\n".join(logs)
+  assert "with changes (train.allow_resume_changes=True):\n  optim.lr: 0.002 -> 0.001" in "\n".join(
+    logs
+  )
   meta = trained_lib.load_trained(run_copy).meta
   assert meta["resume_changes"] == [{"step": 30, "changes": ["optim.lr: 0.002 -> 0.001"]}]
   assert meta["config"]["optim"]["lr"] == 0.001
@@ -187,6 +206,7 @@ def test_safe_changes_resume_and_explicit_override_is_recorded(run_copy, dataset
 
 def test_graft_into_a_workdir_of_another_run_is_an_error(finished, dataset, tmp_path):
   from tests.conftest import load_config_module
+
   config = load_config_module("configs/graft_audio.py").get_config("tiny")
   config.data.path = dataset.source
   config.train.steps = 4
@@ -195,8 +215,11 @@ def test_graft_into_a_workdir_of_another_run_is_an_error(finished, dataset, tmp_
   graft_run.train_base(config, base, dataset=dataset, report=False, log=quiet)
   before = tree_digest(finished)
   # `finished` holds a plain run of the very graph the graft builds (image, audio, text)
-  with pytest.raises(errors.GraftError, match=r"already holds a run that is not a graft \(trained directly\) "
-                                                 r"at step 20, not a graft onto .*base; choose a new directory"):
+  with pytest.raises(
+    errors.GraftError,
+    match=r"already holds a run that is not a graft \(trained directly\) "
+    r"at step 20, not a graft onto .*base; choose a new directory",
+  ):
     graft_run.graft(config, base, finished, dataset=dataset, log=quiet)
   assert tree_digest(finished) == before
   assert not os.path.exists(os.path.join(finished, "checkpoints_damaged"))
@@ -204,14 +227,19 @@ def test_graft_into_a_workdir_of_another_run_is_an_error(finished, dataset, tmp_
 
 # ---- 3. workdir lock -----------------------------------------------------------------------------
 
-HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from graphbridge.training import lock as lock_lib; "
-        "l = lock_lib.WorkdirLock({workdir!r}, 'graphbridge-train --config=digits'); l.__enter__(); "
-        "print('held', flush=True); time.sleep(60)")
+HOLD = (
+  "import sys, time; sys.path.insert(0, {root!r}); from graphbridge.training import lock as lock_lib; "
+  "l = lock_lib.WorkdirLock({workdir!r}, 'graphbridge-train --config=digits'); l.__enter__(); "
+  "print('held', flush=True); time.sleep(60)"
+)
 
 
 def _holder(workdir):
-  proc = subprocess.Popen([sys.executable, "-c", HOLD.format(root=REPO_ROOT, workdir=workdir)],
-                          stdout=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, "-c", HOLD.format(root=REPO_ROOT, workdir=workdir)],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   assert proc.stdout.readline().strip() == "held"
   return proc
 
@@ -220,8 +248,10 @@ def test_second_run_in_a_locked_workdir_refuses_at_once_naming_the_holder(run_co
   holder = _holder(run_copy)
   try:
     before = tree_digest(os.path.join(run_copy, "checkpoints"))
-    with pytest.raises(errors.WorkdirLockedError,
-                       match=rf"is in use by pid {holder.pid} on .* \(graphbridge-train --config=digits\)"):
+    with pytest.raises(
+      errors.WorkdirLockedError,
+      match=rf"is in use by pid {holder.pid} on .* \(graphbridge-train --config=digits\)",
+    ):
       trainer_lib.train(small_config(30), run_copy, dataset=dataset, log=quiet)
     assert tree_digest(os.path.join(run_copy, "checkpoints")) == before
   finally:
@@ -230,8 +260,12 @@ def test_second_run_in_a_locked_workdir_refuses_at_once_naming_the_holder(run_co
   # the holder died without releasing: its stale lock is taken over with a note
   logs = []
   trainer_lib.train(small_config(30), run_copy, dataset=dataset, log=logs.append)
-  assert any(f"took over the stale lock" in line and f"pid {holder.pid}" in line and "no longer running" in line
-             for line in logs), logs
+  assert any(
+    f"took over the stale lock" in line
+    and f"pid {holder.pid}" in line
+    and "no longer running" in line
+    for line in logs
+  ), logs
 
 
 def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
@@ -248,7 +282,10 @@ def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
 
 # ---- 4. config values checked before data loading and compilation -------------------------------
 
-@pytest.mark.parametrize("key, value, expected", [
+
+@pytest.mark.parametrize(
+  "key, value, expected",
+  [
     ("train.keep_checkpoints", 0, "train.keep_checkpoints must be an integer >= 1 (0 would delete"),
     ("eval.ks", (0, 5), "eval.ks must be integers >= 1"),
     ("seed", -3, "seed must be an integer in [0, 2**32)"),
@@ -256,7 +293,8 @@ def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
     ("optim.b2", 1.5, "optim.b2 must be in [0, 1)"),
     ("train.validate_fraction", 1.0, "train.validate_fraction must be in (0, 1)"),
     ("optim.lr", float("nan"), "optim.lr must be > 0"),
-])
+  ],
+)
 def test_out_of_range_values_are_rejected_by_validate(key, value, expected):
   config = small_config()
   config.unlock()
@@ -267,14 +305,31 @@ def test_out_of_range_values_are_rejected_by_validate(key, value, expected):
   assert expected in str(info.value)
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("graph.frozen", "image->audio", "graph.frozen names image->audio, which is not an edge of the graph"),
-    ("graph.frozen", "image->text", "graph.frozen names image->text, but no trained parameters are given"),
+@pytest.mark.parametrize(
+  "key, value, expected",
+  [
+    (
+      "graph.frozen",
+      "image->audio",
+      "graph.frozen names image->audio, which is not an edge of the graph",
+    ),
+    (
+      "graph.frozen",
+      "image->text",
+      "graph.frozen names image->text, but no trained parameters are given",
+    ),
     ("eval.paths", "image->audio->text", "eval.paths route 'image->audio->text'"),
-    ("loss.supervised_edges", "image->audio", "loss.supervised_edges names image->audio, which is not an edge"),
+    (
+      "loss.supervised_edges",
+      "image->audio",
+      "loss.supervised_edges names image->audio, which is not an edge",
+    ),
     ("loss.cycle_starts", "video", "loss.cycle_starts names 'video', which is not a node"),
-])
-def test_values_that_name_missing_edges_fail_before_compiling(key, value, expected, dataset, tmp_path):
+  ],
+)
+def test_values_that_name_missing_edges_fail_before_compiling(
+  key, value, expected, dataset, tmp_path
+):
   config = small_config()
   section, _, field = key.rpartition(".")
   setattr(config[section], field, value)
@@ -288,10 +343,15 @@ def test_values_that_name_missing_edges_fail_before_compiling(key, value, expect
 def test_pair_set_with_only_test_rows_is_an_error_not_silently_paired(tmp_path):
   arrays = make_tri_modal_arrays()
   pairs = arrays["pairs_audio__text"]
-  arrays["pairs_audio__text"] = pairs[arrays["audio_test"][pairs[:, 0]] | arrays["text_test"][pairs[:, 1]]]
+  arrays["pairs_audio__text"] = pairs[
+    arrays["audio_test"][pairs[:, 0]] | arrays["text_test"][pairs[:, 1]]
+  ]
   dataset = readers_lib.from_arrays(arrays, source="testpairs.npz")
-  with pytest.raises(errors.DataError, match=r"pairs_audio__text: none of its \d+ pairs has both rows in the "
-                                               r"train split .* the report calls audio and text paired"):
+  with pytest.raises(
+    errors.DataError,
+    match=r"pairs_audio__text: none of its \d+ pairs has both rows in the "
+    r"train split .* the report calls audio and text paired",
+  ):
     trainer_lib.train(small_config(), str(tmp_path / "run"), dataset=dataset, log=quiet)
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
@@ -314,6 +374,7 @@ def test_modality_without_test_rows_still_gets_a_report_with_a_note(tmp_path):
 
 
 # ---- 5. data -------------------------------------------------------------------------------------
+
 
 def _write_cases(root, arrays):
   np.savez(os.path.join(root, "ok.npz"), **arrays)
@@ -346,7 +407,9 @@ def _write_cases(root, arrays):
   np.savez(os.path.join(root, "huge64.npz"), **big)
 
 
-@pytest.mark.parametrize("name, expected", [
+@pytest.mark.parametrize(
+  "name, expected",
+  [
     ("truncated.npz", r"could not read '.*truncated.npz' as .npz \(truncated or not a .npz"),
     ("flipped.npz", r"flipped.npz: array '\w+' is unreadable \(truncated or corrupt"),
     ("empty.npz", r"empty.npz is empty \(0 bytes\)"),
@@ -356,7 +419,8 @@ def _write_cases(root, arrays):
     ("inf.npz", r"embedding 'audio' row 7 has inf \(1 bad rows in all\)"),
     ("huge64.npz", r"embedding 'image' row 4 has values beyond float32's range"),
     ("missing.npz", r"data path '.*missing.npz' does not exist"),
-])
+  ],
+)
 def test_unreadable_data_is_one_data_error_naming_file_and_array(name, expected, tmp_path):
   _write_cases(str(tmp_path), make_tri_modal_arrays())
   with pytest.raises(errors.DataError, match=expected):
@@ -372,6 +436,7 @@ def test_huge_but_finite_float32_embeddings_normalise():
 
 
 # ---- 6. one line and exit status 2 in every CLI --------------------------------------------------
+
 
 def test_run_main_user_errors_exit_2_with_a_hint_internal_errors_keep_traceback(capsys):
 
@@ -394,9 +459,17 @@ def test_run_main_user_errors_exit_2_with_a_hint_internal_errors_keep_traceback(
 
 def _cli(script, *args, env_extra=None):
   env = {**os.environ, **(env_extra or {})}
-  env.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
-  return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "launch", script), *args], capture_output=True,
-                        text=True, cwd=REPO_ROOT, timeout=300, env=env)
+  env.setdefault(
+    "XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  )
+  return subprocess.run(
+    [sys.executable, os.path.join(REPO_ROOT, "launch", script), *args],
+    capture_output=True,
+    text=True,
+    cwd=REPO_ROOT,
+    timeout=300,
+    env=env,
+  )
 
 
 def test_cli_evaluate_on_a_corrupt_step_is_one_line_and_exit_2(run_copy):
@@ -405,32 +478,44 @@ def test_cli_evaluate_on_a_corrupt_step_is_one_line_and_exit_2(run_copy):
   before = tree_digest(run_copy)
   proc = _cli("evaluate.py", f"--workdir={run_copy}", "--step=20", "--noplots")
   assert proc.returncode == 2, proc.stderr[-3000:]
-  assert "graphbridge-evaluate: checkpoint step 20: item 'edge.text.image' is corrupt" in proc.stderr
+  assert (
+    "graphbridge-evaluate: checkpoint step 20: item 'edge.text.image' is corrupt" in proc.stderr
+  )
   assert "Traceback" not in proc.stderr
   assert tree_digest(run_copy) == before
 
 
 def test_cli_train_user_errors_exit_2(tmp_path, data_path):
   np.save(tmp_path / "one.npy", np.ones((4, 3), np.float32))
-  proc = _cli("train.py", "--config=configs/npz.py:tiny", f"--config.data.path={tmp_path / 'one.npy'}",
-              f"--workdir={tmp_path / 'run'}")
+  proc = _cli(
+    "train.py",
+    "--config=configs/npz.py:tiny",
+    f"--config.data.path={tmp_path / 'one.npy'}",
+    f"--workdir={tmp_path / 'run'}",
+  )
   assert proc.returncode == 2
   assert "graphbridge-train: " in proc.stderr and "is a single array" in proc.stderr
   assert "Traceback" not in proc.stderr
 
 
-def test_save_that_hits_a_full_disk_is_one_error_and_keeps_earlier_steps(dataset, tmp_path, monkeypatch):
+def test_save_that_hits_a_full_disk_is_one_error_and_keeps_earlier_steps(
+  dataset, tmp_path, monkeypatch
+):
   """Simulated ENOSPC at the save of step 20 (the real one: test_cli_full_disk_on_a_tiny_tmpfs)."""
   workdir = str(tmp_path / "run")
   monkeypatch.setenv("GRAPHBRIDGE_FAIL_SAVE", "20")
-  with pytest.raises(errors.CheckpointWriteError,
-                     match=r"could not write checkpoint step 20 to .*: No space left on device; steps saved "
-                           r"before are intact: 10"):
+  with pytest.raises(
+    errors.CheckpointWriteError,
+    match=r"could not write checkpoint step 20 to .*: No space left on device; steps saved "
+    r"before are intact: 10",
+  ):
     trainer_lib.train(small_config(30), workdir, dataset=dataset, log=quiet)
   assert trained_lib.load_trained(workdir).step == 10
   monkeypatch.delenv("GRAPHBRIDGE_FAIL_SAVE")
   logs = []
-  trainer_lib.train(small_config(30), workdir, dataset=dataset, log=logs.append)  # the same command resumes
+  trainer_lib.train(
+    small_config(30), workdir, dataset=dataset, log=logs.append
+  )  # the same command resumes
   assert "resumed from checkpoint step 10" in "\n".join(logs)
   assert trained_lib.load_trained(workdir).step == 30
 
@@ -449,13 +534,23 @@ ls {mnt}/run/checkpoints
 """
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare to mount a private tmpfs")
+@pytest.mark.skipif(
+  shutil.which("unshare") is None, reason="needs unshare to mount a private tmpfs"
+)
 def test_cli_full_disk_on_a_tiny_tmpfs(data_path, tmp_path):
   mnt = tmp_path / "mnt"
   mnt.mkdir()
-  script = FULL_DISK.format(mnt=mnt, python=sys.executable, root=REPO_ROOT, data=data_path, out=tmp_path)
-  proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, cwd=REPO_ROOT,
-                        timeout=300, env={**os.environ, "PYTHONPATH": REPO_ROOT})
+  script = FULL_DISK.format(
+    mnt=mnt, python=sys.executable, root=REPO_ROOT, data=data_path, out=tmp_path
+  )
+  proc = subprocess.run(
+    ["unshare", "-rm", "sh", "-c", script],
+    capture_output=True,
+    text=True,
+    cwd=REPO_ROOT,
+    timeout=300,
+    env={**os.environ, "PYTHONPATH": REPO_ROOT},
+  )
   if "rc=" not in proc.stdout:
     pytest.skip(f"cannot mount a private tmpfs here: {proc.stderr[-300:]}")
   assert "rc=2" in proc.stdout, proc.stdout + (tmp_path / "stderr.txt").read_text()[-3000:]
@@ -465,8 +560,11 @@ def test_cli_full_disk_on_a_tiny_tmpfs(data_path, tmp_path):
   assert len(err) <= 20, err[:20]
   # the disk fills after step 25: step 20's async write may or may not have finished by then;
   # step 10 has (save 20 waits for it)
-  match = re.match(r"graphbridge-train: could not write checkpoint step (20|30) to \S+: No space left on device; "
-                   r"steps saved before are intact: ([0-9, ]+)$", err[0])
+  match = re.match(
+    r"graphbridge-train: could not write checkpoint step (20|30) to \S+: No space left on device; "
+    r"steps saved before are intact: ([0-9, ]+)$",
+    err[0],
+  )
   assert match, err[0]
   assert any(line.startswith("hint: free space") for line in err[1:]), err
   intact = match.group(2).split(", ")
@@ -477,17 +575,19 @@ def test_cli_full_disk_on_a_tiny_tmpfs(data_path, tmp_path):
 
 # ---- 7. metrics once per step, finished runs, reports without figures ---------------------------
 
+
 def test_metrics_hold_each_step_once_after_kills_and_resumes(data_path, tmp_path):
   from tests.test_reliability import run_worker
+
   workdir = str(tmp_path / "run")
   killed = run_worker(data_path, workdir, steps=40, env_extra={"GRAPHBRIDGE_KILL_AFTER_STEP": "25"})
   assert killed.returncode == -9
   rows = writers_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-  assert max(r["step"] for r in rows) == 25          # logged past the last checkpoint (20 or 10)
+  assert max(r["step"] for r in rows) == 25  # logged past the last checkpoint (20 or 10)
   resumed = run_worker(data_path, workdir, steps=40)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   steps = [r["step"] for r in writers_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))]
-  assert steps == list(range(5, 41, 5))              # each step once, in order
+  assert steps == list(range(5, 41, 5))  # each step once, in order
 
 
 def test_rerunning_a_finished_run_says_so_and_keeps_its_report(data_path, tmp_path):
@@ -499,9 +599,11 @@ def test_rerunning_a_finished_run_says_so_and_keeps_its_report(data_path, tmp_pa
   logs = []
   again = experiment.train_and_evaluate(config, workdir, log=logs.append, plots=False)
   text = "\n".join(logs)
-  assert "nothing trained" in text and "kept report.json, report.md and the figures of step 10" in text
-  assert again["timing"] == first["timing"]           # the first run's figures, not zeros
-  assert tree_digest(workdir) == files                # nothing rewritten
+  assert (
+    "nothing trained" in text and "kept report.json, report.md and the figures of step 10" in text
+  )
+  assert again["timing"] == first["timing"]  # the first run's figures, not zeros
+  assert tree_digest(workdir) == files  # nothing rewritten
 
 
 def test_report_is_written_when_plotting_fails(data_path, tmp_path, monkeypatch):

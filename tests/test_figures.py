@@ -27,18 +27,57 @@ def _fake_report() -> report_lib.Report:
     for g in NAMES:
       if q != g:
         hops = 2 if {q, g} == {"image", "audio"} else 1
-        rows.append({"query": q, "gallery": g, "level": "class", "mAP": float(rng.uniform(0.2, 0.9)),
-                     "chance_mAP": 0.1, "hops": hops, "named_route": False})
-  recon = [{"kind": "path", "route": f"{a}->text", "end": "text", "hops": 1, "cosine": 0.5, "baseline": 0.3}
-           for a in ("image", "audio")]
-  recon += [{"kind": "cycle", "route": "text->audio->text", "end": "text", "hops": 2, "cosine": 0.4,
-             "baseline": 0.3},
-            {"kind": "path", "route": "text->audio", "end": "audio", "hops": 1, "cosine": 0.6, "baseline": 0.2}]
+        rows.append(
+          {
+            "query": q,
+            "gallery": g,
+            "level": "class",
+            "mAP": float(rng.uniform(0.2, 0.9)),
+            "chance_mAP": 0.1,
+            "hops": hops,
+            "named_route": False,
+          }
+        )
+  recon = [
+    {
+      "kind": "path",
+      "route": f"{a}->text",
+      "end": "text",
+      "hops": 1,
+      "cosine": 0.5,
+      "baseline": 0.3,
+    }
+    for a in ("image", "audio")
+  ]
+  recon += [
+    {
+      "kind": "cycle",
+      "route": "text->audio->text",
+      "end": "text",
+      "hops": 2,
+      "cosine": 0.4,
+      "baseline": 0.3,
+    },
+    {
+      "kind": "path",
+      "route": "text->audio",
+      "end": "audio",
+      "hops": 1,
+      "cosine": 0.6,
+      "baseline": 0.2,
+    },
+  ]
   # the projection's modalities in another order than NAMES: colours must still follow NAMES
   after = {m: rng.normal(size=(12, 5)) for m in ("text", "audio", "image")}
   labels = {m: np.asarray(["zero", "one", "two"], dtype=object)[np.arange(12) % 3] for m in after}
   summary = {"split": "test", "rows": rows, "reconstruction": recon}
-  projection = {"space": "text", "routes": {"text": "raw"}, "after": after, "before": None, "labels": labels}
+  projection = {
+    "space": "text",
+    "routes": {"text": "raw"},
+    "after": after,
+    "before": None,
+    "labels": labels,
+  }
   return report_lib.Report(summary, projection)
 
 
@@ -55,7 +94,9 @@ def figures(tmp_path_factory):
 
   style_lib.save_figure = capture
   try:
-    written = figures_lib.write_plots(_fake_report(), out, "fake", NAMES, dpi=300, formats=("png", "pdf"))
+    written = figures_lib.write_plots(
+      _fake_report(), out, "fake", NAMES, dpi=300, formats=("png", "pdf")
+    )
   finally:
     style_lib.save_figure = real_save
   return out, written, captured
@@ -65,6 +106,7 @@ def _inspect(fig) -> dict:
   """Colours of scatter collections and lines, legend texts, dashed rectangles, texts."""
   from matplotlib.collections import PathCollection
   from matplotlib.patches import Rectangle
+
   info = {"scatter": [], "lines": [], "legend": [], "dashed": [], "texts": []}
   for ax in fig.axes:
     for c in ax.collections:
@@ -74,11 +116,15 @@ def _inspect(fig) -> dict:
       info["lines"].append((to_hex(line.get_color()), line.get_linestyle()))
     for p in ax.patches:
       if isinstance(p, Rectangle) and p.get_linestyle() == "--":
-        info["dashed"].append((round(p.get_x() + p.get_width() / 2), round(p.get_y() + p.get_height() / 2)))
+        info["dashed"].append(
+          (round(p.get_x() + p.get_width() / 2), round(p.get_y() + p.get_height() / 2))
+        )
     info["texts"] += [t.get_text() for t in ax.texts]
   for legend in fig.legends:
-    info["legend"] += [(t.get_text(), to_hex(h.get_color()) if hasattr(h, "get_color") else None)
-                       for t, h in zip(legend.get_texts(), legend.legend_handles)]
+    info["legend"] += [
+      (t.get_text(), to_hex(h.get_color()) if hasattr(h, "get_color") else None)
+      for t, h in zip(legend.get_texts(), legend.legend_handles)
+    ]
   return info
 
 
@@ -98,7 +144,10 @@ def test_zero_shot_cells_marked_on_heatmap(figures):
   _, written, captured = figures
   heatmap = captured[written["heatmap_class"]]
   index = {m: i for i, m in enumerate(NAMES)}
-  expected = {(index["audio"], index["image"]), (index["image"], index["audio"])}  # (x=gallery, y=query)
+  expected = {
+    (index["audio"], index["image"]),
+    (index["image"], index["audio"]),
+  }  # (x=gallery, y=query)
   assert set(heatmap["dashed"]) == expected
   assert heatmap["texts"].count("zero-shot") == 2
 
@@ -114,6 +163,7 @@ def test_class_names_in_projection_legend(figures, tri_modal_dataset):
 def test_pdf_copies_and_300_dpi(figures):
   out, written, _ = figures
   from PIL import Image
+
   for name in written.values():
     assert os.path.isfile(os.path.join(out, name))
     assert os.path.isfile(os.path.join(out, os.path.splitext(name)[0] + ".pdf"))

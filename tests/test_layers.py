@@ -12,15 +12,15 @@ import graphbridge
 
 # bottom to top; a module may import from its own layer and the ones before it
 LAYERS = (
-    ("core", ("graphbridge.core", "graphbridge.defaults")),
-    ("data", ("graphbridge.data", "graphbridge.datasets")),
-    ("model", ("graphbridge.model",)),
-    ("evaluation", ("graphbridge.evaluation",)),
-    ("linear", ("graphbridge.linear",)),
-    ("training", ("graphbridge.training",)),
-    ("strategies", ("graphbridge.strategies",)),
-    ("runs", ("graphbridge.runs",)),
-    ("api", ("graphbridge.api", "graphbridge.cli", "graphbridge")),
+  ("core", ("graphbridge.core", "graphbridge.defaults")),
+  ("data", ("graphbridge.data", "graphbridge.datasets")),
+  ("model", ("graphbridge.model",)),
+  ("evaluation", ("graphbridge.evaluation",)),
+  ("linear", ("graphbridge.linear",)),
+  ("training", ("graphbridge.training",)),
+  ("strategies", ("graphbridge.strategies",)),
+  ("runs", ("graphbridge.runs",)),
+  ("api", ("graphbridge.api", "graphbridge.cli", "graphbridge")),
 )
 
 
@@ -50,7 +50,9 @@ def import_graph(root: str, package: str) -> dict[str, list[tuple[str, int]]]:
         base = node.module or ""
         if node.level:  # relative: resolved against this module's package
           here = name.split(".") if is_package else name.split(".")[:-1]
-          base = ".".join(here[:len(here) - node.level + 1] + ([node.module] if node.module else []))
+          base = ".".join(
+            here[: len(here) - node.level + 1] + ([node.module] if node.module else [])
+          )
         if base.split(".")[0] != package:
           continue
         for a in node.names:  # `from pkg import sub` imports the submodule pkg.sub
@@ -75,7 +77,9 @@ def upward_imports(graph, layers=LAYERS) -> list[str]:
     for target, line in edges:
       theirs = layer_of(target, layers)
       if theirs > mine:
-        out.append(f"{module}:{line} imports {target} ({layers[mine][0]} -> {layers[theirs][0]}, upward)")
+        out.append(
+          f"{module}:{line} imports {target} ({layers[mine][0]} -> {layers[theirs][0]}, upward)"
+        )
   return out
 
 
@@ -138,7 +142,9 @@ def _write(root, files: dict[str, str]) -> str:
 def test_the_contract_catches_an_upward_import_inside_a_function(tmp_path):
   """The checker on a small package: a lower layer importing from a higher one inside a function is
   reported with its line, and so is the circle it closes."""
-  root = _write(str(tmp_path), {
+  root = _write(
+    str(tmp_path),
+    {
       "__init__.py": "",
       "low/__init__.py": "",
       "low/a.py": """
@@ -148,7 +154,8 @@ def test_the_contract_catches_an_upward_import_inside_a_function(tmp_path):
           """,
       "high/__init__.py": "",
       "high/b.py": "from pkg.low import a\n",
-  })
+    },
+  )
   layers = (("low", ("pkg.low", "pkg")), ("high", ("pkg.high",)))
   graph = import_graph(root, "pkg")
   assert upward_imports(graph, layers) == ["pkg.low.a:3 imports pkg.high.b (low -> high, upward)"]

@@ -25,11 +25,14 @@ def _assert_same(args, exclude_self=False, chunk_size=None):
   np.testing.assert_allclose(ap, ref_ap, rtol=1e-12)  # NaN where no relevant item: equal
 
 
-@pytest.mark.parametrize("n_keys", [3, 40, 10_000])  # class level (sorted rows) .. instance (counted)
+@pytest.mark.parametrize(
+  "n_keys", [3, 40, 10_000]
+)  # class level (sorted rows) .. instance (counted)
 @pytest.mark.parametrize("chunk_size", [None, 7])
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])  # class level: NumPy sort or XLA's lax.sort
 def test_jax_path_equals_numpy_reference(n_keys, chunk_size, backend, monkeypatch):
   import jax
+
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
   rng = np.random.default_rng(n_keys)
   query, gallery, qk, gk = _data(rng, 150, 230, 16, n_keys)
@@ -48,7 +51,9 @@ def test_jax_path_exclude_self(n_keys):
   keys = rng.integers(0, n_keys, 120)
   _assert_same((emb, emb, keys, keys), exclude_self=True, chunk_size=25)
   a = retrieval_metrics(emb, emb, keys, keys, exclude_self=True)
-  b = retrieval_metrics(emb.astype(np.float64), emb.astype(np.float64), keys, keys, exclude_self=True)
+  b = retrieval_metrics(
+    emb.astype(np.float64), emb.astype(np.float64), keys, keys, exclude_self=True
+  )
   assert a["n_queries"] == b["n_queries"] and a["median_rank"] == b["median_rank"]
   assert a["mAP"] == pytest.approx(b["mAP"], rel=1e-6)
 
@@ -56,12 +61,15 @@ def test_jax_path_exclude_self(n_keys):
 @pytest.mark.parametrize("host_sort", [True, False])
 def test_jax_path_ties_by_gallery_index_every_path(monkeypatch, host_sort):
   import jax
+
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu" if host_sort else "gpu")  # which sort
   gallery = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [1, 0]], np.float32)
   query = np.array([[1, 0], [0, 1]], np.float32)
   for limit in (16, 0):  # counted ranks, then sorted rows
     monkeypatch.setattr(ranks_lib, "COUNT_RANKS_UP_TO", limit)
-    first, ap, _ = _first_rank_and_ap(query, gallery, np.array([5, 7]), np.array([0, 0, 5, 7, 5]), False, None)
+    first, ap, _ = _first_rank_and_ap(
+      query, gallery, np.array([5, 7]), np.array([0, 0, 5, 7, 5]), False, None
+    )
     # query 0: relevant at indices 2 and 4, tied with 0 and 1 -> ranks 3 and 4
     np.testing.assert_array_equal(first, [3, 1])
     np.testing.assert_allclose(ap, [(1 / 3 + 2 / 4) / 2, 1.0], rtol=1e-6)
@@ -85,10 +93,13 @@ def test_by_level_equals_one_call_per_level(exclude_self):
   ids, labels = np.arange(90) % 45, rng.integers(0, 6, 90)  # two rows per id
   gallery = emb if exclude_self else rng.normal(size=(90, 10)).astype(np.float32)
   keys = {"instance": (ids, ids), "class": (labels, labels)}
-  both = metrics_lib.retrieval_metrics_by_level(emb, gallery, keys, ks=(1, 5), exclude_self=exclude_self,
-                                            chunk_size=16)
+  both = metrics_lib.retrieval_metrics_by_level(
+    emb, gallery, keys, ks=(1, 5), exclude_self=exclude_self, chunk_size=16
+  )
   for level, (qk, gk) in keys.items():
-    assert both[level] == retrieval_metrics(emb, gallery, qk, gk, ks=(1, 5), exclude_self=exclude_self)
+    assert both[level] == retrieval_metrics(
+      emb, gallery, qk, gk, ks=(1, 5), exclude_self=exclude_self
+    )
 
 
 def _clustered(rng, n_query, n_gallery, dim, n_classes, spread):
@@ -108,8 +119,11 @@ def test_cpu_in_range_ranks_equal_numpy_reference(up_to, exclude_self, monkeypat
   calls = {"in_range": 0, "sorted": 0}
   for name, key in (("_ranks_in_range", "in_range"), ("_ranks_by_sorted_scores", "sorted")):
     original = getattr(ranks_lib, name)
-    monkeypatch.setattr(ranks_lib, name, lambda *a, _f=original, _k=key: (calls.__setitem__(_k, calls[_k] + 1),
-                                                                        _f(*a))[1])
+    monkeypatch.setattr(
+      ranks_lib,
+      name,
+      lambda *a, _f=original, _k=key: (calls.__setitem__(_k, calls[_k] + 1), _f(*a))[1],
+    )
   monkeypatch.setattr(ranks_lib, "IN_RANGE_UP_TO", up_to)
   rng = np.random.default_rng(5)
   tight = _clustered(rng, 150, 400, 24, 8, 0.3)
@@ -119,7 +133,9 @@ def test_cpu_in_range_ranks_equal_numpy_reference(up_to, exclude_self, monkeypat
   gallery, gk = (query, qk) if exclude_self else (tight[1], tight[3])
   _assert_same((query, gallery, qk, gk), exclude_self=exclude_self)
   # instance level (two rows per id with exclude_self): ranks from the items above the relevant one
-  ids_q, ids_g = (np.arange(300) // 2,) * 2 if exclude_self else (rng.integers(0, 400, 300), np.arange(400))
+  ids_q, ids_g = (
+    (np.arange(300) // 2,) * 2 if exclude_self else (rng.integers(0, 400, 300), np.arange(400))
+  )
   _assert_same((query, gallery, ids_q, ids_g), exclude_self=exclude_self)
   assert calls["sorted"] > 0 if up_to < 1 else calls["sorted"] == 0
   assert calls["in_range"] > 0 if up_to > 0 else True  # (0: rows without a relevant item only)
@@ -152,9 +168,13 @@ def test_cpu_ranks_of_a_score_block(up_to, monkeypatch):
   block = values[rng.integers(0, len(values), (140, 60))]
   rel_idx = np.stack([rng.choice(60, 5, replace=False) for _ in range(140)]).astype(np.int32)
   rel_valid = rng.random((140, 5)) < 0.8
-  rel_valid &= np.take_along_axis(block, rel_idx, axis=1) > -np.inf  # the own item is never relevant
+  rel_valid &= (
+    np.take_along_axis(block, rel_idx, axis=1) > -np.inf
+  )  # the own item is never relevant
   ranks = ranks_lib._ranks_on_host(block, rel_idx, rel_valid)
   order = np.argsort(-block + np.float32(0.0), axis=1, kind="stable")
   position = np.argsort(order, axis=1) + 1  # 1-based rank of every gallery column
-  expected = np.where(rel_valid, np.take_along_axis(position, rel_idx, axis=1), np.iinfo(np.int32).max)
+  expected = np.where(
+    rel_valid, np.take_along_axis(position, rel_idx, axis=1), np.iinfo(np.int32).max
+  )
   np.testing.assert_array_equal(ranks, np.sort(expected, axis=1))

@@ -26,8 +26,13 @@ def _views(with_ids: bool, class_level: bool, seed: int = 0) -> dataset_lib.Data
     for c in np.unique(y):
       idx = np.nonzero(y == c)[0]
       partner[idx] = rng.permutation(idx)
-  arrays = {"pix_emb": x + 1e-3, "pix_label": y, "proj_emb": view, "proj_label": y,
-            "pairs_pix__proj": np.stack([rows[:300], partner[:300]], 1)}
+  arrays = {
+    "pix_emb": x + 1e-3,
+    "pix_label": y,
+    "proj_emb": view,
+    "proj_label": y,
+    "pairs_pix__proj": np.stack([rows[:300], partner[:300]], 1),
+  }
   if with_ids:
     arrays.update(pix_id=rows, proj_id=rows)
   return readers_lib.from_arrays(arrays)
@@ -60,14 +65,18 @@ def test_plan_line_prints_the_choice_and_sampler_uses_it():
   config.train.tensorboard = False
   assert config.loss.infonce_positives == "auto"
   lines = []
-  result = trainer_lib.train(config, None, dataset=_views(False, class_level=False), log=lines.append)
+  result = trainer_lib.train(
+    config, None, dataset=_views(False, class_level=False), log=lines.append
+  )
   plan_line = next(line for line in lines if line.startswith("plan:"))
   assert "InfoNCE positives: pix<->proj pair (" in plan_line
   arrays = step_lib.sampler_arrays(result.setup, result.dataset)
   labels = next(iter(arrays["pair_labels"].values()))
   assert len(np.unique(labels)) == len(labels)  # every pair its own positive
   lines = []
-  result = trainer_lib.train(config, None, dataset=_views(False, class_level=True), log=lines.append)
+  result = trainer_lib.train(
+    config, None, dataset=_views(False, class_level=True), log=lines.append
+  )
   assert "pix<->proj label (class-level" in next(line for line in lines if line.startswith("plan:"))
   labels = next(iter(step_lib.sampler_arrays(result.setup, result.dataset)["pair_labels"].values()))
   assert len(np.unique(labels)) == 10

@@ -18,7 +18,7 @@ def test_matching_recovers_the_permutation_of_rotated_data(method):
   x = rng.normal(size=(80, 12))
   rot = _rotation(12, rng)
   perm = rng.permutation(80)
-  y = (x @ rot)[perm]                     # y[j] = x[perm[j]] rotated
+  y = (x @ rot)[perm]  # y[j] = x[perm[j]] rotated
   found = pseudo_lib.match(x @ rot, y, method)
   assert len(found) == 80
   np.testing.assert_array_equal(perm[found[:, 1]], found[:, 0])
@@ -61,7 +61,9 @@ def test_sinkhorn_falls_back_to_the_log_domain_where_the_kernel_underflows():
   plan is still finite, with uniform column marginals, from the log domain."""
   rng = np.random.default_rng(5)
   x = rng.normal(size=(40, 8)) + 3.0
-  y = np.concatenate([x[:39] + 0.05 * rng.normal(size=(39, 8)), -x[39:]])  # the last row: opposite all
+  y = np.concatenate(
+    [x[:39] + 0.05 * rng.normal(size=(39, 8)), -x[39:]]
+  )  # the last row: opposite all
   plan = pseudo_lib.sinkhorn_plan(x, y, epsilon=0.002)
   assert np.all(np.isfinite(plan))
   np.testing.assert_allclose(plan.sum(0), 1 / 40, rtol=1e-2)
@@ -69,6 +71,7 @@ def test_sinkhorn_falls_back_to_the_log_domain_where_the_kernel_underflows():
 
 class _LinearAligner:
   """Exact maps between views: b = a @ rot; c is unrelated to both (random features)."""
+
   name = "exact"
 
   def __init__(self, rot):
@@ -82,7 +85,7 @@ class _LinearAligner:
       return xq @ self.rot, xg
     if (q, g) == ("b", "a"):
       return xq @ self.rot.T, xg
-    proj = np.random.default_rng(abs(hash((q, g))) % 2 ** 32).normal(size=(xq.shape[1], xg.shape[1]))
+    proj = np.random.default_rng(abs(hash((q, g))) % 2**32).normal(size=(xq.shape[1], xg.shape[1]))
     return xq @ proj, xg
 
 
@@ -91,9 +94,15 @@ def _data(n=120, seed=0):
   rot = _rotation(8, rng)
   a = rng.normal(size=(n, 8))
   rows = np.arange(n)
-  perm_b, perm_c = rng.permutation(n), rng.permutation(n)   # rows shuffled per view; ids say which
-  arrays = {"a_emb": a, "a_id": rows, "b_emb": (a @ rot)[perm_b], "b_id": perm_b,
-            "c_emb": rng.normal(size=(n, 8))[perm_c], "c_id": perm_c}
+  perm_b, perm_c = rng.permutation(n), rng.permutation(n)  # rows shuffled per view; ids say which
+  arrays = {
+    "a_emb": a,
+    "a_id": rows,
+    "b_emb": (a @ rot)[perm_b],
+    "b_id": perm_b,
+    "c_emb": rng.normal(size=(n, 8))[perm_c],
+    "c_id": perm_c,
+  }
   inv_b, inv_c = np.argsort(perm_b), np.argsort(perm_c)
   arrays["pairs_a__b"] = np.stack([rows[:10], inv_b[:10]], 1)
   arrays["pairs_a__c"] = np.stack([rows[10:20], inv_c[10:20]], 1)
@@ -102,7 +111,9 @@ def _data(n=120, seed=0):
 
 def test_gate_accepts_a_strongly_related_pair_and_rejects_an_unrelated_one():
   dataset, rot = _data()
-  settings = pseudo_lib.PseudoSettings(rounds=1, method="sinkhorn", min_agreement=0.5, gate="agreement")
+  settings = pseudo_lib.PseudoSettings(
+    rounds=1, method="sinkhorn", min_agreement=0.5, gate="agreement"
+  )
   found = {(m.a, m.b): m for m in pseudo_lib.pseudo_pairs(_LinearAligner(rot), dataset, settings)}
   ab, ac = found[("a", "b")], found[("a", "c")]
   assert ab.accepted and ab.agreement > 0.95 and ab.precision == 1.0 and len(ab.pairs) >= 100
@@ -117,10 +128,11 @@ def test_gate_accepts_a_strongly_related_pair_and_rejects_an_unrelated_one():
 
 class _ViewsAligner:
   """Exact maps between views that are rotations of one latent (b, c); d is unrelated to all."""
+
   name = "views"
 
   def __init__(self, rots):
-    self.rots = rots   # view -> rotation from a's space (a: identity)
+    self.rots = rots  # view -> rotation from a's space (a: identity)
 
   def default_route(self, q, g):
     return f"{q}->{g}"
@@ -146,7 +158,7 @@ def _views(n=400, pairs=40, seed=0):
     inv[v] = np.argsort(perm)
   ids = np.arange(n)
   for k, v in enumerate("bcd"):
-    sl = ids[k * pairs:(k + 1) * pairs]
+    sl = ids[k * pairs : (k + 1) * pairs]
     arrays[f"pairs_a__{v}"] = np.stack([inv["a"][sl], inv[v][sl]], 1)
   return readers_lib.from_arrays(arrays), rots
 

@@ -16,7 +16,9 @@ from graphbridge.strategies import registry as strategies
 from graphbridge.training import trained as trained_lib
 
 
-def _views(class_level: bool, extra_class_level: bool = False, seed: int = 0) -> dataset_lib.Dataset:
+def _views(
+  class_level: bool, extra_class_level: bool = False, seed: int = 0
+) -> dataset_lib.Dataset:
   """Views of sklearn's digit images (pixels; random projections of the pixels + noise), labelled;
   pairs join the same image (instance) or random images of one class (class level)."""
   x, y = load_digits(return_X_y=True)
@@ -57,7 +59,9 @@ def test_auto_runs_one_round_on_instance_level_pairs():
 
 @pytest.mark.parametrize("first, second", [(True, False), (False, True), (True, True)])
 def test_auto_is_off_when_any_pair_set_is_class_level(first, second):
-  rounds, why = pseudo_lib.resolve_rounds(pseudo_lib.AUTO, _views(class_level=first, extra_class_level=second))
+  rounds, why = pseudo_lib.resolve_rounds(
+    pseudo_lib.AUTO, _views(class_level=first, extra_class_level=second)
+  )
   assert rounds == 0, why
   named = [n for n, c in (("pix<->proj", first), ("proj<->other", second)) if c]
   assert all(n in why for n in named), why
@@ -96,14 +100,17 @@ def test_run_logs_the_decision_and_takes_the_matching_path(monkeypatch):
   def entered(name):
     def stub(*args, **kwargs):
       raise _Entered(name)
+
     return stub
 
   monkeypatch.setattr(pseudo_lib, "self_train", entered("self_train"))
   monkeypatch.setattr(trainer_lib, "train", entered("train"))
   config = defaults.base_config()
   assert config.pseudo.rounds == pseudo_lib.AUTO
-  for class_level, path, decision in ((False, "self_train", "2 rounds (auto: all 2 pair sets instance-level)"),
-                                       (True, "train", "0 rounds (auto: class-level pair sets pix<->proj")):
+  for class_level, path, decision in (
+    (False, "self_train", "2 rounds (auto: all 2 pair sets instance-level)"),
+    (True, "train", "0 rounds (auto: class-level pair sets pix<->proj"),
+  ):
     lines = []
     with pytest.raises(_Entered, match=f"^{path}$"):
       graph_strategy.STRATEGY.train(config, _views(class_level=class_level), None, log=lines.append)
@@ -117,9 +124,12 @@ def test_run_logs_the_decision_and_takes_the_matching_path(monkeypatch):
 
 def test_a_run_that_stops_early_keeps_its_model_in_the_workdir(tmp_path, monkeypatch):
   """No pseudo-pair passes the gate after round 0: the kept model is round 0's (trained into round0/),
-  so its checkpoints and metrics are copied into the workdir, where a finished run's model is; loading
+  so its checkpoints and metrics are copied into the workdir, where a finished run's model is;
+  loading
   the workdir gives round 0's params, and a rerun (everything resumed) copies again without error."""
-  monkeypatch.setattr(pseudo_lib, "probe_precision", lambda *a, **k: 0.0)  # the gate rejects every pair set
+  monkeypatch.setattr(
+    pseudo_lib, "probe_precision", lambda *a, **k: 0.0
+  )  # the gate rejects every pair set
   c = defaults.shrink_for_tests(defaults.base_config())
   c.pseudo.rounds = 2
   c.train.tensorboard = False
@@ -128,18 +138,23 @@ def test_a_run_that_stops_early_keeps_its_model_in_the_workdir(tmp_path, monkeyp
   run = strategies.get(c.strategy).train(c, _views(class_level=False), workdir, log=lines.append)
   assert any("no modality pair passed the gate" in l for l in lines)
   assert (tmp_path / "run" / "round0" / "checkpoints").is_dir()
-  assert (tmp_path / "run" / "checkpoints").is_dir() and (tmp_path / "run" / "metrics.jsonl").is_file()
+  assert (tmp_path / "run" / "checkpoints").is_dir() and (
+    tmp_path / "run" / "metrics.jsonl"
+  ).is_file()
   assert '"round": 0' in (tmp_path / "run" / graph_strategy.PUBLISHED).read_text()
   loaded = trained_lib.load_trained(workdir)
   for key, stacked in run.results[-1].params.items():
     for a, b in zip(jax_leaves(stacked), jax_leaves(loaded.params[key])):
       np.testing.assert_array_equal(a, b)
   lines.clear()
-  strategies.get(c.strategy).train(c, _views(class_level=False), workdir, log=lines.append)  # rerun: resumed, copied again
+  strategies.get(c.strategy).train(
+    c, _views(class_level=False), workdir, log=lines.append
+  )  # rerun: resumed, copied again
   assert any("copied into" in l for l in lines)
   assert trained_lib.load_trained(workdir).step == loaded.step
 
 
 def jax_leaves(tree):
   import jax
+
   return [np.asarray(x) for x in jax.tree.leaves(tree)]

@@ -16,6 +16,7 @@ from graphbridge.evaluation import report as report_lib
 
 class _Identity:
   """Both modalities already live in one space: encode = unit rows (any route)."""
+
   name = "identity"
 
   def default_route(self, query, gallery):
@@ -36,7 +37,11 @@ def _hub_data(n_test=8, n_train=40, d=16, seed=0):
   hub = np.ones(d) / np.sqrt(d)
   e = np.eye(d)[:n_test]
   a_test = e + 1.5 * hub
-  a_train = np.eye(d)[n_test + rng.integers(0, d - n_test, n_train)] + 1.5 * hub + 0.01 * rng.normal(size=(n_train, d))
+  a_train = (
+    np.eye(d)[n_test + rng.integers(0, d - n_test, n_train)]
+    + 1.5 * hub
+    + 0.01 * rng.normal(size=(n_train, d))
+  )
   b_test = np.concatenate([e + 0.01 * rng.normal(size=e.shape), hub[None]])
   b_train = rng.normal(size=(n_train, d))
   a = np.concatenate([a_test, a_train])
@@ -44,29 +49,43 @@ def _hub_data(n_test=8, n_train=40, d=16, seed=0):
   ids_a = np.arange(len(a))
   ids_b = np.concatenate([np.arange(n_test), [10_000], 20_000 + np.arange(n_train)])
   pairs = np.stack([np.arange(n_test, n_test + 20), n_test + 1 + np.arange(20)], 1)
-  arrays = {"a_emb": a, "b_emb": b, "a_id": ids_a, "b_id": ids_b,
-            "a_test": np.arange(len(a)) < n_test, "a_train": np.arange(len(a)) >= n_test,
-            "b_test": np.arange(len(b)) <= n_test, "b_train": np.arange(len(b)) > n_test,
-            "pairs_a__b": pairs}
+  arrays = {
+    "a_emb": a,
+    "b_emb": b,
+    "a_id": ids_a,
+    "b_id": ids_b,
+    "a_test": np.arange(len(a)) < n_test,
+    "a_train": np.arange(len(a)) >= n_test,
+    "b_test": np.arange(len(b)) <= n_test,
+    "b_train": np.arange(len(b)) > n_test,
+    "pairs_a__b": pairs,
+  }
   return readers_lib.from_arrays(arrays)
 
 
 def _r1(rows, query="a", gallery="b"):
-  return [r for r in rows if (r["query"], r["gallery"], r["level"]) == (query, gallery, "instance")][0]["R@1"]
+  return [
+    r for r in rows if (r["query"], r["gallery"], r["level"]) == (query, gallery, "instance")
+  ][0]["R@1"]
 
 
 def test_the_query_bank_pushes_a_hub_down():
   dataset = _hub_data()
-  plain = retrieval_lib.retrieval_rows(_Identity(), dataset, split="test", ks=(1,), pairs=[("a", "b")])
-  banked = retrieval_lib.retrieval_rows(_Identity(), dataset, split="test", ks=(1,), pairs=[("a", "b")],
-                                   querybank_k=5)
-  assert _r1(plain) == 0.0      # the hub is every query's first answer
-  assert _r1(banked) == 1.0     # with the hub's penalty each query finds its own partner
+  plain = retrieval_lib.retrieval_rows(
+    _Identity(), dataset, split="test", ks=(1,), pairs=[("a", "b")]
+  )
+  banked = retrieval_lib.retrieval_rows(
+    _Identity(), dataset, split="test", ks=(1,), pairs=[("a", "b")], querybank_k=5
+  )
+  assert _r1(plain) == 0.0  # the hub is every query's first answer
+  assert _r1(banked) == 1.0  # with the hub's penalty each query finds its own partner
 
 
 def test_the_query_bank_never_reads_the_test_queries():
   dataset = _hub_data()
-  enc = encoding_lib.encode_route(_Identity(), dataset, encoding_lib.RouteSpec("a", "b", "a->b"), "test")
+  enc = encoding_lib.encode_route(
+    _Identity(), dataset, encoding_lib.RouteSpec("a", "b", "a->b"), "test"
+  )
   zq, zg = hubness_lib.querybank_scores(_Identity(), dataset, enc, enc.zq, 5)
   # the gallery side (and so every score) is the same whatever test queries are scored with it
   zq_half, zg_half = hubness_lib.querybank_scores(_Identity(), dataset, enc, enc.zq[:3], 5)
@@ -94,14 +113,26 @@ def test_auto_is_on_for_instance_pairs_and_off_for_class_pairs_or_csls():
   assert hubness_lib.resolve_querybank(-1, instance, csls_k=10)[0] == 0
   assert hubness_lib.resolve_querybank(3, instance) == (3, "asked for")
   assert hubness_lib.resolve_querybank(0, instance)[0] == 0
-  assert hubness_lib.resolve_querybank(-1, instance, split="train")[0] == 0   # the bank is the train rows
+  assert (
+    hubness_lib.resolve_querybank(-1, instance, split="train")[0] == 0
+  )  # the bank is the train rows
   assert hubness_lib.resolve_querybank(-1, instance, split="all")[0] == 0
   rng = np.random.default_rng(0)
   labels = np.repeat(np.arange(4), 10)
-  arrays = {"x_emb": rng.normal(size=(40, 5)), "y_emb": rng.normal(size=(40, 4)), "x_label": labels,
-            "y_label": labels, "pairs_x__y": np.stack([np.arange(40), rng.permutation(40)], 1)}
-  arrays["pairs_x__y"] = np.stack([np.arange(40), np.concatenate(
-      [rng.permutation(np.nonzero(labels == c)[0]) for c in range(4)])], 1)
+  arrays = {
+    "x_emb": rng.normal(size=(40, 5)),
+    "y_emb": rng.normal(size=(40, 4)),
+    "x_label": labels,
+    "y_label": labels,
+    "pairs_x__y": np.stack([np.arange(40), rng.permutation(40)], 1),
+  }
+  arrays["pairs_x__y"] = np.stack(
+    [
+      np.arange(40),
+      np.concatenate([rng.permutation(np.nonzero(labels == c)[0]) for c in range(4)]),
+    ],
+    1,
+  )
   class_level = readers_lib.from_arrays(arrays)
   assert hubness_lib.resolve_querybank(-1, class_level)[0] == 0
 
@@ -121,11 +152,16 @@ def test_config_check_on_querybank_k():
 
 def test_the_report_records_the_query_bank():
   dataset = _hub_data()
-  rep = report_lib.build_report(_Identity(), dataset, options=report_lib.EvalOptions(tables=("retrieval",)))
+  rep = report_lib.build_report(
+    _Identity(), dataset, options=report_lib.EvalOptions(tables=("retrieval",))
+  )
   assert rep.summary["querybank_k"] == hubness_lib.QUERYBANK_K
   assert rep.summary["querybank"].startswith("on, k=10")
-  off = report_lib.build_report(_Identity(), dataset,
-                                options=report_lib.EvalOptions(tables=("retrieval",), querybank_k=0))
+  off = report_lib.build_report(
+    _Identity(), dataset, options=report_lib.EvalOptions(tables=("retrieval",), querybank_k=0)
+  )
   assert off.summary["querybank_k"] == 0
   md = report_lib.markdown(rep.summary, {}, "t")
-  assert "query-bank correction" in md and "query-bank correction" not in report_lib.markdown(off.summary, {}, "t")
+  assert "query-bank correction" in md and "query-bank correction" not in report_lib.markdown(
+    off.summary, {}, "t"
+  )

@@ -28,9 +28,20 @@ STEPS = 40
 
 def run_worker(data_path, workdir, steps=STEPS, env_extra=None):
   env = {**os.environ, **(env_extra or {})}
-  return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tests", "reliability_worker.py"), data_path,
-                         workdir, str(steps)], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
-                        timeout=300)
+  return subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO_ROOT, "tests", "reliability_worker.py"),
+      data_path,
+      workdir,
+      str(steps),
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=REPO_ROOT,
+    timeout=300,
+  )
 
 
 def final_params(workdir):
@@ -54,14 +65,21 @@ def reference(data_path, tmp_path_factory):
   return final_params(workdir) + (workdir,)
 
 
-@pytest.mark.parametrize("fault", [{"GRAPHBRIDGE_KILL_AFTER_STEP": "25"},   # between checkpoints 20 and 30
-                                   {"GRAPHBRIDGE_KILL_DURING_SAVE": "30"}])  # while step 30 is written
+@pytest.mark.parametrize(
+  "fault",
+  [
+    {"GRAPHBRIDGE_KILL_AFTER_STEP": "25"},  # between checkpoints 20 and 30
+    {"GRAPHBRIDGE_KILL_DURING_SAVE": "30"},
+  ],
+)  # while step 30 is written
 def test_sigkill_then_same_command_ends_bit_identical(fault, data_path, reference, tmp_path):
   workdir = str(tmp_path / "run")
   killed = run_worker(data_path, workdir, env_extra=fault)
   assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
   assert "finished" not in killed.stdout
-  complete = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True).latest_complete_step()
+  complete = checkpoint_lib.Checkpoints(
+    os.path.join(workdir, "checkpoints"), read_only=True
+  ).latest_complete_step()
   # saves are asynchronous: step 20 may still have been in flight when the process died; step 30
   # never completed in either case
   assert complete in (10, 20)
@@ -75,6 +93,7 @@ def test_sigkill_then_same_command_ends_bit_identical(fault, data_path, referenc
 
 # ---- damaged checkpoints (in process) -----------------------------------------------------------
 
+
 @pytest.fixture
 def trained_workdir(data_path, reference, tmp_path):
   """The reference run stopped after step 30 (its checkpoints 20 and 30; step 40 removed), as a
@@ -82,13 +101,20 @@ def trained_workdir(data_path, reference, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(reference[2], workdir)
   shutil.rmtree(os.path.join(workdir, "checkpoints", str(STEPS)))
-  assert checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True).all_steps() == [20, 30]
+  assert checkpoint_lib.Checkpoints(
+    os.path.join(workdir, "checkpoints"), read_only=True
+  ).all_steps() == [20, 30]
   return workdir, readers_lib.load(data_path)
 
 
 def _item_files(workdir, step, item):
-  return [f for f in glob.glob(os.path.join(workdir, "checkpoints", str(step), item, "**", "*"), recursive=True)
-          if os.path.isfile(f)]
+  return [
+    f
+    for f in glob.glob(
+      os.path.join(workdir, "checkpoints", str(step), item, "**", "*"), recursive=True
+    )
+    if os.path.isfile(f)
+  ]
 
 
 def _truncate_largest(files):
@@ -109,8 +135,9 @@ def _resume_and_compare(workdir, dataset, expect_from, messages, reference_param
   return logs
 
 
-@pytest.mark.parametrize("damage", ["truncated_edge_file", "missing_edge_item", "corrupt_metadata",
-                                    "truncated_train_item"])
+@pytest.mark.parametrize(
+  "damage", ["truncated_edge_file", "missing_edge_item", "corrupt_metadata", "truncated_train_item"]
+)
 def test_damaged_latest_checkpoint_falls_back(damage, trained_workdir, reference, caplog):
   workdir, dataset = trained_workdir
   step_dir = os.path.join(workdir, "checkpoints", "30")
@@ -148,9 +175,13 @@ def test_checkpoint_of_another_graph_is_an_error_not_a_fallback(trained_workdir,
   config = config_for(STEPS)
   config.graph.extra_edges = "image->audio"  # another graph than the one in the checkpoints
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-  with pytest.raises(errors.CheckpointError, match=r"checkpoint step 30 in .* was written for another graph"):
+  with pytest.raises(
+    errors.CheckpointError, match=r"checkpoint step 30 in .* was written for another graph"
+  ):
     trainer_lib.train(config, workdir, dataset=dataset, log=lambda _: None)
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before  # nothing written or removed
+  assert (
+    sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  )  # nothing written or removed
 
 
 def test_all_checkpoints_damaged_starts_over_and_says_so(trained_workdir, reference):
@@ -169,6 +200,7 @@ def test_all_checkpoints_damaged_starts_over_and_says_so(trained_workdir, refere
 
 # ---- non-finite loss ----------------------------------------------------------------------------
 
+
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_path, tmp_path):
   """An absurd learning rate makes the weights overflow; the run stops naming terms and edges,
   and every checkpoint on disk holds finite parameters."""
@@ -183,17 +215,20 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_p
     trainer_lib.train(config, workdir, dataset=readers_lib.load(data_path), log=lambda _: None)
   message = str(info.value)
   assert message.startswith("step ") and "non-finite" in message
-  assert "edge_cos " in message or "cycle " in message          # a loss term named ...
-  assert "->" in message                                          # ... with its edge or cycle
+  assert "edge_cos " in message or "cycle " in message  # a loss term named ...
+  assert "->" in message  # ... with its edge or cycle
   assert "checkpoints hold the last good state" in message
   bad_step = int(message.split()[1].rstrip(":"))
-  saved = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True).all_steps()
+  saved = checkpoint_lib.Checkpoints(
+    os.path.join(workdir, "checkpoints"), read_only=True
+  ).all_steps()
   assert saved and max(saved) < bad_step  # nothing saved at or after the bad update
   for leaf in jax.tree.leaves(trained_lib.load_trained(workdir).params):
     assert np.all(np.isfinite(leaf))
 
 
 # ---- config typos, caught before anything is compiled ----------------------------------------
+
 
 def test_validate_lists_every_problem_with_choices():
   config = load_config_module("configs/digits.py").get_config("tiny")
@@ -211,14 +246,25 @@ def test_validate_lists_every_problem_with_choices():
   assert "graph.extra_edges: edge 'image-audio' is not of the form 'src->dst'" in message
 
 
-@pytest.mark.parametrize("override, expected", [
+@pytest.mark.parametrize(
+  "override, expected",
+  [
     ("--config.strategy=clip", "strategy='clip' is not one of: graph, pivot, pairwise, cmcr"),
-    ("--config.graph.extra_edges=image->depth", "unknown modality 'depth' (nodes: image, audio, text)"),
+    (
+      "--config.graph.extra_edges=image->depth",
+      "unknown modality 'depth' (nodes: image, audio, text)",
+    ),
     ("--config.train.stpes=5", "stpes"),
-])
+  ],
+)
 def test_cli_rejects_typos_before_compiling(override, expected, tmp_path):
-  cmd = [sys.executable, os.path.join(REPO_ROOT, "launch", "train.py"), "--config=configs/digits.py:tiny",
-         f"--workdir={tmp_path / 'run'}", override]
+  cmd = [
+    sys.executable,
+    os.path.join(REPO_ROOT, "launch", "train.py"),
+    "--config=configs/digits.py:tiny",
+    f"--workdir={tmp_path / 'run'}",
+    override,
+  ]
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
   out = proc.stdout + proc.stderr
   assert proc.returncode != 0

@@ -42,15 +42,23 @@ class untrained:
 
   def __init__(self, dataset, seed=0):
     config = defaults.shrink_for_tests(defaults.base_config())
-    layout = translators_lib.EdgeLayout.build(dataset.default_graph(), setup_lib.arch_from_config(config.model))
-    self.aligner = aligners_lib.GraphAligner(layout, translators_lib.init_params(layout, seed), name="graph")
-    self.init_aligner = aligners_lib.GraphAligner(layout, translators_lib.init_params(layout, seed + 1), name="graph")
+    layout = translators_lib.EdgeLayout.build(
+      dataset.default_graph(), setup_lib.arch_from_config(config.model)
+    )
+    self.aligner = aligners_lib.GraphAligner(
+      layout, translators_lib.init_params(layout, seed), name="graph"
+    )
+    self.init_aligner = aligners_lib.GraphAligner(
+      layout, translators_lib.init_params(layout, seed + 1), name="graph"
+    )
 
 
-FAST = report_lib.EvalOptions(cycle_length=2, path_hops=1, silhouette_sample=60, projection_points=30)
+FAST = report_lib.EvalOptions(
+  cycle_length=2, path_hops=1, silhouette_sample=60, projection_points=30
+)
 SHAPES = {
-    "tree6": ((8, 12, 16, 8, 24, 10), ((0, 1), (0, 2), (1, 3), (1, 4))),
-    "chain8": ((8, 12, 16, 8, 24, 10, 14, 6), ((0, 1), (1, 2), (2, 3), (3, 4))),
+  "tree6": ((8, 12, 16, 8, 24, 10), ((0, 1), (0, 2), (1, 3), (1, 4))),
+  "chain8": ((8, 12, 16, 8, 24, 10, 14, 6), ((0, 1), (1, 2), (2, 3), (3, 4))),
 }
 
 
@@ -67,24 +75,30 @@ def test_report_for_mixed_dims(shape, tmp_path, monkeypatch):
   original = figures_lib.write_plots
 
   def spy(report, out_dir, *args, **kwargs):
-    seen_before_plots.append(all(os.path.exists(os.path.join(out_dir, f)) for f in report_lib.REPORT_FILES))
+    seen_before_plots.append(
+      all(os.path.exists(os.path.join(out_dir, f)) for f in report_lib.REPORT_FILES)
+    )
     return original(report, out_dir, *args, **kwargs)
 
   monkeypatch.setattr(report_lib, "write_plots", spy)
   log = []
-  summary = report_lib.run_report(run.aligner, dataset, str(tmp_path), before=run.init_aligner,
-                                  options=FAST, log=log.append)
+  summary = report_lib.run_report(
+    run.aligner, dataset, str(tmp_path), before=run.init_aligner, options=FAST, log=log.append
+  )
   assert seen_before_plots == [True]
   saved = json.loads((tmp_path / "report.json").read_text())
   n = len(dims)
   defaults_rows = [r for r in saved["rows"] if not r["named_route"]]
   assert {(r["query"], r["gallery"]) for r in defaults_rows} == {
-      (f"m{a}", f"m{b}") for a in range(n) for b in range(n) if a != b}
+    (f"m{a}", f"m{b}") for a in range(n) for b in range(n) if a != b
+  }
   assert max(r["hops"] for r in defaults_rows) >= 3
   md = (tmp_path / "report.md").read_text()
   assert "## Retrieval" in md
   # the projection is drawn in the hub's space with every modality translated into it
-  assert (tmp_path / "projection.png").exists() or any("projection" in s for s in saved["plots_not_drawn"])
+  assert (tmp_path / "projection.png").exists() or any(
+    "projection" in s for s in saved["plots_not_drawn"]
+  )
   assert "projection" in saved["plots"]
   assert not saved.get("plots_not_drawn")
   assert summary["projection"]["routes"]
@@ -100,11 +114,13 @@ def test_a_figure_that_fails_is_skipped_with_a_note(tmp_path, monkeypatch):
 
   monkeypatch.setattr(projection_lib, "plot_projection_before_after", broken)
   log = []
-  report_lib.run_report(run.aligner, dataset, str(tmp_path), before=run.init_aligner, options=FAST,
-                        log=log.append)
+  report_lib.run_report(
+    run.aligner, dataset, str(tmp_path), before=run.init_aligner, options=FAST, log=log.append
+  )
   saved = json.loads((tmp_path / "report.json").read_text())
-  assert saved["plots_not_drawn"] == ["projection: ValueError: all modalities in before must share one "
-                                      "embedding dimension"]
+  assert saved["plots_not_drawn"] == [
+    "projection: ValueError: all modalities in before must share one embedding dimension"
+  ]
   assert "heatmap_instance" in saved["plots"]
   assert "Figure not drawn: projection" in (tmp_path / "report.md").read_text()
   assert any(line.startswith("figure not drawn: projection") for line in log)

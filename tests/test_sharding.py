@@ -61,8 +61,14 @@ def test_edge_split_only_where_the_bucket_divides(tri_modal_dataset, tiny_config
   key = layout.buckets[0].key
   for edges, expected in ((2, ("edges",)), (4, ())):
     mesh = jax.sharding.AbstractMesh((8 // edges, edges), ("data", "edges"))
-    assert tuple(sharding_lib.leaf_spec(layout, ["params", "edges", key, "dense_0", "kernel"], (2, 6, 16),
-                                        mesh)) == expected
+    assert (
+      tuple(
+        sharding_lib.leaf_spec(
+          layout, ["params", "edges", key, "dense_0", "kernel"], (2, 6, 16), mesh
+        )
+      )
+      == expected
+    )
     assert tuple(sharding_lib.leaf_spec(layout, ["health", "grads_finite", key], (2,), mesh)) == ()
     assert tuple(sharding_lib.leaf_spec(layout, ["opt", "0", "count"], (), mesh)) == ()
 
@@ -101,7 +107,9 @@ def test_host_sampler_draws_the_device_samplers_batches(tiny_config, aligned):
   config.loss.aligned_batches = aligned
   if aligned:
     arrays = make_synthetic_arrays({"a": 6, "b": 8}, {"a": 40, "b": 40}, [])
-    arrays["pairs_a__b"] = np.stack([np.arange(40), np.arange(40)], axis=1)  # row i of a is row i of b
+    arrays["pairs_a__b"] = np.stack(
+      [np.arange(40), np.arange(40)], axis=1
+    )  # row i of a is row i of b
     dataset = readers_lib.from_arrays(arrays, source="<aligned>")
   else:
     dataset = readers_lib.from_arrays(make_tri_modal_arrays())
@@ -129,13 +137,24 @@ def _free_port() -> int:
 def test_eight_devices_match_one_device_and_checkpoints_move_both_ways(data_dir, tmp_path):
   quiet = lambda msg: None
   one = str(tmp_path / "one_device")
-  trainer_lib.train(worker.tiny_config(data_dir, STEPS), one, log=quiet)  # the reference, on this process
+  trainer_lib.train(
+    worker.tiny_config(data_dir, STEPS), one, log=quiet
+  )  # the reference, on this process
   out = tmp_path / "eight"
   out.mkdir()
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}
+  env = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p),
+  }
   env.pop("XLA_FLAGS", None)  # the worker sets its own device count
-  run = lambda *args: subprocess.Popen([sys.executable, worker.__file__, *map(str, args)], env=env, cwd=REPO_ROOT,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  run = lambda *args: subprocess.Popen(
+    [sys.executable, worker.__file__, *map(str, args)],
+    env=env,
+    cwd=REPO_ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
   def finish(proc):
     try:
@@ -154,11 +173,19 @@ def test_eight_devices_match_one_device_and_checkpoints_move_both_ways(data_dir,
   # 2 processes x 4 devices (jax.distributed over localhost), data 4 x edges 2: both buckets split
   multihost = str(tmp_path / "two_processes")
   port = _free_port()
-  procs = [run(f"--process={i}", "--processes=2", f"--port={port}", data_dir, multihost, STEPS) for i in range(2)]
+  procs = [
+    run(f"--process={i}", "--processes=2", f"--port={port}", data_dir, multihost, STEPS)
+    for i in range(2)
+  ]
   for proc in procs:
     finish(proc)
-  assert worker.max_diff(worker.final_params(multihost, 2 * STEPS), worker.final_params(one, 2 * STEPS)) <= 1e-5
-  assert worker.loss_diff(worker.losses(multihost), worker.losses(one), range(1, 2 * STEPS + 1)) <= 1e-5
+  assert (
+    worker.max_diff(worker.final_params(multihost, 2 * STEPS), worker.final_params(one, 2 * STEPS))
+    <= 1e-5
+  )
+  assert (
+    worker.loss_diff(worker.losses(multihost), worker.losses(one), range(1, 2 * STEPS + 1)) <= 1e-5
+  )
 
   # its checkpoint at step STEPS (edge-split, written by two processes) resumes here, on one device,
   # and ends where the one-device run ended
@@ -166,5 +193,11 @@ def test_eight_devices_match_one_device_and_checkpoints_move_both_ways(data_dir,
   worker.copy_step(multihost, STEPS, back)
   result = trainer_lib.train(worker.tiny_config(data_dir, STEPS), back, log=quiet)
   assert result.steps_run == STEPS
-  assert worker.max_diff(worker.final_params(back, 2 * STEPS), worker.final_params(one, 2 * STEPS)) <= 1e-5
-  assert worker.loss_diff(worker.losses(back), worker.losses(one), range(STEPS + 1, 2 * STEPS + 1)) <= 1e-5
+  assert (
+    worker.max_diff(worker.final_params(back, 2 * STEPS), worker.final_params(one, 2 * STEPS))
+    <= 1e-5
+  )
+  assert (
+    worker.loss_diff(worker.losses(back), worker.losses(one), range(STEPS + 1, 2 * STEPS + 1))
+    <= 1e-5
+  )

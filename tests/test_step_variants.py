@@ -62,7 +62,9 @@ def _loss_grads_update(config, dataset, steps=3):
   step = step_lib.make_device_step(setup, tx)
   for _ in range(steps):
     state, _ = step(state, {}, arrays)
-  update = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, jax.device_get(state["params"]["edges"]), p0)
+  update = jax.tree.map(
+    lambda a, b: np.asarray(a, np.float64) - b, jax.device_get(state["params"]["edges"]), p0
+  )
   grads = jax.tree.map(lambda g: np.asarray(g, np.float64), grads["edges"])
   return float(loss), grads, update, state
 
@@ -90,8 +92,11 @@ def test_fused_layer_same_params_values_and_grads():
   assert "custom_vjp" in str(jax.make_jaxpr(f(fused))(params))
   assert "custom_vjp" not in str(jax.make_jaxpr(f(arch))(params))
   np.testing.assert_allclose(f(fused)(params), f(arch)(params), rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               jax.grad(f(fused))(params), jax.grad(f(arch))(params))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    jax.grad(f(fused))(params),
+    jax.grad(f(arch))(params),
+  )
 
 
 @pytest.mark.parametrize("activation", ["gelu_exact", "relu", "silu", "tanh"])
@@ -109,10 +114,17 @@ def test_fused_layer_other_activations(activation):
 def test_bf16_variants_within_tolerance_of_float32(reference):
   dataset, (loss_ref, grads_ref, update_ref, _) = reference
   errors = {}
-  for name, cfg in {"bf16": _config("bfloat16"), "bf16_fused": _config("bfloat16", "fused"),
-                    "bf16_fused_mu": _config("bfloat16", "fused", "bfloat16")}.items():
+  for name, cfg in {
+    "bf16": _config("bfloat16"),
+    "bf16_fused": _config("bfloat16", "fused"),
+    "bf16_fused_mu": _config("bfloat16", "fused", "bfloat16"),
+  }.items():
     loss, grads, update, state = _loss_grads_update(cfg, dataset)
-    errors[name] = (abs(loss - loss_ref) / abs(loss_ref), _rel(grads, grads_ref), _rel(update, update_ref))
+    errors[name] = (
+      abs(loss - loss_ref) / abs(loss_ref),
+      _rel(grads, grads_ref),
+      _rel(update, update_ref),
+    )
     if name == "bf16_fused_mu":
       mu = state["opt"][-1][0].mu if hasattr(state["opt"][-1][0], "mu") else None
       mus = [x for x in jax.tree.leaves(state["opt"]) if x.ndim >= 2]
@@ -147,9 +159,10 @@ def test_variant_options_validated():
     validate_lib.validate(_config(impl="fast"))
   arch = translators_lib.TranslatorArch(hidden=(4,), impl="fused")
   assert translators_lib.TranslatorArch.from_dict(arch.to_dict()) == arch
-  assert "impl" not in translators_lib.TranslatorArch(hidden=(4,)).to_dict()  # checkpoints of default runs unchanged
-  assert arch.tag == translators_lib.TranslatorArch(hidden=(4,)).tag          # bucket keys too
-
+  assert (
+    "impl" not in translators_lib.TranslatorArch(hidden=(4,)).to_dict()
+  )  # checkpoints of default runs unchanged
+  assert arch.tag == translators_lib.TranslatorArch(hidden=(4,)).tag  # bucket keys too
 
 
 def _edge_apply_config(edge_apply, layer_norm):
@@ -164,8 +177,10 @@ def _edge_apply_config(edge_apply, layer_norm):
 def test_edge_apply_per_edge_is_the_batched_function(layer_norm):
   # 3 modalities of one dim: one bucket of 6 edges, applied per edge or as one batched call
   dataset = _dataset(modalities=3)
-  runs = {mode: _loss_grads_update(_edge_apply_config(mode, layer_norm), dataset)
-          for mode in ("batched", "per_edge")}
+  runs = {
+    mode: _loss_grads_update(_edge_apply_config(mode, layer_norm), dataset)
+    for mode in ("batched", "per_edge")
+  }
   (loss_b, grads_b, update_b, _), (loss_e, grads_e, update_e, _) = runs["batched"], runs["per_edge"]
   assert jax.tree.structure(grads_b) == jax.tree.structure(grads_e)
   assert abs(loss_e - loss_b) <= 1e-6 * abs(loss_b)
@@ -182,13 +197,22 @@ def test_edge_apply_auto_resolution_and_validation():
   assert translators_lib.resolve_edge_apply(bucket, "gpu") == "batched"
   assert translators_lib.resolve_edge_apply(bucket, "tpu") == "batched"
   assert translators_lib.resolve_edge_apply(single, "cpu") == "batched"
-  many = translators_lib.Bucket("k", 8, 8, arch, True, edges * (translators_lib.PER_EDGE_MAX_EDGES // len(edges) + 1))
+  many = translators_lib.Bucket(
+    "k", 8, 8, arch, True, edges * (translators_lib.PER_EDGE_MAX_EDGES // len(edges) + 1)
+  )
   assert translators_lib.resolve_edge_apply(many, "cpu") == "batched"
-  rows_needed = translators_lib.PER_EDGE_MIN_FLOPS / translators_lib.translator_flops(8, 8, arch)   # tiny calls stay batched
+  rows_needed = translators_lib.PER_EDGE_MIN_FLOPS / translators_lib.translator_flops(
+    8, 8, arch
+  )  # tiny calls stay batched
   assert translators_lib.resolve_edge_apply(bucket, "cpu", rows=int(rows_needed) - 1) == "batched"
   assert translators_lib.resolve_edge_apply(bucket, "cpu", rows=int(rows_needed) + 1) == "per_edge"
   forced = translators_lib.TranslatorArch(hidden=(4,), edge_apply="batched")
-  assert translators_lib.resolve_edge_apply(translators_lib.Bucket("k", 8, 8, forced, True, edges), "cpu") == "batched"
+  assert (
+    translators_lib.resolve_edge_apply(
+      translators_lib.Bucket("k", 8, 8, forced, True, edges), "cpu"
+    )
+    == "batched"
+  )
   with pytest.raises(ValueError, match="unknown edge_apply 'loop'"):
     translators_lib.TranslatorArch(hidden=(4,), edge_apply="loop")
   c = _config()

@@ -47,10 +47,13 @@ def _with(config, **fields):
 
 # ---- registry ----------------------------------------------------------------------------------
 
+
 def test_registry_lists_the_four_strategies_and_config_check_uses_it():
   assert strategies.names()[:4] == ("graph", "pivot", "pairwise", "cmcr")
   bad = ml_collections.ConfigDict({**defaults.base_config().to_dict(), "strategy": "clap"})
-  with pytest.raises(errors.ConfigError, match="strategy='clap' is not one of: graph, pivot, pairwise, cmcr, dmvae"):
+  with pytest.raises(
+    errors.ConfigError, match="strategy='clap' is not one of: graph, pivot, pairwise, cmcr, dmvae"
+  ):
     validate_lib.validate(bad)
   with pytest.raises(errors.ConfigError, match="choices: graph, pivot, pairwise, cmcr"):
     strategies.get("clap")
@@ -67,6 +70,7 @@ def test_with_overrides_rejects_unknown_fields(config):
 
 # ---- each strategy's stages (no training) -------------------------------------------------------
 
+
 def test_graph_stage_is_the_config_graph(config, tri_modal_dataset):
   (stage,) = strategies.get("graph").plan(_with(config, strategy="graph"), tri_modal_dataset)
   assert stage.graph.edge_names == tri_modal_dataset.default_graph().edge_names
@@ -78,30 +82,43 @@ def test_pivot_stage_binds_into_the_most_paired_modality(config, tri_modal_datas
   assert sorted(stage.graph.edge_names) == ["audio->text", "image->text"]
   assert stage.overrides["loss.cycle_weights"] == (0.0,) and stage.overrides["finetune.steps"] == 0
   with pytest.raises(GraphError, match="no pairs for audio"):
-    strategies.get("pivot").plan(_with(config, strategy="pivot", pivot__modality="image"), tri_modal_dataset)
+    strategies.get("pivot").plan(
+      _with(config, strategy="pivot", pivot__modality="image"), tri_modal_dataset
+    )
 
 
 def test_pairwise_stage_meets_in_a_virtual_space(config, tri_modal_dataset):
   (stage,) = strategies.get("pairwise").plan(_with(config, strategy="pairwise"), tri_modal_dataset)
   assert stage.graph.dims[pairwise_lib.SHARED_NODE] == 8
-  setup = setup_lib.build_setup(_with(config, **{k.replace(".", "__"): v for k, v in stage.overrides.items()}),
-                                tri_modal_dataset, graph=stage.graph, objective=stage.objective)
+  setup = setup_lib.build_setup(
+    _with(config, **{k.replace(".", "__"): v for k, v in stage.overrides.items()}),
+    tri_modal_dataset,
+    graph=stage.graph,
+    objective=stage.objective,
+  )
   assert isinstance(setup.plan, objective_lib.Objective)
   assert len(setup.plan.terms) == len(tri_modal_dataset.pairs)
   assert setup.plan.cycles == ()
 
 
 def test_cmcr_stages_freeze_stage_one(config, tri_modal_dataset):
-  first, second = strategies.get("cmcr").plan(_with(config, strategy="cmcr", cmcr__stage1_steps=3), tri_modal_dataset)
+  first, second = strategies.get("cmcr").plan(
+    _with(config, strategy="cmcr", cmcr__stage1_steps=3), tri_modal_dataset
+  )
   assert first.subdir == "stage1" and first.overrides["train.steps"] == 3
   assert second.freeze_stages == (0,)
   assert set(first.graph.edge_names) < set(second.graph.edge_names)
-  assert {"space_image->common", "space_audio->common"} == set(second.graph.edge_names) - set(first.graph.edge_names)
+  assert {"space_image->common", "space_audio->common"} == set(second.graph.edge_names) - set(
+    first.graph.edge_names
+  )
   with pytest.raises(GraphError, match="set cmcr.shared"):
-    strategies.get("cmcr").plan(_with(config, strategy="cmcr", cmcr__shared="image"), tri_modal_dataset)
+    strategies.get("cmcr").plan(
+      _with(config, strategy="cmcr", cmcr__shared="image"), tri_modal_dataset
+    )
 
 
 # ---- objective interface ------------------------------------------------------------------------
+
 
 def test_finetune_keeps_every_weight_key(config, tri_modal_dataset):
   setup = setup_lib.build_setup(config, tri_modal_dataset)
@@ -122,9 +139,13 @@ def test_finetune_keeps_every_weight_key(config, tri_modal_dataset):
 
 # ---- training through the registry (a few steps) ------------------------------------------------
 
-def test_cmcr_run_trains_both_stages_and_keeps_stage_one_frozen(config, tri_modal_dataset, tmp_path):
-  run = strategies.get("cmcr").train(_with(config, strategy="cmcr"), tri_modal_dataset, str(tmp_path),
-                                log=lambda m: None)
+
+def test_cmcr_run_trains_both_stages_and_keeps_stage_one_frozen(
+  config, tri_modal_dataset, tmp_path
+):
+  run = strategies.get("cmcr").train(
+    _with(config, strategy="cmcr"), tri_modal_dataset, str(tmp_path), log=lambda m: None
+  )
   first, second = run.results
   assert (tmp_path / "stage1" / "checkpoints").is_dir() and (tmp_path / "checkpoints").is_dir()
   stage1_params, stage2_params = first.edge_params(), second.edge_params()
@@ -135,8 +156,13 @@ def test_cmcr_run_trains_both_stages_and_keeps_stage_one_frozen(config, tri_moda
 
 
 def test_compare_one_seed(config, tri_modal_dataset, tmp_path):
-  c = _with(config, compare__strategies="pivot,pairwise", compare__seeds=1, compare__posthoc="none",
-            compare__baselines="ridge")
+  c = _with(
+    config,
+    compare__strategies="pivot,pairwise",
+    compare__seeds=1,
+    compare__posthoc="none",
+    compare__baselines="ridge",
+  )
   result = compare_run.compare(c, str(tmp_path), dataset=tri_modal_dataset, log=lambda m: None)
   methods = [t["method"] for t in result["table"]]
   assert methods == ["pivot", "pairwise", "linear-ridge"]
@@ -148,12 +174,19 @@ def test_compare_one_seed(config, tri_modal_dataset, tmp_path):
 
 # ---- routes -------------------------------------------------------------------------------------
 
+
 def test_routes_parse_and_best():
   g = ModalityGraph.build({"image": 4, "text": 4, "audio": 4})
   for e in ("image->text", "text->image", "audio->text", "text->audio"):
     g = g.add_edge(e)
   r = parse_route(g, "image->text<-audio")
-  assert (r.query, r.gallery, r.meet, r.hops, r.name) == ("image", "audio", "text", 2, "image->text<-audio")
+  assert (r.query, r.gallery, r.meet, r.hops, r.name) == (
+    "image",
+    "audio",
+    "text",
+    2,
+    "image->text<-audio",
+  )
   assert best_route(g, "image", "audio").name == "image->text<-audio"  # shorter longest side
   assert best_route(g, "image", "text").name == "image->text"
   with pytest.raises(GraphError):

@@ -75,7 +75,9 @@ def test_hold_out_never_overlaps_and_keeps_test_rows(tri_modal_dataset):
     validation_lib.hold_out(tri_modal_dataset, 1.0)
 
 
-def test_no_tensorboardx_is_a_note_not_an_error(tmp_path, tri_modal_dataset, tiny_config, monkeypatch):
+def test_no_tensorboardx_is_a_note_not_an_error(
+  tmp_path, tri_modal_dataset, tiny_config, monkeypatch
+):
   monkeypatch.setattr(writers_lib, "tensorboard_available", lambda: False)
   tiny_config.train.steps = 5
   tiny_config.train.checkpoint_every = 0
@@ -93,12 +95,14 @@ def test_format_eta():
   assert writers_lib.format_eta(float("nan")) == "?"
 
 
-def test_keep_best_ends_with_the_best_validated_params(tmp_path, tri_modal_dataset, digits_config_module,
-                                                       monkeypatch):
+def test_keep_best_ends_with_the_best_validated_params(
+  tmp_path, tri_modal_dataset, digits_config_module, monkeypatch
+):
   """train.keep_best: the run returns, and its last checkpoint holds, the params scored best on the
   held-back rows (here step 10 of 20, by scripted validation scores), not the last step's."""
   import jax
-  scripted = iter([0.2, 0.9, 0.5, 0.4])   # steps 5, 10, 15, 20
+
+  scripted = iter([0.2, 0.9, 0.5, 0.4])  # steps 5, 10, 15, 20
   seen = {}
 
   def fake_rows(aligner, dataset, split="test", ks=(1,)):
@@ -120,8 +124,12 @@ def test_keep_best_ends_with_the_best_validated_params(tmp_path, tri_modal_datas
   loaded = trained_lib.load_trained(workdir)
   assert loaded.step == 20
   for key, stacked in result.state["params"]["edges"].items():
-    for got, saved, best, last in zip(jax.tree.leaves(stacked), jax.tree.leaves(loaded.params[key]),
-                                      jax.tree.leaves(seen[10][key]), jax.tree.leaves(seen[20][key])):
+    for got, saved, best, last in zip(
+      jax.tree.leaves(stacked),
+      jax.tree.leaves(loaded.params[key]),
+      jax.tree.leaves(seen[10][key]),
+      jax.tree.leaves(seen[20][key]),
+    ):
       np.testing.assert_array_equal(np.asarray(got), best)
       np.testing.assert_array_equal(np.asarray(saved), best)
       assert not np.array_equal(best, last)
@@ -130,4 +138,6 @@ def test_keep_best_ends_with_the_best_validated_params(tmp_path, tri_modal_datas
 def test_keep_best_needs_validation(digits_config_module):
   config = digits_config_module.get_config("tiny")
   config.train.keep_best = True
-  assert any("train.keep_best needs train.validate_every" in p for p in fields.range_problems(config))
+  assert any(
+    "train.keep_best needs train.validate_every" in p for p in fields.range_problems(config)
+  )

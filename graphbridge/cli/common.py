@@ -34,19 +34,31 @@ def fail(prog: str, message: str) -> None:
 def _user_errors() -> list[tuple[type, str]]:
   """(error class, hint) for errors a user caused and can fix, most specific first."""
   return [
-      (errors.RunMismatchError, "docs/reliability.md lists the changes a resume accepts"),
-      (errors.CheckpointWriteError, "free space (or fix permissions) and run the same command again: it "
-                                      "resumes from the last saved step"),
-      (errors.CheckpointCorruptError, "an older verified step is used when none is named; evaluate --step=N "
-                                        "picks one; the damaged files are kept for inspection"),
-      (errors.CheckpointError, "check --workdir / --from_workdir (docs/reliability.md)"),
-      (errors.WorkdirLockedError, "one run per workdir: train, graft and evaluate lock it"),
-      (errors.ConfigError, "--dry_run checks a config without training; --help lists the flags"),
-      (errors.GraftError, "docs/grafting.md"),
-      (GraphError, "graph nodes must be modalities of the data (or graph.virtual_nodes), edges 'src->dst'"),
-      (errors.DataError, "the data format is described in graphbridge/data.py and docs/api.md"),
-      (errors.NonFiniteError, "lower --config.optim.lr or set --config.optim.grad_clip; the same command "
-                             "resumes from the last good checkpoint"),
+    (errors.RunMismatchError, "docs/reliability.md lists the changes a resume accepts"),
+    (
+      errors.CheckpointWriteError,
+      "free space (or fix permissions) and run the same command again: it "
+      "resumes from the last saved step",
+    ),
+    (
+      errors.CheckpointCorruptError,
+      "an older verified step is used when none is named; evaluate --step=N "
+      "picks one; the damaged files are kept for inspection",
+    ),
+    (errors.CheckpointError, "check --workdir / --from_workdir (docs/reliability.md)"),
+    (errors.WorkdirLockedError, "one run per workdir: train, graft and evaluate lock it"),
+    (errors.ConfigError, "--dry_run checks a config without training; --help lists the flags"),
+    (errors.GraftError, "docs/grafting.md"),
+    (
+      GraphError,
+      "graph nodes must be modalities of the data (or graph.virtual_nodes), edges 'src->dst'",
+    ),
+    (errors.DataError, "the data format is described in graphbridge/data.py and docs/api.md"),
+    (
+      errors.NonFiniteError,
+      "lower --config.optim.lr or set --config.optim.grad_clip; the same command "
+      "resumes from the last good checkpoint",
+    ),
   ]
 
 
@@ -73,6 +85,7 @@ def _quiet_background_errors() -> None:
     if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
       return
     previous(kind, value, tb)
+
   sys.excepthook = hook
   previous_unraisable = sys.unraisablehook
 
@@ -80,6 +93,7 @@ def _quiet_background_errors() -> None:
     if isinstance(info.exc_value, RuntimeError) and "Event loop is closed" in str(info.exc_value):
       return
     previous_unraisable(info)
+
   sys.unraisablehook = unraisable
 
 
@@ -96,8 +110,11 @@ def run_main(prog: str, fn, *args, **kwargs):
         sys.exit(USAGE_ERROR)
     disk = _disk_error(exc)
     if disk is not None:
-      print(f"{prog}: cannot write {disk.filename or ''}: {disk.strerror}\nhint: free space or fix "
-            "permissions and run the same command again (it resumes from the last saved step)", file=sys.stderr)
+      print(
+        f"{prog}: cannot write {disk.filename or ''}: {disk.strerror}\nhint: free space or fix "
+        "permissions and run the same command again (it resumes from the last saved step)",
+        file=sys.stderr,
+      )
       sys.exit(USAGE_ERROR)
     raise
 
@@ -119,8 +136,13 @@ def print_help(prog: str, module_name: str, doc: str | None) -> None:
   print("\nabsl's own flags (verbosity, logging): --helpfull")
 
 
-def prepare_argv(argv: Sequence[str], prog: str, module_name: str, doc: str | None,
-                 config_flag: str | None = "config") -> list[str]:
+def prepare_argv(
+  argv: Sequence[str],
+  prog: str,
+  module_name: str,
+  doc: str | None,
+  config_flag: str | None = "config",
+) -> list[str]:
   """argv with `--config` resolved to a file; handles --help and config typos (exits)."""
   argv = list(argv)
   if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
@@ -145,8 +167,11 @@ def prepare_argv(argv: Sequence[str], prog: str, module_name: str, doc: str | No
       break
   if config_value is None:
     return argv
-  overrides = [a[len(f"--{config_flag}."):].split("=", 1)[0] for a in argv[1:]
-               if a.startswith(f"--{config_flag}.")]
+  overrides = [
+    a[len(f"--{config_flag}.") :].split("=", 1)[0]
+    for a in argv[1:]
+    if a.startswith(f"--{config_flag}.")
+  ]
   try:
     config = configs_lib.load(config_value)
   except ValueError as exc:  # e.g. an unknown variant

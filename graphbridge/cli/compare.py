@@ -1,6 +1,6 @@
 """graphbridge-compare / launch/compare.py: every strategy on one data set, several seeds.
 
-  python launch/compare.py --config=configs/compare.py --workdir=/tmp/gb_compare
+python launch/compare.py --config=configs/compare.py --workdir=/tmp/gb_compare
 """
 
 import sys
@@ -10,9 +10,15 @@ from ml_collections import config_flags
 from graphbridge.runs import compare as compare_run
 from graphbridge.cli import common
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: a packaged name (compare, "
-                                          "compare:tiny) or a file (configs/compare.py).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for per-run checkpoints and compare.{md,json,png}.")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  None,
+  "Experiment config: a packaged name (compare, compare:tiny) or a file (configs/compare.py).",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Directory for per-run checkpoints and compare.{md,json,png}."
+)
 
 
 def _main(argv):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 class GraphError(ValueError):
   """A request that does not fit the graph (unknown modality, missing edge, bad path)."""
 

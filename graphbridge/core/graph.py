@@ -25,14 +25,16 @@ def check_modality_name(name: str) -> str:
   """Names become file names and npz keys (`pairs_a__b`), so keep them simple."""
   if not isinstance(name, str) or not _NAME_RE.match(name) or "__" in name:
     raise GraphError(
-        f"invalid modality name {name!r}: use a letter followed by letters, digits or single "
-        "underscores (e.g. 'image', 'audio_clap')")
+      f"invalid modality name {name!r}: use a letter followed by letters, digits or single "
+      "underscores (e.g. 'image', 'audio_clap')"
+    )
   return name
 
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Edge:
   """A directed translator src -> dst."""
+
   src: str
   dst: str
 
@@ -69,13 +71,17 @@ class ModalityGraph:
   Node order is insertion order and is the canonical order everywhere (layouts, reports).
   Edges are kept sorted by (src, dst) in node order.
   """
+
   nodes: tuple[tuple[str, int], ...] = ()
   edges: tuple[Edge, ...] = ()
 
   # ---- construction -------------------------------------------------------------------------
   @classmethod
-  def build(cls, nodes: Mapping[str, int] | Iterable[tuple[str, int]],
-            edges: Iterable[Edge | str | tuple[str, str]] = ()) -> "ModalityGraph":
+  def build(
+    cls,
+    nodes: Mapping[str, int] | Iterable[tuple[str, int]],
+    edges: Iterable[Edge | str | tuple[str, str]] = (),
+  ) -> "ModalityGraph":
     graph = cls()
     items = nodes.items() if isinstance(nodes, Mapping) else nodes
     for name, dim in items:
@@ -142,7 +148,9 @@ class ModalityGraph:
   def _check_node(self, name: str, context: str = "") -> None:
     if name not in self.dims:
       where = f"{context}: " if context else ""
-      raise GraphError(f"{where}unknown modality {name!r} (nodes: {', '.join(self.node_names) or 'none'})")
+      raise GraphError(
+        f"{where}unknown modality {name!r} (nodes: {', '.join(self.node_names) or 'none'})"
+      )
 
   def edge(self, spec: Edge | str) -> Edge:
     """Validated edge lookup: 'image->text' -> Edge, with a clear error if it is absent."""
@@ -150,7 +158,9 @@ class ModalityGraph:
     for end in (edge.src, edge.dst):
       self._check_node(end, context=f"edge {edge.name}")
     if edge not in self._edge_set:
-      raise GraphError(f"no edge {edge.name} in graph (edges: {', '.join(self.edge_names) or 'none'})")
+      raise GraphError(
+        f"no edge {edge.name} in graph (edges: {', '.join(self.edge_names) or 'none'})"
+      )
     return edge
 
   # ---- paths --------------------------------------------------------------------------------
@@ -165,7 +175,8 @@ class ModalityGraph:
     for edge in path_edges(nodes):
       if edge not in self._edge_set:
         raise GraphError(
-            f"path {text}: no edge {edge.name} in graph (edges: {', '.join(self.edge_names) or 'none'})")
+          f"path {text}: no edge {edge.name} in graph (edges: {', '.join(self.edge_names) or 'none'})"
+        )
     return nodes
 
   def shortest_path(self, src: str, dst: str) -> Path:
@@ -187,7 +198,9 @@ class ModalityGraph:
               path.append(previous[path[-1]])
             return tuple(reversed(path))
           queue.append(edge.dst)
-    raise GraphError(f"no path from {src} to {dst} in graph (edges: {', '.join(self.edge_names) or 'none'})")
+    raise GraphError(
+      f"no path from {src} to {dst} in graph (edges: {', '.join(self.edge_names) or 'none'})"
+    )
 
   def hop_distance(self, src: str, dst: str) -> int | None:
     """Hops on the shortest path, or None if dst is unreachable."""
@@ -196,8 +209,9 @@ class ModalityGraph:
     except GraphError:
       return None
 
-  def cycles(self, max_length: int, min_length: int = 2,
-             starts: Sequence[str] | None = None) -> tuple[Path, ...]:
+  def cycles(
+    self, max_length: int, min_length: int = 2, starts: Sequence[str] | None = None
+  ) -> tuple[Path, ...]:
     """Every simple directed cycle with min_length..max_length hops, once per start node.
 
     `a->b->c->a` and `b->c->a->b` are different reconstruction targets (a's rows vs b's rows), so
@@ -249,8 +263,10 @@ class ModalityGraph:
     try:
       return cls.build([(n, int(d)) for n, d in data["nodes"]], data["edges"])
     except (KeyError, TypeError) as exc:
-      raise GraphError(f"graph description is malformed ({exc!r}): expected {{'nodes': [[name, dim], ...], "
-                       "'edges': ['a->b', ...]}") from exc
+      raise GraphError(
+        f"graph description is malformed ({exc!r}): expected {{'nodes': [[name, dim], ...], "
+        "'edges': ['a->b', ...]}"
+      ) from exc
 
   def describe(self) -> str:
     nodes = ", ".join(f"{n}[{d}]" for n, d in self.nodes)

@@ -23,8 +23,14 @@ class Registry:
   attr: the module attribute that holds a plug-in. builtins: {name: module path}, in listing order.
   check: called on every registered item (raise TypeError for a wrong kind of object)."""
 
-  def __init__(self, kind: str, error: type[Exception], attr: str = "", builtins: Mapping[str, str] = (),
-               check: Callable[[Any], None] | None = None):
+  def __init__(
+    self,
+    kind: str,
+    error: type[Exception],
+    attr: str = "",
+    builtins: Mapping[str, str] = (),
+    check: Callable[[Any], None] | None = None,
+  ):
     self.kind, self.error, self.attr, self.check = kind, error, attr, check
     self._builtins = dict(builtins)
     self._items: dict[str, Any] = {}
@@ -37,7 +43,9 @@ class Registry:
     if not name:
       raise ValueError(f"a {self.kind} needs a name to be registered ({type(item).__name__})")
     if name in self.names() and not replace:
-      raise ValueError(f"{self.kind} {name!r} is already registered (pass replace=True to override)")
+      raise ValueError(
+        f"{self.kind} {name!r} is already registered (pass replace=True to override)"
+      )
     self._items[name] = item
     return item
 
@@ -61,7 +69,9 @@ class Registry:
     if name in self._items:
       return self._items[name]
     if name in self._builtins:
-      return self.register(getattr(importlib.import_module(self._builtins[name]), self.attr), replace=True)
+      return self.register(
+        getattr(importlib.import_module(self._builtins[name]), self.attr), replace=True
+      )
     if _is_import_path(name):
       module_name, _, attr = name.partition(":")
       try:
@@ -75,8 +85,10 @@ class Registry:
         self.check(item)
       self._items[name] = item
       return item
-    raise self.error(f"{self.kind} {name!r} is not known (choices: {', '.join(self.names())}; or "
-                     "'package.module[:ATTR]' for one defined outside graphbridge)")
+    raise self.error(
+      f"{self.kind} {name!r} is not known (choices: {', '.join(self.names())}; or "
+      "'package.module[:ATTR]' for one defined outside graphbridge)"
+    )
 
 
 def _is_import_path(name: str) -> bool:

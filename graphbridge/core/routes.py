@@ -16,8 +16,8 @@ from graphbridge.core.graph import ModalityGraph, Path, path_name
 
 @dataclasses.dataclass(frozen=True)
 class Route:
-  query_path: Path     # starts at the query modality, ends at the meeting node
-  gallery_path: Path   # starts at the gallery modality, ends at the meeting node
+  query_path: Path  # starts at the query modality, ends at the meeting node
+  gallery_path: Path  # starts at the gallery modality, ends at the meeting node
 
   @property
   def query(self) -> str:
@@ -84,7 +84,9 @@ def without_edges(graph: ModalityGraph, edges) -> ModalityGraph:
   return ModalityGraph.build(graph.nodes, [e for e in graph.edges if e not in drop])
 
 
-def meeting_routes(graph: ModalityGraph, query: str, gallery: str, interior: bool = False) -> list[Route]:
+def meeting_routes(
+  graph: ModalityGraph, query: str, gallery: str, interior: bool = False
+) -> list[Route]:
   """Every route of the fewest hops, one per meeting node (the best route first, then node order).
 
   In a tree or chain these are the meeting points along the one path between query and gallery

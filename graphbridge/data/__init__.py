@@ -10,5 +10,13 @@ from graphbridge.core.errors import DataError
 from graphbridge.data.dataset import Dataset, Modality
 from graphbridge.data.readers import NAMED_DATASETS, from_arrays, load, load_digits, load_named
 
-__all__ = ["DataError", "Dataset", "Modality", "NAMED_DATASETS", "from_arrays", "load", "load_digits",
-           "load_named"]
+__all__ = [
+  "DataError",
+  "Dataset",
+  "Modality",
+  "NAMED_DATASETS",
+  "from_arrays",
+  "load",
+  "load_digits",
+  "load_named",
+]

@@ -45,8 +45,10 @@ def l2_normalize_rows(name: str, x: np.ndarray) -> np.ndarray:
   if np.issubdtype(raw.dtype, np.floating) and raw.dtype.itemsize > 4:
     big = np.nonzero((np.abs(raw) > np.finfo(np.float32).max).any(axis=1))[0]
     if len(big):
-      raise DataError(f"embedding {name!r} row {int(big[0])} has values beyond float32's range "
-                      f"({len(big)} such rows); rescale the embeddings")
+      raise DataError(
+        f"embedding {name!r} row {int(big[0])} has values beyond float32's range "
+        f"({len(big)} such rows); rescale the embeddings"
+      )
   x = raw.astype(np.float32)
   with np.errstate(over="ignore"):
     norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -55,14 +57,17 @@ def l2_normalize_rows(name: str, x: np.ndarray) -> np.ndarray:
     return (x64 / np.linalg.norm(x64, axis=1, keepdims=True)).astype(np.float32)
   zero = np.nonzero(norms[:, 0] == 0)[0]
   if len(zero):
-    raise DataError(f"embedding {name!r} row {int(zero[0])} has zero norm ({len(zero)} zero rows in all); "
-                    "cosine alignment needs non-zero embeddings")
+    raise DataError(
+      f"embedding {name!r} row {int(zero[0])} has zero norm ({len(zero)} zero rows in all); "
+      "cosine alignment needs non-zero embeddings"
+    )
   return x / norms
 
 
 @dataclasses.dataclass
 class Modality:
   """One modality's rows. emb: [N, d] float32 L2-normalised; masks [N] bool."""
+
   name: str
   emb: np.ndarray
   labels: np.ndarray | None = None
@@ -74,7 +79,9 @@ class Modality:
     check_modality_name(self.name)
     emb = np.asarray(self.emb)
     if emb.ndim != 2 or emb.shape[0] == 0 or emb.shape[1] == 0:
-      raise DataError(f"{self.name}_emb must be a non-empty [rows, dim] array, got shape {emb.shape}")
+      raise DataError(
+        f"{self.name}_emb must be a non-empty [rows, dim] array, got shape {emb.shape}"
+      )
     self.emb = l2_normalize_rows(self.name, emb)
     n = len(self.emb)
     for field in ("labels", "ids"):
@@ -91,8 +98,10 @@ class Modality:
       value = getattr(self, field)
       value = np.ones(n, bool) if value is None else np.asarray(value)
       if value.shape != (n,) or value.dtype != bool:
-        raise DataError(f"{self.name}_{field} must be a bool array of shape ({n},), "
-                        f"got {value.dtype} {value.shape}")
+        raise DataError(
+          f"{self.name}_{field} must be a bool array of shape ({n},), "
+          f"got {value.dtype} {value.shape}"
+        )
       setattr(self, field, value)
     if not self.train.any():
       raise DataError(f"modality {self.name!r} has no train rows ({self.name}_train is all False)")
@@ -108,6 +117,7 @@ class Modality:
 @dataclasses.dataclass
 class Dataset:
   """Modalities plus training pairs. pairs[(a, b)]: [P, 2] int64 rows (of a, of b)."""
+
   modalities: dict[str, Modality]
   pairs: dict[tuple[str, str], np.ndarray]
   class_names: tuple[str, ...] | None = None
@@ -120,7 +130,9 @@ class Dataset:
     for (a, b), pairs in self.pairs.items():
       for m in (a, b):
         if m not in self.modalities:
-          raise DataError(f"pairs_{a}__{b}: unknown modality {m!r} (modalities: {', '.join(self.modalities)})")
+          raise DataError(
+            f"pairs_{a}__{b}: unknown modality {m!r} (modalities: {', '.join(self.modalities)})"
+          )
       if a == b:
         raise DataError(f"pairs_{a}__{b}: pairs within one modality are not translator pairs")
       if (b, a) in checked:
@@ -136,15 +148,19 @@ class Dataset:
         n = len(self.modalities[m])
         bad = np.nonzero((pairs[:, col] < 0) | (pairs[:, col] >= n))[0]
         if len(bad):
-          raise DataError(f"pairs_{a}__{b} row {int(bad[0])}: index {int(pairs[bad[0], col])} out of range "
-                          f"for {m} ({n} rows)")
+          raise DataError(
+            f"pairs_{a}__{b} row {int(bad[0])}: index {int(pairs[bad[0], col])} out of range "
+            f"for {m} ({n} rows)"
+          )
       checked[(a, b)] = pairs.astype(np.int64)
     self.pairs = checked
     if len(self.modalities) > 1:
       unpaired = [m for m in self.modalities if not any(m in ab for ab in self.pairs)]
       if unpaired:
-        raise DataError(f"modality {unpaired[0]!r} has no pairs with any other modality; add a pairs_*__* "
-                        f"array for it (pair sets: {', '.join(self.pair_names) or 'none'})")
+        raise DataError(
+          f"modality {unpaired[0]!r} has no pairs with any other modality; add a pairs_*__* "
+          f"array for it (pair sets: {', '.join(self.pair_names) or 'none'})"
+        )
     if self.class_names is not None:
       self.class_names = tuple(str(c) for c in self.class_names)
 
@@ -181,9 +197,11 @@ class Dataset:
     only test rows): training could not use it, yet the report would call the two modalities paired."""
     for (a, b), pairs in self.pairs.items():
       if not len(self.pairs_for(a, b, split="train")):
-        raise DataError(f"pairs_{a}__{b}: none of its {len(pairs)} pairs has both rows in the train split "
-                        f"({a}_train and {b}_train); it would train nothing while the report calls {a} and {b} "
-                        "paired. Mark some of those rows as train, or leave the pair set out")
+        raise DataError(
+          f"pairs_{a}__{b}: none of its {len(pairs)} pairs has both rows in the train split "
+          f"({a}_train and {b}_train); it would train nothing while the report calls {a} and {b} "
+          "paired. Mark some of those rows as train, or leave the pair set out"
+        )
 
   def default_graph(self, extra_edges: Iterable[str] = ()) -> ModalityGraph:
     """Nodes = modalities; edges = both directions of every pair set, plus `extra_edges`."""
@@ -205,11 +223,14 @@ class Dataset:
           raise GraphError(f"virtual node {name!r} clashes with a modality of the data")
         continue
       if name not in self.modalities:
-        raise GraphError(f"graph node {name!r} is not in the data (modalities: {', '.join(self.names)}); "
-                         "declare nodes without data as virtual (graph.virtual_nodes='name:dim')")
+        raise GraphError(
+          f"graph node {name!r} is not in the data (modalities: {', '.join(self.names)}); "
+          "declare nodes without data as virtual (graph.virtual_nodes='name:dim')"
+        )
       if self.modalities[name].dim != dim:
-        raise GraphError(f"dimension mismatch for {name!r}: graph says {dim}, data has "
-                         f"{self.modalities[name].dim}")
+        raise GraphError(
+          f"dimension mismatch for {name!r}: graph says {dim}, data has {self.modalities[name].dim}"
+        )
 
   def fingerprint(self) -> str:
     h = hashlib.sha256()
@@ -247,8 +268,10 @@ class Dataset:
     lines = []
     for m, mod in self.modalities.items():
       labels = "" if mod.labels is None else f", {len(np.unique(mod.labels))} classes"
-      lines.append(f"  {m}: {len(mod)} rows x {mod.dim} ({int(mod.train.sum())} train, "
-                   f"{int(mod.test.sum())} test{labels})")
+      lines.append(
+        f"  {m}: {len(mod)} rows x {mod.dim} ({int(mod.train.sum())} train, "
+        f"{int(mod.test.sum())} test{labels})"
+      )
     for (a, b), p in self.pairs.items():
       lines.append(f"  pairs {a}<->{b}: {len(p)}")
     return "\n".join(lines)
@@ -283,11 +306,14 @@ def subset_modalities(dataset: Dataset, names: Sequence[str]) -> Dataset:
   names = tuple(names)
   unknown = [n for n in names if n not in dataset.modalities]
   if unknown:
-    raise GraftError(f"modality {unknown[0]!r} is not in the data {dataset.source} "
-                     f"(modalities: {', '.join(dataset.names)})")
+    raise GraftError(
+      f"modality {unknown[0]!r} is not in the data {dataset.source} "
+      f"(modalities: {', '.join(dataset.names)})"
+    )
   if not names:
     raise GraftError("subset_modalities: no modality to keep")
   keep = [m for m in dataset.names if m in names]
   pairs = {(a, b): p for (a, b), p in dataset.pairs.items() if a in keep and b in keep}
-  return Dataset({m: dataset.modalities[m] for m in keep}, pairs, dataset.class_names,
-                          dataset.source)
+  return Dataset(
+    {m: dataset.modalities[m] for m in keep}, pairs, dataset.class_names, dataset.source
+  )

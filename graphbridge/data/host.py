@@ -25,9 +25,11 @@ class HostSampler:
   def __init__(self, sample, arrays: Mapping, batch_size: int, rng):
     import jax
     import jax.numpy as jnp
+
     self.batch_size = int(batch_size)
     flat, self._treedef = jax.tree_util.tree_flatten_with_path(
-        arrays, is_leaf=lambda x: isinstance(x, NormalizedRows))
+      arrays, is_leaf=lambda x: isinstance(x, NormalizedRows)
+    )
     keys = [[str(getattr(k, "key", getattr(k, "idx", k))) for k in path] for path, _ in flat]
     leaves = [leaf for _, leaf in flat]
     self.tables = [leaf for k, leaf in zip(keys, leaves) if is_table(k, leaf)]
@@ -48,33 +50,46 @@ class HostSampler:
       return jax.tree_util.tree_unflatten(treedef, out)
 
     def index_batch(small, rng, step):
-      index_tables = [jnp.stack([jnp.full((n,), t, jnp.uint32), jnp.arange(n, dtype=jnp.uint32)], axis=1)
-                      for t, n in enumerate(sizes)]
+      index_tables = [
+        jnp.stack([jnp.full((n,), t, jnp.uint32), jnp.arange(n, dtype=jnp.uint32)], axis=1)
+        for t, n in enumerate(sizes)
+      ]
       return sample(rebuild(small, index_tables), jax.random.fold_in(rng, step), self.batch_size)
 
     self._index_batch = jax.jit(index_batch)
     # which batch leaves are rows of a table: compare with the sampler's output on the real dtypes
     real = jax.eval_shape(
-        lambda small, tables, rng: sample(rebuild(small, tables), rng, self.batch_size),
-        self._small, [jax.ShapeDtypeStruct(t.shape, np.dtype(t.dtype)) for t in self.tables], self._rng)
+      lambda small, tables, rng: sample(rebuild(small, tables), rng, self.batch_size),
+      self._small,
+      [jax.ShapeDtypeStruct(t.shape, np.dtype(t.dtype)) for t in self.tables],
+      self._rng,
+    )
     index = jax.eval_shape(index_batch, self._small, self._rng, np.int32(0))
     self.batch_shapes = real  # ShapeDtypeStructs of one batch
     real_leaves, self._batch_treedef = jax.tree_util.tree_flatten_with_path(real)
     index_leaves = jax.tree.leaves(index)
     self.gathered = []
     for (path, r), x in zip(real_leaves, index_leaves):
-      from_table = (x.dtype == np.uint32 and x.shape[-1:] == (2,) and np.issubdtype(r.dtype, np.floating))
+      from_table = (
+        x.dtype == np.uint32 and x.shape[-1:] == (2,) and np.issubdtype(r.dtype, np.floating)
+      )
       if from_table and x.shape[:-1] != r.shape[:-1]:
         from_table = False
       if not from_table and (x.shape != r.shape or x.dtype != r.dtype):
-        raise DataError(f"host sampling: batch entry {jax.tree_util.keystr(path)} is not a plain gather of "
-                        "table rows (the objective's sample() transforms them); use data.host_sampling=False")
+        raise DataError(
+          f"host sampling: batch entry {jax.tree_util.keystr(path)} is not a plain gather of "
+          "table rows (the objective's sample() transforms them); use data.host_sampling=False"
+        )
       self.gathered.append(from_table)
 
   def indices(self, step: int) -> list:
     """The batch for `step` with table rows as (table, row) indices: a flat list of numpy leaves."""
     import jax
-    return [np.asarray(x) for x in jax.tree.leaves(self._index_batch(self._small, self._rng, np.int32(step)))]
+
+    return [
+      np.asarray(x)
+      for x in jax.tree.leaves(self._index_batch(self._small, self._rng, np.int32(step)))
+    ]
 
   def _rows(self, leaf: np.ndarray) -> np.ndarray:
     table = np.unique(leaf[..., 0])
@@ -82,12 +97,17 @@ class HostSampler:
       raise DataError("host sampling: one batch entry gathers rows of several tables")
     rows = self.tables[int(table[0])]
     ids = leaf[..., 1].astype(np.int64)
-    flat = rows.rows(ids.reshape(-1)) if isinstance(rows, NormalizedRows) else np.asarray(rows[ids.reshape(-1)])
+    flat = (
+      rows.rows(ids.reshape(-1))
+      if isinstance(rows, NormalizedRows)
+      else np.asarray(rows[ids.reshape(-1)])
+    )
     return flat.reshape(ids.shape + (rows.shape[1],))
 
   def batch(self, step: int) -> dict:
     """The whole batch for `step`, as numpy (single process)."""
     import jax
+
     leaves = [self._rows(x) if g else x for x, g in zip(self.indices(step), self.gathered)]
     return jax.tree_util.tree_unflatten(self._batch_treedef, leaves)
 
@@ -95,7 +115,10 @@ class HostSampler:
     """The batch for `step` as global jax.Arrays laid out by `shardings` (a pytree of Shardings
     like the batch): each process reads only the rows its own devices hold."""
     import jax
-    sharding_leaves = jax.tree.leaves(shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+
+    sharding_leaves = jax.tree.leaves(
+      shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding)
+    )
     out = []
     for x, g, sharding in zip(self.indices(step), self.gathered, sharding_leaves):
       if g:  # x: [..., 2] (table, row) -> rows [..., d]; read only the slice this process holds
@@ -115,6 +138,7 @@ class Prefetcher:
   def __init__(self, produce, start: int, stop: int, size: int = 4):
     import collections
     from concurrent.futures import ThreadPoolExecutor
+
     size = max(int(size), 1)
     self._produce = produce
     self._pool = ThreadPoolExecutor(size, thread_name_prefix="graphbridge-host-sampler")

@@ -21,8 +21,9 @@ def pair_label_agreement(dataset: Dataset, src: str, dst: str, pairs: np.ndarray
 POSITIVES = CHOICES["loss.infonce_positives"]
 
 
-def _within_class_structure(dataset: Dataset, src: str, dst: str, pairs: np.ndarray, max_pairs: int = 600,
-                            seed: int = 0) -> tuple[float, float]:
+def _within_class_structure(
+  dataset: Dataset, src: str, dst: str, pairs: np.ndarray, max_pairs: int = 600, seed: int = 0
+) -> tuple[float, float]:
   """(r, null) for pairs [P, 2] of (src row, dst row) whose rows share labels.
 
   r: correlation, over pairs of pairs (i, k) in the same class, between cos(src_i, src_k) and
@@ -57,7 +58,9 @@ def _within_class_structure(dataset: Dataset, src: str, dst: str, pairs: np.ndar
   return corr(np.arange(len(pairs))), null
 
 
-def choose_positives(dataset: Dataset, src: str, dst: str, requested: str = "auto") -> tuple[str, str]:
+def choose_positives(
+  dataset: Dataset, src: str, dst: str, requested: str = "auto"
+) -> tuple[str, str]:
   """InfoNCE positives for the pair set of src and dst: ("label" | "pair", why).
 
   requested "label" or "pair" is kept (label falls back to pair where the pairs do not join rows
@@ -74,10 +77,18 @@ def choose_positives(dataset: Dataset, src: str, dst: str, requested: str = "aut
   if requested == "pair":
     return "pair", "asked for"
   if requested == "label":
-    return ("label", "asked for") if agree else ("pair", "asked for label, but pairs join different labels")
+    return (
+      ("label", "asked for")
+      if agree
+      else ("pair", "asked for label, but pairs join different labels")
+    )
   a, b = dataset.modalities[src], dataset.modalities[dst]
-  if a.ids is not None and b.ids is not None and len(pairs) and np.array_equal(a.ids[pairs[:, 0]],
-                                                                               b.ids[pairs[:, 1]]):
+  if (
+    a.ids is not None
+    and b.ids is not None
+    and len(pairs)
+    and np.array_equal(a.ids[pairs[:, 0]], b.ids[pairs[:, 1]])
+  ):
     return "pair", "ids agree along the pairs"
   if a.labels is None or b.labels is None:
     return "pair", "no labels"

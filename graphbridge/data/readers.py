@@ -17,13 +17,16 @@ _PAIRS_RE = re.compile(r"^pairs_([A-Za-z][A-Za-z0-9_]*?)__([A-Za-z][A-Za-z0-9_]*
 _FIELD_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*?)_(emb|label|id|train|test)$")
 
 
-_SETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets")  # graphbridge/datasets
+_SETS = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets"
+)  # graphbridge/datasets
 DIGITS_PATH = os.path.join(_SETS, "digits", "digits.npz")
 
 
 # Data sets shipped with the package, by name (see graphbridge/datasets/<name>/README.md).
-NAMED_DATASETS = {name: os.path.join(_SETS, name, f"{name}.npz")
-                  for name in ("digits", "mv6", "mv8", "fsdd_chain")}
+NAMED_DATASETS = {
+  name: os.path.join(_SETS, name, f"{name}.npz") for name in ("digits", "mv6", "mv8", "fsdd_chain")
+}
 
 
 def from_arrays(arrays: Mapping[str, np.ndarray], source: str = "<arrays>") -> Dataset:
@@ -44,20 +47,30 @@ def from_arrays(arrays: Mapping[str, np.ndarray], source: str = "<arrays>") -> D
     else:
       unknown.append(key)
   if unknown:
-    raise DataError(f"{source}: unrecognised array name(s) {', '.join(sorted(unknown))}; expected "
-                    "<modality>_emb, <modality>_label, <modality>_id, <modality>_train, <modality>_test, "
-                    "pairs_<a>__<b> or class_names")
+    raise DataError(
+      f"{source}: unrecognised array name(s) {', '.join(sorted(unknown))}; expected "
+      "<modality>_emb, <modality>_label, <modality>_id, <modality>_train, <modality>_test, "
+      "pairs_<a>__<b> or class_names"
+    )
   modalities = {}
   for name, f in fields.items():
     if "emb" not in f:
       raise DataError(f"{source}: {name}_{next(iter(f))} given but {name}_emb is missing")
-    modalities[name] = Modality(name, f["emb"], labels=f.get("label"), ids=f.get("id"),
-                                train=f.get("train"), test=f.get("test"))
-  for (a, b) in pairs:
+    modalities[name] = Modality(
+      name,
+      f["emb"],
+      labels=f.get("label"),
+      ids=f.get("id"),
+      train=f.get("train"),
+      test=f.get("test"),
+    )
+  for a, b in pairs:
     for m in (a, b):
       if m not in modalities:
-        raise DataError(f"{source}: pairs_{a}__{b} names modality {m!r} but there is no {m}_emb "
-                        f"(modalities: {', '.join(modalities) or 'none'})")
+        raise DataError(
+          f"{source}: pairs_{a}__{b} names modality {m!r} but there is no {m}_emb "
+          f"(modalities: {', '.join(modalities) or 'none'})"
+        )
   return Dataset(modalities, pairs, class_names, source)
 
 
@@ -69,7 +82,9 @@ def _read_npy(path: str, mmap_mode: str | None = "r") -> np.ndarray:
     return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
   except ValueError as exc:
     if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-      raise DataError(f"{path} holds Python objects (dtype=object), not numbers; save numeric arrays") from None
+      raise DataError(
+        f"{path} holds Python objects (dtype=object), not numbers; save numeric arrays"
+      ) from None
     raise DataError(f"{path} is not a readable .npy file (truncated or corrupt: {exc})") from None
   except (OSError, EOFError) as exc:
     raise DataError(f"{path} is not a readable .npy file ({type(exc).__name__}: {exc})") from None
@@ -80,8 +95,11 @@ def _npy_folder(path: str, mmap_mode: str | None = "r") -> dict[str, np.ndarray]
   files = [f for f in entries if f.endswith(".npy") and os.path.isfile(os.path.join(path, f))]
   if not files:
     others = [f for f in entries if f.endswith(".npz")]
-    hint = f" (it holds {others[0]}: pass that file as the data path)" if others else \
-        " (expected <modality>_emb.npy, pairs_<a>__<b>.npy, ...)"
+    hint = (
+      f" (it holds {others[0]}: pass that file as the data path)"
+      if others
+      else " (expected <modality>_emb.npy, pairs_<a>__<b>.npy, ...)"
+    )
     raise DataError(f"data folder {path!r} holds no .npy files{hint}")
   return {f[:-4]: _read_npy(os.path.join(path, f), mmap_mode) for f in files}
 
@@ -89,21 +107,27 @@ def _npy_folder(path: str, mmap_mode: str | None = "r") -> dict[str, np.ndarray]
 def _npz_arrays(path: str) -> dict[str, np.ndarray]:
   """Every array of a .npz; DataError naming the file (and the array) for anything unreadable."""
   import zipfile
+
   if os.path.getsize(path) == 0:
     raise DataError(f"{path} is empty (0 bytes)")
   with open(path, "rb") as f:
     head = f.read(6)
   if not head.startswith(b"PK") and not head.startswith(b"\x93NUMPY"):
-    raise DataError(f"could not read {path!r} as .npz: it is not a .npz file (it does not start like a zip "
-                    "archive); give a .npz of named arrays or a folder of .npy files")
+    raise DataError(
+      f"could not read {path!r} as .npz: it is not a .npz file (it does not start like a zip "
+      "archive); give a .npz of named arrays or a folder of .npy files"
+    )
   try:
     npz = np.load(path, allow_pickle=False)
   except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-    raise DataError(f"could not read {path!r} as .npz (truncated or not a .npz: {type(exc).__name__}: "
-                    f"{exc})") from None
+    raise DataError(
+      f"could not read {path!r} as .npz (truncated or not a .npz: {type(exc).__name__}: {exc})"
+    ) from None
   if isinstance(npz, np.ndarray):
-    raise DataError(f"{path!r} is a single array ({npz.dtype} {npz.shape}), not a data set: give a .npz of named "
-                    "arrays or a folder of .npy files named <modality>_emb.npy, pairs_<a>__<b>.npy, ...")
+    raise DataError(
+      f"{path!r} is a single array ({npz.dtype} {npz.shape}), not a data set: give a .npz of named "
+      "arrays or a folder of .npy files named <modality>_emb.npy, pairs_<a>__<b>.npy, ..."
+    )
   arrays = {}
   with npz:
     for key in npz.files:
@@ -111,11 +135,16 @@ def _npz_arrays(path: str) -> dict[str, np.ndarray]:
         arrays[key] = npz[key]
       except ValueError as exc:
         if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-          raise DataError(f"{path}: array {key!r} holds Python objects (dtype=object), not numbers") from None
-        raise DataError(f"{path}: array {key!r} is unreadable (truncated or corrupt: {exc})") from None
+          raise DataError(
+            f"{path}: array {key!r} holds Python objects (dtype=object), not numbers"
+          ) from None
+        raise DataError(
+          f"{path}: array {key!r} is unreadable (truncated or corrupt: {exc})"
+        ) from None
       except Exception as exc:  # noqa: BLE001  (zlib, zipfile and CRC errors of a damaged member)
-        raise DataError(f"{path}: array {key!r} is unreadable (truncated or corrupt: {type(exc).__name__}: "
-                        f"{exc})") from None
+        raise DataError(
+          f"{path}: array {key!r} is unreadable (truncated or corrupt: {type(exc).__name__}: {exc})"
+        ) from None
   return arrays
 
 
@@ -143,9 +172,11 @@ def load_named(name_or_path: str) -> Dataset:
   if name_or_path in NAMED_DATASETS:
     return load(NAMED_DATASETS[name_or_path])
   if not name_or_path:
-    raise DataError("no data given: set --config.data.path=FILE.npz (or a folder of .npy files) in "
-                    "graphbridge's data format, or --config.data.name=digits for the embedded set "
-                    f"(shipped sets: {', '.join(NAMED_DATASETS)})")
+    raise DataError(
+      "no data given: set --config.data.path=FILE.npz (or a folder of .npy files) in "
+      "graphbridge's data format, or --config.data.name=digits for the embedded set "
+      f"(shipped sets: {', '.join(NAMED_DATASETS)})"
+    )
   return load(name_or_path)
 
 
@@ -175,6 +206,10 @@ def load_for_config(config) -> Dataset:
   """The data a config names: memory-mapped, normalised per batch when data.host_sampling is set
   and data.path is a folder of .npy files; otherwise as `load_named`."""
   name_or_path = config.data.get("path") or config.data.name
-  if config.data.get("host_sampling", False) and name_or_path not in NAMED_DATASETS and os.path.isdir(name_or_path):
+  if (
+    config.data.get("host_sampling", False)
+    and name_or_path not in NAMED_DATASETS
+    and os.path.isdir(name_or_path)
+  ):
     return load_memmapped(name_or_path)
   return load_named(name_or_path)

@@ -12,7 +12,9 @@ from typing import Sequence
 _READ_POOL = None
 
 
-READ_THREADS = 32  # concurrent row reads: random reads from disk are latency-bound, not bandwidth-bound
+READ_THREADS = (
+  32  # concurrent row reads: random reads from disk are latency-bound, not bandwidth-bound
+)
 
 
 def _read_rows(raw, sorted_ids: np.ndarray) -> np.ndarray:
@@ -23,12 +25,14 @@ def _read_rows(raw, sorted_ids: np.ndarray) -> np.ndarray:
     return np.asarray(raw[sorted_ids], np.float32)
   if _READ_POOL is None:
     from concurrent.futures import ThreadPoolExecutor
+
     _READ_POOL = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="graphbridge-read")
   out = np.empty((len(sorted_ids),) + tuple(raw.shape[1:]), np.float32)
   bounds = np.linspace(0, len(sorted_ids), min(READ_THREADS, len(sorted_ids) // 32) + 1).astype(int)
 
   def read(i):
-    out[bounds[i]:bounds[i + 1]] = raw[sorted_ids[bounds[i]:bounds[i + 1]]]
+    out[bounds[i] : bounds[i + 1]] = raw[sorted_ids[bounds[i] : bounds[i + 1]]]
+
   list(_READ_POOL.map(read, range(len(bounds) - 1)))
   return out
 
@@ -48,9 +52,12 @@ class NormalizedRows:
       raise DataError(f"{name}_emb must be floating point, got dtype {raw.dtype}")
     self.raw, self.name = raw, name
     self.shape = (int(raw.shape[0]), int(raw.shape[1]))
-    mapping = getattr(raw, "_mmap", None)  # np.memmap's mmap object (np.load(mmap_mode=...) of a file)
+    mapping = getattr(
+      raw, "_mmap", None
+    )  # np.memmap's mmap object (np.load(mmap_mode=...) of a file)
     if mapping is not None and hasattr(mapping, "madvise"):
       import mmap
+
       # batches read scattered rows: the kernel's read-ahead would page in ~128 KB around each one
       mapping.madvise(mmap.MADV_RANDOM)
     self.dtype = np.dtype(np.float32)
@@ -70,7 +77,9 @@ class NormalizedRows:
     index = np.asarray(index)
     if index.dtype == bool:
       if index.shape != (self.shape[0],):
-        raise IndexError(f"boolean index of shape {index.shape} for {self.shape[0]} rows of {self.name}")
+        raise IndexError(
+          f"boolean index of shape {index.shape} for {self.shape[0]} rows of {self.name}"
+        )
       return np.nonzero(index)[0]
     return index
 
@@ -101,8 +110,10 @@ class NormalizedRows:
       raise DataError(f"embedding {self.name!r} row {row} has {kind}")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if not norms.all():
-      raise DataError(f"embedding {self.name!r} row {int(unique[np.argmin(norms[:, 0])])} has zero norm; "
-                      "cosine alignment needs non-zero embeddings")
+      raise DataError(
+        f"embedding {self.name!r} row {int(unique[np.argmin(norms[:, 0])])} has zero norm; "
+        "cosine alignment needs non-zero embeddings"
+      )
     x = x / norms
     return x if len(unique) == len(ids) and np.array_equal(unique, ids) else x[inverse.reshape(-1)]
 
@@ -110,7 +121,7 @@ class NormalizedRows:
     out = np.empty(self.shape, np.float32)
     chunk = max(1, (64 << 20) // max(4 * self.shape[1], 1))  # ~64 MB at a time
     for start in range(0, self.shape[0], chunk):
-      out[start:start + chunk] = self.rows(np.arange(start, min(start + chunk, self.shape[0])))
+      out[start : start + chunk] = self.rows(np.arange(start, min(start + chunk, self.shape[0])))
     return out if dtype is None else out.astype(dtype)
 
 
@@ -126,5 +137,6 @@ def materialize_tables(arrays):
 
 def is_table(keys: Sequence[str], leaf) -> bool:
   """Embedding tables of sampler arrays: arrays["emb"][m] or arrays["<name>_emb"], [N, d]."""
-  return (isinstance(leaf, NormalizedRows) or
-          (np.ndim(leaf) == 2 and bool(keys) and ("emb" in keys[:-1] or keys[-1].endswith("_emb"))))
+  return isinstance(leaf, NormalizedRows) or (
+    np.ndim(leaf) == 2 and bool(keys) and ("emb" in keys[:-1] or keys[-1].endswith("_emb"))
+  )

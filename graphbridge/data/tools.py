@@ -1,11 +1,12 @@
 """Building a data set from your own embeddings: pairs from ids, splits, saving, split checks.
 
-  ids_img, ids_txt = ...                                    # e.g. COCO image ids of each row
-  pairs = pairs_from_ids(ids_img, ids_txt)                  # [P, 2] rows joined by equal id
-  split = make_splits(len(ids_img), {"train": 0.8, "test": 0.2}, seed=0, groups=ids_img)
-  ds = data.from_arrays({"image_emb": x_img, "image_train": split["train"], "image_test": split["test"],
-                         "text_emb": x_txt, ..., "pairs_image__text": pairs})
-  ds.save("mine.npz")                                       # then --config.data.path=mine.npz
+ids_img, ids_txt = ...                                    # e.g. COCO image ids of each row
+pairs = pairs_from_ids(ids_img, ids_txt)                  # [P, 2] rows joined by equal id
+split = make_splits(len(ids_img), {"train": 0.8, "test": 0.2}, seed=0, groups=ids_img)
+ds = data.from_arrays({"image_emb": x_img, "image_train": split["train"], "image_test":
+split["test"],
+                       "text_emb": x_txt, ..., "pairs_image__text": pairs})
+ds.save("mine.npz")                                       # then --config.data.path=mine.npz
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def _unit_hash(seed: int, value) -> float:
   return zlib.crc32(f"{int(seed)}:{value}".encode()) / 2.0**32
 
 
-def make_splits(n: int, fractions: Mapping[str, float] | Sequence[float], seed: int = 0,
-                groups=None) -> dict[str, np.ndarray]:
+def make_splits(
+  n: int, fractions: Mapping[str, float] | Sequence[float], seed: int = 0, groups=None
+) -> dict[str, np.ndarray]:
   """Disjoint boolean masks [n] covering every row, e.g. {"train": 0.8, "test": 0.2}.
 
   fractions: {name: fraction} (or a sequence, named train, test, then split2, ...), summing to 1.
@@ -57,9 +59,11 @@ def make_splits(n: int, fractions: Mapping[str, float] | Sequence[float], seed: 
     names, values = list(fractions), [float(v) for v in fractions.values()]
   else:
     values = [float(v) for v in fractions]
-    names = ["train", "test"][:len(values)] + [f"split{i}" for i in range(2, len(values))]
+    names = ["train", "test"][: len(values)] + [f"split{i}" for i in range(2, len(values))]
   if not values or any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
-    raise ValueError(f"make_splits: fractions must be >= 0 and sum to 1, got {dict(zip(names, values))}")
+    raise ValueError(
+      f"make_splits: fractions must be >= 0 and sum to 1, got {dict(zip(names, values))}"
+    )
   n = int(n)
   bounds = np.cumsum(values)
   bounds[-1] = 1.0
@@ -116,10 +120,15 @@ def split_warning(dataset, split: str) -> str | None:
   m_train/m_test arrays: every row is both), else None."""
   if split == "train":
     return None
-  overlapping = [m for m, mod in dataset.modalities.items()
-                 if (np.asarray(mod.train) & (np.asarray(mod.test) if split == "test" else True)).any()]
+  overlapping = [
+    m
+    for m, mod in dataset.modalities.items()
+    if (np.asarray(mod.train) & (np.asarray(mod.test) if split == "test" else True)).any()
+  ]
   if not overlapping:
     return None
-  return (f"{dataset.source}: the {split!r} rows of {', '.join(overlapping)} include training rows (no "
-          f"separate <modality>_train/<modality>_test arrays?): these numbers measure fit, not "
-          "generalisation. Add splits (graphbridge.data_tools.make_splits) for held-out numbers")
+  return (
+    f"{dataset.source}: the {split!r} rows of {', '.join(overlapping)} include training rows (no "
+    f"separate <modality>_train/<modality>_test arrays?): these numbers measure fit, not "
+    "generalisation. Add splits (graphbridge.data_tools.make_splits) for held-out numbers"
+  )

@@ -31,17 +31,21 @@ class GraphAligner:
   `routes="ensemble"`
   averages the fewest-hop routes that meet at a node between query and gallery (one per meeting
   node), `"ensemble_all"` also those into the query's or gallery's own space, `"best"` takes the
-  best one (fewest hops, then the shortest longer side, then into the gallery's space). Edges trained by
+  best one (fewest hops, then the shortest longer side, then into the gallery's space). Edges
+  trained by
   cycles only (`not_hops`, set from the data by `bind_data`) are never taken as a hop: they have
   no pairs behind them. csls_k > 0: CSLS hubness correction (transductive: uses the query set)."""
+
   layout: object
   params: Mapping
   compute_dtype: str = "float32"
   name: str = "graph"
   routes: str = "auto"
   csls_k: int = 0
-  not_hops: frozenset | None = None   # None: not yet read from the data (bind_data)
-  auto_routes: str | None = None      # the mode routes="auto" resolves to (bind_data; "ensemble" before)
+  not_hops: frozenset | None = None  # None: not yet read from the data (bind_data)
+  auto_routes: str | None = (
+    None  # the mode routes="auto" resolves to (bind_data; "ensemble" before)
+  )
 
   def __post_init__(self):
     if self.routes not in ROUTE_MODES:
@@ -53,8 +57,13 @@ class GraphAligner:
     if self.routes == "auto" and self.auto_routes is None:
       self.auto_routes = resolve_route_mode("auto", dataset)[0]
     if self.not_hops is None:
-      self.not_hops = frozenset(e for e in self.layout.graph.edges if e.src in dataset.modalities
-                                and e.dst in dataset.modalities and not dataset.pairs_for(e.src, e.dst).size)
+      self.not_hops = frozenset(
+        e
+        for e in self.layout.graph.edges
+        if e.src in dataset.modalities
+        and e.dst in dataset.modalities
+        and not dataset.pairs_for(e.src, e.dst).size
+      )
 
   def route_graph(self) -> ModalityGraph:
     return without_edges(self.layout.graph, self.not_hops or ())

@@ -54,11 +54,15 @@ class RouteSpec:
   query: str
   gallery: str
   route: str
-  named: bool = False   # asked for by name (eval.paths / --paths), not the aligner's default
+  named: bool = False  # asked for by name (eval.paths / --paths), not the aligner's default
 
 
-def planned_routes(aligner: Aligner, dataset: Dataset, extra_routes: Iterable[str] = (),
-                   pairs: Sequence[tuple[str, str]] | None = None) -> list[RouteSpec]:
+def planned_routes(
+  aligner: Aligner,
+  dataset: Dataset,
+  extra_routes: Iterable[str] = (),
+  pairs: Sequence[tuple[str, str]] | None = None,
+) -> list[RouteSpec]:
   """The default route of every ordered pair of distinct modalities (or of `pairs`), then named routes."""
   names = dataset.names
   if hasattr(aligner, "bind_data"):
@@ -74,7 +78,9 @@ def planned_routes(aligner: Aligner, dataset: Dataset, extra_routes: Iterable[st
     query, gallery = route_ends(aligner, route)
     for m in (query, gallery):
       if m not in dataset.modalities:
-        raise GraphError(f"route {route}: modality {m!r} is not in the data (modalities: {', '.join(names)})")
+        raise GraphError(
+          f"route {route}: modality {m!r} is not in the data (modalities: {', '.join(names)})"
+        )
     if not any(s.route == route for s in specs):
       specs.append(RouteSpec(query, gallery, route, named=True))
   return specs
@@ -83,6 +89,7 @@ def planned_routes(aligner: Aligner, dataset: Dataset, extra_routes: Iterable[st
 @dataclasses.dataclass
 class Encoded:
   """One route applied to the split's rows: zq [n_q, d], zg [n_g, d] in the compared space."""
+
   spec: RouteSpec
   query_rows: np.ndarray
   gallery_rows: np.ndarray
@@ -94,8 +101,13 @@ def encode_route(aligner: Aligner, dataset: Dataset, spec: RouteSpec, split: str
   q_rows, g_rows = split_rows(dataset, spec.query, split), split_rows(dataset, spec.gallery, split)
   if len(q_rows) == 0 or len(g_rows) == 0:
     return None
-  zq, zg = aligner.encode(spec.query, spec.gallery, spec.route, dataset.modalities[spec.query].emb[q_rows],
-                          dataset.modalities[spec.gallery].emb[g_rows])
+  zq, zg = aligner.encode(
+    spec.query,
+    spec.gallery,
+    spec.route,
+    dataset.modalities[spec.query].emb[q_rows],
+    dataset.modalities[spec.gallery].emb[g_rows],
+  )
   return Encoded(spec, q_rows, g_rows, np.asarray(zq), np.asarray(zg))
 
 
@@ -120,13 +132,15 @@ class Aligner(Protocol):
   whose ends cannot be read from the string) and `layout`, `params`, `compute_dtype` (an aligner
   made of translators: enables the reconstruction table).
   """
+
   name: str
 
   def default_route(self, query: str, gallery: str) -> str | None:
     """Route name used when none is asked for (None: this pair cannot be compared)."""
 
-  def encode(self, query: str, gallery: str, route: str, xq: np.ndarray, xg: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
+  def encode(
+    self, query: str, gallery: str, route: str, xq: np.ndarray, xg: np.ndarray
+  ) -> tuple[np.ndarray, np.ndarray]:
     """Query rows [n_q, d_q] and gallery rows [n_g, d_g] -> both in one space [n, d]."""
 
 
@@ -142,9 +156,15 @@ def resolve_route_mode(mode: str, dataset: Dataset) -> tuple[str, str]:
   if mode != "auto":
     return mode, "asked for"
   pair_sets = [(a, b) for a, b in dataset.pairs if len(dataset.pairs_for(a, b))]
-  class_level = [f"{a}<->{b}" for a, b in pair_sets
-                 if a in dataset.modalities and b in dataset.modalities
-                 and positives_lib.choose_positives(dataset, a, b, "auto")[0] != "pair"]
+  class_level = [
+    f"{a}<->{b}"
+    for a, b in pair_sets
+    if a in dataset.modalities
+    and b in dataset.modalities
+    and positives_lib.choose_positives(dataset, a, b, "auto")[0] != "pair"
+  ]
   if class_level or not pair_sets:
-    return "ensemble", ("auto: class-level pair sets " + ", ".join(class_level)) if class_level else "auto: no pairs"
+    return "ensemble", (
+      "auto: class-level pair sets " + ", ".join(class_level)
+    ) if class_level else "auto: no pairs"
   return "ensemble_all", f"auto: all {len(pair_sets)} pair sets instance-level"

@@ -10,12 +10,17 @@ from graphbridge.evaluation.plots import projection as projection_lib
 from graphbridge.evaluation.plots import style as style_lib
 
 
-PLOT_FILES = {"projection": "projection.png", "heatmap": "retrieval_{level}.png",
-              "reconstruction": "reconstruction.png", "curves": "training_curves.png"}
+PLOT_FILES = {
+  "projection": "projection.png",
+  "heatmap": "retrieval_{level}.png",
+  "reconstruction": "reconstruction.png",
+  "curves": "training_curves.png",
+}
 
 
-def retrieval_matrix(rows: Sequence[Mapping], names: Sequence[str], level: str, metric: str = "mAP"
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def retrieval_matrix(
+  rows: Sequence[Mapping], names: Sequence[str], level: str, metric: str = "mAP"
+) -> tuple[np.ndarray, np.ndarray]:
   """[n, n] metric and chance for default routes at `level` (NaN where not evaluated)."""
   index = {m: i for i, m in enumerate(names)}
   values = np.full((len(names), len(names)), np.nan)
@@ -37,9 +42,17 @@ def zero_shot_matrix(rows: Sequence[Mapping], names: Sequence[str]) -> np.ndarra
   return mask
 
 
-def write_plots(report, out_dir: str, title: str, names: Sequence[str],
-                metrics_rows: Sequence[Mapping] = (), seed: int = 0, points: int = 400,
-                dpi: int = 120, formats: Sequence[str] = ("png",)) -> dict[str, str]:
+def write_plots(
+  report,
+  out_dir: str,
+  title: str,
+  names: Sequence[str],
+  metrics_rows: Sequence[Mapping] = (),
+  seed: int = 0,
+  points: int = 400,
+  dpi: int = 120,
+  formats: Sequence[str] = ("png",),
+) -> dict[str, str]:
   """The PNGs of the report (and, with formats=("png", "pdf"), a PDF beside each); returns
   {caption key: file name}. One colour per modality in every figure. Raises ImportError without
   matplotlib."""
@@ -66,8 +79,15 @@ class _Skips:
       return False
 
 
-def _write_plots(report, out_dir: str, title: str, names: Sequence[str],
-                 metrics_rows: Sequence[Mapping], seed: int, points: int) -> dict[str, str]:
+def _write_plots(
+  report,
+  out_dir: str,
+  title: str,
+  names: Sequence[str],
+  metrics_rows: Sequence[Mapping],
+  seed: int,
+  points: int,
+) -> dict[str, str]:
   colours = style_lib.modality_colours(names)
   s = report.summary
   written = {}
@@ -75,11 +95,13 @@ def _write_plots(report, out_dir: str, title: str, names: Sequence[str],
   proj = report.projection
   if proj is not None and len(proj["after"]) <= 1 and s.get("projection", {}).get("left_out"):
     s.setdefault("plots_not_drawn", []).append(
-        f"projection: no two modalities share {proj['space']}'s space")
+      f"projection: no two modalities share {proj['space']}'s space"
+    )
   if proj is not None and len(proj["after"]) > 1:
     space = proj["space"]
     name = PLOT_FILES["projection"]
-    # Centroids and gaps use every row; `points` rows per modality are drawn (the same in both panels).
+    # Centroids and gaps use every row; `points` rows per modality are drawn (the same in both
+    # panels).
     if proj["routes"].get(space) == "raw":
       what = f"all modalities in {space}'s space ({s['split']} split; others translated into it)"
     else:
@@ -88,12 +110,25 @@ def _write_plots(report, out_dir: str, title: str, names: Sequence[str],
       what += f"; left out: {', '.join(s['projection']['left_out'])} (no route into that space)"
     if proj["before"] is not None:
       draw = lambda: projection_lib.plot_projection_before_after(
-          proj["before"], proj["after"], proj["labels"], os.path.join(out_dir, name), f"{title}: {what}",
-          max_points_per_modality=points, seed=seed, colours=colours)
+        proj["before"],
+        proj["after"],
+        proj["labels"],
+        os.path.join(out_dir, name),
+        f"{title}: {what}",
+        max_points_per_modality=points,
+        seed=seed,
+        colours=colours,
+      )
     else:
-      draw = lambda: projection_lib.plot_projection(proj["after"], proj["labels"], os.path.join(out_dir, name),
-                                           f"{title}: {what}", max_points_per_modality=points, seed=seed,
-                                           colours=colours)
+      draw = lambda: projection_lib.plot_projection(
+        proj["after"],
+        proj["labels"],
+        os.path.join(out_dir, name),
+        f"{title}: {what}",
+        max_points_per_modality=points,
+        seed=seed,
+        colours=colours,
+      )
     if attempt("projection", draw):
       written["projection"] = name
   for level in ("instance", "class"):
@@ -101,10 +136,16 @@ def _write_plots(report, out_dir: str, title: str, names: Sequence[str],
     if np.isfinite(values).any():
       name = PLOT_FILES["heatmap"].format(level=level)
       draw = lambda: charts_lib.plot_retrieval_heatmap(
-          values, names, names, os.path.join(out_dir, name),
-          f"{title}: {level}-level retrieval mAP ({s['split']} split)", metric_name=f"mAP ({level}-level)",
-          chance=chance, zero_shot=zero_shot_matrix([r for r in s.get("rows", []) if r["level"] == level], names)
-          & np.isfinite(values))
+        values,
+        names,
+        names,
+        os.path.join(out_dir, name),
+        f"{title}: {level}-level retrieval mAP ({s['split']} split)",
+        metric_name=f"mAP ({level}-level)",
+        chance=chance,
+        zero_shot=zero_shot_matrix([r for r in s.get("rows", []) if r["level"] == level], names)
+        & np.isfinite(values),
+      )
       if attempt(f"heatmap_{level}", draw):
         written[f"heatmap_{level}"] = name
   if s.get("reconstruction"):
@@ -113,15 +154,24 @@ def _write_plots(report, out_dir: str, title: str, names: Sequence[str],
     # its dashed baseline compare like with like across hops (cycles a->..->a target a).
     by_target = [{**r, "kind": f"into {r['end']}"} for r in s["reconstruction"]]
     draw = lambda: charts_lib.plot_reconstruction_by_hops(
-        by_target, os.path.join(out_dir, name), f"{title}: reconstruction of each modality's rows by path length",
-        seed=seed, colours={f"into {m}": c for m, c in colours.items()})
+      by_target,
+      os.path.join(out_dir, name),
+      f"{title}: reconstruction of each modality's rows by path length",
+      seed=seed,
+      colours={f"into {m}": c for m, c in colours.items()},
+    )
     if attempt("reconstruction", draw):
       written["reconstruction"] = name
-  curves = [{k: v for k, v in r.items() if k == "step" or _is_summary_loss(k)} for r in metrics_rows]
+  curves = [
+    {k: v for k, v in r.items() if k == "step" or _is_summary_loss(k)} for r in metrics_rows
+  ]
   if any(k.startswith("loss/") for r in curves for k in r):
     name = PLOT_FILES["curves"]
-    draw = lambda: charts_lib.plot_training_curves(curves, os.path.join(out_dir, name), f"{title}: training losses "
-                                              "(means over edges; per-edge terms in metrics.jsonl)")
+    draw = lambda: charts_lib.plot_training_curves(
+      curves,
+      os.path.join(out_dir, name),
+      f"{title}: training losses (means over edges; per-edge terms in metrics.jsonl)",
+    )
     if attempt("curves", draw):
       written["curves"] = name
   return written

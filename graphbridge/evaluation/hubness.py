@@ -22,13 +22,15 @@ def csls_transform(zq: np.ndarray, zg: np.ndarray, k: int) -> tuple[np.ndarray, 
   return hubness_transform(zq, zg, knn_mean_similarity(zg, zq, k))
 
 
-QUERYBANK_K = 10            # eval.querybank_k=-1 (auto): neighbours where every pair set is instance-level
+QUERYBANK_K = 10  # eval.querybank_k=-1 (auto): neighbours where every pair set is instance-level
 
 
-QUERYBANK_MAX_ROWS = 2048   # train rows of the query modality in the bank (a seeded sample beyond)
+QUERYBANK_MAX_ROWS = 2048  # train rows of the query modality in the bank (a seeded sample beyond)
 
 
-def resolve_querybank(k: int, dataset: Dataset, csls_k: int = 0, split: str = "test") -> tuple[int, str]:
+def resolve_querybank(
+  k: int, dataset: Dataset, csls_k: int = 0, split: str = "test"
+) -> tuple[int, str]:
   """(neighbours, why) for eval.querybank_k on `dataset`: k >= 0 as asked; -1 (auto, the default)
   reads the pair sets with the rule of routes="auto": QUERYBANK_K where every pair set is
   instance-level (docs/evaluation.md, "Hubness"), off where any is class-level (class-level mAP
@@ -49,7 +51,9 @@ def resolve_querybank(k: int, dataset: Dataset, csls_k: int = 0, split: str = "t
   return 0, why
 
 
-def hubness_transform(zq: np.ndarray, zg: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def hubness_transform(
+  zq: np.ndarray, zg: np.ndarray, r: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
   """Two embeddings whose cosine ranks the gallery for each query as cos(x, y) - r(y)/2 does, for
   a per-gallery-row penalty r in [-1, 1] (zq, zg unit rows) -> [n, d + 2]: queries [x, 1, 0],
   gallery [y, -r/2, sqrt(1/4 - r^2/4)]; every row of a side has the same norm, so the cosine is
@@ -58,7 +62,7 @@ def hubness_transform(zq: np.ndarray, zg: np.ndarray, r: np.ndarray) -> tuple[np
   zg = np.asarray(zg, np.float32)
   a = -np.clip(np.asarray(r, np.float32), -1.0, 1.0) / 2
   q = np.concatenate([zq, np.ones((len(zq), 1), np.float32), np.zeros((len(zq), 1), np.float32)], 1)
-  g = np.concatenate([zg, a[:, None], np.sqrt(np.maximum(0.25 - a ** 2, 0.0))[:, None]], 1)
+  g = np.concatenate([zg, a[:, None], np.sqrt(np.maximum(0.25 - a**2, 0.0))[:, None]], 1)
   return q, g
 
 
@@ -70,19 +74,21 @@ def knn_mean_similarity(zg: np.ndarray, zb: np.ndarray, k: int) -> np.ndarray:
   r = np.empty(len(zg), np.float32)
   n = len(zb)
   for lo in range(0, len(zg), 2048):
-    sims = zg[lo:lo + 2048] @ zb.T
-    sims.partition(n - k, axis=1)   # in place: the k largest last
-    r[lo:lo + 2048] = np.mean(sims[:, n - k:], axis=1)
+    sims = zg[lo : lo + 2048] @ zb.T
+    sims.partition(n - k, axis=1)  # in place: the k largest last
+    r[lo : lo + 2048] = np.mean(sims[:, n - k :], axis=1)
   return r
 
 
-def querybank_scores(aligner: Aligner, dataset: Dataset, enc: Encoded, zq: np.ndarray, k: int,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def querybank_scores(
+  aligner: Aligner, dataset: Dataset, enc: Encoded, zq: np.ndarray, k: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """Query-bank hubness correction, the inductive form of CSLS (cf. QB-Norm, Bogolin et al., CVPR
   2022): gallery row y is penalised by r(y), its mean cosine to its k nearest rows of a *bank*, the
   query modality's train rows (at most QUERYBANK_MAX_ROWS, seeded) brought along the same route,
   and ranked by cos(x, y) - r(y)/2. Hubs, gallery rows close to many queries whatever the query, are
-  pushed down. Unlike eval.csls_k it never reads the test queries: a gallery row's penalty depends on
+  pushed down. Unlike eval.csls_k it never reads the test queries: a gallery row's penalty depends
+  on
   that row and the train data only. Returns (zq, zg) as hubness_transform writes them (zq: the
   rows to score, e.g. a sample of enc.zq); unchanged if the query modality has no train rows."""
   q, g = enc.spec.query, enc.spec.gallery

@@ -46,6 +46,7 @@ BY_HOPS_COLUMNS = evaluators_lib.ByHops.columns
 @dataclasses.dataclass
 class EvalOptions:
   """What to evaluate. Sample sizes bound the O(n^2) silhouette and the plotted points."""
+
   split: str = "test"
   ks: tuple[int, ...] = (1, 5, 10)
   extra_routes: tuple[str, ...] = ()
@@ -54,28 +55,40 @@ class EvalOptions:
   silhouette_sample: int = 500
   projection_points: int = 400
   reconstruction_rows: int = 2000
-  max_queries: int = 0                 # retrieval: at most this many query rows per route (0: all)
+  max_queries: int = 0  # retrieval: at most this many query rows per route (0: all)
   seed: int = 0
-  plot_dpi: int = 120                  # raster figures; PDF/SVG are vector
-  plot_formats: tuple[str, ...] = ("png",)   # also ("png", "pdf") or ("png", "svg") for papers
-  routes: str = "auto"                 # translator aligners: default route for never-paired pairs
-  csls_k: int = 0                      # > 0: CSLS hubness correction (transductive)
-  querybank_k: int = -1                # > 0: query-bank hubness correction; -1: auto (resolve_querybank)
-  tables: tuple[str, ...] = ()         # evaluators_lib.EVALUATORS names to compute; () = all
+  plot_dpi: int = 120  # raster figures; PDF/SVG are vector
+  plot_formats: tuple[str, ...] = ("png",)  # also ("png", "pdf") or ("png", "svg") for papers
+  routes: str = "auto"  # translator aligners: default route for never-paired pairs
+  csls_k: int = 0  # > 0: CSLS hubness correction (transductive)
+  querybank_k: int = -1  # > 0: query-bank hubness correction; -1: auto (resolve_querybank)
+  tables: tuple[str, ...] = ()  # evaluators_lib.EVALUATORS names to compute; () = all
 
   @classmethod
   def from_config(cls, config, **overrides) -> "EvalOptions":
     """From a run config's `eval` block (split, ks, paths, optional cycle_length / path_hops)."""
     ev = config.get("eval", None) or {}
     paths = ev.get("paths", "") or ""
-    paths = tuple(p.strip() for p in paths.split(",") if p.strip()) if isinstance(paths, str) else tuple(paths)
-    options = cls(split=ev.get("split", "test"), ks=tuple(int(k) for k in ev.get("ks", (1, 5, 10))),
-                  extra_routes=paths, cycle_length=int(ev.get("cycle_length", 3)),
-                  path_hops=int(ev.get("path_hops", 3)), seed=int(config.get("seed", 0) or 0),
-                  plot_dpi=int(ev.get("plot_dpi", 120)), plot_formats=_formats(ev.get("plot_formats", "png")),
-                  routes=str(ev.get("routes", "auto")), csls_k=int(ev.get("csls_k", 0) or 0),
-                  querybank_k=int(ev.get("querybank_k", -1)),
-                  tables=_names(ev.get("tables", "")), max_queries=int(ev.get("max_queries", 0) or 0))
+    paths = (
+      tuple(p.strip() for p in paths.split(",") if p.strip())
+      if isinstance(paths, str)
+      else tuple(paths)
+    )
+    options = cls(
+      split=ev.get("split", "test"),
+      ks=tuple(int(k) for k in ev.get("ks", (1, 5, 10))),
+      extra_routes=paths,
+      cycle_length=int(ev.get("cycle_length", 3)),
+      path_hops=int(ev.get("path_hops", 3)),
+      seed=int(config.get("seed", 0) or 0),
+      plot_dpi=int(ev.get("plot_dpi", 120)),
+      plot_formats=_formats(ev.get("plot_formats", "png")),
+      routes=str(ev.get("routes", "auto")),
+      csls_k=int(ev.get("csls_k", 0) or 0),
+      querybank_k=int(ev.get("querybank_k", -1)),
+      tables=_names(ev.get("tables", "")),
+      max_queries=int(ev.get("max_queries", 0) or 0),
+    )
     return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -85,13 +98,16 @@ def _names(value) -> tuple[str, ...]:
 
 def _formats(value) -> tuple[str, ...]:
   """'png,pdf' or ('png', 'pdf') -> ('png', 'pdf'); 'png' always first (the report embeds it)."""
-  items = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+  items = [
+    v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()
+  ]
   return ("png", *[v for v in items if v != "png"])
 
 
 @dataclasses.dataclass
 class Report:
   """summary: the JSON-able report; projection: arrays for the common-space picture (or None)."""
+
   summary: dict
   projection: dict | None = None
 
@@ -106,16 +122,28 @@ def initial_params(layout, params: Mapping, seed: int, keep: Sequence[str] = ())
   return translators_lib.stack(layout, start)
 
 
-def build_report(aligner: encoding_lib.Aligner, dataset, before: encoding_lib.Aligner | None = None,
-                 options: EvalOptions | None = None) -> Report:
+def build_report(
+  aligner: encoding_lib.Aligner,
+  dataset,
+  before: encoding_lib.Aligner | None = None,
+  options: EvalOptions | None = None,
+) -> Report:
   """Every table of the report for `aligner` (and `before`: the same strategy at initialisation)."""
   options = options or EvalOptions()
   split = options.split
   aligner, before = (with_route_options(a, options) for a in (aligner, before))
-  summary = {"strategy": aligner.name, "data": dataset.source, "split": split,
-             "routes": options.routes, "route_mode": "%s (%s)" % encoding_lib.resolve_route_mode(options.routes, dataset),
-             "csls_k": int(options.csls_k), "transductive": bool(options.csls_k > 0)}
-  bank_k, bank_why = hubness_lib.resolve_querybank(options.querybank_k, dataset, options.csls_k, split)
+  summary = {
+    "strategy": aligner.name,
+    "data": dataset.source,
+    "split": split,
+    "routes": options.routes,
+    "route_mode": "%s (%s)" % encoding_lib.resolve_route_mode(options.routes, dataset),
+    "csls_k": int(options.csls_k),
+    "transductive": bool(options.csls_k > 0),
+  }
+  bank_k, bank_why = hubness_lib.resolve_querybank(
+    options.querybank_k, dataset, options.csls_k, split
+  )
   summary["querybank_k"] = bank_k
   summary["querybank"] = f"{'on, k=%d' % bank_k if bank_k else 'off'} ({bank_why})"
   options = dataclasses.replace(options, querybank_k=bank_k)
@@ -129,22 +157,32 @@ def build_report(aligner: encoding_lib.Aligner, dataset, before: encoding_lib.Al
   sampled = [r for r in rows if r.get("queries_sampled")]
   if sampled:
     summary["query_sampling"] = (
-        f"retrieval scored a seeded sample of at most {options.max_queries} query rows per route "
-        f"(eval.max_queries) against the whole gallery, in {len(sampled)} of {len(rows)} rows "
-        f"(up to {max(r['query_rows'] for r in sampled)} query rows available); set eval.max_queries=0 "
-        "to score every query")
+      f"retrieval scored a seeded sample of at most {options.max_queries} query rows per route "
+      f"(eval.max_queries) against the whole gallery, in {len(sampled)} of {len(rows)} rows "
+      f"(up to {max(r['query_rows'] for r in sampled)} query rows available); set eval.max_queries=0 "
+      "to score every query"
+    )
   empty = [m for m in dataset.names if len(dataset_lib.split_rows(dataset, m, split)) == 0]
   if empty:
-    summary["notes"] = [f"{m} has no {split} rows ({m}_{split} is all False): its rows are skipped in every "
-                        "table" for m in empty]
+    summary["notes"] = [
+      f"{m} has no {split} rows ({m}_{split} is all False): its rows are skipped in every table"
+      for m in empty
+    ]
   projection = None
   if len(dataset.names) > 1:
     space = tables_lib.hub_modality(dataset)
     after_rows, space_routes = tables_lib.common_space_rows(aligner, dataset, space, ctx.cache)
-    projection = {"space": space, "routes": space_routes, "after": after_rows, "before": None,
-                  "labels": _projection_labels(dataset, split)}
+    projection = {
+      "space": space,
+      "routes": space_routes,
+      "after": after_rows,
+      "before": None,
+      "labels": _projection_labels(dataset, split),
+    }
     if before is not None:
-      projection["before"], _ = tables_lib.common_space_rows(before, dataset, space, ctx.cache_before)
+      projection["before"], _ = tables_lib.common_space_rows(
+        before, dataset, space, ctx.cache_before
+      )
     left_out = _one_dimension(projection, space)
     summary["projection"] = {"space": space, "routes": space_routes}
     if left_out:
@@ -154,8 +192,10 @@ def build_report(aligner: encoding_lib.Aligner, dataset, before: encoding_lib.Al
 
 def with_route_options(aligner, options: EvalOptions):
   """A translator aligner with the options' route mode and CSLS setting (others as they are)."""
-  if isinstance(aligner, aligners_lib.GraphAligner) and (aligner.routes, aligner.csls_k) != (options.routes,
-                                                                                          options.csls_k):
+  if isinstance(aligner, aligners_lib.GraphAligner) and (aligner.routes, aligner.csls_k) != (
+    options.routes,
+    options.csls_k,
+  ):
     return dataclasses.replace(aligner, routes=options.routes, csls_k=int(options.csls_k))
   return aligner
 
@@ -166,8 +206,11 @@ def _one_dimension(projection: dict, space: str) -> list[str]:
   dim = projection["after"][space].shape[1]
   left_out = [m for m, z in projection["after"].items() if z.shape[1] != dim]
   if projection["before"] is not None:
-    left_out += [m for m, z in projection["before"].items()
-                 if z.shape[1] != projection["before"][space].shape[1] and m not in left_out]
+    left_out += [
+      m
+      for m, z in projection["before"].items()
+      if z.shape[1] != projection["before"][space].shape[1] and m not in left_out
+    ]
   for key in ("after", "before"):
     if projection[key] is not None:
       projection[key] = {m: z for m, z in projection[key].items() if m not in left_out}
@@ -176,8 +219,11 @@ def _one_dimension(projection: dict, space: str) -> list[str]:
 
 def _projection_labels(dataset, split: str) -> dict | None:
   """Labels of the split's rows per modality; class names (the data's class_names) where given."""
-  labels = {m: mod.labels[dataset_lib.split_rows(dataset, m, split)] for m, mod in dataset.modalities.items()
-            if mod.labels is not None}
+  labels = {
+    m: mod.labels[dataset_lib.split_rows(dataset, m, split)]
+    for m, mod in dataset.modalities.items()
+    if mod.labels is not None
+  }
   names = dataset.class_names
   if names and all(len(v) == 0 or (v.min() >= 0 and v.max() < len(names)) for v in labels.values()):
     labels = {m: np.asarray(names, dtype=object)[v] for m, v in labels.items()}
@@ -193,8 +239,10 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
   parts = [f"# {title}\n\n"]
   if summary.get("graph"):
     g = summary["graph"]
-    parts.append(f"Graph: nodes {', '.join(f'{n}[{d}]' for n, d in g['nodes'])}; "
-                 f"edges {', '.join(g['edges'])}.  \n")
+    parts.append(
+      f"Graph: nodes {', '.join(f'{n}[{d}]' for n, d in g['nodes'])}; "
+      f"edges {', '.join(g['edges'])}.  \n"
+    )
   parts.append(f"Data: `{summary['data']}`; evaluated on the {split} split.")
   if summary.get("split_warning"):
     parts.append(f"\n\n> **Warning:** {summary['split_warning']}.\n\n")
@@ -203,26 +251,30 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
   if summary.get("step") is not None:
     parts.append(f" Checkpoint step {summary['step']}.")
   if summary.get("transductive"):
-    parts.append(f"\n\n> **Transductive:** CSLS hubness correction (k={summary['csls_k']}) ranks each gallery "
-                 "with statistics of the whole query set.\n\n")
+    parts.append(
+      f"\n\n> **Transductive:** CSLS hubness correction (k={summary['csls_k']}) ranks each gallery "
+      "with statistics of the whole query set.\n\n"
+    )
   if summary.get("querybank_k"):
-    parts.append(f"\n\nRetrieval ranks each gallery row by its cosine minus its hubness, its mean cosine to its "
-                 f"{summary['querybank_k']} nearest train rows of the query modality (query-bank correction, "
-                 f"`eval.querybank_k`; {summary.get('querybank', '')}); test queries are never used.")
+    parts.append(
+      f"\n\nRetrieval ranks each gallery row by its cosine minus its hubness, its mean cosine to its "
+      f"{summary['querybank_k']} nearest train rows of the query modality (query-bank correction, "
+      f"`eval.querybank_k`; {summary.get('querybank', '')}); test queries are never used."
+    )
   parts.append("\n\n")
   for evaluator in evaluators_lib.present(summary):
     parts.append(evaluator.markdown(summary))
   if images:
     parts.append("## Pictures\n\n")
     captions = {
-        "projection": "2-D PCA of every modality in one common space, where each meets {space} "
-                      "(routes: {routes}); stars = centroids, dashed lines = modality gap.",
-        "heatmap_instance": "Instance-level retrieval mAP for every query/gallery pair, chance underneath.",
-        "heatmap_class": "Class-level retrieval mAP for every query/gallery pair, chance underneath.",
-        "reconstruction": "Reconstruction cosine against the number of translators applied, one line per "
-                          "target modality (cycles and paths that end in it); dashed = its mean-predictor "
-                          "baseline.",
-        "curves": "Training losses from metrics.jsonl.",
+      "projection": "2-D PCA of every modality in one common space, where each meets {space} "
+      "(routes: {routes}); stars = centroids, dashed lines = modality gap.",
+      "heatmap_instance": "Instance-level retrieval mAP for every query/gallery pair, chance underneath.",
+      "heatmap_class": "Class-level retrieval mAP for every query/gallery pair, chance underneath.",
+      "reconstruction": "Reconstruction cosine against the number of translators applied, one line per "
+      "target modality (cycles and paths that end in it); dashed = its mean-predictor "
+      "baseline.",
+      "curves": "Training losses from metrics.jsonl.",
     }
     proj = summary.get("projection") or {}
     routes = ", ".join(f"{m}: {r}" for m, r in proj.get("routes", {}).items())
@@ -249,9 +301,18 @@ def console_summary(summary: Mapping) -> str:
   return "\n".join(lines)
 
 
-def write_report(report: Report, out_dir: str, title: str, names: Sequence[str],
-                 metrics_rows: Sequence[Mapping] = (), plots: bool = True, seed: int = 0,
-                 points: int = 400, dpi: int = 120, formats: Sequence[str] = ("png",)) -> list[str]:
+def write_report(
+  report: Report,
+  out_dir: str,
+  title: str,
+  names: Sequence[str],
+  metrics_rows: Sequence[Mapping] = (),
+  plots: bool = True,
+  seed: int = 0,
+  points: int = 400,
+  dpi: int = 120,
+  formats: Sequence[str] = ("png",),
+) -> list[str]:
   """report.json, report.md and the PNGs into out_dir; returns the paths written (process 0 writes;
   other processes of a multi-host run compute the same report and write nothing)."""
   if jax.process_index() != 0:
@@ -262,16 +323,29 @@ def write_report(report: Report, out_dir: str, title: str, names: Sequence[str],
   _write_numbers(report, out_dir, title, images)  # the numbers first: no figure can cost them
   if plots:
     try:
-      images = write_plots(report, out_dir, title, names, metrics_rows, seed=seed, points=points, dpi=dpi,
-                           formats=formats)
+      images = write_plots(
+        report,
+        out_dir,
+        title,
+        names,
+        metrics_rows,
+        seed=seed,
+        points=points,
+        dpi=dpi,
+        formats=formats,
+      )
     except ImportError as exc:
-      report.summary["plots_skipped"] = f"matplotlib is not installed ({exc}); pip install matplotlib"
+      report.summary["plots_skipped"] = (
+        f"matplotlib is not installed ({exc}); pip install matplotlib"
+      )
     except Exception as exc:  # noqa: BLE001  (a figure must never cost the numbers)
       if os.environ.get("GRAPHBRIDGE_DEBUG"):
         raise
-      report.summary["plots_skipped"] = (f"plotting failed ({type(exc).__name__}: {str(exc)[:200]}); the "
-                                         "numbers in report.json/md are complete (GRAPHBRIDGE_DEBUG=1 for the "
-                                         "traceback)")
+      report.summary["plots_skipped"] = (
+        f"plotting failed ({type(exc).__name__}: {str(exc)[:200]}); the "
+        "numbers in report.json/md are complete (GRAPHBRIDGE_DEBUG=1 for the "
+        "traceback)"
+      )
   report.summary["plots"] = images
   _write_numbers(report, out_dir, title, images)  # again, now with the figures and any notes
   return [os.path.join(out_dir, n) for n in (*REPORT_FILES, *images.values())]
@@ -283,10 +357,17 @@ def _write_numbers(report: Report, out_dir: str, title: str, images: Mapping[str
     f.write(markdown(report.summary, images, title))
 
 
-def run_report(aligner: encoding_lib.Aligner, dataset, out_dir: str | None,
-               before: encoding_lib.Aligner | None = None, options: EvalOptions | None = None,
-               header: Mapping | None = None, metrics_rows: Sequence[Mapping] = (), plots: bool = True,
-               log: Callable[[str], None] = print) -> dict:
+def run_report(
+  aligner: encoding_lib.Aligner,
+  dataset,
+  out_dir: str | None,
+  before: encoding_lib.Aligner | None = None,
+  options: EvalOptions | None = None,
+  header: Mapping | None = None,
+  metrics_rows: Sequence[Mapping] = (),
+  plots: bool = True,
+  log: Callable[[str], None] = print,
+) -> dict:
   """Evaluate, print the compact table, write the report into out_dir (None: print only).
 
   header: extra top-level entries of report.json (graph, step, timing, final_losses, ...)."""
@@ -304,8 +385,18 @@ def run_report(aligner: encoding_lib.Aligner, dataset, out_dir: str | None,
     log(f"note: {note}")
   if out_dir:
     title = f"{os.path.basename(os.path.normpath(dataset.source))}, {aligner.name}"
-    written = write_report(report, out_dir, title, dataset.names, metrics_rows, plots, options.seed,
-                           options.projection_points, options.plot_dpi, options.plot_formats)
+    written = write_report(
+      report,
+      out_dir,
+      title,
+      dataset.names,
+      metrics_rows,
+      plots,
+      options.seed,
+      options.projection_points,
+      options.plot_dpi,
+      options.plot_formats,
+    )
     note = f" ({report.summary['plots_skipped']})" if report.summary.get("plots_skipped") else ""
     log(f"\nwrote {', '.join(os.path.basename(p) for p in written)} to {out_dir}{note}")
     for skipped in report.summary.get("plots_not_drawn", []):

@@ -13,13 +13,25 @@ from graphbridge.data.dataset import Dataset
 from graphbridge.core.graph import path_name
 from graphbridge.data.dataset import split_rows
 from graphbridge.evaluation.encoding import Aligner
-from graphbridge.evaluation.encoding import Encoded, EncodingCache, RouteSpec, pairs_graph, planned_routes
+from graphbridge.evaluation.encoding import (
+  Encoded,
+  EncodingCache,
+  RouteSpec,
+  pairs_graph,
+  planned_routes,
+)
 from graphbridge.model.translate import translate_paths
 
 
-def gap_rows(aligner: Aligner, dataset: Dataset, split: str = "test", before: Aligner | None = None,
-             routes: Sequence[RouteSpec] | None = None, cache: EncodingCache | None = None,
-             cache_before: EncodingCache | None = None) -> list[dict]:
+def gap_rows(
+  aligner: Aligner,
+  dataset: Dataset,
+  split: str = "test",
+  before: Aligner | None = None,
+  routes: Sequence[RouteSpec] | None = None,
+  cache: EncodingCache | None = None,
+  cache_before: EncodingCache | None = None,
+) -> list[dict]:
   """Modality gap per route: distance between the centroids of translated query rows and gallery rows.
 
   gap_after uses `aligner`, gap_before the same strategy at initialisation (`before`, optional);
@@ -41,15 +53,31 @@ def gap_rows(aligner: Aligner, dataset: Dataset, split: str = "test", before: Al
     enc = cache.get(spec)
     if enc is None:
       continue
-    same_dim = dataset.modalities[spec.query].emb.shape[1] == dataset.modalities[spec.gallery].emb.shape[1]
-    raw = geometry_lib.centroid_gap(raw_centroid(spec.query, enc.query_rows),
-                                   raw_centroid(spec.gallery, enc.gallery_rows)) if same_dim else None
+    same_dim = (
+      dataset.modalities[spec.query].emb.shape[1] == dataset.modalities[spec.gallery].emb.shape[1]
+    )
+    raw = (
+      geometry_lib.centroid_gap(
+        raw_centroid(spec.query, enc.query_rows), raw_centroid(spec.gallery, enc.gallery_rows)
+      )
+      if same_dim
+      else None
+    )
     enc_before = cache_before.get(spec) if before is not None else None
-    rows.append({"strategy": aligner.name, "query": spec.query, "gallery": spec.gallery, "route": spec.route,
-                 "hops": hops_graph.hop_distance(spec.query, spec.gallery), "gap_raw": raw,
-                 "gap_before": None if enc_before is None else geometry_lib.modality_gap(enc_before.zq,
-                                                                                      enc_before.zg),
-                 "gap_after": geometry_lib.modality_gap(enc.zq, enc.zg)})
+    rows.append(
+      {
+        "strategy": aligner.name,
+        "query": spec.query,
+        "gallery": spec.gallery,
+        "route": spec.route,
+        "hops": hops_graph.hop_distance(spec.query, spec.gallery),
+        "gap_raw": raw,
+        "gap_before": None
+        if enc_before is None
+        else geometry_lib.modality_gap(enc_before.zq, enc_before.zg),
+        "gap_after": geometry_lib.modality_gap(enc.zq, enc.zg),
+      }
+    )
   return rows
 
 
@@ -59,10 +87,17 @@ def _silhouette(emb: np.ndarray, labels: np.ndarray) -> float | None:
   return geometry_lib.silhouette_cosine(emb, labels)
 
 
-def silhouette_rows(aligner: Aligner, dataset: Dataset, split: str = "test", before: Aligner | None = None,
-                    routes: Sequence[RouteSpec] | None = None, cache: EncodingCache | None = None,
-                    cache_before: EncodingCache | None = None, sample: int = 500, seed: int = 0
-                    ) -> list[dict]:
+def silhouette_rows(
+  aligner: Aligner,
+  dataset: Dataset,
+  split: str = "test",
+  before: Aligner | None = None,
+  routes: Sequence[RouteSpec] | None = None,
+  cache: EncodingCache | None = None,
+  cache_before: EncodingCache | None = None,
+  sample: int = 500,
+  seed: int = 0,
+) -> list[dict]:
   """Cosine silhouette by class label, per route (both modalities need labels).
 
   query_raw / gallery_raw: each modality's own embeddings; query_translated: the query rows in the
@@ -103,16 +138,25 @@ def silhouette_rows(aligner: Aligner, dataset: Dataset, split: str = "test", bef
     enc = cache.get(spec)
     if enc is None or len(enc.query_rows) < 3:
       continue
-    out.append({"strategy": aligner.name, "query": spec.query, "gallery": spec.gallery, "route": spec.route,
-                "query_raw": raw_score(spec.query), "gallery_raw": raw_score(spec.gallery),
-                "query_translated": _silhouette(*pick(enc, "q", sample)),
-                "mixed_before": mixed(cache_before.get(spec)) if before is not None else None,
-                "mixed": mixed(enc)})
+    out.append(
+      {
+        "strategy": aligner.name,
+        "query": spec.query,
+        "gallery": spec.gallery,
+        "route": spec.route,
+        "query_raw": raw_score(spec.query),
+        "gallery_raw": raw_score(spec.gallery),
+        "query_translated": _silhouette(*pick(enc, "q", sample)),
+        "mixed_before": mixed(cache_before.get(spec)) if before is not None else None,
+        "mixed": mixed(enc),
+      }
+    )
   return out
 
 
-def _id_matched(dataset: Dataset, src: str, dst: str, src_rows: np.ndarray, split: str
-                ) -> tuple[np.ndarray, np.ndarray] | None:
+def _id_matched(
+  dataset: Dataset, src: str, dst: str, src_rows: np.ndarray, split: str
+) -> tuple[np.ndarray, np.ndarray] | None:
   """(positions into src_rows, dst rows) for src rows whose id occurs among dst's split rows."""
   a, b = dataset.modalities[src], dataset.modalities[dst]
   if a.ids is None or b.ids is None:
@@ -126,8 +170,9 @@ def _id_matched(dataset: Dataset, src: str, dst: str, src_rows: np.ndarray, spli
   return np.nonzero(found)[0], b_rows[first[pos[found]]]
 
 
-def _paired(dataset: Dataset, src: str, dst: str, split: str, max_rows: int, seed: int
-            ) -> tuple[np.ndarray, str] | None:
+def _paired(
+  dataset: Dataset, src: str, dst: str, split: str, max_rows: int, seed: int
+) -> tuple[np.ndarray, str] | None:
   """[P, 2] pairs (src row, dst row) of the data, with both rows in `split` if any, else train pairs."""
   pairs = dataset.pairs_for(src, dst, split="all")
   if len(pairs) == 0:
@@ -148,9 +193,16 @@ def _paired(dataset: Dataset, src: str, dst: str, split: str, max_rows: int, see
   return pairs[keep], target
 
 
-def reconstruction_rows(aligner: Aligner, dataset: Dataset, split: str = "test", cycle_length: int = 3,
-                        path_hops: int = 3, max_rows: int = 2000, max_paths: int = 200, seed: int = 0
-                        ) -> list[dict]:
+def reconstruction_rows(
+  aligner: Aligner,
+  dataset: Dataset,
+  split: str = "test",
+  cycle_length: int = 3,
+  path_hops: int = 3,
+  max_rows: int = 2000,
+  max_paths: int = 200,
+  seed: int = 0,
+) -> list[dict]:
   """Cosine between translations and their targets, by number of translators applied.
 
   Cycles (every cycle of the aligner's graph up to `cycle_length` hops, e.g. image->text->image)
@@ -164,13 +216,16 @@ def reconstruction_rows(aligner: Aligner, dataset: Dataset, split: str = "test",
     return []
 
   def translate_many(routes, x):
-    return translate_paths(layout, aligner.params, getattr(aligner, "compute_dtype", "float32"), routes, x)
+    return translate_paths(
+      layout, aligner.params, getattr(aligner, "compute_dtype", "float32"), routes, x
+    )
 
   graph = layout.graph
   has_rows = set(dataset.names)  # virtual nodes (shared spaces) can be passed through, not scored
   cycles = [c for c in graph.cycles(max_length=cycle_length) if c[0] in has_rows]
-  paths = sorted((p for p in graph.paths_up_to(path_hops) if p[0] in has_rows and p[-1] in has_rows),
-                 key=len)[:max_paths]
+  paths = sorted(
+    (p for p in graph.paths_up_to(path_hops) if p[0] in has_rows and p[-1] in has_rows), key=len
+  )[:max_paths]
 
   directions: dict[str, np.ndarray] = {}  # the mean train row of each target modality, once
 
@@ -189,12 +244,25 @@ def reconstruction_rows(aligner: Aligner, dataset: Dataset, split: str = "test",
       continue
     x = dataset.modalities[start].emb[rows]
     matched = {p: _id_matched(dataset, start, p[-1], rows, split) for p in mine_paths}
-    wanted = [path_name(c) for c in mine_cycles] + [path_name(p) for p in mine_paths if matched[p] is not None]
+    wanted = [path_name(c) for c in mine_cycles] + [
+      path_name(p) for p in mine_paths if matched[p] is not None
+    ]
     z = translate_many(wanted, x) if wanted else {}
     for c in mine_cycles:
-      out.append({"strategy": aligner.name, "kind": "cycle", "route": path_name(c), "hops": len(c) - 1,
-                  "start": start, "end": start, "target": "same rows", "n": len(rows),
-                  "cosine": geometry_lib.mean_cosine(z[path_name(c)], x), "baseline": baseline(start, x)})
+      out.append(
+        {
+          "strategy": aligner.name,
+          "kind": "cycle",
+          "route": path_name(c),
+          "hops": len(c) - 1,
+          "start": start,
+          "end": start,
+          "target": "same rows",
+          "n": len(rows),
+          "cosine": geometry_lib.mean_cosine(z[path_name(c)], x),
+          "baseline": baseline(start, x),
+        }
+      )
     for p in mine_paths:
       end = p[-1]
       if matched[p] is not None:
@@ -205,13 +273,26 @@ def reconstruction_rows(aligner: Aligner, dataset: Dataset, split: str = "test",
         if found is None:
           continue
         pairs, what = found
-        pred = translate_many([path_name(p)], dataset.modalities[start].emb[pairs[:, 0]])[path_name(p)]
+        pred = translate_many([path_name(p)], dataset.modalities[start].emb[pairs[:, 0]])[
+          path_name(p)
+        ]
         target = dataset.modalities[end].emb[pairs[:, 1]]
       else:
         continue
-      out.append({"strategy": aligner.name, "kind": "path", "route": path_name(p), "hops": len(p) - 1,
-                  "start": start, "end": end, "target": what, "n": len(target),
-                  "cosine": geometry_lib.mean_cosine(pred, target), "baseline": baseline(end, target)})
+      out.append(
+        {
+          "strategy": aligner.name,
+          "kind": "path",
+          "route": path_name(p),
+          "hops": len(p) - 1,
+          "start": start,
+          "end": end,
+          "target": what,
+          "n": len(target),
+          "cosine": geometry_lib.mean_cosine(pred, target),
+          "baseline": baseline(end, target),
+        }
+      )
   out.sort(key=lambda r: (r["kind"] != "path", r["hops"], r["route"]))
   return out
 
@@ -221,9 +302,16 @@ def summarize_reconstruction(rows: Sequence[Mapping]) -> list[dict]:
   groups: dict[tuple, list] = {}
   for r in rows:
     groups.setdefault((r["kind"], r["hops"]), []).append(r)
-  return [{"kind": kind, "hops": hops, "routes": len(rs), "cosine": float(np.mean([r["cosine"] for r in rs])),
-           "baseline": float(np.mean([r["baseline"] for r in rs]))}
-          for (kind, hops), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "path", kv[0][1]))]
+  return [
+    {
+      "kind": kind,
+      "hops": hops,
+      "routes": len(rs),
+      "cosine": float(np.mean([r["cosine"] for r in rs])),
+      "baseline": float(np.mean([r["baseline"] for r in rs])),
+    }
+    for (kind, hops), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "path", kv[0][1]))
+  ]
 
 
 def hub_modality(dataset: Dataset) -> str:
@@ -232,8 +320,9 @@ def hub_modality(dataset: Dataset) -> str:
   return max(dataset.names, key=lambda m: (len(graph.out_edges(m)), -dataset.names.index(m)))
 
 
-def common_space_rows(aligner: Aligner, dataset: Dataset, space: str, cache: EncodingCache
-                      ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def common_space_rows(
+  aligner: Aligner, dataset: Dataset, space: str, cache: EncodingCache
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """Every modality's split rows where it is compared with `space`.
 
   Returns ({modality: [n_m, d]}, {modality: route}).
@@ -265,22 +354,38 @@ def common_space_rows(aligner: Aligner, dataset: Dataset, space: str, cache: Enc
       out[space], routes[space] = enc.zg, "raw" if same else f"gallery side of {route}"
   if space not in out:
     out[space], routes[space] = raw, "raw"
-  return {m: out[m] for m in dataset.names if m in out}, {m: routes[m] for m in dataset.names if m in routes}
+  return {m: out[m] for m in dataset.names if m in out}, {
+    m: routes[m] for m in dataset.names if m in routes
+  }
 
 
 def format_table(rows: Sequence[Mapping], columns: Sequence[str], floats: str = "{:.3f}") -> str:
   """Markdown table."""
+
   def cell(v):
     if isinstance(v, float):
       return "nan" if v != v else floats.format(v)
     return "" if v is None else str(v)
+
   lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
   lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
   return "\n".join(lines)
 
 
-RETRIEVAL_COLUMNS = ("query", "gallery", "route", "hops", "level", "mAP", "R@1", "R@5", "R@10",
-                     "median_rank", "chance_mAP", "chance_R@1")
+RETRIEVAL_COLUMNS = (
+  "query",
+  "gallery",
+  "route",
+  "hops",
+  "level",
+  "mAP",
+  "R@1",
+  "R@5",
+  "R@10",
+  "median_rank",
+  "chance_mAP",
+  "chance_R@1",
+)
 
 
 def summarize_by_hops(rows: Sequence[Mapping]) -> list[dict]:
@@ -290,9 +395,18 @@ def summarize_by_hops(rows: Sequence[Mapping]) -> list[dict]:
     groups.setdefault((r["level"], r["hops"]), []).append(r)
   out = []
   for (level, hops), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 99)):
-    out.append({"level": level, "hops": hops, "pairs": len(rs),
-                **{k: float(np.mean([r[k] for r in rs])) for k in ("mAP", "R@1", "R@10", "chance_mAP")
-                   if all(k in r for r in rs)}})
+    out.append(
+      {
+        "level": level,
+        "hops": hops,
+        "pairs": len(rs),
+        **{
+          k: float(np.mean([r[k] for r in rs]))
+          for k in ("mAP", "R@1", "R@10", "chance_mAP")
+          if all(k in r for r in rs)
+        },
+      }
+    )
   return out
 
 

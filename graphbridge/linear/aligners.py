@@ -30,6 +30,7 @@ class PosthocAligner:
   center: subtract each side's train-row mean in the compared space (closes the modality gap).
   procrustes / cca: fit on the train pairs of (query, gallery) where the data has them; for
   never-paired modalities there is nothing to fit, so only centering is applied (route says so)."""
+
   base: object
   method: str
   dataset: Dataset
@@ -89,8 +90,9 @@ class PosthocAligner:
 class LinearAligner:
   """Ridge or CCA fitted on the train pairs; modalities never paired are bridged through a pivot
   paired with both (query and gallery mapped into the pivot's space)."""
+
   dataset: Dataset
-  kind: str = "ridge"           # "ridge" | "cca"
+  kind: str = "ridge"  # "ridge" | "cca"
   alpha: float = 1.0
   n_components: int = 32
 
@@ -106,8 +108,11 @@ class LinearAligner:
     if self.dataset.pairs_for(query, gallery).size:
       return f"{query}->{gallery}"
     for pivot in self.dataset.names:
-      if pivot not in (query, gallery) and self.dataset.pairs_for(query, pivot).size \
-          and self.dataset.pairs_for(gallery, pivot).size:
+      if (
+        pivot not in (query, gallery)
+        and self.dataset.pairs_for(query, pivot).size
+        and self.dataset.pairs_for(gallery, pivot).size
+      ):
         return f"{query}->{pivot}<-{gallery}"
     return None
 
@@ -116,7 +121,9 @@ class LinearAligner:
     return self.dataset.modalities[a].emb[pairs[:, 0]], self.dataset.modalities[b].emb[pairs[:, 1]]
 
   def _k(self, *arrays) -> int:
-    return max(1, min([self.n_components] + [x.shape[1] for x in arrays] + [len(x) - 1 for x in arrays]))
+    return max(
+      1, min([self.n_components] + [x.shape[1] for x in arrays] + [len(x) - 1 for x in arrays])
+    )
 
   def encode(self, query, gallery, route, xq, xg):
     parsed = parse_route(self._pairs_graph, route)
@@ -124,19 +131,27 @@ class LinearAligner:
     if parsed.hops == 1:  # directly paired
       if key not in self._fits:
         a, b = self._train_pairs(query, gallery)
-        self._fits[key] = (posthoc_lib.fit_ridge(a, b, self.alpha) if self.kind == "ridge"
-                           else cca_lib.fit_cca(a, b, self._k(a, b), reg=1e-2))
+        self._fits[key] = (
+          posthoc_lib.fit_ridge(a, b, self.alpha)
+          if self.kind == "ridge"
+          else cca_lib.fit_cca(a, b, self._k(a, b), reg=1e-2)
+        )
       fit = self._fits[key]
       if self.kind == "ridge":
         return (fit.apply(xq), xg) if parsed.meet == gallery else (xq, fit.apply(xg))
       return fit.apply_x(xq, scale_by_sqrt_corr=True), fit.apply_y(xg, scale_by_sqrt_corr=True)
     if len(parsed.query_path) != 2 or len(parsed.gallery_path) != 2:
-      raise GraphError(f"linear baseline: route {route} must be one hop or meet at a pivot one hop from both")
+      raise GraphError(
+        f"linear baseline: route {route} must be one hop or meet at a pivot one hop from both"
+      )
     pivot = parsed.meet
     if key not in self._fits:
       a, pa = self._train_pairs(query, pivot)
       c, pc = self._train_pairs(gallery, pivot)
-      self._fits[key] = (posthoc_lib.fit_ridge_bridge(a, pa, c, pc, self.alpha) if self.kind == "ridge"
-                         else cca_lib.fit_cca_bridge(a, pa, c, pc, self._k(a, pa, c, pc), reg=1e-2))
+      self._fits[key] = (
+        posthoc_lib.fit_ridge_bridge(a, pa, c, pc, self.alpha)
+        if self.kind == "ridge"
+        else cca_lib.fit_cca_bridge(a, pa, c, pc, self._k(a, pa, c, pc), reg=1e-2)
+      )
     fit = self._fits[key]
     return fit.to_pivot_a(xq), fit.to_pivot_c(xg)

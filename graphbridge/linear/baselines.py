@@ -1,14 +1,20 @@
 """Linear references for zero-shot bridges: linear maps composed along the graph's routes, and an oracle.
 
-* `ChainAligner(dataset, "ridge")` / `ChainAligner(dataset, "procrustes")`: one linear map per paired
-  hop and direction, fitted on that pair set's train pairs, composed hop by hop along the same route the
-  translator graph takes by default (`routes.best_route` on the paired-data graph: fewest hops, meeting
-  in the middle), so a never-paired pair is bridged by chaining the maps along the tree / chain path.
+* `ChainAligner(dataset, "ridge")` / `ChainAligner(dataset, "procrustes")`: one linear map per
+paired
+  hop and direction, fitted on that pair set's train pairs, composed hop by hop along the same route
+  the
+  translator graph takes by default (`routes.best_route` on the paired-data graph: fewest hops,
+  meeting
+  in the middle), so a never-paired pair is bridged by chaining the maps along the tree / chain
+  path.
   Ridge picks its penalty per hop by leave-one-out error on that hop's train pairs (no test data, no
   per-data-set setting); Procrustes is the (semi-)orthogonal map with centring and one scale.
 * `OracleAligner(dataset)`: a ridge map fitted *directly* between the query and gallery modality, on
-  pairs that the protocol withholds: rows of the two modalities that show the same train instance (equal
-  `<m>_id`; equal label when a modality has no ids, i.e. class-level pairs), as many as a pair set of the
+  pairs that the protocol withholds: rows of the two modalities that show the same train instance
+  (equal
+  `<m>_id`; equal label when a modality has no ids, i.e. class-level pairs), as many as a pair set
+  of the
   data holds (the median size), so it is what one more paired edge of the usual size would buy.
 
 `aligners.LinearAligner` (ridge / CCA through a pivot one hop from both sides) stays the
@@ -52,11 +58,11 @@ def ridge_loo_alpha(x, y, alphas: Sequence[float] = RIDGE_ALPHAS) -> float:
   uty = u.T @ yc
   best, best_err = None, np.inf
   for alpha in alphas:
-    shrink = s ** 2 / (s ** 2 + alpha)
+    shrink = s**2 / (s**2 + alpha)
     fitted = u @ (shrink[:, None] * uty)
-    hat = (u ** 2) @ shrink + 1.0 / n                 # diagonal of the hat matrix (intercept included)
+    hat = (u**2) @ shrink + 1.0 / n  # diagonal of the hat matrix (intercept included)
     loo = (yc - fitted) / np.maximum(1.0 - hat, 1e-9)[:, None]
-    err = float(np.sum(loo ** 2))
+    err = float(np.sum(loo**2))
     if err < best_err:
       best, best_err = float(alpha), err
   return best
@@ -70,6 +76,7 @@ def fit_ridge_cv(x, y, alphas: Sequence[float] = RIDGE_ALPHAS) -> posthoc_lib.Ri
 @dataclasses.dataclass(frozen=True, eq=False)
 class SemiOrthogonal:
   """x -> scale * (x - x_mean) @ w + y_mean, w [d_x, d_y] with orthonormal rows or columns."""
+
   w: np.ndarray
   x_mean: np.ndarray
   y_mean: np.ndarray
@@ -110,9 +117,13 @@ def _fit(kind: str, x, y):
 def _train_pairs(dataset: Dataset, src: str, dst: str) -> tuple[np.ndarray, np.ndarray]:
   pairs = dataset.pairs_for(src, dst)
   if len(pairs) < 3:
-    raise GraphError(f"{src}->{dst}: a linear map needs >= 3 train pairs, the data has {len(pairs)}")
-  return (np.asarray(dataset.modalities[src].emb[pairs[:, 0]], np.float64),
-          np.asarray(dataset.modalities[dst].emb[pairs[:, 1]], np.float64))
+    raise GraphError(
+      f"{src}->{dst}: a linear map needs >= 3 train pairs, the data has {len(pairs)}"
+    )
+  return (
+    np.asarray(dataset.modalities[src].emb[pairs[:, 0]], np.float64),
+    np.asarray(dataset.modalities[dst].emb[pairs[:, 1]], np.float64),
+  )
 
 
 @dataclasses.dataclass
@@ -122,6 +133,7 @@ class ChainAligner:
 
   route_fn(query, gallery) -> route overrides the default route (e.g. a trained aligner's own
   default_route, when its graph is the paired-data graph)."""
+
   dataset: Dataset
   kind: str = "ridge"
   route_fn: Callable[[str, str], str | None] | None = None
@@ -199,6 +211,7 @@ class OracleAligner:
   """Ridge fitted directly between query and gallery on pairs the protocol withholds (see
   withheld_pairs): the pairs the data has where the two were paired, else `n_pairs` withheld ones
   (default: the median size of the data's pair sets)."""
+
   dataset: Dataset
   n_pairs: int | None = None
   seed: int = 0
@@ -206,7 +219,9 @@ class OracleAligner:
   def __post_init__(self):
     self.name = "oracle-ridge"
     if self.n_pairs is None:
-      self.n_pairs = int(np.median([len(self.dataset.pairs_for(a, b)) for a, b in self.dataset.pairs]))
+      self.n_pairs = int(
+        np.median([len(self.dataset.pairs_for(a, b)) for a, b in self.dataset.pairs])
+      )
     self._maps: dict = {}
 
   def default_route(self, query: str, gallery: str) -> str | None:
@@ -219,13 +234,16 @@ class OracleAligner:
   def pairs(self, query: str, gallery: str) -> np.ndarray:
     """[P, 2] rows (of query, of gallery) the oracle map is fitted on."""
     pairs = self.dataset.pairs_for(query, gallery)
-    return pairs if len(pairs) else withheld_pairs(self.dataset, query, gallery, self.n_pairs, self.seed)
+    return (
+      pairs if len(pairs) else withheld_pairs(self.dataset, query, gallery, self.n_pairs, self.seed)
+    )
 
   def encode(self, query, gallery, route, xq, xg):
     if (query, gallery) not in self._maps:
       pairs = self.pairs(query, gallery)
       self._maps[(query, gallery)] = fit_ridge_cv(
-          np.asarray(self.dataset.modalities[query].emb[pairs[:, 0]], np.float64),
-          np.asarray(self.dataset.modalities[gallery].emb[pairs[:, 1]], np.float64))
+        np.asarray(self.dataset.modalities[query].emb[pairs[:, 0]], np.float64),
+        np.asarray(self.dataset.modalities[gallery].emb[pairs[:, 1]], np.float64),
+      )
     zq = unit_rows(self._maps[(query, gallery)].apply(unit_rows(_rows(xq))))
     return zq.astype(np.float32), unit_rows(_rows(xg)).astype(np.float32)

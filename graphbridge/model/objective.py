@@ -43,8 +43,15 @@ class Objective(Protocol):
   def sample(self, arrays: Mapping[str, jax.Array], key: jax.Array, batch_size: int) -> dict:
     """A batch drawn from `arrays` with `key` (traceable: runs inside the jitted step)."""
 
-  def loss(self, params: Mapping[str, PyTree], frozen: Mapping[str, PyTree], batch: Mapping,
-           weights: Mapping[str, jax.Array], key: jax.Array, dtype) -> tuple[jax.Array, dict]:
+  def loss(
+    self,
+    params: Mapping[str, PyTree],
+    frozen: Mapping[str, PyTree],
+    batch: Mapping,
+    weights: Mapping[str, jax.Array],
+    key: jax.Array,
+    dtype,
+  ) -> tuple[jax.Array, dict]:
     """(total scalar, aux) with aux["terms"] = {kind: [n_kind]} per term_names(); optional aux
     entries: "cycle_by_length" [max_len - 1], "inv_temperature" scalar.
 
@@ -63,6 +70,8 @@ def finetune_weights(objective, weights: Mapping[str, jax.Array], finetune) -> d
     return dict(weights)
   tuned = {**weights, **hook(weights, finetune)}
   if set(tuned) != set(weights):
-    raise ValueError(f"{type(objective).__name__}.finetune_weights added weights "
-                     f"{sorted(set(tuned) - set(weights))}; fine-tuning may change values only")
+    raise ValueError(
+      f"{type(objective).__name__}.finetune_weights added weights "
+      f"{sorted(set(tuned) - set(weights))}; fine-tuning may change values only"
+    )
   return tuned

@@ -32,7 +32,6 @@ from graphbridge.model.translators import EdgeLayout, apply_bucket, normalize, t
 PyTree = Any
 
 
-
 @dataclasses.dataclass(frozen=True)
 class PairTerm:
   """Cosine + symmetric InfoNCE between the two sides of training pairs, each side translated
@@ -40,6 +39,7 @@ class PairTerm:
 
   pairs: the pair set "a->b" (rows of a, rows of b). Graph edge a->b: path_a=(a, b), path_b=(b,);
   pivot binding: (a, p) vs (p,); CLIP-style pairwise into a shared node s: (a, s) vs (b, s)."""
+
   name: str
   pairs: str
   path_a: Path
@@ -48,8 +48,10 @@ class PairTerm:
   def __post_init__(self):
     a, b = self.pairs.split("->")
     if self.path_a[0] != a or self.path_b[0] != b or self.path_a[-1] != self.path_b[-1]:
-      raise GraphError(f"pair term {self.name}: paths {path_name(self.path_a)} and {path_name(self.path_b)} "
-                       f"must start at {a} and {b} and end at the same node")
+      raise GraphError(
+        f"pair term {self.name}: paths {path_name(self.path_a)} and {path_name(self.path_b)} "
+        f"must start at {a} and {b} and end at the same node"
+      )
 
   @property
   def edges(self) -> tuple[Edge, ...]:
@@ -65,24 +67,32 @@ def meet_term(a: str, b: str, space: str) -> PairTerm:
   """Both sides projected into `space` (a pivot modality or a virtual shared node)."""
   path_a = (a,) if a == space else (a, space)
   path_b = (b,) if b == space else (b, space)
-  return PairTerm(f"{path_name(path_a)}<-{b}" if b != space else path_name(path_a), f"{a}->{b}",
-                  path_a, path_b)
+  return PairTerm(
+    f"{path_name(path_a)}<-{b}" if b != space else path_name(path_a), f"{a}->{b}", path_a, path_b
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
   """Static loss settings (weights are dynamic: see `initial_weights`)."""
+
   edge_cos: float = 1.0
   infonce: float = 0.5
   temperature: float = 0.07
   learn_temperature: bool = False
-  cycle_weights: tuple[float, ...] = (0.5,)   # weight of 2-cycles, 3-cycles, ... (length = max cycle)
-  supervised_edges: tuple[str, ...] | None = None   # None: every trainable edge that has pairs
-  cycle_starts: tuple[str, ...] | None = None       # None: every node with data
-  pair_terms: tuple[PairTerm, ...] | None = None    # explicit terms (strategies); overrides supervised_edges
-  aligned_batches: bool = False  # instance-aligned data: row i of every modality is one sample, so a
-                                 # pair term a->b uses the cycle batches of a and b (shared first hop)
-  structure: float = 0.0         # neighbourhood-structure regulariser weight (structure_loss)
+  cycle_weights: tuple[float, ...] = (
+    0.5,
+  )  # weight of 2-cycles, 3-cycles, ... (length = max cycle)
+  supervised_edges: tuple[str, ...] | None = None  # None: every trainable edge that has pairs
+  cycle_starts: tuple[str, ...] | None = None  # None: every node with data
+  pair_terms: tuple[PairTerm, ...] | None = (
+    None  # explicit terms (strategies); overrides supervised_edges
+  )
+  aligned_batches: bool = (
+    False  # instance-aligned data: row i of every modality is one sample, so a
+  )
+  # pair term a->b uses the cycle batches of a and b (shared first hop)
+  structure: float = 0.0  # neighbourhood-structure regulariser weight (structure_loss)
   structure_temperature: float = 0.1
 
   @property
@@ -95,6 +105,7 @@ class LossSettings:
 class BucketCall:
   """One batched translator call: inputs[i][r] is the slot fed to edge i of the bucket (row block r);
   outputs[i][r] is the slot its result goes to (-1: padding, discarded)."""
+
   bucket_key: str
   inputs: tuple[tuple[int, ...], ...]
   outputs: tuple[tuple[int, ...], ...]
@@ -108,13 +119,13 @@ class LossPlan:
   cycles: tuple[Path, ...]
   starts: tuple[str, ...]
   start_slot: tuple[tuple[str, int], ...]
-  pair_slot: tuple[tuple[str, int, int], ...]   # (pairs key, slot of a rows, slot of b rows)
+  pair_slot: tuple[tuple[str, int, int], ...]  # (pairs key, slot of a rows, slot of b rows)
   slot_dims: tuple[int, ...]
   levels: tuple[tuple[BucketCall, ...], ...]
-  term_out: tuple[tuple[int, int], ...]   # (slot of side a, slot of side b) per term
-  cycle_out: tuple[int, ...]              # slot of the reconstruction per cycle
-  applications: int                       # translator applications per step (per batch row)
-  structure_out: tuple[tuple[int, int], ...] = ()   # (slot of a's rows, slot of f_ab(rows)) per edge
+  term_out: tuple[tuple[int, int], ...]  # (slot of side a, slot of side b) per term
+  cycle_out: tuple[int, ...]  # slot of the reconstruction per cycle
+  applications: int  # translator applications per step (per batch row)
+  structure_out: tuple[tuple[int, int], ...] = ()  # (slot of a's rows, slot of f_ab(rows)) per edge
   structure_edges: tuple[str, ...] = ()
 
   @property
@@ -131,18 +142,24 @@ class LossPlan:
     return tuple(len(c) - 1 for c in self.cycles)
 
   def term_names(self) -> dict[str, list[str]]:
-    names = {"edge_cos": [t.name for t in self.terms], "infonce": [t.name for t in self.terms],
-             "cycle": [path_name(c) for c in self.cycles]}
+    names = {
+      "edge_cos": [t.name for t in self.terms],
+      "infonce": [t.name for t in self.terms],
+      "cycle": [path_name(c) for c in self.cycles],
+    }
     if self.structure_out:
       names["structure"] = list(self.structure_edges)
     return names
 
   def describe(self) -> str:
-    return (f"{len(self.terms)} pair terms, {len(self.cycles)} cycles (lengths "
-            f"{sorted(set(self.cycle_lengths))}), {self.applications} translator applications/step, "
-            f"{len(self.layout.buckets)} buckets")
+    return (
+      f"{len(self.terms)} pair terms, {len(self.cycles)} cycles (lengths "
+      f"{sorted(set(self.cycle_lengths))}), {self.applications} translator applications/step, "
+      f"{len(self.layout.buckets)} buckets"
+    )
 
-  # -- the objective interface (objective_api.Objective; shared with C-MCR and strategy objectives) --
+  # -- the objective interface (objective_api.Objective; shared with C-MCR and strategy objectives)
+  # --
   def initial_weights(self) -> dict[str, jax.Array]:
     return initial_weights(self.settings)
 
@@ -190,8 +207,12 @@ class LossPlan:
     return total
 
 
-def build_plan(layout: EdgeLayout, settings: LossSettings,
-               paired_edges: Sequence[Edge | str] = (), data_nodes: Sequence[str] | None = None) -> LossPlan:
+def build_plan(
+  layout: EdgeLayout,
+  settings: LossSettings,
+  paired_edges: Sequence[Edge | str] = (),
+  data_nodes: Sequence[str] | None = None,
+) -> LossPlan:
   """Plan every loss term of a step.
 
   paired_edges: edges (or pair-set directions "a->b") that have training pairs.
@@ -217,17 +238,29 @@ def build_plan(layout: EdgeLayout, settings: LossSettings,
   terms = tuple(t for t in terms if any(e in trainable for e in t.edges))
   if settings.edge_cos <= 0 and settings.infonce <= 0:
     terms = ()
-  starts_allowed = settings.cycle_starts if settings.cycle_starts is not None else (
-      tuple(data_nodes) if data_nodes is not None else None)
+  starts_allowed = (
+    settings.cycle_starts
+    if settings.cycle_starts is not None
+    else (tuple(data_nodes) if data_nodes is not None else None)
+  )
   cycles = graph.cycles(settings.max_cycle_length, starts=starts_allowed)
   # keep cycles of a weighted length that pass through at least one trainable edge
-  cycles = tuple(c for c in cycles
-                 if settings.cycle_weights[len(c) - 3] > 0 and any(e in trainable for e in path_edges(c)))
+  cycles = tuple(
+    c
+    for c in cycles
+    if settings.cycle_weights[len(c) - 3] > 0 and any(e in trainable for e in path_edges(c))
+  )
   if not terms and not cycles:
-    raise GraphError("nothing to train: no pair term has a trainable edge and no cycle passes through a "
-                     f"trainable edge ({graph.describe()})")
-  starts = tuple(n for n in graph.node_names if any(c[0] == n for c in cycles) or
-                 (settings.aligned_batches and any(n in t.pairs.split("->") for t in terms)))
+    raise GraphError(
+      "nothing to train: no pair term has a trainable edge and no cycle passes through a "
+      f"trainable edge ({graph.describe()})"
+    )
+  starts = tuple(
+    n
+    for n in graph.node_names
+    if any(c[0] == n for c in cycles)
+    or (settings.aligned_batches and any(n in t.pairs.split("->") for t in terms))
+  )
 
   dims = graph.dims
   slot_dims: list[int] = []
@@ -241,10 +274,17 @@ def build_plan(layout: EdgeLayout, settings: LossSettings,
   for t in terms:
     if t.pairs not in pair_slot:
       a, b = t.pairs.split("->")
-      pair_slot[t.pairs] = ((start_slot[a], start_slot[b]) if settings.aligned_batches
-                            else (new_slot(dims[a]), new_slot(dims[b])))
-  n_levels = max([len(c) - 1 for c in cycles] + [len(t.path_a) - 1 for t in terms] +
-                 [len(t.path_b) - 1 for t in terms] + [1])
+      pair_slot[t.pairs] = (
+        (start_slot[a], start_slot[b])
+        if settings.aligned_batches
+        else (new_slot(dims[a]), new_slot(dims[b]))
+      )
+  n_levels = max(
+    [len(c) - 1 for c in cycles]
+    + [len(t.path_a) - 1 for t in terms]
+    + [len(t.path_b) - 1 for t in terms]
+    + [1]
+  )
   levels: list[list[tuple[int, Edge, int]]] = [[] for _ in range(n_levels)]
   prefix_slot: dict[tuple[int, Path], int] = {}
 
@@ -252,14 +292,16 @@ def build_plan(layout: EdgeLayout, settings: LossSettings,
     """Slot holding `path` applied to the rows in slot `root` (prefixes shared per root)."""
     prefix_slot.setdefault((root, path[:1]), root)
     for k in range(1, len(path)):
-      if (root, path[:k + 1]) not in prefix_slot:
+      if (root, path[: k + 1]) not in prefix_slot:
         out = new_slot(dims[path[k]])
         levels[k - 1].append((prefix_slot[(root, path[:k])], Edge(path[k - 1], path[k]), out))
-        prefix_slot[(root, path[:k + 1])] = out
+        prefix_slot[(root, path[: k + 1])] = out
     return prefix_slot[(root, path)]
 
-  term_out = [(chain_end(pair_slot[t.pairs][0], t.path_a), chain_end(pair_slot[t.pairs][1], t.path_b))
-              for t in terms]
+  term_out = [
+    (chain_end(pair_slot[t.pairs][0], t.path_a), chain_end(pair_slot[t.pairs][1], t.path_b))
+    for t in terms
+  ]
   cycle_out = [chain_end(start_slot[c[0]], c) for c in cycles]
   structure_out, structure_edges = [], []
   if settings.structure > 0:  # every trainable first hop of a start modality's own rows
@@ -287,17 +329,32 @@ def build_plan(layout: EdgeLayout, settings: LossSettings,
         outputs.append(tuple(o for _, o in v) + (-1,) * (rows - len(v)))
       calls.append(BucketCall(bucket.key, tuple(inputs), tuple(outputs)))
     planned_levels.append(tuple(calls))
-  return LossPlan(layout, settings, terms, cycles, starts, tuple(start_slot.items()),
-                  tuple((k, a, b) for k, (a, b) in pair_slot.items()), tuple(slot_dims),
-                  tuple(planned_levels), tuple(term_out), tuple(cycle_out), applications,
-                  tuple(structure_out), tuple(structure_edges))
+  return LossPlan(
+    layout,
+    settings,
+    terms,
+    cycles,
+    starts,
+    tuple(start_slot.items()),
+    tuple((k, a, b) for k, (a, b) in pair_slot.items()),
+    tuple(slot_dims),
+    tuple(planned_levels),
+    tuple(term_out),
+    tuple(cycle_out),
+    applications,
+    tuple(structure_out),
+    tuple(structure_edges),
+  )
 
 
 def initial_weights(settings: LossSettings) -> dict[str, jax.Array]:
   """Loss weights as arrays: they live in the train state, so changing them (e.g. for a
   contrastive fine-tuning phase) does not recompile the step."""
-  weights = {"edge_cos": jnp.float32(settings.edge_cos), "infonce": jnp.float32(settings.infonce),
-             "cycle": jnp.asarray(settings.cycle_weights, jnp.float32)}
+  weights = {
+    "edge_cos": jnp.float32(settings.edge_cos),
+    "infonce": jnp.float32(settings.infonce),
+    "cycle": jnp.asarray(settings.cycle_weights, jnp.float32),
+  }
   if settings.structure > 0:
     weights["structure"] = jnp.float32(settings.structure)
   return weights
@@ -306,8 +363,12 @@ def initial_weights(settings: LossSettings) -> dict[str, jax.Array]:
 def finetune_weights(weights: Mapping[str, jax.Array], finetune) -> dict[str, jax.Array]:
   """Contrastive fine-tuning (config.finetune): edge_cos and infonce set, cycles scaled; any other
   weight is kept as it is."""
-  return {**weights, "edge_cos": jnp.float32(finetune.edge_cos), "infonce": jnp.float32(finetune.infonce),
-          "cycle": weights["cycle"] * finetune.cycle_scale}
+  return {
+    **weights,
+    "edge_cos": jnp.float32(finetune.edge_cos),
+    "infonce": jnp.float32(finetune.infonce),
+    "cycle": weights["cycle"] * finetune.cycle_scale,
+  }
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -387,7 +448,9 @@ def run_translators(plan: LossPlan, params: Mapping[str, PyTree], batch: Mapping
   if not plan.settings.aligned_batches:
     for key, slot_a, slot_b in plan.pair_slot:
       root_value[slot_a], root_value[slot_b] = batch["src"][key], batch["dst"][key]
-  pools = {(0, d): jnp.stack([root_value[s] for s in slots]).astype(dtype) for d, slots in roots.items()}
+  pools = {
+    (0, d): jnp.stack([root_value[s] for s in slots]).astype(dtype) for d, slots in roots.items()
+  }
   for k, level in enumerate(plan.levels, 1):
     outputs: dict[int, list] = {}
     for call in level:
@@ -398,7 +461,9 @@ def run_translators(plan: LossPlan, params: Mapping[str, PyTree], batch: Mapping
       batch_size = x.shape[1]
       x = x.reshape(bucket.size, rows * batch_size, bucket.d_in)
       y = apply_bucket(bucket, params[call.bucket_key], x, dtype)
-      outputs.setdefault(bucket.d_out, []).append(y.reshape(bucket.size * rows, batch_size, bucket.d_out))
+      outputs.setdefault(bucket.d_out, []).append(
+        y.reshape(bucket.size * rows, batch_size, bucket.d_out)
+      )
     for d, ys in outputs.items():
       pools[(k, d)] = ys[0] if len(ys) == 1 else jnp.concatenate(ys)
   return pools
@@ -427,16 +492,28 @@ def _cosine_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
   return 1.0 - jnp.mean(jnp.sum(normalize(pred) * normalize(target), axis=-1), axis=-1)
 
 
-def _symmetric_infonce(pred: jax.Array, target: jax.Array, labels: jax.Array,
-                       inv_temperature: jax.Array, dtype=jnp.float32) -> jax.Array:
+def _symmetric_infonce(
+  pred: jax.Array,
+  target: jax.Array,
+  labels: jax.Array,
+  inv_temperature: jax.Array,
+  dtype=jnp.float32,
+) -> jax.Array:
   """pred, target: [E, B, d]; labels: [E, B] (rows with equal labels are positives).
 
   KL divergence from the uniform distribution over positives to the softmax, both directions: the
   usual CLIP loss when every label in the batch is distinct, and 0 at the optimum when several
   rows share a label (cross-entropy minus the targets' entropy; same gradients). The logit
   matmul runs in `dtype` with float32 accumulation. Returns [E]."""
-  logits = jnp.einsum("ebd,ecd->ebc", normalize(pred).astype(dtype), normalize(target).astype(dtype),
-                      preferred_element_type=jnp.float32) * inv_temperature
+  logits = (
+    jnp.einsum(
+      "ebd,ecd->ebc",
+      normalize(pred).astype(dtype),
+      normalize(target).astype(dtype),
+      preferred_element_type=jnp.float32,
+    )
+    * inv_temperature
+  )
   positives = (labels[:, :, None] == labels[:, None, :]).astype(jnp.float32)
   n_pos = jnp.sum(positives, axis=-1)  # symmetric, so also the column counts
   targets = positives / n_pos[..., None]
@@ -451,11 +528,13 @@ def structure_loss(x: jax.Array, y: jax.Array, temperature: float) -> jax.Array:
   to the other rows of the batch (temperature-sharpened: the near neighbours dominate) should be
   the same before and after translation: mean over rows of KL(p_x || p_y). 0 when the translation
   keeps every similarity (e.g. a rotation). Returns [...]."""
+
   def log_p(z):
     z = normalize(z)
     sims = jnp.einsum("...bd,...cd->...bc", z, z) / temperature
     eye = jnp.eye(sims.shape[-1], dtype=bool)
     return jax.nn.log_softmax(jnp.where(eye, -1e9, sims), axis=-1)
+
   lx, ly = log_p(x.astype(jnp.float32)), log_p(y.astype(jnp.float32))
   kl = jnp.sum(jnp.exp(lx) * (lx - ly), axis=-1)
   return jnp.mean(kl, axis=-1)
@@ -480,8 +559,9 @@ def _in_item_order(values: list, index_groups: list[list[int]]) -> jax.Array:
   return jnp.take(flat, np.argsort(order))
 
 
-def compute_terms(plan: LossPlan, pools: Mapping, batch: Mapping, inv_temperature,
-                  dtype=jnp.float32) -> dict[str, jax.Array]:
+def compute_terms(
+  plan: LossPlan, pools: Mapping, batch: Mapping, inv_temperature, dtype=jnp.float32
+) -> dict[str, jax.Array]:
   """Per-term loss vectors: {"edge_cos": [n_terms], "infonce": [n_terms], "cycle": [n_cycles]}."""
   pred_slots = [a for a, _ in plan.term_out]
   target_slots = [b for _, b in plan.term_out]
@@ -501,13 +581,22 @@ def compute_terms(plan: LossPlan, pools: Mapping, batch: Mapping, inv_temperatur
     pred = gather_slots(plan, pools, [plan.cycle_out[i] for i in idx])
     target = gather_slots(plan, pools, [cycle_targets[i] for i in idx])
     cycle_parts.append(_cosine_loss(pred, target))
-  out = {"edge_cos": _in_item_order(cos_parts, term_groups),
-         "infonce": _in_item_order(nce_parts, term_groups),
-         "cycle": _in_item_order(cycle_parts, cycle_groups)}
+  out = {
+    "edge_cos": _in_item_order(cos_parts, term_groups),
+    "infonce": _in_item_order(nce_parts, term_groups),
+    "cycle": _in_item_order(cycle_parts, cycle_groups),
+  }
   if plan.structure_out:
-    out["structure"] = jnp.stack([
-        structure_loss(gather_slots(plan, pools, [a])[0], gather_slots(plan, pools, [b])[0],
-                       plan.settings.structure_temperature) for a, b in plan.structure_out])
+    out["structure"] = jnp.stack(
+      [
+        structure_loss(
+          gather_slots(plan, pools, [a])[0],
+          gather_slots(plan, pools, [b])[0],
+          plan.settings.structure_temperature,
+        )
+        for a, b in plan.structure_out
+      ]
+    )
   return out
 
 
@@ -543,8 +632,14 @@ def inverse_temperature(plan: LossPlan, params: Mapping[str, PyTree]) -> jax.Arr
   return jnp.float32(1.0 / plan.settings.temperature)
 
 
-def loss_fn(plan: LossPlan, params: Mapping[str, PyTree], frozen: Mapping[str, PyTree], batch: Mapping,
-            weights: Mapping[str, jax.Array], dtype):
+def loss_fn(
+  plan: LossPlan,
+  params: Mapping[str, PyTree],
+  frozen: Mapping[str, PyTree],
+  batch: Mapping,
+  weights: Mapping[str, jax.Array],
+  dtype,
+):
   """Scalar loss and aux metrics. params: {"edges": {bucket: ...}, "globals": {...}} (trainable)."""
   all_edges = {**frozen, **params["edges"]}
   pools = run_translators(plan, all_edges, batch, dtype)

@@ -21,9 +21,10 @@ def _edge_fn():
   compile."""
   import jax
 
-
   def apply(edge_params, x, d_out, arch, dtype_name):
-    module = translators_lib.Translator(d_out, arch, dtype=translators_lib.dtype_from_name(dtype_name))
+    module = translators_lib.Translator(
+      d_out, arch, dtype=translators_lib.dtype_from_name(dtype_name)
+    )
     return module.apply({"params": edge_params}, x)
 
   return jax.jit(apply, static_argnames=("d_out", "arch", "dtype_name"))
@@ -36,13 +37,16 @@ def _edge_params(layout, params: Mapping, edge):
   key, index = layout.where(edge)
   bucket = layout.bucket_by_key[key]
   if key not in params:
-    raise GraphError(f"edge {bucket.edges[index].name}: no parameters for bucket {key!r} "
-                     f"(have: {', '.join(params)})")
+    raise GraphError(
+      f"edge {bucket.edges[index].name}: no parameters for bucket {key!r} "
+      f"(have: {', '.join(params)})"
+    )
   return jax.tree.map(lambda p: p[index], params[key]), bucket.d_out, bucket.arch
 
 
-def translate_paths(layout, params: Mapping, compute_dtype: str, routes: Sequence[str], x: np.ndarray
-                    ) -> dict[str, np.ndarray]:
+def translate_paths(
+  layout, params: Mapping, compute_dtype: str, routes: Sequence[str], x: np.ndarray
+) -> dict[str, np.ndarray]:
   """Translate the same rows x [n, d_src] along several paths that start at one modality.
 
   params: stacked ({bucket_key: ...}). Returns {route: [n, d_dst] float32, L2-normalised}.
@@ -59,28 +63,33 @@ def translate_paths(layout, params: Mapping, compute_dtype: str, routes: Sequenc
   d_src = layout.graph.dim(starts[0])
   x = np.asarray(x, np.float32)
   if x.ndim != 2 or x.shape[1] != d_src:
-    raise ValueError(f"translate: input must be [rows, {d_src}] ({starts[0]} embeddings), got shape {x.shape}")
+    raise ValueError(
+      f"translate: input must be [rows, {d_src}] ({starts[0]} embeddings), got shape {x.shape}"
+    )
   fn = _edge_fn()
   edge_args = {}
   chunks: dict[str, list[np.ndarray]] = {r: [] for r in paths}
   for lo in range(0, max(len(x), 1), TRANSLATE_CHUNK):
-    block = x[lo:lo + TRANSLATE_CHUNK]
+    block = x[lo : lo + TRANSLATE_CHUNK]
     padded = np.zeros((TRANSLATE_CHUNK, d_src), np.float32)
-    padded[:len(block)] = block
+    padded[: len(block)] = block
     prefix: dict[tuple, object] = {(): jnp.asarray(padded)}
     for route, path in paths.items():
       edges = path_edges(path)
       for i, edge in enumerate(edges):
-        if edges[:i + 1] not in prefix:
+        if edges[: i + 1] not in prefix:
           if edge not in edge_args:
             edge_args[edge] = _edge_params(layout, params, edge)
           edge_params, d_out, arch = edge_args[edge]
-          prefix[edges[:i + 1]] = fn(edge_params, prefix[edges[:i]], d_out=d_out, arch=arch,
-                                     dtype_name=compute_dtype)
-      chunks[route].append(np.asarray(prefix[edges], np.float32)[:len(block)])
+          prefix[edges[: i + 1]] = fn(
+            edge_params, prefix[edges[:i]], d_out=d_out, arch=arch, dtype_name=compute_dtype
+          )
+      chunks[route].append(np.asarray(prefix[edges], np.float32)[: len(block)])
   out = {}
   for route, parts in chunks.items():
     z = np.concatenate(parts)
-    norms = np.sqrt(np.maximum(np.sum(np.square(z, dtype=np.float64), axis=1, keepdims=True), 1e-16))
+    norms = np.sqrt(
+      np.maximum(np.sum(np.square(z, dtype=np.float64), axis=1, keepdims=True), 1e-16)
+    )
     out[route] = (z / norms).astype(np.float32)
   return out

@@ -26,21 +26,21 @@ PyTree = Any
 
 
 _ACTIVATIONS: dict[str, Callable] = {
-    "gelu": functools.partial(nn.gelu, approximate=True),
-    "gelu_exact": functools.partial(nn.gelu, approximate=False),
-    "relu": nn.relu,
-    "silu": nn.silu,
-    "tanh": jnp.tanh,
+  "gelu": functools.partial(nn.gelu, approximate=True),
+  "gelu_exact": functools.partial(nn.gelu, approximate=False),
+  "relu": nn.relu,
+  "silu": nn.silu,
+  "tanh": jnp.tanh,
 }
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-ACTIVATIONS = CHOICES["model.activation"]   # the keys of _ACTIVATIONS (a test checks)
+ACTIVATIONS = CHOICES["model.activation"]  # the keys of _ACTIVATIONS (a test checks)
 
 
-COMPUTE_DTYPES = CHOICES["model.compute_dtype"]   # the keys of _DTYPES
+COMPUTE_DTYPES = CHOICES["model.compute_dtype"]  # the keys of _DTYPES
 
 
 MLP_IMPLS = CHOICES["model.impl"]
@@ -59,10 +59,11 @@ def dtype_from_name(name: str):
 @dataclasses.dataclass(frozen=True)
 class TranslatorArch:
   """Architecture of one translator MLP: d_in -> hidden[0] -> ... -> hidden[-1] -> d_out."""
+
   hidden: tuple[int, ...] = (512, 512)
   activation: str = "gelu"
-  layer_norm: bool = False   # LayerNorm after each hidden Dense, before the activation
-  residual: bool = False     # add a skip path (identity if d_in == d_out, else a bias-free Dense)
+  layer_norm: bool = False  # LayerNorm after each hidden Dense, before the activation
+  residual: bool = False  # add a skip path (identity if d_in == d_out, else a bias-free Dense)
   # how the hidden layers run (same parameters, same function): "flax" (nn.Dense + activation,
   # autodiff) or "fused" (dense_bias_act: saves only the pre-activation, recomputes the activation's
   # derivative in float32 and reduces the bias gradient in the same backward pass). Not part of
@@ -80,14 +81,18 @@ class TranslatorArch:
     if any(h <= 0 for h in self.hidden):
       raise ValueError(f"translator hidden sizes must be positive, got {self.hidden}")
     if self.activation not in _ACTIVATIONS:
-      raise ValueError(f"unknown activation {self.activation!r} (choices: {', '.join(_ACTIVATIONS)})")
+      raise ValueError(
+        f"unknown activation {self.activation!r} (choices: {', '.join(_ACTIVATIONS)})"
+      )
     if self.impl not in MLP_IMPLS:
       raise ValueError(f"unknown translator impl {self.impl!r} (choices: {', '.join(MLP_IMPLS)})")
     if self.edge_apply not in EDGE_APPLY:
       raise ValueError(f"unknown edge_apply {self.edge_apply!r} (choices: {', '.join(EDGE_APPLY)})")
     if self.impl == "fused" and self.layer_norm:
-      raise ValueError("translator impl 'fused' needs layer_norm=False (the fused block is "
-                       "Dense + bias + activation)")
+      raise ValueError(
+        "translator impl 'fused' needs layer_norm=False (the fused block is "
+        "Dense + bias + activation)"
+      )
 
   @property
   def tag(self) -> str:
@@ -99,17 +104,25 @@ class TranslatorArch:
     return "-".join(parts)
 
   def to_dict(self) -> dict:
-    out = {"hidden": list(self.hidden), "activation": self.activation,
-           "layer_norm": self.layer_norm, "residual": self.residual}
+    out = {
+      "hidden": list(self.hidden),
+      "activation": self.activation,
+      "layer_norm": self.layer_norm,
+      "residual": self.residual,
+    }
     if self.impl != "flax":
       out["impl"] = self.impl
     return out  # edge_apply is left out: how edges run is no part of a saved model
 
   @classmethod
   def from_dict(cls, data: Mapping) -> "TranslatorArch":
-    return cls(hidden=tuple(data["hidden"]), activation=data["activation"],
-               layer_norm=bool(data["layer_norm"]), residual=bool(data["residual"]),
-               impl=data.get("impl", "flax"))
+    return cls(
+      hidden=tuple(data["hidden"]),
+      activation=data["activation"],
+      layer_norm=bool(data["layer_norm"]),
+      residual=bool(data["residual"]),
+      impl=data.get("impl", "flax"),
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -147,23 +160,30 @@ dense_bias_act.defvjp(_dense_bias_act_fwd, _dense_bias_act_bwd)
 class _DenseAct(nn.Module):
   """Parameters exactly as nn.Dense (kernel lecun_normal, bias zeros, same names), applied with
   dense_bias_act."""
+
   features: int
   activation: str
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features),
-                        jnp.float32)
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features), jnp.float32
+    )
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
     lead = x.shape[:-1]
-    y = dense_bias_act(x.astype(self.dtype).reshape(-1, x.shape[-1]), kernel.astype(self.dtype),
-                       bias.astype(self.dtype), self.activation)
+    y = dense_bias_act(
+      x.astype(self.dtype).reshape(-1, x.shape[-1]),
+      kernel.astype(self.dtype),
+      bias.astype(self.dtype),
+      self.activation,
+    )
     return y.reshape(lead + (self.features,))
 
 
 class Translator(nn.Module):
   """x: [..., d_in] -> [..., d_out]. Params in float32; matmuls in `dtype` (e.g. bfloat16)."""
+
   d_out: int
   arch: TranslatorArch
   dtype: Any = jnp.float32
@@ -185,14 +205,16 @@ class Translator(nn.Module):
       if x.shape[-1] == self.d_out:
         out = out + x.astype(self.dtype)
       else:
-        out = out + nn.Dense(self.d_out, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                             name="skip")(x.astype(self.dtype))
+        out = out + nn.Dense(
+          self.d_out, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name="skip"
+        )(x.astype(self.dtype))
     return out
 
 
 # One module applied to a stack of edges: params [E, ...], x [E, rows, d_in] -> [E, rows, d_out].
 StackedTranslator = nn.vmap(
-    Translator, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=0, out_axes=0)
+  Translator, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=0, out_axes=0
+)
 
 
 def translator_flops(d_in: int, d_out: int, arch: TranslatorArch) -> int:
@@ -225,14 +247,19 @@ def _stable_seed(text: str) -> int:
 @dataclasses.dataclass(frozen=True)
 class EdgeLayout:
   """Static description of the translators of a graph: which bucket and row each edge lives in."""
+
   graph: ModalityGraph
   arch_by_edge: tuple[tuple[Edge, TranslatorArch], ...]
   frozen: frozenset[Edge]
   buckets: tuple[Bucket, ...]
 
   @classmethod
-  def build(cls, graph: ModalityGraph, arch: TranslatorArch | Mapping[str, TranslatorArch],
-            frozen: Sequence[Edge | str] = ()) -> "EdgeLayout":
+  def build(
+    cls,
+    graph: ModalityGraph,
+    arch: TranslatorArch | Mapping[str, TranslatorArch],
+    frozen: Sequence[Edge | str] = (),
+  ) -> "EdgeLayout":
     if isinstance(arch, TranslatorArch):
       arch_for = {e: arch for e in graph.edges}
     else:
@@ -283,9 +310,11 @@ class EdgeLayout:
     return tuple(e for b in self.trainable_buckets for e in b.edges)
 
   def to_dict(self) -> dict:
-    return {"graph": self.graph.to_dict(),
-            "arch": {e.name: a.to_dict() for e, a in self.arch_by_edge},
-            "frozen": sorted(e.name for e in self.frozen)}
+    return {
+      "graph": self.graph.to_dict(),
+      "arch": {e.name: a.to_dict() for e, a in self.arch_by_edge},
+      "frozen": sorted(e.name for e in self.frozen),
+    }
 
 
 def _edge_rng(edge: Edge, seed) -> jax.Array:
@@ -296,16 +325,23 @@ def _edge_rng(edge: Edge, seed) -> jax.Array:
 def _jitted_init(specs: tuple[tuple[Edge, int, int, TranslatorArch], ...]):
   """One compiled program that initialises every edge in `specs` (one compile, not one per shape)."""
   # `impl` changes how layers run, never their parameters: one init program serves every impl
-  specs = tuple((e, d_in, d_out, dataclasses.replace(arch, impl="flax", edge_apply="auto"))
-                for e, d_in, d_out, arch in specs)
+  specs = tuple(
+    (e, d_in, d_out, dataclasses.replace(arch, impl="flax", edge_apply="auto"))
+    for e, d_in, d_out, arch in specs
+  )
   return _jitted_init_flax(specs)
 
 
 @functools.lru_cache(maxsize=None)
 def _jitted_init_flax(specs: tuple[tuple[Edge, int, int, TranslatorArch], ...]):
   def init(seed):
-    return {e.name: Translator(d_out, arch).init(_edge_rng(e, seed), jnp.zeros((1, d_in), jnp.float32))["params"]
-            for e, d_in, d_out, arch in specs}
+    return {
+      e.name: Translator(d_out, arch).init(_edge_rng(e, seed), jnp.zeros((1, d_in), jnp.float32))[
+        "params"
+      ]
+      for e, d_in, d_out, arch in specs
+    }
+
   return jax.jit(init)
 
 
@@ -322,13 +358,21 @@ def init_many(specs, seed: int) -> dict[str, PyTree]:
 
 def init_params(layout: EdgeLayout, seed: int, trainable_only: bool = False) -> dict[str, PyTree]:
   """{bucket_key: stacked params [E_b, ...]} for every bucket (or only trainable ones)."""
-  specs = [(edge, bucket.d_in, bucket.d_out, bucket.arch) for bucket in layout.buckets
-           if bucket.trainable or not trainable_only for edge in bucket.edges]
+  specs = [
+    (edge, bucket.d_in, bucket.d_out, bucket.arch)
+    for bucket in layout.buckets
+    if bucket.trainable or not trainable_only
+    for edge in bucket.edges
+  ]
   return stack(layout, init_many(specs, seed), trainable_only=trainable_only)
 
 
-def stack(layout: EdgeLayout, per_edge: Mapping[str, PyTree], trainable_only: bool = False,
-          buckets: Sequence[Bucket] | None = None) -> dict[str, PyTree]:
+def stack(
+  layout: EdgeLayout,
+  per_edge: Mapping[str, PyTree],
+  trainable_only: bool = False,
+  buckets: Sequence[Bucket] | None = None,
+) -> dict[str, PyTree]:
   """{edge_name: params} -> {bucket_key: params stacked along axis 0}."""
   if buckets is None:
     buckets = layout.trainable_buckets if trainable_only else layout.buckets
@@ -359,17 +403,19 @@ def count_params(tree: PyTree) -> int:
 def bucket_param_count(bucket: Bucket) -> int:
   """Parameters of one edge of `bucket` (from shapes only: nothing is initialised)."""
   edge = bucket.edges[0]
-  return count_params(jax.eval_shape(lambda: init_edge_params(edge, bucket.d_in, bucket.d_out, bucket.arch, 0)))
+  return count_params(
+    jax.eval_shape(lambda: init_edge_params(edge, bucket.d_in, bucket.d_out, bucket.arch, 0))
+  )
 
 
-PER_EDGE_MAX_EDGES = 32        # auto: a bucket of more edges stays batched (compile time grows with E)
+PER_EDGE_MAX_EDGES = 32  # auto: a bucket of more edges stays batched (compile time grows with E)
 
 
-PER_EDGE_MIN_FLOPS = 16e6      # auto: per edge only where one edge's call has this many forward FLOPs
+PER_EDGE_MIN_FLOPS = 16e6  # auto: per edge only where one edge's call has this many forward FLOPs
 
 
 def resolve_edge_apply(bucket: Bucket, backend: str | None = None, rows: int | None = None) -> str:
-  """"batched" or "per_edge" for this bucket (model.edge_apply, "auto" resolved).
+  """ "batched" or "per_edge" for this bucket (model.edge_apply, "auto" resolved).
 
   auto = per_edge on CPU for a bucket of 2..PER_EDGE_MAX_EDGES edges whose call moves enough work
   (rows per edge x the translator's forward FLOPs per row >= PER_EDGE_MIN_FLOPS; `rows` None: not
@@ -384,7 +430,10 @@ def resolve_edge_apply(bucket: Bucket, backend: str | None = None, rows: int | N
   backend = backend or jax.default_backend()
   if backend != "cpu" or not 1 < bucket.size <= PER_EDGE_MAX_EDGES:
     return "batched"
-  if rows is not None and rows * translator_flops(bucket.d_in, bucket.d_out, bucket.arch) < PER_EDGE_MIN_FLOPS:
+  if (
+    rows is not None
+    and rows * translator_flops(bucket.d_in, bucket.d_out, bucket.arch) < PER_EDGE_MIN_FLOPS
+  ):
     return "batched"
   return "per_edge"
 
@@ -396,25 +445,36 @@ def _split_edges(tree: PyTree, n: int) -> list[PyTree]:
   return [jax.tree.unflatten(treedef, [p[i] for p in parts]) for i in range(n)]
 
 
-def apply_bucket(bucket: Bucket, bucket_params: PyTree, x: jax.Array, dtype=jnp.float32) -> jax.Array:
+def apply_bucket(
+  bucket: Bucket, bucket_params: PyTree, x: jax.Array, dtype=jnp.float32
+) -> jax.Array:
   """x: [E_b, rows, d_in] -> [E_b, rows, d_out]: every edge of the bucket, as one batched call
   or one call per edge (`resolve_edge_apply`); the same function of the same parameters."""
   if bucket.size == 1 or resolve_edge_apply(bucket, rows=x.shape[1]) == "batched":
-    return StackedTranslator(bucket.d_out, bucket.arch, dtype=dtype).apply({"params": bucket_params}, x)
+    return StackedTranslator(bucket.d_out, bucket.arch, dtype=dtype).apply(
+      {"params": bucket_params}, x
+    )
   module = Translator(bucket.d_out, bucket.arch, dtype=dtype)
   per_edge = _split_edges(bucket_params, bucket.size)
   xs = _split_edges(x, bucket.size)
   return jnp.stack([module.apply({"params": p}, xe) for p, xe in zip(per_edge, xs)])
 
 
-def apply_edge(layout: EdgeLayout, params: Mapping[str, PyTree], edge: Edge | str, x: jax.Array,
-               dtype=jnp.float32) -> jax.Array:
+def apply_edge(
+  layout: EdgeLayout,
+  params: Mapping[str, PyTree],
+  edge: Edge | str,
+  x: jax.Array,
+  dtype=jnp.float32,
+) -> jax.Array:
   """x: [rows, d_src] -> [rows, d_dst] through one edge. `params` stacked ({bucket_key: ...})."""
   key, index = layout.where(edge)
   bucket = layout.bucket_by_key[key]
   if key not in params:
-    raise GraphError(f"edge {bucket.edges[index].name}: no parameters for bucket {key!r} "
-                     f"(have: {', '.join(params)})")
+    raise GraphError(
+      f"edge {bucket.edges[index].name}: no parameters for bucket {key!r} "
+      f"(have: {', '.join(params)})"
+    )
   edge_params = jax.tree.map(lambda p: p[index], params[key])
   return Translator(bucket.d_out, bucket.arch, dtype=dtype).apply({"params": edge_params}, x)
 
@@ -422,8 +482,10 @@ def apply_edge(layout: EdgeLayout, params: Mapping[str, PyTree], edge: Edge | st
 def _check_input(layout: EdgeLayout, path: Path, x) -> None:
   d_src = layout.graph.dim(path[0])
   if x.ndim != 2 or x.shape[-1] != d_src:
-    raise ValueError(f"path {path_name(path)}: input must be [rows, {d_src}] ({path[0]} embeddings), "
-                     f"got shape {tuple(x.shape)}")
+    raise ValueError(
+      f"path {path_name(path)}: input must be [rows, {d_src}] ({path[0]} embeddings), "
+      f"got shape {tuple(x.shape)}"
+    )
 
 
 def normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
@@ -440,8 +502,14 @@ def _compose_jit(layout, params, path, x, dtype_name, normalize_output):
   return normalize(x) if normalize_output else x
 
 
-def compose(layout: EdgeLayout, params: Mapping[str, PyTree], path: str | Sequence[str], x,
-            dtype_name: str = "float32", normalize_output: bool = True) -> jax.Array:
+def compose(
+  layout: EdgeLayout,
+  params: Mapping[str, PyTree],
+  path: str | Sequence[str],
+  x,
+  dtype_name: str = "float32",
+  normalize_output: bool = True,
+) -> jax.Array:
   """Translate x along a path, e.g. compose(layout, params, "image->text->audio", x_image).
 
   x: [rows, d_src] float32 -> [rows, d_dst] float32 (L2-normalised unless normalize_output=False).

@@ -62,8 +62,12 @@ def summarize(rows: list[dict], level: str = "class") -> tuple[list[dict], list[
   return table, zero_shot
 
 
-def compare(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dataset | None = None,
-            log: Callable[[str], None] = print) -> dict:
+def compare(
+  config: ml_collections.ConfigDict,
+  workdir: str | None,
+  dataset: Dataset | None = None,
+  log: Callable[[str], None] = print,
+) -> dict:
   """Train every strategy in config.compare.strategies for config.compare.seeds seeds, evaluate
   each (and each post-hoc variant) plus the linear baselines; write compare.{json,md,png}."""
   validate_lib.validate(config)
@@ -74,10 +78,16 @@ def compare(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dat
   posthoc = fields.names(config.compare.posthoc) or ("none",)
   seeds = [int(config.seed) + i for i in range(int(config.compare.seeds))]
   rows: list[dict] = []
-  bank_k, bank_why = hubness_lib.resolve_querybank(config.eval.get("querybank_k", -1), dataset,
-                                                int(config.eval.get("csls_k", 0) or 0), config.eval.split)
-  log(f"query-bank hubness correction: {'k=%d' % bank_k if bank_k else 'off'} ({bank_why}), "
-      "the same for every method and baseline")
+  bank_k, bank_why = hubness_lib.resolve_querybank(
+    config.eval.get("querybank_k", -1),
+    dataset,
+    int(config.eval.get("csls_k", 0) or 0),
+    config.eval.split,
+  )
+  log(
+    f"query-bank hubness correction: {'k=%d' % bank_k if bank_k else 'off'} ({bank_why}), "
+    "the same for every method and baseline"
+  )
   t0 = time.perf_counter()
   for name in names:
     for seed in seeds:
@@ -89,18 +99,31 @@ def compare(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dat
       train_seconds = sum(r.seconds for r in run.results)
       for base in run.aligners:  # every retrieval view (dmvae: the shared latent and translation)
         for method in posthoc:
-          aligner = base if method == "none" else linear_aligners.PosthocAligner(base, method, dataset)
-          for r in retrieval_lib.retrieval_rows(aligner, dataset, split=config.eval.split, ks=tuple(config.eval.ks),
-                                           querybank_k=bank_k):
+          aligner = (
+            base if method == "none" else linear_aligners.PosthocAligner(base, method, dataset)
+          )
+          for r in retrieval_lib.retrieval_rows(
+            aligner, dataset, split=config.eval.split, ks=tuple(config.eval.ks), querybank_k=bank_k
+          ):
             rows.append({**r, "seed": seed, "train_seconds": train_seconds})
-      zs = [r for r in rows if r["strategy"] == name and r["seed"] == seed and (r["hops"] or 0) >= 2
-            and r["level"] == "class"]
-      log(f"{name:9s} seed {seed}: zero-shot mAP " +
-          ", ".join(f"{r['query']}->{r['gallery']} {r['mAP']:.3f}" for r in zs) + f"  ({train_seconds:.1f}s)")
+      zs = [
+        r
+        for r in rows
+        if r["strategy"] == name
+        and r["seed"] == seed
+        and (r["hops"] or 0) >= 2
+        and r["level"] == "class"
+      ]
+      log(
+        f"{name:9s} seed {seed}: zero-shot mAP "
+        + ", ".join(f"{r['query']}->{r['gallery']} {r['mAP']:.3f}" for r in zs)
+        + f"  ({train_seconds:.1f}s)"
+      )
   for kind in fields.names(config.compare.baselines):
     aligner = linear_aligners.LinearAligner(dataset, kind)
-    for r in retrieval_lib.retrieval_rows(aligner, dataset, split=config.eval.split, ks=tuple(config.eval.ks),
-                                     querybank_k=bank_k):
+    for r in retrieval_lib.retrieval_rows(
+      aligner, dataset, split=config.eval.split, ks=tuple(config.eval.ks), querybank_k=bank_k
+    ):
       rows.append({**r, "seed": seeds[0], "train_seconds": None})
   level = "instance" if any(r["level"] == "instance" for r in rows) else "class"
   table, zero_shot = summarize(rows, level)
@@ -109,28 +132,50 @@ def compare(config: ml_collections.ConfigDict, workdir: str | None, dataset: Dat
     columns += [f"{pair} mAP", f"{pair} mAP std", f"{pair} R@1"]
   columns += ["zero-shot mAP", "paired mAP", "train s"]
   md = tables_lib.format_table(table, columns)
-  chance = {pair: next((t[f"{pair} chance mAP"] for t in table if f"{pair} chance mAP" in t), None)
-            for pair in zero_shot}
-  caption = (f"Zero-shot {level}-level retrieval between modalities never paired in training "
-             f"({', '.join(zero_shot)}), {config.eval.split} split, mean (std) over {len(seeds)} seeds; "
-             "chance mAP " + ", ".join(f"{p} {c:.3f}" for p, c in chance.items() if c is not None) +
-             ". 'paired mAP' averages the directly paired modality pairs. Linear baselines are "
-             "deterministic (one fit).")
+  chance = {
+    pair: next((t[f"{pair} chance mAP"] for t in table if f"{pair} chance mAP" in t), None)
+    for pair in zero_shot
+  }
+  caption = (
+    f"Zero-shot {level}-level retrieval between modalities never paired in training "
+    f"({', '.join(zero_shot)}), {config.eval.split} split, mean (std) over {len(seeds)} seeds; "
+    "chance mAP "
+    + ", ".join(f"{p} {c:.3f}" for p, c in chance.items() if c is not None)
+    + ". 'paired mAP' averages the directly paired modality pairs. Linear baselines are "
+    "deterministic (one fit)."
+  )
   log("\n" + caption + "\n" + md)
-  result = {"rows": rows, "table": table, "zero_shot_pairs": zero_shot, "level": level,
-            "seconds": time.perf_counter() - t0}
+  result = {
+    "rows": rows,
+    "table": table,
+    "zero_shot_pairs": zero_shot,
+    "level": level,
+    "seconds": time.perf_counter() - t0,
+  }
   if workdir:
     os.makedirs(workdir, exist_ok=True)
     tables_lib.write_json(os.path.join(workdir, "compare.json"), result)
     with open(os.path.join(workdir, "compare.md"), "w") as f:
       f.write(f"# Strategy comparison on {os.path.basename(dataset.source)}\n\n{caption}\n\n{md}\n")
     try:
-      plot_rows = [{"strategy": t["method"], "pair": pair, "mean": t[f"{pair} mAP"],
-                    "std": t.get(f"{pair} mAP std", 0.0), "chance": chance[pair]}
-                   for t in table for pair in zero_shot if f"{pair} mAP" in t]
-      charts_lib.plot_strategy_comparison(plot_rows, os.path.join(workdir, "compare.png"),
-                                     f"Zero-shot {level}-level retrieval (never-paired modalities)",
-                                     metric="mAP")
+      plot_rows = [
+        {
+          "strategy": t["method"],
+          "pair": pair,
+          "mean": t[f"{pair} mAP"],
+          "std": t.get(f"{pair} mAP std", 0.0),
+          "chance": chance[pair],
+        }
+        for t in table
+        for pair in zero_shot
+        if f"{pair} mAP" in t
+      ]
+      charts_lib.plot_strategy_comparison(
+        plot_rows,
+        os.path.join(workdir, "compare.png"),
+        f"Zero-shot {level}-level retrieval (never-paired modalities)",
+        metric="mAP",
+      )
     except ImportError:
       log("matplotlib is not installed: skipped compare.png")
     log(f"wrote {os.path.join(workdir, 'compare.md')}, compare.json, compare.png")

@@ -7,7 +7,8 @@ same names from any directory:
   graphbridge-train --config=digits --workdir=/tmp/gb            # configs/digits.py
   graphbridge-train --config=digits:tiny --workdir=/tmp/gb       # its 'tiny' variant
   graphbridge-train --config=configs/digits.py --workdir=/tmp/gb # a path: used when it exists,
-                                                                 # else the packaged file of that name
+                                                                 # else the packaged file of that
+                                                                 # name
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ def resolve(value: str) -> tuple[str, str | None]:
   names = available()
   close = difflib.get_close_matches(name, names, n=1)
   hint = f"; did you mean {close[0]!r}?" if close else ""
-  raise ConfigNotFoundError(f"config {spec!r}: no such file and no packaged config of that name "
-                            f"(packaged: {', '.join(names) or 'none'}){hint}")
+  raise ConfigNotFoundError(
+    f"config {spec!r}: no such file and no packaged config of that name "
+    f"(packaged: {', '.join(names) or 'none'}){hint}"
+  )
 
 
 def resolve_flag_value(value: str) -> str:
@@ -97,8 +100,10 @@ def closest_key(config, dotted: str) -> tuple[str | None, str | None]:
 
 
 def unknown_field_message(config, dotted: str) -> str | None:
-  """"unknown config field 'train.stpes' (closest: 'train.steps')", or None when it exists."""
+  """ "unknown config field 'train.stpes' (closest: 'train.steps')", or None when it exists."""
   missing, close = closest_key(config, dotted)
   if missing is None:
     return None
-  return f"unknown config field {missing!r}" + (f" (closest: {close!r})" if close else " (no close match)")
+  return f"unknown config field {missing!r}" + (
+    f" (closest: {close!r})" if close else " (no close match)"
+  )

@@ -26,8 +26,12 @@ def load_dataset(config) -> dataset_lib.Dataset:
   return readers_lib.load_for_config(config)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       log: Callable[[str], None] = _log, plots: bool = True) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  log: Callable[[str], None] = _log,
+  plots: bool = True,
+) -> dict:
   """Train as `config` says, evaluate on the eval split, write report.{json,md} and plots (report.py).
 
   Returns the report dict ({"rows": [...], "by_hops": [...], "gap": [...], "silhouette": [...],
@@ -51,13 +55,19 @@ def _train_and_evaluate(config, workdir, dataset, log, plots, t0) -> dict:
     log(nothing_trained_message(workdir, optimizer_lib.total_steps(config)))
     kept = existing_report(workdir, int(run.results[-1].state["step"]))
     if kept is not None:
-      log(f"kept report.json, report.md and the figures of step {kept['step']} in {workdir}; "
-          f"graphbridge-evaluate --workdir={workdir} writes a new report")
+      log(
+        f"kept report.json, report.md and the figures of step {kept['step']} in {workdir}; "
+        f"graphbridge-evaluate --workdir={workdir} writes a new report"
+      )
       return kept
-  report = reporting.report(run.model, config, dataset, workdir, results=run.results, plots=plots, log=log)
+  report = reporting.report(
+    run.model, config, dataset, workdir, results=run.results, plots=plots, log=log
+  )
   timing = report["timing"]
-  log(f"total {time.perf_counter() - t0:.1f}s (train {timing['train_seconds']:.1f}s incl. compile "
-      f"{timing['compile_seconds']:.1f}s)")
+  log(
+    f"total {time.perf_counter() - t0:.1f}s (train {timing['train_seconds']:.1f}s incl. compile "
+    f"{timing['compile_seconds']:.1f}s)"
+  )
   return report
 
 
@@ -69,7 +79,11 @@ def existing_report(workdir: str, step: int) -> dict | None:
       report = json.load(f)
   except (OSError, ValueError):
     return None
-  return report if report.get("step") == step and os.path.exists(os.path.join(workdir, "report.md")) else None
+  return (
+    report
+    if report.get("step") == step and os.path.exists(os.path.join(workdir, "report.md"))
+    else None
+  )
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -83,5 +97,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def nothing_trained_message(workdir: str, steps: int) -> str:
-  return (f"nothing trained: {workdir} already holds the final checkpoint (step {steps}); evaluating it as "
-          "it is. Use a new --workdir to train again, or raise --config.train.steps to continue")
+  return (
+    f"nothing trained: {workdir} already holds the final checkpoint (step {steps}); evaluating it as "
+    "it is. Use a new --workdir to train again, or raise --config.train.steps to continue"
+  )

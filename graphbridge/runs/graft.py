@@ -36,8 +36,10 @@ def base_modalities(config, dataset: Dataset) -> tuple[str, ...]:
     return named
   modality = str(spec.get("modality", "") or "")
   if modality not in dataset.modalities:
-    raise GraftError(f"graft.modality={modality!r} is not in the data {dataset.source} "
-                     f"(modalities: {', '.join(dataset.names)})")
+    raise GraftError(
+      f"graft.modality={modality!r} is not in the data {dataset.source} "
+      f"(modalities: {', '.join(dataset.names)})"
+    )
   return tuple(m for m in dataset.names if m != modality)
 
 
@@ -56,11 +58,20 @@ def _route_nodes(route: str) -> list[str]:
 
 
 def _load_data(config, dataset: Dataset | None) -> Dataset:
-  return dataset if dataset is not None else readers_lib.load_named(config.data.path or config.data.name)
+  return (
+    dataset if dataset is not None else readers_lib.load_named(config.data.path or config.data.name)
+  )
 
 
-def graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: str, dataset: Dataset | None = None,
-          report: bool = True, plots: bool = True, log: Callable[[str], None] = _log):
+def graft(
+  config: ml_collections.ConfigDict,
+  from_workdir: str,
+  workdir: str,
+  dataset: Dataset | None = None,
+  report: bool = True,
+  plots: bool = True,
+  log: Callable[[str], None] = _log,
+):
   """Graft config.graft.modality onto the run in `from_workdir`; checkpoints, metrics, graft.json
   and the report (zero-shot rows of the new modality included) go to `workdir`.
 
@@ -70,23 +81,34 @@ def graft(config: ml_collections.ConfigDict, from_workdir: str, workdir: str, da
   graft_settings(config)
   validate_lib.validate(config, extra_sections=("graft",))
   if not os.path.isdir(from_workdir):
-    raise GraftError(f"--from_workdir={from_workdir}: no such directory (the trained run to graft onto)")
+    raise GraftError(
+      f"--from_workdir={from_workdir}: no such directory (the trained run to graft onto)"
+    )
   try:
     trained_by = strategies.for_workdir(from_workdir)
   except CheckpointError as exc:
     raise GraftError(f"cannot graft onto {from_workdir}: {exc}") from None
   strategy = _graftable(str(config.strategy))
   if trained_by.name != strategy.name:
-    raise GraftError(f"the run in {from_workdir} was trained with strategy={trained_by.name!r}; the config "
-                     f"says strategy={strategy.name!r}: graft with the strategy that trained it")
-  result = strategy.graft(config, from_workdir, workdir, _load_data(config, dataset), report=report, plots=plots,
-                          log=log)
+    raise GraftError(
+      f"the run in {from_workdir} was trained with strategy={trained_by.name!r}; the config "
+      f"says strategy={strategy.name!r}: graft with the strategy that trained it"
+    )
+  result = strategy.graft(
+    config, from_workdir, workdir, _load_data(config, dataset), report=report, plots=plots, log=log
+  )
   log(f"graft total {time.perf_counter() - t0:.1f}s")
   return result
 
 
-def train_base(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset | None = None,
-               report: bool = True, plots: bool = True, log: Callable[[str], None] = _log):
+def train_base(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  dataset: Dataset | None = None,
+  report: bool = True,
+  plots: bool = True,
+  log: Callable[[str], None] = _log,
+):
   """Train the run without the new modality: the data restricted to base_modalities(config).
   Returns the training's last stage result."""
   t0 = time.perf_counter()
@@ -105,7 +127,11 @@ def train_base(config: ml_collections.ConfigDict, workdir: str, dataset: Dataset
   with lock_lib.WorkdirLock(workdir, log=log):  # one writer, to the report
     run = strategy.train_base(config, workdir, data, log=log)
     if report:
-      reporting.report(run.model, run.model.config, data, workdir, results=run.results, plots=plots, log=log)
-  log(f"total {time.perf_counter() - t0:.1f}s (train {run.seconds:.1f}s incl. compile "
-      f"{sum(r.compile_seconds for r in run.results):.1f}s)")
+      reporting.report(
+        run.model, run.model.config, data, workdir, results=run.results, plots=plots, log=log
+      )
+  log(
+    f"total {time.perf_counter() - t0:.1f}s (train {run.seconds:.1f}s incl. compile "
+    f"{sum(r.compile_seconds for r in run.results):.1f}s)"
+  )
   return run.result

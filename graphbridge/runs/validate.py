@@ -15,8 +15,10 @@ from graphbridge.strategies import registry as strategies
 def _known(registry, import_paths: bool = True):
   """The test "is this name a plug-in of `registry`?" (import paths count where `import_paths`),
   carrying the registry's names as its listing."""
+
   def known(name: str) -> bool:
     return registry.known(name) if import_paths else name in registry
+
   known.names = registry.names()
   return known
 
@@ -36,7 +38,9 @@ def reference(config, extra_sections: Iterable[str] = ()) -> dict:
       out[strategy.name] = strategy.settings.to_dict()
   for section in extra_sections:
     if section in config:
-      out[section] = config[section].to_dict() if hasattr(config[section], "to_dict") else config[section]
+      out[section] = (
+        config[section].to_dict() if hasattr(config[section], "to_dict") else config[section]
+      )
   return out
 
 
@@ -45,7 +49,11 @@ def validate(config, extra_sections: Iterable[str] = ()) -> None:
   plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   registry = _known(strategies.REGISTRY)
   tables = _known(evaluators.REGISTRY, import_paths=False)
-  problems = fields.problems(plain, reference(config, extra_sections), {"strategy": registry},
-                             {"compare.strategies": registry, "eval.tables": tables})
+  problems = fields.problems(
+    plain,
+    reference(config, extra_sections),
+    {"strategy": registry},
+    {"compare.strategies": registry, "eval.tables": tables},
+  )
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -30,12 +30,13 @@ class Model:
 
   Subclasses set `strategy`, `config`, `meta`, `step`, `workdir` and `aligner`, and override the
   hooks below that do not fit their model."""
+
   strategy: str
   config: ml_collections.ConfigDict
   meta: dict
   step: int
   workdir: str | None
-  aligner: Any                 # evaluation.encoding.Aligner of the trained model
+  aligner: Any  # evaluation.encoding.Aligner of the trained model
 
   @property
   def dims(self) -> dict[str, int]:
@@ -76,6 +77,7 @@ class Model:
 class StrategyRun:
   """A finished training: the model and one result per trained stage (each with steps_run,
   seconds, compile_seconds, final_metrics and state["step"])."""
+
   strategy: str
   model: Model
   results: list
@@ -101,6 +103,7 @@ class Strategy:
   settings: the strategy's own config block (config[name]) with its defaults, for a strategy
     defined outside graphbridge (the built-in ones are declared in defaults.py); config
     validation accepts it and fills in what a config leaves out."""
+
   name: str = ""
   summary: str = ""
   settings: ml_collections.ConfigDict | None = None
@@ -117,8 +120,16 @@ class Strategy:
     """The model in `workdir` (its newest usable checkpoint, or `step`)."""
     raise NotImplementedError(f"strategy {self.name!r} cannot restore a workdir")
 
-  def graft(self, config, from_workdir: str, workdir: str, dataset, report: bool = True,
-            plots: bool = True, log: Log = print):
+  def graft(
+    self,
+    config,
+    from_workdir: str,
+    workdir: str,
+    dataset,
+    report: bool = True,
+    plots: bool = True,
+    log: Log = print,
+  ):
     """Add config.graft.modality to the model in `from_workdir` (whose files are only read),
     training in `workdir`."""
     raise GraftError(f"strategy {self.name!r} does not support grafting")
@@ -129,7 +140,9 @@ class Strategy:
     return self.train(config, dataset, workdir, log)
 
 
-def with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def with_overrides(
+  config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
   """An unlocked copy of `config` with dotted `overrides` set (the keys must exist)."""
   out = ml_collections.ConfigDict(config.to_dict())
   for dotted, value in overrides.items():
@@ -152,13 +165,17 @@ def graft_settings(config) -> ml_collections.ConfigDict:
   """config.graft (graft.modality, graft.connect_to, ...); GraftError without one."""
   block = config.get("graft", None)
   if block is None:
-    raise GraftError("the config has no `graft` block (graft.modality, graft.connect_to); start from "
-                     "configs/graft_audio.py")
+    raise GraftError(
+      "the config has no `graft` block (graft.modality, graft.connect_to); start from "
+      "configs/graft_audio.py"
+    )
   return block
 
 
 def timing(results: Sequence) -> dict:
   """report.json's timing of a training: seconds, compile seconds and steps over its stages."""
-  return {"train_seconds": sum(r.seconds for r in results),
-          "compile_seconds": sum(r.compile_seconds for r in results),
-          "steps": sum(r.steps_run for r in results)}
+  return {
+    "train_seconds": sum(r.seconds for r in results),
+    "compile_seconds": sum(r.compile_seconds for r in results),
+    "steps": sum(r.steps_run for r in results),
+  }

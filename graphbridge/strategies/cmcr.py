@@ -39,9 +39,9 @@ from graphbridge.strategies.translator import Stage, TranslatorStrategy, build_g
 
 @dataclasses.dataclass(frozen=True)
 class CMCRSettings:
-  shared: str                # modality present in both spaces (e.g. text)
-  mod_a: str                 # the other modality of space a (e.g. image)
-  mod_b: str                 # the other modality of space b (e.g. audio)
+  shared: str  # modality present in both spaces (e.g. text)
+  mod_a: str  # the other modality of space a (e.g. image)
+  mod_b: str  # the other modality of space b (e.g. audio)
   space_a: str = "space_a"
   space_b: str = "space_b"
   common: str = "common"
@@ -66,18 +66,25 @@ class CMCRObjective:
 
   def term_names(self) -> dict[str, list[str]]:
     s = self.settings
-    return {"inter": [f"{s.shared} across spaces", f"pseudo {s.mod_a}-{s.mod_b}"],
-            "intra": [f"{s.shared}~{s.mod_a} in {s.space_a}", f"{s.shared}~{s.mod_b} in {s.space_b}"]}
+    return {
+      "inter": [f"{s.shared} across spaces", f"pseudo {s.mod_a}-{s.mod_b}"],
+      "intra": [f"{s.shared}~{s.mod_a} in {s.space_a}", f"{s.shared}~{s.mod_b} in {s.space_b}"],
+    }
 
   def describe(self) -> str:
     s = self.settings
-    return (f"C-MCR connecting {s.space_a} ({s.mod_a}, {s.shared}) and {s.space_b} ({s.mod_b}, {s.shared}) "
-            f"through {s.common}; memory {s.memory_size}, noise std {s.noise_std}")
+    return (
+      f"C-MCR connecting {s.space_a} ({s.mod_a}, {s.shared}) and {s.space_b} ({s.mod_b}, {s.shared}) "
+      f"through {s.common}; memory {s.memory_size}, noise std {s.noise_std}"
+    )
 
   def initial_weights(self) -> dict[str, jax.Array]:
     s = self.settings
-    return {"inter": jnp.float32(s.inter_weight), "pseudo": jnp.float32(s.pseudo_weight),
-            "intra": jnp.float32(s.intra_weight)}
+    return {
+      "inter": jnp.float32(s.inter_weight),
+      "pseudo": jnp.float32(s.pseudo_weight),
+      "intra": jnp.float32(s.intra_weight),
+    }
 
   def initial_globals(self) -> dict:
     return {}
@@ -87,10 +94,15 @@ class CMCRObjective:
     rng = np.random.default_rng(s.seed)
     shared = dataset.modalities[s.shared]
     rows = np.nonzero(shared.train)[0].astype(np.int32)
-    label = all(resolve_positives(infonce_positives, s.shared, m) == "label" for m in (s.mod_a, s.mod_b))
+    label = all(
+      resolve_positives(infonce_positives, s.shared, m) == "label" for m in (s.mod_a, s.mod_b)
+    )
     labels = shared.labels if (shared.labels is not None and label) else None
-    out = {"shared_emb": shared.emb, "shared_rows": rows,
-           "shared_labels": (labels if labels is not None else np.arange(len(shared))).astype(np.int32)}
+    out = {
+      "shared_emb": shared.emb,
+      "shared_rows": rows,
+      "shared_labels": (labels if labels is not None else np.arange(len(shared))).astype(np.int32),
+    }
     for side, modality in (("memory_a", s.mod_a), ("memory_b", s.mod_b)):
       train_rows = np.nonzero(dataset.modalities[modality].train)[0]
       pick = rng.choice(train_rows, size=min(s.memory_size, len(train_rows)), replace=False)
@@ -98,48 +110,87 @@ class CMCRObjective:
     return out
 
   def sample(self, arrays: Mapping, key, batch_size: int) -> dict:
-    pick = arrays["shared_rows"][jax.random.randint(key, (batch_size,), 0, arrays["shared_rows"].shape[0])]
-    return {"shared": jnp.take(arrays["shared_emb"], pick, axis=0),
-            "label": jnp.take(arrays["shared_labels"], pick), "memory_a": arrays["memory_a"],
-            "memory_b": arrays["memory_b"]}
+    pick = arrays["shared_rows"][
+      jax.random.randint(key, (batch_size,), 0, arrays["shared_rows"].shape[0])
+    ]
+    return {
+      "shared": jnp.take(arrays["shared_emb"], pick, axis=0),
+      "label": jnp.take(arrays["shared_labels"], pick),
+      "memory_a": arrays["memory_a"],
+      "memory_b": arrays["memory_b"],
+    }
 
   def loss(self, params, frozen, batch, weights, key, dtype):
     s = self.settings
     edges = {**frozen, **params["edges"]}
-    apply = lambda src, dst, x: normalize(apply_edge(self.layout, edges, self._edge(src, dst), x, dtype))
-    t_a, t_b = apply(s.shared, s.space_a, batch["shared"]), apply(s.shared, s.space_b, batch["shared"])
-    bank_a, bank_b = apply(s.mod_a, s.space_a, batch["memory_a"]), apply(s.mod_b, s.space_b, batch["memory_b"])
+    apply = lambda src, dst, x: normalize(
+      apply_edge(self.layout, edges, self._edge(src, dst), x, dtype)
+    )
+    t_a, t_b = (
+      apply(s.shared, s.space_a, batch["shared"]),
+      apply(s.shared, s.space_b, batch["shared"]),
+    )
+    bank_a, bank_b = (
+      apply(s.mod_a, s.space_a, batch["memory_a"]),
+      apply(s.mod_b, s.space_b, batch["memory_b"]),
+    )
     # memory-based enhancement: cross-modal consistent pseudo embeddings from the banks
     pseudo_a = normalize(jax.nn.softmax(t_a @ bank_a.T / s.memory_temperature, axis=-1) @ bank_a)
     pseudo_b = normalize(jax.nn.softmax(t_b @ bank_b.T / s.memory_temperature, axis=-1) @ bank_b)
     keys = jax.random.split(key, 4)
     noisy = lambda x, k: normalize(x + s.noise_std * jax.random.normal(k, x.shape, x.dtype))
     n = batch["shared"].shape[0]
-    z_a = normalize(apply_edge(self.layout, edges, self._edge(s.space_a, s.common),
-                               jnp.concatenate([noisy(t_a, keys[0]), noisy(pseudo_a, keys[1])]), dtype))
-    z_b = normalize(apply_edge(self.layout, edges, self._edge(s.space_b, s.common),
-                               jnp.concatenate([noisy(t_b, keys[2]), noisy(pseudo_b, keys[3])]), dtype))
+    z_a = normalize(
+      apply_edge(
+        self.layout,
+        edges,
+        self._edge(s.space_a, s.common),
+        jnp.concatenate([noisy(t_a, keys[0]), noisy(pseudo_a, keys[1])]),
+        dtype,
+      )
+    )
+    z_b = normalize(
+      apply_edge(
+        self.layout,
+        edges,
+        self._edge(s.space_b, s.common),
+        jnp.concatenate([noisy(t_b, keys[2]), noisy(pseudo_b, keys[3])]),
+        dtype,
+      )
+    )
     za_t, za_p, zb_t, zb_p = z_a[:n], z_a[n:], z_b[:n], z_b[n:]
     labels = batch["label"][None]
     inv_t = jnp.float32(1.0 / s.temperature)
-    inter = jnp.concatenate([_symmetric_infonce(za_t[None], zb_t[None], labels, inv_t),
-                             _symmetric_infonce(za_p[None], zb_p[None], labels, inv_t)])
+    inter = jnp.concatenate(
+      [
+        _symmetric_infonce(za_t[None], zb_t[None], labels, inv_t),
+        _symmetric_infonce(za_p[None], zb_p[None], labels, inv_t),
+      ]
+    )
     intra = _cosine_loss(jnp.stack([za_t, zb_t]), jnp.stack([za_p, zb_p]))
-    total = weights["inter"] * inter[0] + weights["pseudo"] * inter[1] + weights["intra"] * jnp.mean(intra)
+    total = (
+      weights["inter"] * inter[0]
+      + weights["pseudo"] * inter[1]
+      + weights["intra"] * jnp.mean(intra)
+    )
     return total, {"terms": {"inter": inter, "intra": intra}}
 
 
 # ---- the strategy ----
 
+
 def cmcr_roles(config, dataset) -> tuple[str, str, str]:
   """(shared, mod_a, mod_b): the shared modality and the other modality of each space."""
   shared = config.cmcr.shared or next(
-      (m for m in dataset.names if len(pair_partners(dataset, m)) == 2), "")
+    (m for m in dataset.names if len(pair_partners(dataset, m)) == 2), ""
+  )
   partners = pair_partners(dataset, shared) if shared in dataset.modalities else []
   if len(partners) != 2:
     pair_sets = ", ".join(dataset.pair_names)
-    raise GraphError("C-MCR connects two spaces that share one modality: it needs a modality "
-                     f"paired with exactly two others (pair sets: {pair_sets}); set cmcr.shared")
+    raise GraphError(
+      "C-MCR connects two spaces that share one modality: it needs a modality "
+      f"paired with exactly two others (pair sets: {pair_sets}); set cmcr.shared"
+    )
   return shared, partners[0], partners[1]
 
 
@@ -147,36 +198,60 @@ def cmcr_settings(config, dataset) -> CMCRSettings:
   shared, mod_a, mod_b = cmcr_roles(config, dataset)
   c = config.cmcr
   return CMCRSettings(
-      shared=shared, mod_a=mod_a, mod_b=mod_b, space_a=f"space_{mod_a}", space_b=f"space_{mod_b}",
-      common="common", temperature=float(c.temperature),
-      memory_temperature=float(c.memory_temperature), noise_std=float(c.noise_std),
-      memory_size=int(c.memory_size), inter_weight=float(c.inter_weight),
-      pseudo_weight=float(c.pseudo_weight), intra_weight=float(c.intra_weight),
-      seed=int(config.seed))
+    shared=shared,
+    mod_a=mod_a,
+    mod_b=mod_b,
+    space_a=f"space_{mod_a}",
+    space_b=f"space_{mod_b}",
+    common="common",
+    temperature=float(c.temperature),
+    memory_temperature=float(c.memory_temperature),
+    noise_std=float(c.noise_std),
+    memory_size=int(c.memory_size),
+    inter_weight=float(c.inter_weight),
+    pseudo_weight=float(c.pseudo_weight),
+    intra_weight=float(c.intra_weight),
+    seed=int(config.seed),
+  )
 
 
 def stages(config, dataset) -> list[Stage]:
   s = cmcr_settings(config, dataset)
   dim, common_dim = int(config.cmcr.dim), int(config.cmcr.common_dim)
-  space_edges = [f"{s.mod_a}->{s.space_a}", f"{s.shared}->{s.space_a}", f"{s.mod_b}->{s.space_b}",
-                 f"{s.shared}->{s.space_b}"]
+  space_edges = [
+    f"{s.mod_a}->{s.space_a}",
+    f"{s.shared}->{s.space_a}",
+    f"{s.mod_b}->{s.space_b}",
+    f"{s.shared}->{s.space_b}",
+  ]
   spaces = {s.space_a: dim, s.space_b: dim}
   contrastive = {"loss.edge_cos": 0.0, "loss.infonce": 1.0, "finetune.steps": 0}
   stage1_steps = int(config.cmcr.stage1_steps)
-  terms = (objectives_lib.meet_term(s.mod_a, s.shared, s.space_a),
-           objectives_lib.meet_term(s.mod_b, s.shared, s.space_b))
-  first = Stage("C-MCR stage 1: the two contrastive spaces",
-                build_graph(dataset, space_edges, spaces),
-                {**contrastive, **({"train.steps": stage1_steps} if stage1_steps > 0 else {})},
-                objective=meet_objective(terms), subdir="stage1")
-  label_positives = config.loss.get("infonce_positives", "auto") != "pair"  # resolved per data (sampler_arrays)
+  terms = (
+    objectives_lib.meet_term(s.mod_a, s.shared, s.space_a),
+    objectives_lib.meet_term(s.mod_b, s.shared, s.space_b),
+  )
+  first = Stage(
+    "C-MCR stage 1: the two contrastive spaces",
+    build_graph(dataset, space_edges, spaces),
+    {**contrastive, **({"train.steps": stage1_steps} if stage1_steps > 0 else {})},
+    objective=meet_objective(terms),
+    subdir="stage1",
+  )
+  label_positives = (
+    config.loss.get("infonce_positives", "auto") != "pair"
+  )  # resolved per data (sampler_arrays)
   connectors = [f"{s.space_a}->{s.common}", f"{s.space_b}->{s.common}"]
-  second = Stage("C-MCR stage 2: connecting the spaces (stage-1 projectors frozen)",
-                 build_graph(dataset, space_edges + connectors, {**spaces, s.common: common_dim}),
-                 contrastive, freeze_stages=(0,),
-                 objective=lambda layout, ds, cfg: CMCRObjective(layout, s, label_positives))
+  second = Stage(
+    "C-MCR stage 2: connecting the spaces (stage-1 projectors frozen)",
+    build_graph(dataset, space_edges + connectors, {**spaces, s.common: common_dim}),
+    contrastive,
+    freeze_stages=(0,),
+    objective=lambda layout, ds, cfg: CMCRObjective(layout, s, label_positives),
+  )
   return [first, second]
 
 
-STRATEGY = TranslatorStrategy("cmcr", stages,
-                    summary="C-MCR: connect two contrastive spaces through a common one")
+STRATEGY = TranslatorStrategy(
+  "cmcr", stages, summary="C-MCR: connect two contrastive spaces through a common one"
+)

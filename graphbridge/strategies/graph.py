@@ -21,7 +21,9 @@ from graphbridge.strategies.translator import Stage, TranslatorStrategy, run_sta
 from graphbridge.training import setup as setup_lib
 from graphbridge.training import trainer as trainer_lib
 
-PUBLISHED = "kept_round.json"   # in a workdir whose outputs were copied from a round's (publish_round)
+PUBLISHED = (
+  "kept_round.json"  # in a workdir whose outputs were copied from a round's (publish_round)
+)
 ROUND_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard")
 
 
@@ -40,9 +42,16 @@ class GraphStrategy(TranslatorStrategy):
     if requested != 0:
       log(f"pseudo-pairs: {rounds} round{'' if rounds == 1 else 's'} ({why})")
     if rounds == 0:
-      return self.finish(config, run_stages(self, self.plan(config, dataset), config, dataset, workdir, log),
-                         dataset, workdir, time.perf_counter() - t0)
-    round_dir = lambda r: workdir if (workdir is None or r == rounds) else os.path.join(workdir, f"round{r}")
+      return self.finish(
+        config,
+        run_stages(self, self.plan(config, dataset), config, dataset, workdir, log),
+        dataset,
+        workdir,
+        time.perf_counter() - t0,
+      )
+    round_dir = lambda r: (
+      workdir if (workdir is None or r == rounds) else os.path.join(workdir, f"round{r}")
+    )
     trained_rounds = []
 
     def train_round(ds, r):
@@ -51,20 +60,36 @@ class GraphStrategy(TranslatorStrategy):
 
     # each round rebuilds the graph from its data: accepted pseudo-pairs may add edges
     result, trained_on = pseudo_lib.self_train(
-        config, dataset, train_round,
-        lambda res: self.make_aligner(res.setup.layout, res.params, res.setup.compute_dtype), log=log)
+      config,
+      dataset,
+      train_round,
+      lambda res: self.make_aligner(res.setup.layout, res.params, res.setup.compute_dtype),
+      log=log,
+    )
     if workdir is not None and trained_rounds[-1] != rounds and jax.process_index() == 0:
       # stopped early: the kept model is a round's (process 0 writes, as for checkpoints)
       publish_round(round_dir(trained_rounds[-1]), workdir, trained_rounds[-1], rounds, log)
     return self.finish(config, [result], trained_on, workdir, time.perf_counter() - t0)
 
-  def graft(self, config, from_workdir: str, workdir: str, dataset: Dataset, report: bool = True,
-            plots: bool = True, log: Log = print):
+  def graft(
+    self,
+    config,
+    from_workdir: str,
+    workdir: str,
+    dataset: Dataset,
+    report: bool = True,
+    plots: bool = True,
+    log: Log = print,
+  ):
     """New node and edges trained against the frozen old graph (translator_graft.py)."""
-    return translator_graft.graft(self, config, from_workdir, workdir, dataset, report=report, plots=plots, log=log)
+    return translator_graft.graft(
+      self, config, from_workdir, workdir, dataset, report=report, plots=plots, log=log
+    )
 
 
-def publish_round(round_dir: str, workdir: str, kept: int, rounds: int, log: Callable[[str], None] = print) -> None:
+def publish_round(
+  round_dir: str, workdir: str, kept: int, rounds: int, log: Callable[[str], None] = print
+) -> None:
   """Self-training stopped before its last round (no pseudo-pair passed the gate), so the kept model
   lives in round_dir, not in the workdir where a finished run's model is. Copy its checkpoints,
   metrics.jsonl and tensorboard events into the workdir, so `graphbridge.load(workdir)`,
@@ -75,8 +100,10 @@ def publish_round(round_dir: str, workdir: str, kept: int, rounds: int, log: Cal
   copied_before = os.path.exists(marker)
   kept_out = [name for name in ROUND_OUTPUTS if os.path.exists(os.path.join(workdir, name))]
   if kept_out and not copied_before:
-    log(f"pseudo-pairs: kept round {kept}'s model is in {round_dir}; {workdir} already holds "
-        f"{', '.join(kept_out)} from another run, left as they are")
+    log(
+      f"pseudo-pairs: kept round {kept}'s model is in {round_dir}; {workdir} already holds "
+      f"{', '.join(kept_out)} from another run, left as they are"
+    )
     return
   for name in ROUND_OUTPUTS:
     src, dst = os.path.join(round_dir, name), os.path.join(workdir, name)
@@ -92,8 +119,12 @@ def publish_round(round_dir: str, workdir: str, kept: int, rounds: int, log: Cal
     os.replace(tmp, dst)
   with open(marker, "w") as f:
     json.dump({"round": kept, "rounds": rounds, "copied_from": os.path.basename(round_dir)}, f)
-  log(f"pseudo-pairs: kept the model of round {kept} ({os.path.basename(round_dir)}/); its checkpoints and "
-      f"metrics are copied into {workdir}")
+  log(
+    f"pseudo-pairs: kept the model of round {kept} ({os.path.basename(round_dir)}/); its checkpoints and "
+    f"metrics are copied into {workdir}"
+  )
 
 
-STRATEGY = GraphStrategy("graph", stages, summary="translator graph: per-edge cosine + InfoNCE, cycles")
+STRATEGY = GraphStrategy(
+  "graph", stages, summary="translator graph: per-edge cosine + InfoNCE, cycles"
+)

@@ -11,13 +11,18 @@ SHARED_NODE = "shared"
 
 
 def stages(config, dataset) -> list[Stage]:
-  graph = build_graph(dataset, [f"{m}->{SHARED_NODE}" for m in dataset.names],
-                      {SHARED_NODE: int(config.pairwise.dim)})
-  overrides = {"loss.edge_cos": float(config.pairwise.edge_cos),
-               "loss.infonce": float(config.pairwise.infonce), "finetune.steps": 0}
+  graph = build_graph(
+    dataset, [f"{m}->{SHARED_NODE}" for m in dataset.names], {SHARED_NODE: int(config.pairwise.dim)}
+  )
+  overrides = {
+    "loss.edge_cos": float(config.pairwise.edge_cos),
+    "loss.infonce": float(config.pairwise.infonce),
+    "finetune.steps": 0,
+  }
   terms = tuple(objectives_lib.meet_term(a, b, SHARED_NODE) for a, b in dataset.pairs)
   return [Stage("pairwise", graph, overrides, objective=meet_objective(terms))]
 
 
-STRATEGY = TranslatorStrategy("pairwise", stages,
-                    summary="CLIP-style projection of every modality into one space")
+STRATEGY = TranslatorStrategy(
+  "pairwise", stages, summary="CLIP-style projection of every modality into one space"
+)

@@ -43,10 +43,10 @@ METHODS = CHOICES["pseudo.method"]
 GATES = CHOICES["pseudo.gate"]
 
 
-AUTO = -1          # pseudo.rounds = -1: decided by the data (resolve_rounds)
+AUTO = -1  # pseudo.rounds = -1: decided by the data (resolve_rounds)
 
 
-AUTO_ROUNDS = 2    # rounds that auto runs where every pair set is instance-level
+AUTO_ROUNDS = 2  # rounds that auto runs where every pair set is instance-level
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +84,8 @@ class PseudoSettings:
     if dataset is not None:
       rounds = resolve_rounds(rounds, dataset)[0]
     fields = {}
-    for field in dataclasses.fields(cls):   # each field as the config gives it, else its default,
-      if field.name != "rounds":            # cast to the default's type
+    for field in dataclasses.fields(cls):  # each field as the config gives it, else its default,
+      if field.name != "rounds":  # cast to the default's type
         default = field.default
         fields[field.name] = type(default)(p.get(field.name, default))
     return cls(rounds=rounds, **fields)
@@ -126,8 +126,9 @@ def mutual_nn(zq: np.ndarray, zg: np.ndarray) -> np.ndarray:
   return np.stack([i, fwd[i]], 1)
 
 
-def sinkhorn_plan(zq: np.ndarray, zg: np.ndarray, epsilon: float = 0.02, iters: int = 200,
-                  tol: float = 1e-3) -> np.ndarray:
+def sinkhorn_plan(
+  zq: np.ndarray, zg: np.ndarray, epsilon: float = 0.02, iters: int = 200, tol: float = 1e-3
+) -> np.ndarray:
   """Entropic OT plan [n_q, n_g] between uniform marginals, cost 1 - cos (Sinkhorn in float32,
   jitted; stops once the row marginals are within `tol` (relative) of uniform).
 
@@ -140,17 +141,25 @@ def sinkhorn_plan(zq: np.ndarray, zg: np.ndarray, epsilon: float = 0.02, iters: 
   different sizes share one compiled program."""
   cost = (1.0 - _unit(zq) @ _unit(zg).T).astype(np.float32)
   n, m = cost.shape
-  rows, cols = -(-n // SINKHORN_BUCKET) * SINKHORN_BUCKET, -(-m // SINKHORN_BUCKET) * SINKHORN_BUCKET
+  rows, cols = (
+    -(-n // SINKHORN_BUCKET) * SINKHORN_BUCKET,
+    -(-m // SINKHORN_BUCKET) * SINKHORN_BUCKET,
+  )
   padded = np.zeros((rows, cols), np.float32)
   padded[:n, :m] = cost
-  plan = np.asarray(_sinkhorn_scaling_jit(padded, np.int32(n), np.int32(m), np.float32(epsilon), int(iters),
-                                          np.float32(tol)))[:n, :m]
+  plan = np.asarray(
+    _sinkhorn_scaling_jit(
+      padded, np.int32(n), np.int32(m), np.float32(epsilon), int(iters), np.float32(tol)
+    )
+  )[:n, :m]
   if not np.all(np.isfinite(plan)) or not plan.any():
     plan = np.asarray(_sinkhorn_jit(cost, np.float32(epsilon), int(iters), np.float32(tol)))
   return plan
 
 
-SINKHORN_BUCKET = 128  # sinkhorn_plan pads both sides to a multiple of this (one compile per bucket)
+SINKHORN_BUCKET = (
+  128  # sinkhorn_plan pads both sides to a multiple of this (one compile per bucket)
+)
 
 
 @functools.partial(jax.jit, static_argnums=(4,))
@@ -160,7 +169,9 @@ def _sinkhorn_scaling_jit(cost, n, m, epsilon, iters, tol):
   real_cols = jnp.arange(cost.shape[1]) < m
   real = real_rows[:, None] & real_cols[None, :]
   shift = jnp.min(jnp.where(real, cost, jnp.inf), axis=1, keepdims=True)
-  kernel = jnp.where(real, jnp.exp(-(cost - jnp.where(real_rows[:, None], shift, 0.0)) / epsilon), 0.0)
+  kernel = jnp.where(
+    real, jnp.exp(-(cost - jnp.where(real_rows[:, None], shift, 0.0)) / epsilon), 0.0
+  )
   a = jnp.where(real_rows, 1.0 / n.astype(jnp.float32), 0.0)
   b = jnp.where(real_cols, 1.0 / m.astype(jnp.float32), 0.0)
 
@@ -171,16 +182,22 @@ def _sinkhorn_scaling_jit(cost, n, m, epsilon, iters, tol):
     it, u, v, _ = carry
     for _ in range(10):
       u = scale(a, kernel @ v)
-      v = scale(b, u @ kernel)  # (not kernel.T @ u: XLA on CPU would transpose the kernel each time)
-    rows = u * (kernel @ v) * n.astype(jnp.float32)   # 1 at convergence
+      v = scale(
+        b, u @ kernel
+      )  # (not kernel.T @ u: XLA on CPU would transpose the kernel each time)
+    rows = u * (kernel @ v) * n.astype(jnp.float32)  # 1 at convergence
     return it + 10, u, v, jnp.max(jnp.where(real_rows, jnp.abs(rows - 1.0), 0.0))
 
   def more(carry):
     it, _, _, err = carry
     return (it < iters) & (err >= tol)
 
-  init = (jnp.int32(0), jnp.zeros(cost.shape[0], jnp.float32), real_cols.astype(jnp.float32),
-          jnp.float32(jnp.inf))
+  init = (
+    jnp.int32(0),
+    jnp.zeros(cost.shape[0], jnp.float32),
+    real_cols.astype(jnp.float32),
+    jnp.float32(jnp.inf),
+  )
   _, u, v, _ = jax.lax.while_loop(more, ten, init)
   return u[:, None] * kernel * v[None, :]
 
@@ -196,7 +213,7 @@ def _sinkhorn_jit(cost, epsilon, iters, tol):
     for _ in range(10):
       f = log_a - jax.nn.logsumexp(log_k + g[None, :], axis=1)
       g = log_b - jax.nn.logsumexp(log_k + f[:, None], axis=0)
-    rows = jnp.exp(f + jax.nn.logsumexp(log_k + g[None, :], axis=1)) * n   # 1 at convergence
+    rows = jnp.exp(f + jax.nn.logsumexp(log_k + g[None, :], axis=1)) * n  # 1 at convergence
     return it + 10, f, g, jnp.max(jnp.abs(rows - 1.0))
 
   def more(carry):
@@ -217,7 +234,9 @@ def sinkhorn_matches(zq: np.ndarray, zg: np.ndarray, epsilon: float = 0.02) -> n
   return np.stack([i, fwd[i]], 1)
 
 
-def match(zq: np.ndarray, zg: np.ndarray, method: str = "sinkhorn", epsilon: float = 0.02) -> np.ndarray:
+def match(
+  zq: np.ndarray, zg: np.ndarray, method: str = "sinkhorn", epsilon: float = 0.02
+) -> np.ndarray:
   """[m, 2] (query row, gallery row) matches of zq [n_q, d] and zg [n_g, d] (cosine)."""
   if method == "sinkhorn":
     return sinkhorn_matches(zq, zg, epsilon)
@@ -245,35 +264,45 @@ def _subsample(rows: np.ndarray, n: int, seed: int, name: str) -> np.ndarray:
 class EdgeMatches:
   a: str
   b: str
-  pairs: np.ndarray        # [m, 2] agreed (row of a, row of b)
-  candidates: int          # matches found in b's space
-  agreement: float         # fraction of them found again in a's space
+  pairs: np.ndarray  # [m, 2] agreed (row of a, row of b)
+  candidates: int  # matches found in b's space
+  agreement: float  # fraction of them found again in a's space
   accepted: bool
-  precision: float | None = None   # true fraction correct, where ids say (reported, never used)
-  estimate: float | None = None    # label-free precision estimate the probe gate used
-  via: str = ""                    # "" (matched directly) or the path a composed match followed
+  precision: float | None = None  # true fraction correct, where ids say (reported, never used)
+  estimate: float | None = None  # label-free precision estimate the probe gate used
+  via: str = ""  # "" (matched directly) or the path a composed match followed
 
 
 def _agreed(za, zb, wb, wa, settings: PseudoSettings) -> tuple[np.ndarray, int, float]:
   """(agreed [m, 2] (query row, gallery row), candidates, agreement) of matching in both spaces."""
   m_ab = match(za, zb, settings.method, settings.epsilon)
   m_ba = match(wb, wa, settings.method, settings.epsilon)
-  back = {int(j): int(k) for j, k in m_ba}               # row of b -> row of a
+  back = {int(j): int(k) for j, k in m_ba}  # row of b -> row of a
   agree = np.asarray([back.get(int(j)) == int(k) for k, j in m_ab], bool)
   agreement = float(agree.mean()) if len(m_ab) else 0.0
   return (m_ab[agree] if len(m_ab) else np.zeros((0, 2), np.int64)), len(m_ab), agreement
 
 
-def probe_precision(dataset: Dataset, a: str, b: str, rows_a: np.ndarray, rows_b: np.ndarray,
-                    settings: PseudoSettings, seed: int = 0, extra: np.ndarray | None = None) -> float | None:
+def probe_precision(
+  dataset: Dataset,
+  a: str,
+  b: str,
+  rows_a: np.ndarray,
+  rows_b: np.ndarray,
+  settings: PseudoSettings,
+  seed: int = 0,
+  extra: np.ndarray | None = None,
+) -> float | None:
   """Label-free estimate of the precision of matching unpaired rows of a and b (the probe gate).
 
   The pair set's own train pairs are split in `pseudo.probe_folds` folds; for each fold a ridge map
   a -> b (and b -> a) is fitted on the other folds, the held-out pairs are hidden among the unpaired
   rows (rows_a, rows_b: the pools the real matching uses) and matched exactly as the real matching
-  does (both spaces, agreed matches). The estimate is the fraction of agreed held-out rows matched to
+  does (both spaces, agreed matches). The estimate is the fraction of agreed held-out rows matched
+  to
   their own partner. A linear map is weaker than a trained translator, so the estimate is on the
-  conservative side. extra: [k, 2] pseudo-pairs of an earlier round, added to every fold's fit (never
+  conservative side. extra: [k, 2] pseudo-pairs of an earlier round, added to every fold's fit
+  (never
   held out). None when the pair set has fewer than 4 pairs per fold."""
   pairs = dataset.pairs_for(a, b)
   folds = int(settings.probe_folds)
@@ -307,12 +336,18 @@ def _true_precision(dataset: Dataset, a: str, b: str, pairs: np.ndarray) -> floa
   return float(np.mean(ids_a[pairs[:, 0]] == ids_b[pairs[:, 1]]))
 
 
-def pseudo_pairs(aligner, dataset: Dataset, settings: PseudoSettings, seed: int = 0,
-                 earlier: list[EdgeMatches] = ()) -> list[EdgeMatches]:
+def pseudo_pairs(
+  aligner,
+  dataset: Dataset,
+  settings: PseudoSettings,
+  seed: int = 0,
+  earlier: list[EdgeMatches] = (),
+) -> list[EdgeMatches]:
   """Gated matches of unpaired train rows for pairs of modalities (see the module docstring).
 
   gate "agreement": every pair of modalities is matched along the aligner's default route and gated
-  by two-sided agreement. gate "probe": only paired modalities are matched (one hop: their translator
+  by two-sided agreement. gate "probe": only paired modalities are matched (one hop: their
+  translator
   was trained on pairs), each gated by probe_precision; with new_edges, never-paired modalities get
   composed matches (compose_matches) gated by the product of the hops' estimates. earlier: the
   previous round's matches; the probe's ridge maps also fit its accepted pseudo-pairs, as the
@@ -322,7 +357,7 @@ def pseudo_pairs(aligner, dataset: Dataset, settings: PseudoSettings, seed: int 
   names = dataset.names
   probe = settings.gate == "probe"
   for i, a in enumerate(names):
-    for b in names[i + 1:]:
+    for b in names[i + 1 :]:
       paired = bool(dataset.pairs_for(a, b).size)
       if not paired and (probe or not settings.new_edges):
         continue
@@ -334,24 +369,42 @@ def pseudo_pairs(aligner, dataset: Dataset, settings: PseudoSettings, seed: int 
       if len(rows_a) < 2 or len(rows_b) < 2:
         continue
       xa, xb = dataset.modalities[a].emb[rows_a], dataset.modalities[b].emb[rows_b]
-      za, zb = aligner.encode(a, b, route_ab, xa, xb)        # compared where a's route meets b
-      wb, wa = aligner.encode(b, a, route_ba, xb, xa)        # and where b's route meets a
+      za, zb = aligner.encode(a, b, route_ab, xa, xb)  # compared where a's route meets b
+      wb, wa = aligner.encode(b, a, route_ba, xb, xa)  # and where b's route meets a
       kept, candidates, agreement = _agreed(za, zb, wb, wa, settings)
-      pairs = np.stack([rows_a[kept[:, 0]], rows_b[kept[:, 1]]], 1) if len(kept) else np.zeros((0, 2), int)
+      pairs = (
+        np.stack([rows_a[kept[:, 0]], rows_b[kept[:, 1]]], 1)
+        if len(kept)
+        else np.zeros((0, 2), int)
+      )
       if probe:
-        estimate = probe_precision(dataset, a, b, rows_a, rows_b, settings, seed, previous.get((a, b)))
+        estimate = probe_precision(
+          dataset, a, b, rows_a, rows_b, settings, seed, previous.get((a, b))
+        )
         accepted = estimate is not None and estimate >= settings.min_precision and len(pairs) >= 2
       else:
         estimate = None
         accepted = agreement >= settings.min_agreement and len(pairs) >= 2
-      out.append(EdgeMatches(a, b, pairs, candidates, agreement, accepted,
-                             _true_precision(dataset, a, b, pairs), estimate))
+      out.append(
+        EdgeMatches(
+          a,
+          b,
+          pairs,
+          candidates,
+          agreement,
+          accepted,
+          _true_precision(dataset, a, b, pairs),
+          estimate,
+        )
+      )
   if probe and settings.new_edges:
     out += compose_matches(dataset, out, settings)
   return out
 
 
-def compose_matches(dataset: Dataset, direct: list[EdgeMatches], settings: PseudoSettings) -> list[EdgeMatches]:
+def compose_matches(
+  dataset: Dataset, direct: list[EdgeMatches], settings: PseudoSettings
+) -> list[EdgeMatches]:
   """Matches between never-paired modalities, composed hop by hop along the fewest-hop path of the
   paired-data graph: a row of a follows its link (a train pair, or an accepted pseudo-pair) to b,
   then b's row its link to c, ... Each link is right with probability 1 (a train pair) or its hop's
@@ -385,7 +438,7 @@ def compose_matches(dataset: Dataset, direct: list[EdgeMatches], settings: Pseud
   out = []
   names = dataset.names
   for i, a in enumerate(names):
-    for c in names[i + 1:]:
+    for c in names[i + 1 :]:
       if dataset.pairs_for(a, c).size or graph.hop_distance(a, c) is None:
         continue
       path = graph.shortest_path(a, c)
@@ -404,9 +457,19 @@ def compose_matches(dataset: Dataset, direct: list[EdgeMatches], settings: Pseud
         continue
       pairs = np.asarray([(r, end) for end, (r, _) in sorted(chains.items())], np.int64)
       estimate = float(np.mean([p for _, p in chains.values()]))
-      out.append(EdgeMatches(a, c, pairs, len(pairs), 1.0,
-                             estimate >= settings.min_precision and len(pairs) >= min_pairs,
-                             _true_precision(dataset, a, c, pairs), estimate, via="->".join(path)))
+      out.append(
+        EdgeMatches(
+          a,
+          c,
+          pairs,
+          len(pairs),
+          1.0,
+          estimate >= settings.min_precision and len(pairs) >= min_pairs,
+          _true_precision(dataset, a, c, pairs),
+          estimate,
+          via="->".join(path),
+        )
+      )
   return out
 
 
@@ -429,14 +492,21 @@ def describe(matches: list[EdgeMatches]) -> str:
   parts = []
   for m in matches:
     prec = "" if m.precision is None else f", true precision {m.precision:.2f}"
-    gate = f"estimate {m.estimate:.2f}" if m.estimate is not None else f"agreement {m.agreement:.2f}"
+    gate = (
+      f"estimate {m.estimate:.2f}" if m.estimate is not None else f"agreement {m.agreement:.2f}"
+    )
     via = f" via {m.via}" if m.via else ""
     parts.append(f"{m.a}-{m.b} {'+' if m.accepted else '-'}{len(m.pairs)} ({gate}{via}{prec})")
   return "; ".join(parts)
 
 
-def self_train(config, dataset: Dataset, train_round: Callable[[Dataset, int], object],
-               make_aligner: Callable[[object], object], log: Callable[[str], None] = print):
+def self_train(
+  config,
+  dataset: Dataset,
+  train_round: Callable[[Dataset, int], object],
+  make_aligner: Callable[[object], object],
+  log: Callable[[str], None] = print,
+):
   """Train, then `pseudo.rounds` times: grow the data with gated pseudo-pairs and train again.
 
   train_round(dataset, round) -> result; make_aligner(result) -> aligner. Returns (result, data
@@ -448,11 +518,14 @@ def self_train(config, dataset: Dataset, train_round: Callable[[Dataset, int], o
   for r in range(1, settings.rounds + 1):
     aligner = make_aligner(result)
     t0 = time.perf_counter()
-    matches = pseudo_pairs(aligner, dataset, settings, seed=int(config.get("seed", 0)) + r, earlier=matches)
+    matches = pseudo_pairs(
+      aligner, dataset, settings, seed=int(config.get("seed", 0)) + r, earlier=matches
+    )
     log(f"pseudo-pairs round {r} (matched in {time.perf_counter() - t0:.1f}s): {describe(matches)}")
     grown = grow(dataset, matches)
-    if grown.pairs.keys() == dataset.pairs.keys() and all(len(grown.pairs[k]) == len(dataset.pairs[k])
-                                                            for k in grown.pairs):
+    if grown.pairs.keys() == dataset.pairs.keys() and all(
+      len(grown.pairs[k]) == len(dataset.pairs[k]) for k in grown.pairs
+    ):
       log("pseudo-pairs: no modality pair passed the gate; keeping the model")
       break
     result = train_round(grown, r)

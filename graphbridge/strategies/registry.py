@@ -27,9 +27,19 @@ def _check(item) -> None:
     raise TypeError(f"a strategy must be a strategies.Strategy, got {type(item).__name__}")
 
 
-REGISTRY = Registry("strategy", ConfigError, attr="STRATEGY",
-                    builtins={name: f"graphbridge.strategies.{name}" for name in BUILTIN}, check=_check)
-register, unregister, names, get = REGISTRY.register, REGISTRY.unregister, REGISTRY.names, REGISTRY.get
+REGISTRY = Registry(
+  "strategy",
+  ConfigError,
+  attr="STRATEGY",
+  builtins={name: f"graphbridge.strategies.{name}" for name in BUILTIN},
+  check=_check,
+)
+register, unregister, names, get = (
+  REGISTRY.register,
+  REGISTRY.unregister,
+  REGISTRY.names,
+  REGISTRY.get,
+)
 
 
 def for_workdir(workdir: str) -> Strategy:

@@ -13,9 +13,18 @@ from graphbridge.strategies.base import Log, Model, timing
 from graphbridge.training.writers import METRICS_FILE, read_metrics
 
 
-def report(model: Model, config, dataset, out_dir: str | None, results: Sequence = (),
-           header: Mapping | None = None, metrics_dir: str | None = None, options: EvalOptions | None = None,
-           plots: bool = True, log: Log = print) -> dict:
+def report(
+  model: Model,
+  config,
+  dataset,
+  out_dir: str | None,
+  results: Sequence = (),
+  header: Mapping | None = None,
+  metrics_dir: str | None = None,
+  options: EvalOptions | None = None,
+  plots: bool = True,
+  log: Log = print,
+) -> dict:
   """Evaluate `model` on `dataset` as config.eval says, print the compact table and write the
   report into out_dir (None: print only).
 
@@ -23,7 +32,9 @@ def report(model: Model, config, dataset, out_dir: str | None, results: Sequence
   top-level entries; metrics_dir: where metrics.jsonl is (training curves; default out_dir);
   options: instead of config.eval. config.posthoc wraps the model's aligner."""
   options = options or EvalOptions.from_config(config)
-  options = dataclasses.replace(options, extra_routes=tuple(model.report_routes(dataset)) + tuple(options.extra_routes))
+  options = dataclasses.replace(
+    options, extra_routes=tuple(model.report_routes(dataset)) + tuple(options.extra_routes)
+  )
   aligner = model.aligner
   if config.get("posthoc", "none") != "none":
     aligner = PosthocAligner(aligner, config.posthoc, dataset)
@@ -33,5 +44,14 @@ def report(model: Model, config, dataset, out_dir: str | None, results: Sequence
   full_header.update(header or {})
   metrics_dir = metrics_dir or out_dir
   rows = read_metrics(os.path.join(metrics_dir, METRICS_FILE)) if metrics_dir else []
-  return run_report(aligner, dataset, out_dir or None, model.initial_aligner(options.seed), options, full_header,
-                    rows, plots=plots, log=log)
+  return run_report(
+    aligner,
+    dataset,
+    out_dir or None,
+    model.initial_aligner(options.seed),
+    options,
+    full_header,
+    rows,
+    plots=plots,
+    log=log,
+  )

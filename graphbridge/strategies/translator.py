@@ -52,6 +52,7 @@ class Stage:
   subdir: checkpoint folder under the run's workdir ("stage1"); "" = the workdir itself (the last
     stage must use the workdir: evaluation and resuming read it).
   """
+
   name: str
   graph: ModalityGraph
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -64,6 +65,7 @@ class Stage:
 class TranslatorModel(Model):
   """Translators on a graph: params {bucket_key: stacked} of every edge (translators.compose takes
   them). frozen: edges held fixed in training (a graft's old graph), kept in the "before" model."""
+
   strategy: str
   layout: EdgeLayout
   params: Mapping
@@ -118,7 +120,8 @@ class TranslatorStrategy(Strategy):
   """A strategy made of translator stages. aligner: how a trained run embeds queries and galleries
   for evaluation; None = translate along routes of the trained graph (GraphAligner), which also
   covers strategies that meet in a shared virtual node."""
-  name: str = dataclasses.field()   # no default (Strategy's "" is for subclasses that set it)
+
+  name: str = dataclasses.field()  # no default (Strategy's "" is for subclasses that set it)
   stages: Callable[[ml_collections.ConfigDict, Dataset], list[Stage]] = dataclasses.field()
   aligner: AlignerBuilder | None = None
   summary: str = ""
@@ -142,8 +145,10 @@ class TranslatorStrategy(Strategy):
       layout = setup.layout
       n_params = sum(b.size * bucket_param_count(b) for b in layout.trainable_buckets)
       lines.append(f"{name}: graph {setup.graph.describe()}")
-      lines.append(f"{name}: plan {setup.plan.describe()}; {n_params:,} trainable parameters; compute dtype "
-                   f"{setup.compute_dtype}, batch {setup.batch_size}")
+      lines.append(
+        f"{name}: plan {setup.plan.describe()}; {n_params:,} trainable parameters; compute dtype "
+        f"{setup.compute_dtype}, batch {setup.batch_size}"
+      )
     return lines
 
   def train(self, config, dataset: Dataset, workdir: str | None, log: Log = print) -> StrategyRun:
@@ -151,48 +156,90 @@ class TranslatorStrategy(Strategy):
     results = run_stages(self, self.plan(config, dataset), config, dataset, workdir, log)
     return self.finish(config, results, dataset, workdir, time.perf_counter() - t0)
 
-  def finish(self, config, results: Sequence, trained_on: Dataset, workdir: str | None,
-             seconds: float) -> StrategyRun:
+  def finish(
+    self, config, results: Sequence, trained_on: Dataset, workdir: str | None, seconds: float
+  ) -> StrategyRun:
     """The run of trained stage results: the last stage's translators; their aligner reads which
     edges are paired hops from `trained_on` (pseudo-paired edges are, cycle-only edges are not)."""
     final = results[-1]
     layout = final.setup.layout
-    model = TranslatorModel(self.name, layout, final.params, final.setup.compute_dtype, config, {},
-                            int(final.state["step"]), workdir, self.make_aligner,
-                            frozen=tuple(e.name for e in layout.frozen))
+    model = TranslatorModel(
+      self.name,
+      layout,
+      final.params,
+      final.setup.compute_dtype,
+      config,
+      {},
+      int(final.state["step"]),
+      workdir,
+      self.make_aligner,
+      frozen=tuple(e.name for e in layout.frozen),
+    )
     if hasattr(model.aligner, "bind_data"):
       model.aligner.bind_data(trained_on)
     return StrategyRun(self.name, model, list(results), seconds)
 
   def load(self, workdir: str, step: int | None = None, log: Log | None = None) -> TranslatorModel:
     run = trained_lib.load_trained(workdir, step)
-    resolved = os.path.join(workdir, "config.json")  # the config as asked for (a strategy's checkpoint
-    config = run.config                              # holds its last stage's overrides applied)
+    resolved = os.path.join(
+      workdir, "config.json"
+    )  # the config as asked for (a strategy's checkpoint
+    config = run.config  # holds its last stage's overrides applied)
     if os.path.isfile(resolved):
       try:
         with open(resolved) as f:
           config = ml_collections.ConfigDict(json.load(f))
       except ValueError as exc:
-        raise DataError(f"{resolved} is not valid JSON ({exc}); it is the run's config as written at its "
-                        "start: restore it or delete it (the checkpoints hold a copy)") from None
-    return TranslatorModel(self.name, run.layout, run.params, run.compute_dtype, config, run.meta, run.step,
-                           workdir, self.make_aligner, frozen=tuple(run.meta.get("layout", {}).get("frozen", [])))
+        raise DataError(
+          f"{resolved} is not valid JSON ({exc}); it is the run's config as written at its "
+          "start: restore it or delete it (the checkpoints hold a copy)"
+        ) from None
+    return TranslatorModel(
+      self.name,
+      run.layout,
+      run.params,
+      run.compute_dtype,
+      config,
+      run.meta,
+      run.step,
+      workdir,
+      self.make_aligner,
+      frozen=tuple(run.meta.get("layout", {}).get("frozen", [])),
+    )
 
 
-def stage_setups(strategy: TranslatorStrategy, config, dataset: Dataset) -> list[tuple[str, setup_lib.Setup]]:
+def stage_setups(
+  strategy: TranslatorStrategy, config, dataset: Dataset
+) -> list[tuple[str, setup_lib.Setup]]:
   """[(stage name, training.setup.Setup)] the strategy would train, built exactly as training
   builds them (graph, translator layout, loss plan), without compiling or initialising anything."""
   out = []
   planned = strategy.plan(config, dataset)
   for stage in planned:
     frozen = [e.name for j in stage.freeze_stages for e in planned[j].graph.edges]
-    out.append((stage.name, setup_lib.build_setup(with_overrides(config, stage.overrides), dataset,
-                                                  graph=stage.graph, frozen=frozen, objective=stage.objective)))
+    out.append(
+      (
+        stage.name,
+        setup_lib.build_setup(
+          with_overrides(config, stage.overrides),
+          dataset,
+          graph=stage.graph,
+          frozen=frozen,
+          objective=stage.objective,
+        ),
+      )
+    )
   return out
 
 
-def run_stages(strategy: TranslatorStrategy, plan: Sequence[Stage], config, dataset: Dataset,
-               workdir: str | None, log: Log) -> list:
+def run_stages(
+  strategy: TranslatorStrategy,
+  plan: Sequence[Stage],
+  config,
+  dataset: Dataset,
+  workdir: str | None,
+  log: Log,
+) -> list:
   """Train `plan`'s stages in order (checkpoints under workdir); [trainer.TrainResult per stage]."""
   results = []
   for i, stage in enumerate(plan):
@@ -201,16 +248,28 @@ def run_stages(strategy: TranslatorStrategy, plan: Sequence[Stage], config, data
     frozen = {}
     for j in stage.freeze_stages:
       if not 0 <= j < i:
-        raise ConfigError(f"strategy {strategy.name!r}: stage {i} freezes stage {j}, "
-                          "which is not an earlier one")
+        raise ConfigError(
+          f"strategy {strategy.name!r}: stage {i} freezes stage {j}, which is not an earlier one"
+        )
       frozen.update(results[j].edge_params())
     stage_dir = os.path.join(workdir, stage.subdir) if workdir and stage.subdir else workdir
-    results.append(trainer_lib.train(with_overrides(config, stage.overrides), stage_dir, dataset=dataset, log=log,
-                                     graph=stage.graph, objective=stage.objective, frozen_params=frozen or None))
+    results.append(
+      trainer_lib.train(
+        with_overrides(config, stage.overrides),
+        stage_dir,
+        dataset=dataset,
+        log=log,
+        graph=stage.graph,
+        objective=stage.objective,
+        frozen_params=frozen or None,
+      )
+    )
   return results
 
 
-def build_graph(dataset: Dataset, edges: Sequence[str], virtual: Mapping[str, int] = ()) -> ModalityGraph:
+def build_graph(
+  dataset: Dataset, edges: Sequence[str], virtual: Mapping[str, int] = ()
+) -> ModalityGraph:
   """Every data modality and `virtual` node ({name: dim}, nodes without rows), with `edges` in
   order; checked against the data."""
   virtual = dict(virtual)
@@ -230,8 +289,9 @@ def meet_objective(terms: tuple) -> ObjectiveBuilder:
   config.loss says) on explicit pair terms that meet in a shared node; no cycles."""
 
   def build(layout, dataset: Dataset, cfg) -> objectives_lib.LossPlan:
-    settings = dataclasses.replace(setup_lib.loss_settings_from_config(cfg.loss), pair_terms=terms,
-                                   cycle_weights=(0.0,))
+    settings = dataclasses.replace(
+      setup_lib.loss_settings_from_config(cfg.loss), pair_terms=terms, cycle_weights=(0.0,)
+    )
     return objectives_lib.build_plan(layout, settings, pair_sets(dataset))
-  return build
 
+  return build

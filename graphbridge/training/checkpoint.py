@@ -1,7 +1,8 @@
 """Orbax checkpoints with one item per edge.
 
 A step directory holds:
-  meta              JSON: graph, translator architectures, frozen edges, item list, config, data fingerprint
+  meta              JSON: graph, translator architectures, frozen edges, item list, config, data
+  fingerprint
   train             step, RNG key, loss weights, health record, and optimizer leaves shared by all
                     edges (e.g. Adam's step count)
   edge.<src>.<dst>  {"params": the edge's translator params, "opt": the edge's rows of every
@@ -30,7 +31,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from graphbridge.core.graph import Edge
 from graphbridge.model.translators import EdgeLayout
-from graphbridge.core.errors import CheckpointCorruptError, CheckpointError, CheckpointMismatchError, CheckpointWriteError
+from graphbridge.core.errors import (
+  CheckpointCorruptError,
+  CheckpointError,
+  CheckpointMismatchError,
+  CheckpointWriteError,
+)
 
 
 PyTree = Any
@@ -108,19 +114,22 @@ def _get_nested(tree: Mapping, keys: Sequence[str]):
 
 
 # locate(keys of a leaf) -> None (the leaf is shared by every item) or (item names, the leaf's keys
-# inside each item, stacked): stacked leaves hold one row per item on their leading axis (a bucket of
+# inside each item, stacked): stacked leaves hold one row per item on their leading axis (a bucket
+# of
 # translators), the others belong to their one item whole (a module of another model)
 Locate = Callable[[Sequence[str]], "tuple[Sequence[str], list[str], bool] | None"]
 
 
 def edge_locator(layout: EdgeLayout) -> Locate:
   """Leaves under ...edges/<bucket>/... are stacked rows of the bucket's edges."""
+
   def locate(keys):
     for i in range(len(keys) - 1):
       if keys[i] == "edges" and keys[i + 1] in layout.bucket_by_key:
         bucket = layout.bucket_by_key[keys[i + 1]]
-        return [e.name for e in bucket.edges], list(keys[:i]) + list(keys[i + 2:]), True
+        return [e.name for e in bucket.edges], list(keys[:i]) + list(keys[i + 2 :]), True
     return None
+
   return locate
 
 
@@ -130,7 +139,8 @@ def module_locator(modules: Sequence[str]) -> Locate:
 
   def locate(keys):
     hit = next((i for i, k in enumerate(keys) if k in names), None)
-    return None if hit is None else ([keys[hit]], list(keys[:hit]) + list(keys[hit + 1:]), False)
+    return None if hit is None else ([keys[hit]], list(keys[:hit]) + list(keys[hit + 1 :]), False)
+
   return locate
 
 
@@ -154,7 +164,9 @@ def split_items(tree: PyTree, locate: Locate) -> tuple[dict[str, dict], dict]:
   return per_item, shared
 
 
-def merge_items(template: PyTree, per_item: Mapping[str, Mapping], shared: Mapping, locate: Locate) -> PyTree:
+def merge_items(
+  template: PyTree, per_item: Mapping[str, Mapping], shared: Mapping, locate: Locate
+) -> PyTree:
   """Inverse of split_items: `template`'s structure filled from items and shared leaves, each leaf in
   the template's dtype; CheckpointMismatchError naming the array if one is missing or shaped otherwise."""
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
@@ -175,16 +187,21 @@ def merge_items(template: PyTree, per_item: Mapping[str, Mapping], shared: Mappi
           expected = np.shape(leaf)[1:] if stacked else np.shape(leaf)
           if part.shape != expected:
             raise CheckpointMismatchError(
-                f"checkpoint item {item}: array {'/'.join(rest)} has shape {part.shape}, expected {expected} "
-                "(a dimension or size other than the configured model's)")
+              f"checkpoint item {item}: array {'/'.join(rest)} has shape {part.shape}, expected {expected} "
+              "(a dimension or size other than the configured model's)"
+            )
         value = np.stack(parts) if stacked else parts[0]
     except KeyError as exc:
       what = "shared state" if where is None else "items"
-      raise CheckpointMismatchError(f"checkpoint lacks {'/'.join(keys)} in its {what} ({exc}); it was written for "
-                                    "another optimizer or model") from None
+      raise CheckpointMismatchError(
+        f"checkpoint lacks {'/'.join(keys)} in its {what} ({exc}); it was written for "
+        "another optimizer or model"
+      ) from None
     if value.shape != np.shape(leaf):
-      raise CheckpointMismatchError(f"checkpoint array {'/'.join(keys)} has shape {value.shape}, expected "
-                                    f"{np.shape(leaf)} (a dimension or size other than the configured model's)")
+      raise CheckpointMismatchError(
+        f"checkpoint array {'/'.join(keys)} has shape {value.shape}, expected "
+        f"{np.shape(leaf)} (a dimension or size other than the configured model's)"
+      )
     leaves.append(value.astype(np.asarray(leaf).dtype))
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
@@ -195,8 +212,9 @@ def split_by_edge(layout: EdgeLayout, tree: PyTree) -> tuple[dict[str, dict], di
   return split_items(tree, edge_locator(layout))
 
 
-def merge_by_edge(layout: EdgeLayout, template: PyTree, per_edge: Mapping[str, Mapping],
-                  shared: Mapping) -> PyTree:
+def merge_by_edge(
+  layout: EdgeLayout, template: PyTree, per_edge: Mapping[str, Mapping], shared: Mapping
+) -> PyTree:
   """Inverse of split_by_edge: fill `template`'s structure from per-edge rows and shared leaves."""
   return merge_items(template, per_edge, shared, edge_locator(layout))
 
@@ -209,13 +227,22 @@ def _numpy_restore_args(metadata_tree) -> ocp.args.PyTreeRestore:
 class Checkpoints:
   """Per-edge Orbax checkpoints in `directory` (steps as sub-directories)."""
 
-  def __init__(self, directory: str, max_to_keep: int | None = 3, async_save: bool = True,
-               read_only: bool = False):
+  def __init__(
+    self,
+    directory: str,
+    max_to_keep: int | None = 3,
+    async_save: bool = True,
+    read_only: bool = False,
+  ):
     self.directory = os.path.abspath(directory)
     if read_only and not os.path.isdir(self.directory):
       raise CheckpointError(f"no checkpoint directory at {self.directory}")
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                           enable_async_checkpointing=async_save, read_only=read_only)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep,
+      create=not read_only,
+      enable_async_checkpointing=async_save,
+      read_only=read_only,
+    )
     self._pending: list[tuple[int, dict]] = []  # saved steps whose manifest is not written yet
     self._failed: CheckpointWriteError | None = None  # the disk error already reported
     try:
@@ -232,17 +259,34 @@ class Checkpoints:
     return os.path.join(self.directory, str(step))
 
   # -- save --
-  def save(self, step: int, edge_items: Mapping[str, Mapping], train_item: Mapping, meta: Mapping,
-           copy_items_from: Mapping[str, str] | None = None) -> None:
+  def save(
+    self,
+    step: int,
+    edge_items: Mapping[str, Mapping],
+    train_item: Mapping,
+    meta: Mapping,
+    copy_items_from: Mapping[str, str] | None = None,
+  ) -> None:
     """Save one step. edge_items: {edge_name: {"params":..., "opt":...}}.
 
     copy_items_from: {edge_name: step_dir} of items to copy byte for byte from an existing
     checkpoint instead of writing them (used by grafting: frozen edges stay identical)."""
-    self.save_items(step, {edge_item_name(e): tree for e, tree in edge_items.items()}, train_item, meta,
-                    {edge_item_name(e): d for e, d in (copy_items_from or {}).items()})
+    self.save_items(
+      step,
+      {edge_item_name(e): tree for e, tree in edge_items.items()},
+      train_item,
+      meta,
+      {edge_item_name(e): d for e, d in (copy_items_from or {}).items()},
+    )
 
-  def save_items(self, step: int, items: Mapping[str, Mapping], train_item: Mapping, meta: Mapping,
-                 copy_items_from: Mapping[str, str] | None = None) -> None:
+  def save_items(
+    self,
+    step: int,
+    items: Mapping[str, Mapping],
+    train_item: Mapping,
+    meta: Mapping,
+    copy_items_from: Mapping[str, str] | None = None,
+  ) -> None:
     """Save one step of named items ({item name: tree}; models other than translator graphs, e.g.
     DMVAE's "module.enc.image"). copy_items_from: {item name: step_dir} copied byte for byte.
     The step's manifest (sha256 per item) is written once its files are final: at the next save,
@@ -280,8 +324,9 @@ class Checkpoints:
       kept = []
     where = f"; steps saved before are intact: {', '.join(map(str, sorted(kept)))}" if kept else ""
     what = f"checkpoint step {step} to" if step >= 0 else "the checkpoint folder"
-    self._failed = CheckpointWriteError(f"could not write {what} {self.directory}: "
-                                        f"{disk.strerror or disk}{where}")
+    self._failed = CheckpointWriteError(
+      f"could not write {what} {self.directory}: {disk.strerror or disk}{where}"
+    )
     return self._failed
 
   def _discard_partial(self, step: int) -> None:
@@ -316,8 +361,11 @@ class Checkpoints:
   def write_manifest(self, step: int) -> dict[str, str]:
     """Record {item: sha256} of a finished step as <step>/sha256.json (atomically)."""
     step_dir = self.step_dir(step)
-    digests = {name: item_digest(os.path.join(step_dir, name)) for name in sorted(os.listdir(step_dir))
-               if os.path.isdir(os.path.join(step_dir, name))}
+    digests = {
+      name: item_digest(os.path.join(step_dir, name))
+      for name in sorted(os.listdir(step_dir))
+      if os.path.isdir(os.path.join(step_dir, name))
+    }
     path = os.path.join(step_dir, MANIFEST)
     with open(path + ".tmp", "w") as f:
       json.dump({"step": int(step), "sha256": digests}, f, indent=1, sort_keys=True)
@@ -336,8 +384,12 @@ class Checkpoints:
       with open(path) as f:
         return dict(json.load(f)["sha256"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-      raise CheckpointCorruptError(f"checkpoint step {step}: its checksum manifest {MANIFEST} is corrupt "
-                                   f"({type(exc).__name__})", step, MANIFEST) from None
+      raise CheckpointCorruptError(
+        f"checkpoint step {step}: its checksum manifest {MANIFEST} is corrupt "
+        f"({type(exc).__name__})",
+        step,
+        MANIFEST,
+      ) from None
 
   def verify(self, step: int, items: Iterable[str]) -> None:
     """CheckpointCorruptError naming step and item if an item's files differ from the manifest."""
@@ -346,21 +398,28 @@ class Checkpoints:
       return
     for name in items:
       if name not in recorded:
-        raise CheckpointCorruptError(f"checkpoint step {step}: item {name!r} is not in its checksum manifest",
-                                     step, name)
+        raise CheckpointCorruptError(
+          f"checkpoint step {step}: item {name!r} is not in its checksum manifest", step, name
+        )
       directory = os.path.join(self.step_dir(step), name)
       if not os.path.isdir(directory):
-        raise CheckpointCorruptError(f"checkpoint step {step} is incomplete: missing item(s) {name}", step, name)
+        raise CheckpointCorruptError(
+          f"checkpoint step {step} is incomplete: missing item(s) {name}", step, name
+        )
       if item_digest(directory) != recorded[name]:
         raise CheckpointCorruptError(
-            f"checkpoint step {step}: item {name!r} is corrupt (sha256 differs from the one recorded at "
-            "save; its files were changed or damaged on disk)", step, name)
-
+          f"checkpoint step {step}: item {name!r} is corrupt (sha256 differs from the one recorded at "
+          "save; its files were changed or damaged on disk)",
+          step,
+          name,
+        )
 
   def quarantine(self, step: int) -> str:
     """Move a damaged step out of the way (to <directory>_damaged/<step>), keeping its files, so
     training can write that step again. Returns the new location."""
-    if jax.process_index() != 0:  # one writer on a shared file system; others only re-read the steps
+    if (
+      jax.process_index() != 0
+    ):  # one writer on a shared file system; others only re-read the steps
       self._manager.reload()
       return ""
     target_root = self.directory.rstrip("/") + "_damaged"
@@ -401,20 +460,32 @@ class Checkpoints:
       with open(path) as f:
         return json.load(f)
     except FileNotFoundError:
-      raise CheckpointCorruptError(f"checkpoint step {step} in {self.directory} has no metadata item "
-                                   f"(incomplete or not a graphbridge checkpoint)", step, META) from None
+      raise CheckpointCorruptError(
+        f"checkpoint step {step} in {self.directory} has no metadata item "
+        f"(incomplete or not a graphbridge checkpoint)",
+        step,
+        META,
+      ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-      raise CheckpointCorruptError(f"checkpoint step {step}: metadata is corrupt ({exc})", step, META) from None
+      raise CheckpointCorruptError(
+        f"checkpoint step {step}: metadata is corrupt ({exc})", step, META
+      ) from None
 
   def check_complete(self, step: int) -> dict:
     """Meta of a step whose every listed item is present and whose meta matches its checksum;
     CheckpointCorruptError otherwise."""
     meta = self.restore_meta(step, verify=True)
-    missing = [i for i in meta.get("items", []) + [TRAIN]
-               if not os.path.isdir(os.path.join(self.step_dir(step), i))]
+    missing = [
+      i
+      for i in meta.get("items", []) + [TRAIN]
+      if not os.path.isdir(os.path.join(self.step_dir(step), i))
+    ]
     if missing:
-      raise CheckpointCorruptError(f"checkpoint step {step} is incomplete: missing item(s) {', '.join(missing)}",
-                                   step, missing[0])
+      raise CheckpointCorruptError(
+        f"checkpoint step {step} is incomplete: missing item(s) {', '.join(missing)}",
+        step,
+        missing[0],
+      )
     return meta
 
   def latest_complete_step(self) -> int | None:
@@ -427,8 +498,12 @@ class Checkpoints:
         logging.warning("skipping checkpoint: %s", exc)
     return None
 
-  def newest_usable(self, restore: Callable[[int], Any], step: int | None = None,
-                    log: Callable[[str], None] = logging.warning) -> tuple[Any, int | None, list[str]]:
+  def newest_usable(
+    self,
+    restore: Callable[[int], Any],
+    step: int | None = None,
+    log: Callable[[str], None] = logging.warning,
+  ) -> tuple[Any, int | None, list[str]]:
     """(restore(s), s, problems) for `step`, or for the newest step whose restore succeeds.
 
     Without an explicit step, a step whose restore raises CheckpointCorruptError (incomplete,
@@ -450,8 +525,12 @@ class Checkpoints:
   def _restore_item(self, step: int, name: str) -> dict:
     directory = os.path.join(self.step_dir(step), name)
     if not os.path.isdir(directory):
-      raise CheckpointCorruptError(f"checkpoint step {step} has no item {name!r} (items: "
-                                   f"{', '.join(sorted(os.listdir(self.step_dir(step))))})", step, name)
+      raise CheckpointCorruptError(
+        f"checkpoint step {step} has no item {name!r} (items: "
+        f"{', '.join(sorted(os.listdir(self.step_dir(step))))})",
+        step,
+        name,
+      )
     self.verify(step, [name])
     try:
       with ocp.PyTreeCheckpointer() as checkpointer:
@@ -462,8 +541,12 @@ class Checkpoints:
     except CheckpointError:
       raise
     except Exception as exc:  # orbax/tensorstore raise many types for damaged files
-      raise CheckpointCorruptError(f"checkpoint step {step}: item {name!r} is corrupt or unreadable "
-                                   f"({type(exc).__name__}: {str(exc)[:300]})", step, name) from exc
+      raise CheckpointCorruptError(
+        f"checkpoint step {step}: item {name!r} is corrupt or unreadable "
+        f"({type(exc).__name__}: {str(exc)[:300]})",
+        step,
+        name,
+      ) from exc
 
   def restore_edges(self, step: int, edges: Iterable[str] | None = None) -> dict[str, dict]:
     """{edge_name: {"params":..., "opt":...}} as numpy, for `edges` (default: all saved edges)."""
@@ -472,8 +555,10 @@ class Checkpoints:
     wanted = saved if edges is None else list(edges)
     for e in wanted:
       if e not in saved:
-        raise CheckpointMismatchError(f"checkpoint step {step} has no edge {e} (saved edges: "
-                                      f"{', '.join(saved)}); it was written for another graph")
+        raise CheckpointMismatchError(
+          f"checkpoint step {step} has no edge {e} (saved edges: "
+          f"{', '.join(saved)}); it was written for another graph"
+        )
     return {e: self._restore_item(step, edge_item_name(e)) for e in wanted}
 
   def restore_item(self, step: int, name: str) -> dict:

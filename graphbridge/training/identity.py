@@ -17,32 +17,59 @@ from graphbridge.training.state import items_to_state
 
 # Config keys a resume may change without changing what the run computes (docs/reliability.md).
 # train.steps may only grow; anything else needs --config.train.allow_resume_changes=True.
-SAFE_RESUME_CHANGES = ("train.log_every", "train.print_every", "train.checkpoint_every",
-                       "train.keep_checkpoints", "train.tensorboard", "train.allow_resume_changes",
-                       "data.path", "data.name", "data.prefetch", "eval.", "posthoc", "compare.",
-                       "mesh.",  # the checkpoint format is the single-device one: any mesh resumes it
-                       "model.edge_apply")  # how stacked edges run: the same function either way
+SAFE_RESUME_CHANGES = (
+  "train.log_every",
+  "train.print_every",
+  "train.checkpoint_every",
+  "train.keep_checkpoints",
+  "train.tensorboard",
+  "train.allow_resume_changes",
+  "data.path",
+  "data.name",
+  "data.prefetch",
+  "eval.",
+  "posthoc",
+  "compare.",
+  "mesh.",  # the checkpoint format is the single-device one: any mesh resumes it
+  "model.edge_apply",
+)  # how stacked edges run: the same function either way
 
 
 def plan_identity(setup: Setup) -> dict:
   """What the loss plan computes: its description and the names of its terms by kind."""
   plan = setup.plan
-  terms = {k: [str(n) for n in v] for k, v in plan.term_names().items()} if hasattr(plan, "term_names") else {}
-  return {"describe": plan.describe() if hasattr(plan, "describe") else type(plan).__name__, "terms": terms}
+  terms = (
+    {k: [str(n) for n in v] for k, v in plan.term_names().items()}
+    if hasattr(plan, "term_names")
+    else {}
+  )
+  return {
+    "describe": plan.describe() if hasattr(plan, "describe") else type(plan).__name__,
+    "terms": terms,
+  }
 
 
 def config_dict(config) -> dict:
   return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else {}
 
 
-def run_meta(setup: Setup, config, dataset: dataset_lib.Dataset | None, history: Sequence[Mapping] = ()) -> dict:
+def run_meta(
+  setup: Setup, config, dataset: dataset_lib.Dataset | None, history: Sequence[Mapping] = ()
+) -> dict:
   """The run's identity, stored in every checkpoint step: layout (graph, architectures), resolved
   config, loss plan, data fingerprint, and the changes accepted on earlier resumes."""
-  meta = {"layout": setup.layout.to_dict(), "compute_dtype": setup.compute_dtype,
-          "config": config_dict(config), "plan": plan_identity(setup)}
+  meta = {
+    "layout": setup.layout.to_dict(),
+    "compute_dtype": setup.compute_dtype,
+    "config": config_dict(config),
+    "plan": plan_identity(setup),
+  }
   if dataset is not None:
-    meta["data"] = {"source": dataset.source, "fingerprint": dataset.fingerprint(),
-                    "content": dataset.content_digest()}
+    meta["data"] = {
+      "source": dataset.source,
+      "fingerprint": dataset.fingerprint(),
+      "content": dataset.content_digest(),
+    }
     # nodes without rows (a strategy's projection spaces): evaluation checks the data against them
     meta["virtual_nodes"] = [n for n in setup.graph.node_names if n not in dataset.modalities]
   if history:
@@ -68,7 +95,9 @@ def _safe_change(key: str, old, new) -> bool:
   return any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_RESUME_CHANGES)
 
 
-def run_differences(setup: Setup, config, dataset: dataset_lib.Dataset | None, meta: Mapping) -> list[str]:
+def run_differences(
+  setup: Setup, config, dataset: dataset_lib.Dataset | None, meta: Mapping
+) -> list[str]:
   """Differences between the run a checkpoint's meta describes and the one `config` would train,
   other than the safe ones (SAFE_RESUME_CHANGES): ["optim.lr: 0.002 -> 0.01", ...]."""
   problems = []
@@ -85,20 +114,40 @@ def run_differences(setup: Setup, config, dataset: dataset_lib.Dataset | None, m
       a, b = saved_plan.get("terms", {}).get(kind, []), now["terms"].get(kind, [])
       if a != b:
         gone, added = [t for t in a if t not in b], [t for t in b if t not in a]
-        problems.append(f"loss plan {kind} terms: " + ", ".join(
-            ([f"removed {', '.join(gone)}"] if gone else []) + ([f"added {', '.join(added)}"] if added else [])
-            or ["reordered"]))
-    if saved_plan.get("describe") != now["describe"] and not any(p.startswith("loss plan") for p in problems):
+        problems.append(
+          f"loss plan {kind} terms: "
+          + ", ".join(
+            ([f"removed {', '.join(gone)}"] if gone else [])
+            + ([f"added {', '.join(added)}"] if added else [])
+            or ["reordered"]
+          )
+        )
+    if saved_plan.get("describe") != now["describe"] and not any(
+      p.startswith("loss plan") for p in problems
+    ):
       problems.append(f"loss plan: {saved_plan.get('describe')!r} -> {now['describe']!r}")
   saved_data = meta.get("data", {})
-  if dataset is not None and saved_data.get("content") and saved_data["content"] != dataset.content_digest():
-    problems.append(f"data: {dataset.source} differs from {saved_data.get('source')} the checkpoints were "
-                    "trained on (other rows, splits, labels or pairs)")
+  if (
+    dataset is not None
+    and saved_data.get("content")
+    and saved_data["content"] != dataset.content_digest()
+  ):
+    problems.append(
+      f"data: {dataset.source} differs from {saved_data.get('source')} the checkpoints were "
+      "trained on (other rows, splits, labels or pairs)"
+    )
   return problems
 
 
-def check_run_identity(setup: Setup, config, dataset: dataset_lib.Dataset | None, meta: Mapping, step: int,
-                       directory: str, log: Callable[[str], None] = logging.warning) -> list[str]:
+def check_run_identity(
+  setup: Setup,
+  config,
+  dataset: dataset_lib.Dataset | None,
+  meta: Mapping,
+  step: int,
+  directory: str,
+  log: Callable[[str], None] = logging.warning,
+) -> list[str]:
   """RunMismatchError listing the differences, unless there are none or the config says
   train.allow_resume_changes=True (then they are logged and returned, to be recorded)."""
   problems = run_differences(setup, config, dataset, meta)
@@ -106,12 +155,15 @@ def check_run_identity(setup: Setup, config, dataset: dataset_lib.Dataset | None
     return []
   listing = "\n  ".join(problems)
   if bool(config.train.get("allow_resume_changes", False)):
-    log(f"resuming checkpoint step {step} with changes (train.allow_resume_changes=True):\n  {listing}")
+    log(
+      f"resuming checkpoint step {step} with changes (train.allow_resume_changes=True):\n  {listing}"
+    )
     return problems
   raise RunMismatchError(
-      f"checkpoint step {step} in {directory} belongs to another run; resuming would change:\n  {listing}\n"
-      "use a fresh --workdir, the run's own config (config.json in the workdir), or "
-      "--config.train.allow_resume_changes=True to continue with these changes on purpose")
+    f"checkpoint step {step} in {directory} belongs to another run; resuming would change:\n  {listing}\n"
+    "use a fresh --workdir, the run's own config (config.json in the workdir), or "
+    "--config.train.allow_resume_changes=True to continue with these changes on purpose"
+  )
 
 
 def _canonical_graph(graph: Mapping) -> tuple:
@@ -124,18 +176,27 @@ def check_meta_matches(setup: Setup, meta: Mapping, step: int, directory: str) -
   now = setup.layout.to_dict()
   if _canonical_graph(saved.get("graph", {})) != _canonical_graph(now["graph"]):
     raise errors.CheckpointMismatchError(
-        f"checkpoint step {step} in {directory} was written for another graph "
-        f"({ModalityGraph.from_dict(saved['graph']).describe() if 'graph' in saved else 'unknown'}) but the "
-        f"config builds {setup.graph.describe()}; use a fresh --workdir or the matching config")
+      f"checkpoint step {step} in {directory} was written for another graph "
+      f"({ModalityGraph.from_dict(saved['graph']).describe() if 'graph' in saved else 'unknown'}) but the "
+      f"config builds {setup.graph.describe()}; use a fresh --workdir or the matching config"
+    )
   if saved.get("arch") != now["arch"]:
-    raise errors.CheckpointMismatchError(f"checkpoint step {step} in {directory}: translator architecture differs "
-                                   "from the config; use a fresh --workdir or the matching config")
+    raise errors.CheckpointMismatchError(
+      f"checkpoint step {step} in {directory}: translator architecture differs "
+      "from the config; use a fresh --workdir or the matching config"
+    )
 
 
-def restore_state(setup: Setup, checkpoints: checkpoint_lib.Checkpoints, template: Mapping,
-                  step: int | None = None, log: Callable[[str], None] = logging.warning,
-                  config=None, dataset: dataset_lib.Dataset | None = None, history: list | None = None
-                  ) -> tuple[dict, int] | tuple[None, None]:
+def restore_state(
+  setup: Setup,
+  checkpoints: checkpoint_lib.Checkpoints,
+  template: Mapping,
+  step: int | None = None,
+  log: Callable[[str], None] = logging.warning,
+  config=None,
+  dataset: dataset_lib.Dataset | None = None,
+  history: list | None = None,
+) -> tuple[dict, int] | tuple[None, None]:
   """Restore `step`, or the newest step that restores cleanly.
 
   A step that is incomplete (missing item, unreadable metadata) or corrupt (an item fails to
@@ -144,21 +205,30 @@ def restore_state(setup: Setup, checkpoints: checkpoint_lib.Checkpoints, templat
   checkpoint of another graph is an error, not a fallback: no step of it can be used. With a
   `config`, so is one of another run (RunMismatchError); `history` receives the changes accepted
   before (and now, under train.allow_resume_changes) to be recorded in the next checkpoints."""
+
   def restore(candidate: int) -> dict:
     meta = checkpoints.check_complete(candidate)
     check_meta_matches(setup, meta, candidate, checkpoints.directory)
     if config is not None:
-      changes = check_run_identity(setup, config, dataset, meta, candidate, checkpoints.directory, log)
+      changes = check_run_identity(
+        setup, config, dataset, meta, candidate, checkpoints.directory, log
+      )
       if history is not None:
-        history[:] = list(meta.get("resume_changes", [])) + ([{"step": candidate, "changes": changes}]
-                                                             if changes else [])
-    edge_items = checkpoints.restore_edges(candidate, [e.name for e in setup.layout.trainable_edges])
+        history[:] = list(meta.get("resume_changes", [])) + (
+          [{"step": candidate, "changes": changes}] if changes else []
+        )
+    edge_items = checkpoints.restore_edges(
+      candidate, [e.name for e in setup.layout.trainable_edges]
+    )
     return items_to_state(setup, template, edge_items, checkpoints.restore_train(candidate))
 
   state, restored, problems = checkpoints.newest_usable(restore, step, log)
   if problems:  # damaged steps newer than the one restored (or all of them) make way, kept aside
     for damaged in [s for s in checkpoints.all_steps() if restored is None or s > restored]:
       log(f"moved damaged checkpoint step {damaged} to {checkpoints.quarantine(damaged)}")
-    log(f"resuming from checkpoint step {restored}, the latest complete one" if restored is not None else
-        f"no usable checkpoint in {checkpoints.directory} ({len(problems)} damaged); starting from scratch")
+    log(
+      f"resuming from checkpoint step {restored}, the latest complete one"
+      if restored is not None
+      else f"no usable checkpoint in {checkpoints.directory} ({len(problems)} damaged); starting from scratch"
+    )
   return (state, restored) if restored is not None else (None, None)

@@ -26,14 +26,16 @@ from graphbridge.core.errors import WorkdirLockedError
 LOCK_FILE = ".graphbridge.lock"
 
 
-_HELD: dict[str, list] = {}   # abspath -> [file object, depth]
+_HELD: dict[str, list] = {}  # abspath -> [file object, depth]
 
 
 def _holder_text(info: dict) -> str:
   if not info:
     return "an unknown process"
-  return (f"pid {info.get('pid')} on {info.get('host')} since {info.get('started')} "
-          f"({info.get('command', '?')})")
+  return (
+    f"pid {info.get('pid')} on {info.get('host')} since {info.get('started')} "
+    f"({info.get('command', '?')})"
+  )
 
 
 def _read_info(f) -> dict:
@@ -58,8 +60,12 @@ def _pid_alive(pid) -> bool:
 class WorkdirLock:
   """Context manager holding the workdir lock: `with WorkdirLock(workdir, "graphbridge-train"):`."""
 
-  def __init__(self, workdir: str | None, command: str | None = None,
-               log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)):
+  def __init__(
+    self,
+    workdir: str | None,
+    command: str | None = None,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+  ):
     self.workdir = os.path.abspath(workdir) if workdir else None
     self.command = command or " ".join(sys.argv) or "python"
     self.log = log
@@ -81,18 +87,26 @@ class WorkdirLock:
         info = _read_info(f)
         f.close()
         raise WorkdirLockedError(
-            f"{self.workdir} is in use by {_holder_text(info)}; wait for it to finish, stop it, or use "
-            "another --workdir") from None
+          f"{self.workdir} is in use by {_holder_text(info)}; wait for it to finish, stop it, or use "
+          "another --workdir"
+        ) from None
       f.close()
       self.log(f"note: cannot lock {path} ({exc.strerror}); not protected against a second run")
       return self
     previous = _read_info(f)
     if previous:  # a clean release empties the file: its holder died (the kernel dropped its flock)
       dead = previous.get("host") != socket.gethostname() or not _pid_alive(previous.get("pid"))
-      self.log(f"note: took over the stale lock of {self.workdir} left by {_holder_text(previous)}"
-               + (", which is no longer running" if dead else "") + " (it ended without releasing it)")
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-            "started": datetime.datetime.now().isoformat(timespec="seconds")}
+      self.log(
+        f"note: took over the stale lock of {self.workdir} left by {_holder_text(previous)}"
+        + (", which is no longer running" if dead else "")
+        + " (it ended without releasing it)"
+      )
+    info = {
+      "pid": os.getpid(),
+      "host": socket.gethostname(),
+      "command": self.command,
+      "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
     f.seek(0)
     f.truncate()
     f.write(json.dumps(info) + "\n")
@@ -123,6 +137,7 @@ class WorkdirLock:
 def _is_process_zero() -> bool:
   try:
     import jax
+
     return jax.process_index() == 0
   except Exception:  # noqa: BLE001  (before jax.distributed is initialised)
     return True

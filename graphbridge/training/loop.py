@@ -5,7 +5,8 @@ rest: the step counter, compile time, the logging and checkpoint cadence, the ra
 progress line, metrics.jsonl / TensorBoard, and closing everything when a step raises.
 
   result = loop.run(state, start, loop.Cadence.from_config(config, total), step,
-                    values=..., line=..., writer=writers.for_run(workdir, config), log=log, save=...)
+                    values=..., line=..., writer=writers.for_run(workdir, config), log=log,
+                    save=...)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ State = Any
 class Cadence:
   """When the loop logs (metrics.jsonl), prints (console) and checkpoints; the last step always
   does all three. checkpoint_every 0: only the last step."""
+
   total: int
   log_every: int = 10
   print_every: int = 50
@@ -33,8 +35,12 @@ class Cadence:
   @classmethod
   def from_config(cls, config, total: int) -> "Cadence":
     train = config.train
-    return cls(int(total), max(int(train.log_every), 1), max(int(train.print_every), 1),
-               int(train.checkpoint_every))
+    return cls(
+      int(total),
+      max(int(train.log_every), 1),
+      max(int(train.print_every), 1),
+      int(train.checkpoint_every),
+    )
 
   def logs(self, done: int) -> bool:
     return done % self.log_every == 0 or done == self.total
@@ -49,11 +55,11 @@ class Cadence:
 @dataclasses.dataclass
 class LoopResult:
   state: State
-  metrics: Any              # the last step's raw metrics (None if no step ran)
-  values: dict              # the last logged values
+  metrics: Any  # the last step's raw metrics (None if no step ran)
+  values: dict  # the last logged values
   steps_run: int
-  seconds: float            # the loop's wall time, compilation included
-  compile_seconds: float    # the first step's (compilation and one step)
+  seconds: float  # the loop's wall time, compilation included
+  compile_seconds: float  # the first step's (compilation and one step)
 
 
 class Speed:
@@ -82,12 +88,21 @@ class Speed:
     return f"{rate:.1f} steps/s, eta {format_eta((total - done) / rate)}"
 
 
-def run(state: State, start: int, cadence: Cadence, step: Callable[[State, int], tuple[State, Any]], *,
-        values: Callable[[int, State, Any], dict], line: Callable[[Mapping], str], writer: MetricWriter,
-        log: Callable[[str], None], save: Callable[[int, State], None] | None = None,
-        before_step: Callable[[int, State], State] | None = None,
-        at_end: Callable[[State], State] | None = None, close: Sequence[Callable[[], None]] = ()
-        ) -> LoopResult:
+def run(
+  state: State,
+  start: int,
+  cadence: Cadence,
+  step: Callable[[State, int], tuple[State, Any]],
+  *,
+  values: Callable[[int, State, Any], dict],
+  line: Callable[[Mapping], str],
+  writer: MetricWriter,
+  log: Callable[[str], None],
+  save: Callable[[int, State], None] | None = None,
+  before_step: Callable[[int, State], State] | None = None,
+  at_end: Callable[[State], State] | None = None,
+  close: Sequence[Callable[[], None]] = (),
+) -> LoopResult:
   """Steps start .. cadence.total - 1 (0-based) of `step(state, i) -> (state, metrics)`.
 
   values(done, state, metrics): the numbers logged after `done` steps (raise there on a non-finite
@@ -112,9 +127,15 @@ def run(state: State, start: int, cadence: Cadence, step: Callable[[State, int],
         rate = speed.rate(done)
         writer.write_scalars(done, {**logged, "steps_per_sec": rate})
         if cadence.prints(done) or "val/mAP" in logged:
-          val = (f"  val mAP {logged['val/mAP']:.3f} (best {logged['val/best_mAP']:.3f} at "
-                 f"{int(logged['val/best_step'])})" if "val/mAP" in logged else "")
-          log(f"step {done}/{cadence.total}  {line(logged)}{val}  {speed.text(rate, done, cadence.total)}")
+          val = (
+            f"  val mAP {logged['val/mAP']:.3f} (best {logged['val/best_mAP']:.3f} at "
+            f"{int(logged['val/best_step'])})"
+            if "val/mAP" in logged
+            else ""
+          )
+          log(
+            f"step {done}/{cadence.total}  {line(logged)}{val}  {speed.text(rate, done, cadence.total)}"
+          )
       if done == cadence.total and at_end is not None:
         state = at_end(state)
       if save is not None and cadence.saves(done):
@@ -123,5 +144,11 @@ def run(state: State, start: int, cadence: Cadence, step: Callable[[State, int],
     writer.close()
     for fn in close:
       fn()
-  return LoopResult(state, metrics, logged, max(cadence.total - start, 0), time.perf_counter() - speed.t_start,
-                    speed.compile_seconds)
+  return LoopResult(
+    state,
+    metrics,
+    logged,
+    max(cadence.total - start, 0),
+    time.perf_counter() - speed.t_start,
+    speed.compile_seconds,
+  )

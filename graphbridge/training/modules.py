@@ -44,15 +44,21 @@ def make_step(loss: ModuleLoss, tx: optax.GradientTransformation) -> Callable:
 
   def step(state, frozen, arrays):
     key = jax.random.fold_in(state["key"], state["step"])
-    (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state["params"], frozen, arrays, key)
+    (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(
+      state["params"], frozen, arrays, key
+    )
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     finite = jnp.isfinite(value) & jnp.isfinite(optax.tree.norm(grads))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    return {"params": keep(params, state["params"]), "opt": keep(opt, state["opt"]),
-            "step": state["step"] + 1, "key": state["key"]}, metrics
+    return {
+      "params": keep(params, state["params"]),
+      "opt": keep(opt, state["opt"]),
+      "step": state["step"] + 1,
+      "key": state["key"],
+    }, metrics
 
   return jax.jit(step, donate_argnums=0)
 
@@ -60,7 +66,9 @@ def make_step(loss: ModuleLoss, tx: optax.GradientTransformation) -> Callable:
 def state_items(state: Mapping, modules: Sequence[str]) -> tuple[dict, dict]:
   """({item name: {"params", "opt"}}, train item) of a state, as numpy."""
   host = jax.device_get(state)
-  opt_per, opt_shared = checkpoint_lib.split_items(host["opt"], checkpoint_lib.module_locator(modules))
+  opt_per, opt_shared = checkpoint_lib.split_items(
+    host["opt"], checkpoint_lib.module_locator(modules)
+  )
   items = {}
   for m in modules:  # Orbax cannot store empty subtrees: "opt" only where the optimizer keeps rows
     items[item_name(m)] = {"params": jax.tree.map(np.asarray, host["params"][m])}
@@ -72,36 +80,53 @@ def state_items(state: Mapping, modules: Sequence[str]) -> tuple[dict, dict]:
   return items, train
 
 
-def restore_state(checkpoints: checkpoint_lib.Checkpoints, step: int, template: Mapping,
-                  modules: Sequence[str]) -> dict:
+def restore_state(
+  checkpoints: checkpoint_lib.Checkpoints, step: int, template: Mapping, modules: Sequence[str]
+) -> dict:
   """The state saved at `step`, shaped like `template`."""
   locate = checkpoint_lib.module_locator(modules)
   per = {m: checkpoints.restore_item(step, item_name(m)) for m in modules}
   train = checkpoints.restore_train(step)
-  params = checkpoint_lib.merge_items({m: template["params"][m] for m in modules},
-                                      {m: per[m]["params"] for m in modules}, {}, locate)
-  opt = checkpoint_lib.merge_items(template["opt"], {m: per[m].get("opt", {}) for m in modules},
-                                   train.get("opt", {}), locate)
-  return {"params": params, "opt": opt, "step": jnp.asarray(train["step"], jnp.int32),
-          "key": jnp.asarray(train["key"], template["key"].dtype)}
+  params = checkpoint_lib.merge_items(
+    {m: template["params"][m] for m in modules}, {m: per[m]["params"] for m in modules}, {}, locate
+  )
+  opt = checkpoint_lib.merge_items(
+    template["opt"], {m: per[m].get("opt", {}) for m in modules}, train.get("opt", {}), locate
+  )
+  return {
+    "params": params,
+    "opt": opt,
+    "step": jnp.asarray(train["step"], jnp.int32),
+    "key": jnp.asarray(train["key"], template["key"].dtype),
+  }
 
 
 @dataclasses.dataclass
 class ModulesResult:
-  params: dict                 # every module, trainable and frozen
-  state: dict                  # {"step": ...}
+  params: dict  # every module, trainable and frozen
+  state: dict  # {"step": ...}
   steps_run: int
   seconds: float
   compile_seconds: float
   final_metrics: dict
-  trainable: tuple[str, ...]   # the modules trained in this run
+  trainable: tuple[str, ...]  # the modules trained in this run
 
 
-def train_modules(config, workdir: str | None, params: Mapping[str, PyTree], step: Callable,
-                  tx: optax.GradientTransformation, arrays: Any, key: jax.Array, meta: Mapping,
-                  same_model: Callable[[Mapping], bool], line: Callable[[Mapping], str],
-                  frozen: Mapping[str, PyTree] | None = None, frozen_from: str | None = None,
-                  log: Callable[[str], None] = print) -> ModulesResult:
+def train_modules(
+  config,
+  workdir: str | None,
+  params: Mapping[str, PyTree],
+  step: Callable,
+  tx: optax.GradientTransformation,
+  arrays: Any,
+  key: jax.Array,
+  meta: Mapping,
+  same_model: Callable[[Mapping], bool],
+  line: Callable[[Mapping], str],
+  frozen: Mapping[str, PyTree] | None = None,
+  frozen_from: str | None = None,
+  log: Callable[[str], None] = print,
+) -> ModulesResult:
   """Train `params` ({module: params}) for config.train.steps steps of `step` (make_step's, built
   with `tx`); checkpoints and metrics under workdir (None: neither).
 
@@ -113,19 +138,27 @@ def train_modules(config, workdir: str | None, params: Mapping[str, PyTree], ste
   modules = list(params)
   kind = str(meta.get("kind", "model"))
   meta = {**meta, "strategy": str(config.strategy)}  # how a later load finds the strategy
-  state = {"params": dict(params), "opt": tx.init(dict(params)), "step": jnp.asarray(0, jnp.int32), "key": key}
+  state = {
+    "params": dict(params),
+    "opt": tx.init(dict(params)),
+    "step": jnp.asarray(0, jnp.int32),
+    "key": key,
+  }
   cadence = loop_lib.Cadence.from_config(config, int(config.train.steps))
   checkpoints, start = None, 0
   if workdir:
     os.makedirs(workdir, exist_ok=True)
-    checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
-                                             max_to_keep=int(config.train.keep_checkpoints))
+    checkpoints = checkpoint_lib.Checkpoints(
+      os.path.join(workdir, "checkpoints"), max_to_keep=int(config.train.keep_checkpoints)
+    )
     saved = checkpoints.latest_complete_step()
     if saved is not None:
       old = checkpoints.restore_meta(saved)
       if not same_model(old):
-        raise CheckpointMismatchError(f"{checkpoints.directory} holds a checkpoint of another model "
-                                      f"({old.get('kind', 'graph')}, {old.get('spec')}); use a new --workdir")
+        raise CheckpointMismatchError(
+          f"{checkpoints.directory} holds a checkpoint of another model "
+          f"({old.get('kind', 'graph')}, {old.get('spec')}); use a new --workdir"
+        )
       state, start = restore_state(checkpoints, saved, state, modules), saved
       log(f"resumed from checkpoint step {start} in {checkpoints.directory}")
     writers_lib.trim_metrics(os.path.join(workdir, writers_lib.METRICS_FILE), start)
@@ -145,38 +178,64 @@ def train_modules(config, workdir: str | None, params: Mapping[str, PyTree], ste
     checkpoints.save_items(done, items, train_item, meta, copy_items_from=copy)
 
   t0 = time.perf_counter()
-  result = loop_lib.run(state, start, cadence, lambda s, i: step(s, frozen, arrays), values=values, line=line,
-                        writer=writers_lib.for_run(workdir, config, log=log), log=log,
-                        save=save if checkpoints else None, close=[checkpoints.close] if checkpoints else [])
+  result = loop_lib.run(
+    state,
+    start,
+    cadence,
+    lambda s, i: step(s, frozen, arrays),
+    values=values,
+    line=line,
+    writer=writers_lib.for_run(workdir, config, log=log),
+    log=log,
+    save=save if checkpoints else None,
+    close=[checkpoints.close] if checkpoints else [],
+  )
   state = result.state
-  return ModulesResult({**frozen, **state["params"]}, {"step": int(state["step"])}, result.steps_run,
-                       time.perf_counter() - t0, result.compile_seconds, result.values, tuple(modules))
+  return ModulesResult(
+    {**frozen, **state["params"]},
+    {"step": int(state["step"])},
+    result.steps_run,
+    time.perf_counter() - t0,
+    result.compile_seconds,
+    result.values,
+    tuple(modules),
+  )
 
 
 @dataclasses.dataclass
 class LoadedModules:
-  params: dict                 # {module: params} of every module in the checkpoint
+  params: dict  # {module: params} of every module in the checkpoint
   meta: dict
   step: int
   step_dir: str
 
 
-def load_modules(workdir: str, templates: Callable[[Mapping], Mapping[str, PyTree]], kind: str,
-                 step: int | None = None) -> LoadedModules:
+def load_modules(
+  workdir: str,
+  templates: Callable[[Mapping], Mapping[str, PyTree]],
+  kind: str,
+  step: int | None = None,
+) -> LoadedModules:
   """The modules of the `kind` model in `workdir` (its newest complete step, or `step`);
   templates(meta) -> {module: params of the right structure} for every module the meta lists."""
-  checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=None,
-                                           async_save=False, read_only=True)
+  checkpoints = checkpoint_lib.Checkpoints(
+    os.path.join(workdir, "checkpoints"), max_to_keep=None, async_save=False, read_only=True
+  )
   step = checkpoints.latest_complete_step() if step is None else step
   if step is None:
     raise CheckpointError(f"no complete checkpoint in {workdir}/checkpoints")
   meta = checkpoints.check_complete(step)
   if meta.get("kind") != kind:
-    raise CheckpointMismatchError(f"{workdir} step {step} is not a {kind} checkpoint "
-                                  f"(kind {meta.get('kind', 'graph')!r})")
+    raise CheckpointMismatchError(
+      f"{workdir} step {step} is not a {kind} checkpoint (kind {meta.get('kind', 'graph')!r})"
+    )
   params = {}
   for module, template in templates(meta).items():
     tree = checkpoints.restore_item(step, item_name(module))["params"]
-    params[module] = jax.tree.map(jnp.asarray, checkpoint_lib.merge_items(
-        {"p": template}, {"p": tree}, {}, checkpoint_lib.module_locator(["p"]))["p"])
+    params[module] = jax.tree.map(
+      jnp.asarray,
+      checkpoint_lib.merge_items(
+        {"p": template}, {"p": tree}, {}, checkpoint_lib.module_locator(["p"])
+      )["p"],
+    )
   return LoadedModules(params, meta, step, checkpoints.step_dir(step))

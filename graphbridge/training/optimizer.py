@@ -21,27 +21,34 @@ def learning_rate_schedule(config) -> optax.Schedule:
   """step -> learning rate: warmup, cosine decay over train.steps, then finetune's constant."""
   opt = config.optim
   main = optax.warmup_cosine_decay_schedule(
-      0.0, opt.lr, warmup_steps=min(int(opt.warmup_steps), max(int(config.train.steps) - 1, 1)),
-      decay_steps=max(int(config.train.steps), 2), end_value=opt.lr * opt.get("final_lr_fraction", 0.05))
+    0.0,
+    opt.lr,
+    warmup_steps=min(int(opt.warmup_steps), max(int(config.train.steps) - 1, 1)),
+    decay_steps=max(int(config.train.steps), 2),
+    end_value=opt.lr * opt.get("final_lr_fraction", 0.05),
+  )
   schedule = main
   if int(config.finetune.steps) > 0:
     schedule = optax.join_schedules(
-        [main, optax.constant_schedule(opt.lr * config.finetune.lr_scale)], [int(config.train.steps)])
+      [main, optax.constant_schedule(opt.lr * config.finetune.lr_scale)], [int(config.train.steps)]
+    )
   return schedule
 
 
 # optim.name -> optax optimizer of (schedule, optim config, first-moment dtype or None); the choices
 # of optim.name
 OPTIMIZERS: dict[str, Callable[[optax.Schedule, Any, Any], optax.GradientTransformation]] = {
-    "adam": lambda schedule, opt, mu_dtype: optax.adam(schedule, b1=opt.b1, b2=opt.b2,
-                                                       mu_dtype=mu_dtype),
-    "adamw": lambda schedule, opt, mu_dtype: optax.adamw(schedule, b1=opt.b1, b2=opt.b2,
-                                                         weight_decay=opt.weight_decay, mu_dtype=mu_dtype),
-    "sgd": lambda schedule, opt, mu_dtype: optax.sgd(schedule, momentum=0.9),
+  "adam": lambda schedule, opt, mu_dtype: optax.adam(
+    schedule, b1=opt.b1, b2=opt.b2, mu_dtype=mu_dtype
+  ),
+  "adamw": lambda schedule, opt, mu_dtype: optax.adamw(
+    schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mu_dtype=mu_dtype
+  ),
+  "sgd": lambda schedule, opt, mu_dtype: optax.sgd(schedule, momentum=0.9),
 }
 
 
-MU_DTYPES = CHOICES["optim.mu_dtype"]   # "" = the params' dtype
+MU_DTYPES = CHOICES["optim.mu_dtype"]  # "" = the params' dtype
 
 
 def make_optimizer(config) -> optax.GradientTransformation:

@@ -20,8 +20,9 @@ from graphbridge.core.routes import parse_route
 from graphbridge.core.fields import names
 
 
-def check_against_graph(config, graph, dataset=None, frozen_given: Iterable[str] | None = None,
-                        eval_paths: bool = True) -> None:
+def check_against_graph(
+  config, graph, dataset=None, frozen_given: Iterable[str] | None = None, eval_paths: bool = True
+) -> None:
   """ConfigError for config values that name edges or nodes the graph (built from the config and
   the data) does not have: graph.frozen, loss.supervised_edges (which also need train pairs),
   loss.cycle_starts, eval.paths. Runs before anything is compiled."""
@@ -30,20 +31,28 @@ def check_against_graph(config, graph, dataset=None, frozen_given: Iterable[str]
   listing = ", ".join(sorted(edges)) or "none"
   for e in names(_get(config, "graph.frozen")):
     if Edge.parse(e).name not in edges:
-      problems.append(f"graph.frozen names {e}, which is not an edge of the graph (edges: {listing})")
+      problems.append(
+        f"graph.frozen names {e}, which is not an edge of the graph (edges: {listing})"
+      )
     elif frozen_given is not None and Edge.parse(e).name not in set(frozen_given):
-      problems.append(f"graph.frozen names {e}, but no trained parameters are given for it: frozen edges come "
-                      "from a trained run (graphbridge-graft sets them); leave graph.frozen empty to train it")
+      problems.append(
+        f"graph.frozen names {e}, but no trained parameters are given for it: frozen edges come "
+        "from a trained run (graphbridge-graft sets them); leave graph.frozen empty to train it"
+      )
   for e in names(_get(config, "loss.supervised_edges")):
     name = Edge.parse(e).name
     if name not in edges:
-      problems.append(f"loss.supervised_edges names {e}, which is not an edge of the graph (edges: {listing})")
+      problems.append(
+        f"loss.supervised_edges names {e}, which is not an edge of the graph (edges: {listing})"
+      )
     elif dataset is not None and not len(dataset.pairs_for(*name.split("->"))):
       problems.append(f"loss.supervised_edges names {e}, but the data has no train pairs for it")
   for node in names(_get(config, "loss.cycle_starts")):
     if node not in graph.node_names:
-      problems.append(f"loss.cycle_starts names {node!r}, which is not a node of the graph "
-                      f"({', '.join(graph.node_names)})")
+      problems.append(
+        f"loss.cycle_starts names {node!r}, which is not a node of the graph "
+        f"({', '.join(graph.node_names)})"
+      )
   if eval_paths:
     for route in names(_get(config, "eval.paths")):
       try:
@@ -60,12 +69,13 @@ class Setup:
 
   `plan` is the step's objective (objective_lib.Objective): the graph's `objectives_lib.LossPlan`,
   `cmcr.CMCRObjective`, or any strategy's own."""
+
   layout: EdgeLayout
   plan: objective_lib.Objective
   compute_dtype: str
   batch_size: int
-  infonce_positives: tuple        # (("a->b", "label" | "pair"), ...) per pair set of the data
-  positive_choices: tuple = ()    # ((pair set, choice, why), ...) as printed on the plan line
+  infonce_positives: tuple  # (("a->b", "label" | "pair"), ...) per pair set of the data
+  positive_choices: tuple = ()  # ((pair set, choice, why), ...) as printed on the plan line
 
   @property
   def graph(self) -> ModalityGraph:
@@ -73,23 +83,31 @@ class Setup:
 
 
 def arch_from_config(model_cfg) -> TranslatorArch:
-  return TranslatorArch(hidden=tuple(model_cfg.hidden), activation=model_cfg.activation,
-                        layer_norm=bool(model_cfg.layer_norm), residual=bool(model_cfg.residual),
-                        impl=model_cfg.get("impl", "flax"),
-                        edge_apply=model_cfg.get("edge_apply", "auto"))
+  return TranslatorArch(
+    hidden=tuple(model_cfg.hidden),
+    activation=model_cfg.activation,
+    layer_norm=bool(model_cfg.layer_norm),
+    residual=bool(model_cfg.residual),
+    impl=model_cfg.get("impl", "flax"),
+    edge_apply=model_cfg.get("edge_apply", "auto"),
+  )
 
 
 def loss_settings_from_config(loss_cfg) -> objectives_lib.LossSettings:
   sup = fields.names(loss_cfg.get("supervised_edges", ""))
   starts = fields.names(loss_cfg.get("cycle_starts", ""))
   return objectives_lib.LossSettings(
-      edge_cos=float(loss_cfg.edge_cos), infonce=float(loss_cfg.infonce),
-      temperature=float(loss_cfg.temperature), learn_temperature=bool(loss_cfg.learn_temperature),
-      cycle_weights=tuple(float(w) for w in loss_cfg.cycle_weights),
-      supervised_edges=sup or None, cycle_starts=starts or None,
-      aligned_batches=bool(loss_cfg.get("aligned_batches", False)),
-      structure=float(loss_cfg.get("structure", 0.0)),
-      structure_temperature=float(loss_cfg.get("structure_temperature", 0.1)))
+    edge_cos=float(loss_cfg.edge_cos),
+    infonce=float(loss_cfg.infonce),
+    temperature=float(loss_cfg.temperature),
+    learn_temperature=bool(loss_cfg.learn_temperature),
+    cycle_weights=tuple(float(w) for w in loss_cfg.cycle_weights),
+    supervised_edges=sup or None,
+    cycle_starts=starts or None,
+    aligned_batches=bool(loss_cfg.get("aligned_batches", False)),
+    structure=float(loss_cfg.get("structure", 0.0)),
+    structure_temperature=float(loss_cfg.get("structure_temperature", 0.1)),
+  )
 
 
 def virtual_nodes_from_config(config) -> dict[str, int]:
@@ -115,15 +133,21 @@ def graph_from_config(config, dataset: dataset_lib.Dataset) -> ModalityGraph:
   return graph
 
 
-def build_setup(config, dataset: dataset_lib.Dataset, graph: ModalityGraph | None = None,
-                frozen: Sequence[str] = (), objective: Callable | None = None,
-                training: bool = False) -> Setup:
+def build_setup(
+  config,
+  dataset: dataset_lib.Dataset,
+  graph: ModalityGraph | None = None,
+  frozen: Sequence[str] = (),
+  objective: Callable | None = None,
+  training: bool = False,
+) -> Setup:
   """Static setup of a run. objective(layout, dataset, config) builds a strategy objective
   (default: the translator graph's loss plan from config.loss). training: the setup is for `train`,
   so every edge in graph.frozen must be among `frozen` (edges whose trained parameters are given)."""
   graph = graph or graph_from_config(config, dataset)
-  check_against_graph(config, graph, dataset, frozen_given=frozen if training else None,
-                                   eval_paths=objective is None)
+  check_against_graph(
+    config, graph, dataset, frozen_given=frozen if training else None, eval_paths=objective is None
+  )
   dataset.check_train_pairs()
   frozen = tuple(frozen) + fields.names(config.graph.get("frozen", ""))
   layout = EdgeLayout.build(graph, arch_from_config(config.model), frozen=frozen)
@@ -131,18 +155,31 @@ def build_setup(config, dataset: dataset_lib.Dataset, graph: ModalityGraph | Non
     plan = objective(layout, dataset, config)
   else:
     paired = [e for e in graph.edges if len(dataset.pairs_for(e.src, e.dst))]
-    plan = objectives_lib.build_plan(layout, loss_settings_from_config(config.loss), paired,
-                                 data_nodes=[n for n in graph.node_names if n in dataset.modalities])
+    plan = objectives_lib.build_plan(
+      layout,
+      loss_settings_from_config(config.loss),
+      paired,
+      data_nodes=[n for n in graph.node_names if n in dataset.modalities],
+    )
   dtype_from_name(config.model.compute_dtype)  # validate early
   requested = config.loss.get("infonce_positives", "auto")
   if requested not in positives_lib.POSITIVES:
     raise ConfigError(f"loss.infonce_positives={requested!r}: choose 'auto', 'label' or 'pair'")
-  choices = {f"{a}->{b}": positives_lib.choose_positives(dataset, a, b, requested) for a, b in dataset.pairs}
-  return Setup(layout, plan, config.model.compute_dtype, int(config.data.batch_size),
-               tuple((k, v[0]) for k, v in choices.items()), tuple((k, *v) for k, v in choices.items()))
+  choices = {
+    f"{a}->{b}": positives_lib.choose_positives(dataset, a, b, requested) for a, b in dataset.pairs
+  }
+  return Setup(
+    layout,
+    plan,
+    config.model.compute_dtype,
+    int(config.data.batch_size),
+    tuple((k, v[0]) for k, v in choices.items()),
+    tuple((k, *v) for k, v in choices.items()),
+  )
 
 
 def describe_positives(setup: Setup) -> str:
   """'InfoNCE positives: image<->text label (class-level pairs ...), ...' for the plan line."""
-  return "InfoNCE positives: " + ", ".join(f"{k.replace('->', '<->')} {c} ({why})"
-                                           for k, c, why in setup.positive_choices)
+  return "InfoNCE positives: " + ", ".join(
+    f"{k.replace('->', '<->')} {c} ({why})" for k, c, why in setup.positive_choices
+  )

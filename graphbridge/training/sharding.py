@@ -57,8 +57,10 @@ def resolve_axes(data: int, edges: int, n_devices: int) -> tuple[int, int]:
     raise MeshError(f"mesh.edges={edges} does not divide the {n_devices} devices")
   data = int(data) if int(data) > 0 else n_devices // edges
   if data * edges > n_devices:
-    raise MeshError(f"mesh data={data} x edges={edges} needs {data * edges} devices but there are "
-                    f"{n_devices} ({jax.process_count()} process(es)); lower mesh.data or mesh.edges")
+    raise MeshError(
+      f"mesh data={data} x edges={edges} needs {data * edges} devices but there are "
+      f"{n_devices} ({jax.process_count()} process(es)); lower mesh.data or mesh.edges"
+    )
   return data, edges
 
 
@@ -69,8 +71,9 @@ def make_mesh(data: int = -1, edges: int = 1, devices: Sequence[jax.Device] | No
   partitioner propagates them (the lm1b/big_vision style)."""
   devices = list(devices if devices is not None else jax.devices())
   data, edges = resolve_axes(data, edges, len(devices))
-  return jax.make_mesh((data, edges), (DATA, EDGES), axis_types=(jax.sharding.AxisType.Auto,) * 2,
-                       devices=devices)
+  return jax.make_mesh(
+    (data, edges), (DATA, EDGES), axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices
+  )
 
 
 def mesh_from_config(config) -> Mesh | None:
@@ -88,14 +91,18 @@ def mesh_from_config(config) -> Mesh | None:
 def describe(mesh: Mesh | None) -> str:
   if mesh is None:
     return f"one device ({jax.devices()[0].device_kind})"
-  return (f"mesh data={mesh.shape[DATA]} x edges={mesh.shape[EDGES]} over {mesh.devices.size} "
-          f"{mesh.devices.flat[0].device_kind} devices in {jax.process_count()} process(es)")
+  return (
+    f"mesh data={mesh.shape[DATA]} x edges={mesh.shape[EDGES]} over {mesh.devices.size} "
+    f"{mesh.devices.flat[0].device_kind} devices in {jax.process_count()} process(es)"
+  )
 
 
 def check_batch(batch_size: int, mesh: Mesh) -> None:
   if batch_size % mesh.shape[DATA]:
-    raise MeshError(f"data.batch_size={batch_size} is not divisible by the mesh's data axis "
-                    f"({mesh.shape[DATA]} devices); use a multiple of {mesh.shape[DATA]} or set mesh.data")
+    raise MeshError(
+      f"data.batch_size={batch_size} is not divisible by the mesh's data axis "
+      f"({mesh.shape[DATA]} devices); use a multiple of {mesh.shape[DATA]} or set mesh.data"
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -133,26 +140,33 @@ def leaf_spec(layout: EdgeLayout, keys: Sequence[str], shape: Sequence[int], mes
 def tree_shardings(layout: EdgeLayout, tree: PyTree, mesh: Mesh) -> PyTree:
   """NamedShardings for a train state (or frozen params) with the structure of `tree` (arrays
   or ShapeDtypeStructs)."""
+
   def one(path, leaf):
     return NamedSharding(mesh, leaf_spec(layout, [_key_str(k) for k in path], np.shape(leaf), mesh))
+
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
 def batch_shardings(batch: PyTree, batch_size: int, mesh: Mesh) -> PyTree:
   """Leaves with a leading batch axis are split over `data`; others (e.g. a memory bank) replicated."""
   return jax.tree.map(
-      lambda x: NamedSharding(mesh, P(DATA) if np.ndim(x) >= 1 and np.shape(x)[0] == batch_size else P()),
-      batch)
+    lambda x: NamedSharding(
+      mesh, P(DATA) if np.ndim(x) >= 1 and np.shape(x)[0] == batch_size else P()
+    ),
+    batch,
+  )
 
 
 def arrays_shardings(arrays: PyTree, mesh: Mesh, by_rows: bool = False) -> PyTree:
   """Sampler arrays: replicated (small data), or with `by_rows` the embedding tables split by rows
   over `data` (each device holds 1/data of every table; the sampler's gathers become XLA
   collectives). Tables are padded to a multiple of the axis size by `put_arrays`."""
+
   def one(path, leaf):
     if by_rows and tables_lib.is_table([_key_str(k) for k in path], leaf):
       return NamedSharding(mesh, P(DATA))
     return replicated(mesh)
+
   return jax.tree_util.tree_map_with_path(one, arrays)
 
 
@@ -163,7 +177,9 @@ def _put_leaf(x, sharding: NamedSharding) -> jax.Array:
     x = np.asarray(x)  # a process-local value (every process holds the same)
   shape, dtype = tuple(np.shape(x)), np.dtype(getattr(x, "dtype", np.asarray(x).dtype))
   # each process is asked only for the slices its devices hold (a memmap reads only those rows)
-  return jax.make_array_from_callback(shape, sharding, lambda index: np.asarray(x[index]), dtype=dtype)
+  return jax.make_array_from_callback(
+    shape, sharding, lambda index: np.asarray(x[index]), dtype=dtype
+  )
 
 
 def put(tree: PyTree, shardings: PyTree) -> PyTree:
@@ -174,6 +190,7 @@ def put(tree: PyTree, shardings: PyTree) -> PyTree:
 def put_arrays(arrays: PyTree, shardings: PyTree) -> PyTree:
   """Like `put`, but a table split by rows whose row count the axis does not divide is padded
   with zero rows (never sampled: samplers draw through row-index arrays)."""
+
   def one(x, sharding):
     spec = sharding.spec
     n = sharding.mesh.shape[DATA]
@@ -188,10 +205,12 @@ def put_arrays(arrays: PyTree, shardings: PyTree) -> PyTree:
         out = np.zeros((stop - start, dim), dtype)
         real = max(min(stop, rows) - start, 0)
         if real:
-          out[:real] = np.asarray(x[start:start + real])
+          out[:real] = np.asarray(x[start : start + real])
         return out[(slice(None),) + tuple(index[1:])]
+
       return jax.make_array_from_callback((padded, dim), sharding, shard, dtype=dtype)
     return _put_leaf(x, sharding)
+
   return jax.tree.map(one, arrays, shardings)
 
 
@@ -208,6 +227,7 @@ def to_host(tree: PyTree) -> PyTree:
     if x.is_fully_addressable or x.is_fully_replicated:
       return np.asarray(jax.device_get(x))
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
   return jax.tree.map(one, tree)
 
 

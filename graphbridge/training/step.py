@@ -37,7 +37,9 @@ def _per_row_sum_of_squares(g: jax.Array) -> jax.Array:
   return jnp.sum(jnp.sum(sq, axis=2), axis=1)
 
 
-def make_step_fn(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite: bool = True) -> Callable:
+def make_step_fn(
+  setup: Setup, tx: optax.GradientTransformation, skip_nonfinite: bool = True
+) -> Callable:
   """step(state, frozen_edges, batch) -> (state, metrics); pure, not yet jitted."""
   plan, dtype = setup.plan, dtype_from_name(setup.compute_dtype)
 
@@ -57,8 +59,9 @@ def make_step_fn(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite:
       grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state["params"])
     terms_finite = {k: jnp.isfinite(v) for k, v in aux["terms"].items()}
     grads_finite = {k: jnp.isfinite(v) for k, v in grad_norms.items()}
-    finite = jnp.isfinite(total) & jnp.all(jnp.asarray(
-        [jnp.all(v) for v in list(terms_finite.values()) + list(grads_finite.values())]))
+    finite = jnp.isfinite(total) & jnp.all(
+      jnp.asarray([jnp.all(v) for v in list(terms_finite.values()) + list(grads_finite.values())])
+    )
 
     def update(params, opt):
       updates, new_opt = tx.update(grads, opt, params)
@@ -66,20 +69,29 @@ def make_step_fn(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite:
 
     if skip_nonfinite:  # a bad step leaves params and optimizer untouched; the host stops the run
       # one branch runs: no select pass over params and optimizer state on good steps
-      new_params, new_opt = jax.lax.cond(finite, update, lambda p, o: (p, o), state["params"], state["opt"])
+      new_params, new_opt = jax.lax.cond(
+        finite, update, lambda p, o: (p, o), state["params"], state["opt"]
+      )
     else:
       new_params, new_opt = update(state["params"], state["opt"])
     health = state["health"]
     first_bad = (health["bad_step"] < 0) & ~finite
     health = {
-        "bad_step": jnp.where(first_bad, state["step"], health["bad_step"]),
-        "terms_finite": jax.tree.map(lambda new, old: jnp.where(first_bad, new, old),
-                                     terms_finite, health["terms_finite"]),
-        "grads_finite": jax.tree.map(lambda new, old: jnp.where(first_bad, new, old),
-                                     grads_finite, health["grads_finite"]),
+      "bad_step": jnp.where(first_bad, state["step"], health["bad_step"]),
+      "terms_finite": jax.tree.map(
+        lambda new, old: jnp.where(first_bad, new, old), terms_finite, health["terms_finite"]
+      ),
+      "grads_finite": jax.tree.map(
+        lambda new, old: jnp.where(first_bad, new, old), grads_finite, health["grads_finite"]
+      ),
     }
-    new_state = {**state, "step": state["step"] + 1, "params": new_params, "opt": new_opt,
-                 "health": health}
+    new_state = {
+      **state,
+      "step": state["step"] + 1,
+      "params": new_params,
+      "opt": new_opt,
+      "health": health,
+    }
     if lowp:
       new_state["compute_params"] = to_compute_dtype(setup, new_params["edges"])
     metrics = {"loss/total": total, "grad_norm": grad_norms, **aux}
@@ -88,9 +100,14 @@ def make_step_fn(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite:
   return step
 
 
-def make_device_step(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite: bool = True,
-                     donate: bool = True, mesh: jax.sharding.Mesh | None = None,
-                     arrays_sharding: PyTree | None = None) -> Callable:
+def make_device_step(
+  setup: Setup,
+  tx: optax.GradientTransformation,
+  skip_nonfinite: bool = True,
+  donate: bool = True,
+  mesh: jax.sharding.Mesh | None = None,
+  arrays_sharding: PyTree | None = None,
+) -> Callable:
   """jit(step(state, frozen, arrays)): draws the batch on device, then one optimizer step.
 
   The batch RNG is fold_in(state.rng, state.step), so a resumed run sees the same batches.
@@ -104,27 +121,43 @@ def make_device_step(setup: Setup, tx: optax.GradientTransformation, skip_nonfin
     key = jax.random.fold_in(state["rng"], state["step"])
     batch = setup.plan.sample(arrays, key, setup.batch_size)
     if mesh is not None:  # drawn whole (as on one device), then split over the data axis
-      batch = jax.lax.with_sharding_constraint(batch, sharding_lib.batch_shardings(batch, setup.batch_size, mesh))
+      batch = jax.lax.with_sharding_constraint(
+        batch, sharding_lib.batch_shardings(batch, setup.batch_size, mesh)
+      )
     return step(state, frozen, batch)
 
   if mesh is None:
     return jax.jit(device_step, donate_argnums=donate_argnums)
   state_sh = state_shardings(setup, tx, mesh)
-  in_shardings = (state_sh, frozen_shardings(setup, mesh),
-                  arrays_sharding if arrays_sharding is not None else sharding_lib.replicated(mesh))
-  return jax.jit(device_step, in_shardings=in_shardings,
-                 out_shardings=(state_sh, sharding_lib.replicated(mesh)), donate_argnums=donate_argnums)
+  in_shardings = (
+    state_sh,
+    frozen_shardings(setup, mesh),
+    arrays_sharding if arrays_sharding is not None else sharding_lib.replicated(mesh),
+  )
+  return jax.jit(
+    device_step,
+    in_shardings=in_shardings,
+    out_shardings=(state_sh, sharding_lib.replicated(mesh)),
+    donate_argnums=donate_argnums,
+  )
 
 
 def frozen_shardings(setup: Setup, mesh: jax.sharding.Mesh) -> dict:
   """Shardings of the frozen edges argument ({bucket: stacked}, every frozen bucket, or {})."""
-  return {b.key: sharding_lib.NamedSharding(mesh, sharding_lib.edge_axis_spec(b.size, mesh))
-          for b in setup.layout.frozen_buckets}
+  return {
+    b.key: sharding_lib.NamedSharding(mesh, sharding_lib.edge_axis_spec(b.size, mesh))
+    for b in setup.layout.frozen_buckets
+  }
 
 
-def make_batch_step(setup: Setup, tx: optax.GradientTransformation, skip_nonfinite: bool = True,
-                    donate: bool = True, mesh: jax.sharding.Mesh | None = None,
-                    batch_sharding: PyTree | None = None) -> Callable:
+def make_batch_step(
+  setup: Setup,
+  tx: optax.GradientTransformation,
+  skip_nonfinite: bool = True,
+  donate: bool = True,
+  mesh: jax.sharding.Mesh | None = None,
+  batch_sharding: PyTree | None = None,
+) -> Callable:
   """jit(step(state, frozen, batch)) for batches drawn on the host (data.host_sampling).
 
   With a mesh: in/out shardings as make_device_step; `batch_sharding` (default: split over
@@ -134,10 +167,17 @@ def make_batch_step(setup: Setup, tx: optax.GradientTransformation, skip_nonfini
   if mesh is None:
     return jax.jit(step, donate_argnums=donate_argnums)
   state_sh = state_shardings(setup, tx, mesh)
-  batch_sh = batch_sharding if batch_sharding is not None else sharding_lib.NamedSharding(
-      mesh, sharding_lib.P(sharding_lib.DATA))
-  return jax.jit(step, in_shardings=(state_sh, frozen_shardings(setup, mesh), batch_sh),
-                 out_shardings=(state_sh, sharding_lib.replicated(mesh)), donate_argnums=donate_argnums)
+  batch_sh = (
+    batch_sharding
+    if batch_sharding is not None
+    else sharding_lib.NamedSharding(mesh, sharding_lib.P(sharding_lib.DATA))
+  )
+  return jax.jit(
+    step,
+    in_shardings=(state_sh, frozen_shardings(setup, mesh), batch_sh),
+    out_shardings=(state_sh, sharding_lib.replicated(mesh)),
+    donate_argnums=donate_argnums,
+  )
 
 
 def sampler_arrays(setup: Setup, dataset: dataset_lib.Dataset) -> dict:
@@ -151,18 +191,27 @@ def raise_if_unhealthy(setup: Setup, health: Mapping) -> None:
   if bad_step < 0:
     return
   names = setup.plan.term_names()
-  bad_terms = [f"{kind} {names[kind][i]}" for kind, ok in health["terms_finite"].items()
-               for i in np.nonzero(~np.asarray(ok))[0]]
-  bad_grads = [setup.layout.bucket_by_key[key].edges[i].name for key, ok in health["grads_finite"].items()
-               for i in np.nonzero(~np.asarray(ok))[0]]
+  bad_terms = [
+    f"{kind} {names[kind][i]}"
+    for kind, ok in health["terms_finite"].items()
+    for i in np.nonzero(~np.asarray(ok))[0]
+  ]
+  bad_grads = [
+    setup.layout.bucket_by_key[key].edges[i].name
+    for key, ok in health["grads_finite"].items()
+    for i in np.nonzero(~np.asarray(ok))[0]
+  ]
   parts = []
   if bad_terms:
     parts.append("non-finite loss term(s): " + ", ".join(bad_terms))
   if bad_grads:
     parts.append("non-finite gradient for edge(s): " + ", ".join(bad_grads))
   # 1-based, like progress lines and checkpoint steps: "step 5" is the 5th update
-  raise NonFiniteError(f"step {bad_step + 1}: " + ("; ".join(parts) or "non-finite total loss") +
-                       " (the update was skipped; checkpoints hold the last good state)")
+  raise NonFiniteError(
+    f"step {bad_step + 1}: "
+    + ("; ".join(parts) or "non-finite total loss")
+    + " (the update was skipped; checkpoints hold the last good state)"
+  )
 
 
 def flat_metrics(setup: Setup, metrics: Mapping) -> dict[str, float]:
@@ -191,6 +240,10 @@ def flat_metrics(setup: Setup, metrics: Mapping) -> dict[str, float]:
 
 def progress_terms(values: Mapping[str, float]) -> str:
   """'edge_cos 0.412 infonce 0.380 cycle/2 0.370' from flat metrics."""
-  return "  ".join(f"{k[5:]} {v:.3f}" for k, v in values.items()
-                   if k.startswith("loss/") and k != "loss/total" and (k.count("/") == 1 or
-                                                                       k.startswith("loss/cycle/")))
+  return "  ".join(
+    f"{k[5:]} {v:.3f}"
+    for k, v in values.items()
+    if k.startswith("loss/")
+    and k != "loss/total"
+    and (k.count("/") == 1 or k.startswith("loss/cycle/"))
+  )

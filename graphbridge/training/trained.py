@@ -18,8 +18,9 @@ from graphbridge.model.translators import EdgeLayout, TranslatorArch, stack, uns
 @dataclasses.dataclass
 class TrainedRun:
   """A run restored from its checkpoint directory (for evaluation, grafting, composing paths)."""
+
   layout: EdgeLayout
-  params: dict              # {bucket_key: stacked} for every edge
+  params: dict  # {bucket_key: stacked} for every edge
   config: ml_collections.ConfigDict
   meta: dict
   step: int
@@ -41,15 +42,21 @@ def layout_from_meta(meta: Mapping) -> EdgeLayout:
   layout = meta["layout"]
   graph = ModalityGraph.from_dict(layout["graph"])
   arch = {e: TranslatorArch.from_dict(a) for e, a in layout["arch"].items()}
-  return EdgeLayout.build(graph, arch)  # every edge trainable: a restored run is a plain set of params
+  return EdgeLayout.build(
+    graph, arch
+  )  # every edge trainable: a restored run is a plain set of params
 
 
 def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
   """Restore every edge's params from workdir/checkpoints (latest complete step by default)."""
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
-    raise errors.CheckpointError(f"no checkpoints in {workdir!r} (expected {directory}); train first")
-  checkpoints = checkpoint_lib.Checkpoints(directory, max_to_keep=None, async_save=False, read_only=True)
+    raise errors.CheckpointError(
+      f"no checkpoints in {workdir!r} (expected {directory}); train first"
+    )
+  checkpoints = checkpoint_lib.Checkpoints(
+    directory, max_to_keep=None, async_save=False, read_only=True
+  )
   if not checkpoints.all_steps():
     raise errors.CheckpointError(f"no complete checkpoint in {directory}")
 
@@ -64,7 +71,9 @@ def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
   if problems:
     logging.warning("using checkpoint step %d, the latest complete one in %s", step, directory)
   meta, layout, items = found
-  params = stack(layout, {e: jax.tree.map(jnp.asarray, item["params"]) for e, item in items.items()})
+  params = stack(
+    layout, {e: jax.tree.map(jnp.asarray, item["params"]) for e, item in items.items()}
+  )
   config = ml_collections.ConfigDict(meta.get("config", {}))
   return TrainedRun(layout, params, config, meta, step, workdir)
 
@@ -74,18 +83,29 @@ def workdir_meta(workdir: str) -> dict:
   strategy, which config); CheckpointError if there is none."""
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
-    raise errors.CheckpointError(f"no checkpoints in {workdir!r} (expected {directory}); train first")
-  checkpoints = checkpoint_lib.Checkpoints(directory, max_to_keep=None, async_save=False, read_only=True)
+    raise errors.CheckpointError(
+      f"no checkpoints in {workdir!r} (expected {directory}); train first"
+    )
+  checkpoints = checkpoint_lib.Checkpoints(
+    directory, max_to_keep=None, async_save=False, read_only=True
+  )
   problems = []
   for step in reversed(checkpoints.all_steps()):
     try:
       return checkpoints.restore_meta(step)
     except errors.CheckpointError as exc:
       problems.append(str(exc))
-  raise errors.CheckpointError(f"no complete checkpoint in {directory}" + (": " + "; ".join(problems) if problems else ""))
+  raise errors.CheckpointError(
+    f"no complete checkpoint in {directory}" + (": " + "; ".join(problems) if problems else "")
+  )
 
 
 def strategy_name(meta: Mapping) -> str:
   """The strategy a checkpoint's meta was written by (checkpoints before the field: its config's,
   or the model kind)."""
-  return str(meta.get("strategy") or (meta.get("config") or {}).get("strategy") or meta.get("kind") or "graph")
+  return str(
+    meta.get("strategy")
+    or (meta.get("config") or {}).get("strategy")
+    or meta.get("kind")
+    or "graph"
+  )

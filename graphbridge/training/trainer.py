@@ -32,10 +32,21 @@ from graphbridge.training import writers as writers_lib
 from graphbridge.core.graph import ModalityGraph
 from graphbridge.model.translators import stack, unstack
 from graphbridge.training.identity import restore_state, run_meta
-from graphbridge.training.optimizer import learning_rate_schedule, make_optimizer, phase_weights, total_steps
+from graphbridge.training.optimizer import (
+  learning_rate_schedule,
+  make_optimizer,
+  phase_weights,
+  total_steps,
+)
 from graphbridge.training.setup import Setup, build_setup, describe_positives
 from graphbridge.training.state import compute_frozen, init_state, state_to_items, with_edge_params
-from graphbridge.training.step import flat_metrics, make_batch_step, make_device_step, progress_terms, raise_if_unhealthy
+from graphbridge.training.step import (
+  flat_metrics,
+  make_batch_step,
+  make_device_step,
+  progress_terms,
+  raise_if_unhealthy,
+)
 from graphbridge.training.writers import trim_metrics
 from graphbridge.training.step import sampler_arrays
 
@@ -66,10 +77,16 @@ class TrainResult:
 _log = writers_lib.log_process0  # the default `log` of every entry point
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: dataset_lib.Dataset | None = None,
-          frozen_params: Mapping[str, PyTree] | None = None, graph: ModalityGraph | None = None,
-          log: Callable[[str], None] = _log, objective: Callable[[Setup], Any] | None = None,
-          frozen_from: Mapping[str, str] | None = None) -> TrainResult:
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str | None,
+  dataset: dataset_lib.Dataset | None = None,
+  frozen_params: Mapping[str, PyTree] | None = None,
+  graph: ModalityGraph | None = None,
+  log: Callable[[str], None] = _log,
+  objective: Callable[[Setup], Any] | None = None,
+  frozen_from: Mapping[str, str] | None = None,
+) -> TrainResult:
   """Train translators as `config` says; checkpoints and metrics under `workdir` (None: neither).
 
   Resumes from the latest complete checkpoint in workdir.
@@ -92,20 +109,33 @@ def train(config: ml_collections.ConfigDict, workdir: str | None, dataset: datas
     return _train(config, workdir, dataset, frozen_params, graph, log, objective, frozen_from, lock)
 
 
-def _train(config, workdir, dataset, frozen_params, graph, log, objective, frozen_from,
-           lock: Callable[[], Any]) -> TrainResult:
+def _train(
+  config,
+  workdir,
+  dataset,
+  frozen_params,
+  graph,
+  log,
+  objective,
+  frozen_from,
+  lock: Callable[[], Any],
+) -> TrainResult:
   problems = fields.range_problems(config)  # also for library callers that skip validate()
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
   dataset = dataset if dataset is not None else readers_lib.load_for_config(config)
   full_dataset, validator = dataset, None
   validate_every = int(config.train.get("validate_every", 0) or 0)
-  if validate_every > 0:  # held-back train rows: never trained on, scored every validate_every steps
-    dataset, val_view = validation_lib.hold_out(dataset, float(config.train.get("validate_fraction", 0.1)),
-                                                int(config.seed))
+  if (
+    validate_every > 0
+  ):  # held-back train rows: never trained on, scored every validate_every steps
+    dataset, val_view = validation_lib.hold_out(
+      dataset, float(config.train.get("validate_fraction", 0.1)), int(config.seed)
+    )
   frozen_params = dict(frozen_params or {})
-  setup = build_setup(config, dataset, graph=graph, frozen=tuple(frozen_params), objective=objective,
-                      training=True)
+  setup = build_setup(
+    config, dataset, graph=graph, frozen=tuple(frozen_params), objective=objective, training=True
+  )
   layout, plan = setup.layout, setup.plan
   mesh = sharding_lib.mesh_from_config(config)  # None: one device, no shardings (the plain path)
   if mesh is not None:
@@ -114,8 +144,11 @@ def _train(config, workdir, dataset, frozen_params, graph, log, objective, froze
   frozen_f32 = stack(layout, frozen_params, buckets=layout.frozen_buckets) if frozen_params else {}
   frozen = compute_frozen(setup, frozen_f32)
   frozen_from = dict(frozen_from or {})
-  frozen_items = {e: {"params": jax.tree.map(np.asarray, p), "opt": {}} for e, p in frozen_params.items()
-                  if e not in frozen_from}
+  frozen_items = {
+    e: {"params": jax.tree.map(np.asarray, p), "opt": {}}
+    for e, p in frozen_params.items()
+    if e not in frozen_from
+  }
   tx = make_optimizer(config)
   n_total = total_steps(config)
   state = init_state(setup, tx, int(config.seed), phase_weights(config, plan, 0), mesh=mesh)
@@ -128,13 +161,15 @@ def _train(config, workdir, dataset, frozen_params, graph, log, objective, froze
   history: list = []  # changes accepted on resumes (train.allow_resume_changes), kept in every meta
   if workdir:
     lock()
-    checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
-                                       max_to_keep=int(config.train.get("keep_checkpoints", 2)))
+    checkpoints = checkpoint_lib.Checkpoints(
+      os.path.join(workdir, "checkpoints"), max_to_keep=int(config.train.get("keep_checkpoints", 2))
+    )
     # with a mesh the template is host zeros: restore reads only its shapes, and a state sharded
     # over several processes cannot be read by one
     template = state if mesh is None else sharding_lib.zeros_like_host(state)
-    restored, restored_step = restore_state(setup, checkpoints, template, log=log, config=config,
-                                            dataset=dataset, history=history)
+    restored, restored_step = restore_state(
+      setup, checkpoints, template, log=log, config=config, dataset=dataset, history=history
+    )
     if restored is not None:
       state, start = restored, int(restored_step)
       if mesh is not None:
@@ -144,13 +179,16 @@ def _train(config, workdir, dataset, frozen_params, graph, log, objective, froze
   writer = writers_lib.for_run(workdir, config, log=log)
   lr_at = learning_rate_schedule(config)
   if validate_every > 0:
-    validator = validation_lib.Validator(layout, val_view, setup.compute_dtype,
-                                         keep=bool(config.train.get("keep_best", False)))
+    validator = validation_lib.Validator(
+      layout, val_view, setup.compute_dtype, keep=bool(config.train.get("keep_best", False))
+    )
 
   skip_nonfinite = bool(config.train.get("skip_nonfinite", True))
   batches = None
   if host_sampling:
-    sampler = host_lib.HostSampler(plan.sample, sampler_arrays(setup, dataset), setup.batch_size, state["rng"])
+    sampler = host_lib.HostSampler(
+      plan.sample, sampler_arrays(setup, dataset), setup.batch_size, state["rng"]
+    )
     if mesh is None:
       produce = lambda s: jax.device_put(sampler.batch(s))
       batch_sh = None
@@ -158,19 +196,28 @@ def _train(config, workdir, dataset, frozen_params, graph, log, objective, froze
       batch_sh = sharding_lib.batch_shardings(sampler.batch_shapes, setup.batch_size, mesh)
       produce = lambda s: sampler.global_batch(s, batch_sh)
     batches = host_lib.Prefetcher(produce, start, n_total, size=int(config.data.get("prefetch", 4)))
-    step_fn = make_batch_step(setup, tx, skip_nonfinite=skip_nonfinite, mesh=mesh, batch_sharding=batch_sh)
+    step_fn = make_batch_step(
+      setup, tx, skip_nonfinite=skip_nonfinite, mesh=mesh, batch_sharding=batch_sh
+    )
   elif mesh is None:
     arrays = jax.device_put(tables_lib.materialize_tables(sampler_arrays(setup, dataset)))
     step_fn = make_device_step(setup, tx, skip_nonfinite=skip_nonfinite)
   else:
     host_arrays = tables_lib.materialize_tables(sampler_arrays(setup, dataset))
-    arrays_sh = sharding_lib.arrays_shardings(host_arrays, mesh,
-                                              by_rows=bool(config.get("mesh", {}).get("shard_data_rows", False)))
+    arrays_sh = sharding_lib.arrays_shardings(
+      host_arrays, mesh, by_rows=bool(config.get("mesh", {}).get("shard_data_rows", False))
+    )
     arrays = sharding_lib.put_arrays(host_arrays, arrays_sh)
-    step_fn = make_device_step(setup, tx, skip_nonfinite=skip_nonfinite, mesh=mesh, arrays_sharding=arrays_sh)
+    step_fn = make_device_step(
+      setup, tx, skip_nonfinite=skip_nonfinite, mesh=mesh, arrays_sharding=arrays_sh
+    )
   if mesh is not None:
-    log(f"devices: {sharding_lib.describe(mesh)}; translators by bucket: "
-        + ", ".join(f"{k} {v}" for k, v in sharding_lib.spec_summary(layout, state["params"]["edges"]).items()))
+    log(
+      f"devices: {sharding_lib.describe(mesh)}; translators by bucket: "
+      + ", ".join(
+        f"{k} {v}" for k, v in sharding_lib.spec_summary(layout, state["params"]["edges"]).items()
+      )
+    )
   log(f"graph: {setup.graph.describe()}")
   log(f"plan: {plan.describe()}; {describe_positives(setup)}; {start}/{n_total} steps done")
 
@@ -194,30 +241,60 @@ def _train(config, workdir, dataset, frozen_params, graph, log, objective, froze
     return out
 
   def keep_best(state):
-    if validator is None or not validator.keep or validator.best_params is None or validator.best_step == n_total:
+    if (
+      validator is None
+      or not validator.keep
+      or validator.best_params is None
+      or validator.best_step == n_total
+    ):
       return state
-    log(f"keeping the params of step {validator.best_step} (best val mAP {validator.best_map:.3f}; train.keep_best)")
+    log(
+      f"keeping the params of step {validator.best_step} (best val mAP {validator.best_map:.3f}; train.keep_best)"
+    )
     return with_edge_params(state, validator.best_params, setup)
 
   def save(done, state):
     raise_if_unhealthy(setup, state["health"])
     # every process gathers the (possibly sharded) state; Orbax writes numpy from process 0
-    edge_items, train_item = state_to_items(setup, state if mesh is None else sharding_lib.to_host(
-        {k: v for k, v in state.items() if k != "compute_params"}))
-    checkpoints.save(done, {**edge_items, **frozen_items}, train_item, run_meta(setup, config, dataset, history),
-                     copy_items_from=frozen_from)
+    edge_items, train_item = state_to_items(
+      setup,
+      state
+      if mesh is None
+      else sharding_lib.to_host({k: v for k, v in state.items() if k != "compute_params"}),
+    )
+    checkpoints.save(
+      done,
+      {**edge_items, **frozen_items},
+      train_item,
+      run_meta(setup, config, dataset, history),
+      copy_items_from=frozen_from,
+    )
 
   line = lambda v: f"loss {v['loss/total']:.4f}  {progress_terms(v)}  lr {v['lr']:.2e}"
   step = lambda state, i: step_fn(state, frozen, next(batches) if batches is not None else arrays)
-  result = loop_lib.run(state, start, loop_lib.Cadence.from_config(config, n_total), step, values=values, line=line,
-                        writer=writer, log=log, save=save if checkpoints else None, before_step=before_step,
-                        at_end=keep_best, close=[c.close for c in (batches, checkpoints) if c is not None])
+  result = loop_lib.run(
+    state,
+    start,
+    loop_lib.Cadence.from_config(config, n_total),
+    step,
+    values=values,
+    line=line,
+    writer=writer,
+    log=log,
+    save=save if checkpoints else None,
+    before_step=before_step,
+    at_end=keep_best,
+    close=[c.close for c in (batches, checkpoints) if c is not None],
+  )
   state, metrics, compile_seconds = result.state, result.metrics, result.compile_seconds
   if metrics is not None:
     raise_if_unhealthy(setup, state["health"])
   seconds = result.seconds
   final = flat_metrics(setup, metrics) if metrics is not None else {}
-  if mesh is not None:  # callers (evaluation, grafting) get host-gathered arrays, as from one device
+  if (
+    mesh is not None
+  ):  # callers (evaluation, grafting) get host-gathered arrays, as from one device
     state = jax.tree.map(jnp.asarray, sharding_lib.to_host(state))
-  return TrainResult(setup, state, frozen_f32, full_dataset, max(n_total - start, 0), seconds, compile_seconds,
-                     final)
+  return TrainResult(
+    setup, state, frozen_f32, full_dataset, max(n_total - start, 0), seconds, compile_seconds, final
+  )

@@ -23,8 +23,9 @@ from graphbridge.evaluation import aligners as aligners_lib
 from graphbridge.evaluation import retrieval as retrieval_lib
 
 
-def hold_out(dataset: dataset_lib.Dataset, fraction: float, seed: int = 0
-             ) -> tuple[dataset_lib.Dataset, dataset_lib.Dataset]:
+def hold_out(
+  dataset: dataset_lib.Dataset, fraction: float, seed: int = 0
+) -> tuple[dataset_lib.Dataset, dataset_lib.Dataset]:
   """(train view, validation view) of `dataset`: the train view has the held-back rows removed from
   its train masks; the validation view has them as its *test* rows (so evaluation code reads them
   with split="test"). Arrays are shared, not copied."""
@@ -48,8 +49,10 @@ def hold_out(dataset: dataset_lib.Dataset, fraction: float, seed: int = 0
   train_mods, val_mods = {}, {}
   for name, m in mods.items():
     if held[name].sum() >= m.train.sum():
-      raise errors.DataError(f"validation hold-out would leave {name!r} with no train rows; lower "
-                               "train.validate_fraction")
+      raise errors.DataError(
+        f"validation hold-out would leave {name!r} with no train rows; lower "
+        "train.validate_fraction"
+      )
     t, v = copy.copy(m), copy.copy(m)
     t.train = m.train & ~held[name]
     v.test = held[name]
@@ -62,17 +65,19 @@ def hold_out(dataset: dataset_lib.Dataset, fraction: float, seed: int = 0
 @dataclasses.dataclass
 class Validator:
   """Scores params on the held-back rows; remembers the best step."""
+
   layout: object
-  dataset: dataset_lib.Dataset          # the validation view (held-back rows as test rows)
+  dataset: dataset_lib.Dataset  # the validation view (held-back rows as test rows)
   compute_dtype: str = "float32"
   best_map: float = float("-inf")
   best_step: int = -1
-  best_params: dict | None = None    # host copy of the best step's params (kept only with keep=True)
+  best_params: dict | None = None  # host copy of the best step's params (kept only with keep=True)
   keep: bool = False
 
   def score(self, step: int, params: Mapping) -> dict[str, float]:
     """{"val/mAP", "val/mAP/<q>-><g>"..., "val/best_mAP", "val/best_step"}; params: stacked, every edge."""
     import jax
+
     host = jax.device_get(dict(params))
     aligner = aligners_lib.GraphAligner(self.layout, host, self.compute_dtype, name="val")
     rows = retrieval_lib.retrieval_rows(aligner, self.dataset, split="test", ks=(1,))
@@ -86,4 +91,9 @@ class Validator:
       self.best_map, self.best_step = mean, int(step)
       if self.keep:
         self.best_params = host
-    return {"val/mAP": mean, **out, "val/best_mAP": self.best_map, "val/best_step": float(self.best_step)}
+    return {
+      "val/mAP": mean,
+      **out,
+      "val/best_mAP": self.best_map,
+      "val/best_step": float(self.best_step),
+    }

@@ -42,8 +42,10 @@ class JsonlWriter:
         f.write(json.dumps({"step": int(step), **scalars}) + "\n")
     if os.environ.get("GRAPHBRIDGE_KILL_AFTER_STEP") == str(step):  # fault injection for tests
       os.kill(os.getpid(), 9)
-    if os.environ.get("GRAPHBRIDGE_FILL_DISK_AFTER_STEP") == str(step) and self.path:  # fault injection:
-      _fill_disk(os.path.dirname(self.path))                                          # a full disk
+    if (
+      os.environ.get("GRAPHBRIDGE_FILL_DISK_AFTER_STEP") == str(step) and self.path
+    ):  # fault injection:
+      _fill_disk(os.path.dirname(self.path))  # a full disk
 
   def flush(self) -> None:
     pass
@@ -57,6 +59,7 @@ class TensorBoardWriter:
 
   def __init__(self, logdir: str):
     from tensorboardX import SummaryWriter  # ImportError when the extra is not installed
+
     self.logdir = logdir
     self._writer = SummaryWriter(logdir=logdir)
 
@@ -119,6 +122,7 @@ def read_metrics(path: str) -> list[dict]:
 def log_process0(msg: str) -> None:
   """The library's default log: print on process 0 only (multi-host runs print once), flushed."""
   import jax
+
   if jax.process_index() == 0:
     print(msg, flush=True)
 
@@ -128,14 +132,19 @@ def for_run(workdir: str | None, config, log: Callable[[str], None] = print) -> 
   config.train.tensorboard is on (default) and tensorboardX is installed; a note, not an error,
   when it is not."""
   import jax
-  writers: list[MetricWriter] = [JsonlWriter(os.path.join(workdir, METRICS_FILE) if workdir else None)]
+
+  writers: list[MetricWriter] = [
+    JsonlWriter(os.path.join(workdir, METRICS_FILE) if workdir else None)
+  ]
   wanted = bool(config.get("train", {}).get("tensorboard", True))
   if workdir and wanted and jax.process_index() == 0:
     if tensorboard_available():
       writers.append(TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR)))
     else:
-      log("note: no TensorBoard events (tensorboardX is not installed: pip install graphbridge[tensorboard]); "
-          "metrics go to metrics.jsonl")
+      log(
+        "note: no TensorBoard events (tensorboardX is not installed: pip install graphbridge[tensorboard]); "
+        "metrics go to metrics.jsonl"
+      )
   return MultiWriter(writers)
 
 
@@ -144,6 +153,7 @@ def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
   tensorboardX's protobufs only)."""
   from tensorboardX.proto import event_pb2
   import struct
+
   out: dict[str, list[tuple[int, float]]] = {}
   for name in sorted(os.listdir(logdir)):
     if "tfevents" not in name:
@@ -152,8 +162,8 @@ def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
       data = f.read()
     pos = 0
     while pos + 12 <= len(data):  # TFRecord: len u64, crc u32, payload, crc u32
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      payload = data[pos + 12:pos + 12 + length]
+      (length,) = struct.unpack("<Q", data[pos : pos + 8])
+      payload = data[pos + 12 : pos + 12 + length]
       pos += 12 + length + 4
       event = event_pb2.Event()
       event.ParseFromString(payload)

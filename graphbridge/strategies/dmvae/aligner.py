@@ -9,7 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from graphbridge.core.errors import GraphError
-from graphbridge.strategies.dmvae.model import DMVAEError, DMVAESpec, SHARED, decode, encode, product_of_experts
+from graphbridge.strategies.dmvae.model import (
+  DMVAEError,
+  DMVAESpec,
+  SHARED,
+  decode,
+  encode,
+  product_of_experts,
+)
 
 
 CHUNK = 1024  # rows per jitted call; inputs padded to it so a new row count never recompiles
@@ -18,14 +25,17 @@ CHUNK = 1024  # rows per jitted call; inputs padded to it so a new row count nev
 @functools.cache
 def _jitted(spec: DMVAESpec, what: str, query: str, gallery: str):
   if what == "shared":
+
     def fn(params, x):
       (_, _), (mu, logvar) = encode(spec, params, query, x)
       return product_of_experts(mu[None], logvar[None], jnp.ones((1, x.shape[0])))[0]
   else:
+
     def fn(params, x):
       (_, _), (mu, logvar) = encode(spec, params, query, x)
       z_shared = product_of_experts(mu[None], logvar[None], jnp.ones((1, x.shape[0])))[0]
       return decode(spec, params, gallery, jnp.zeros((x.shape[0], spec.private_dim)), z_shared)
+
   return jax.jit(fn)
 
 
@@ -33,10 +43,10 @@ def _run_chunked(fn, params, x: np.ndarray) -> np.ndarray:
   x = np.asarray(x, np.float32)
   parts = []
   for lo in range(0, max(len(x), 1), CHUNK):
-    block = x[lo:lo + CHUNK]
+    block = x[lo : lo + CHUNK]
     padded = np.zeros((CHUNK, x.shape[1]), np.float32)
-    padded[:len(block)] = block
-    parts.append(np.asarray(fn(params, jnp.asarray(padded)), np.float32)[:len(block)])
+    padded[: len(block)] = block
+    parts.append(np.asarray(fn(params, jnp.asarray(padded)), np.float32)[: len(block)])
   return np.concatenate(parts)
 
 
@@ -51,6 +61,7 @@ class DMVAEAligner:
   Routes: `a->shared<-b` compares the shared posterior means of both sides (cosine);
   `a->shared->b` decodes a's shared posterior mean as b (private latent = its prior mean, 0) and
   compares it with b's embeddings. `mode` picks the default route ("shared" or "translate")."""
+
   spec: DMVAESpec
   params: Mapping
   name: str = "dmvae"
@@ -63,11 +74,17 @@ class DMVAEAligner:
   def default_route(self, query: str, gallery: str) -> str | None:
     if query not in self.spec.names or gallery not in self.spec.names:
       return None
-    return f"{query}->{SHARED}<-{gallery}" if self.mode == "shared" else f"{query}->{SHARED}->{gallery}"
+    return (
+      f"{query}->{SHARED}<-{gallery}" if self.mode == "shared" else f"{query}->{SHARED}->{gallery}"
+    )
 
   def translation_routes(self, modalities: Sequence[str]) -> tuple[str, ...]:
-    return tuple(f"{q}->{SHARED}->{g}" for q in modalities for g in modalities
-                 if q != g and q in self.spec.names and g in self.spec.names)
+    return tuple(
+      f"{q}->{SHARED}->{g}"
+      for q in modalities
+      for g in modalities
+      if q != g and q in self.spec.names and g in self.spec.names
+    )
 
   def route_ends(self, route: str) -> tuple[str, str]:
     return self._parse(route)[1:]
@@ -80,8 +97,10 @@ class DMVAEAligner:
         for m in (query, gallery):
           self.spec.dim(m)
         return kind, query, gallery
-    raise GraphError(f"dmvae route {route!r}: expected 'a->{SHARED}<-b' (compare in the shared latent) or "
-                     f"'a->{SHARED}->b' (translate a into b)")
+    raise GraphError(
+      f"dmvae route {route!r}: expected 'a->{SHARED}<-b' (compare in the shared latent) or "
+      f"'a->{SHARED}->b' (translate a into b)"
+    )
 
   def shared_mean(self, modality: str, x: np.ndarray) -> np.ndarray:
     """x: [n, d_m] -> [n, shared_dim] posterior means of q(z_s | x) (with the prior expert)."""
