@@ -80,7 +80,7 @@ def test_explicit_rounds_are_kept_and_bad_values_rejected():
   assert pseudo_lib.resolve_rounds(0, _views(class_level=False)) == (0, "asked for")
   with pytest.raises(ValueError, match="pseudo.rounds=-2"):
     pseudo_lib.resolve_rounds(-2, dataset)
-  with pytest.raises(ValueError, match="pseudo.rounds=-3"):
+  with pytest.raises(ValueError, match="pseudo.rounds must be"):
     pseudo_lib.PseudoSettings(rounds=-3)
   config = defaults.base_config()
   validate_lib.validate(config)  # -1 (auto) is valid

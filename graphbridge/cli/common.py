@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
-from absl import flags
+from absl import app, flags
+from absl import logging as logging_absl
 
 from graphbridge.runs.configs import unknown_field_message
 from graphbridge.core import errors
@@ -181,3 +182,29 @@ def prepare_argv(
     if message:
       fail(prog, f"--{config_flag}.{key}: {message}")
   return argv
+
+
+def main(
+  prog: str,
+  module_name: str,
+  doc: str | None,
+  run: Callable[[], object],
+  required: Sequence[str] = ("config", "workdir"),
+  config_flag: str | None = "config",
+  verbosity: int = logging_absl.WARNING,
+) -> None:
+  """The console script of every CLI: --config resolved, --help and typos answered (prepare_argv),
+  the flags parsed by absl, no stray arguments, absl's verbosity set unless asked for (Orbax logs
+  every save at INFO), then run() under run_main's error handling (a user's error: one line and a
+  hint, exit 2)."""
+  sys.argv = prepare_argv(sys.argv, prog, module_name, doc, config_flag=config_flag)
+  flags.mark_flags_as_required(list(required))
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+      logging_absl.set_verbosity(verbosity)
+    run()
+
+  app.run(_main)

@@ -3,9 +3,7 @@
 python launch/compare.py --config=configs/compare.py --workdir=/tmp/gb_compare
 """
 
-import sys
-
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 from graphbridge.runs import compare as compare_run
 from graphbridge.cli import common
@@ -21,18 +19,20 @@ _WORKDIR = flags.DEFINE_string(
 )
 
 
-def _main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
-    logging.set_verbosity(logging.WARNING)
+def _run():
   common.run_main("graphbridge-compare", compare_run.compare, _CONFIG.value, _WORKDIR.value)
 
 
 def main():
-  sys.argv = common.prepare_argv(sys.argv, "graphbridge-compare", __name__, __doc__)
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(_main)
+  common.main(
+    "graphbridge-compare",
+    __name__,
+    __doc__,
+    _run,
+    required=("config", "workdir"),
+    config_flag="config",
+    verbosity=logging.WARNING,
+  )
 
 
 if __name__ == "__main__":

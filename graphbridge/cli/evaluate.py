@@ -5,9 +5,7 @@ silhouette, reconstruction, plots) without training again.
                             [--split=test] [--out=DIR] [--step=N] [--noplots]
 """
 
-import sys
-
-from absl import app, flags, logging
+from absl import flags, logging
 from graphbridge.runs import evaluate as evaluate_run
 from graphbridge.cli import common
 
@@ -39,11 +37,7 @@ _FORMATS = flags.DEFINE_list(
 )
 
 
-def _main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:  # orbax warns about every read-only restore
-    logging.set_verbosity(logging.ERROR)
+def _run():
   common.run_main(
     "graphbridge-evaluate",
     evaluate_run.evaluate_workdir,
@@ -60,11 +54,15 @@ def _main(argv):
 
 
 def main():
-  sys.argv = common.prepare_argv(
-    sys.argv, "graphbridge-evaluate", __name__, __doc__, config_flag=None
+  common.main(
+    "graphbridge-evaluate",
+    __name__,
+    __doc__,
+    _run,
+    required=("workdir",),
+    config_flag=None,
+    verbosity=logging.ERROR,
   )
-  flags.mark_flags_as_required(["workdir"])
-  app.run(_main)
 
 
 if __name__ == "__main__":

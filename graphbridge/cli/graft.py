@@ -6,8 +6,6 @@ python launch/graft.py --base --config=configs/graft_audio.py --workdir=/tmp/gb_
 without it
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 from graphbridge.runs import graft as graft_run
@@ -38,18 +36,11 @@ _BASE = flags.DEFINE_bool(
 _PLOTS = flags.DEFINE_bool("plots", True, "Write the report's PNG plots (needs matplotlib).")
 
 
-def _main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def _run():
   if _BASE.value == bool(_FROM.value):
     raise app.UsageError(
-      "give --from_workdir=OLD to graft, or --base to train the graph without the new "
-      "modality (not both)"
+      "give --from_workdir=OLD to graft, or --base to train the graph without the new modality (not both)"
     )
-  if not flags.FLAGS[
-    "verbosity"
-  ].present:  # orbax logs every save at INFO, and warns on read-only restores
-    logging.set_verbosity(logging.ERROR)
   if _BASE.value:
     common.run_main(
       "graft", graft_run.train_base, _CONFIG.value, _WORKDIR.value, plots=_PLOTS.value
@@ -61,9 +52,15 @@ def _main(argv):
 
 
 def main():
-  sys.argv = common.prepare_argv(sys.argv, "graphbridge-graft", __name__, __doc__)
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(_main)
+  common.main(
+    "graphbridge-graft",
+    __name__,
+    __doc__,
+    _run,
+    required=("config", "workdir"),
+    config_flag="config",
+    verbosity=logging.ERROR,
+  )
 
 
 if __name__ == "__main__":

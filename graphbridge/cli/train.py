@@ -8,9 +8,7 @@ srun python launch/train.py --distributed --config=... --workdir=/shared/gb   # 
 (docs/scaling.md)
 """
 
-import sys
-
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 from graphbridge.runs import dry_run
 from graphbridge.runs import experiment
@@ -44,13 +42,9 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 
 
-def _main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def _run():
   if _DISTRIBUTED.value:  # before anything touches devices
     sharding_lib.initialize_distributed()
-  if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
-    logging.set_verbosity(logging.WARNING)
   if _DRY_RUN.value:
     common.run_main("graphbridge-train", dry_run.dry_run, _CONFIG.value, _WORKDIR.value)
     return
@@ -64,9 +58,7 @@ def _main(argv):
 
 
 def main():
-  sys.argv = common.prepare_argv(sys.argv, "graphbridge-train", __name__, __doc__)
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(_main)
+  common.main("graphbridge-train", __name__, __doc__, _run)
 
 
 if __name__ == "__main__":

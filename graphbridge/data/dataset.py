@@ -19,6 +19,8 @@ import dataclasses
 import hashlib
 from typing import Iterable, Sequence
 import numpy as np
+
+from graphbridge.core.rows import unit_rows
 from graphbridge.core.graph import Edge, ModalityGraph, check_modality_name
 from graphbridge.core.errors import GraphError
 from graphbridge.core.errors import DataError, GraftError
@@ -53,15 +55,14 @@ def l2_normalize_rows(name: str, x: np.ndarray) -> np.ndarray:
   with np.errstate(over="ignore"):
     norms = np.linalg.norm(x, axis=1, keepdims=True)
   if not np.isfinite(norms).all():  # squares overflow float32 (values near 1e20): norms in float64
-    x64 = x.astype(np.float64)
-    return (x64 / np.linalg.norm(x64, axis=1, keepdims=True)).astype(np.float32)
+    return unit_rows(x, floor=0, wide=True)
   zero = np.nonzero(norms[:, 0] == 0)[0]
   if len(zero):
     raise DataError(
       f"embedding {name!r} row {int(zero[0])} has zero norm ({len(zero)} zero rows in all); "
       "cosine alignment needs non-zero embeddings"
     )
-  return x / norms
+  return unit_rows(x, floor=0)
 
 
 @dataclasses.dataclass

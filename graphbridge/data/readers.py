@@ -205,11 +205,9 @@ def load_memmapped(path: str) -> Dataset:
 def load_for_config(config) -> Dataset:
   """The data a config names: memory-mapped, normalised per batch when data.host_sampling is set
   and data.path is a folder of .npy files; otherwise as `load_named`."""
-  name_or_path = config.data.get("path") or config.data.name
+  name_or_path = config.data.path or config.data.name
   if (
-    config.data.get("host_sampling", False)
-    and name_or_path not in NAMED_DATASETS
-    and os.path.isdir(name_or_path)
+    config.data.host_sampling and name_or_path not in NAMED_DATASETS and os.path.isdir(name_or_path)
   ):
     return load_memmapped(name_or_path)
   return load_named(name_or_path)

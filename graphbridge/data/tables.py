@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Mapping
 import numpy as np
+
+from graphbridge.core.rows import unit_rows
 from graphbridge.core.errors import DataError
 from typing import Sequence
 
@@ -114,7 +116,7 @@ class NormalizedRows:
         f"embedding {self.name!r} row {int(unique[np.argmin(norms[:, 0])])} has zero norm; "
         "cosine alignment needs non-zero embeddings"
       )
-    x = x / norms
+    x = unit_rows(x, floor=0)  # non-zero rows (checked above)
     return x if len(unique) == len(ids) and np.array_equal(unique, ids) else x[inverse.reshape(-1)]
 
   def __array__(self, dtype=None, copy=None):

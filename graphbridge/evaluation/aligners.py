@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Sequence
 import numpy as np
+
+from graphbridge.core.rows import unit_rows
 from graphbridge.data.dataset import Dataset
 from graphbridge.core.errors import GraphError
 from graphbridge.core.graph import ModalityGraph, path_name
@@ -97,7 +99,7 @@ class GraphAligner:
     """x: [n, d_src] -> [n, d_dst] float32 along one path (a single node: x itself), L2-normalised."""
     if "->" not in path:
       x = np.asarray(x, np.float32)
-      return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+      return unit_rows(x, floor=1e-8)
     return translate_paths(self.layout, self.params, self.compute_dtype, [path], x)[path]
 
   def encode(self, query, gallery, route, xq, xg):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphbridge.core.rows import unit_rows
+
 
 def _descending_order(scores: np.ndarray) -> np.ndarray:
   """Row-wise order of ``scores`` [c, n] by decreasing score, ties by increasing index.
@@ -479,14 +481,9 @@ def _ranks_on_host(block: np.ndarray, rel_idx: np.ndarray, rel_valid: np.ndarray
 
 
 def _l2_normalise(arr: np.ndarray) -> np.ndarray:
-  """Row-wise L2 normalisation; keeps float32 as float32, else float64.
-
-  Norms are computed in float64 so large float32 values do not overflow.
-  """
-  dtype = np.float32 if arr.dtype == np.float32 else np.float64
-  wide = arr.astype(np.float64)
-  wide /= np.linalg.norm(wide, axis=1, keepdims=True)
-  return wide.astype(dtype, copy=False)
+  """Row-wise L2 normalisation, norms in float64 (large float32 values do not overflow); keeps
+  float32 as float32, else float64. The rows were checked to be non-zero."""
+  return unit_rows(arr, floor=0, wide=True)
 
 
 def _relevant_counts(

@@ -22,6 +22,7 @@ from graphbridge.evaluation import hubness as hubness_lib
 from graphbridge.data import dataset as dataset_lib
 from graphbridge.evaluation import evaluators as evaluators_lib
 from graphbridge.evaluation.figures import _is_summary_loss, write_plots
+from graphbridge import defaults
 from graphbridge.core import fields
 from graphbridge.model import translators as translators_lib
 from graphbridge.data.tools import split_warning
@@ -67,27 +68,28 @@ class EvalOptions:
   @classmethod
   def from_config(cls, config, **overrides) -> "EvalOptions":
     """From a run config's `eval` block (split, ks, paths, optional cycle_length / path_hops)."""
-    ev = config.get("eval", None) or {}
-    paths = ev.get("paths", "") or ""
+    config = defaults.complete(config)
+    ev = config.eval
+    paths = ev.paths
     paths = (
       tuple(p.strip() for p in paths.split(",") if p.strip())
       if isinstance(paths, str)
       else tuple(paths)
     )
     options = cls(
-      split=ev.get("split", "test"),
-      ks=tuple(int(k) for k in ev.get("ks", (1, 5, 10))),
+      split=ev.split,
+      ks=tuple(int(k) for k in ev.ks),
       extra_routes=paths,
-      cycle_length=int(ev.get("cycle_length", 3)),
-      path_hops=int(ev.get("path_hops", 3)),
-      seed=int(config.get("seed", 0) or 0),
-      plot_dpi=int(ev.get("plot_dpi", 120)),
-      plot_formats=_formats(ev.get("plot_formats", "png")),
-      routes=str(ev.get("routes", "auto")),
-      csls_k=int(ev.get("csls_k", 0) or 0),
-      querybank_k=int(ev.get("querybank_k", -1)),
-      tables=_names(ev.get("tables", "")),
-      max_queries=int(ev.get("max_queries", 0) or 0),
+      cycle_length=int(ev.cycle_length),
+      path_hops=int(ev.path_hops),
+      seed=int(config.seed),
+      plot_dpi=int(ev.plot_dpi),
+      plot_formats=_formats(ev.plot_formats),
+      routes=str(ev.routes),
+      csls_k=int(ev.csls_k),
+      querybank_k=int(ev.querybank_k),
+      tables=_names(ev.tables),
+      max_queries=int(ev.max_queries),
     )
     return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 import numpy as np
+
+from graphbridge.core.rows import unit_rows
 from graphbridge.linear.arrays import (
   validate_bridge_inputs,
   as_matrix,
@@ -76,8 +78,7 @@ class Centering:
     xf = as_matrix(x, "x")
     check_dim(xf, self.mean.shape[0], "x", "Centering")
     xc = xf - self.mean
-    norms = np.linalg.norm(xc, axis=1, keepdims=True)
-    out = np.divide(xc, norms, out=np.zeros_like(xc), where=norms > 0)
+    out = unit_rows(xc, floor=np.finfo(xc.dtype).tiny)  # a row at the mean stays zero
     return out.astype(out_dtype(x), copy=False)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 from typing import Mapping, Sequence
 import numpy as np
+
+from graphbridge.core.rows import unit_rows
 from graphbridge.core.errors import GraphError
 from graphbridge.core.graph import path_edges
 from graphbridge.model import translators as translators_lib
@@ -88,8 +90,5 @@ def translate_paths(
   out = {}
   for route, parts in chunks.items():
     z = np.concatenate(parts)
-    norms = np.sqrt(
-      np.maximum(np.sum(np.square(z, dtype=np.float64), axis=1, keepdims=True), 1e-16)
-    )
-    out[route] = (z / norms).astype(np.float32)
+    out[route] = unit_rows(z, floor=1e-8, wide=True)
   return out

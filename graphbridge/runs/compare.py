@@ -11,6 +11,7 @@ import time
 from typing import Callable
 import ml_collections
 import numpy as np
+from graphbridge import defaults
 from graphbridge.core import fields
 from graphbridge.runs import validate as validate_lib
 from graphbridge.evaluation import tables as tables_lib
@@ -71,6 +72,7 @@ def compare(
   """Train every strategy in config.compare.strategies for config.compare.seeds seeds, evaluate
   each (and each post-hoc variant) plus the linear baselines; write compare.{json,md,png}."""
   validate_lib.validate(config)
+  config = defaults.complete(config)
   dataset = dataset if dataset is not None else experiment.load_dataset(config)
   names = fields.names(config.compare.strategies)
   for name in names:
@@ -79,9 +81,9 @@ def compare(
   seeds = [int(config.seed) + i for i in range(int(config.compare.seeds))]
   rows: list[dict] = []
   bank_k, bank_why = hubness_lib.resolve_querybank(
-    config.eval.get("querybank_k", -1),
+    config.eval.querybank_k,
     dataset,
-    int(config.eval.get("csls_k", 0) or 0),
+    int(config.eval.csls_k),
     config.eval.split,
   )
   log(

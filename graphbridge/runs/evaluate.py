@@ -25,9 +25,11 @@ def load_model(
 
 def model_dataset(model: Model, data: str | None = None) -> Dataset:
   """`data` (a .npz / folder / named set), or the data the model was trained on, checked against it."""
-  saved = model.config.get("data", None) or {}
   source = (
-    data or saved.get("path") or saved.get("name") or model.meta.get("data", {}).get("source", "")
+    data
+    or model.config.data.path
+    or model.config.data.name
+    or model.meta.get("data", {}).get("source", "")
   )
   try:
     dataset = readers_lib.load_named(source)

@@ -16,6 +16,7 @@ from graphbridge.training import writers as writers_lib
 from graphbridge.runs import validate as validate_lib
 from graphbridge.strategies import registry as strategies
 from graphbridge.strategies import reporting
+from graphbridge import defaults
 
 
 _log = writers_lib.log_process0  # the default `log` of every entry point
@@ -38,6 +39,7 @@ def train_and_evaluate(
   "reconstruction": [...], "timing": {...}, ...})."""
   t0 = time.perf_counter()
   validate_lib.validate(config)
+  config = defaults.complete(config)
   dataset = load_dataset(config)
   log(f"data: {dataset.source}\n{dataset.summary()}")
   with lock_lib.WorkdirLock(workdir, log=log):  # one writer per workdir, to the report

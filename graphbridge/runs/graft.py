@@ -16,6 +16,7 @@ from typing import Callable
 
 import ml_collections
 
+from graphbridge import defaults
 from graphbridge.core import fields
 from graphbridge.core.errors import CheckpointError, GraftError
 from graphbridge.data import readers as readers_lib
@@ -31,10 +32,10 @@ from graphbridge.training.writers import log_process0 as _log
 def base_modalities(config, dataset: Dataset) -> tuple[str, ...]:
   """graft.base_modalities, or every modality of the data except graft.modality."""
   spec = graft_settings(config)
-  named = fields.names(spec.get("base_modalities", ""))
+  named = fields.names(spec.base_modalities)
   if named:
     return named
-  modality = str(spec.get("modality", "") or "")
+  modality = str(spec.modality)
   if modality not in dataset.modalities:
     raise GraftError(
       f"graft.modality={modality!r} is not in the data {dataset.source} "
@@ -80,6 +81,7 @@ def graft(
   t0 = time.perf_counter()
   graft_settings(config)
   validate_lib.validate(config, extra_sections=("graft",))
+  config = defaults.complete(config)
   if not os.path.isdir(from_workdir):
     raise GraftError(
       f"--from_workdir={from_workdir}: no such directory (the trained run to graft onto)"
@@ -114,6 +116,7 @@ def train_base(
   t0 = time.perf_counter()
   graft_settings(config)
   validate_lib.validate(config, extra_sections=("graft",))
+  config = defaults.complete(config)
   strategy = _graftable(str(config.strategy))
   dataset = _load_data(config, dataset)
   data = subset_modalities(dataset, base_modalities(config, dataset))

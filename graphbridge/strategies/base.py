@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections
 import numpy as np
 
+from graphbridge import defaults
 from graphbridge.core.errors import ConfigError, GraftError
 
 Log = Callable[[str], None]
@@ -163,13 +164,12 @@ def pair_partners(dataset, modality: str) -> list[str]:
 
 def graft_settings(config) -> ml_collections.ConfigDict:
   """config.graft (graft.modality, graft.connect_to, ...); GraftError without one."""
-  block = config.get("graft", None)
-  if block is None:
+  if "graft" not in config:
     raise GraftError(
       "the config has no `graft` block (graft.modality, graft.connect_to); start from "
       "configs/graft_audio.py"
     )
-  return block
+  return defaults.complete(config).graft
 
 
 def timing(results: Sequence) -> dict:

@@ -238,9 +238,7 @@ def stages(config, dataset) -> list[Stage]:
     objective=meet_objective(terms),
     subdir="stage1",
   )
-  label_positives = (
-    config.loss.get("infonce_positives", "auto") != "pair"
-  )  # resolved per data (sampler_arrays)
+  label_positives = config.loss.infonce_positives != "pair"  # resolved per data (sampler_arrays)
   connectors = [f"{s.space_a}->{s.common}", f"{s.space_b}->{s.common}"]
   second = Stage(
     "C-MCR stage 2: connecting the spaces (stage-1 projectors frozen)",

@@ -34,6 +34,8 @@ from graphbridge.data import positives as positives_lib
 from graphbridge.data.dataset import Dataset
 from graphbridge.core.rows import unit_rows
 from graphbridge.linear import baselines as baselines_lib
+from graphbridge import defaults
+from graphbridge.core import fields as fields_lib
 from graphbridge.core.fields import CHOICES
 
 
@@ -49,46 +51,40 @@ AUTO = -1  # pseudo.rounds = -1: decided by the data (resolve_rounds)
 AUTO_ROUNDS = 2  # rounds that auto runs where every pair set is instance-level
 
 
+def _declared(name: str):
+  return dataclasses.field(default=defaults.default(f"pseudo.{name}"))
+
+
 @dataclasses.dataclass(frozen=True)
 class PseudoSettings:
-  rounds: int = 0
-  method: str = "sinkhorn"
-  min_agreement: float = 0.5
-  max_rows: int = 4000
-  new_edges: bool = True
-  epsilon: float = 0.02
-  gate: str = "probe"
-  min_precision: float = 0.5
-  probe_folds: int = 4
-  min_new_pairs: int = -1
+  """config.pseudo as values (defaults and checks: the declarations in defaults.py)."""
+
+  rounds: int = _declared("rounds")
+  method: str = _declared("method")
+  min_agreement: float = _declared("min_agreement")
+  max_rows: int = _declared("max_rows")
+  new_edges: bool = _declared("new_edges")
+  epsilon: float = _declared("epsilon")
+  gate: str = _declared("gate")
+  min_precision: float = _declared("min_precision")
+  probe_folds: int = _declared("probe_folds")
+  min_new_pairs: int = _declared("min_new_pairs")
 
   def __post_init__(self):
-    if self.rounds < AUTO:
-      raise ValueError(f"pseudo.rounds={self.rounds!r}: must be >= 0, or -1 for auto")
-    if self.method not in METHODS:
-      raise ValueError(f"pseudo.method={self.method!r}: choose one of {', '.join(METHODS)}")
-    if self.gate not in GATES:
-      raise ValueError(f"pseudo.gate={self.gate!r}: choose one of {', '.join(GATES)}")
-    if not 0.0 <= self.min_precision <= 1.0:
-      raise ValueError(f"pseudo.min_precision={self.min_precision!r}: must be in [0, 1]")
-    if self.probe_folds < 2:
-      raise ValueError(f"pseudo.probe_folds={self.probe_folds!r}: must be >= 2")
-    if not 0.0 <= self.min_agreement <= 1.0:
-      raise ValueError(f"pseudo.min_agreement={self.min_agreement!r}: must be in [0, 1]")
+    found = fields_lib.problems(
+      {"pseudo": dataclasses.asdict(self)}, {"pseudo": dataclasses.asdict(self)}
+    )
+    if found:
+      raise ValueError("; ".join(found))
 
   @classmethod
   def from_config(cls, config, dataset: Dataset | None = None) -> "PseudoSettings":
-    """The config's settings; with `dataset`, rounds=-1 (auto) resolved by resolve_rounds."""
-    p = config.get("pseudo", None) or {}
-    rounds = int(p.get("rounds", AUTO))
+    """config.pseudo's settings; with `dataset`, rounds=-1 (auto) resolved by resolve_rounds."""
+    given = defaults.complete(config).pseudo
+    settings = {f.name: type(f.default)(given[f.name]) for f in dataclasses.fields(cls)}
     if dataset is not None:
-      rounds = resolve_rounds(rounds, dataset)[0]
-    fields = {}
-    for field in dataclasses.fields(cls):  # each field as the config gives it, else its default,
-      if field.name != "rounds":  # cast to the default's type
-        default = field.default
-        fields[field.name] = type(default)(p.get(field.name, default))
-    return cls(rounds=rounds, **fields)
+      settings["rounds"] = resolve_rounds(settings["rounds"], dataset)[0]
+    return cls(**settings)
 
 
 def resolve_rounds(rounds: int, dataset: Dataset) -> tuple[int, str]:
@@ -518,9 +514,7 @@ def self_train(
   for r in range(1, settings.rounds + 1):
     aligner = make_aligner(result)
     t0 = time.perf_counter()
-    matches = pseudo_pairs(
-      aligner, dataset, settings, seed=int(config.get("seed", 0)) + r, earlier=matches
-    )
+    matches = pseudo_pairs(aligner, dataset, settings, seed=int(config.seed) + r, earlier=matches)
     log(f"pseudo-pairs round {r} (matched in {time.perf_counter() - t0:.1f}s): {describe(matches)}")
     grown = grow(dataset, matches)
     if grown.pairs.keys() == dataset.pairs.keys() and all(

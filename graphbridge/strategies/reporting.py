@@ -36,7 +36,7 @@ def report(
     options, extra_routes=tuple(model.report_routes(dataset)) + tuple(options.extra_routes)
   )
   aligner = model.aligner
-  if config.get("posthoc", "none") != "none":
+  if config.posthoc != "none":
     aligner = PosthocAligner(aligner, config.posthoc, dataset)
   full_header = {**model.report_header(), "strategy": model.strategy}
   if results:

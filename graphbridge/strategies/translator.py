@@ -31,6 +31,7 @@ from graphbridge.strategies.base import Log, Model, Strategy, StrategyRun, with_
 from graphbridge.training import setup as setup_lib
 from graphbridge.training import trained as trained_lib
 from graphbridge.training import trainer as trainer_lib
+from graphbridge import defaults
 
 # objective(layout, dataset, stage_config) -> a model.objective.Objective
 ObjectiveBuilder = Callable[[Any, Dataset, ml_collections.ConfigDict], Any]
@@ -199,7 +200,7 @@ class TranslatorStrategy(Strategy):
       run.layout,
       run.params,
       run.compute_dtype,
-      config,
+      defaults.complete(config),
       run.meta,
       run.step,
       workdir,

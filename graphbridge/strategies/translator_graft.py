@@ -110,7 +110,7 @@ def plan_graft(
     data pairs it with). The new edges use the old run's translator architecture.
   Raises GraftError with what to change."""
   spec = graft_settings(config)
-  modality = str(spec.get("modality", "") or "")
+  modality = str(spec.modality)
   if not modality:
     raise GraftError(
       "graft.modality is empty: name the modality to add (e.g. --config.graft.modality=audio)"
@@ -153,7 +153,7 @@ def plan_graft(
       )
 
   partners = [b if a == modality else a for a, b in dataset.pairs if modality in (a, b)]
-  connect_to = fields.names(spec.get("connect_to", ""))
+  connect_to = fields.names(spec.connect_to)
   if not connect_to:
     connect_to = tuple(n for n in old_graph.node_names if n in partners)
     if not connect_to:

@@ -13,6 +13,7 @@ from graphbridge.core.graph import ModalityGraph
 from graphbridge.core.errors import RunMismatchError
 from graphbridge.training.setup import Setup
 from graphbridge.training.state import items_to_state
+from graphbridge import defaults
 
 
 # Config keys a resume may change without changing what the run computes (docs/reliability.md).
@@ -102,7 +103,9 @@ def run_differences(
   other than the safe ones (SAFE_RESUME_CHANGES): ["optim.lr: 0.002 -> 0.01", ...]."""
   problems = []
   if "config" in meta and hasattr(config, "to_json_best_effort"):
-    old, new = _flatten(meta["config"]), _flatten(config_dict(config))
+    # both completed: a field added after the checkpoint was written is at its default in both
+    old = _flatten(config_dict(defaults.complete(meta["config"])))
+    new = _flatten(config_dict(defaults.complete(config)))
     for key in sorted(set(old) | set(new)):
       a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
       if a != b and not _safe_change(key, a, b):
@@ -154,7 +157,7 @@ def check_run_identity(
   if not problems:
     return []
   listing = "\n  ".join(problems)
-  if bool(config.train.get("allow_resume_changes", False)):
+  if bool(config.train.allow_resume_changes):
     log(
       f"resuming checkpoint step {step} with changes (train.allow_resume_changes=True):\n  {listing}"
     )

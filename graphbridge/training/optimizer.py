@@ -25,7 +25,7 @@ def learning_rate_schedule(config) -> optax.Schedule:
     opt.lr,
     warmup_steps=min(int(opt.warmup_steps), max(int(config.train.steps) - 1, 1)),
     decay_steps=max(int(config.train.steps), 2),
-    end_value=opt.lr * opt.get("final_lr_fraction", 0.05),
+    end_value=opt.lr * opt.final_lr_fraction,
   )
   schedule = main
   if int(config.finetune.steps) > 0:
@@ -54,7 +54,7 @@ MU_DTYPES = CHOICES["optim.mu_dtype"]  # "" = the params' dtype
 def make_optimizer(config) -> optax.GradientTransformation:
   opt = config.optim
   schedule = learning_rate_schedule(config)
-  mu_name = opt.get("mu_dtype", "")
+  mu_name = opt.mu_dtype
   if mu_name not in MU_DTYPES:
     raise ConfigError(f"optim.mu_dtype={mu_name!r}: choose '', 'float32' or 'bfloat16'")
   mu_dtype = dtype_from_name(mu_name) if mu_name else None

@@ -15,7 +15,7 @@ from graphbridge.model import objective as objective_lib
 from graphbridge.model import objectives as objectives_lib
 from graphbridge.core.graph import ModalityGraph
 from graphbridge.model.translators import EdgeLayout, TranslatorArch, dtype_from_name
-from graphbridge.core.fields import _get
+from graphbridge.core.fields import get as _get
 from graphbridge.core.routes import parse_route
 from graphbridge.core.fields import names
 
@@ -88,14 +88,14 @@ def arch_from_config(model_cfg) -> TranslatorArch:
     activation=model_cfg.activation,
     layer_norm=bool(model_cfg.layer_norm),
     residual=bool(model_cfg.residual),
-    impl=model_cfg.get("impl", "flax"),
-    edge_apply=model_cfg.get("edge_apply", "auto"),
+    impl=model_cfg.impl,
+    edge_apply=model_cfg.edge_apply,
   )
 
 
 def loss_settings_from_config(loss_cfg) -> objectives_lib.LossSettings:
-  sup = fields.names(loss_cfg.get("supervised_edges", ""))
-  starts = fields.names(loss_cfg.get("cycle_starts", ""))
+  sup = fields.names(loss_cfg.supervised_edges)
+  starts = fields.names(loss_cfg.cycle_starts)
   return objectives_lib.LossSettings(
     edge_cos=float(loss_cfg.edge_cos),
     infonce=float(loss_cfg.infonce),
@@ -104,9 +104,9 @@ def loss_settings_from_config(loss_cfg) -> objectives_lib.LossSettings:
     cycle_weights=tuple(float(w) for w in loss_cfg.cycle_weights),
     supervised_edges=sup or None,
     cycle_starts=starts or None,
-    aligned_batches=bool(loss_cfg.get("aligned_batches", False)),
-    structure=float(loss_cfg.get("structure", 0.0)),
-    structure_temperature=float(loss_cfg.get("structure_temperature", 0.1)),
+    aligned_batches=bool(loss_cfg.aligned_batches),
+    structure=float(loss_cfg.structure),
+    structure_temperature=float(loss_cfg.structure_temperature),
   )
 
 
@@ -162,7 +162,7 @@ def build_setup(
       data_nodes=[n for n in graph.node_names if n in dataset.modalities],
     )
   dtype_from_name(config.model.compute_dtype)  # validate early
-  requested = config.loss.get("infonce_positives", "auto")
+  requested = config.loss.infonce_positives
   if requested not in positives_lib.POSITIVES:
     raise ConfigError(f"loss.infonce_positives={requested!r}: choose 'auto', 'label' or 'pair'")
   choices = {

@@ -79,9 +79,7 @@ def make_mesh(data: int = -1, edges: int = 1, devices: Sequence[jax.Device] | No
 def mesh_from_config(config) -> Mesh | None:
   """The mesh config.mesh asks for, or None when it would hold one device (the plain
   single-device path: no shardings at all, results bit-identical to a run without a mesh)."""
-  cfg = config.get("mesh", None) if hasattr(config, "get") else None
-  data = int(cfg.get("data", -1)) if cfg is not None else -1
-  edges = int(cfg.get("edges", 1)) if cfg is not None else 1
+  data, edges = int(config.mesh.data), int(config.mesh.edges)
   data, edges = resolve_axes(data, edges, jax.device_count())
   if data * edges == 1:
     return None

@@ -49,6 +49,7 @@ from graphbridge.training.step import (
 )
 from graphbridge.training.writers import trim_metrics
 from graphbridge.training.step import sampler_arrays
+from graphbridge import defaults
 
 
 PyTree = Any
@@ -120,17 +121,18 @@ def _train(
   frozen_from,
   lock: Callable[[], Any],
 ) -> TrainResult:
+  config = defaults.complete(config)  # a config built by hand or by an older version
   problems = fields.range_problems(config)  # also for library callers that skip validate()
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
   dataset = dataset if dataset is not None else readers_lib.load_for_config(config)
   full_dataset, validator = dataset, None
-  validate_every = int(config.train.get("validate_every", 0) or 0)
+  validate_every = int(config.train.validate_every)
   if (
     validate_every > 0
   ):  # held-back train rows: never trained on, scored every validate_every steps
     dataset, val_view = validation_lib.hold_out(
-      dataset, float(config.train.get("validate_fraction", 0.1)), int(config.seed)
+      dataset, float(config.train.validate_fraction), int(config.seed)
     )
   frozen_params = dict(frozen_params or {})
   setup = build_setup(
@@ -140,7 +142,7 @@ def _train(
   mesh = sharding_lib.mesh_from_config(config)  # None: one device, no shardings (the plain path)
   if mesh is not None:
     sharding_lib.check_batch(setup.batch_size, mesh)
-  host_sampling = bool(config.data.get("host_sampling", False))
+  host_sampling = bool(config.data.host_sampling)
   frozen_f32 = stack(layout, frozen_params, buckets=layout.frozen_buckets) if frozen_params else {}
   frozen = compute_frozen(setup, frozen_f32)
   frozen_from = dict(frozen_from or {})
@@ -162,7 +164,7 @@ def _train(
   if workdir:
     lock()
     checkpoints = checkpoint_lib.Checkpoints(
-      os.path.join(workdir, "checkpoints"), max_to_keep=int(config.train.get("keep_checkpoints", 2))
+      os.path.join(workdir, "checkpoints"), max_to_keep=int(config.train.keep_checkpoints)
     )
     # with a mesh the template is host zeros: restore reads only its shapes, and a state sharded
     # over several processes cannot be read by one
@@ -180,10 +182,10 @@ def _train(
   lr_at = learning_rate_schedule(config)
   if validate_every > 0:
     validator = validation_lib.Validator(
-      layout, val_view, setup.compute_dtype, keep=bool(config.train.get("keep_best", False))
+      layout, val_view, setup.compute_dtype, keep=bool(config.train.keep_best)
     )
 
-  skip_nonfinite = bool(config.train.get("skip_nonfinite", True))
+  skip_nonfinite = bool(config.train.skip_nonfinite)
   batches = None
   if host_sampling:
     sampler = host_lib.HostSampler(
@@ -195,7 +197,7 @@ def _train(
     else:
       batch_sh = sharding_lib.batch_shardings(sampler.batch_shapes, setup.batch_size, mesh)
       produce = lambda s: sampler.global_batch(s, batch_sh)
-    batches = host_lib.Prefetcher(produce, start, n_total, size=int(config.data.get("prefetch", 4)))
+    batches = host_lib.Prefetcher(produce, start, n_total, size=int(config.data.prefetch))
     step_fn = make_batch_step(
       setup, tx, skip_nonfinite=skip_nonfinite, mesh=mesh, batch_sharding=batch_sh
     )
@@ -205,7 +207,7 @@ def _train(
   else:
     host_arrays = tables_lib.materialize_tables(sampler_arrays(setup, dataset))
     arrays_sh = sharding_lib.arrays_shardings(
-      host_arrays, mesh, by_rows=bool(config.get("mesh", {}).get("shard_data_rows", False))
+      host_arrays, mesh, by_rows=bool(config.mesh.shard_data_rows)
     )
     arrays = sharding_lib.put_arrays(host_arrays, arrays_sh)
     step_fn = make_device_step(

@@ -136,7 +136,7 @@ def for_run(workdir: str | None, config, log: Callable[[str], None] = print) -> 
   writers: list[MetricWriter] = [
     JsonlWriter(os.path.join(workdir, METRICS_FILE) if workdir else None)
   ]
-  wanted = bool(config.get("train", {}).get("tensorboard", True))
+  wanted = bool(config.train.tensorboard)
   if workdir and wanted and jax.process_index() == 0:
     if tensorboard_available():
       writers.append(TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR)))

@@ -16,6 +16,7 @@ import time
 import ml_collections
 import numpy as np
 
+from graphbridge import defaults
 from graphbridge.core.errors import CheckpointError, DataError
 from graphbridge.data.dataset import Dataset, subset_modalities
 from graphbridge.strategies import reporting
@@ -138,7 +139,7 @@ class DMVAEStrategy(Strategy):
     return DMVAEModel(
       loaded.spec,
       loaded.params,
-      ml_collections.ConfigDict(loaded.meta["config"]),
+      defaults.complete(loaded.meta["config"]),
       loaded.meta,
       loaded.step,
       workdir,
@@ -165,7 +166,7 @@ class DMVAEStrategy(Strategy):
     old run), whose checkpoint items are copied byte for byte (checked before returning)."""
     config = copy.deepcopy(config)
     config.eval.paths = ""  # graph routes; the DMVAE report adds its own translation routes
-    keep = list(load(from_workdir).spec.names) + [str(graft_settings(config).get("modality", ""))]
+    keep = list(load(from_workdir).spec.names) + [str(graft_settings(config).modality)]
     dataset = subset_modalities(dataset, [m for m in dataset.names if m in keep])
     return graft(config, from_workdir, workdir, dataset, log=log, report=report, plots=plots)
 

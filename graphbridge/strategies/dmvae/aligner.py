@@ -8,6 +8,8 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from graphbridge.core.rows import unit_rows
 from graphbridge.core.errors import GraphError
 from graphbridge.strategies.dmvae.model import (
   DMVAEError,
@@ -51,7 +53,7 @@ def _run_chunked(fn, params, x: np.ndarray) -> np.ndarray:
 
 
 def _normalize(z: np.ndarray) -> np.ndarray:
-  return (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-8)).astype(np.float32)
+  return unit_rows(z, floor=1e-8, dtype=np.float32)
 
 
 @dataclasses.dataclass
