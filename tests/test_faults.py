@@ -261,7 +261,7 @@ def test_second_run_in_a_locked_workdir_refuses_at_once_naming_the_holder(run_co
   logs = []
   trainer_lib.train(small_config(30), run_copy, dataset=dataset, log=logs.append)
   assert any(
-    f"took over the stale lock" in line
+    "took over the stale lock" in line
     and f"pid {holder.pid}" in line
     and "no longer running" in line
     for line in logs
