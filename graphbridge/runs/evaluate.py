@@ -24,7 +24,8 @@ def load_model(
 
 
 def model_dataset(model: Model, data: str | None = None) -> Dataset:
-  """`data` (a .npz / folder / named set), or the data the model was trained on, checked against it."""
+  """`data` (a .npz / folder / named set), or the data the model was trained on, checked against
+  it."""
   saved = model.config.get("data", None) or {}
   source = (
     data or saved.get("path") or saved.get("name") or model.meta.get("data", {}).get("source", "")
