@@ -7,7 +7,9 @@ from setuptools import find_packages, setup
 setup(
   name="graphbridge",
   version="0.1.0",
-  description="Align pre-computed embeddings of many modalities through a graph of Flax translators.",
+  description=(
+    "Align pre-computed embeddings of many modalities through a graph of Flax translators."
+  ),
   long_description=open("README.md").read() if os.path.exists("README.md") else "",
   long_description_content_type="text/markdown",
   license="Apache-2.0",

@@ -131,8 +131,8 @@ def run(name: str, hops: list[int]) -> list[dict]:
         key=lambda s: s[0],
       )
       print(
-        f"[{name}] {q}->{g} ({h} hops, {len(ids_tr)} train instances, {time.perf_counter() - t:.1f}s): "
-        + ", ".join(f"{k} R@1 {r[k][0]:.3f}" for k in COLUMNS),
+        f"[{name}] {q}->{g} ({h} hops, {len(ids_tr)} train instances, "
+        f"{time.perf_counter() - t:.1f}s): " + ", ".join(f"{k} R@1 {r[k][0]:.3f}" for k in COLUMNS),
         flush=True,
       )
       rows.append(r)

@@ -1,4 +1,5 @@
-"""Development benchmark for zero-shot bridges: strategies and options side by side with linear chains
+"""Development benchmark for zero-shot bridges: strategies and options side by side \
+with linear chains
 and a direct-pair oracle, on several data sets, by hop distance.
 
 For each data set (digits: class-level star; mv6: 6 image views on a tree; fsdd_chain: 4 audio views
@@ -224,8 +225,8 @@ def table(rows: list[dict], methods: list[str], level: str, metric: str) -> str:
 
 
 def summary_line(name: str, rows: list[dict], trained: list[str]) -> str:
-  """Never-paired means: instance MRR (and 3-hop instance R@1) of each trained method against the ridge
-  chain and the oracle; class mAP against the best linear baseline."""
+  """Never-paired means: instance MRR (and 3-hop instance R@1) of each trained method against the
+  ridge chain and the oracle; class mAP against the best linear baseline."""
   level = "instance" if any(r["level"] == "instance" for r in rows) else "class"
   metric = "MRR" if level == "instance" else "mAP"
   ref = {m: by_hops(rows, m, level, metric).get("never") for m in LINEAR}
@@ -266,10 +267,10 @@ def summary_line(name: str, rows: list[dict], trained: list[str]) -> str:
 
 
 def resolved_key(cfg, dataset) -> str:
-  """The config as this data set resolves it: loss.infonce_positives ("auto", "label", "pair") replaced by
-  the choice data.choose_positives makes for each pair set, so methods that differ only in naming
-  what
-  "auto" picks anyway (e.g. `pair` on instance-level pairs) are recognised as one run."""
+  """The config as this data set resolves it: loss.infonce_positives ("auto", "label", "pair")
+  replaced by the choice data.choose_positives makes for each pair set, so methods that differ only
+  in naming what "auto" picks anyway (e.g. `pair` on instance-level pairs) are recognised as one
+  run."""
   resolved = cfg.copy_and_resolve_references()
   if "loss" in resolved:
     with resolved.unlocked():
@@ -295,8 +296,8 @@ def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, lo
       rows += [{**r, "method": label} for r in rows if r["method"] == same]
       seconds[label] = 0.0
       log(
-        f"  {label}: the same run as {same} on this data set (loss.infonce_positives resolves to the same "
-        f"choice for every pair set): its rows are reused"
+        f"  {label}: the same run as {same} on this data set (loss.infonce_positives resolves to "
+        "the same choice for every pair set): its rows are reused"
       )
       continue
     if key is not None:
@@ -356,7 +357,8 @@ def run_dataset(name: str, methods: dict, global_overrides: dict, seeds: int, lo
 
 
 def dataset_job(name: str, methods: dict, overrides: dict, seeds: int) -> dict:
-  """run_dataset with absl quiet and the overrides recorded (a top-level function: runs in workers)."""
+  """run_dataset with absl quiet and the overrides recorded (a top-level function: runs in
+  workers)."""
   print(
     f"[{name}] training {', '.join(methods)}" + (f" with {overrides}" if overrides else ""),
     flush=True,
@@ -373,8 +375,8 @@ def report(result: dict) -> str:
   name, rows, trained = result["dataset"], result["rows"], result["trained"]
   methods = trained + list(LINEAR) + [m for m in LINEAR_QB if any(r["method"] == m for r in rows)]
   out = [
-    f"== {name}: {len(result['modalities'])} modalities, pair sets {', '.join(result['pair_sets'])} "
-    f"(test split) =="
+    f"== {name}: {len(result['modalities'])} modalities, pair sets "
+    f"{', '.join(result['pair_sets'])} (test split) =="
   ]
   for level, metric in METRICS:
     if any(r["level"] == level for r in rows):
@@ -489,8 +491,8 @@ def main(argv=None) -> int:
   for r in results:
     print(summary_line(r["dataset"], r["rows"], r["trained"]))
   print(
-    f"total {total:.0f}s wall, {cpu:.0f}s CPU (all processes) on {os.cpu_count()} CPU(s), --jobs={args.jobs}; "
-    f"load average {os.getloadavg()[0]:.1f} at the end"
+    f"total {total:.0f}s wall, {cpu:.0f}s CPU (all processes) on {os.cpu_count()} CPU(s), "
+    f"--jobs={args.jobs}; load average {os.getloadavg()[0]:.1f} at the end"
   )
   if args.json:
     with open(args.json, "w") as f:

@@ -353,8 +353,10 @@ def main() -> None:
       sys.executable,
       "-c",
       (
-        f"import sys, time; sys.path.insert(0, {ROOT!r}); from graphbridge.training import lock as lock_lib; "
-        f"lock_lib.WorkdirLock({w!r}, 'holder').__enter__(); print('held', flush=True); time.sleep(60)"
+        f"import sys, time; sys.path.insert(0, {ROOT!r}); "
+        "from graphbridge.training import lock as lock_lib; "
+        f"lock_lib.WorkdirLock({w!r}, 'holder').__enter__(); print('held', flush=True); "
+        "time.sleep(60)"
       ),
     ],
     stdout=subprocess.PIPE,
@@ -542,8 +544,8 @@ def main() -> None:
 
   counts = {s: sum(r["status"] == s for r in RESULTS) for s in ("handled", "weak", "bad")}
   print(
-    f"\ntried {len(RESULTS)}  handled {counts['handled']}  weak {counts['weak']}  bad {counts['bad']}  "
-    f"({time.perf_counter() - t0:.0f}s)"
+    f"\ntried {len(RESULTS)}  handled {counts['handled']}  weak {counts['weak']}  "
+    f"bad {counts['bad']}  ({time.perf_counter() - t0:.0f}s)"
   )
   if args.out:
     with open(args.out, "w") as f:
@@ -552,7 +554,8 @@ def main() -> None:
 
 
 def cli(name, script, argv, pattern, protect: str | None = None):
-  """handled: exit 2, `pattern` on stderr's first lines, a hint, no traceback, `protect` unchanged."""
+  """handled: exit 2, `pattern` on stderr's first lines, a hint, no traceback, `protect`
+  unchanged."""
   before = digest(protect) if protect else None
   proc = subprocess.run(
     [sys.executable, os.path.join(ROOT, "launch", script), *argv],

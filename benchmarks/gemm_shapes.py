@@ -61,8 +61,8 @@ def main(argv=None) -> int:
 
   torch.set_num_threads(args.threads)
   print(
-    f"gemm_shapes float32, torch {torch.__version__} ({args.threads} threads), jax {jax.__version__}, "
-    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+    f"gemm_shapes float32, torch {torch.__version__} ({args.threads} threads), "
+    f"jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
     flush=True,
   )
   for name, m, k, n, layout in SHAPES:

@@ -152,7 +152,8 @@ def main(argv):
     t = time.perf_counter()
     rows = write_data(folder, FLAGS.gb, FLAGS.modalities, FLAGS.dim)
     print(
-      f"wrote {FLAGS.modalities} x {rows} rows x {FLAGS.dim} float16 in {time.perf_counter() - t:.0f} s",
+      f"wrote {FLAGS.modalities} x {rows} rows x {FLAGS.dim} float16 in "
+      f"{time.perf_counter() - t:.0f} s",
       flush=True,
     )
   size = sum(
@@ -179,12 +180,14 @@ def main(argv):
     r = json.loads(lines[-1][7:])
     p = r["peak"]
     extra = (
-      f", {r['steps_per_s']:.1f} steps/s (B={FLAGS.batch}, prefetch {FLAGS.prefetch}), loss {r['loss']:.3f}"
+      f", {r['steps_per_s']:.1f} steps/s (B={FLAGS.batch}, prefetch {FLAGS.prefetch}), "
+      f"loss {r['loss']:.3f}"
       if "steps_per_s" in r
       else ""
     )
     print(
-      f"host_sampling_rss mode={mode} tables {size / GB:.2f} GB on disk: peak RSS {p['VmRSS'] / GB:.2f} GB "
+      f"host_sampling_rss mode={mode} tables {size / GB:.2f} GB on disk: "
+      f"peak RSS {p['VmRSS'] / GB:.2f} GB "
       f"(anonymous {p['RssAnon'] / GB:.2f} GB, file-backed {p['RssFile'] / GB:.2f} GB; ru_maxrss "
       f"{r['ru_maxrss'] / GB:.2f} GB), {r['seconds']:.0f} s{extra}",
       flush=True,

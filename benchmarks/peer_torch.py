@@ -296,9 +296,11 @@ def run(args) -> dict:
 def line(r: dict) -> str:
   return (
     f"peer_torch M={r['M']} d={r['d']} h={r['h']} B={r['B']} L={r['L']} {r['dtype']} "
-    f"[{r['device']}, {r['threads']} threads]: {r['steps_per_s']:.1f} steps/s ({r['step_ms']:.2f} ms), "
+    f"[{r['device']}, {r['threads']} threads]: "
+    f"{r['steps_per_s']:.1f} steps/s ({r['step_ms']:.2f} ms), "
     f"{r['samples_per_s']:,.0f} samples/s, {r['model_tflops']:.3g} model TFLOP/s, "
-    f"warm-up {r['warmup_s']:.1f} s; {r['applications']} translator applications, {r['cycles']} cycles, "
+    f"warm-up {r['warmup_s']:.1f} s; {r['applications']} translator applications, "
+    f"{r['cycles']} cycles, "
     f"{r['model_tflop_per_step']:.3g} model TFLOP/step"
   )
 
@@ -365,7 +367,8 @@ def check(args) -> int:
   ok = diff <= 1e-5 * max(1.0, abs(float(jax_loss))) and grad_err <= 1e-4
   print(
     f"peer_torch check M={args.modalities} d={args.dim} h={args.hidden} B={args.batch} "
-    f"L={args.cycle_length}: project loss {float(jax_loss):.7f}, peer loss {float(torch_loss):.7f}, "
+    f"L={args.cycle_length}: project loss {float(jax_loss):.7f}, "
+    f"peer loss {float(torch_loss):.7f}, "
     f"|diff| {diff:.2e}; max relative gradient difference {grad_err:.2e} -> "
     f"{'SAME' if ok else 'DIFFERENT'}",
     flush=True,

@@ -155,9 +155,10 @@ def main(argv=None) -> int:
     )
     return 0
   print(
-    f"report_scale: 3 modalities x 256-d, 20% test, {args.classes} classes, {args.steps} training steps, "
-    f"plots {'off' if args.noplots else 'on'}, max_queries {args.max_queries or 'all'}; load average "
-    f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+    f"report_scale: 3 modalities x 256-d, 20% test, {args.classes} classes, "
+    f"{args.steps} training steps, "
+    f"plots {'off' if args.noplots else 'on'}, max_queries {args.max_queries or 'all'}; "
+    f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
     flush=True,
   )
   runs = [(int(r), int(k)) for r in args.rows.split(",") for k in args.querybank_k.split(",")]
@@ -187,10 +188,12 @@ def main(argv=None) -> int:
     r = json.loads(lines[-1][7:])
     print(
       f"rows={rows:>7,} per modality ({r['test_rows']:,} test): report {r['report_s']:.1f} s "
-      f"({r['report_cpu_s']:.1f} CPU s; metrics {r['eval_s']:.1f} s), train {r['train_s']:.1f} s, data {r['data_s']:.1f} s, "
-      f"peak RSS {r['peak_rss_mb']:,.0f} MB ({r['rss_before_report_mb']:,.0f} MB before the report), "
-      f"instance mAP {r['instance_mAP_mean']:.3f} over {r['n_queries']:,} queries, querybank_k {r['querybank_k']}; "
-      f"load {os.getloadavg()[0]:.1f}",
+      f"({r['report_cpu_s']:.1f} CPU s; metrics {r['eval_s']:.1f} s), train {r['train_s']:.1f} s, "
+      f"data {r['data_s']:.1f} s, "
+      f"peak RSS {r['peak_rss_mb']:,.0f} MB "
+      f"({r['rss_before_report_mb']:,.0f} MB before the report), "
+      f"instance mAP {r['instance_mAP_mean']:.3f} over {r['n_queries']:,} queries, "
+      f"querybank_k {r['querybank_k']}; load {os.getloadavg()[0]:.1f}",
       flush=True,
     )
     if args.json_out:

@@ -1,4 +1,5 @@
-"""The default config on synthetic data of shapes the bridge data sets do not cover, against a ridge chain.
+"""The default config on synthetic data of shapes the bridge data sets do not cover, \
+against a ridge chain.
 
 Each shape is built here from a seeded latent model (no files): N instances with a 16-d latent of 10
 classes; every modality is tanh(latent @ W_m) + noise at its own dimension, so all views are related
@@ -138,12 +139,13 @@ def main(argv=None) -> int:
     overrides.update(bridges.parse_assignments(text))
   t_all = time.perf_counter()
   print(
-    f"shapes: default config{' with ' + str(overrides) if overrides else ''}; mean mAP over ordered pairs, "
-    f"1 = paired hop, 2+ = never paired; ridge = ridge chain on the same routes",
+    f"shapes: default config{' with ' + str(overrides) if overrides else ''}; mean mAP over "
+    "ordered pairs, 1 = paired hop, 2+ = never paired; ridge = ridge chain on the same routes",
     flush=True,
   )
   print(
-    f"{'shape':12s} {'level':8s} | {'graph 1':>7s} {'ridge 1':>7s} | {'graph 2+':>8s} {'ridge 2+':>8s} | time",
+    f"{'shape':12s} {'level':8s} | {'graph 1':>7s} {'ridge 1':>7s} | {'graph 2+':>8s} "
+    f"{'ridge 2+':>8s} | time",
     flush=True,
   )
   for shape in args.shapes.split(","):
@@ -165,8 +167,8 @@ def main(argv=None) -> int:
         continue
       cell = lambda d, h: f"{d[h]:.3f}" if h in d else "-"
       print(
-        f"{shape:12s} {level:8s} | {cell(g, 1):>7s} {cell(r, 1):>7s} | {cell(g, 2):>8s} {cell(r, 2):>8s} | "
-        f"{seconds:.0f}s",
+        f"{shape:12s} {level:8s} | {cell(g, 1):>7s} {cell(r, 1):>7s} | {cell(g, 2):>8s} "
+        f"{cell(r, 2):>8s} | {seconds:.0f}s",
         flush=True,
       )
   print(f"total {time.perf_counter() - t_all:.0f}s", flush=True)

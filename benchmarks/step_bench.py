@@ -290,7 +290,8 @@ def profile_top_ops(compiled, state, arrays, directory: str, steps: int, top: in
 
 def line(r: dict) -> str:
   return (
-    f"step_bench [{r.get('variant', 'base')}{' ' + r['tag'] if r.get('tag') else ''}] M={r['M']} d={r['d']} h={r['h']} B={r['B']} L={r['L']} {r['dtype']} "
+    f"step_bench [{r.get('variant', 'base')}{' ' + r['tag'] if r.get('tag') else ''}] M={r['M']} "
+    f"d={r['d']} h={r['h']} B={r['B']} L={r['L']} {r['dtype']} "
     f"[{r['device']}]: {r['steps_per_s']:.1f} steps/s ({r['step_ms']:.2f} ms), "
     f"{r['samples_per_s']:,.0f} samples/s, {r['model_tflops']:.3g} model TFLOP/s, "
     f"MFU {100 * r['mfu']:.1f}% of {r['peak_tflops']:.3g} measured GEMM TFLOP/s, "

@@ -127,7 +127,8 @@ def main(argv):
   )
   ref = evaluate("float32", "base", *dims)
   print(
-    f"step_check reference float32:base loss {ref['loss']:.6f} loss after {FLAGS.check_steps} steps "
+    f"step_check reference float32:base loss {ref['loss']:.6f} "
+    f"loss after {FLAGS.check_steps} steps "
     f"{ref['loss_end']:.6f} ({ref['seconds']:.1f} s)",
     flush=True,
   )
@@ -157,7 +158,8 @@ def main(argv):
     }
     print(
       f"step_check {item}: loss rel err {row['loss_rel']:.2e}, grad rel err {grad_rel:.2e} "
-      f"(worst leaf {grad_worst:.2e}), update rel err after {FLAGS.check_steps} steps {upd_rel:.2e} "
+      f"(worst leaf {grad_worst:.2e}), "
+      f"update rel err after {FLAGS.check_steps} steps {upd_rel:.2e} "
       f"(worst leaf {upd_worst:.2e}), loss after steps rel err {row['loss_end_rel']:.2e} "
       f"({out['seconds']:.1f} s)",
       flush=True,

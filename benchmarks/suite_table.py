@@ -47,26 +47,30 @@ def build(out: str) -> tuple[str, dict]:
   lines.append(f"## Step benchmark, {device}")
   for g in gemms:
     lines.append(
-      f"- GEMM {g['dtype']} measured in the step_bench process{' (' + g['tag'] + ')' if g.get('tag') else ''}: "
+      f"- GEMM {g['dtype']} measured in the step_bench process"
+      f"{' (' + g['tag'] + ')' if g.get('tag') else ''}: "
       f"{g['gemm_peak_tflops']:.4g} TFLOP/s (jax {g.get('jax', '?')})"
     )
   lines.append("")
   lines.append("Accuracy against a float32 reference on the same device (step_check.py):")
   lines.append("")
   lines.append(
-    "| variant | loss rel err | grad rel err (worst leaf) | update rel err after steps (worst leaf) |"
+    "| variant | loss rel err | grad rel err (worst leaf) "
+    "| update rel err after steps (worst leaf) |"
   )
   lines.append("|---|---|---|---|")
   for c in checks:
     lines.append(
-      f"| {c['check']} | {c['loss_rel']:.2e} | {c['grad_rel']:.2e} ({c['grad_rel_worst_leaf']:.2e}) | "
+      f"| {c['check']} | {c['loss_rel']:.2e} "
+      f"| {c['grad_rel']:.2e} ({c['grad_rel_worst_leaf']:.2e}) | "
       f"{c['update_rel']:.2e} ({c['update_rel_worst_leaf']:.2e}) |"
     )
   if not checks:
     lines.append("| (no accuracy results) | | | |")
   lines.append("")
   lines.append(
-    "| M | B | impl / variant | steps/s | step ms | model TFLOP/s | MFU | compile s | setup s | target |"
+    "| M | B | impl / variant | steps/s | step ms | model TFLOP/s | MFU "
+    "| compile s | setup s | target |"
   )
   lines.append("|---|---|---|---|---|---|---|---|---|---|")
   met = {}

@@ -1,4 +1,5 @@
-"""Translator graph on `fsdd_chain`: 4 audio feature views of the FSDD recordings, paired along a chain.
+"""Translator graph on `fsdd_chain`: 4 audio feature views of the FSDD recordings, paired along a
+chain.
 
 Views mfcc, mel, spec, wave of the same 3,000 recordings, instance-level pairs on the chain
 mfcc-mel-spec-wave, each edge on its own disjoint slice of 300 train recordings; FSDD's split (takes

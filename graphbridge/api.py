@@ -149,7 +149,10 @@ class Run:
     what = (
       self.model.graph.describe() if hasattr(self.model, "layout") else ", ".join(self.modalities)
     )
-    return f"Run({self.workdir!r}, step {self.step}, strategy {self.strategy}, {self.compute_dtype}; {what})"
+    return (
+      f"Run({self.workdir!r}, step {self.step}, strategy {self.strategy}, "
+      f"{self.compute_dtype}; {what})"
+    )
 
   # -- parameters ---------------------------------------------------------------------------------
   def edge_params(self, edge: str | None = None) -> PyTree:

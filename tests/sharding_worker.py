@@ -23,8 +23,7 @@ import shutil
 import jax
 import numpy as np
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(TESTS))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from graphbridge.training import sharding as sharding_lib
 from graphbridge.training import setup as setup_lib
@@ -34,6 +33,8 @@ from graphbridge.training import optimizer as optimizer_lib
 from graphbridge.training import trainer as trainer_lib
 from graphbridge.training import writers as writers_lib
 from graphbridge.data import readers as readers_lib
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 FAKE_DEVICES_FLAGS = (
   "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "

@@ -34,7 +34,7 @@ def notebook(tmp_path_factory):
 
 
 def test_cell_trains_translates_searches_and_continues(notebook):
-  run, ds = notebook["run"], notebook["ds"]
+  run, _ = notebook["run"], notebook["ds"]
   assert run.step == 30  # 20 steps, then continue_training(steps=10)
   z = notebook["z"]
   assert isinstance(z, np.ndarray) and z.shape == (8, 200)

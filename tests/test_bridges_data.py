@@ -237,8 +237,8 @@ def test_benchmark_mrr_and_overrides():
 
 
 def test_benchmark_recognises_methods_that_resolve_to_one_run():
-  """`pair` on instance-level pairs is what `auto` picks anyway: one run, rows reused; on the class-level
-  digits pairs the two differ (and pivot differs from default everywhere)."""
+  """`pair` on instance-level pairs is what `auto` picks anyway: one run, rows reused; on the
+  class-level digits pairs the two differ (and pivot differs from default everywhere)."""
   bench = _load_module(os.path.join(ROOT, "benchmarks", "bridges.py"), "bench_bridges")
   for name, same in (("mv6", True), ("digits", False)):
     ds = readers_lib.load_named(name)

@@ -1,4 +1,5 @@
-"""Bring-your-own embeddings: the on-disk format, its validation messages, and configs/npz.py end to end."""
+"""Bring-your-own embeddings: the on-disk format, its validation messages, and configs/npz.py end to
+end."""
 
 from __future__ import annotations
 
@@ -162,7 +163,8 @@ def test_npz_config_loads_the_given_file(tmp_path):
 
 
 def test_train_on_my_npz_end_to_end(tmp_path):
-  """launch/train.py --config=configs/npz.py:tiny --config.data.path=FILE trains and reports instance rows."""
+  """launch/train.py --config=configs/npz.py:tiny --config.data.path=FILE trains and reports
+  instance rows."""
   path = write_example_npz(str(tmp_path / "mine.npz"))
   workdir = tmp_path / "run"
   config = os.path.join(REPO_ROOT, "configs", "npz.py") + ":tiny"

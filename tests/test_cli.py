@@ -82,7 +82,8 @@ def test_cli_rejects_unknown_variant(tmp_path):
 
 
 def test_help_into_a_closed_pipe_exits_quietly():
-  """`graphbridge-train --help | head -1`: the reader closes the pipe; no BrokenPipeError traceback."""
+  """`graphbridge-train --help | head -1`: the reader closes the pipe; no BrokenPipeError
+  traceback."""
   import os
   import subprocess
   import sys

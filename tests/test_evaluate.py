@@ -1,4 +1,5 @@
-"""Tests for graphbridge.evaluation: known answers for retrieval, gap, silhouette and reconstruction."""
+"""Tests for graphbridge.evaluation: known answers for retrieval, gap, silhouette and
+reconstruction."""
 
 from __future__ import annotations
 
@@ -128,7 +129,8 @@ def test_hops_are_distances_in_the_paired_data_graph(tri_modal_dataset):
 
 
 def test_gap_known_answer():
-  """a rows: half e0, half e1 -> centroid (.5, .5, 0); b rows: all e0 -> centroid e0; gap sqrt(.5)."""
+  """a rows: half e0, half e1 -> centroid (.5, .5, 0); b rows: all e0 -> centroid e0; gap
+  sqrt(.5)."""
   e = np.eye(3, dtype=np.float32)
   a = np.concatenate([np.repeat(e[:1], 10, 0), np.repeat(e[1:2], 10, 0)])
   b = np.repeat(e[:1], 20, 0)
@@ -147,8 +149,9 @@ def test_gap_known_answer():
 
 
 def test_silhouette_known_answers():
-  """One-hot class rows: silhouette 1. Queries moved to an orthogonal block (classes kept, modalities
-  apart): with m rows per class and modality, the mixed silhouette is (m - 1) / (2m - 1)."""
+  """One-hot class rows: silhouette 1. Queries moved to an orthogonal block (classes kept,
+  modalities apart): with m rows per class and modality, the mixed silhouette is (m - 1) / (2m -
+  1)."""
   k, m = 4, 5
   labels = np.repeat(np.arange(k), m)
   one_hot = np.eye(2 * k, dtype=np.float32)[labels]

@@ -68,7 +68,8 @@ class NormPenaltyPlan:
 
 
 def _star_stages(config, dataset):
-  """Every modality translated into the most paired one (one direction only), with the norm penalty."""
+  """Every modality translated into the most paired one (one direction only), with the norm
+  penalty."""
   hub = pivot_lib.choose_pivot(dataset)
   graph = translator_lib.build_graph(dataset, [f"{m}->{hub}" for m in dataset.names if m != hub])
 
@@ -365,8 +366,8 @@ def _projection_config(data_path, steps=20, **graft):
 def test_a_model_that_is_not_a_translator_graph_trains_evaluates_grafts_and_loads(
   data_path, tmp_path, monkeypatch
 ):
-  """The toy strategy above through the public API (fit, load, evaluate, translate, graft) and the CLI
-  (train --base, graft, evaluate in fresh processes), touching no library file."""
+  """The toy strategy above through the public API (fit, load, evaluate, translate, graft) and the
+  CLI (train --base, graft, evaluate in fresh processes), touching no library file."""
   monkeypatch.syspath_prepend(os.path.dirname(__file__))
   base, grafted = str(tmp_path / "base"), str(tmp_path / "grafted")
   config = _projection_config(data_path, modality="audio", connect_to="", base_modalities="")

@@ -228,7 +228,8 @@ def test_graft_into_a_workdir_of_another_run_is_an_error(finished, dataset, tmp_
 # ---- 3. workdir lock -----------------------------------------------------------------------------
 
 HOLD = (
-  "import sys, time; sys.path.insert(0, {root!r}); from graphbridge.training import lock as lock_lib; "
+  "import sys, time; sys.path.insert(0, {root!r}); "
+  "from graphbridge.training import lock as lock_lib; "
   "l = lock_lib.WorkdirLock({workdir!r}, 'graphbridge-train --config=digits'); l.__enter__(); "
   "print('held', flush=True); time.sleep(60)"
 )
@@ -261,7 +262,7 @@ def test_second_run_in_a_locked_workdir_refuses_at_once_naming_the_holder(run_co
   logs = []
   trainer_lib.train(small_config(30), run_copy, dataset=dataset, log=logs.append)
   assert any(
-    f"took over the stale lock" in line
+    "took over the stale lock" in line
     and f"pid {holder.pid}" in line
     and "no longer running" in line
     for line in logs
@@ -524,13 +525,15 @@ FULL_DISK = """
 set -u
 mount -t tmpfs -o size=8m tmpfs {mnt} || exit 99
 GRAPHBRIDGE_FILL_DISK_AFTER_STEP=25 {python} {root}/launch/train.py --config=configs/npz.py:tiny \\
-  --config.data.path={data} --workdir={mnt}/run --config.train.steps=30 --config.train.checkpoint_every=10 \\
+  --config.data.path={data} --workdir={mnt}/run --config.train.steps=30 \
+--config.train.checkpoint_every=10 \\
   --config.train.log_every=5 --config.model.hidden=16, --config.train.tensorboard=False --noplots \\
   > {out}/stdout.txt 2> {out}/stderr.txt
 echo "rc=$?"
 rm -f {mnt}/run/disk_filler
 ls {mnt}/run/checkpoints
-{python} -c "import sys; sys.path.insert(0, '{root}'); from graphbridge.training import trained; print('restored', trained.load_trained('{mnt}/run').step)" 2>/dev/null
+{python} -c "import sys; sys.path.insert(0, '{root}'); from graphbridge.training import trained; \
+print('restored', trained.load_trained('{mnt}/run').step)" 2>/dev/null
 """
 
 

@@ -20,7 +20,8 @@ NAMES = ("image", "audio", "text")
 
 
 def _fake_report() -> report_lib.Report:
-  """A report summary with the fields write_plots reads: text paired with both, image<->audio not."""
+  """A report summary with the fields write_plots reads: text paired with both, image<->audio
+  not."""
   rng = np.random.default_rng(0)
   rows = []
   for q in NAMES:

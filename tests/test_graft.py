@@ -251,7 +251,10 @@ def test_bad_grafts_fail_before_writing(case, base, dataset, tmp_path, make_synt
   else:  # the base run's copy as --workdir: it holds checkpoints of image<->text only
     new = str(tmp_path / "copy")
     shutil.copytree(old, new)
-    match = r"already holds a run of another graph \(nodes: image\[6\], text\[8\]; .*choose a new directory"
+    match = (
+      r"already holds a run of another graph \(nodes: image\[6\], text\[8\]; "
+      r".*choose a new directory"
+    )
   before = tree_hashes(new) if os.path.exists(new) else None
   with pytest.raises(errors.GraftError, match=match):
     graft_run.graft(config, old, new, dataset=data, plots=False, log=quiet)

@@ -1,4 +1,5 @@
-"""Tests for graphbridge.objectives: the stacked, prefix-sharing loss against a plain per-edge loop."""
+"""Tests for graphbridge.objectives: the stacked, prefix-sharing loss against a plain per-edge
+loop."""
 
 from __future__ import annotations
 

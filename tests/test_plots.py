@@ -1,4 +1,5 @@
-"""Tests for graphbridge.evaluation.plots: every function writes a readable PNG of the expected size."""
+"""Tests for graphbridge.evaluation.plots: every function writes a readable PNG of the expected
+size."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""loss.infonce_positives="auto": instance positives on instance pairs, label positives on class-level pairs."""
+"""loss.infonce_positives="auto": instance positives on instance pairs, label positives on
+class-level pairs."""
 
 import numpy as np
 import pytest

@@ -43,8 +43,8 @@ def test_sinkhorn_plan_has_uniform_marginals_and_beats_nn_on_a_hub():
 
 @pytest.mark.parametrize("n_q, n_g", [(130, 130), (200, 131), (257, 300)])
 def test_sinkhorn_scaling_domain_equals_the_log_domain_on_padded_shapes(n_q, n_g):
-  """The default (scaling domain, padded to SINKHORN_BUCKET) gives the log domain's plan; sizes that are
-  not multiples of the bucket, square and not."""
+  """The default (scaling domain, padded to SINKHORN_BUCKET) gives the log domain's plan; sizes that
+  are not multiples of the bucket, square and not."""
   rng = np.random.default_rng(n_q + n_g)
   x = rng.normal(size=(n_q, 16))
   y = x[rng.integers(0, n_q, n_g)] @ _rotation(16, rng) + 0.8 * rng.normal(size=(n_g, 16))

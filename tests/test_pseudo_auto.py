@@ -1,4 +1,5 @@
-"""pseudo.rounds=-1 (auto, the default): pseudo_lib.AUTO_ROUNDS (2) rounds where every pair set is instance-level, else 0."""
+"""pseudo.rounds=-1 (auto, the default): pseudo_lib.AUTO_ROUNDS (2) rounds where every pair set is
+instance-level, else 0."""
 
 import numpy as np
 import pytest
@@ -123,10 +124,10 @@ def test_run_logs_the_decision_and_takes_the_matching_path(monkeypatch):
 
 
 def test_a_run_that_stops_early_keeps_its_model_in_the_workdir(tmp_path, monkeypatch):
-  """No pseudo-pair passes the gate after round 0: the kept model is round 0's (trained into round0/),
-  so its checkpoints and metrics are copied into the workdir, where a finished run's model is;
-  loading
-  the workdir gives round 0's params, and a rerun (everything resumed) copies again without error."""
+  """No pseudo-pair passes the gate after round 0: the kept model is round 0's (trained into
+  round0/), so its checkpoints and metrics are copied into the workdir, where a finished run's model
+  is; loading the workdir gives round 0's params, and a rerun (everything resumed) copies again
+  without error."""
   monkeypatch.setattr(
     pseudo_lib, "probe_precision", lambda *a, **k: 0.0
   )  # the gate rejects every pair set

@@ -1,4 +1,5 @@
-"""Tests for graphbridge.evaluation.report and the evaluate CLI: files, keys, readable PNGs, a restored run."""
+"""Tests for graphbridge.evaluation.report and the evaluate CLI: files, keys, readable PNGs, a
+restored run."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ REPORT_KEYS = {
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-  """configs/digits.py:tiny trained with train.train into a workdir (checkpoints + metrics.jsonl)."""
+  """configs/digits.py:tiny trained with train.train into a workdir (checkpoints +
+  metrics.jsonl)."""
   workdir = str(tmp_path_factory.mktemp("digits_tiny"))
   config = load_config_module("configs/digits.py").get_config("tiny")
   config.train.checkpoint_every = 30  # one checkpoint: the final step

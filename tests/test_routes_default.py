@@ -120,10 +120,9 @@ def test_csls_ranks_as_two_cos_minus_hubness():
 
 
 def test_auto_route_mode_reads_the_pair_sets():
-  """eval.routes="auto" (the default): ensemble_all where every pair set is instance-level (ids agree along
-  the pairs), ensemble where a pair set is class-level (the embedded digits set); an aligner
-  resolves it
-  when bound to the data."""
+  """eval.routes="auto" (the default): ensemble_all where every pair set is instance-level (ids
+  agree along the pairs), ensemble where a pair set is class-level (the embedded digits set); an
+  aligner resolves it when bound to the data."""
   instance = _tri()
   assert encoding_lib.resolve_route_mode("auto", instance)[0] == "ensemble_all"
   assert encoding_lib.resolve_route_mode("auto", readers_lib.load_digits())[0] == "ensemble"

@@ -1,4 +1,5 @@
-"""Opt-in step variants (model.impl="fused", optim.mu_dtype="bfloat16") against a float32 reference."""
+"""Opt-in step variants (model.impl="fused", optim.mu_dtype="bfloat16") against a float32
+reference."""
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,8 @@ def _config(dtype="float32", impl="flax", mu_dtype=""):
 
 
 def _loss_grads_update(config, dataset, steps=3):
-  """Loss and float32 gradients at step 0 on one batch, and the master-param change after `steps`."""
+  """Loss and float32 gradients at step 0 on one batch, and the master-param change after
+  `steps`."""
   setup = setup_lib.build_setup(config, dataset)
   tx = optimizer_lib.make_optimizer(config)
   state = state_lib.init_state(setup, tx, 0, optimizer_lib.phase_weights(config, setup.plan, 0))

@@ -1,4 +1,5 @@
-"""Tests for graphbridge.training: the step lowers the loss, traces once, and stops on non-finite values."""
+"""Tests for graphbridge.training: the step lowers the loss, traces once, and stops on non-finite
+values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests for graphbridge.translators: layout buckets, stacked params, batched application, compose."""
+"""Tests for graphbridge.translators: layout buckets, stacked params, batched application,
+compose."""
 
 from __future__ import annotations
 

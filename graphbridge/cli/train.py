@@ -38,7 +38,8 @@ _DISTRIBUTED = flags.DEFINE_bool(
   "distributed",
   False,
   "Multi-host: call jax.distributed.initialize() first (SLURM, TPU pods and Open MPI "
-  "are detected; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). See docs/scaling.md.",
+  "are detected; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). "
+  "See docs/scaling.md.",
 )
 
 

@@ -38,7 +38,8 @@ class CheckpointCorruptError(CheckpointError):
 
 
 class CheckpointWriteError(CheckpointError):
-  """A checkpoint could not be written (e.g. the disk is full); the steps saved before are intact."""
+  """A checkpoint could not be written (e.g. the disk is full); the steps saved before are
+  intact."""
 
 
 class MeshError(ValueError):
@@ -59,4 +60,5 @@ class RunMismatchError(CheckpointMismatchError):
 
 
 class GraftError(ValueError):
-  """The graft cannot be done as asked; nothing has been written. The message says what to change."""
+  """The graft cannot be done as asked; nothing has been written. The message says what to
+  change."""

@@ -175,7 +175,8 @@ class ModalityGraph:
     for edge in path_edges(nodes):
       if edge not in self._edge_set:
         raise GraphError(
-          f"path {text}: no edge {edge.name} in graph (edges: {', '.join(self.edge_names) or 'none'})"
+          f"path {text}: no edge {edge.name} in graph "
+          f"(edges: {', '.join(self.edge_names) or 'none'})"
         )
     return nodes
 

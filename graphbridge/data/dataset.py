@@ -195,7 +195,8 @@ class Dataset:
 
   def check_train_pairs(self) -> None:
     """DataError naming a pair set none of whose pairs has both rows in train (e.g. it references
-    only test rows): training could not use it, yet the report would call the two modalities paired."""
+    only test rows): training could not use it, yet the report would call the two modalities
+    paired."""
     for (a, b), pairs in self.pairs.items():
       if not len(self.pairs_for(a, b, split="train")):
         raise DataError(
@@ -300,7 +301,8 @@ def split_rows(dataset: Dataset, modality: str, split: str) -> np.ndarray:
 
 
 def subset_modalities(dataset: Dataset, names: Sequence[str]) -> Dataset:
-  """The data restricted to `names` (in the data's order): their rows and the pair sets between them.
+  """The data restricted to `names` (in the data's order): their rows and the pair sets between
+  them.
 
   Rows, labels and splits are shared with `dataset` (no copy). Raises GraftError for a name the
   data does not have, and data.DataError if a kept modality is left without any pair set."""

@@ -131,9 +131,9 @@ class HostSampler:
 
 
 class Prefetcher:
-  """Runs `produce(step)` for steps start, start+1, ... < stop on `size` worker threads, up to `size`
-  steps ahead (reading rows from disk while the device trains); iterating gives the results in step
-  order. An exception in produce is raised by the iteration that reaches its step."""
+  """Runs `produce(step)` for steps start, start+1, ... < stop on `size` worker threads, up to
+  `size` steps ahead (reading rows from disk while the device trains); iterating gives the results
+  in step order. An exception in produce is raised by the iteration that reaches its step."""
 
   def __init__(self, produce, start: int, stop: int, size: int = 4):
     import collections

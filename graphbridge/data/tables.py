@@ -45,7 +45,8 @@ class NormalizedRows:
 
   Stands in for `Modality.emb` of a data set loaded with `load_memmapped`, so evaluation code that
   indexes rows (emb[rows], emb[mask], emb[:64]) works unchanged; np.asarray(view) reads the whole
-  table (what the device sampler needs) in chunks. Non-finite and zero rows are reported when read."""
+  table (what the device sampler needs) in chunks. Non-finite and zero rows are reported when
+  read."""
 
   def __init__(self, raw, name: str):
     if np.ndim(raw) != 2:

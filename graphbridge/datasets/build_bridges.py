@@ -129,7 +129,8 @@ def view_hog(imgs, cells: int = 4, bins: int = 9):
 
 
 def view_mom(imgs):
-  """[N, 10] image moments: log mass, centroid (2), normalised central moments of order 2 (3) and 3 (4)."""
+  """[N, 10] image moments: log mass, centroid (2), normalised central moments of order 2 (3) and 3
+  (4)."""
   n = len(imgs)
   yy, xx = np.mgrid[0:8, 0:8].astype(float)
   m = imgs.sum((1, 2)) + 1e-9
@@ -205,8 +206,8 @@ IMAGE_VIEWS = {
 
 
 def image_source():
-  """(views {name: [N, d]}, labels [N], train [N] bool): the digits images, 30% stratified test split
-  (the split of the embedded digits set, so its test images stay test images here)."""
+  """(views {name: [N, d]}, labels [N], train [N] bool): the digits images, 30% stratified test
+  split (the split of the embedded digits set, so its test images stay test images here)."""
   from sklearn.datasets import load_digits
 
   d = load_digits()
@@ -236,8 +237,8 @@ def audio_mel(wave, fb):
 
 
 def audio_spec(wave):
-  """[46] spectral shape: contrast in 7 octave-like bands, 12-bin chroma, centroid, bandwidth, roll-off
-  and flatness; mean and std over frames each."""
+  """[46] spectral shape: contrast in 7 octave-like bands, 12-bin chroma, centroid, bandwidth,
+  roll-off and flatness; mean and std over frames each."""
   p = _frames_power(wave) + 1e-10
   freqs = np.fft.rfftfreq(bd.NFFT, 1.0 / bd.SR)
   edges = [0, 125, 250, 500, 1000, 1750, 2750, 4001]
@@ -326,7 +327,8 @@ def fsdd_source(fsdd_dir: Path):
 
 
 def standardise(x: np.ndarray, train: np.ndarray) -> np.ndarray:
-  """(x - train mean) / train std, with a std floor of 1e-3 of the largest std (constant features -> 0)."""
+  """(x - train mean) / train std, with a std floor of 1e-3 of the largest std (constant features ->
+  0)."""
   mu = x[train].mean(0)
   sd = x[train].std(0)
   sd = np.maximum(sd, 1e-3 * sd.max())

@@ -84,7 +84,8 @@ class GraphAligner:
 
   @property
   def route_mode(self) -> str:
-    """The route mode in use: routes, with "auto" as bind_data resolved it ("ensemble" if unbound)."""
+    """The route mode in use: routes, with "auto" as bind_data resolved it ("ensemble" if
+    unbound)."""
     return (self.auto_routes or "ensemble") if self.routes == "auto" else self.routes
 
   def route_ends(self, route: str) -> tuple[str, str]:
@@ -92,11 +93,13 @@ class GraphAligner:
     return parsed.query, parsed.gallery
 
   def translate_many(self, routes: Sequence[str], x: np.ndarray) -> dict[str, np.ndarray]:
-    """{path: [n, d_dst]} for the same rows x [n, d_src] along several paths (see translate_paths)."""
+    """{path: [n, d_dst]} for the same rows x [n, d_src] along several paths (see
+    translate_paths)."""
     return translate_paths(self.layout, self.params, self.compute_dtype, routes, x)
 
   def translate(self, path: str, x: np.ndarray) -> np.ndarray:
-    """x: [n, d_src] -> [n, d_dst] float32 along one path (a single node: x itself), L2-normalised."""
+    """x: [n, d_src] -> [n, d_dst] float32 along one path (a single node: x itself),
+    L2-normalised."""
     if "->" not in path:
       x = np.asarray(x, np.float32)
       return unit_rows(x, floor=1e-8)

@@ -63,7 +63,8 @@ def planned_routes(
   extra_routes: Iterable[str] = (),
   pairs: Sequence[tuple[str, str]] | None = None,
 ) -> list[RouteSpec]:
-  """The default route of every ordered pair of distinct modalities (or of `pairs`), then named routes."""
+  """The default route of every ordered pair of distinct modalities (or of `pairs`), then named
+  routes."""
   names = dataset.names
   if hasattr(aligner, "bind_data"):
     aligner.bind_data(dataset)
@@ -112,7 +113,8 @@ def encode_route(aligner: Aligner, dataset: Dataset, spec: RouteSpec, split: str
 
 
 class EncodingCache:
-  """Each (aligner, route) is encoded once and reused by retrieval, gap, silhouette and projection."""
+  """Each (aligner, route) is encoded once and reused by retrieval, gap, silhouette and
+  projection."""
 
   def __init__(self, aligner: Aligner, dataset: Dataset, split: str):
     self.aligner, self.dataset, self.split = aligner, dataset, split
@@ -152,7 +154,8 @@ def resolve_route_mode(mode: str, dataset: Dataset) -> tuple[str, str]:
   the rule of loss.infonce_positives="auto" (data.choose_positives): "ensemble_all" where every pair
   set is instance-level (the routes into the query's and gallery's own spaces add to the ensemble:
   never-paired MRR mv6 0.518 -> 0.536, fsdd_chain 0.428 -> 0.461), "ensemble" where any pair set is
-  class-level (those routes cost zero-shot mAP on the digits set: 0.956 -> 0.944); docs/evaluation.md."""
+  class-level (those routes cost zero-shot mAP on the digits set: 0.956 -> 0.944);
+  docs/evaluation.md."""
   if mode != "auto":
     return mode, "asked for"
   pair_sets = [(a, b) for a, b in dataset.pairs if len(dataset.pairs_for(a, b))]

@@ -224,8 +224,8 @@ class Silhouette(Evaluator):
         "query_raw / gallery_raw: each modality's own embeddings; query_translated: the query rows "
         "in the gallery's space; mixed: translated queries + gallery rows scored together, high "
         "when classes rather than modalities form the clusters (mixed_before: at initialisation). "
-        f"An estimate: each set is a seeded sample of at most {summary.get('silhouette_sample', 500)} rows "
-        "(half from each side for mixed)."
+        "An estimate: each set is a seeded sample of at most "
+        f"{summary.get('silhouette_sample', 500)} rows (half from each side for mixed)."
       )
       + tables_lib.format_table(summary["silhouette"], self.columns)
       + "\n\n"

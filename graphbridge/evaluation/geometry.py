@@ -155,7 +155,8 @@ def mean_direction(train_target: Any) -> np.ndarray:
 
 
 def mean_direction_cosine(direction: np.ndarray, target: Any) -> float:
-  """Mean over rows of target [n, d] of their cosine with `direction` [d] (from :func:`mean_direction`)."""
+  """Mean over rows of target [n, d] of their cosine with `direction` [d] (from
+  :func:`mean_direction`)."""
   target = _as_embeddings("target", target)
   if target.shape[1] != direction.shape[0]:
     raise ValueError(

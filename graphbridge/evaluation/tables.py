@@ -32,7 +32,8 @@ def gap_rows(
   cache: EncodingCache | None = None,
   cache_before: EncodingCache | None = None,
 ) -> list[dict]:
-  """Modality gap per route: distance between the centroids of translated query rows and gallery rows.
+  """Modality gap per route: distance between the centroids of translated query rows and gallery
+  rows.
 
   gap_after uses `aligner`, gap_before the same strategy at initialisation (`before`, optional);
   gap_raw compares the untranslated rows where the two modalities have the same dimension."""
@@ -173,7 +174,8 @@ def _id_matched(
 def _paired(
   dataset: Dataset, src: str, dst: str, split: str, max_rows: int, seed: int
 ) -> tuple[np.ndarray, str] | None:
-  """[P, 2] pairs (src row, dst row) of the data, with both rows in `split` if any, else train pairs."""
+  """[P, 2] pairs (src row, dst row) of the data, with both rows in `split` if any, else train
+  pairs."""
   pairs = dataset.pairs_for(src, dst, split="all")
   if len(pairs) == 0:
     return None
@@ -315,7 +317,8 @@ def summarize_reconstruction(rows: Sequence[Mapping]) -> list[dict]:
 
 
 def hub_modality(dataset: Dataset) -> str:
-  """The modality paired with the most others (ties: data order): the common space of the picture."""
+  """The modality paired with the most others (ties: data order): the common space of the
+  picture."""
   graph = pairs_graph(dataset)
   return max(dataset.names, key=lambda m: (len(graph.out_edges(m)), -dataset.names.index(m)))
 

@@ -1,4 +1,5 @@
-"""Linear references for zero-shot bridges: linear maps composed along the graph's routes, and an oracle.
+"""Linear references for zero-shot bridges: linear maps composed along the graph's routes, and an
+oracle.
 
 * `ChainAligner(dataset, "ridge")` / `ChainAligner(dataset, "procrustes")`: one linear map per
 paired
@@ -46,7 +47,8 @@ def _rows(x) -> np.ndarray:
 
 
 def ridge_loo_alpha(x, y, alphas: Sequence[float] = RIDGE_ALPHAS) -> float:
-  """The penalty in `alphas` with the least leave-one-out squared error of ridge x -> y (with intercept).
+  """The penalty in `alphas` with the least leave-one-out squared error of ridge x -> y (with
+  intercept).
 
   x: [n, d_x], y: [n, d_y] paired rows, n >= 3. Closed form via the SVD of centred x."""
   x, y = _rows(x), _rows(y)
@@ -90,8 +92,9 @@ class SemiOrthogonal:
 
 
 def fit_procrustes_any(x, y) -> SemiOrthogonal:
-  """Orthogonal Procrustes (centred, scaled) between spaces of any dims: w = U V^T from the thin SVD of
-  (x - mx)^T (y - my); for equal dims this is posthoc_lib.fit_procrustes(center=True, scale=True).
+  """Orthogonal Procrustes (centred, scaled) between spaces of any dims: w = U V^T from the thin SVD
+  of (x - mx)^T (y - my); for equal dims this is posthoc_lib.fit_procrustes(center=True,
+  scale=True).
 
   x: [n, d_x], y: [n, d_y] paired rows (n >= 2)."""
   x, y = _rows(x), _rows(y)
@@ -176,8 +179,9 @@ def _stable_rng(seed: int, *names: str) -> np.random.Generator:
 
 
 def withheld_pairs(dataset: Dataset, a: str, b: str, n: int, seed: int = 0) -> np.ndarray:
-  """[n', 2] (row of a, row of b) joining train rows of the same instance (equal ids) or, when either
-  modality has no ids, of the same class (each chosen a row gets a random b row of its class).
+  """[n', 2] (row of a, row of b) joining train rows of the same instance (equal ids) or, when
+  either modality has no ids, of the same class (each chosen a row gets a random b row of its
+  class).
 
   n' = min(n, rows available); the same instances for (a, b) and (b, a). Raises if nothing joins."""
   ma, mb = dataset.modalities[a], dataset.modalities[b]

@@ -103,8 +103,8 @@ class LossSettings:
 
 @dataclasses.dataclass(frozen=True)
 class BucketCall:
-  """One batched translator call: inputs[i][r] is the slot fed to edge i of the bucket (row block r);
-  outputs[i][r] is the slot its result goes to (-1: padding, discarded)."""
+  """One batched translator call: inputs[i][r] is the slot fed to edge i of the bucket (row block
+  r); outputs[i][r] is the slot its result goes to (-1: padding, discarded)."""
 
   bucket_key: str
   inputs: tuple[tuple[int, ...], ...]

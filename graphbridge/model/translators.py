@@ -323,7 +323,8 @@ def _edge_rng(edge: Edge, seed) -> jax.Array:
 
 @functools.lru_cache(maxsize=None)
 def _jitted_init(specs: tuple[tuple[Edge, int, int, TranslatorArch], ...]):
-  """One compiled program that initialises every edge in `specs` (one compile, not one per shape)."""
+  """One compiled program that initialises every edge in `specs` (one compile, not one per
+  shape)."""
   # `impl` changes how layers run, never their parameters: one init program serves every impl
   specs = tuple(
     (e, d_in, d_out, dataclasses.replace(arch, impl="flax", edge_apply="auto"))

@@ -75,7 +75,8 @@ def resolve_flag_value(value: str) -> str:
 
 
 def load(value: str) -> ml_collections.ConfigDict:
-  """The ConfigDict of a config name or file: load('digits:tiny') == configs/digits.py get_config('tiny')."""
+  """The ConfigDict of a config name or file: load('digits:tiny') == configs/digits.py
+  get_config('tiny')."""
   path, arg = resolve(value)
   name = "graphbridge_config_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)

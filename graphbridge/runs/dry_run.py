@@ -29,8 +29,8 @@ def dry_run(
   for line in lines:
     log(line)
   log(
-    f"steps: {optimizer_lib.total_steps(config)} (train.steps {int(config.train.steps)} + finetune.steps "
-    f"{int(config.finetune.steps)})"
+    f"steps: {optimizer_lib.total_steps(config)} (train.steps {int(config.train.steps)} + "
+    f"finetune.steps {int(config.finetune.steps)})"
   )
   directory = os.path.join(workdir, "checkpoints") if workdir else None
   if directory and os.path.isdir(directory):

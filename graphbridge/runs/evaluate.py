@@ -24,7 +24,8 @@ def load_model(
 
 
 def model_dataset(model: Model, data: str | None = None) -> Dataset:
-  """`data` (a .npz / folder / named set), or the data the model was trained on, checked against it."""
+  """`data` (a .npz / folder / named set), or the data the model was trained on, checked against
+  it."""
   source = (
     data
     or model.config.data.path

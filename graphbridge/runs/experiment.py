@@ -23,7 +23,8 @@ _log = writers_lib.log_process0  # the default `log` of every entry point
 
 
 def load_dataset(config) -> dataset_lib.Dataset:
-  """In RAM, or memory-mapped and normalised per batch with data.host_sampling (data.load_for_config)."""
+  """In RAM, or memory-mapped and normalised per batch with data.host_sampling
+  (data.load_for_config)."""
   return readers_lib.load_for_config(config)
 
 
@@ -33,7 +34,8 @@ def train_and_evaluate(
   log: Callable[[str], None] = _log,
   plots: bool = True,
 ) -> dict:
-  """Train as `config` says, evaluate on the eval split, write report.{json,md} and plots (report.py).
+  """Train as `config` says, evaluate on the eval split, write report.{json,md} and plots
+  (report.py).
 
   Returns the report dict ({"rows": [...], "by_hops": [...], "gap": [...], "silhouette": [...],
   "reconstruction": [...], "timing": {...}, ...})."""
@@ -100,6 +102,6 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def nothing_trained_message(workdir: str, steps: int) -> str:
   return (
-    f"nothing trained: {workdir} already holds the final checkpoint (step {steps}); evaluating it as "
-    "it is. Use a new --workdir to train again, or raise --config.train.steps to continue"
+    f"nothing trained: {workdir} already holds the final checkpoint (step {steps}); evaluating it "
+    "as it is. Use a new --workdir to train again, or raise --config.train.steps to continue"
   )

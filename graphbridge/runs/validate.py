@@ -1,5 +1,6 @@
 """Config validation before any data is loaded or anything is compiled: the config's own checks
-(core/fields.py) and the names of plug-ins (strategies, report tables), asked of their registries."""
+(core/fields.py) and the names of plug-ins (strategies, report tables), asked of their
+registries."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The field's alignment methods as strategies of one pipeline, in a registry (strategies/registry.py)."""
+"""The field's alignment methods as strategies of one pipeline, in a registry
+(strategies/registry.py)."""
 
 from graphbridge.strategies.registry import REGISTRY, get, names, register, unregister
 

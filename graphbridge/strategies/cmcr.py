@@ -74,8 +74,8 @@ class CMCRObjective:
   def describe(self) -> str:
     s = self.settings
     return (
-      f"C-MCR connecting {s.space_a} ({s.mod_a}, {s.shared}) and {s.space_b} ({s.mod_b}, {s.shared}) "
-      f"through {s.common}; memory {s.memory_size}, noise std {s.noise_std}"
+      f"C-MCR connecting {s.space_a} ({s.mod_a}, {s.shared}) and {s.space_b} ({s.mod_b}, "
+      f"{s.shared}) through {s.common}; memory {s.memory_size}, noise std {s.noise_std}"
     )
 
   def initial_weights(self) -> dict[str, jax.Array]:

@@ -120,8 +120,8 @@ def publish_round(
   with open(marker, "w") as f:
     json.dump({"round": kept, "rounds": rounds, "copied_from": os.path.basename(round_dir)}, f)
   log(
-    f"pseudo-pairs: kept the model of round {kept} ({os.path.basename(round_dir)}/); its checkpoints and "
-    f"metrics are copied into {workdir}"
+    f"pseudo-pairs: kept the model of round {kept} ({os.path.basename(round_dir)}/); its "
+    f"checkpoints and metrics are copied into {workdir}"
   )
 
 

@@ -242,7 +242,8 @@ def match(
 
 
 def unpaired_train_rows(dataset: Dataset, modality: str, partner: str) -> np.ndarray:
-  """Train rows of `modality` in no pair with `partner` (rows already paired need no pseudo-pair)."""
+  """Train rows of `modality` in no pair with `partner` (rows already paired need no
+  pseudo-pair)."""
   mod = dataset.modalities[modality]
   rows = np.nonzero(mod.train)[0]
   used = dataset.pairs_for(modality, partner, split="all")[:, 0]

@@ -179,7 +179,8 @@ def plan_graft(
   unpaired = [n for n in connect_to if n not in partners]
   if unpaired:
     log(
-      f"note: no pairs of {modality} with {', '.join(unpaired)}: those edges are trained by cycles only"
+      f"note: no pairs of {modality} with {', '.join(unpaired)}: "
+      "those edges are trained by cycles only"
     )
 
   archs = {json.dumps(a, sort_keys=True) for a in old.meta["layout"]["arch"].values()}
@@ -212,8 +213,8 @@ def plan_graft(
   base_fp = old.meta.get("data", {}).get("fingerprint")
   if base_fp and base_fp != subset_modalities(dataset, old_graph.node_names).fingerprint():
     log(
-      f"note: the data's {', '.join(old_graph.node_names)} rows differ from those {from_workdir} was "
-      "trained on; grafting anyway"
+      f"note: the data's {', '.join(old_graph.node_names)} rows differ from those {from_workdir} "
+      "was trained on; grafting anyway"
     )
   frozen_params = jax.tree.map(np.asarray, old.edge_params())
   step_dir = os.path.join(from_workdir, "checkpoints", str(old.step))
@@ -419,15 +420,16 @@ def zero_shot_lines(summary: Mapping, modality: str) -> list[str]:
 
 
 def append_graft_section(workdir: str, summary: Mapping, plan: GraftPlan) -> None:
-  """A 'Grafted modality' section at the end of report.md: provenance, then the new modality's rows."""
+  """A 'Grafted modality' section at the end of report.md: provenance, then the new modality's
+  rows."""
   rows = new_modality_rows(summary, plan.modality)
   text = [
     "\n## Grafted modality\n\n",
-    f"`{plan.modality}` was grafted onto `{plan.from_workdir}` (checkpoint step {plan.from_step}): trained "
-    f"{', '.join(plan.new_edges)}; frozen (checkpoint items copied byte for byte) "
+    f"`{plan.modality}` was grafted onto `{plan.from_workdir}` (checkpoint step {plan.from_step}): "
+    f"trained {', '.join(plan.new_edges)}; frozen (checkpoint items copied byte for byte) "
     f"{', '.join(plan.frozen_edges)}.\n\n",
-    f"_Retrieval rows of {plan.modality}. hops >= 2: modalities it was never paired with, reached through "
-    "frozen edges of the old graph (zero-shot)._\n\n",
+    f"_Retrieval rows of {plan.modality}. hops >= 2: modalities it was never paired with, reached "
+    "through frozen edges of the old graph (zero-shot)._\n\n",
     tables_lib.format_table(rows, tables_lib.RETRIEVAL_COLUMNS) + "\n",
   ]
   with open(os.path.join(workdir, "report.md"), "a") as f:

@@ -145,8 +145,9 @@ def module_locator(modules: Sequence[str]) -> Locate:
 
 
 def split_items(tree: PyTree, locate: Locate) -> tuple[dict[str, dict], dict]:
-  """({item: nested dict of its leaves (its rows of stacked ones)}, nested dict of the shared leaves).
-  Empty leaves are left out (Orbax cannot store them; merge_items takes them from the template)."""
+  """({item: nested dict of its leaves (its rows of stacked ones)}, nested dict of the shared
+  leaves). Empty leaves are left out (Orbax cannot store them; merge_items takes them from the
+  template)."""
   per_item: dict[str, dict] = {}
   shared: dict = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -167,8 +168,9 @@ def split_items(tree: PyTree, locate: Locate) -> tuple[dict[str, dict], dict]:
 def merge_items(
   template: PyTree, per_item: Mapping[str, Mapping], shared: Mapping, locate: Locate
 ) -> PyTree:
-  """Inverse of split_items: `template`'s structure filled from items and shared leaves, each leaf in
-  the template's dtype; CheckpointMismatchError naming the array if one is missing or shaped otherwise."""
+  """Inverse of split_items: `template`'s structure filled from items and shared leaves, each leaf
+  in the template's dtype; CheckpointMismatchError naming the array if one is missing or shaped
+  otherwise."""
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
   leaves = []
   for path, leaf in leaves_with_path:
@@ -187,8 +189,8 @@ def merge_items(
           expected = np.shape(leaf)[1:] if stacked else np.shape(leaf)
           if part.shape != expected:
             raise CheckpointMismatchError(
-              f"checkpoint item {item}: array {'/'.join(rest)} has shape {part.shape}, expected {expected} "
-              "(a dimension or size other than the configured model's)"
+              f"checkpoint item {item}: array {'/'.join(rest)} has shape {part.shape}, expected "
+              f"{expected} (a dimension or size other than the configured model's)"
             )
         value = np.stack(parts) if stacked else parts[0]
     except KeyError as exc:
@@ -288,9 +290,9 @@ class Checkpoints:
     copy_items_from: Mapping[str, str] | None = None,
   ) -> None:
     """Save one step of named items ({item name: tree}; models other than translator graphs, e.g.
-    DMVAE's "module.enc.image"). copy_items_from: {item name: step_dir} copied byte for byte.
-    The step's manifest (sha256 per item) is written once its files are final: at the next save,
-    wait() or close(). A disk error (full, read-only) is CheckpointWriteError; earlier steps stay."""
+    DMVAE's "module.enc.image"). copy_items_from: {item name: step_dir} copied byte for byte. The
+    step's manifest (sha256 per item) is written once its files are final: at the next save, wait()
+    or close(). A disk error (full, read-only) is CheckpointWriteError; earlier steps stay."""
     self._finish_pending()
     copy_items_from = dict(copy_items_from or {})
     items = {name: ocp.args.StandardSave(dict(tree)) for name, tree in items.items()}
@@ -330,8 +332,8 @@ class Checkpoints:
     return self._failed
 
   def _discard_partial(self, step: int) -> None:
-    """Remove the temporary folders of steps that failed to write (Orbax's <step>.orbax-checkpoint-tmp*;
-    never a finished step), freeing the space they took."""
+    """Remove the temporary folders of steps that failed to write (Orbax's
+    <step>.orbax-checkpoint-tmp*; never a finished step), freeing the space they took."""
     if jax.process_index() != 0 or not os.path.isdir(self.directory):
       return
     for name in os.listdir(self.directory):
@@ -408,8 +410,8 @@ class Checkpoints:
         )
       if item_digest(directory) != recorded[name]:
         raise CheckpointCorruptError(
-          f"checkpoint step {step}: item {name!r} is corrupt (sha256 differs from the one recorded at "
-          "save; its files were changed or damaged on disk)",
+          f"checkpoint step {step}: item {name!r} is corrupt (sha256 differs from the one recorded "
+          "at save; its files were changed or damaged on disk)",
           step,
           name,
         )

@@ -159,12 +159,13 @@ def check_run_identity(
   listing = "\n  ".join(problems)
   if bool(config.train.allow_resume_changes):
     log(
-      f"resuming checkpoint step {step} with changes (train.allow_resume_changes=True):\n  {listing}"
+      f"resuming checkpoint step {step} with changes (train.allow_resume_changes=True):\n  "
+      f"{listing}"
     )
     return problems
   raise RunMismatchError(
-    f"checkpoint step {step} in {directory} belongs to another run; resuming would change:\n  {listing}\n"
-    "use a fresh --workdir, the run's own config (config.json in the workdir), or "
+    f"checkpoint step {step} in {directory} belongs to another run; resuming would change:\n  "
+    f"{listing}\nuse a fresh --workdir, the run's own config (config.json in the workdir), or "
     "--config.train.allow_resume_changes=True to continue with these changes on purpose"
   )
 
@@ -180,8 +181,9 @@ def check_meta_matches(setup: Setup, meta: Mapping, step: int, directory: str) -
   if _canonical_graph(saved.get("graph", {})) != _canonical_graph(now["graph"]):
     raise errors.CheckpointMismatchError(
       f"checkpoint step {step} in {directory} was written for another graph "
-      f"({ModalityGraph.from_dict(saved['graph']).describe() if 'graph' in saved else 'unknown'}) but the "
-      f"config builds {setup.graph.describe()}; use a fresh --workdir or the matching config"
+      f"({ModalityGraph.from_dict(saved['graph']).describe() if 'graph' in saved else 'unknown'}) "
+      f"but the config builds {setup.graph.describe()}; use a fresh --workdir or the matching "
+      "config"
     )
   if saved.get("arch") != now["arch"]:
     raise errors.CheckpointMismatchError(
@@ -232,6 +234,7 @@ def restore_state(
     log(
       f"resuming from checkpoint step {restored}, the latest complete one"
       if restored is not None
-      else f"no usable checkpoint in {checkpoints.directory} ({len(problems)} damaged); starting from scratch"
+      else f"no usable checkpoint in {checkpoints.directory} ({len(problems)} damaged); "
+      "starting from scratch"
     )
   return (state, restored) if restored is not None else (None, None)

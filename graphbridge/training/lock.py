@@ -87,8 +87,8 @@ class WorkdirLock:
         info = _read_info(f)
         f.close()
         raise WorkdirLockedError(
-          f"{self.workdir} is in use by {_holder_text(info)}; wait for it to finish, stop it, or use "
-          "another --workdir"
+          f"{self.workdir} is in use by {_holder_text(info)}; wait for it to finish, stop it, or "
+          "use another --workdir"
         ) from None
       f.close()
       self.log(f"note: cannot lock {path} ({exc.strerror}); not protected against a second run")

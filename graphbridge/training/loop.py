@@ -134,7 +134,8 @@ def run(
             else ""
           )
           log(
-            f"step {done}/{cadence.total}  {line(logged)}{val}  {speed.text(rate, done, cadence.total)}"
+            f"step {done}/{cadence.total}  {line(logged)}{val}  "
+            f"{speed.text(rate, done, cadence.total)}"
           )
       if done == cadence.total and at_end is not None:
         state = at_end(state)

@@ -68,7 +68,8 @@ def phase_weights(config, objective, step: int) -> dict[str, jax.Array]:
   """Loss weights for `step`: the objective's initial weights, then (from train.steps on, when
   finetune.steps > 0) its fine-tuning weights (objective_lib.finetune_weights: every key kept).
 
-  objective: an objective_lib.Objective, or objectives_lib.LossSettings (the graph plan's weights)."""
+  objective: an objective_lib.Objective, or objectives_lib.LossSettings (the graph plan's
+  weights)."""
   if isinstance(objective, objectives_lib.LossSettings):
     weights, hook_owner = objectives_lib.initial_weights(objective), objectives
   else:

@@ -141,9 +141,9 @@ def build_setup(
   objective: Callable | None = None,
   training: bool = False,
 ) -> Setup:
-  """Static setup of a run. objective(layout, dataset, config) builds a strategy objective
-  (default: the translator graph's loss plan from config.loss). training: the setup is for `train`,
-  so every edge in graph.frozen must be among `frozen` (edges whose trained parameters are given)."""
+  """Static setup of a run. objective(layout, dataset, config) builds a strategy objective (default:
+  the translator graph's loss plan from config.loss). training: the setup is for `train`, so every
+  edge in graph.frozen must be among `frozen` (edges whose trained parameters are given)."""
   graph = graph or graph_from_config(config, dataset)
   check_against_graph(
     config, graph, dataset, frozen_given=frozen if training else None, eval_paths=objective is None

@@ -146,7 +146,8 @@ def tree_shardings(layout: EdgeLayout, tree: PyTree, mesh: Mesh) -> PyTree:
 
 
 def batch_shardings(batch: PyTree, batch_size: int, mesh: Mesh) -> PyTree:
-  """Leaves with a leading batch axis are split over `data`; others (e.g. a memory bank) replicated."""
+  """Leaves with a leading batch axis are split over `data`; others (e.g. a memory bank)
+  replicated."""
   return jax.tree.map(
     lambda x: NamedSharding(
       mesh, P(DATA) if np.ndim(x) >= 1 and np.shape(x)[0] == batch_size else P()
@@ -230,7 +231,8 @@ def to_host(tree: PyTree) -> PyTree:
 
 
 def zeros_like_host(tree: PyTree) -> PyTree:
-  """A host template with the shapes and dtypes of `tree` (restore fills it; nothing is gathered)."""
+  """A host template with the shapes and dtypes of `tree` (restore fills it; nothing is
+  gathered)."""
   return jax.tree.map(lambda x: np.zeros(np.shape(x), x.dtype), tree)
 
 

@@ -150,8 +150,9 @@ def items_to_state(
 
 
 def with_edge_params(state: dict, params: Mapping, setup) -> dict:
-  """state with its trainable edge params replaced by `params` ({bucket_key: stacked}, host arrays; extra
-  keys such as frozen buckets are ignored), each placed as the leaf it replaces (device, sharding)."""
+  """state with its trainable edge params replaced by `params` ({bucket_key: stacked}, host arrays;
+  extra keys such as frozen buckets are ignored), each placed as the leaf it replaces (device,
+  sharding)."""
   edges = state["params"]["edges"]
   new_edges = jax.tree.map(
     lambda old, new: jax.device_put(jnp.asarray(new, old.dtype), old.sharding),

@@ -251,7 +251,8 @@ def _train(
     ):
       return state
     log(
-      f"keeping the params of step {validator.best_step} (best val mAP {validator.best_map:.3f}; train.keep_best)"
+      f"keeping the params of step {validator.best_step} "
+      f"(best val mAP {validator.best_map:.3f}; train.keep_best)"
     )
     return with_edge_params(state, validator.best_params, setup)
 

@@ -75,7 +75,8 @@ class Validator:
   keep: bool = False
 
   def score(self, step: int, params: Mapping) -> dict[str, float]:
-    """{"val/mAP", "val/mAP/<q>-><g>"..., "val/best_mAP", "val/best_step"}; params: stacked, every edge."""
+    """{"val/mAP", "val/mAP/<q>-><g>"..., "val/best_mAP", "val/best_step"}; params: stacked, every
+    edge."""
     import jax
 
     host = jax.device_get(dict(params))

@@ -76,7 +76,8 @@ class TensorBoardWriter:
 
 
 def tensorboard_tag(key: str) -> str:
-  """TensorBoard tags allow [A-Za-z0-9_./-]: 'grad_norm/image->text' -> 'grad_norm/image_to_text'."""
+  """TensorBoard tags allow [A-Za-z0-9_./-]: 'grad_norm/image->text' ->
+  'grad_norm/image_to_text'."""
   return key.replace("->", "_to_").replace("<-", "_from_")
 
 
@@ -142,8 +143,8 @@ def for_run(workdir: str | None, config, log: Callable[[str], None] = print) -> 
       writers.append(TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR)))
     else:
       log(
-        "note: no TensorBoard events (tensorboardX is not installed: pip install graphbridge[tensorboard]); "
-        "metrics go to metrics.jsonl"
+        "note: no TensorBoard events (tensorboardX is not installed: pip install "
+        "graphbridge[tensorboard]); metrics go to metrics.jsonl"
       )
   return MultiWriter(writers)
 

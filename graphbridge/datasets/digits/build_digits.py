@@ -75,9 +75,9 @@ def stratified_test_mask(
   return test
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # image
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def build_image():
   from sklearn.datasets import load_digits
 
@@ -92,9 +92,9 @@ def build_image():
   return emb, y, train, test
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # audio
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def _hz_to_mel(f):
   return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
 
@@ -184,9 +184,9 @@ def build_audio(fsdd_dir: Path):
   return emb, y, train, ~train
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # text
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Placeholders: {n} numeral, {w} word, {W} capitalised word, {a_w} word with article ("an eight"),
 # {after} / {before} ordering phrases, {sa} {sb} summands, {comp} ten's complement.
 TEMPLATES = [
@@ -301,12 +301,12 @@ def build_text():
   return emb, np.asarray(labels, dtype=np.int64), ~test, test, texts, sorted(test_templates)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # pairs
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def class_level_pairs(src_label, src_train, txt_label, txt_train, rng) -> np.ndarray:
-  """Pair PAIR_FRACTION of the train rows of each class (stratified) with one random train caption of
-  the same class. Returns [P, 2] int64 (src row, text row), sorted by src row."""
+  """Pair PAIR_FRACTION of the train rows of each class (stratified) with one random train caption
+  of the same class. Returns [P, 2] int64 (src row, text row), sorted by src row."""
   out = []
   for c in range(N_CLASSES):
     rows = np.flatnonzero(src_train & (src_label == c))
@@ -318,9 +318,9 @@ def class_level_pairs(src_label, src_train, txt_label, txt_train, rng) -> np.nda
   return pairs[np.argsort(pairs[:, 0], kind="stable")]
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # sanity metrics
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def l2n(x):
   x = np.asarray(x, dtype=np.float64)
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -354,11 +354,12 @@ def retrieval_map(u, y):
   return float(np.mean(aps))
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # output
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def save_npz_deterministic(path: Path, arrays: dict) -> None:
-  """Like np.savez_compressed, but with fixed zip timestamps so that the file bytes are reproducible."""
+  """Like np.savez_compressed, but with fixed zip timestamps so that the file bytes are
+  reproducible."""
   tmp = path.with_suffix(path.suffix + ".tmp")
   with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
     for key, arr in arrays.items():
@@ -441,16 +442,17 @@ def main(argv=None):
   for k, v in arrays.items():
     print(f"  {k:20s} {str(v.shape):12s} {v.dtype}")
   print(
-    f"\npairs_image__text: {len(pairs_it)} pairs over {len(np.unique(pairs_it[:, 0]))} image train rows "
-    f"/ {int(img[2].sum())}"
+    f"\npairs_image__text: {len(pairs_it)} pairs over {len(np.unique(pairs_it[:, 0]))} image train "
+    f"rows / {int(img[2].sum())}"
   )
   print(
-    f"pairs_audio__text: {len(pairs_at)} pairs over {len(np.unique(pairs_at[:, 0]))} audio train rows "
-    f"/ {int(aud[2].sum())}"
+    f"pairs_audio__text: {len(pairs_at)} pairs over {len(np.unique(pairs_at[:, 0]))} audio train "
+    f"rows / {int(aud[2].sum())}"
   )
 
   print(
-    "\nsanity (rows L2-normalised; test accuracy; mAP = class-level test->test retrieval, self excluded)"
+    "\nsanity (rows L2-normalised; test accuracy; "
+    "mAP = class-level test->test retrieval, self excluded)"
   )
   header = (
     f"| {'modality':8s} | {'N':>5s} | {'dim':>4s} | {'train':>5s} | {'test':>4s} | "

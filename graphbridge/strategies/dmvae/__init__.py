@@ -1,4 +1,5 @@
-"""DMVAE (Lee & Pavlovic, CVPR-W 2021): the private-shared disentangled multimodal VAE as a strategy.
+"""DMVAE (Lee & Pavlovic, CVPR-W 2021): the private-shared disentangled multimodal VAE as a
+strategy.
 
 Not a translator graph: per modality an encoder to a private and a shared Gaussian latent and a
 decoder back (model.py), trained by the shared training loop (trainer.py), scored in the shared
@@ -36,7 +37,8 @@ from graphbridge.training.checkpoint import item_digest
 
 
 def graph_summary(spec: DMVAESpec) -> dict:
-  """The report header's "graph": modalities plus the shared latent; encoders m->shared, decoders back."""
+  """The report header's "graph": modalities plus the shared latent; encoders m->shared, decoders
+  back."""
   return {
     "nodes": [*[list(d) for d in spec.dims], [SHARED, spec.shared_dim]],
     "edges": [e for m in spec.names for e in (f"{m}->{SHARED}", f"{SHARED}->{m}")],
@@ -45,8 +47,8 @@ def graph_summary(spec: DMVAESpec) -> dict:
 
 @dataclasses.dataclass
 class DMVAEModel(Model):
-  """A trained DMVAE. Default routes compare in the shared latent (`a->shared<-b`); every report adds
-  the translation routes `a->shared->b` as named routes. initial: the params of the "before"
+  """A trained DMVAE. Default routes compare in the shared latent (`a->shared<-b`); every report
+  adds the translation routes `a->shared->b` as named routes. initial: the params of the "before"
   model (frozen modules of a graft keep their trained values); None = every module at its init."""
 
   spec: DMVAESpec
@@ -116,7 +118,8 @@ class DMVAEStrategy(Strategy):
       f"dmvae: modules {', '.join(spec.modules())}; shared latent {spec.shared_dim}, private "
       f"{spec.private_dim}, MLP hidden {spec.arch.hidden}",
       f"dmvae: kappa {', '.join(f'{m} {spec.kappa_for(m):g}' for m in spec.names)}; cross_weight "
-      f"{float(config.dmvae.cross_weight):g}, unpaired_weight {float(config.dmvae.unpaired_weight):g}",
+      f"{float(config.dmvae.cross_weight):g}, "
+      f"unpaired_weight {float(config.dmvae.unpaired_weight):g}",
       f"dmvae: groups {', '.join('+'.join(g.modalities) for g in groups)}; {n_rows} rows per step",
     ]
 
@@ -216,7 +219,8 @@ def graft(
     )
   spec = old.spec.with_modalities({**dict(old.spec.dims), **{m: dataset.dims[m] for m in new}})
   log(
-    f"dmvae graft: new {', '.join(new)} against frozen {', '.join(old.spec.names)} (step {old.step})"
+    f"dmvae graft: new {', '.join(new)} against frozen {', '.join(old.spec.names)} "
+    f"(step {old.step})"
   )
   result = train(
     config, workdir, dataset, log=log, frozen_params=old.params, frozen_from=old.step_dir, spec=spec

@@ -1,4 +1,5 @@
-"""DMVAE: the private-shared disentangled multimodal VAE (Lee & Pavlovic, CVPR-W 2021) as a strategy.
+"""DMVAE: the private-shared disentangled multimodal VAE (Lee & Pavlovic, CVPR-W 2021) as a
+strategy.
 
 Per modality m an encoder MLP gives Gaussian posteriors over a private latent z_p^m [private_dim]
 and a shared latent z_s [shared_dim]; a decoder MLP maps (z_p^m, z_s) back to m's embedding.
@@ -163,7 +164,8 @@ def _decoder(spec: DMVAESpec, modality: str) -> Translator:
 def init_params(spec: DMVAESpec, seed: int, modalities: Sequence[str] | None = None) -> dict:
   """{'enc:m': params, 'dec:m': params} for `modalities` (default: all), from `seed`.
 
-  Each module's key is folded from its name, so adding a modality leaves the others' draws unchanged."""
+  Each module's key is folded from its name, so adding a modality leaves the others' draws
+  unchanged."""
   out = {}
   base = jax.random.PRNGKey(int(seed))
   for m in modalities or spec.names:
@@ -197,7 +199,8 @@ def encode(spec: DMVAESpec, params: Mapping, modality: str, x: jax.Array):
 def decode(
   spec: DMVAESpec, params: Mapping, modality: str, z_private: jax.Array, z_shared: jax.Array
 ):
-  """(z_p [B, private_dim], z_s [B, shared_dim]) -> [B, d_m], L2-normalised (the vMF mean direction)."""
+  """(z_p [B, private_dim], z_s [B, shared_dim]) -> [B, d_m], L2-normalised (the vMF mean
+  direction)."""
   y = _decoder(spec, modality).apply(
     {"params": params[module_name(DEC, modality)]}, jnp.concatenate([z_private, z_shared], axis=-1)
   )
@@ -223,7 +226,8 @@ def gaussian_kl(mu: jax.Array, logvar: jax.Array) -> jax.Array:
 
 
 def vmf_nll(x_hat: jax.Array, x: jax.Array, kappa: float) -> jax.Array:
-  """kappa * (1 - cos(x_hat, x)): the vMF negative log-likelihood up to a constant. [B, d] -> [B]."""
+  """kappa * (1 - cos(x_hat, x)): the vMF negative log-likelihood up to a constant. [B, d] ->
+  [B]."""
   x = x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
   return kappa * (1.0 - jnp.sum(x_hat * x, axis=-1))
 

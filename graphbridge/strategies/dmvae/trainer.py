@@ -117,7 +117,8 @@ def make_loss_fn(spec: DMVAESpec, groups: Sequence[Group], batch_size: int, cros
 
 
 def _optimizer_key(config) -> str:
-  """What train.make_optimizer reads, as a hashable key (runs that share it share one compiled step)."""
+  """What train.make_optimizer reads, as a hashable key (runs that share it share one compiled
+  step)."""
   return json.dumps(
     {
       "optim": config.optim.to_dict(),
@@ -201,11 +202,13 @@ def train(
     _optimizer_key(config),
   )
   log(
-    f"dmvae: modalities {', '.join(f'{m}[{d}]' for m, d in spec.dims)}; shared {spec.shared_dim}, private "
-    f"{spec.private_dim}; kappa {', '.join(f'{m} {spec.kappa_for(m):g}' for m in spec.names)}; training "
-    f"{', '.join(modules)}"
+    f"dmvae: modalities {', '.join(f'{m}[{d}]' for m, d in spec.dims)}; "
+    f"shared {spec.shared_dim}, private {spec.private_dim}; "
+    f"kappa {', '.join(f'{m} {spec.kappa_for(m):g}' for m in spec.names)}; "
+    f"training {', '.join(modules)}"
     + (f" (frozen: {', '.join(sorted(frozen))})" if frozen else "")
-    + f"; groups {', '.join('+'.join(g.modalities) for g in groups)}; {int(config.train.steps)} steps"
+    + f"; groups {', '.join('+'.join(g.modalities) for g in groups)}; "
+    f"{int(config.train.steps)} steps"
   )
   line = lambda v: (
     f"loss {v['loss/total']:.3f}  recon {v['loss/recon']:.3f}  cross {v['loss/cross']:.3f}  "
