@@ -30,12 +30,16 @@ from absl import logging as absl_logging
 
 from graphbridge.core.errors import ConfigError, GraphError
 from graphbridge.core.fields import names
-from graphbridge.core.graph import Edge, ModalityGraph, path_name
-from graphbridge.core.routes import best_route, parse_route, without_edges
+from graphbridge.core.graph import Edge, ModalityGraph
+from graphbridge.core.routes import best_route, without_edges
 from graphbridge.data import readers as readers_lib
 from graphbridge.data.dataset import Dataset
 from graphbridge.evaluation.report import EvalOptions
-from graphbridge.model.translators import compose, normalize, unstack
+from graphbridge.data.dataset import split_rows
+from graphbridge.evaluation import hubness as hubness_lib
+from graphbridge.evaluation import search as search_lib
+from graphbridge.model import export as export_lib
+from graphbridge.model.translators import unstack
 from graphbridge.runs import configs as configs_lib
 from graphbridge.runs import evaluate as evaluate_run
 from graphbridge.runs import experiment
@@ -99,6 +103,7 @@ class Run:
   """A trained run (see the module docstring): `model`, restored or trained by its strategy."""
 
   model: Model
+  _cached_engine: Any = dataclasses.field(default=None, repr=False, compare=False)
 
   @property
   def config(self) -> ml_collections.ConfigDict:
@@ -164,55 +169,186 @@ class Run:
     return jax.tree.map(lambda x: x[index], model.params[key])
 
   # -- translation and retrieval ------------------------------------------------------------------
-  def translate(self, x, path: str):
-    """x: [rows, d_src] (numpy or jax) -> [rows, d_dst] float32 along `path` ('image->text->audio'),
-    L2-normalised; a single node ('image') only normalises. Returns the input's array type."""
-    is_numpy = not isinstance(x, jax.Array)
-    if not hasattr(self.model, "layout"):
-      out = self.model.translate(_as_numpy_rows(x, f"translate({path!r})"), path)
-      return out if is_numpy else jnp.asarray(out)
-    rows = jnp.asarray(_as_numpy_rows(x, f"translate({path!r})") if is_numpy else x, jnp.float32)
-    rows = normalize(rows)
-    if "->" in path:
-      out = compose(self.layout, self.params, path, rows, dtype_name=self.compute_dtype)
-    else:
-      self.graph.dim(path.strip())  # unknown modality -> GraphError
+  def translate(self, x, path: str, batch_size: int = 4096):
+    """x: [rows, d_src] raw embeddings (numpy or jax) -> [rows, d_dst] float32 along `path`
+    ('image->text->audio'; DMVAE: 'image->shared', 'image->shared->audio'), L2-normalised; a
+    single node ('image') only normalises. Rows are normalised as training data is; batch_size
+    rows are translated at a time. Returns the input's array type."""
+    is_jax = isinstance(x, jax.Array)
+    if not isinstance(path, str) or not path.strip():
+      raise GraphError(f"translate: path must be a route such as 'image->text', got {path!r}")
+    start = path.replace("<-", "->").split("->")[0].strip()
+    if start not in self.model.dims:
+      raise GraphError(
+        f"translate({path!r}): {start!r} is not a modality of this run "
+        f"({', '.join(self.model.modalities)})"
+      )
+    if "<-" in path:
+      raise GraphError(
+        f"translate({path!r}): a route meeting in a node ('a->p<-b') has two sides; "
+        "translate each side ('a->p', 'b->p'), or search, which compares them"
+      )
+    rows = search_lib.input_rows(np.asarray(x), "translate input", start, self.model.dims[start])
+    batch = search_lib.check_k(batch_size, None, "batch_size")
+    if "->" not in path:
       out = rows
-    return np.asarray(out) if is_numpy else out
+    else:
+      out = np.concatenate(
+        [
+          self.model.translate(rows[lo : lo + batch], path.replace(" ", ""))
+          for lo in range(0, len(rows), batch)
+        ]
+      )
+    return jnp.asarray(out) if is_jax else out
 
   def best_route(self, query: str, gallery: str) -> str:
     """The best single route between two modalities (e.g. 'image->text<-audio'); edges trained by
     cycles only (graph.extra_edges) are never a hop of it. The report's default for never-paired
-    modalities averages several such routes (docs/evaluation.md, "Routes")."""
+    modalities averages several such routes: default_route gives it."""
     extra = [Edge.parse(e) for e in names(self.config.graph.extra_edges)]
     route = best_route(without_edges(self.graph, extra), query, gallery)
     if route is None:
       raise GraphError(f"no route joins {query} and {gallery} in {self.graph.describe()}")
     return route.name
 
-  def encode(self, queries, gallery, route: str) -> tuple[jax.Array, jax.Array]:
-    """Both sides in the route's meeting space: ([nq, d], [ng, d]) float32, L2-normalised."""
-    parsed = parse_route(self.graph, route)
-    zq = self.translate(
-      jnp.asarray(_as_numpy_rows(queries, "queries")), path_name(parsed.query_path)
+  def encode(self, queries, gallery, route: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides in the route's compared space ([nq, d], [ng, d]) float32, as the report encodes
+    them (raw rows in, normalised as the data's rows)."""
+    aligner, dataset = self._engine()
+    ends = route.replace("<-", "->").split("->")
+    q, g = ends[0].strip(), ends[-1].strip()
+    zq, zg = aligner.encode(
+      q,
+      g,
+      route,
+      search_lib.input_rows(queries, "queries", q, dataset.dims[q]),
+      search_lib.input_rows(gallery, "gallery", g, dataset.dims[g]),
     )
-    zg = self.translate(
-      jnp.asarray(_as_numpy_rows(gallery, "gallery")), path_name(parsed.gallery_path)
+    return np.asarray(zq), np.asarray(zg)
+
+  def default_route(self, query: str, gallery: str) -> str:
+    """The route the report scores `query` -> `gallery` by (an ensemble 'r1 + r2' where it averages
+    several; docs/evaluation.md, "Routes")."""
+    aligner, dataset = self._engine()
+    aligner.bind_data(dataset) if hasattr(aligner, "bind_data") else None
+    route = aligner.default_route(query, gallery)
+    if route is None:
+      raise GraphError(f"no route joins {query} (query) and {gallery} (gallery)")
+    return route
+
+  def _engine(self):
+    """The report's aligner (post-hoc alignment and route options applied) and the run's data."""
+    if self._cached_engine is None:
+      dataset = self.dataset()
+      self._cached_engine = (reporting.report_aligner(self.model, self.config, dataset), dataset)
+    return self._cached_engine
+
+  def index(
+    self,
+    gallery,
+    gallery_modality: str,
+    query_modality: str,
+    route: str | None = None,
+    backend: str = "exact",
+    batch_size: int = 4096,
+    data_rows: bool = False,
+  ) -> search_lib.Index:
+    """The gallery rows [n, d] of `gallery_modality`, put once in the space where queries of
+    `query_modality` are compared with them (the report's route and hubness correction unless
+    `route` names another); index.search(queries, k) answers batch after batch. backend "faiss":
+    approximate search for millions of rows (pip install graphbridge[search]). gallery: raw
+    embeddings (normalised as the data set's rows are), or data_rows=True: rows of the run's data
+    (Run.gallery), used as they are."""
+    aligner, dataset = self._engine()
+    options = EvalOptions.from_config(self.config)
+    bank_k, _ = hubness_lib.resolve_querybank(options.querybank_k, dataset, options.csls_k, "test")
+    return search_lib.build_index(
+      aligner,
+      dataset,
+      query_modality,
+      gallery_modality,
+      gallery,
+      route=route,
+      querybank_k=bank_k,
+      seed=options.seed,
+      backend=backend,
+      batch_size=batch_size,
+      data_rows=data_rows,
     )
-    return zq, zg
 
-  def search(self, queries, gallery, route: str, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest gallery rows for each query by cosine in the route's meeting space.
+  def gallery(self, modality: str, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(rows [n, d], their row numbers in the data) of `modality` in `split` of the run's own data
+    (default: config.eval.split): the gallery the report ranks."""
+    dataset = self._engine()[1]
+    if modality not in dataset.modalities:
+      raise GraphError(f"{modality!r} is not a modality of the data ({', '.join(dataset.names)})")
+    index = split_rows(dataset, modality, split or self.config.eval.split)
+    return dataset.modalities[modality].emb[index], index
 
-    queries: [nq, d_query] raw embeddings of the route's query modality; gallery: [ng, d_gallery].
-    route: 'image->text->audio' or 'image->text<-audio' (run.best_route(q, g) gives the default).
-    Returns (scores [nq, k] float32, indices [nq, k] int32), best first (jax.lax.top_k)."""
-    zq, zg = self.encode(queries, gallery, route)
-    k = min(int(k), zg.shape[0])
-    if k < 1:
-      raise ValueError("search: k must be >= 1 and the gallery non-empty")
-    scores, indices = jax.lax.top_k(zq @ zg.T, k)
-    return np.asarray(scores), np.asarray(indices)
+  def search(
+    self,
+    queries,
+    query_modality,
+    gallery_modality=None,
+    k: int = 10,
+    gallery=None,
+    route: str | None = None,
+    batch_size: int = 4096,
+    split: str | None = None,
+  ):
+    """The k nearest gallery rows of each query row, scored exactly as the report does (its route,
+    ensemble and hubness correction unless `route` names another).
+
+    queries: [n, d] raw embeddings of `query_modality`, or None: the run's own rows of it in `split`
+    (default config.eval.split). gallery: [m, d'] raw embeddings of `gallery_modality`, or None: the
+    run's own rows of it in `split` (Run.gallery). The run's own rows on both sides give exactly
+    the report's ranking.
+    Returns (scores [n, k] float32, indices [n, k] int64 into the gallery), best first.
+    For many searches against one gallery, build it once with Run.index."""
+    if not isinstance(query_modality, str):  # the earlier form: search(queries, gallery, route, k)
+      gallery = query_modality
+      legacy_route = gallery_modality if isinstance(gallery_modality, str) else route
+      if not isinstance(legacy_route, str):
+        raise TypeError(
+          "search(queries, query_modality, gallery_modality, k=...): name the two modalities"
+        )
+      ends = legacy_route.replace("<-", "->").split("->")
+      query_modality, gallery_modality, route = (
+        ends[0].strip(),
+        ends[-1].strip(),
+        route or legacy_route,
+      )
+    own_gallery, own_queries = gallery is None, queries is None
+    if own_gallery:
+      gallery, _ = self.gallery(gallery_modality, split)
+    if own_queries:
+      queries, _ = self.gallery(query_modality, split)
+    index = self.index(
+      gallery,
+      gallery_modality,
+      query_modality,
+      route=route,
+      batch_size=batch_size,
+      data_rows=own_gallery,
+    )
+    return index.search(queries, k, batch_size=batch_size, data_rows=own_queries)
+
+  def export(self, path: str) -> list[str]:
+    """Every translator as plain arrays (translators.npz) plus its architecture (translators.json)
+    in folder `path`; graphbridge.model.export.load(path).apply(x, route) reproduces run.translate
+    in NumPy alone (docs/api.md loads it into PyTorch). Returns the files written."""
+    model = self._translators()
+    nodes = {n: d for n, d in model.graph.nodes}
+    edges = {}
+    for bucket in model.layout.buckets:
+      for i, edge in enumerate(bucket.edges):
+        edges[edge.name] = {
+          "arch": bucket.arch.to_dict(),
+          "d_in": bucket.d_in,
+          "d_out": bucket.d_out,
+          "params": jax.tree.map(lambda p, i=i: np.asarray(p[i]), model.params[bucket.key]),
+        }
+    return export_lib.write(path, nodes, edges)
 
   # -- evaluation ---------------------------------------------------------------------------------
   def dataset(self, data=None) -> Dataset:

@@ -440,8 +440,8 @@ FIELDS: tuple[Field, ...] = (
     "eval.routes",
     "auto",
     "never-paired modalities: ensemble (fewest-hop routes meeting between them), "
-    "ensemble_all (also in their own spaces), best (one route); auto: ensemble_all where every pair set "
-    "is instance-level, else ensemble",
+    "ensemble_all (also in their own spaces), best (one route); auto: ensemble_all where every "
+    "pair set is instance-level, else ensemble",
     choices=("auto", "ensemble", "ensemble_all", "best"),
   ),
   _field(

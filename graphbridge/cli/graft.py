@@ -39,7 +39,8 @@ _PLOTS = flags.DEFINE_bool("plots", True, "Write the report's PNG plots (needs m
 def _run():
   if _BASE.value == bool(_FROM.value):
     raise app.UsageError(
-      "give --from_workdir=OLD to graft, or --base to train the graph without the new modality (not both)"
+      "give --from_workdir=OLD to graft, or --base to train the graph without the new "
+      "modality (not both)"
     )
   if _BASE.value:
     common.run_main(

@@ -17,7 +17,7 @@ from graphbridge import defaults
 from graphbridge.core.errors import ConfigError, GraphError
 from graphbridge.core.graph import Edge
 
-# {dotted key: the values it may take}, as declared; the implementing module takes its list from here
+# {dotted key: the values it may take}, as declared; implementing modules take their list from here
 CHOICES: dict[str, tuple] = {f.key: f.choices for f in defaults.FIELDS if f.choices}
 # comma-separated list fields whose items have fixed choices
 LIST_CHOICES: dict[str, tuple] = {f.key: f.items for f in defaults.FIELDS if f.items}

@@ -80,23 +80,38 @@ def knn_mean_similarity(zg: np.ndarray, zb: np.ndarray, k: int) -> np.ndarray:
   return r
 
 
+def unit(z) -> np.ndarray:
+  """float32 unit rows, as the query bank computes its cosines."""
+  return rows_lib.unit_rows(np.asarray(z, np.float32))
+
+
+def bank_rows(
+  aligner: Aligner, dataset: Dataset, query: str, gallery: str, route: str, seed: int = 0
+):
+  """The query bank along `route`: the query modality's train rows (at most QUERYBANK_MAX_ROWS,
+  seeded), encoded as queries [n_bank, d]; None if the modality has no train rows."""
+  bank = _subsample(
+    split_rows(dataset, query, "train"), QUERYBANK_MAX_ROWS, seed, "querybank", query
+  )
+  if len(bank) == 0:
+    return None
+  mq, mg = dataset.modalities[query], dataset.modalities[gallery]
+  zb, _ = aligner.encode(query, gallery, route, mq.emb[bank], mg.emb[:2])
+  return zb
+
+
 def querybank_scores(
   aligner: Aligner, dataset: Dataset, enc: Encoded, zq: np.ndarray, k: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
   """Query-bank hubness correction, the inductive form of CSLS (cf. QB-Norm, Bogolin et al., CVPR
   2022): gallery row y is penalised by r(y), its mean cosine to its k nearest rows of a *bank*, the
-  query modality's train rows (at most QUERYBANK_MAX_ROWS, seeded) brought along the same route,
-  and ranked by cos(x, y) - r(y)/2. Hubs, gallery rows close to many queries whatever the query, are
-  pushed down. Unlike eval.csls_k it never reads the test queries: a gallery row's penalty depends
-  on
-  that row and the train data only. Returns (zq, zg) as hubness_transform writes them (zq: the
-  rows to score, e.g. a sample of enc.zq); unchanged if the query modality has no train rows."""
-  q, g = enc.spec.query, enc.spec.gallery
-  bank = _subsample(split_rows(dataset, q, "train"), QUERYBANK_MAX_ROWS, seed, "querybank", q)
-  if len(bank) == 0:
+  query modality's train rows (bank_rows) brought along the same route, and ranked by
+  cos(x, y) - r(y)/2. Hubs, gallery rows close to many queries whatever the query, are pushed down.
+  Unlike eval.csls_k it never reads the test queries: a gallery row's penalty depends on that row and
+  the train data only. Returns (zq, zg) as hubness_transform writes them (zq: the rows to score,
+  e.g. a sample of enc.zq); unchanged if the query modality has no train rows."""
+  zb = bank_rows(aligner, dataset, enc.spec.query, enc.spec.gallery, enc.spec.route, seed)
+  if zb is None:
     return zq, enc.zg
-  mq, mg = dataset.modalities[q], dataset.modalities[g]
-  zb, _ = aligner.encode(q, g, enc.spec.route, mq.emb[bank], mg.emb[enc.gallery_rows[:2]])
-  unit = lambda z: rows_lib.unit_rows(np.asarray(z, np.float32))
   zg = unit(enc.zg)
   return hubness_transform(unit(zq), zg, knn_mean_similarity(zg, unit(zb), k))

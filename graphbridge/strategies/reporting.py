@@ -7,10 +7,20 @@ import dataclasses
 import os
 from typing import Mapping, Sequence
 
-from graphbridge.evaluation.report import EvalOptions, run_report
+from graphbridge.evaluation.report import EvalOptions, run_report, with_route_options
 from graphbridge.linear.aligners import PosthocAligner
 from graphbridge.strategies.base import Log, Model, timing
 from graphbridge.training.writers import METRICS_FILE, read_metrics
+
+
+def report_aligner(model: Model, config, dataset, options: EvalOptions | None = None):
+  """The aligner a report of `model` scores: the model's, wrapped by config.posthoc, with the
+  options' route mode and CSLS setting (what Run.search and Run.index use too)."""
+  options = options or EvalOptions.from_config(config)
+  aligner = model.aligner
+  if config.posthoc != "none":
+    aligner = PosthocAligner(aligner, config.posthoc, dataset)
+  return with_route_options(aligner, options)
 
 
 def report(
@@ -35,9 +45,7 @@ def report(
   options = dataclasses.replace(
     options, extra_routes=tuple(model.report_routes(dataset)) + tuple(options.extra_routes)
   )
-  aligner = model.aligner
-  if config.posthoc != "none":
-    aligner = PosthocAligner(aligner, config.posthoc, dataset)
+  aligner = report_aligner(model, config, dataset, options)
   full_header = {**model.report_header(), "strategy": model.strategy}
   if results:
     full_header.update(timing=timing(results), final_losses=results[-1].final_metrics)
