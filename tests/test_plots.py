@@ -1,4 +1,5 @@
-"""Tests for graphbridge.evaluation.plots: every function writes a readable PNG of the expected size."""
+"""Tests for graphbridge.evaluation.plots: every function writes a readable PNG of the expected
+size."""
 
 from __future__ import annotations
 
@@ -162,14 +163,14 @@ def test_plot_training_curves(tmp_path):
     row["lr"] = 1e-3
     rows.append(row)
   path = tmp_path / "train.png"
-  _assert_png(path, charts_lib.plot_training_curves(rows, path, "training"), (12.0, 4.8))
+  _assert_png(path, charts_lib.plot_training_curves(rows, path, "training"), (12.0, 8.4))
   many = [
     {"step": s, **{f"loss/edge/{i}": 1.0 / (s + 1 + i) for i in range(10)}} for s in range(30)
   ]
   _assert_png(
     tmp_path / "many.png",
     charts_lib.plot_training_curves(many, tmp_path / "many.png", "many"),
-    (13.0, 4.8),
+    (13.0, 8.4),
   )
   with pytest.raises(ValueError, match="no key starting with 'loss/'"):
     charts_lib.plot_training_curves([{"step": 1, "acc": 0.5}], tmp_path / "x.png", "t")

@@ -159,8 +159,8 @@ def build_report(
     summary["query_sampling"] = (
       f"retrieval scored a seeded sample of at most {options.max_queries} query rows per route "
       f"(eval.max_queries) against the whole gallery, in {len(sampled)} of {len(rows)} rows "
-      f"(up to {max(r['query_rows'] for r in sampled)} query rows available); set eval.max_queries=0 "
-      "to score every query"
+      f"(up to {max(r['query_rows'] for r in sampled)} query rows available); "
+      "set eval.max_queries=0 to score every query"
     )
   empty = [m for m in dataset.names if len(dataset_lib.split_rows(dataset, m, split)) == 0]
   if empty:
@@ -178,6 +178,7 @@ def build_report(
       "after": after_rows,
       "before": None,
       "labels": _projection_labels(dataset, split),
+      "class_names": dataset.class_names,  # the class legend's order (label order)
     }
     if before is not None:
       projection["before"], _ = tables_lib.common_space_rows(
@@ -257,9 +258,10 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
     )
   if summary.get("querybank_k"):
     parts.append(
-      f"\n\nRetrieval ranks each gallery row by its cosine minus its hubness, its mean cosine to its "
-      f"{summary['querybank_k']} nearest train rows of the query modality (query-bank correction, "
-      f"`eval.querybank_k`; {summary.get('querybank', '')}); test queries are never used."
+      "\n\nRetrieval ranks each gallery row by its cosine minus its hubness, its mean cosine to "
+      f"its {summary['querybank_k']} nearest train rows of the query modality (query-bank "
+      f"correction, `eval.querybank_k`; {summary.get('querybank', '')}); test queries are never "
+      "used."
     )
   parts.append("\n\n")
   for evaluator in evaluators_lib.present(summary):
@@ -269,10 +271,11 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
     captions = {
       "projection": "2-D PCA of every modality in one common space, where each meets {space} "
       "(routes: {routes}); stars = centroids, dashed lines = modality gap.",
-      "heatmap_instance": "Instance-level retrieval mAP for every query/gallery pair, chance underneath.",
+      "heatmap_instance": "Instance-level retrieval mAP for every query/gallery pair, chance "
+      "underneath.",
       "heatmap_class": "Class-level retrieval mAP for every query/gallery pair, chance underneath.",
-      "reconstruction": "Reconstruction cosine against the number of translators applied, one line per "
-      "target modality (cycles and paths that end in it); dashed = its mean-predictor "
+      "reconstruction": "Reconstruction cosine against the number of translators applied, one line "
+      "per target modality (cycles and paths that end in it); dashed = its mean-predictor "
       "baseline.",
       "curves": "Training losses from metrics.jsonl.",
     }
@@ -294,7 +297,8 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
 
 
 def console_summary(summary: Mapping) -> str:
-  """The compact table printed by the main job: retrieval rows, by-hop summary, one line per extra."""
+  """The compact table printed by the main job: retrieval rows, by-hop summary, one line per
+  extra."""
   lines = []
   for evaluator in evaluators_lib.present(summary):
     lines += evaluator.console(summary)
