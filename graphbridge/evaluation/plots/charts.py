@@ -269,14 +269,16 @@ def plot_strategy_comparison(
 ) -> Path:
   """Grouped bar chart: one group per modality pair, one bar per strategy.
 
-  Error bars show ``std``; if any row of a pair has ``chance``, a dashed
-  black line marks it across that pair's group.
+  A strategy and its post-hoc variants ("graph", "graph+center", "graph+procrustes") share the
+  family's colour (style.strategy_colours, by name) and differ by hatch. Error bars show ``std``
+  where it is given and finite (none for one seed or a deterministic baseline); if any row of a
+  pair has ``chance``, a dashed black line marks it across that pair's group.
 
   Args:
     rows: dicts with ``strategy`` (str), ``pair`` (e.g. "image->audio"),
-      ``mean`` (float), ``std`` (float, optional: no error bar if absent) and
+      ``mean`` (float), ``std`` (float, optional: no error bar if absent, None or NaN) and
       optionally ``chance`` (float).
-    path: output PNG path; title: figure title; metric: y-axis label.
+    path: output PNG path; title: figure title (wrapped at spaces); metric: y-axis label.
   """
   from matplotlib.lines import Line2D
 
@@ -300,6 +302,12 @@ def plot_strategy_comparison(
   fig = style.new_figure((max(6.5, 0.55 * n_pairs * max(n_strategies, 2) + 3.0), 5.0))
   ax = fig.add_subplot()
   centres = np.arange(n_pairs)
+  family = {name: name.split("+")[0] for name in strategies}
+  colours = style.strategy_colours(list(family.values()))
+  variants = list(dict.fromkeys(name.partition("+")[2] for name in strategies))
+  hatches = {v: HATCHES.get(v) for v in variants}
+  spare = iter(h for h in HATCHES.values() if h and h not in hatches.values())
+  hatches = {v: h if h is not None else next(spare, "++") for v, h in hatches.items()}
   for s, strategy in enumerate(strategies):
     means, stds, xs = [], [], []
     for p, pair in enumerate(pairs):
@@ -310,21 +318,29 @@ def plot_strategy_comparison(
       means.append(float(row["mean"]))
       std = row.get("std")
       stds.append(np.nan if std is None else float(std))  # NaN: no error bar drawn
-    # past the palette's length colours repeat: a hatch keeps the bars apart
-    hatch = ("", "///", "...", "xxx")[(s // len(style.OKABE_ITO)) % 4]
     ax.bar(
       xs,
       means,
       width=bar_width * 0.92,
-      yerr=stds,
-      capsize=3,
-      color=style.palette_colour(s),
-      hatch=hatch,
+      color=colours[family[strategy]],
+      hatch=hatches[strategy.partition("+")[2]],
       edgecolor="white",
       linewidth=0.5,
       label=strategy,
-      error_kw=dict(elinewidth=1.1, ecolor="0.2"),
     )
+    has_std = np.isfinite(stds)
+    if has_std.any():
+      ax.errorbar(
+        np.asarray(xs)[has_std],
+        np.asarray(means)[has_std],
+        yerr=np.asarray(stds)[has_std],
+        fmt="none",
+        capsize=3,
+        elinewidth=1.1,
+        ecolor="0.2",
+        zorder=4,
+        gid=f"std:{strategy}",
+      )
   has_chance = False
   for p, pair in enumerate(pairs):
     chances = [
@@ -358,5 +374,5 @@ def plot_strategy_comparison(
     fig.legend(handles=handles, title="strategy", loc="outside right upper", frameon=False)
   else:
     ax.legend(handles=handles, title="strategy", fontsize=9, framealpha=0.9)
-  ax.set_title(title, fontsize=13)
+  ax.set_title(style.wrap(title, style.title_width(0.95 * fig.get_figwidth(), 13)), fontsize=13)
   return style.save_figure(fig, path)
