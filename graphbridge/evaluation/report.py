@@ -361,6 +361,60 @@ def _write_numbers(report: Report, out_dir: str, title: str, images: Mapping[str
     f.write(markdown(report.summary, images, title))
 
 
+RETRIEVAL_METRICS = ("mAP", "R@1", "R@5", "R@10", "median_rank")
+
+
+def final_scalars(summary: Mapping) -> tuple[dict[str, float], dict[str, float]]:
+  """The report's numbers as scalars named like the training's validation ("val/mAP/image->audio"):
+  returns (every scalar, the headline ones for TensorBoard's HParams tab).
+
+  Retrieval on the split: "<split>/mAP" (mean over default routes at the report's main level,
+  instance where there is one), "<split>/<metric>/<query>-><gallery>", "<split>/mAP/hops<h>", the
+  other level as "<split>/<level>/...", named routes as "<split>/route/<metric>/<route>"; the
+  modality gap "<split>/gap/<query>-><gallery>" and its mean "<split>/gap" (and "gap_before"),
+  "<split>/silhouette", "reconstruction/cosine/<route>", and "time/<what>" in seconds."""
+  split = summary.get("split", "test")
+  rows = summary.get("rows", [])
+  main = "instance" if any(r.get("level") == "instance" for r in rows) else "class"
+  out: dict[str, float] = {}
+
+  def put(key: str, value) -> None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+      out[key] = float(value)
+
+  for level in ("instance", "class"):
+    prefix = split if level == main else f"{split}/{level}"
+    mine = [r for r in rows if r.get("level") == level]
+    for r in mine:
+      name = r["route"] if r.get("named_route") else f"{r['query']}->{r['gallery']}"
+      where = f"{prefix}/route" if r.get("named_route") else prefix
+      for metric in RETRIEVAL_METRICS:
+        put(f"{where}/{metric}/{name}", r.get(metric))
+    default = [r["mAP"] for r in mine if not r.get("named_route") and r.get("mAP") is not None]
+    if default:
+      put(f"{prefix}/mAP", float(np.mean(default)))
+    for h in summary.get("by_hops", []):
+      if h.get("level") == level:
+        put(f"{prefix}/mAP/hops{h['hops']}", h.get("mAP"))
+  gaps = summary.get("gap", [])
+  for g in gaps:
+    put(f"{split}/gap/{g['query']}->{g['gallery']}", g.get("gap_after"))
+  for key, name in (("gap_after", "gap"), ("gap_before", "gap_before")):
+    values = [g[key] for g in gaps if g.get(key) is not None]
+    if values:
+      put(f"{split}/{name}", float(np.mean(values)))
+  mixed = [r["mixed"] for r in summary.get("silhouette", []) if r.get("mixed") is not None]
+  if mixed:
+    put(f"{split}/silhouette", float(np.mean(mixed)))
+  for r in summary.get("reconstruction", []):
+    put(f"reconstruction/cosine/{r['route']}", r.get("cosine"))
+  for key, value in (summary.get("timing") or {}).items():
+    put(f"time/{key}", value)
+  headline = {k: v for k, v in out.items() if k.startswith(f"{split}/mAP") and "->" not in k}
+  headline.update({k: out[k] for k in (f"{split}/gap", f"{split}/silhouette") if k in out})
+  return out, headline
+
+
 def run_report(
   aligner: encoding_lib.Aligner,
   dataset,

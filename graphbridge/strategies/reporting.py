@@ -1,5 +1,6 @@
 """The report of a model, whatever strategy trained it: one path from a `Model` (a finished
-training, a restored workdir, a graft) to report.{json,md} and the figures."""
+training, a restored workdir, a graft) to report.{json,md}, the figures, and the final numbers and
+figures in TensorBoard."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import os
 import re
 from typing import Mapping, Sequence
 
-from graphbridge.evaluation.report import EvalOptions, run_report
+from graphbridge.evaluation.report import EvalOptions, final_scalars, run_report
 from graphbridge.linear.aligners import PosthocAligner
 from graphbridge.strategies.base import Log, Model, timing
+from graphbridge.training import writers as writers_lib
 from graphbridge.training.writers import METRICS_FILE, read_metrics
 
 ROUND_DIR = re.compile(r"round(\d+)")  # self-training rounds before the last (strategies/graph.py)
@@ -53,6 +55,35 @@ def kept_step(config, rows: Sequence[Mapping]) -> int | None:
   return int(best[-1]) if best and best[-1] >= 0 else None
 
 
+def to_tensorboard(summary: Mapping, config, out_dir: str | None) -> bool:
+  """The report's final numbers (scalars, named as final_scalars says, and the HParams tab: the
+  config against the headline metrics) and its PNG figures, at the report's step, into
+  out_dir/tensorboard: beside the training's events where the report is the run's own (a report
+  written elsewhere, e.g. on other data, gets its own). False where nothing is written."""
+  writer = writers_lib.final_tensorboard(out_dir, config)
+  if writer is None:
+    return False
+  step = int(summary.get("step") or 0)
+  scalars, headline = final_scalars(summary)
+  try:
+    writer.write_scalars(step, scalars)
+    writer.write_hparams(
+      step,
+      {**writers_lib.hparams_from_config(config), "strategy": str(summary.get("strategy", ""))},
+      headline,
+      write_metrics=False,  # among `scalars` already
+    )
+    images = {
+      f"report/{key}": os.path.join(out_dir, name)
+      for key, name in (summary.get("plots") or {}).items()
+      if name.endswith(".png") and os.path.isfile(os.path.join(out_dir, name))
+    }
+    writer.write_images(step, images)
+  finally:
+    writer.close()
+  return True
+
+
 def report(
   model: Model,
   config,
@@ -66,7 +97,7 @@ def report(
   log: Log = print,
 ) -> dict:
   """Evaluate `model` on `dataset` as config.eval says, print the compact table and write the
-  report into out_dir (None: print only).
+  report into out_dir (None: print only), and its final numbers and figures into TensorBoard.
 
   results: the training stages' results (report.json's timing and final losses); header: more
   top-level entries; metrics_dir: where metrics.jsonl is (training curves, every round of
@@ -88,7 +119,7 @@ def report(
   if kept is not None:
     full_header["kept_step"] = kept  # train.keep_best: the params evaluated are this step's
   full_header.update(header or {})
-  return run_report(
+  summary = run_report(
     aligner,
     dataset,
     out_dir or None,
@@ -99,3 +130,7 @@ def report(
     plots=plots,
     log=log,
   )
+  if out_dir and to_tensorboard(summary, config, out_dir):
+    logdir = os.path.join(out_dir, writers_lib.TENSORBOARD_DIR)
+    log(f"final metrics and figures in TensorBoard: {logdir}")
+  return summary
