@@ -75,28 +75,32 @@ def main():
     f"faiss {faiss_version or 'not installed'}; {os.cpu_count()} CPUs"
   )
   for n in (int(r) for r in a.rows.split(",")):
-    q, g = data(n, a.dim, a.queries)
-    gb = g.nbytes / 2**30
-    floor, _, floor_mem = timed(lambda: q @ g.T, a.repeats)
+    one_size(n, a, faiss_version)
+
+
+def one_size(n: int, a, faiss_version) -> None:
+  q, g = data(n, a.dim, a.queries)
+  floor, _, floor_mem = timed(lambda: q @ g.T, a.repeats)
+  print(
+    f"rows {n}: gallery {g.nbytes / 2**30:.2f} GiB; matmul floor "
+    f"[{a.queries}x{a.dim}]x[{a.dim}x{n}] "
+    f"{floor:.2f}s ({2 * a.queries * a.dim * n / floor / 1e9:.0f} GFLOP/s, output "
+    f"{floor_mem / 2**30:.2f} GiB)"
+  )
+  seconds, (_, i_exact), peak = timed(lambda: search_lib.exact_top_k(q, g, a.k), a.repeats)
+  print(
+    f"rows {n}: exact      {seconds:7.2f}s  {seconds / floor:5.2f}x floor  peak beyond gallery "
+    f"{peak / 2**30:.3f} GiB  recall@{a.k} 1.000"
+  )
+  if faiss_version:
+    built, index, build_peak = timed(lambda: search_lib.faiss_index(g, nprobe=a.nprobe), 1)
+    seconds, (_, i_approx), peak = timed(lambda: index.search(q, a.k), a.repeats)
+    recall = search_lib.recall_at_k(i_approx, i_exact)
     print(
-      f"rows {n}: gallery {gb:.2f} GiB; matmul floor [{a.queries}x{a.dim}]x[{a.dim}x{n}] {floor:.2f}s "
-      f"({2 * a.queries * a.dim * n / floor / 1e9:.0f} GFLOP/s, output {floor_mem / 2**30:.2f} GiB)"
+      f"rows {n}: faiss IVF  {seconds:7.2f}s  {seconds / floor:5.2f}x floor  peak beyond gallery "
+      f"{peak / 2**30:.3f} GiB  recall@{a.k} {recall:.3f}  (nlist {index.nlist}, nprobe "
+      f"{index.nprobe}; built in {built:.1f}s, {build_peak / 2**30:.2f} GiB)"
     )
-    seconds, (s_exact, i_exact), peak = timed(lambda: search_lib.exact_top_k(q, g, a.k), a.repeats)
-    print(
-      f"rows {n}: exact      {seconds:7.2f}s  {seconds / floor:5.2f}x floor  peak beyond gallery "
-      f"{peak / 2**30:.3f} GiB  recall@{a.k} 1.000"
-    )
-    if faiss_version:
-      built, index, build_peak = timed(lambda: search_lib.faiss_index(g, nprobe=a.nprobe), 1)
-      seconds, (_, i_approx), peak = timed(lambda: index.search(q, a.k), a.repeats)
-      recall = search_lib.recall_at_k(i_approx, i_exact)
-      print(
-        f"rows {n}: faiss IVF  {seconds:7.2f}s  {seconds / floor:5.2f}x floor  peak beyond gallery "
-        f"{peak / 2**30:.3f} GiB  recall@{a.k} {recall:.3f}  (nlist {index.nlist}, nprobe {index.nprobe}; "
-        f"built in {built:.1f}s, {build_peak / 2**30:.2f} GiB)"
-      )
-    del q, g
 
 
 if __name__ == "__main__":

@@ -163,14 +163,14 @@ def test_plot_training_curves(tmp_path):
     row["lr"] = 1e-3
     rows.append(row)
   path = tmp_path / "train.png"
-  _assert_png(path, charts_lib.plot_training_curves(rows, path, "training"), (12.0, 4.8))
+  _assert_png(path, charts_lib.plot_training_curves(rows, path, "training"), (12.0, 8.4))
   many = [
     {"step": s, **{f"loss/edge/{i}": 1.0 / (s + 1 + i) for i in range(10)}} for s in range(30)
   ]
   _assert_png(
     tmp_path / "many.png",
     charts_lib.plot_training_curves(many, tmp_path / "many.png", "many"),
-    (13.0, 4.8),
+    (13.0, 8.4),
   )
   with pytest.raises(ValueError, match="no key starting with 'loss/'"):
     charts_lib.plot_training_curves([{"step": 1, "acc": 0.5}], tmp_path / "x.png", "t")
@@ -190,3 +190,44 @@ def test_plot_strategy_comparison(tmp_path):
   )
   with pytest.raises(ValueError, match="repeats strategy"):
     charts_lib.plot_strategy_comparison(rows + [rows[0]], tmp_path / "x.png", "t")
+
+
+def test_strategy_comparison_variants_share_a_colour(tmp_path, monkeypatch):
+  """ "+center" / "+procrustes" bars take their method's colour with a hatch; a bar without a
+  spread (one seed, a deterministic baseline) has no error bar."""
+  from matplotlib.colors import to_hex
+
+  rows = []
+  for strategy, std in (
+    ("graph", 0.01),
+    ("graph+center", 0.02),
+    ("graph+procrustes", 0.02),
+    ("pivot", 0.01),
+    ("pivot+center", 0.01),
+    ("linear-ridge", None),
+  ):
+    for pair in ("image->audio", "audio->image"):
+      rows.append({"strategy": strategy, "pair": pair, "mean": 0.8, "std": std, "chance": 0.1})
+  seen = {}
+
+  def capture(fig, path):
+    (ax,) = fig.axes
+    seen["bars"] = {
+      c.get_label(): (to_hex(c.patches[0].get_facecolor()), c.patches[0].get_hatch() or "")
+      for c in ax.containers
+      if hasattr(c, "patches")
+    }
+    seen["errors"] = sorted(
+      c.get_gid()[len("std:") :] for c in ax.collections if (c.get_gid() or "").startswith("std:")
+    )
+    return path
+
+  monkeypatch.setattr(style_lib, "save_figure", capture)
+  charts_lib.plot_strategy_comparison(rows, tmp_path / "c.png", "variants")
+  bars = seen["bars"]
+  assert bars["graph"][0] == bars["graph+center"][0] == bars["graph+procrustes"][0]
+  assert bars["pivot"][0] == bars["pivot+center"][0] != bars["graph"][0]
+  assert bars["graph"][1] == "" and bars["graph+center"][1] == bars["pivot+center"][1] != ""
+  assert len({bars[s][1] for s in ("graph", "graph+center", "graph+procrustes")}) == 3
+  assert bars["graph"][0] == style_lib.strategy_colours(["graph"])["graph"].lower()
+  assert "linear-ridge" not in seen["errors"] and "graph+center" in seen["errors"]

@@ -155,7 +155,7 @@ def test_cmcr_run_trains_both_stages_and_keeps_stage_one_frozen(
   assert run.aligner.default_route("image", "audio") is not None
 
 
-def test_compare_one_seed(config, tri_modal_dataset, tmp_path):
+def test_compare_one_seed(config, tri_modal_dataset, tmp_path, monkeypatch):
   c = _with(
     config,
     compare__strategies="pivot,pairwise",
@@ -163,11 +163,28 @@ def test_compare_one_seed(config, tri_modal_dataset, tmp_path):
     compare__posthoc="none",
     compare__baselines="ridge",
   )
+  seen = {}
+  pytest.importorskip("matplotlib")
+  from graphbridge.evaluation.plots import style as style_lib
+
+  real_save = style_lib.save_figure
+
+  def capture(fig, path):  # compare.png: its title and its error bars
+    (ax, *_) = fig.axes
+    seen["title"] = ax.get_title()
+    seen["errorbars"] = [c for c in ax.collections if (c.get_gid() or "").startswith("std:")]
+    return real_save(fig, path)
+
+  monkeypatch.setattr(style_lib, "save_figure", capture)
   result = compare_run.compare(c, str(tmp_path), dataset=tri_modal_dataset, log=lambda m: None)
   methods = [t["method"] for t in result["table"]]
   assert methods == ["pivot", "pairwise", "linear-ridge"]
   assert result["zero_shot_pairs"] == ["audio->image", "image->audio"]
-  assert (tmp_path / "compare.md").is_file()
+  assert (tmp_path / "compare.md").is_file() and (tmp_path / "compare.png").is_file()
+  # the data set, the split and the seed in the title; one seed: no spread, no error bar
+  title = seen["title"].replace("\n", " ")
+  assert "<synthetic tri-modal>, test split" in title and "seed 0" in title
+  assert seen["errorbars"] == []
   with pytest.raises(errors.ConfigError, match="compare.strategies names 'clip'"):
     compare_run.compare(_with(c, compare__strategies="clip"), None, dataset=tri_modal_dataset)
 

@@ -1,5 +1,6 @@
-"""Training feedback: TensorBoard events read back, JSONL with lr, progress with rate/ETA/lr,
-validation on held-back rows with the best step, a clean skip without tensorboardX."""
+"""Training feedback: TensorBoard events read back (tags exactly as in metrics.jsonl, the report's
+final numbers, hparams and figures), JSONL with lr, progress with rate/ETA/lr, validation on
+held-back rows with the best step, a clean skip without tensorboardX."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from graphbridge.training import validation as validation_lib
 from graphbridge.training import writers as writers_lib
 from graphbridge.evaluation import retrieval as retrieval_lib
 from graphbridge.core import fields
+from graphbridge.runs import evaluate as evaluate_lib
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,45 @@ def test_tensorboard_events_hold_the_scalars(validated_run):
   lrs = [v for _, v in scalars["lr"]]
   assert lrs[0] > 0 and lrs[-1] < max(lrs)  # warmup then cosine decay
   assert [s for s, _ in scalars["val/mAP"]] == [10, 20]
-  assert "grad_norm/image_to_text" in scalars and "val/mAP/image_to_audio" in scalars
+  # every tag as in metrics.jsonl, "->" included (TensorBoard takes any string as a tag)
+  rows = writers_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  keys = {k for r in rows for k, v in r.items() if k != "step" and np.isfinite(v)}
+  assert keys == set(scalars)
+  assert "grad_norm/image->text" in scalars and "val/mAP/image->audio" in scalars
+  assert scalars["val/mAP/image->audio"] == [
+    (r["step"], pytest.approx(r["val/mAP/image->audio"])) for r in rows if "val/mAP" in r
+  ]
+
+
+def test_report_sends_final_metrics_hparams_and_figures(validated_run, data_path, tmp_path):
+  """The report at the end of a run adds, at the final step, its numbers (named like the
+  validation's: test/mAP/image->audio), the HParams session (config against the headline metrics)
+  and every figure as an image, in the run's TensorBoard folder."""
+  _, workdir, _ = validated_run
+  out = str(tmp_path / "report")
+  lines = []
+  summary = evaluate_lib.evaluate_workdir(workdir, data=data_path, out=out, log=lines.append)
+  logdir = os.path.join(out, writers_lib.TENSORBOARD_DIR)
+  assert any(line.startswith("final metrics and figures in TensorBoard") for line in lines)
+  scalars = writers_lib.read_tensorboard_scalars(logdir)
+  default = [r for r in summary["rows"] if not r["named_route"] and r["level"] == "class"]
+  for r in default:
+    pair = f"{r['query']}->{r['gallery']}"
+    assert scalars[f"test/mAP/{pair}"] == [(20, pytest.approx(r["mAP"]))]
+    assert scalars[f"test/R@1/{pair}"] == [(20, pytest.approx(r["R@1"]))]
+  assert scalars["test/mAP"] == [(20, pytest.approx(np.mean([r["mAP"] for r in default])))]
+  assert {"test/mAP/hops1", "test/mAP/hops2", "test/gap", "test/silhouette"} <= set(scalars)
+  assert not [tag for tag in scalars if "_to_" in tag]
+  hparams = writers_lib.read_tensorboard_hparams(logdir)
+  assert hparams["train.steps"] == 20 and hparams["train.validate_every"] == 10
+  assert hparams["strategy"] == "graph" and hparams["model.hidden"] == "(16,)"
+  images = writers_lib.read_tensorboard_images(logdir)
+  assert set(images) == {f"report/{key}" for key in summary["plots"]} and images
+  for tag, ((step, png),) in images.items():
+    name = summary["plots"][tag[len("report/") :]]
+    assert step == 20
+    with open(os.path.join(out, name), "rb") as f:
+      assert png == f.read()
 
 
 def test_jsonl_progress_and_validation(validated_run):

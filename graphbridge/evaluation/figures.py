@@ -6,6 +6,7 @@ import os
 from typing import Callable, Mapping, Sequence
 import numpy as np
 from graphbridge.evaluation.plots import charts as charts_lib
+from graphbridge.evaluation.plots import curves as curves_lib
 from graphbridge.evaluation.plots import projection as projection_lib
 from graphbridge.evaluation.plots import style as style_lib
 
@@ -118,6 +119,7 @@ def _write_plots(
         max_points_per_modality=points,
         seed=seed,
         colours=colours,
+        class_names=proj.get("class_names"),
       )
     else:
       draw = lambda: projection_lib.plot_projection(
@@ -128,6 +130,7 @@ def _write_plots(
         max_points_per_modality=points,
         seed=seed,
         colours=colours,
+        class_names=proj.get("class_names"),
       )
     if attempt("projection", draw):
       written["projection"] = name
@@ -145,6 +148,7 @@ def _write_plots(
         chance=chance,
         zero_shot=zero_shot_matrix([r for r in s.get("rows", []) if r["level"] == level], names)
         & np.isfinite(values),
+        colours=colours,
       )
       if attempt(f"heatmap_{level}", draw):
         written[f"heatmap_{level}"] = name
@@ -162,19 +166,30 @@ def _write_plots(
     )
     if attempt("reconstruction", draw):
       written["reconstruction"] = name
-  curves = [
-    {k: v for k, v in r.items() if k == "step" or _is_summary_loss(k)} for r in metrics_rows
-  ]
+  curves = [{k: v for k, v in r.items() if _is_curve(k)} for r in metrics_rows]
   if any(k.startswith("loss/") for r in curves for k in r):
     name = PLOT_FILES["curves"]
-    draw = lambda: charts_lib.plot_training_curves(
+    n_rounds = len({r.get(curves_lib.ROUND_KEY, 0) for r in curves})
+    what = f"training, {n_rounds} rounds of self-training" if n_rounds > 1 else "training"
+    # with train.keep_best (report.json's kept_step) each round ends with its best validated step
+    kept = curves_lib.kept_steps(curves) if s.get("kept_step") is not None else None
+    draw = lambda: curves_lib.plot_training_curves(
       curves,
       os.path.join(out_dir, name),
-      f"{title}: training losses (means over edges; per-edge terms in metrics.jsonl)",
+      f"{title}: {what} (per-edge terms in metrics.jsonl)",
+      kept=kept,
+      colours=colours,
     )
     if attempt("curves", draw):
       written["curves"] = name
   return written
+
+
+def _is_curve(key: str) -> bool:
+  """What the training curves draw: step, round, lr, validation and the summary losses."""
+  return (
+    key in ("step", "lr", curves_lib.ROUND_KEY) or key.startswith("val/") or _is_summary_loss(key)
+  )
 
 
 def _is_summary_loss(key: str) -> bool:

@@ -107,8 +107,8 @@ def querybank_scores(
   2022): gallery row y is penalised by r(y), its mean cosine to its k nearest rows of a *bank*, the
   query modality's train rows (bank_rows) brought along the same route, and ranked by
   cos(x, y) - r(y)/2. Hubs, gallery rows close to many queries whatever the query, are pushed down.
-  Unlike eval.csls_k it never reads the test queries: a gallery row's penalty depends on that row and
-  the train data only. Returns (zq, zg) as hubness_transform writes them (zq: the rows to score,
+  Unlike eval.csls_k it never reads the test queries: a gallery row's penalty depends on that row
+  and the train data only. Returns (zq, zg) as hubness_transform writes them (zq: the rows to score,
   e.g. a sample of enc.zq); unchanged if the query modality has no train rows."""
   zb = bank_rows(aligner, dataset, enc.spec.query, enc.spec.gallery, enc.spec.route, seed)
   if zb is None:

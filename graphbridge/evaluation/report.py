@@ -161,8 +161,8 @@ def build_report(
     summary["query_sampling"] = (
       f"retrieval scored a seeded sample of at most {options.max_queries} query rows per route "
       f"(eval.max_queries) against the whole gallery, in {len(sampled)} of {len(rows)} rows "
-      f"(up to {max(r['query_rows'] for r in sampled)} query rows available); set "
-      "eval.max_queries=0 to score every query"
+      f"(up to {max(r['query_rows'] for r in sampled)} query rows available); "
+      "set eval.max_queries=0 to score every query"
     )
   empty = [m for m in dataset.names if len(dataset_lib.split_rows(dataset, m, split)) == 0]
   if empty:
@@ -180,6 +180,7 @@ def build_report(
       "after": after_rows,
       "before": None,
       "labels": _projection_labels(dataset, split),
+      "class_names": dataset.class_names,  # the class legend's order (label order)
     }
     if before is not None:
       projection["before"], _ = tables_lib.common_space_rows(
@@ -259,10 +260,10 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
     )
   if summary.get("querybank_k"):
     parts.append(
-      "\n\nRetrieval ranks each gallery row by its cosine minus its hubness, its mean cosine "
-      f"to its {summary['querybank_k']} nearest train rows of the query modality "
-      f"(query-bank correction, `eval.querybank_k`; {summary.get('querybank', '')}); "
-      "test queries are never used."
+      "\n\nRetrieval ranks each gallery row by its cosine minus its hubness, its mean cosine to "
+      f"its {summary['querybank_k']} nearest train rows of the query modality (query-bank "
+      f"correction, `eval.querybank_k`; {summary.get('querybank', '')}); test queries are never "
+      "used."
     )
   parts.append("\n\n")
   for evaluator in evaluators_lib.present(summary):
@@ -272,12 +273,12 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
     captions = {
       "projection": "2-D PCA of every modality in one common space, where each meets {space} "
       "(routes: {routes}); stars = centroids, dashed lines = modality gap.",
-      "heatmap_instance": "Instance-level retrieval mAP for every query/gallery pair, "
-      "chance underneath.",
+      "heatmap_instance": "Instance-level retrieval mAP for every query/gallery pair, chance "
+      "underneath.",
       "heatmap_class": "Class-level retrieval mAP for every query/gallery pair, chance underneath.",
-      "reconstruction": "Reconstruction cosine against the number of translators applied, "
-      "one line per target modality (cycles and paths that end in it); dashed = its "
-      "mean-predictor baseline.",
+      "reconstruction": "Reconstruction cosine against the number of translators applied, one line "
+      "per target modality (cycles and paths that end in it); dashed = its mean-predictor "
+      "baseline.",
       "curves": "Training losses from metrics.jsonl.",
     }
     proj = summary.get("projection") or {}
@@ -360,6 +361,60 @@ def _write_numbers(report: Report, out_dir: str, title: str, images: Mapping[str
   tables_lib.write_json(os.path.join(out_dir, "report.json"), report.summary)
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write(markdown(report.summary, images, title))
+
+
+RETRIEVAL_METRICS = ("mAP", "R@1", "R@5", "R@10", "median_rank")
+
+
+def final_scalars(summary: Mapping) -> tuple[dict[str, float], dict[str, float]]:
+  """The report's numbers as scalars named like the training's validation ("val/mAP/image->audio"):
+  returns (every scalar, the headline ones for TensorBoard's HParams tab).
+
+  Retrieval on the split: "<split>/mAP" (mean over default routes at the report's main level,
+  instance where there is one), "<split>/<metric>/<query>-><gallery>", "<split>/mAP/hops<h>", the
+  other level as "<split>/<level>/...", named routes as "<split>/route/<metric>/<route>"; the
+  modality gap "<split>/gap/<query>-><gallery>" and its mean "<split>/gap" (and "gap_before"),
+  "<split>/silhouette", "reconstruction/cosine/<route>", and "time/<what>" in seconds."""
+  split = summary.get("split", "test")
+  rows = summary.get("rows", [])
+  main = "instance" if any(r.get("level") == "instance" for r in rows) else "class"
+  out: dict[str, float] = {}
+
+  def put(key: str, value) -> None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+      out[key] = float(value)
+
+  for level in ("instance", "class"):
+    prefix = split if level == main else f"{split}/{level}"
+    mine = [r for r in rows if r.get("level") == level]
+    for r in mine:
+      name = r["route"] if r.get("named_route") else f"{r['query']}->{r['gallery']}"
+      where = f"{prefix}/route" if r.get("named_route") else prefix
+      for metric in RETRIEVAL_METRICS:
+        put(f"{where}/{metric}/{name}", r.get(metric))
+    default = [r["mAP"] for r in mine if not r.get("named_route") and r.get("mAP") is not None]
+    if default:
+      put(f"{prefix}/mAP", float(np.mean(default)))
+    for h in summary.get("by_hops", []):
+      if h.get("level") == level:
+        put(f"{prefix}/mAP/hops{h['hops']}", h.get("mAP"))
+  gaps = summary.get("gap", [])
+  for g in gaps:
+    put(f"{split}/gap/{g['query']}->{g['gallery']}", g.get("gap_after"))
+  for key, name in (("gap_after", "gap"), ("gap_before", "gap_before")):
+    values = [g[key] for g in gaps if g.get(key) is not None]
+    if values:
+      put(f"{split}/{name}", float(np.mean(values)))
+  mixed = [r["mixed"] for r in summary.get("silhouette", []) if r.get("mixed") is not None]
+  if mixed:
+    put(f"{split}/silhouette", float(np.mean(mixed)))
+  for r in summary.get("reconstruction", []):
+    put(f"reconstruction/cosine/{r['route']}", r.get("cosine"))
+  for key, value in (summary.get("timing") or {}).items():
+    put(f"time/{key}", value)
+  headline = {k: v for k, v in out.items() if k.startswith(f"{split}/mAP") and "->" not in k}
+  headline.update({k: out[k] for k in (f"{split}/gap", f"{split}/silhouette") if k in out})
+  return out, headline
 
 
 def run_report(

@@ -188,7 +188,8 @@ def check_rows(x, what: str, modality: str, dim: int) -> np.ndarray:
 
 def input_rows(x, what: str, modality: str, dim: int) -> np.ndarray:
   """Raw embeddings as the data's rows are: checked (check_rows), then L2-normalised the way the
-  data set normalises its own rows, so the run's own rows search exactly as the report ranks them."""
+  data set normalises its own rows, so raw rows of the run's data search as the report ranks
+  them."""
   return l2_normalize_rows(f"{what} ({modality})", check_rows(x, what, modality, dim))
 
 

@@ -33,6 +33,19 @@ def _mean_std(values) -> tuple[float, float]:
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
+def comparison_title(dataset: Dataset, split: str, level: str, seeds: list[int]) -> str:
+  """compare.png's title: the data set, the split and the seeds behind the bars."""
+  name = os.path.basename(os.path.normpath(dataset.source)) or str(dataset.source)
+  listed = ",".join(map(str, seeds))  # no space: a title wraps at spaces only
+  which = (
+    f"seed {listed}" if len(seeds) == 1 else f"mean \u00b1 std over {len(seeds)} seeds ({listed})"
+  )
+  return (
+    f"{name}, {split} split: zero-shot {level}-level retrieval between never-paired modalities\n"
+    f"{which}; linear baselines: one deterministic fit, no error bar"
+  )
+
+
 def summarize(rows: list[dict], level: str = "class") -> tuple[list[dict], list[str]]:
   """One row per method: mean/std over seeds of mAP and R@1 per zero-shot ordered pair, the mean
   over zero-shot pairs, and the mean mAP over directly paired modalities."""
@@ -165,7 +178,8 @@ def compare(
           "strategy": t["method"],
           "pair": pair,
           "mean": t[f"{pair} mAP"],
-          "std": t.get(f"{pair} mAP std", 0.0),
+          # a spread needs 2+ seeds: one seed or a deterministic baseline gets no error bar
+          "std": t.get(f"{pair} mAP std") if t["seeds"] > 1 else None,
           "chance": chance[pair],
         }
         for t in table
@@ -175,8 +189,8 @@ def compare(
       charts_lib.plot_strategy_comparison(
         plot_rows,
         os.path.join(workdir, "compare.png"),
-        f"Zero-shot {level}-level retrieval (never-paired modalities)",
-        metric="mAP",
+        comparison_title(dataset, config.eval.split, level, seeds),
+        metric=f"mAP ({level}-level)",
       )
     except ImportError:
       log("matplotlib is not installed: skipped compare.png")

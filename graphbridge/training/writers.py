@@ -6,13 +6,18 @@ event files when tensorboardX is installed (`pip install graphbridge[tensorboard
   writer.close()
 
 TensorBoard: `tensorboard --logdir WORKDIR/tensorboard`. Process 0 writes; other processes of a
-multi-host run get writers that do nothing.
+multi-host run get writers that do nothing. Tags are the keys of metrics.jsonl, verbatim
+("val/mAP/image->audio"): TensorBoard takes any string as a tag; only tensorboardX's add_scalar
+rewrites characters outside [A-Za-z0-9_./-] (a rule of TF1 op names, which PyTorch's writer
+dropped), so scalars are written as Summary protos. At the end of a run the report adds its final
+numbers (scalars and hparams) and its figures (images) at the final step (`final_tensorboard`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 from typing import Callable, Mapping, Protocol, Sequence
 import jax
 
@@ -55,7 +60,8 @@ class JsonlWriter:
 
 
 class TensorBoardWriter:
-  """Scalars as TensorBoard events under `logdir` (tensorboardX: no TensorFlow needed)."""
+  """Scalars, hparams and PNG images as TensorBoard events under `logdir` (tensorboardX: no
+  TensorFlow needed), every tag verbatim."""
 
   def __init__(self, logdir: str):
     from tensorboardX import SummaryWriter  # ImportError when the extra is not installed
@@ -63,10 +69,52 @@ class TensorBoardWriter:
     self.logdir = logdir
     self._writer = SummaryWriter(logdir=logdir)
 
+  def _add(self, values: list, step: int | None) -> None:
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    if values:
+      self._writer._get_file_writer().add_summary(Summary(value=values), step)
+
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    for key, value in scalars.items():
-      if isinstance(value, (int, float)) and value == value:  # NaN (e.g. no rate yet) is left out
-        self._writer.add_scalar(tensorboard_tag(key), float(value), global_step=int(step))
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    values = [
+      Summary.Value(tag=str(key), simple_value=float(value))
+      for key, value in scalars.items()
+      # NaN (e.g. no rate yet) is left out; bool is an int but not a measurement
+      if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    ]
+    self._add(values, int(step))
+
+  def write_images(self, step: int, images: Mapping[str, str]) -> None:
+    """{tag: path of a PNG file}: each file's bytes as an image summary (no decoding)."""
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    values = []
+    for tag, path in images.items():
+      with open(path, "rb") as f:
+        png = f.read()
+      if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"{path} is not a PNG file")
+      width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
+      image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
+      values.append(Summary.Value(tag=str(tag), image=image))
+    self._add(values, int(step))
+
+  def write_hparams(
+    self, step: int, hparams: Mapping, metrics: Mapping[str, float], write_metrics: bool = True
+  ) -> None:
+    """The run's settings and its headline metrics for TensorBoard's HParams tab. The session is
+    this logdir, so the metrics' scalars (written here unless the caller already wrote them:
+    write_metrics=False) sit beside the training curves."""
+    from tensorboardX.summary import hparams as hparams_summaries
+
+    experiment, start, end = hparams_summaries(dict(hparams), dict(metrics))
+    writer = self._writer._get_file_writer()
+    for summary in (experiment, start, end):
+      writer.add_summary(summary, int(step))
+    if write_metrics:
+      self.write_scalars(step, metrics)
 
   def flush(self) -> None:
     self._writer.flush()
@@ -75,10 +123,26 @@ class TensorBoardWriter:
     self._writer.close()
 
 
-def tensorboard_tag(key: str) -> str:
-  """TensorBoard tags allow [A-Za-z0-9_./-]: 'grad_norm/image->text' ->
-  'grad_norm/image_to_text'."""
-  return key.replace("->", "_to_").replace("<-", "_from_")
+def hparams_from_config(config) -> dict[str, bool | int | float | str]:
+  """{"train.lr": 0.001, "model.hidden": "(512,)", ...}: every leaf of `config` (a ConfigDict or
+  a nested dict), numbers, bools and strings as they are, anything else as its repr; None left
+  out."""
+  tree = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  out: dict[str, bool | int | float | str] = {}
+
+  def walk(prefix: str, node) -> None:
+    if isinstance(node, Mapping):
+      for key, value in node.items():
+        walk(f"{prefix}.{key}" if prefix else str(key), value)
+    elif node is None:
+      return
+    elif isinstance(node, (bool, int, float, str)):
+      out[prefix] = node
+    else:
+      out[prefix] = repr(tuple(node)) if isinstance(node, (list, tuple)) else repr(node)
+
+  walk("", tree)
+  return out
 
 
 class MultiWriter:
@@ -143,19 +207,26 @@ def for_run(workdir: str | None, config, log: Callable[[str], None] = print) -> 
       writers.append(TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR)))
     else:
       log(
-        "note: no TensorBoard events (tensorboardX is not installed: pip install "
-        "graphbridge[tensorboard]); metrics go to metrics.jsonl"
+        "note: no TensorBoard events (tensorboardX is not installed: "
+        "pip install graphbridge[tensorboard]); metrics go to metrics.jsonl"
       )
   return MultiWriter(writers)
 
 
-def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
-  """{tag: [(step, value), ...]} from the event files in `logdir` (for tests and notebooks; needs
-  tensorboardX's protobufs only)."""
-  from tensorboardX.proto import event_pb2
-  import struct
+def final_tensorboard(workdir: str | None, config) -> TensorBoardWriter | None:
+  """A writer into workdir/tensorboard for the report's final numbers and figures, where the
+  training's events are; None where for_run would write none (no workdir, config.train.tensorboard
+  off, tensorboardX missing, not process 0)."""
+  wanted = bool(config.get("train", {}).get("tensorboard", True))
+  if not workdir or not wanted or jax.process_index() != 0 or not tensorboard_available():
+    return None
+  return TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR))
 
-  out: dict[str, list[tuple[int, float]]] = {}
+
+def _tensorboard_values(logdir: str):
+  """(step, Summary.Value) of every event file in `logdir`, in file order."""
+  from tensorboardX.proto import event_pb2
+
   for name in sorted(os.listdir(logdir)):
     if "tfevents" not in name:
       continue
@@ -169,7 +240,39 @@ def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
       event = event_pb2.Event()
       event.ParseFromString(payload)
       for value in event.summary.value:
-        out.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+        yield int(event.step), value
+
+
+def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} of the scalars in `logdir`'s event files (for tests and
+  notebooks; needs tensorboardX's protobufs only)."""
+  out: dict[str, list[tuple[int, float]]] = {}
+  for step, value in _tensorboard_values(logdir):
+    if value.HasField("simple_value"):
+      out.setdefault(value.tag, []).append((step, float(value.simple_value)))
+  return out
+
+
+def read_tensorboard_images(logdir: str) -> dict[str, list[tuple[int, bytes]]]:
+  """{tag: [(step, encoded PNG), ...]} of the images in `logdir`'s event files."""
+  out: dict[str, list[tuple[int, bytes]]] = {}
+  for step, value in _tensorboard_values(logdir):
+    if value.HasField("image"):
+      out.setdefault(value.tag, []).append((step, bytes(value.image.encoded_image_string)))
+  return out
+
+
+def read_tensorboard_hparams(logdir: str) -> dict:
+  """{name: value} of the last hparams session started in `logdir` ({} if none)."""
+  from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+
+  out: dict = {}
+  for _, value in _tensorboard_values(logdir):
+    if value.tag == "_hparams_/session_start_info":
+      data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+      out = {
+        k: getattr(v, v.WhichOneof("kind")) for k, v in data.session_start_info.hparams.items()
+      }
   return out
 
 

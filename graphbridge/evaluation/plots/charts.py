@@ -1,4 +1,4 @@
-"""Heatmaps, reconstruction lines, training curves and the strategy comparison."""
+"""Heatmaps, reconstruction lines and the strategy comparison (training curves: curves.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 import numpy as np
 from graphbridge.evaluation.plots import style
+from graphbridge.evaluation.plots.curves import plot_training_curves  # noqa: F401  (its old home)
 
 
 def plot_retrieval_heatmap(
@@ -17,6 +18,7 @@ def plot_retrieval_heatmap(
   metric_name: str = "mAP",
   chance: Any | None = None,
   zero_shot: Any | None = None,
+  colours: Mapping[str, str] | None = None,
 ) -> Path:
   """Annotated heatmap of a retrieval metric for every query/gallery modality pair.
 
@@ -33,6 +35,7 @@ def plot_retrieval_heatmap(
     chance: [n_query, n_gallery] float chance values, or None.
     zero_shot: [n_query, n_gallery] bool, True for pairs never paired in training (drawn with a
       dashed outline and a "zero-shot" tag), or None.
+    colours: modality -> colour of its tick label (the figures' one colour per modality), or None.
   """
   from matplotlib import colormaps
   from matplotlib.colors import Normalize
@@ -112,6 +115,10 @@ def plot_retrieval_heatmap(
     ha="right" if max(len(str(n)) for n in gallery_names) > 6 else "center",
   )
   ax.set_yticks(range(n_query), [str(n) for n in query_names])
+  for tick in (*ax.get_xticklabels(), *ax.get_yticklabels()):
+    if colours and tick.get_text() in colours:
+      tick.set_color(colours[tick.get_text()])
+      tick.set_fontweight("bold")
   ax.set_xlabel("gallery (retrieved) modality")
   ax.set_ylabel("query modality")
   ax.set_xticks(np.arange(-0.5, n_gallery), minor=True)
@@ -155,7 +162,7 @@ def plot_retrieval_heatmap(
       )
   colourbar = fig.colorbar(image, ax=ax, shrink=0.9)
   colourbar.set_label(metric_name)
-  ax.set_title(title, fontsize=13)
+  ax.set_title(style.wrap(title, style.title_width(0.95 * fig.get_figwidth(), 13)), fontsize=13)
   return style.save_figure(fig, path)
 
 
@@ -247,138 +254,11 @@ def plot_reconstruction_by_hops(
   fig.legend(
     handles=handles, loc="outside right center", fontsize=9, frameon=False
   )  # never over the data
-  fig.suptitle(title, fontsize=13)
+  fig.suptitle(style.wrap(title, style.title_width(10.5, 13)), fontsize=13)
   return style.save_figure(fig, path)
 
 
-def plot_training_curves(
-  metrics_rows: Sequence[Mapping[str, Any]], path: str | Path, title: str
-) -> Path:
-  """Loss curves: ``loss/total`` in the left panel, every other ``loss/...`` term on the right.
-
-  A panel uses a log y-axis (plain-number tick labels) when all its finite
-  values are positive.  Rows missing a key (or holding NaN/inf for it) are
-  skipped for that curve, so terms logged less often still draw as lines.  With more than 6 terms
-  the
-  legend moves outside the axes.
-
-  Args:
-    metrics_rows: dicts such as ``{"step": 10, "loss/total": 0.5,
-      "loss/edge_cos/image->text": 0.3, ...}``; ``step`` defaults to the row
-      index when absent.
-    path: output PNG path; title: figure title.
-  """
-  rows = style.check_rows("metrics_rows", metrics_rows, ())
-  loss_keys: list[str] = []
-  for row in rows:
-    for key in row:
-      if isinstance(key, str) and key.startswith("loss/") and key not in loss_keys:
-        loss_keys.append(key)
-  if not loss_keys:
-    raise ValueError("metrics_rows has no key starting with 'loss/'; nothing to plot")
-  steps = np.array([float(row.get("step", i)) for i, row in enumerate(rows)])
-  order = np.argsort(steps, kind="stable")
-  steps = steps[order]
-
-  def series(key: str) -> np.ndarray:
-    out = np.array(
-      [float(rows[i].get(key, np.nan)) if rows[i].get(key) is not None else np.nan for i in order]
-    )
-    out[~np.isfinite(out)] = np.nan
-    return out
-
-  def set_scale(ax, curves: list[np.ndarray]) -> None:
-    finite = np.concatenate([c[np.isfinite(c)] for c in curves]) if curves else np.array([])
-    # log only where curves span a real range: under a factor 5 a log axis has no labelled ticks
-    if finite.size and finite.min() > 0 and finite.max() / finite.min() > 5:
-      from matplotlib.ticker import FuncFormatter, NullFormatter
-
-      ax.set_yscale("log")
-      ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-      if np.log10(finite.max() / finite.min()) < 1.5:  # few decades: label 2x and 5x too
-        ax.yaxis.set_minor_formatter(
-          FuncFormatter(
-            lambda v, _: f"{v:g}" if round(v / 10 ** np.floor(np.log10(v)), 6) in (2.0, 5.0) else ""
-          )
-        )
-      else:
-        ax.yaxis.set_minor_formatter(NullFormatter())
-
-  term_keys = [k for k in loss_keys if k != "loss/total"]
-  many = len(term_keys) > 6
-  fig = style.new_figure((13.0 if many else 12.0, 4.8))
-  ax_total, ax_terms = fig.subplots(1, 2)
-
-  if "loss/total" in loss_keys:
-    total = series("loss/total")
-    logged = np.isfinite(total)
-    ax_total.plot(
-      steps[logged],
-      total[logged],
-      color=style.palette_colour(0),
-      linewidth=1.8,
-      marker="." if logged.sum() < 40 else None,
-    )
-    set_scale(ax_total, [total])
-  else:
-    ax_total.text(
-      0.5,
-      0.5,
-      "loss/total not logged",
-      ha="center",
-      va="center",
-      transform=ax_total.transAxes,
-      color="0.4",
-    )
-  ax_total.set_title("total loss")
-  ax_total.set_xlabel("step")
-  ax_total.set_ylabel("loss")
-
-  curves = []
-  for i, key in enumerate(term_keys):
-    curve = series(key)
-    curves.append(curve)
-    logged = np.isfinite(curve)  # terms logged less often than others still draw as lines
-    ax_terms.plot(
-      steps[logged],
-      curve[logged],
-      color=style.palette_colour(i % len(style.OKABE_ITO)),
-      linestyle=style.LINE_STYLES[(i // len(style.OKABE_ITO)) % len(style.LINE_STYLES)],
-      linewidth=1.5,
-      label=key[len("loss/") :],
-      marker="." if logged.sum() < 40 else None,
-    )
-  if term_keys:
-    set_scale(ax_terms, curves)
-    if many:
-      fig.legend(
-        handles=ax_terms.get_lines(),
-        loc="outside right upper",
-        fontsize=8,
-        title="term",
-        frameon=False,
-        ncols=1 if len(term_keys) <= 24 else 2,
-      )
-    else:
-      ax_terms.legend(fontsize=8, title="term", framealpha=0.9)
-  else:
-    ax_terms.text(
-      0.5,
-      0.5,
-      "no per-term losses logged",
-      ha="center",
-      va="center",
-      transform=ax_terms.transAxes,
-      color="0.4",
-    )
-  ax_terms.set_title("loss terms")
-  ax_terms.set_xlabel("step")
-  ax_terms.set_ylabel("loss")
-  for ax in (ax_total, ax_terms):
-    ax.grid(True, which="major", color="0.9", linewidth=0.8)
-    ax.set_axisbelow(True)
-  fig.suptitle(title, fontsize=13)
-  return style.save_figure(fig, path)
+HATCHES = {"": "", "center": "///", "procrustes": "...", "cca": "xxx"}  # post-hoc variant -> hatch
 
 
 def plot_strategy_comparison(
@@ -389,14 +269,16 @@ def plot_strategy_comparison(
 ) -> Path:
   """Grouped bar chart: one group per modality pair, one bar per strategy.
 
-  Error bars show ``std``; if any row of a pair has ``chance``, a dashed
-  black line marks it across that pair's group.
+  A strategy and its post-hoc variants ("graph", "graph+center", "graph+procrustes") share the
+  family's colour (style.strategy_colours, by name) and differ by hatch. Error bars show ``std``
+  where it is given and finite (none for one seed or a deterministic baseline); if any row of a
+  pair has ``chance``, a dashed black line marks it across that pair's group.
 
   Args:
     rows: dicts with ``strategy`` (str), ``pair`` (e.g. "image->audio"),
-      ``mean`` (float), ``std`` (float, optional: no error bar if absent) and
+      ``mean`` (float), ``std`` (float, optional: no error bar if absent, None or NaN) and
       optionally ``chance`` (float).
-    path: output PNG path; title: figure title; metric: y-axis label.
+    path: output PNG path; title: figure title (wrapped at spaces); metric: y-axis label.
   """
   from matplotlib.lines import Line2D
 
@@ -420,6 +302,12 @@ def plot_strategy_comparison(
   fig = style.new_figure((max(6.5, 0.55 * n_pairs * max(n_strategies, 2) + 3.0), 5.0))
   ax = fig.add_subplot()
   centres = np.arange(n_pairs)
+  family = {name: name.split("+")[0] for name in strategies}
+  colours = style.strategy_colours(list(family.values()))
+  variants = list(dict.fromkeys(name.partition("+")[2] for name in strategies))
+  hatches = {v: HATCHES.get(v) for v in variants}
+  spare = iter(h for h in HATCHES.values() if h and h not in hatches.values())
+  hatches = {v: h if h is not None else next(spare, "++") for v, h in hatches.items()}
   for s, strategy in enumerate(strategies):
     means, stds, xs = [], [], []
     for p, pair in enumerate(pairs):
@@ -430,21 +318,29 @@ def plot_strategy_comparison(
       means.append(float(row["mean"]))
       std = row.get("std")
       stds.append(np.nan if std is None else float(std))  # NaN: no error bar drawn
-    # past the palette's length colours repeat: a hatch keeps the bars apart
-    hatch = ("", "///", "...", "xxx")[(s // len(style.OKABE_ITO)) % 4]
     ax.bar(
       xs,
       means,
       width=bar_width * 0.92,
-      yerr=stds,
-      capsize=3,
-      color=style.palette_colour(s),
-      hatch=hatch,
+      color=colours[family[strategy]],
+      hatch=hatches[strategy.partition("+")[2]],
       edgecolor="white",
       linewidth=0.5,
       label=strategy,
-      error_kw=dict(elinewidth=1.1, ecolor="0.2"),
     )
+    has_std = np.isfinite(stds)
+    if has_std.any():
+      ax.errorbar(
+        np.asarray(xs)[has_std],
+        np.asarray(means)[has_std],
+        yerr=np.asarray(stds)[has_std],
+        fmt="none",
+        capsize=3,
+        elinewidth=1.1,
+        ecolor="0.2",
+        zorder=4,
+        gid=f"std:{strategy}",
+      )
   has_chance = False
   for p, pair in enumerate(pairs):
     chances = [
@@ -478,5 +374,5 @@ def plot_strategy_comparison(
     fig.legend(handles=handles, title="strategy", loc="outside right upper", frameon=False)
   else:
     ax.legend(handles=handles, title="strategy", fontsize=9, framealpha=0.9)
-  ax.set_title(title, fontsize=13)
+  ax.set_title(style.wrap(title, style.title_width(0.95 * fig.get_figwidth(), 13)), fontsize=13)
   return style.save_figure(fig, path)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 import numpy as np
 from graphbridge.evaluation.geometry import modality_gap
 from graphbridge.evaluation.metrics import _as_embeddings
 from graphbridge.evaluation.ranks import _l2_normalise
+from graphbridge.evaluation.plots import labels as labels_lib
 from graphbridge.evaluation.plots import style
+
+STAR_SIZE = 520  # area (points^2) of a centroid star with its white halo
 
 
 def _prepare_modalities(
@@ -49,10 +52,13 @@ def _draw_projection(
   max_points_per_modality: int,
   seed: int,
   colours: Mapping[str, str] | None = None,
-) -> tuple[list, list, dict[tuple[str, str], float]]:
+  class_names: Sequence[str] | None = None,
+) -> tuple[list, list, dict[tuple[str, str], float], list, list]:
   """Scatter the 2-D PCA of the unit-normalised rows on ``ax``.
 
-  Returns (modality legend handles, class legend handles, gaps by pair).
+  Returns (modality legend handles, class legend handles, gaps by pair, the centroid and gap
+  labels to place, the stars' pixel boxes); labels_lib.place_labels draws the labels once the
+  figure is complete.
   """
   from matplotlib.lines import Line2D
 
@@ -79,7 +85,7 @@ def _draw_projection(
     explained[:n_components] = variance[:n_components] / variance.sum()
 
   all_classes = [lab for lab in labels.values() if lab is not None]
-  classes = np.unique(np.concatenate(all_classes)) if all_classes else np.array([])
+  classes = class_order(np.concatenate(all_classes), class_names) if all_classes else []
   class_index = {c: i for i, c in enumerate(classes)}
   class_marker = {
     c: style.CLASS_MARKERS[i % len(style.CLASS_MARKERS)] for i, c in enumerate(classes)
@@ -128,13 +134,10 @@ def _draw_projection(
       )
     )
 
-  # Centroids on top, joined by dashed lines; the full-dimensional gap is
-  # written on a line only when the line is long enough to hold the label.
-  shown_points = np.concatenate(
-    [(embeddings[m][shown_index[m]] - mean) @ basis for m in embeddings]
-  )
-  span = float(np.hypot(*np.ptp(shown_points, axis=0))) or 1.0
+  # Centroids on top, joined by dashed lines labelled with the full-dimensional gap; every label
+  # (names at the stars, gaps at the lines' middles) is placed later where it overlaps nothing.
   gaps: dict[tuple[str, str], float] = {}
+  to_place = []
   modalities = list(embeddings)
   for a in range(len(modalities)):
     for b in range(a + 1, len(modalities)):
@@ -145,20 +148,33 @@ def _draw_projection(
       if len(modalities) > 4:  # 10+ lines and labels would hide the points: gaps in the title
         continue
       ax.plot([ca[0], cb[0]], [ca[1], cb[1]], color="0.25", linestyle="--", linewidth=1.2, zorder=4)
-      if np.hypot(*(ca - cb)) > 0.12 * span:
-        mid = (ca + cb) / 2
-        ax.annotate(
-          f"{gap:.2f}",
-          xy=(mid[0], mid[1]),
-          ha="center",
-          va="center",
-          fontsize=9,
-          zorder=6,
-          bbox=dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor="0.4", alpha=0.9),
-        )
+      mid = (ca + cb) / 2
+      to_place.append(
+        labels_lib.Label(ax, f"{gap:.2f}", (float(mid[0]), float(mid[1])), centred=True)
+      )
+  names_at_stars = []
   for i, modality in enumerate(modalities):
     c = centroids_2d[modality]
-    ax.scatter([c[0]], [c[1]], s=520, marker="*", color="white", linewidths=0, zorder=5)
+    names_at_stars.append(
+      labels_lib.Label(
+        ax,
+        str(modality),
+        (float(c[0]), float(c[1])),
+        clearance=np.sqrt(STAR_SIZE) / 2 * ax.figure.dpi / 72,
+        style=dict(
+          fontsize=8.5,
+          color="black",
+          bbox=dict(
+            boxstyle="round,pad=0.25",
+            facecolor="white",
+            edgecolor=colours[modality],
+            linewidth=1.4,
+            alpha=0.92,
+          ),
+        ),
+      )
+    )
+    ax.scatter([c[0]], [c[1]], s=STAR_SIZE, marker="*", color="white", linewidths=0, zorder=5)
     ax.scatter(
       [c[0]],
       [c[1]],
@@ -204,13 +220,30 @@ def _draw_projection(
   ax.set_aspect("equal", adjustable="datalim")
   ax.grid(True, color="0.9", linewidth=0.8)
   ax.set_axisbelow(True)
-  return modality_handles, class_handles, gaps
+  stars = [(ax, tuple(centroids_2d[m])) for m in modalities]
+  return modality_handles, class_handles, gaps, names_at_stars + to_place, stars
+
+
+def class_order(values: np.ndarray, class_names: Sequence[str] | None = None) -> list:
+  """The distinct labels in label order: by their index in `class_names` (the data's names, whose
+  position is the numeric label: "zero", "one", ..., never alphabetical), then any others in
+  natural order (numbers by value, "c2" before "c10")."""
+  distinct = list(dict.fromkeys(np.asarray(values).tolist()))
+  rank = {str(c): i for i, c in enumerate(class_names or ())}
+  return sorted(
+    distinct,
+    key=lambda c: (0, rank[str(c)], ()) if str(c) in rank else (1, 0, style.natural_key(c)),
+  )
+
+
+def _place(fig, to_place: list, stars: list) -> None:
+  """Every centroid and gap label of the figure, overlapping no other label and no star."""
+  labels_lib.place_labels(fig, to_place, [(ax, point, STAR_SIZE) for ax, point in stars])
 
 
 def _gap_summary(gaps: dict[tuple[str, str], float], width: int = 70) -> str:
-  """Every pairwise gap (or their mean and range when there are many), wrapped to ``width``."""
-  import textwrap
-
+  """Every pairwise gap (or their mean and range when there are many), wrapped to ``width`` at
+  spaces only (a pair "audio-text" stays on one line)."""
   if not gaps:
     return "single modality: no gap"
   if len(gaps) <= 3:
@@ -221,7 +254,7 @@ def _gap_summary(gaps: dict[tuple[str, str], float], width: int = 70) -> str:
       f"modality gap: mean {values.mean():.2f} "
       f"(range {values.min():.2f}-{values.max():.2f}, {values.size} pairs)"
     )
-  return textwrap.fill(text, width=width, break_long_words=False)
+  return style.wrap(text, width)
 
 
 def _projection_legends(fig, modality_handles, class_handles) -> None:
@@ -251,6 +284,7 @@ def plot_projection(
   max_points_per_modality: int = 2000,
   seed: int = 0,
   colours: Mapping[str, str] | None = None,
+  class_names: Sequence[str] | None = None,
 ) -> Path:
   """2-D PCA scatter of several modalities in one shared space.
 
@@ -270,7 +304,8 @@ def plot_projection(
     max_points_per_modality: rows drawn per modality (random subset beyond
       this; centroids and gaps always use every row).
     seed: seed for that subset.
-    colours: modality -> colour (default: style.modality_colours of the dict's order).
+    colours: modality -> colour (default: style.modality_colours, by name).
+    class_names: the data's class names in label order (the class legend follows it).
   """
   if method != "pca":
     raise ValueError(f"method={method!r} is not supported; only 'pca' is available")
@@ -279,12 +314,13 @@ def plot_projection(
   )
   fig = style.new_figure((8.6, 6.2))
   ax = fig.add_subplot()
-  modality_handles, class_handles, gaps = _draw_projection(
-    ax, embeddings, labels, max_points_per_modality, seed, colours
+  modality_handles, class_handles, gaps, to_place, stars = _draw_projection(
+    ax, embeddings, labels, max_points_per_modality, seed, colours, class_names
   )
-  fig.suptitle(title, fontsize=13)
-  ax.set_title(_gap_summary(gaps, width=75), fontsize=9.5)
+  fig.suptitle(style.wrap(title, style.title_width(8.6, 13)), fontsize=13)
+  ax.set_title(_gap_summary(gaps, width=style.title_width(6.0, 9.5)), fontsize=9.5)
   _projection_legends(fig, modality_handles, class_handles)
+  _place(fig, to_place, stars)
   return style.save_figure(fig, path)
 
 
@@ -297,6 +333,7 @@ def plot_projection_before_after(
   max_points_per_modality: int = 2000,
   seed: int = 0,
   colours: Mapping[str, str] | None = None,
+  class_names: Sequence[str] | None = None,
 ) -> Path:
   """Two side-by-side projections ("before training" / "after training").
 
@@ -308,21 +345,27 @@ def plot_projection_before_after(
     after: modality -> [n_m, d_after] float embeddings after training.
     labels: modality -> [n_m] class labels (shared by both panels), or None.
     path: output PNG path; title: figure title.
+    colours: modality -> colour (default: style.modality_colours, by name).
+    class_names: the data's class names in label order (the class legend follows it).
   """
   emb_before, lab_before = _prepare_modalities("before", before, labels)
   emb_after, lab_after = _prepare_modalities("after", after, labels)
   fig = style.new_figure((14.0, 6.4))
   axes = fig.subplots(1, 2)
   handles = None
+  to_place, stars = [], []
   for ax, emb, lab, name in (
     (axes[0], emb_before, lab_before, "before training"),
     (axes[1], emb_after, lab_after, "after training"),
   ):
-    modality_handles, class_handles, gaps = _draw_projection(
-      ax, emb, lab, max_points_per_modality, seed, colours
+    modality_handles, class_handles, gaps, panel_labels, panel_stars = _draw_projection(
+      ax, emb, lab, max_points_per_modality, seed, colours, class_names
     )
-    ax.set_title(f"{name}\n{_gap_summary(gaps, width=60)}", fontsize=11)
+    to_place += panel_labels
+    stars += panel_stars
+    ax.set_title(f"{name}\n{_gap_summary(gaps, width=style.title_width(5.2, 11))}", fontsize=11)
     handles = (modality_handles, class_handles)  # legend from the "after" panel
-  fig.suptitle(title, fontsize=14)
+  fig.suptitle(style.wrap(title, style.title_width(14.0, 14)), fontsize=14)
   _projection_legends(fig, *handles)
+  _place(fig, to_place, stars)
   return style.save_figure(fig, path)

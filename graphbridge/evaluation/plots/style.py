@@ -10,15 +10,19 @@ works without it.  Figures are built as standalone
 so no GUI backend is touched, nothing is shown, and no figure stays registered
 in pyplot's global state after saving.
 
-Colours follow the Okabe-Ito colour-blind-safe palette; ``modality_colours(names)``
-gives each modality one colour, passed as ``colours=`` so a modality looks the same
-in every figure.
+Colours follow the Okabe-Ito colour-blind-safe palette. ``modality_colours(names)`` gives each
+modality a colour chosen by its NAME (common names fixed, others hashed), so a modality looks
+the same in every figure and every run, whatever its position in the data file. Titles are
+wrapped at spaces only (``wrap``): never inside a name such as "audio-text" or "image->text".
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
+import textwrap
+import zlib
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -100,9 +104,88 @@ def palette_colour(i: int) -> str:
   return OKABE_ITO[i % len(OKABE_ITO)]
 
 
+# Colours for named things (modalities, strategies): Okabe-Ito without yellow (faint on white) and
+# black (the colour of outlines and chance lines) first, then six of Paul Tol's darker colours.
+NAME_PALETTE = OKABE_ITO[:6] + ("#882255", "#999933", "#332288", "#8C564B", "#7F7F7F", "#000000")
+HASHED_SLOTS = 6  # a name outside the fixed table hashes into the Okabe-Ito part of NAME_PALETTE
+
+MODALITY_COLOURS = {
+  "image": "#0072B2",
+  "audio": "#E69F00",
+  "text": "#009E73",
+  "video": "#D55E00",
+  "depth": "#CC79A7",
+  "imu": "#56B4E9",
+}
+STRATEGY_COLOURS = {
+  "graph": "#0072B2",
+  "pivot": "#E69F00",
+  "pairwise": "#009E73",
+  "cmcr": "#D55E00",
+  "dmvae": "#CC79A7",
+  "dmvae-translate": "#56B4E9",
+  "linear-ridge": "#7F7F7F",
+  "linear-cca": "#332288",
+}
+
+
+def name_colours(names: Sequence[str], fixed: Mapping[str, str] | None = None) -> dict[str, str]:
+  """{name: colour} for a set of names; the same set gives the same colours in any order.
+
+  A name in `fixed` (lower-cased) takes its colour. Any other name starts at the palette slot its
+  CRC-32 picks (stable across runs and processes, unlike hash()) and, when a name of the set
+  already holds that colour, takes the next free one; names are served in sorted order, so the
+  result depends on the set, never on the order. Past len(NAME_PALETTE) names, colours repeat."""
+  fixed = fixed or {}
+  unique = sorted({str(n) for n in names})
+  out = {n: fixed[n.lower()] for n in unique if n.lower() in fixed}
+  taken = set(out.values())
+  size = len(NAME_PALETTE)
+  for n in unique:
+    if n in out:
+      continue
+    start = zlib.crc32(n.encode("utf-8")) % HASHED_SLOTS
+    ring = [NAME_PALETTE[(start + k) % size] for k in range(size)]
+    out[n] = next((c for c in ring if c not in taken), ring[len(taken) % size])
+    taken.add(out[n])
+  return {str(n): out[str(n)] for n in names}
+
+
 def modality_colours(names: Sequence[str]) -> dict[str, str]:
-  """{modality: colour}, by position in `names` (pass the data set's modality order everywhere)."""
-  return {str(n): palette_colour(i) for i, n in enumerate(names)}
+  """{modality: colour} by name (MODALITY_COLOURS, else hashed; see name_colours): text is green
+  in every figure of every run. Pass the data set's names once and reuse the dict per figure."""
+  return name_colours(names, MODALITY_COLOURS)
+
+
+def strategy_colours(names: Sequence[str]) -> dict[str, str]:
+  """{strategy family: colour} by name (STRATEGY_COLOURS, else hashed; see name_colours)."""
+  return name_colours(names, STRATEGY_COLOURS)
+
+
+def wrap(text: str, width: int) -> str:
+  """`text` in lines of at most `width` characters (longer single words stay whole), broken at
+  spaces only: never after the hyphen of "audio-text" nor inside a route "image->text<-audio";
+  line breaks already in `text` are kept."""
+  return "\n".join(
+    textwrap.fill(line, width, break_on_hyphens=False, break_long_words=False) or line
+    for line in str(text).split("\n")
+  )
+
+
+def title_width(width_inches: float, fontsize: float) -> int:
+  """Characters of a `fontsize` title that fit `width_inches` (DejaVu Sans: ~0.55 em a glyph)."""
+  return max(16, int(width_inches * 72 / (0.56 * fontsize)))
+
+
+def natural_key(value: Any) -> tuple:
+  """Sort key: numbers by value, strings with their digit runs as numbers ("c2" before "c10")."""
+  if isinstance(value, (int, float)) or hasattr(value, "dtype"):
+    try:
+      return (0, float(value), "")
+    except (TypeError, ValueError):
+      pass
+  parts = re.split(r"(\d+)", str(value))
+  return (1, 0.0, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p))
 
 
 def check_rows(name: str, rows: Any, required: Sequence[str]) -> list[Mapping[str, Any]]:
