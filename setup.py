@@ -37,13 +37,19 @@ setup(
   extras_require={
     "plots": ["matplotlib>=3.7"],
     "tensorboard": ["tensorboardX>=2.6"],
+    "search": [
+      "faiss-cpu>=1.8"
+    ],  # Run.index(..., backend="faiss"): approximate search, millions of rows
     "test": [
       "pytest>=7",
       "matplotlib>=3.7",
       "scipy>=1.10",
       "scikit-learn>=1.2",
       "tensorboardX>=2.6",
+      "faiss-cpu>=1.8",
+      "ruff>=0.6",  # tests/test_style.py: the formatter's check and the linter
     ],
+    "dev": ["ruff>=0.6", "build>=1.0"],
   },
   entry_points={
     "console_scripts": [

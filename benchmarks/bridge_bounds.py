@@ -2,18 +2,14 @@
 
 For each instance-level bridge set (mv6, fsdd_chain, mv8) and each ordered modality pair at a given
 distance in the paired-data graph, this fits maps *directly* from the query to the gallery modality
-on
-all train rows that show the same instance (matched by id: pairs the protocol withholds, about 10x
-the
-pairs any edge of these sets has) and scores test instance R@1 / MRR by cosine, as
+on all train rows that show the same instance (matched by id: pairs the protocol withholds, about
+10x the pairs any edge of these sets has) and scores test instance R@1 / MRR by cosine, as
 `benchmarks/bridges.py` does:
 
-  ridge-chain     the linear reference of bridges.py (baselines_lib.ChainAligner): a ridge map per
-  paired
-                  hop, composed along the default route; the issue's "3x the linear chain" is 3x
-                  this
+  ridge-chain     the linear reference of bridges.py (baselines.ChainAligner): a ridge map per
+                  paired hop, composed along the default route ("3x the linear chain" is 3x this)
   full ridge      ridge on all train instances, penalty by leave-one-out error
-  (baselines_lib.fit_ridge_cv)
+                  (baselines.fit_ridge_cv)
   full KRR (cv)   RBF kernel ridge on all train instances, (alpha, gamma) by 3-fold cross-validated
                   R@1 on the train rows
   full KRR (test) the same, (alpha, gamma) chosen on the TEST rows: optimistic, an upper bound
@@ -22,8 +18,7 @@ None of these is a zero-shot bridge: they see pairs no bridge method may use. Th
 target asks for: if 3x the ridge chain is above what every direct map fitted on all train instances
 reaches, no bridge built from the withheld data's paired edges will reach it either.
 
-  PYTHONPATH=$PWD python benchmarks/bridge_bounds.py                          # mv6, fsdd_chain; 3
-  hops
+  PYTHONPATH=$PWD python benchmarks/bridge_bounds.py              # mv6, fsdd_chain; 3 hops
   PYTHONPATH=$PWD python benchmarks/bridge_bounds.py --datasets=mv8 --hops=2,3,4
 """
 

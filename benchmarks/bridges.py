@@ -1,41 +1,32 @@
-"""Development benchmark for zero-shot bridges: strategies and options side by side \
-with linear chains
-and a direct-pair oracle, on several data sets, by hop distance.
+"""Development benchmark for zero-shot bridges: strategies and options side by side with linear
+chains and a direct-pair oracle, on several data sets, by hop distance.
 
 For each data set (digits: class-level star; mv6: 6 image views on a tree; fsdd_chain: 4 audio views
-on
-a chain; mv8: 8 image views on a deeper tree) every method is trained with the data set's config
+on a chain; mv8: 8 image views on a deeper tree) every method is trained with the data set's config
 (configs/<name>.py: default settings, no per-data-set tuning) and scored on the test split for every
 ordered pair of modalities by its default route. Printed per data set, for each metric (instance
-R@1,
-instance MRR, class mAP) a table: one row per method, one column per hop distance in the paired-data
-graph (1 = paired in training, 2+ = never paired) and `never` = the mean over never-paired ordered
-pairs; then one SUMMARY line. Reference rows:
+R@1, instance MRR, class mAP) a table: one row per method, one column per hop distance in the
+paired-data graph (1 = paired in training, 2+ = never paired) and `never` = the mean over
+never-paired ordered pairs; then one SUMMARY line. Reference rows:
 
   ridge-chain / procrustes-chain  linear maps per paired hop composed along the same routes
                                   (graphbridge/baselines.py)
   oracle-ridge                    ridge fitted directly on the pairs the protocol withholds
 
-  python benchmarks/bridges.py                                   # everything (see the timing note
-  below)
-  python benchmarks/bridges.py --quick                           # 1/4 of the steps, default + pair
-  only
+  python benchmarks/bridges.py                          # everything (see the timing note below)
+  python benchmarks/bridges.py --quick                  # 1/4 of the steps, default + pair only
   python benchmarks/bridges.py --datasets=mv6,fsdd_chain --methods=default,pair
   python benchmarks/bridges.py --set=loss.cycle_weights='(1.0,)'            # every trained method
   python benchmarks/bridges.py --method=cyc1:loss.cycle_weights='(1.0,)'     # one more named method
-  python benchmarks/bridges.py --json=/tmp/bridges.json          # all rows, for plots / README
-  tables
+  python benchmarks/bridges.py --json=/tmp/bridges.json  # all rows, for plots / README tables
 
 Methods are named option sets (METHODS below, extendable with --method NAME:key=value,key=value or
 NAME:strategy=pivot); --set key=value overrides apply to every trained method (after its own).
-Values
-are Python literals where they parse ('(1.0,)', '0.5', 'True'), else strings. Strategies that cannot
-run on a data set's pairing shape (pivot needs a star) are listed as n/a with the reason. A method
-whose
-config resolves to an earlier method's on a data set (`pair` where `loss.infonce_positives="auto"`
-picks
-pair positives for every pair set, i.e. on instance-level pairs) is not trained again: it gets the
-earlier method's rows, and the log says so.
+Values are Python literals where they parse ('(1.0,)', '0.5', 'True'), else strings. Strategies that
+cannot run on a data set's pairing shape (pivot needs a star) are listed as n/a with the reason. A
+method whose config resolves to an earlier method's on a data set (`pair` where
+`loss.infonce_positives="auto"` picks pair positives for every pair set, i.e. on instance-level
+pairs) is not trained again: it gets the earlier method's rows, and the log says so.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The default config on synthetic data of shapes the bridge data sets do not cover, \
-against a ridge chain.
+"""The default config on synthetic data of shapes the bridge data sets do not cover, against a ridge
+chain.
 
 Each shape is built here from a seeded latent model (no files): N instances with a 16-d latent of 10
 classes; every modality is tanh(latent @ W_m) + noise at its own dimension, so all views are related
@@ -15,11 +15,9 @@ rows, except `star_class` (class-level pairs: random rows of one class, rows not
 Every shape is trained with the default config (`graph`, no overrides; the .npz config's defaults),
 and scored on its test split by its default routes: mean mAP over ordered modality pairs, by hop
 distance in the paired-data graph (1 = paired, 2+ = never paired), next to a ridge map per paired
-hop
-composed along the same routes (graphbridge/baselines.py).
+hop composed along the same routes (graphbridge/baselines.py).
 
-  PYTHONPATH=$PWD python benchmarks/shapes.py                       # all shapes (about 8 min on 2
-  cores)
+  PYTHONPATH=$PWD python benchmarks/shapes.py         # all shapes (about 8 min on 2 cores)
   PYTHONPATH=$PWD python benchmarks/shapes.py --shapes=two_5_5000 --set=train.steps=50
 """
 

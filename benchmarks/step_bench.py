@@ -1,17 +1,17 @@
 """Benchmark of the one-step training kernel (prints one comparable line per configuration).
 
-Standard workload: M modalities with all M(M-1) directed edges, translator MLP d->h->h->d with
-GELU, per-edge cosine + symmetric InfoNCE (temperature 0.07), every cycle of 2..L hops, one Adam
-step; instance-aligned batches of B rows per modality (row i of every modality is one sample, so
-per-edge terms share the first hop with the cycles), drawn on device from synthetic data.
+Standard workload: M modalities with all M(M-1) directed edges, translator MLP d->h->h->d with GELU,
+per-edge cosine + symmetric InfoNCE (temperature 0.07), every cycle of 2..L hops, one Adam step;
+instance-aligned batches of B rows per modality (row i of every modality is one sample, so per-edge
+terms share the first hop with the cycles), drawn on device from synthetic data.
 
 Model FLOPs per step = 3 x forward matmul FLOPs of every translator application the step runs
-(prefix-shared: a hop shared by several cycles is counted once, because it runs once). InfoNCE
-logit FLOPs are reported separately. MFU is against a GEMM peak measured in the same run on the
-same device (an 8192^3 matmul on GPU, 2048^3 on CPU) in the step's compute dtype.
+(prefix-shared: a hop shared by several cycles is counted once, because it runs once). InfoNCE logit
+FLOPs are reported separately. MFU is against a GEMM peak measured in the same run on the same
+device (an 8192^3 matmul on GPU, 2048^3 on CPU) in the step's compute dtype.
 
-  python benchmarks/step_bench.py --modalities=3 --dim=1024 --hidden=2048 --batch=256
-  --dtype=bfloat16
+  python benchmarks/step_bench.py --modalities=3 --dim=1024 --hidden=2048 --batch=256 \
+    --dtype=bfloat16
   python benchmarks/step_bench.py --sweep=modalities --dim=256 --hidden=512 --batch=64   # M = 3..8
   python benchmarks/step_bench.py --sweep=cycle_length --dim=256 --hidden=512 --batch=64 # L = 2..4
 

@@ -1,15 +1,14 @@
 """DMVAE (private-shared disentangled multimodal VAE) on the embedded tri-modal digits set.
 
 Pairs are class-level and only image<->text and audio<->text, so image<->audio retrieval is
-zero-shot:
-in the shared latent (route image->shared<-audio) and by translation (image->shared->audio). Run:
+zero-shot: in the shared latent (route image->shared<-audio) and by translation
+(image->shared->audio). Run:
 
   python launch/train.py --config=configs/dmvae.py --workdir=/tmp/gb_dmvae
 
-Shrunk for tests (a few seconds): --config=configs/dmvae.py:tiny
-Model and loss: graphbridge/dmvae.py and docs/dmvae.md; settings under `dmvae` in
-graphbridge/defaults.py,
-e.g. --config.dmvae.shared_dim=64 --config.dmvae.kappa=100.
+Shrunk for tests (a few seconds): --config=configs/dmvae.py:tiny Model and loss:
+graphbridge/dmvae.py and docs/dmvae.md; settings under `dmvae` in graphbridge/defaults.py, e.g.
+--config.dmvae.shared_dim=64 --config.dmvae.kappa=100.
 """
 
 import ml_collections

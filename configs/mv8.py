@@ -2,14 +2,13 @@
 
 The 6 views of mv6 plus lbp (local binary patterns) and rff (random Fourier features of the pixels),
 paired along 7 tree edges (the mv6 tree plus polar-lbp, lbp-rff), 120 disjoint train images per
-edge;
-never-paired view pairs are 2-6 hops apart. See graphbridge/datasets/mv8/README.md. Default training
-settings: this file differs from configs/digits.py only in the data. Run:
+edge; never-paired view pairs are 2-6 hops apart. See graphbridge/datasets/mv8/README.md. Default
+training settings: this file differs from configs/digits.py only in the data. Run:
 
   python launch/train.py --config=configs/mv8.py --workdir=/tmp/gb
 
-Shrunk for tests (a few seconds): --config=configs/mv8.py:tiny
-Any field can be overridden from flags, e.g. --config.train.steps=1000 --config.strategy=pivot
+Shrunk for tests (a few seconds): --config=configs/mv8.py:tiny Any field can be overridden from
+flags, e.g. --config.train.steps=1000 --config.strategy=pivot
 --config.loss.cycle_weights='(0.5,0.25)'. All fields and their meaning: graphbridge/defaults.py.
 """
 

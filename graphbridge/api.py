@@ -1,18 +1,19 @@
 """One object for a trained run, for notebooks and scripts, whatever strategy trained it.
 
   import graphbridge
-  run = graphbridge.load("/tmp/gb")                       # or: run = graphbridge.fit(config,
-  "/tmp/gb")
-  z = run.translate(x_image, "image->text->audio")         # [n, 200] in audio's space,
-  L2-normalised
-  scores, idx = run.search(x_image, x_audio, route="image->text<-audio", k=10)
-  report = run.evaluate(routes=["image->text->audio"])     # the report's numbers as a dict
-  w = run.edge_params("image->text")                       # that translator's Flax params
-  run = run.continue_training(steps=200)                   # 200 more steps in the same workdir
+  run = graphbridge.load("/tmp/gb")                  # or graphbridge.fit(config, "/tmp/gb")
+  z = run.translate(x_image, "image->text->audio")   # [n, 200] in audio's space, unit rows
+  scores, idx = run.search(x_image, "image", "audio", k=10)   # ranked as the report ranks
+  index = run.index(x_audio, "audio", "image")       # a gallery encoded once ...
+  scores, idx = index.search(x_image, k=10)          # ... searched batch after batch
+  report = run.evaluate(routes=["image->text->audio"])  # the report's numbers as a dict
+  run.export("/tmp/gb_export")                       # translators as arrays + JSON (NumPy apply)
+  run = run.continue_training(steps=200)             # 200 more steps in the same workdir
   grafted = run.graft(graphbridge.config("graft_audio:tiny"), "/tmp/gb_graft")
 
 Inputs are raw embeddings (numpy or jax, [rows, d]); they are L2-normalised as training data is,
-and translated in the run's compute dtype.
+and translated in the run's compute dtype. Every strategy loads (a DMVAE translates along
+'image->shared' and 'image->shared->audio'); edge_params, layout and params belong to translators.
 """
 
 from __future__ import annotations
@@ -301,9 +302,9 @@ class Run:
 
     queries: [n, d] raw embeddings of `query_modality`, or None: the run's own rows of it in `split`
     (default config.eval.split). gallery: [m, d'] raw embeddings of `gallery_modality`, or None: the
-    run's own rows of it in `split` (Run.gallery). The run's own rows on both sides give exactly
-    the report's ranking.
-    Returns (scores [n, k] float32, indices [n, k] int64 into the gallery), best first.
+    run's own rows of it in `split` (Run.gallery). The run's own rows on both sides give exactly the
+    report's ranking. Returns (scores [n, k] float32, indices [n, k] int64 into the gallery), best
+    first.
     For many searches against one gallery, build it once with Run.index."""
     if not isinstance(query_modality, str):  # the earlier form: search(queries, gallery, route, k)
       gallery = query_modality

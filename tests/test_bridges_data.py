@@ -90,9 +90,7 @@ def test_pairs_follow_the_stated_shape_on_disjoint_train_slices(named):
 
 
 def test_mv6_rebuild_is_identical():
-  build = _load_module(
-    os.path.join(ROOT, "graphbridge", "datasets", "build_bridges.py"), "build_bridges"
-  )
+  build = _load_module(os.path.join(ROOT, "tools", "build_bridges.py"), "build_bridges")
   arrays = build.build("mv6")
   with np.load(readers_lib.NAMED_DATASETS["mv6"]) as z:
     assert set(z.files) == set(arrays)

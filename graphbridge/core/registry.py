@@ -1,8 +1,7 @@
 """One registry type for every plug-in family (strategies, report tables).
 
-A name resolves, in order, to:
-1. a plug-in registered by code (`registry.register(item)`);
-2. a built-in: `builtins[name]` is the module that defines it (attribute `attr`), imported the first
+A name resolves, in order, to: 1. a plug-in registered by code (`registry.register(item)`); 2. a
+built-in: `builtins[name]` is the module that defines it (attribute `attr`), imported the first
    time the name is used, so listing or validating names imports nothing (big_vision resolves its
    evaluators the same way);
 3. a plug-in outside graphbridge named by import path, `package.module` or `package.module:ATTR`

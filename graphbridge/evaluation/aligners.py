@@ -30,12 +30,11 @@ class GraphAligner:
   similarity matrices of several routes. The default route (docs/evaluation.md, "Routes"): the
   direct edge where there is one; for modalities never paired, `routes="auto"` (default) is
   "ensemble_all" on instance-level pair sets and "ensemble" otherwise (resolve_route_mode);
-  `routes="ensemble"`
-  averages the fewest-hop routes that meet at a node between query and gallery (one per meeting
-  node), `"ensemble_all"` also those into the query's or gallery's own space, `"best"` takes the
-  best one (fewest hops, then the shortest longer side, then into the gallery's space). Edges
-  trained by
-  cycles only (`not_hops`, set from the data by `bind_data`) are never taken as a hop: they have
+  `routes="ensemble"` averages the fewest-hop routes that meet at a node between query and gallery
+  (one per meeting node), `"ensemble_all"` also those into the query's or gallery's own space,
+  `"best"` takes the best one (fewest hops, then the shortest longer side, then into the gallery's
+  space). Edges trained by cycles only (`not_hops`, set from the data by `bind_data`) are never
+  taken as a hop: they have
   no pairs behind them. csls_k > 0: CSLS hubness correction (transductive: uses the query set)."""
 
   layout: object

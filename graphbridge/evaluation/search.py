@@ -283,22 +283,31 @@ def build_index(
 
 
 def faiss_index(
-  gallery_rows: np.ndarray, nlist: int | None = None, nprobe: int = 32, seed: int = 0
+  gallery_rows: np.ndarray,
+  nlist: int | None = None,
+  nprobe: int = 64,
+  seed: int = 0,
+  iterations: int = 10,
 ):
   """An inverted-file inner-product index (faiss IndexIVFFlat) over scoring rows: nlist cells
-  (default ~4 sqrt(n)), nprobe of them read per query. `pip install graphbridge[search]`."""
+  (default ~4 sqrt(n), faiss's own rule of thumb) from k-means (`iterations` rounds on 30 rows a
+  cell), nprobe of them read per query (benchmarks/search_scale.py measures recall against exact
+  search). `pip install graphbridge[search]`."""
   try:
     import faiss
   except ImportError as exc:
     raise ImportError("the faiss backend needs faiss-cpu: pip install graphbridge[search]") from exc
   n, d = gallery_rows.shape
-  nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
+  nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 40))
   quantizer = faiss.IndexFlatIP(d)
   index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+  index.cp.niter = int(iterations)
+  index.cp.seed = int(seed)
+  sample = min(n, 30 * nlist)
   train = (
     gallery_rows
-    if n <= 64 * nlist
-    else gallery_rows[np.random.default_rng(seed).choice(n, 64 * nlist, replace=False)]
+    if sample == n
+    else gallery_rows[np.random.default_rng(seed).choice(n, sample, replace=False)]
   )
   index.train(np.ascontiguousarray(train))
   index.add(np.ascontiguousarray(gallery_rows))

@@ -2,24 +2,20 @@
 oracle.
 
 * `ChainAligner(dataset, "ridge")` / `ChainAligner(dataset, "procrustes")`: one linear map per
-paired
-  hop and direction, fitted on that pair set's train pairs, composed hop by hop along the same route
-  the
-  translator graph takes by default (`routes.best_route` on the paired-data graph: fewest hops,
-  meeting
-  in the middle), so a never-paired pair is bridged by chaining the maps along the tree / chain
-  path.
-  Ridge picks its penalty per hop by leave-one-out error on that hop's train pairs (no test data, no
-  per-data-set setting); Procrustes is the (semi-)orthogonal map with centring and one scale.
+  paired hop and direction, fitted on that pair set's train pairs, composed hop by hop along the
+  same route the translator graph takes by default (`routes.best_route` on the paired-data graph:
+  fewest hops, meeting in the middle), so a never-paired pair is bridged by chaining the maps along
+  the tree / chain path. Ridge picks its penalty per hop by leave-one-out error on that hop's train
+  pairs (no test data, no per-data-set setting); Procrustes is the (semi-)orthogonal map with
+  centring and one scale.
 * `OracleAligner(dataset)`: a ridge map fitted *directly* between the query and gallery modality, on
   pairs that the protocol withholds: rows of the two modalities that show the same train instance
-  (equal
-  `<m>_id`; equal label when a modality has no ids, i.e. class-level pairs), as many as a pair set
-  of the
-  data holds (the median size), so it is what one more paired edge of the usual size would buy.
+  (equal `<m>_id`; equal label when a modality has no ids, i.e. class-level pairs), as many as a
+  pair set of the data holds (the median size), so it is what one more paired edge of the usual size
+  would buy.
 
-`aligners.LinearAligner` (ridge / CCA through a pivot one hop from both sides) stays the
-reference for star-shaped data; these handle any route length. All are evaluation aligners (see
+`aligners.LinearAligner` (ridge / CCA through a pivot one hop from both sides) stays the reference
+for star-shaped data; these handle any route length. All are evaluation aligners (see
 evaluate.Aligner): `name`, `default_route(query, gallery)`, `encode(query, gallery, route, xq, xg)`.
 """
 

@@ -296,8 +296,7 @@ def probe_precision(
   a -> b (and b -> a) is fitted on the other folds, the held-out pairs are hidden among the unpaired
   rows (rows_a, rows_b: the pools the real matching uses) and matched exactly as the real matching
   does (both spaces, agreed matches). The estimate is the fraction of agreed held-out rows matched
-  to
-  their own partner. A linear map is weaker than a trained translator, so the estimate is on the
+  to their own partner. A linear map is weaker than a trained translator, so the estimate is on the
   conservative side. extra: [k, 2] pseudo-pairs of an earlier round, added to every fold's fit
   (never
   held out). None when the pair set has fewer than 4 pairs per fold."""
@@ -344,10 +343,10 @@ def pseudo_pairs(
 
   gate "agreement": every pair of modalities is matched along the aligner's default route and gated
   by two-sided agreement. gate "probe": only paired modalities are matched (one hop: their
-  translator
-  was trained on pairs), each gated by probe_precision; with new_edges, never-paired modalities get
-  composed matches (compose_matches) gated by the product of the hops' estimates. earlier: the
-  previous round's matches; the probe's ridge maps also fit its accepted pseudo-pairs, as the
+  translator was trained on pairs), each gated by probe_precision; with new_edges, never-paired
+  modalities get composed matches (compose_matches) gated by the product of the hops' estimates.
+  earlier: the previous round's matches; the probe's ridge maps also fit its accepted pseudo-pairs,
+  as the
   translators being probed were trained on them."""
   previous = {(m.a, m.b): m.pairs for m in earlier if m.accepted and not m.via}
   out = []

@@ -2,7 +2,7 @@
 
 A step directory holds:
   meta              JSON: graph, translator architectures, frozen edges, item list, config, data
-  fingerprint
+                    fingerprint
   train             step, RNG key, loss weights, health record, and optimizer leaves shared by all
                     edges (e.g. Adam's step count)
   edge.<src>.<dst>  {"params": the edge's translator params, "opt": the edge's rows of every

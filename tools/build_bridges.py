@@ -3,32 +3,25 @@
 
 Run from the repository root (about 20 s, most of it FSDD feature extraction)::
 
-    python graphbridge/datasets/build_bridges.py                 # mv6, mv8 and fsdd_chain
-    python graphbridge/datasets/build_bridges.py --only mv6      # one set
-    python graphbridge/datasets/build_bridges.py --check         # rebuild in memory, compare with
-    the files
+    python tools/build_bridges.py                 # mv6, mv8 and fsdd_chain
+    python tools/build_bridges.py --only mv6      # one set
+    python tools/build_bridges.py --check         # rebuild in memory, compare with the files
 
-* ``mv6``: 6 hand-made feature views of each of scikit-learn's 1,797 8x8 digit images, paired only
-along
-  a tree of 5 edges; each edge has its own disjoint slice of 120 train images.
-* ``mv8``: the same 6 views plus two (local binary patterns, random Fourier features of the pixels)
-on a
-  deeper tree of 7 edges (up to 6 hops between never-paired views), 120 pairs per edge.
-* ``fsdd_chain``: 4 audio feature views of each of FSDD's 3,000 recordings, paired along a chain of
-3 edges,
-  300 train recordings per edge; FSDD's documented split (takes 0-4 test).
+* ``mv6``: 6 hand-made feature views of each of scikit-learn's 1,797 8x8 digit images, paired
+  only along a tree of 5 edges; each edge has its own disjoint slice of 120 train images.
+* ``mv8``: the same 6 views plus two (local binary patterns, random Fourier features of the
+  pixels) on a deeper tree of 7 edges (up to 6 hops between never-paired views), 120 pairs per edge.
+* ``fsdd_chain``: 4 audio feature views of each of FSDD's 3,000 recordings, paired along a chain
+  of 3 edges, 300 train recordings per edge; FSDD's documented split (takes 0-4 test).
 
 Every view of an instance carries the same ``<m>_id`` (the image index / the recording's row in
-sorted
-file-name order) and ``<m>_label`` (the digit). Each modality's rows are shuffled by its own seeded
-permutation, so row i of two modalities is not the same instance: only ids (and the pairs) say which
-rows belong together. Pairs join train rows only; test rows are never paired. Rows that are in no
-pair
-are most of the train rows: they reach training only through the unpaired-row losses.
+sorted file-name order) and ``<m>_label`` (the digit). Each modality's rows are shuffled by its own
+seeded permutation, so row i of two modalities is not the same instance: only ids (and the pairs)
+say which rows belong together. Pairs join train rows only; test rows are never paired. Rows that
+are in no pair are most of the train rows: they reach training only through the unpaired-row losses.
 
 Deterministic: fixed seed, fixed zip timestamps, so reruns give identical bytes. Embeddings are
-stored
-as float16 (the loader casts to float32 and L2-normalises rows).
+stored as float16 (the loader casts to float32 and L2-normalises rows).
 """
 
 from __future__ import annotations
@@ -39,13 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make `graphbridge` importable from the repo root
-  sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# graphbridge from the repository root; build_digits (audio front end, npz writer) beside this file
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from graphbridge.datasets.digits import build_digits as bd  # noqa: E402  (audio front end, npz writer)
+import build_digits as bd  # noqa: E402
 
 SEED = 20261204
-HERE = Path(__file__).resolve().parent
+HERE = (
+  Path(__file__).resolve().parents[1] / "graphbridge" / "datasets"
+)  # the sets the package loads
 CLASS_NAMES = bd.CLASS_NAMES
 
 MV6_VIEWS = ("pix", "prof", "dct", "hog", "mom", "polar")

