@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from graphbridge import defaults
-from graphbridge.model import objectives as objectives_lib
+from graphbridge.model import losses as losses_lib
 from graphbridge.training import setup as setup_lib
 from graphbridge.training import trainer as trainer_lib
 from tests.test_report_any_graph import multiview
@@ -14,15 +14,15 @@ def test_structure_loss_is_zero_for_a_rotation_and_positive_for_scrambled_rows()
   rng = np.random.default_rng(0)
   x = rng.normal(size=(32, 10))
   rot, _ = np.linalg.qr(rng.normal(size=(10, 10)))
-  same = float(objectives_lib.structure_loss(jnp.asarray(x), jnp.asarray(x @ rot), 0.1))
+  same = float(losses_lib.structure_loss(jnp.asarray(x), jnp.asarray(x @ rot), 0.1))
   assert abs(same) < 1e-4
   scrambled = float(
-    objectives_lib.structure_loss(jnp.asarray(x), jnp.asarray(rng.normal(size=(32, 6))), 0.1)
+    losses_lib.structure_loss(jnp.asarray(x), jnp.asarray(rng.normal(size=(32, 6))), 0.1)
   )
   assert scrambled > 0.5
   # a map that keeps each row's neighbours but not their exact similarities costs little
   near = float(
-    objectives_lib.structure_loss(
+    losses_lib.structure_loss(
       jnp.asarray(x), jnp.asarray(x @ rot + 0.05 * rng.normal(size=x.shape)), 0.1
     )
   )

@@ -31,7 +31,7 @@ import numpy as np
 from graphbridge.core.errors import GraphError
 from graphbridge.data.positives import resolve_positives
 from graphbridge.model import objectives as objectives_lib
-from graphbridge.model.objectives import _cosine_loss, _symmetric_infonce
+from graphbridge.model.losses import cosine_loss, symmetric_infonce
 from graphbridge.model.translators import EdgeLayout, apply_edge, normalize
 from graphbridge.strategies.base import pair_partners
 from graphbridge.strategies.translator import Stage, TranslatorStrategy, build_graph, meet_objective
@@ -163,11 +163,11 @@ class CMCRObjective:
     inv_t = jnp.float32(1.0 / s.temperature)
     inter = jnp.concatenate(
       [
-        _symmetric_infonce(za_t[None], zb_t[None], labels, inv_t),
-        _symmetric_infonce(za_p[None], zb_p[None], labels, inv_t),
+        symmetric_infonce(za_t[None], zb_t[None], labels, inv_t),
+        symmetric_infonce(za_p[None], zb_p[None], labels, inv_t),
       ]
     )
-    intra = _cosine_loss(jnp.stack([za_t, zb_t]), jnp.stack([za_p, zb_p]))
+    intra = cosine_loss(jnp.stack([za_t, zb_t]), jnp.stack([za_p, zb_p]))
     total = (
       weights["inter"] * inter[0]
       + weights["pseudo"] * inter[1]
