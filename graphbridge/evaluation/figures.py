@@ -109,29 +109,23 @@ def _write_plots(
       what = f"all modalities where they meet {space} ({s['split']} split)"
     if s.get("projection", {}).get("left_out"):
       what += f"; left out: {', '.join(s['projection']['left_out'])} (no route into that space)"
-    if proj["before"] is not None:
-      draw = lambda: projection_lib.plot_projection_before_after(
-        proj["before"],
-        proj["after"],
-        proj["labels"],
-        os.path.join(out_dir, name),
-        f"{title}: {what}",
-        max_points_per_modality=points,
-        seed=seed,
-        colours=colours,
-        class_names=proj.get("class_names"),
-      )
-    else:
-      draw = lambda: projection_lib.plot_projection(
-        proj["after"],
-        proj["labels"],
-        os.path.join(out_dir, name),
-        f"{title}: {what}",
-        max_points_per_modality=points,
-        seed=seed,
-        colours=colours,
-        class_names=proj.get("class_names"),
-      )
+    before = () if proj["before"] is None else (proj["before"],)
+    plot = (
+      projection_lib.plot_projection
+      if proj["before"] is None
+      else projection_lib.plot_projection_before_after
+    )
+    draw = lambda: plot(
+      *before,
+      proj["after"],
+      proj["labels"],
+      os.path.join(out_dir, name),
+      f"{title}: {what}",
+      max_points_per_modality=points,
+      seed=seed,
+      colours=colours,
+      class_names=proj.get("class_names"),
+    )
     if attempt("projection", draw):
       written["projection"] = name
   for level in ("instance", "class"):

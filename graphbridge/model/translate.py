@@ -34,16 +34,8 @@ def _edge_fn():
 
 def _edge_params(layout, params: Mapping, edge):
   """(params of one edge, sliced from its bucket's stack; d_out; arch)."""
-  import jax
-
-  key, index = layout.where(edge)
-  bucket = layout.bucket_by_key[key]
-  if key not in params:
-    raise GraphError(
-      f"edge {bucket.edges[index].name}: no parameters for bucket {key!r} "
-      f"(have: {', '.join(params)})"
-    )
-  return jax.tree.map(lambda p: p[index], params[key]), bucket.d_out, bucket.arch
+  one, bucket = translators_lib.edge_params(layout, params, edge)
+  return one, bucket.d_out, bucket.arch
 
 
 def translate_paths(

@@ -469,6 +469,12 @@ def apply_edge(
   dtype=jnp.float32,
 ) -> jax.Array:
   """x: [rows, d_src] -> [rows, d_dst] through one edge. `params` stacked ({bucket_key: ...})."""
+  one, bucket = edge_params(layout, params, edge)
+  return Translator(bucket.d_out, bucket.arch, dtype=dtype).apply({"params": one}, x)
+
+
+def edge_params(layout: EdgeLayout, params: Mapping[str, PyTree], edge: Edge | str):
+  """(the params of one edge, sliced from its bucket's stack; its bucket)."""
   key, index = layout.where(edge)
   bucket = layout.bucket_by_key[key]
   if key not in params:
@@ -476,8 +482,7 @@ def apply_edge(
       f"edge {bucket.edges[index].name}: no parameters for bucket {key!r} "
       f"(have: {', '.join(params)})"
     )
-  edge_params = jax.tree.map(lambda p: p[index], params[key])
-  return Translator(bucket.d_out, bucket.arch, dtype=dtype).apply({"params": edge_params}, x)
+  return jax.tree.map(lambda p: p[index], params[key]), bucket
 
 
 def _check_input(layout: EdgeLayout, path: Path, x) -> None:

@@ -305,9 +305,7 @@ def item_digest(step_dir: str, edge: str) -> str:
 
 
 def _latest_step_dir(workdir: str) -> tuple[int, str]:
-  checkpoints = checkpoint_lib.Checkpoints(
-    os.path.join(workdir, "checkpoints"), max_to_keep=None, async_save=False, read_only=True
-  )
+  _, checkpoints = checkpoint_lib.read_workdir(workdir)
   step = checkpoints.latest_complete_step()
   if step is None:
     raise errors.CheckpointError(f"no complete checkpoint in {workdir} after grafting")

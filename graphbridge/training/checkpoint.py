@@ -569,3 +569,11 @@ class Checkpoints:
 
   def restore_train(self, step: int) -> dict:
     return self._restore_item(step, TRAIN)
+
+
+def read_workdir(workdir: str):
+  """(workdir/checkpoints, a read-only Checkpoints over it); CheckpointError if it is missing."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"no checkpoints in {workdir!r} (expected {directory}); train first")
+  return directory, Checkpoints(directory, max_to_keep=None, async_save=False, read_only=True)

@@ -218,9 +218,7 @@ def load_modules(
 ) -> LoadedModules:
   """The modules of the `kind` model in `workdir` (its newest complete step, or `step`);
   templates(meta) -> {module: params of the right structure} for every module the meta lists."""
-  checkpoints = checkpoint_lib.Checkpoints(
-    os.path.join(workdir, "checkpoints"), max_to_keep=None, async_save=False, read_only=True
-  )
+  _, checkpoints = checkpoint_lib.read_workdir(workdir)
   step = checkpoints.latest_complete_step() if step is None else step
   if step is None:
     raise CheckpointError(f"no complete checkpoint in {workdir}/checkpoints")

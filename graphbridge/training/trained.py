@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Mapping
 import jax
 import jax.numpy as jnp
@@ -49,14 +48,7 @@ def layout_from_meta(meta: Mapping) -> EdgeLayout:
 
 def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
   """Restore every edge's params from workdir/checkpoints (latest complete step by default)."""
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise errors.CheckpointError(
-      f"no checkpoints in {workdir!r} (expected {directory}); train first"
-    )
-  checkpoints = checkpoint_lib.Checkpoints(
-    directory, max_to_keep=None, async_save=False, read_only=True
-  )
+  directory, checkpoints = checkpoint_lib.read_workdir(workdir)
   if not checkpoints.all_steps():
     raise errors.CheckpointError(f"no complete checkpoint in {directory}")
 
@@ -81,14 +73,7 @@ def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
 def workdir_meta(workdir: str) -> dict:
   """The meta of the newest step in workdir/checkpoints whose meta can be read (which model, which
   strategy, which config); CheckpointError if there is none."""
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise errors.CheckpointError(
-      f"no checkpoints in {workdir!r} (expected {directory}); train first"
-    )
-  checkpoints = checkpoint_lib.Checkpoints(
-    directory, max_to_keep=None, async_save=False, read_only=True
-  )
+  directory, checkpoints = checkpoint_lib.read_workdir(workdir)
   problems = []
   for step in reversed(checkpoints.all_steps()):
     try:
