@@ -175,9 +175,7 @@ def main(data_dir: str, one_device_workdir: str, out_dir: str, steps: int) -> No
   rng = jax.random.PRNGKey(5)
   feed = feed_lib.HostFeed(setup.plan.sample, arrays, setup.batch_size, rng, index_block=2)
   assert {i[1] for i in feed._leaves if i is not None} == {"float16", "normalise"}, feed._leaves
-  shardings = sharding_lib.batch_shardings(
-    feed.raw_shapes, setup.batch_size, sharding_lib.make_mesh(8, 1)
-  )
+  shardings = feed.raw_shardings(sharding_lib.make_mesh(8, 1), sharding_lib.DATA)
   device_sample = jax.jit(setup.plan.sample, static_argnums=2)
   device_arrays = jax.device_put(tables_lib.materialize_tables(arrays))
   finish = jax.jit(feed.finish)

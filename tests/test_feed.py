@@ -97,7 +97,7 @@ def test_feed_draws_the_device_samplers_batches(tmp_path, tiny_config, aligned):
     batches.close()
   # laid out by shardings (here one device): the path of several devices and processes
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), (sharding_lib.DATA,))
-  shardings = sharding_lib.batch_shardings(feed.raw_shapes, feed.batch_size, mesh)
+  shardings = feed.raw_shardings(mesh, sharding_lib.DATA)
   assert_same_batch(finish(feed.global_raw_batch(2, shardings)), expected(2))
 
 

@@ -192,13 +192,9 @@ def _train(
       sampler_arrays(setup, dataset),
       setup.batch_size,
       state["rng"],
-      prefetch=int(config.data.get("prefetch", 4)),
+      prefetch=int(config.data.get("prefetch", 16)),
     )
-    batch_sh = (
-      None
-      if mesh is None
-      else sharding_lib.batch_shardings(feed.raw_shapes, setup.batch_size, mesh)
-    )
+    batch_sh = None if mesh is None else feed.raw_shardings(mesh, sharding_lib.DATA)
     batches = feed.batches(start, n_total, shardings=batch_sh)
     step_fn = make_batch_step(
       setup,
