@@ -172,7 +172,7 @@ class NormalizedRows:
     from concurrent.futures import ThreadPoolExecutor
 
     norms = np.empty(self.shape[0], np.float32)
-    chunk = max(1, (16 << 20) // max(self.raw.dtype.itemsize * self.shape[1], 1))  # ~16 MB read
+    chunk = max(1, (4 << 20) // max(self.raw.dtype.itemsize * self.shape[1], 1))  # ~4 MB a read
     read = _block_reader(self.raw)
 
     def one(start):
