@@ -110,7 +110,9 @@ class HostFeed:
       rows = sampler.tables[table]
       kind = "plain"
       if isinstance(rows, NormalizedRows):
-        kind = "float16" if rows.raw.dtype == np.float16 else "normalise"
+        kind = "normalise"
+        if rows.raw.dtype == np.float16 and shapes[i].shape[:1] == (B,):  # norms pack by row
+          kind = "float16"
       self._leaves.append((table, kind))
     self.rows_per_batch = sum(
       int(np.prod(s.shape[:-1])) for s, info in zip(shapes, self._leaves) if info is not None
