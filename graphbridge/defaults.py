@@ -104,7 +104,14 @@ FIELDS: tuple[Field, ...] = (
     "draw batches on the host, reading only their rows from memory-mapped "
     ".npy files (data larger than RAM; docs/scaling.md)",
   ),
-  _field("data.prefetch", 4, "host sampling: batches read ahead", check=POSITIVE_INT),
+  _field(
+    "data.prefetch",
+    16,
+    "host sampling: steps read ahead, each on its own thread (more overlap reads from disk when "
+    "the tables are not in the page cache; each queued batch holds its float16 rows on the "
+    "device: B x sum of dims x 2 bytes)",
+    check=POSITIVE_INT,
+  ),
   # mesh
   _field(
     "mesh.data",

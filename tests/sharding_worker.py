@@ -18,6 +18,7 @@ import os
 import sys
 
 import json
+import re
 import shutil
 
 import jax
@@ -25,14 +26,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from graphbridge.training import sharding as sharding_lib
-from graphbridge.training import setup as setup_lib
-from graphbridge.training import state as state_lib
-from graphbridge.training import trained as trained_lib
-from graphbridge.training import optimizer as optimizer_lib
-from graphbridge.training import trainer as trainer_lib
-from graphbridge.training import writers as writers_lib
-from graphbridge.data import readers as readers_lib
+from graphbridge.training import sharding as sharding_lib  # noqa: E402
+from graphbridge.training import setup as setup_lib  # noqa: E402
+from graphbridge.training import state as state_lib  # noqa: E402
+from graphbridge.training import trained as trained_lib  # noqa: E402
+from graphbridge.training import optimizer as optimizer_lib  # noqa: E402
+from graphbridge.training import trainer as trainer_lib  # noqa: E402
+from graphbridge.training import writers as writers_lib  # noqa: E402
+from graphbridge.data import readers as readers_lib  # noqa: E402
+from graphbridge.data import feed as feed_lib  # noqa: E402
+from graphbridge.data import tables as tables_lib  # noqa: E402
+from graphbridge.training import step as step_lib  # noqa: E402
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -164,6 +168,25 @@ def main(data_dir: str, one_device_workdir: str, out_dir: str, steps: int) -> No
   )
   check("data8_rows_sharded", workdir, range(1, total + 1))
 
+  # the host feed's batch laid out over 8 devices is the device sampler's, bit for bit
+  config = tiny_config(data_dir, steps, **{"data.host_sampling": True})
+  dataset = readers_lib.load_memmapped(data_dir)
+  setup = setup_lib.build_setup(config, dataset)
+  arrays = step_lib.sampler_arrays(setup, dataset)
+  rng = jax.random.PRNGKey(5)
+  feed = feed_lib.HostFeed(setup.plan.sample, arrays, setup.batch_size, rng, index_block=2)
+  assert {i[1] for i in feed._leaves if i is not None} == {"float16", "normalise"}, feed._leaves
+  shardings = feed.raw_shardings(sharding_lib.make_mesh(8, 1), sharding_lib.DATA)
+  device_sample = jax.jit(setup.plan.sample, static_argnums=2)
+  device_arrays = jax.device_put(tables_lib.materialize_tables(arrays))
+  finish = jax.jit(feed.finish)
+  for s in (0, 3):
+    got = finish(feed.global_raw_batch(s, shardings))
+    expected = device_sample(device_arrays, jax.random.fold_in(rng, s), setup.batch_size)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+      assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b)), s
+  assert feed.rows_read == 2 * feed.rows_per_batch, (feed.rows_read, feed.rows_per_batch)
+
   # host sampling from the memory-mapped folder, batches laid out over 8 devices
   workdir = os.path.join(out_dir, "host")
   result = trainer_lib.train(
@@ -192,8 +215,15 @@ def multihost(
     f"localhost:{port}", num_processes=processes, process_id=process, initialization_timeout=60
   )
   messages = []
-  config = tiny_config(data_dir, steps, **{"mesh.data": 4, "mesh.edges": 2})
+  config = tiny_config(
+    data_dir, steps, **{"mesh.data": 4, "mesh.edges": 2, "data.host_sampling": True}
+  )
   trainer_lib.train(config, workdir, log=messages.append)
+  # each process read the rows of its own 2 of the 4 data shards, once (not once per edges device)
+  read = [m for m in messages if m.startswith("host feed: ")]
+  assert len(read) == 1, messages
+  rows, per_step = re.match(r"host feed: (\d+) table rows read .*\((\d+) a step", read[0]).groups()
+  assert int(rows) * processes == int(per_step) * optimizer_lib.total_steps(config), read
   assert jax.process_count() == processes and jax.device_count() == 8, (
     jax.process_count(),
     jax.devices(),

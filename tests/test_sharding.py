@@ -1,6 +1,7 @@
 """Multi-device training: on 8 fake CPU devices the run matches the one-device run to 1e-5 (batch
 split over devices; tables split by rows; host sampling from memory-mapped files; bucket edges
-split too, in 2 processes x 4 devices), and checkpoints move between 1 and 8 devices both ways.
+split too, in 2 processes x 4 devices, host-fed, each process reading its own rows), and
+checkpoints move between 1 and 8 devices both ways.
 
 The multi-device runs are subprocesses (tests/sharding_worker.py): the device count is fixed when
 jax starts, and this process already has one device."""
@@ -19,6 +20,7 @@ import pytest
 
 import sharding_worker as worker
 from conftest import REPO_ROOT, make_synthetic_arrays, make_tri_modal_arrays
+from graphbridge import defaults
 from graphbridge.core import errors
 from graphbridge.data import host as host_lib
 from graphbridge.data import tables as tables_lib
@@ -28,16 +30,18 @@ from graphbridge.training import sharding as sharding_lib
 from graphbridge.training import setup as setup_lib
 from graphbridge.training import step as step_lib
 from graphbridge.training import trainer as trainer_lib
-import ml_collections
 
 STEPS = 3  # each run: STEPS steps, a checkpoint, STEPS more
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> str:
-  """The synthetic tri-modal set as a folder of .npy files (memory-mapped when loaded)."""
+  """The synthetic tri-modal set as a folder of .npy files (memory-mapped when loaded); image and
+  audio stored float16 (the host feed normalises those on the device), text float32."""
   folder = tmp_path_factory.mktemp("tri_modal_npy")
   for name, array in make_tri_modal_arrays().items():
+    if name in ("image_emb", "audio_emb"):
+      array = array.astype(np.float16)
     np.save(folder / f"{name}.npy", array)
   return str(folder)
 
@@ -53,7 +57,7 @@ def test_mesh_axes():
   mesh = jax.sharding.AbstractMesh((4, 2), ("data", "edges"))
   with pytest.raises(errors.MeshError, match=r"batch_size=18 is not divisible .* \(4 devices\)"):
     sharding_lib.check_batch(18, mesh)
-  assert sharding_lib.mesh_from_config(ml_collections.ConfigDict()) is None  # one device here
+  assert sharding_lib.mesh_from_config(defaults.base_config()) is None  # one device here
 
 
 def test_edge_split_only_where_the_bucket_divides(tri_modal_dataset, tiny_config):
@@ -187,11 +191,12 @@ def test_eight_devices_match_one_device_and_checkpoints_move_both_ways(data_dir,
     worker.loss_diff(worker.losses(multihost), worker.losses(one), range(1, 2 * STEPS + 1)) <= 1e-5
   )
 
-  # its checkpoint at step STEPS (edge-split, written by two processes) resumes here, on one device,
-  # and ends where the one-device run ended
+  # its checkpoint at step STEPS (edge-split, written by two processes) resumes here, on one device
+  # (host-fed as it was), and ends where the one-device run ended
   back = str(tmp_path / "eight_to_one")
   worker.copy_step(multihost, STEPS, back)
-  result = trainer_lib.train(worker.tiny_config(data_dir, STEPS), back, log=quiet)
+  config = worker.tiny_config(data_dir, STEPS, **{"data.host_sampling": True})
+  result = trainer_lib.train(config, back, log=quiet)
   assert result.steps_run == STEPS
   assert (
     worker.max_diff(worker.final_params(back, 2 * STEPS), worker.final_params(one, 2 * STEPS))

@@ -56,6 +56,7 @@ class HostSampler:
       ]
       return sample(rebuild(small, index_tables), jax.random.fold_in(rng, step), self.batch_size)
 
+    self.index_fn = index_batch  # (small arrays, rng, step) -> the batch with (table, row) leaves
     self._index_batch = jax.jit(index_batch)
     # which batch leaves are rows of a table: compare with the sampler's output on the real dtypes
     real = jax.eval_shape(
@@ -131,17 +132,20 @@ class HostSampler:
 
 
 class Prefetcher:
-  """Runs `produce(step)` for steps start, start+1, ... < stop on `size` worker threads, up to
-  `size` steps ahead (reading rows from disk while the device trains); iterating gives the results
-  in step order. An exception in produce is raised by the iteration that reaches its step."""
+  """Runs `produce(step)` for steps start, start+1, ... < stop on `workers` threads (default
+  `size`), up to `size` steps ahead (reading rows from disk while the device trains); iterating
+  gives the results in step order. An exception in produce is raised by the iteration that
+  reaches its step."""
 
-  def __init__(self, produce, start: int, stop: int, size: int = 4):
+  def __init__(self, produce, start: int, stop: int, size: int = 4, workers: int | None = None):
     import collections
     from concurrent.futures import ThreadPoolExecutor
 
     size = max(int(size), 1)
     self._produce = produce
-    self._pool = ThreadPoolExecutor(size, thread_name_prefix="graphbridge-host-sampler")
+    self._pool = ThreadPoolExecutor(
+      max(int(workers or size), 1), thread_name_prefix="graphbridge-host-sampler"
+    )
     self._steps = iter(range(start, stop))
     self._pending: "collections.deque" = collections.deque()
     for _ in range(size):

@@ -39,6 +39,47 @@ def _read_rows(raw, sorted_ids: np.ndarray) -> np.ndarray:
   return out
 
 
+def _block_reader(raw):
+  """read(start, stop) -> raw[start:stop] as a numpy array. A memory-mapped .npy (np.load with
+  mmap_mode) is read with os.pread on its file, in order, so the kernel reads ahead."""
+  import os
+
+  filename = getattr(raw, "filename", None)
+  header = None
+  if isinstance(raw, np.memmap) and filename and raw.flags.c_contiguous:
+    try:
+      with open(filename, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (
+          np.lib.format.read_array_header_1_0
+          if version == (1, 0)
+          else np.lib.format.read_array_header_2_0
+        )
+        header = read_header(f), f.tell()
+    except (OSError, ValueError):
+      header = None
+  if header is None or header[0] != (tuple(raw.shape), False, raw.dtype):
+    return lambda start, stop: np.asarray(raw[start:stop])
+  offset, row_bytes = header[1], raw.dtype.itemsize * int(np.prod(raw.shape[1:]))
+
+  def read(start, stop):
+    out = np.empty((stop - start,) + tuple(raw.shape[1:]), raw.dtype)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    fd = os.open(filename, os.O_RDONLY)
+    try:
+      done = 0
+      while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + start * row_bytes + done)
+        if n <= 0:
+          raise DataError(f"{filename}: file ends before row {stop}")
+        done += n
+    finally:
+      os.close(fd)
+    return out
+
+  return read
+
+
 class NormalizedRows:
   """Read-only [N, d] view of an embedding table on disk (a memory-mapped .npy of any float
   dtype): indexing reads only the rows asked for and returns them float32, L2-normalised.
@@ -65,6 +106,7 @@ class NormalizedRows:
       mapping.madvise(mmap.MADV_RANDOM)
     self.dtype = np.dtype(np.float32)
     self.ndim = 2
+    self._norms = None
 
   def __len__(self) -> int:
     return self.shape[0]
@@ -119,6 +161,41 @@ class NormalizedRows:
       )
     x = unit_rows(x, floor=0)  # non-zero rows (checked above)
     return x if len(unique) == len(ids) and np.array_equal(unique, ids) else x[inverse.reshape(-1)]
+
+  def row_norms(self, threads: int = 0) -> np.ndarray:
+    """[N] float32: each row's L2 norm exactly as `rows` computes it (np.linalg.norm of the row
+    read as float32), for the whole table, computed once and kept (4 bytes a row). The table is
+    scanned in order with plain file reads (the mapping is advised MADV_RANDOM, which would page a
+    scan in 4 KB at a time), in chunks over `threads` threads (0: one per CPU, at most 8). A row
+    with NaN or inf has a non-finite norm, an all-zero row norm 0: `check_rows` reports them."""
+    if self._norms is not None:
+      return self._norms
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    norms = np.empty(self.shape[0], np.float32)
+    chunk = max(1, (4 << 20) // max(self.raw.dtype.itemsize * self.shape[1], 1))  # ~4 MB a read
+    read = _block_reader(self.raw)
+
+    def one(start):
+      x = np.asarray(read(start, min(start + chunk, self.shape[0])), np.float32)
+      with np.errstate(over="ignore", invalid="ignore"):
+        norms[start : start + len(x)] = np.linalg.norm(x, axis=1)
+
+    threads = threads or min(os.cpu_count() or 1, 8)
+    with ThreadPoolExecutor(threads, thread_name_prefix="graphbridge-norms") as pool:
+      list(pool.map(one, range(0, self.shape[0], chunk)))
+    self._norms = norms
+    return norms
+
+  def check_rows(self, ids: np.ndarray, norms: np.ndarray) -> None:
+    """Raises the DataError `rows(ids)` raises when one of the rows has NaN, inf or zero norm
+    (`norms`: their row_norms)."""
+    if np.isfinite(norms).all() and norms.all():
+      return
+    bad = int(np.asarray(ids).reshape(-1)[np.argmax(~np.isfinite(norms) | (norms == 0))])
+    self.rows(np.asarray([bad]))  # raises with the row number and what is wrong
+    raise DataError(f"embedding {self.name!r} row {bad} has a non-finite or zero norm")
 
   def __array__(self, dtype=None, copy=None):
     out = np.empty(self.shape, np.float32)

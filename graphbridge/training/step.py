@@ -157,12 +157,18 @@ def make_batch_step(
   donate: bool = True,
   mesh: jax.sharding.Mesh | None = None,
   batch_sharding: PyTree | None = None,
+  prepare: Callable | None = None,
 ) -> Callable:
   """jit(step(state, frozen, batch)) for batches drawn on the host (data.host_sampling).
 
+  prepare: batch = prepare(argument) inside the jitted step (HostFeed.finish: float16 rows and
+  their norms -> the normalised float32 batch).
   With a mesh: in/out shardings as make_device_step; `batch_sharding` (default: split over
   `data`, a prefix of every batch leaf) is how the host sampler lays the batch out."""
-  step = make_step_fn(setup, tx, skip_nonfinite)
+  inner = make_step_fn(setup, tx, skip_nonfinite)
+  step = (
+    inner if prepare is None else (lambda state, frozen, raw: inner(state, frozen, prepare(raw)))
+  )
   donate_argnums = (0,) if donate else ()
   if mesh is None:
     return jax.jit(step, donate_argnums=donate_argnums)

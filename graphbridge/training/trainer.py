@@ -21,7 +21,7 @@ from graphbridge.training import checkpoint as checkpoint_lib
 from graphbridge.core import fields
 from graphbridge.core.errors import ConfigError
 from graphbridge.data import dataset as dataset_lib
-from graphbridge.data import host as host_lib
+from graphbridge.data import feed as feed_lib
 from graphbridge.data import readers as readers_lib
 from graphbridge.data import tables as tables_lib
 from graphbridge.training import sharding as sharding_lib
@@ -187,19 +187,24 @@ def _train(
 
   skip_nonfinite = bool(config.train.skip_nonfinite)
   batches = None
-  if host_sampling:
-    sampler = host_lib.HostSampler(
-      plan.sample, sampler_arrays(setup, dataset), setup.batch_size, state["rng"]
+  feed = None
+  if host_sampling:  # rows read on the host, normalised on the device inside the step
+    feed = feed_lib.HostFeed(
+      plan.sample,
+      sampler_arrays(setup, dataset),
+      setup.batch_size,
+      state["rng"],
+      prefetch=int(config.data.prefetch),
     )
-    if mesh is None:
-      produce = lambda s: jax.device_put(sampler.batch(s))
-      batch_sh = None
-    else:
-      batch_sh = sharding_lib.batch_shardings(sampler.batch_shapes, setup.batch_size, mesh)
-      produce = lambda s: sampler.global_batch(s, batch_sh)
-    batches = host_lib.Prefetcher(produce, start, n_total, size=int(config.data.prefetch))
+    batch_sh = None if mesh is None else feed.raw_shardings(mesh, sharding_lib.DATA)
+    batches = feed.batches(start, n_total, shardings=batch_sh)
     step_fn = make_batch_step(
-      setup, tx, skip_nonfinite=skip_nonfinite, mesh=mesh, batch_sharding=batch_sh
+      setup,
+      tx,
+      skip_nonfinite=skip_nonfinite,
+      mesh=mesh,
+      batch_sharding=batch_sh,
+      prepare=feed.finish,
     )
   elif mesh is None:
     arrays = jax.device_put(tables_lib.materialize_tables(sampler_arrays(setup, dataset)))
@@ -251,8 +256,8 @@ def _train(
     ):
       return state
     log(
-      f"keeping the params of step {validator.best_step} "
-      f"(best val mAP {validator.best_map:.3f}; train.keep_best)"
+      f"keeping the params of step {validator.best_step} (best val mAP "
+      f"{validator.best_map:.3f}; train.keep_best)"
     )
     return with_edge_params(state, validator.best_params, setup)
 
@@ -290,6 +295,11 @@ def _train(
     close=[c.close for c in (batches, checkpoints) if c is not None],
   )
   state, metrics, compile_seconds = result.state, result.metrics, result.compile_seconds
+  if feed is not None:
+    log(
+      f"host feed: {feed.rows_read} table rows read by this process "
+      f"({feed.rows_per_batch} a step on all processes)"
+    )
   if metrics is not None:
     raise_if_unhealthy(setup, state["health"])
   seconds = result.seconds
