@@ -39,6 +39,7 @@ from graphbridge.evaluation.report import EvalOptions
 from graphbridge.data.dataset import split_rows
 from graphbridge.evaluation import hubness as hubness_lib
 from graphbridge.evaluation import search as search_lib
+from graphbridge.training import compile_cache as compile_cache_lib
 from graphbridge.model import export as export_lib
 from graphbridge.model.translators import unstack
 from graphbridge.runs import configs as configs_lib
@@ -388,7 +389,9 @@ class Run:
     )
 
   # -- more training ------------------------------------------------------------------------------
-  def continue_training(self, steps: int, log=None, plots: bool = False, **overrides) -> "Run":
+  def continue_training(
+    self, steps: int, log=None, plots: bool = False, verbose: bool = False, **overrides
+  ) -> "Run":
     """Train `steps` more steps in the same workdir (train.steps raised to step + steps, so the
     learning-rate schedule is stretched to the new length) and return the reloaded run."""
     if not self.workdir:
@@ -397,7 +400,7 @@ class Run:
       raise ValueError(f"continue_training: steps must be > 0, got {steps}")
     c = _unlocked(self.config)
     c.train.steps = int(self.step) + int(steps) - int(c.finetune.steps)
-    return fit(c, self.workdir, log=log, plots=plots, **overrides)
+    return fit(c, self.workdir, log=log, plots=plots, verbose=verbose, **overrides)
 
   def graft(
     self, graft_config: ml_collections.ConfigDict, workdir: str, log=None, plots: bool = False
@@ -419,20 +422,48 @@ def _unlocked(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(c.to_dict())
 
 
-def load(workdir: str, step: int | None = None) -> Run:
-  """The trained run in `workdir` (its latest complete checkpoint, or `step`), quietly."""
+def load(workdir: str, step: int | None = None, compile_cache: str | None = None) -> Run:
+  """The trained run in `workdir` (its latest complete checkpoint, or `step`), quietly.
+  compile_cache: as in fit (translate and search compile once per shape, then read the cache)."""
+  compile_cache_lib.enable(compile_cache)
   with quiet_absl():
     return Run(evaluate_run.load_model(workdir, step))
 
 
-def fit(config_or_name, workdir: str, log=None, plots: bool = True, **overrides) -> Run:
+def fit(
+  config_or_name,
+  workdir: str,
+  log=None,
+  plots: bool = True,
+  verbose: bool = False,
+  compile_cache: str | None = None,
+  **overrides,
+) -> Run:
   """Train and evaluate as the main command does (report.{json,md}, plots, config.json in workdir)
   and return the trained run. config_or_name: a ConfigDict or a name such as 'digits:tiny';
-  overrides: dotted fields, fit("digits:tiny", "/tmp/gb", **{"train.steps": 50})."""
+  overrides: dotted fields, fit("digits:tiny", "/tmp/gb", **{"train.steps": 50}).
+
+  Quiet by default: one closing line (warnings still show); verbose=True prints the progress and
+  the report's tables as the command line does; log=callable receives every line instead.
+  compile_cache: the persistent compilation cache's folder, or "off" (default: on, in
+  ~/.cache/graphbridge/jax or $GRAPHBRIDGE_COMPILE_CACHE; training/compile_cache.py)."""
   if isinstance(config_or_name, str):
     c = config(config_or_name, **overrides)
   else:
     c = apply_overrides(_unlocked(config_or_name), overrides) if overrides else config_or_name
+  compile_cache_lib.enable(compile_cache)
+  lines: list[str] = []
+  sink = log or (_print if verbose else lines.append)
   with quiet_absl(logging.WARNING):
-    experiment.train_and_evaluate(c, workdir, log=log or _print, plots=plots)
-  return load(workdir)
+    experiment.train_and_evaluate(c, workdir, log=sink, plots=plots)
+  run = load(workdir)
+  if log is None and not verbose:
+    _print(closing_line(run, lines))
+  return run
+
+
+def closing_line(run: Run, lines: Sequence[str]) -> str:
+  """The quiet fit's one line: where the run is, its step, and the run's own last line (its
+  timing, or why nothing was trained)."""
+  last = next((line for line in reversed(lines) if line.strip()), "")
+  return f"graphbridge.fit: {run.workdir} at step {run.step}; report.md there. {last.strip()}"

@@ -99,6 +99,15 @@ FIELDS: tuple[Field, ...] = (
     "data.batch_size", 128, "rows per pair set and per cycle start in a step", check=POSITIVE_INT
   ),
   _field(
+    "data.unsplit",
+    "stop",
+    "a modality whose test rows include training rows (no <m>_train/<m>_test arrays): stop "
+    "(an error naming the fix, before anything trains), auto (a seeded 80/20 split, the rows of "
+    "one id kept together, said before training), same (evaluate on the training rows: the "
+    "numbers measure fit)",
+    choices=("stop", "auto", "same"),
+  ),
+  _field(
     "data.host_sampling",
     False,
     "draw batches on the host, reading only their rows from memory-mapped "

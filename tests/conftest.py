@@ -12,6 +12,14 @@ os.environ.setdefault(
   "XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 )
 
+# The entry points turn JAX's persistent compilation cache on (training/compile_cache.py); the
+# suite keeps its cache in a folder of its own, not in the user's ~/.cache (a caller's setting
+# wins, e.g. GRAPHBRIDGE_COMPILE_CACHE=off to test without it).
+os.environ.setdefault(
+  "GRAPHBRIDGE_COMPILE_CACHE",
+  os.path.join(__import__("tempfile").gettempdir(), f"graphbridge-tests-jax-cache-{os.getuid()}"),
+)
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

@@ -159,3 +159,30 @@ def jax_leaves(tree):
   import jax
 
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_every_round_counts_and_pseudo_paired_edges_are_named(tmp_path, monkeypatch):
+  """Self-training where a round accepts pix-other pairs: the run's results hold every round
+  (the closing line's steps count them all), and the report's rows say which routes run on
+  pseudo-paired edges while hops stay the distance in the data's own pairs."""
+  from graphbridge.runs import experiment
+  from graphbridge.strategies import reporting
+
+  train_rows = np.arange(200)  # matching is stubbed: the true pix-other pairs of 200 train rows
+  accepted = pseudo_lib.EdgeMatches(
+    "pix", "other", np.stack([train_rows, train_rows], 1), 200, 1.0, True
+  )
+  monkeypatch.setattr(pseudo_lib, "pseudo_pairs", lambda *a, **k: [accepted])
+  c = defaults.shrink_for_tests(defaults.base_config())
+  c.pseudo.rounds, c.train.steps, c.train.tensorboard = 1, 6, False
+  data = _views(class_level=False)
+  run = strategies.get(c.strategy).train(c, data, str(tmp_path / "run"), log=lambda m: None)
+  assert len(run.results) == 2 and sum(r.steps_run for r in run.results) == 12
+  report = reporting.report(run.model, c, data, None, results=run.results, plots=False)
+  assert report["timing"]["steps"] == 12
+  line = experiment.closing_line(report["timing"], len(run.results), 1.0, "rounds")
+  assert "12 steps over 2 rounds" in line
+  by_pair = {(r["query"], r["gallery"]): r for r in report["rows"]}
+  assert by_pair[("pix", "proj")]["edges"] == "paired" and by_pair[("pix", "proj")]["hops"] == 1
+  zero_shot = by_pair[("pix", "other")]
+  assert zero_shot["hops"] == 2 and "pseudo-paired" in zero_shot["edges"], zero_shot

@@ -114,7 +114,7 @@ def test_report_files_and_keys(digits_report):
   assert kinds == {("path", 1), ("cycle", 2)}
   assert on_disk["projection"]["space"] == "text"
   # printed: the compact table with the zero-shot rows and chance
-  assert "| image | audio | image->text<-audio | 2 | class |" in printed
+  assert "| image | audio | image->text<-audio | 2 | paired | class |" in printed
   assert "by hop distance" in printed and "chance_mAP" in printed
   assert "modality gap (mean over 6 routes)" in printed
 
@@ -193,7 +193,7 @@ def test_evaluate_cli_on_a_trained_workdir(digits_run, digits_report, tmp_path):
   restored = {(r["query"], r["gallery"]): r["mAP"] for r in report["rows"] if not r["named_route"]}
   assert restored == pytest.approx(in_process, abs=1e-6)
   assert not (out / "projection.png").exists()
-  assert "| image | audio | image->text<-audio | 2 | class |" in proc.stdout
+  assert "| image | audio | image->text<-audio | 2 | paired | class |" in proc.stdout
 
 
 def test_evaluate_workdir_errors(tmp_path, digits_run, tri_modal_arrays):

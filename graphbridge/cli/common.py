@@ -20,10 +20,19 @@ from absl import logging as logging_absl
 from graphbridge.runs.configs import unknown_field_message
 from graphbridge.core import errors
 from graphbridge.core.errors import GraphError
+from graphbridge.training import compile_cache as compile_cache_lib
 from graphbridge.training.checkpoint import _disk_error
 from graphbridge.runs import configs as configs_lib
 
 USAGE_ERROR = 2
+
+_COMPILE_CACHE = flags.DEFINE_string(
+  "compile_cache",
+  None,
+  "folder of JAX's persistent compilation cache (a rerun of the same shapes reads its programs "
+  "instead of compiling them), or 'off'; default $GRAPHBRIDGE_COMPILE_CACHE, else "
+  "~/.cache/graphbridge/jax",
+)
 
 
 def fail(prog: str, message: str) -> None:
@@ -134,6 +143,8 @@ def print_help(prog: str, module_name: str, doc: str | None) -> None:
   print((doc or "").strip() + "\n")
   print(f"flags of {prog}:")
   print(flags.FLAGS.module_help(module_name) or "  (none)")
+  print(flags.FLAGS.module_help(__name__))
+  print("\nevery config field, its default and choices: docs/config.md")
   print("\nabsl's own flags (verbosity, logging): --helpfull")
 
 
@@ -205,6 +216,7 @@ def main(
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
       logging_absl.set_verbosity(verbosity)
+    compile_cache_lib.enable(_COMPILE_CACHE.value)
     run()
 
   app.run(_main)

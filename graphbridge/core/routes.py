@@ -118,6 +118,38 @@ def split_ensemble(route: str) -> list[str]:
   return [r.strip() for r in route.split(ENSEMBLE_SEP.strip()) if r.strip()]
 
 
+def route_nodes(route: str) -> list[str]:
+  """'a->p<-c' -> ['a', 'p', 'c'] (one route, not an ensemble)."""
+  return [n.strip() for n in route.replace("<-", "->").split("->")]
+
+
+def route_hops(route: str) -> list[tuple[str, str]]:
+  """The translators a route applies, as (src, dst): 'a->p<-c' -> [('a', 'p'), ('c', 'p')];
+  every route of an ensemble, each translator once, in order of first use."""
+  out: list[tuple[str, str]] = []
+  for one in split_ensemble(route):
+    parts = [p.strip() for p in one.split("<-")]
+    forward = [n.strip() for n in parts[0].split("->")]
+    hops = list(zip(forward, forward[1:]))
+    back = [forward[-1]] + parts[1:]
+    hops += [(src, dst) for dst, src in zip(back, back[1:])]
+    out += [h for h in hops if h not in out]
+  return out
+
+
+def short_name(route: str) -> str:
+  """A route as a table shows it: itself, or for an ensemble `ensemble of N via b, c` (its
+  interior nodes in order); the report spells the ensemble out below its table."""
+  routes = split_ensemble(route)
+  if len(routes) <= 1:
+    return route.strip()
+  ends = {route_nodes(routes[0])[0], route_nodes(routes[0])[-1]}
+  via: list[str] = []
+  for one in routes:
+    via += [n for n in route_nodes(one) if n not in ends and n not in via]
+  return f"ensemble of {len(routes)} via {', '.join(via)}" if via else f"ensemble of {len(routes)}"
+
+
 def best_route(graph: ModalityGraph, query: str, gallery: str) -> Route | None:
   """Fewest total hops; then the shortest longer side (compose as few translators in a row as
   possible: image->text<-audio before image->text->audio); then translating into the gallery's

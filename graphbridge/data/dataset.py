@@ -123,6 +123,7 @@ class Dataset:
   pairs: dict[tuple[str, str], np.ndarray]
   class_names: tuple[str, ...] | None = None
   source: str = "<arrays>"
+  notes: tuple[str, ...] = ()  # what loading did to the file's data (e.g. a split it made)
 
   def __post_init__(self):
     if not self.modalities:
@@ -276,6 +277,7 @@ class Dataset:
       )
     for (a, b), p in self.pairs.items():
       lines.append(f"  pairs {a}<->{b}: {len(p)}")
+    lines.extend(f"  note: {note}" for note in self.notes)
     return "\n".join(lines)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import re
 from typing import Mapping
@@ -9,6 +11,7 @@ import numpy as np
 from graphbridge.core.errors import DataError
 from graphbridge.data.dataset import Dataset, Modality
 from graphbridge.data.tables import NormalizedRows
+from graphbridge.data.tools import make_splits
 
 
 _PAIRS_RE = re.compile(r"^pairs_([A-Za-z][A-Za-z0-9_]*?)__([A-Za-z][A-Za-z0-9_]*)$")
@@ -202,12 +205,98 @@ def load_memmapped(path: str) -> Dataset:
   return dataset
 
 
-def load_for_config(config) -> Dataset:
+def load_for_config(config, unsplit: str | None = None) -> Dataset:
   """The data a config names: memory-mapped, normalised per batch when data.host_sampling is set
-  and data.path is a folder of .npy files; otherwise as `load_named`."""
+  and data.path is a folder of .npy files; otherwise as `load_named`. Test rows that include
+  training rows are handled as data.unsplit says (resolve_unsplit), or as `unsplit` says."""
   name_or_path = config.data.path or config.data.name
   if (
     config.data.host_sampling and name_or_path not in NAMED_DATASETS and os.path.isdir(name_or_path)
   ):
-    return load_memmapped(name_or_path)
-  return load_named(name_or_path)
+    dataset = load_memmapped(name_or_path)
+  else:
+    dataset = load_named(name_or_path)
+  return resolve_unsplit(dataset, unsplit or str(config.data.unsplit))
+
+
+UNSPLIT_TEST_FRACTION = 0.2  # data.unsplit=auto: the share of rows (or ids) held out for test
+UNSPLIT_SEED = 0  # fixed, not config.seed: runs of several seeds see the same split
+
+
+def unsplit_modalities(dataset) -> dict[str, int]:
+  """{modality: rows in both its train and test split} for every modality where they overlap."""
+  out = {}
+  for m, mod in dataset.modalities.items():
+    both = int(np.count_nonzero(np.asarray(mod.train) & np.asarray(mod.test)))
+    if both:
+      out[m] = both
+  return out
+
+
+def resolve_unsplit(dataset, policy: str):
+  """Apply data.unsplit to `dataset` (returned; a new Dataset where a split was made).
+
+  stop: DataError naming the modalities and the fix; auto: modalities with neither mask get a
+  seeded 80/20 split (make_splits, grouped by ids where the modality has them so an instance is in
+  one split in every modality), a modality with only one mask gets the other as its complement;
+  same: unchanged, with a note. Masks the file gives that overlap are never changed."""
+  overlap = unsplit_modalities(dataset)
+  if not overlap:
+    return dataset
+  where = ", ".join(f"{m} ({n} of {len(dataset.modalities[m])} rows)" for m, n in overlap.items())
+  if policy == "same":
+    note = (
+      f"test rows include training rows in {where}: the numbers measure fit (data.unsplit=same)"
+    )
+    return dataclasses.replace(dataset, notes=dataset.notes + (note,))
+  both_given = [
+    m
+    for m in overlap
+    if not np.asarray(dataset.modalities[m].train).all()
+    and not np.asarray(dataset.modalities[m].test).all()
+  ]
+  fix = (
+    "add boolean <m>_train/<m>_test arrays (graphbridge.data.tools.make_splits(n, {'train': 0.8, "
+    "'test': 0.2}, groups=ids)), or set --config.data.unsplit=auto (a seeded 80/20 split, said "
+    "before training) or =same (evaluate on the training rows)"
+  )
+  if policy != "auto" or both_given:
+    what = (
+      f"{', '.join(both_given)}: <m>_train and <m>_test overlap"
+      if both_given
+      else "no <m>_train/<m>_test arrays"
+    )
+    raise DataError(
+      f"{dataset.source}: the test rows include training rows in {where} ({what}), so the "
+      f"report would measure fit, not held-out retrieval; {fix}"
+    )
+  modalities = dict(dataset.modalities)
+  made = []
+  for m in overlap:
+    mod = modalities[m]
+    train, test = np.asarray(mod.train), np.asarray(mod.test)
+    if train.all() and test.all():
+      masks = make_splits(
+        len(mod),
+        {"train": 1.0 - UNSPLIT_TEST_FRACTION, "test": UNSPLIT_TEST_FRACTION},
+        seed=UNSPLIT_SEED,
+        groups=mod.ids,
+      )
+      train, test = masks["train"], masks["test"]
+      by = "ids" if mod.ids is not None else "rows"
+      made.append(f"{m} {int(train.sum())} train / {int(test.sum())} test (by {by})")
+    elif train.all():
+      train = ~test
+      made.append(f"{m}: train = the rows not in {m}_test")
+    else:
+      test = ~train
+      made.append(f"{m}: test = the rows not in {m}_train")
+    modalities[m] = copy.copy(mod)  # emb as it is (a memory-mapped table stays unread)
+    modalities[m].train, modalities[m].test = train, test
+  note = (
+    f"data.unsplit=auto: {UNSPLIT_TEST_FRACTION:.0%} held out for test (seed {UNSPLIT_SEED}): "
+    f"{'; '.join(made)}"
+  )
+  return Dataset(
+    modalities, dataset.pairs, dataset.class_names, dataset.source, dataset.notes + (note,)
+  )

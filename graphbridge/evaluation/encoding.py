@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from graphbridge.data.dataset import Dataset
 from graphbridge.core.errors import GraphError
+from graphbridge.core import routes as routes_lib
 from graphbridge.core.graph import ModalityGraph
 from graphbridge.data.dataset import split_rows
 from typing import Protocol
@@ -28,6 +29,31 @@ from graphbridge.core.fields import CHOICES
 def pairs_graph(dataset: Dataset) -> ModalityGraph:
   """Which modalities were paired in training (both directions), for hop distances."""
   return dataset.default_graph()
+
+
+ORIGINS = ("paired", "pseudo-paired", "cycle-only")
+
+
+def route_origin(aligner, dataset: Dataset, route: str) -> str | None:
+  """Where the translators of a route learned from, for a translator graph: `paired` (the data's
+  own pairs), `pseudo-paired` (pairs that self-training accepted), `cycle-only` (an edge no pairs
+  stand behind), joined with '+' when the route mixes them; None for other models and routes
+  through nodes that are not modalities of the data."""
+  layout = getattr(aligner, "layout", None)
+  if layout is None or not hasattr(aligner, "not_hops"):
+    return None
+  cycle_only = {(e.src, e.dst) for e in (aligner.not_hops or ())}
+  kinds = set()
+  for src, dst in routes_lib.route_hops(route):
+    if src not in dataset.modalities or dst not in dataset.modalities:
+      return None
+    if dataset.pairs_for(src, dst).size:
+      kinds.add("paired")
+    elif (src, dst) in cycle_only:
+      kinds.add("cycle-only")
+    else:
+      kinds.add("pseudo-paired")
+  return "+".join(k for k in ORIGINS if k in kinds) or None
 
 
 def levels_available(dataset: Dataset, query: str, gallery: str) -> list[str]:

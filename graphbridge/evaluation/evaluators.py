@@ -92,8 +92,11 @@ class Retrieval(Evaluator):
   key = "rows"
   caption = (
     "Each query row is put in the gallery's space along `route` (default: the direct "
-    "edge, else the shortest path) and the gallery is ranked by cosine. `hops` = distance "
-    "in the paired-data graph: 1 = paired in training, 2+ = never paired (zero-shot). "
+    "edge, else the shortest path; an ensemble averages the similarities of several routes, "
+    "spelled out below the table) and the gallery is ranked by cosine. `hops` = distance "
+    "in the paired-data graph: 1 = paired in training, 2+ = never paired (zero-shot); `edges` "
+    "= what the route's translators learned from: the data's pairs (paired), pairs accepted by "
+    "self-training (pseudo-paired) or cycles alone (cycle-only). "
     "Instance level: relevant = same id; class level: relevant = same label. chance_* = "
     "expected value of a random ranking."
   )
@@ -107,16 +110,40 @@ class Retrieval(Evaluator):
       "## Retrieval\n\n"
       + caption(self.caption)
       + note
-      + tables_lib.format_table(summary["rows"], tables_lib.RETRIEVAL_COLUMNS)
+      + tables_lib.format_table(summary["rows"], self.columns(summary))
       + "\n\n"
+      + _legend(summary["rows"])
     )
+
+  @staticmethod
+  def columns(summary) -> tuple[str, ...]:
+    """The retrieval columns; `edges` only where some route has an origin (translator graphs)."""
+    has_edges = any(r.get("edges") for r in summary["rows"])
+    return tuple(c for c in tables_lib.RETRIEVAL_COLUMNS if c != "edges" or has_edges)
 
   def console(self, summary):
     title = (
       f"retrieval on the {summary['split']} split (route a->b: query translated into b's "
       "space; a->p<-b: both translated into p)"
     )
-    return [title, tables_lib.format_table(summary["rows"], tables_lib.RETRIEVAL_COLUMNS), ""]
+    lines = [title, tables_lib.format_table(summary["rows"], self.columns(summary))]
+    if tables_lib.ensemble_legend(summary["rows"]):
+      lines.append(
+        "ensemble of N via ...: cosine similarities averaged over the N fewest-hop routes through "
+        "those nodes (each spelled out in report.md)"
+      )
+    return lines + [""]
+
+
+def _legend(rows) -> str:
+  legend = tables_lib.ensemble_legend(rows)
+  if not legend:
+    return ""
+  return (
+    "Route ensembles (similarities averaged over the routes):\n\n"
+    + "".join(f"- {line}\n" for line in legend)
+    + "\n"
+  )
 
 
 class ByHops(Evaluator):

@@ -10,6 +10,7 @@ from graphbridge.evaluation import metrics as metrics_lib
 from graphbridge.data.dataset import Dataset
 from graphbridge.evaluation.encoding import Aligner
 from graphbridge.evaluation.encoding import (
+  route_origin,
   EncodingCache,
   levels_available,
   pairs_graph,
@@ -80,6 +81,7 @@ def retrieval_rows(
         "route": spec.route,
         "named_route": spec.named,
         "hops": hops_graph.hop_distance(spec.query, spec.gallery),
+        "edges": route_origin(aligner, dataset, spec.route),
         "level": level,
         "split": split,
       }

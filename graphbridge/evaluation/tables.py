@@ -11,6 +11,7 @@ import numpy as np
 from graphbridge.evaluation import geometry as geometry_lib
 from graphbridge.data.dataset import Dataset
 from graphbridge.core.graph import path_name
+from graphbridge.core.routes import short_name, split_ensemble
 from graphbridge.data.dataset import split_rows
 from graphbridge.evaluation.encoding import Aligner
 from graphbridge.evaluation.encoding import (
@@ -363,16 +364,32 @@ def common_space_rows(
 
 
 def format_table(rows: Sequence[Mapping], columns: Sequence[str], floats: str = "{:.3f}") -> str:
-  """Markdown table."""
+  """Markdown table. A route ensemble shows by its short name (routes.short_name; the report
+  spells it out, ensemble_legend)."""
 
-  def cell(v):
+  def cell(column, v):
     if isinstance(v, float):
       return "nan" if v != v else floats.format(v)
+    if column == "route" and isinstance(v, str):
+      return short_name(v)
     return "" if v is None else str(v)
 
   lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-  lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+  lines += ["| " + " | ".join(cell(c, r.get(c)) for c in columns) + " |" for r in rows]
   return "\n".join(lines)
+
+
+def ensemble_legend(rows: Sequence[Mapping]) -> list[str]:
+  """'query -> gallery, short name: the routes it averages' for every ensemble among `rows`."""
+  seen, out = set(), []
+  for r in rows:
+    route = r.get("route")
+    if not isinstance(route, str) or len(split_ensemble(route)) < 2 or route in seen:
+      continue
+    seen.add(route)
+    parts = ", ".join(f"`{one}`" for one in split_ensemble(route))
+    out.append(f"{r.get('query')} -> {r.get('gallery')}, {short_name(route)}: {parts}")
+  return out
 
 
 RETRIEVAL_COLUMNS = (
@@ -380,6 +397,7 @@ RETRIEVAL_COLUMNS = (
   "gallery",
   "route",
   "hops",
+  "edges",
   "level",
   "mAP",
   "R@1",

@@ -33,7 +33,11 @@ def model_dataset(model: Model, data: str | None = None) -> Dataset:
     or model.meta.get("data", {}).get("source", "")
   )
   try:
-    dataset = readers_lib.load_named(source)
+    # as training split it (data.unsplit=auto), else as the file is: a run trained already is
+    # evaluated, with the report's warning, rather than stopped
+    dataset = readers_lib.resolve_unsplit(
+      readers_lib.load_named(source), "auto" if model.config.data.unsplit == "auto" else "same"
+    )
   except DataError as exc:
     if data:
       raise

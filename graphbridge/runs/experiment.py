@@ -67,12 +67,19 @@ def _train_and_evaluate(config, workdir, dataset, log, plots, t0) -> dict:
   report = reporting.report(
     run.model, config, dataset, workdir, results=run.results, plots=plots, log=log
   )
-  timing = report["timing"]
-  log(
-    f"total {time.perf_counter() - t0:.1f}s (train {timing['train_seconds']:.1f}s incl. compile "
-    f"{timing['compile_seconds']:.1f}s)"
-  )
+  stages = "rounds" if config.strategy == "graph" else "stages"  # pseudo-pair rounds
+  log(closing_line(report["timing"], len(run.results), time.perf_counter() - t0, stages))
   return report
+
+
+def closing_line(timing: dict, stages: int, seconds: float, what: str = "stages") -> str:
+  """The run's last line: wall time, and the training's seconds, steps and compile time over every
+  stage (pseudo-pair rounds, C-MCR's stages) it ran."""
+  over = f" over {stages} {what}" if stages > 1 else ""
+  return (
+    f"total {seconds:.1f}s (train {timing['train_seconds']:.1f}s, {timing['steps']} steps{over}, "
+    f"incl. compile {timing['compile_seconds']:.1f}s)"
+  )
 
 
 def existing_report(workdir: str, step: int) -> dict | None:

@@ -59,9 +59,11 @@ def _route_nodes(route: str) -> list[str]:
 
 
 def _load_data(config, dataset: Dataset | None) -> Dataset:
-  return (
-    dataset if dataset is not None else readers_lib.load_named(config.data.path or config.data.name)
-  )
+  if dataset is not None:
+    return dataset
+  config = defaults.complete(config)
+  dataset = readers_lib.load_named(config.data.path or config.data.name)
+  return readers_lib.resolve_unsplit(dataset, str(config.data.unsplit))
 
 
 def graft(

@@ -52,11 +52,12 @@ class GraphStrategy(TranslatorStrategy):
     round_dir = lambda r: (
       workdir if (workdir is None or r == rounds) else os.path.join(workdir, f"round{r}")
     )
-    trained_rounds = []
+    trained_rounds, round_results = [], []
 
     def train_round(ds, r):
       trained_rounds.append(r)
-      return trainer_lib.train(config, round_dir(r), dataset=ds, log=log)
+      round_results.append(trainer_lib.train(config, round_dir(r), dataset=ds, log=log))
+      return round_results[-1]
 
     # each round rebuilds the graph from its data: accepted pseudo-pairs may add edges
     result, trained_on = pseudo_lib.self_train(
@@ -69,7 +70,9 @@ class GraphStrategy(TranslatorStrategy):
     if workdir is not None and trained_rounds[-1] != rounds and jax.process_index() == 0:
       # stopped early: the kept model is a round's (process 0 writes, as for checkpoints)
       publish_round(round_dir(trained_rounds[-1]), workdir, trained_rounds[-1], rounds, log)
-    return self.finish(config, [result], trained_on, workdir, time.perf_counter() - t0)
+    # every round's result (timing and steps count them all); the model is the last round's
+    assert result is round_results[-1]
+    return self.finish(config, round_results, trained_on, workdir, time.perf_counter() - t0)
 
   def graft(
     self,

@@ -39,6 +39,18 @@ from graphbridge.core.errors import (
 )
 
 
+class _DropItemMetadataNotes(logging.Filter):
+  """Orbax warns once per item that a step's item has no _CHECKPOINT_METADATA file when it
+  restores items of a composite checkpoint one by one; those files are written only at the step
+  level, and our own manifest (sha256.json) is what verifies a step."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "Metadata file does not exist" not in str(record.msg)
+
+
+logging.getLogger("absl").addFilter(_DropItemMetadataNotes())
+
+
 PyTree = Any
 
 

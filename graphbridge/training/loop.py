@@ -63,12 +63,18 @@ class LoopResult:
 
 
 class Speed:
-  """Steps per second between log points, and the ETA of the progress line."""
+  """Steps per second between log points, and the progress line's rate and ETA, smoothed: an
+  exponential average of the seconds per step over log intervals (SMOOTHING of the newest), so an
+  interval that also saved a checkpoint or validated moves the line less than it moves the
+  interval's own rate (metrics.jsonl keeps that one)."""
+
+  SMOOTHING = 0.3
 
   def __init__(self, start: int):
     self.t_start = self.t_last = time.perf_counter()
     self.last = start
     self.compile_seconds = 0.0
+    self.seconds_per_step = float("nan")
 
   def compiled(self, done: int) -> None:
     """The first step finished (compiled and ran): rates count from here."""
@@ -78,14 +84,20 @@ class Speed:
   def rate(self, done: int) -> float:
     """Steps/s since the previous call (NaN right after compiling: no step timed yet)."""
     now = time.perf_counter()
-    rate = (done - self.last) / max(now - self.t_last, 1e-9) if done > self.last else float("nan")
+    if done <= self.last:
+      return float("nan")
+    per_step = max(now - self.t_last, 1e-9) / (done - self.last)
     self.t_last, self.last = now, done
-    return rate
+    a = self.SMOOTHING
+    s = self.seconds_per_step
+    self.seconds_per_step = per_step if s != s else (1 - a) * s + a * per_step
+    return 1.0 / per_step
 
   def text(self, rate: float, done: int, total: int) -> str:
     if rate != rate:
       return f"compiled in {self.compile_seconds:.1f}s"
-    return f"{rate:.1f} steps/s, eta {format_eta((total - done) / rate)}"
+    smooth = 1.0 / self.seconds_per_step
+    return f"{smooth:.1f} steps/s, eta {format_eta((total - done) * self.seconds_per_step)}"
 
 
 def run(
