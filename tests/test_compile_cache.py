@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from conftest import REPO_ROOT
 from graphbridge.training import compile_cache
@@ -27,31 +28,38 @@ def test_folder_from_setting_environment_and_default(monkeypatch, tmp_path):
   assert compile_cache.folder() is None
 
 
-def test_enable_points_jax_at_the_folder_and_off_undoes_it(tmp_path):
-  before = jax.config.jax_compilation_cache_dir
-  try:
-    where = compile_cache.enable(str(tmp_path / "cache"))
-    assert where == str(tmp_path / "cache") and os.path.isdir(where)
-    assert jax.config.jax_compilation_cache_dir == where
-    jax.jit(lambda x: x * 3.0 + 1.0)(jax.numpy.ones(7)).block_until_ready()
-    assert os.listdir(where), "a compiled program was not written to the cache"
-    assert compile_cache.enable("off") is None
-    assert jax.config.jax_compilation_cache_dir is None
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "users"))  # the user's own
-    assert compile_cache.enable(str(tmp_path / "ours")) == str(tmp_path / "users")
-    assert not os.path.exists(tmp_path / "ours")
-  finally:
-    jax.config.update("jax_compilation_cache_dir", before)
-    compile_cache._ours.clear()
-    compile_cache._reset()
+@pytest.fixture
+def no_cache():
+  """JAX without a cache folder for the test (earlier tests' entry points may have set one),
+  restored afterwards."""
+  before, ours = jax.config.jax_compilation_cache_dir, dict(compile_cache._ours)
+  jax.config.update("jax_compilation_cache_dir", None)
+  compile_cache._ours.clear()
+  yield
+  jax.config.update("jax_compilation_cache_dir", before)
+  compile_cache._ours.clear()
+  compile_cache._ours.update(ours)
+  compile_cache._reset()
 
 
-def test_an_uncreatable_folder_warns_and_runs_without_cache(tmp_path):
+def test_enable_points_jax_at_the_folder_and_off_undoes_it(tmp_path, no_cache):
+  where = compile_cache.enable(str(tmp_path / "cache"))
+  assert where == str(tmp_path / "cache") and os.path.isdir(where)
+  assert jax.config.jax_compilation_cache_dir == where
+  jax.jit(lambda x: x * 3.0 + 1.0)(jax.numpy.ones(7)).block_until_ready()
+  assert os.listdir(where), "a compiled program was not written to the cache"
+  assert compile_cache.enable("off") is None
+  assert jax.config.jax_compilation_cache_dir is None
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "users"))  # the user's own
+  assert compile_cache.enable(str(tmp_path / "ours")) == str(tmp_path / "users")
+  assert not os.path.exists(tmp_path / "ours")
+
+
+def test_an_uncreatable_folder_warns_and_runs_without_cache(tmp_path, no_cache):
   blocker = tmp_path / "file"
   blocker.write_text("not a folder")
-  before = jax.config.jax_compilation_cache_dir
   assert compile_cache.enable(str(blocker / "cache")) is None
-  assert jax.config.jax_compilation_cache_dir == before
+  assert jax.config.jax_compilation_cache_dir is None
 
 
 _PROGRAM = """

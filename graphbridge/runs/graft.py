@@ -17,6 +17,7 @@ from typing import Callable
 import ml_collections
 
 from graphbridge import defaults
+from graphbridge.core.routes import route_nodes
 from graphbridge.core import fields
 from graphbridge.core.errors import CheckpointError, GraftError
 from graphbridge.data import readers as readers_lib
@@ -51,11 +52,6 @@ def _graftable(name: str) -> Strategy:
     able = [n for n in strategies.names() if type(strategies.get(n)).graft is not Strategy.graft]
     raise GraftError(f"strategy={name!r}: grafting extends runs of {' or '.join(map(repr, able))}")
   return strategy
-
-
-def _route_nodes(route: str) -> list[str]:
-  """'a->p<-c' -> ['a', 'p', 'c']."""
-  return [n.strip() for n in route.replace("<-", "->").split("->")]
 
 
 def _load_data(config, dataset: Dataset | None) -> Dataset:
@@ -124,7 +120,7 @@ def train_base(
   data = subset_modalities(dataset, base_modalities(config, dataset))
   dropped = [m for m in dataset.names if m not in data.names]
   # eval.paths of the graft (e.g. audio->text->image) name the modality the base graph lacks
-  routes = [r for r in fields.names(config.eval.paths) if not set(_route_nodes(r)) & set(dropped)]
+  routes = [r for r in fields.names(config.eval.paths) if not set(route_nodes(r)) & set(dropped)]
   config = copy.deepcopy(config)
   config.eval.paths = ",".join(routes)
   log(f"base graph on {', '.join(data.names)} (without {', '.join(dropped) or 'nothing'})")
