@@ -1,10 +1,11 @@
-"""Every strategy (graph, pivot, pairwise, C-MCR) plus post-hoc and linear baselines, several seeds,
-on the embedded digits set: the comparison table of zero-shot image<->audio retrieval. Run:
+"""Every strategy (graph, pivot, pairwise, cmcr, dmvae: compare.strategies) with post-hoc centering
+and the linear baselines (ridge, CCA), 3 seeds, on the embedded digits set: the comparison table of
+zero-shot image<->audio retrieval (docs/strategies.md). Run:
 
   python launch/compare.py --config=configs/compare.py --workdir=/tmp/gb_compare
 
 Other data: --config.data.path=FILE.npz. Fewer strategies: --config.compare.strategies=graph,pivot
-Shrunk for tests: --config=configs/compare.py:tiny
+Shrunk for tests: --config=configs/compare.py:tiny. Every field: docs/config.md.
 """
 
 import ml_collections

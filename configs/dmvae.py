@@ -6,8 +6,8 @@ zero-shot: in the shared latent (route image->shared<-audio) and by translation
 
   python launch/train.py --config=configs/dmvae.py --workdir=/tmp/gb_dmvae
 
-Shrunk for tests (a few seconds): --config=configs/dmvae.py:tiny Model and loss:
-graphbridge/dmvae.py and docs/dmvae.md; settings under `dmvae` in graphbridge/defaults.py, e.g.
+Shrunk for tests (a few seconds): --config=configs/dmvae.py:tiny. Model and loss:
+graphbridge/strategies/dmvae/ and docs/dmvae.md; settings under `dmvae` in docs/config.md, e.g.
 --config.dmvae.shared_dim=64 --config.dmvae.kappa=100.
 """
 

@@ -10,7 +10,7 @@ this file differs from configs/digits.py only in the data. Run:
 
 Shrunk for tests (a few seconds): --config=configs/fsdd_chain.py:tiny
 Any field can be overridden from flags, e.g. --config.train.steps=1000 --config.strategy=pivot
---config.loss.cycle_weights='(0.5,0.25)'. All fields and their meaning: graphbridge/defaults.py.
+--config.loss.cycle_weights='(0.5,0.25)'. Every field, its default and choices: docs/config.md.
 """
 
 import ml_collections

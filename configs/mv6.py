@@ -10,7 +10,7 @@ training settings: this file differs from configs/digits.py only in the data. Ru
 
 Shrunk for tests (a few seconds): --config=configs/mv6.py:tiny Any field can be overridden from
 flags, e.g. --config.train.steps=1000 --config.strategy=pivot
---config.loss.cycle_weights='(0.5,0.25)'. All fields and their meaning: graphbridge/defaults.py.
+--config.loss.cycle_weights='(0.5,0.25)'. Every field, its default and choices: docs/config.md.
 """
 
 import ml_collections

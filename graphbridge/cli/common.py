@@ -57,13 +57,16 @@ def _user_errors() -> list[tuple[type, str]]:
     ),
     (errors.CheckpointError, "check --workdir / --from_workdir (docs/reliability.md)"),
     (errors.WorkdirLockedError, "one run per workdir: train, graft and evaluate lock it"),
-    (errors.ConfigError, "--dry_run checks a config without training; --help lists the flags"),
+    (
+      errors.ConfigError,
+      "docs/config.md lists every field; --dry_run checks a config without training",
+    ),
     (errors.GraftError, "docs/grafting.md"),
     (
       GraphError,
       "graph nodes must be modalities of the data (or graph.virtual_nodes), edges 'src->dst'",
     ),
-    (errors.DataError, "the data format is described in graphbridge/data.py and docs/api.md"),
+    (errors.DataError, "the data format is described in docs/data.md"),
     (
       errors.NonFiniteError,
       "lower --config.optim.lr or set --config.optim.grad_clip; the same command "

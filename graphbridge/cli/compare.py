@@ -1,6 +1,10 @@
 """graphbridge-compare / launch/compare.py: every strategy on one data set, several seeds.
 
 python launch/compare.py --config=configs/compare.py --workdir=/tmp/gb_compare
+graphbridge-compare --config=compare --workdir=/tmp/gb_two --config.compare.strategies=graph,pivot
+
+Every config field (--config.<field>=VALUE), the compare block included: docs/config.md. Which
+strategy when: docs/strategies.md.
 """
 
 from absl import flags, logging
@@ -11,7 +15,8 @@ from graphbridge.cli import common
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
   None,
-  "Experiment config: a packaged name (compare, compare:tiny) or a file (configs/compare.py).",
+  "Experiment config: a packaged name (compare, compare:tiny) or a file (configs/compare.py); "
+  "every field: docs/config.md.",
   lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(

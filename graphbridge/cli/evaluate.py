@@ -1,8 +1,10 @@
 """graphbridge-evaluate / launch/evaluate.py: report on a trained run (retrieval, modality gap,
 silhouette, reconstruction, plots) without training again.
 
-  python launch/evaluate.py --workdir=/tmp/gb [--data=FILE.npz] [--paths=image->text->audio,...]
+  python launch/evaluate.py --workdir=/tmp/gb [--data=FILE.npz] [--paths='image->text->audio,...']
                             [--split=test] [--out=DIR] [--step=N] [--noplots]
+
+What the report measures: docs/evaluation.md. The run's config fields: docs/config.md.
 """
 
 from absl import flags, logging

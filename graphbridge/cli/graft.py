@@ -4,6 +4,9 @@ python launch/graft.py --from_workdir=/tmp/gb_base --config=configs/graft_audio.
 --workdir=/tmp/gb_graft
 python launch/graft.py --base --config=configs/graft_audio.py --workdir=/tmp/gb_base   # the graph
 without it
+
+Every config field (--config.<field>=VALUE), the graft block included: docs/config.md. How grafting
+works: docs/grafting.md.
 """
 
 from absl import app, flags, logging
@@ -15,7 +18,7 @@ _CONFIG = config_flags.DEFINE_config_file(
   "config",
   None,
   "Graft config: a packaged name (graft_audio, "
-  "graft_audio:tiny) or a file (configs/graft_audio.py).",
+  "graft_audio:tiny) or a file (configs/graft_audio.py); every field: docs/config.md.",
   lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(

@@ -6,6 +6,8 @@ print the plan
 python launch/train.py --config=configs/digits.py --workdir=/tmp/gb
 srun python launch/train.py --distributed --config=... --workdir=/shared/gb   # multi-host
 (docs/scaling.md)
+
+Every config field (--config.<field>=VALUE), its default, meaning and choices: docs/config.md.
 """
 
 from absl import flags
@@ -19,7 +21,8 @@ _CONFIG = config_flags.DEFINE_config_file(
   "config",
   None,
   "Experiment config: a packaged name (digits, "
-  "digits:tiny, npz, compare) or a file (configs/*.py[:variant]).",
+  "digits:tiny, npz, compare) or a file (configs/*.py[:variant]); "
+  "override any field with --config.<field>=VALUE (every field: docs/config.md).",
   lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(

@@ -81,7 +81,7 @@ def make_splits(
 
 
 def to_arrays(dataset) -> dict[str, np.ndarray]:
-  """The data set in the on-disk format (graphbridge/data.py): {m_emb, m_label, m_id, m_train,
+  """The data set in the on-disk format (docs/data.md): {m_emb, m_label, m_id, m_train,
   m_test, pairs_a__b, class_names}. Embeddings as held (L2-normalised)."""
   arrays: dict[str, np.ndarray] = {}
   for name, mod in dataset.modalities.items():
@@ -130,5 +130,6 @@ def split_warning(dataset, split: str) -> str | None:
   return (
     f"{dataset.source}: the {split!r} rows of {', '.join(overlapping)} include training rows (no "
     f"separate <modality>_train/<modality>_test arrays?): these numbers measure fit, not "
-    "generalisation. Add splits (graphbridge.data_tools.make_splits) for held-out numbers"
+    "generalisation. Add splits (graphbridge.data.tools.make_splits; docs/data.md) for held-out "
+    "numbers"
   )
