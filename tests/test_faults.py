@@ -587,6 +587,11 @@ def test_metrics_hold_each_step_once_after_kills_and_resumes(data_path, tmp_path
   assert killed.returncode == -9
   rows = writers_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert max(r["step"] for r in rows) == 25  # logged past the last checkpoint (20 or 10)
+  # every step that exists has its manifest: it is written with the step, not at the next save
+  steps = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
+  assert 10 in steps.all_steps()
+  for step in steps.all_steps():
+    assert os.path.isfile(os.path.join(steps.step_dir(step), checkpoint_lib.MANIFEST)), step
   resumed = run_worker(data_path, workdir, steps=40)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   steps = [r["step"] for r in writers_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))]

@@ -251,6 +251,11 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
     parts.append(f"\n\n> **Warning:** {summary['split_warning']}.\n\n")
   for note in summary.get("notes", []):
     parts.append(f"\n\n> **Note:** {note}.\n\n")
+  for skipped in summary.get("skipped_steps", []):  # a fallback to an older checkpoint step
+    parts.append(
+      f"\n\n> **Note:** checkpoint step {skipped['step']} was skipped ({skipped['problem']}); "
+      "this report is of an older step.\n\n"
+    )
   if summary.get("step") is not None:
     parts.append(f" Checkpoint step {summary['step']}.")
   if summary.get("transductive"):

@@ -38,6 +38,8 @@ class Model:
   step: int
   workdir: str | None
   aligner: Any  # evaluation.encoding.Aligner of the trained model
+  # (step, problem) of newer checkpoint steps skipped as damaged when it was loaded, newest first
+  skipped: tuple = ()
 
   @property
   def dims(self) -> dict[str, int]:

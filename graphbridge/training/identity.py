@@ -229,8 +229,7 @@ def restore_state(
 
   state, restored, problems = checkpoints.newest_usable(restore, step, log)
   if problems:  # damaged steps newer than the one restored (or all of them) make way, kept aside
-    for damaged in [s for s in checkpoints.all_steps() if restored is None or s > restored]:
-      log(f"moved damaged checkpoint step {damaged} to {checkpoints.quarantine(damaged)}")
+    checkpoints.set_aside_damaged(restored, log)
     log(
       f"resuming from checkpoint step {restored}, the latest complete one"
       if restored is not None
