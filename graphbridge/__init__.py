@@ -33,6 +33,8 @@ _LAZY = {
       "NonFiniteError",
       "RunMismatchError",
       "WorkdirLockedError",
+      "WorkdirError",
+      "RunInterrupted",
     )
   },
   "EdgeLayout": "graphbridge.model.translators",

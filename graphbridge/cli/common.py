@@ -24,6 +24,7 @@ from graphbridge.training.checkpoint import _disk_error
 from graphbridge.runs import configs as configs_lib
 
 USAGE_ERROR = 2
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
 
 
 def fail(prog: str, message: str) -> None:
@@ -48,6 +49,7 @@ def _user_errors() -> list[tuple[type, str]]:
     ),
     (errors.CheckpointError, "check --workdir / --from_workdir (docs/reliability.md)"),
     (errors.WorkdirLockedError, "one run per workdir: train, graft and evaluate lock it"),
+    (errors.WorkdirError, "--workdir names the run's directory (created if missing)"),
     (errors.ConfigError, "--dry_run checks a config without training; --help lists the flags"),
     (errors.GraftError, "docs/grafting.md"),
     (
@@ -104,6 +106,14 @@ def run_main(prog: str, fn, *args, **kwargs):
   _quiet_background_errors()
   try:
     return fn(*args, **kwargs)
+  except KeyboardInterrupt as exc:  # Ctrl-C: never swallowed, never a traceback
+    message = str(exc) if isinstance(exc, errors.RunInterrupted) else "interrupted (Ctrl-C)"
+    print(f"{prog}: {message}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # at once: a background checkpoint write still running (bounded wait done) must not hold the
+    # process at exit; the steps saved before are intact
+    os._exit(INTERRUPTED)
   except Exception as exc:  # noqa: BLE001  (re-raised unless it is the user's to fix)
     for cls, hint in _user_errors():
       if isinstance(exc, cls):
@@ -203,6 +213,10 @@ def main(
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    for name in required:  # --workdir= passes absl's check for a value, and would write nowhere
+      value = flags.FLAGS[name].value
+      if isinstance(value, str) and not value.strip():
+        fail(prog, f"--{name} is empty: give it a value")
     if not flags.FLAGS["verbosity"].present:
       logging_absl.set_verbosity(verbosity)
     run()
