@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 from typing import Callable, Mapping, Protocol, Sequence
 import jax
@@ -47,6 +48,8 @@ class JsonlWriter:
         f.write(json.dumps({"step": int(step), **scalars}) + "\n")
     if os.environ.get("GRAPHBRIDGE_KILL_AFTER_STEP") == str(step):  # fault injection for tests
       os.kill(os.getpid(), 9)
+    if os.environ.get("GRAPHBRIDGE_INTERRUPT_AFTER_STEP") == str(step):  # Ctrl-C, for tests
+      os.kill(os.getpid(), signal.SIGINT)
     if (
       os.environ.get("GRAPHBRIDGE_FILL_DISK_AFTER_STEP") == str(step) and self.path
     ):  # fault injection:
