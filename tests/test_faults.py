@@ -359,6 +359,8 @@ def test_pair_set_with_only_test_rows_is_an_error_not_silently_paired(tmp_path):
 
 def test_modality_without_test_rows_still_gets_a_report_with_a_note(tmp_path):
   arrays = make_tri_modal_arrays()
+  for m in ("image", "audio", "text"):  # instance ids: the reconstruction table matches rows by id
+    arrays[f"{m}_id"] = np.arange(len(arrays[f"{m}_emb"])) % 24
   arrays["audio_test"][:] = False
   arrays["audio_train"][:] = True
   path = str(tmp_path / "notest.npz")
