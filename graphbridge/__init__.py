@@ -35,6 +35,7 @@ _LAZY = {
       "WorkdirLockedError",
       "WorkdirError",
       "RunInterrupted",
+      "DeviceMemoryError",
     )
   },
   "EdgeLayout": "graphbridge.model.translators",

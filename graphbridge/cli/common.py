@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -50,6 +51,7 @@ def _user_errors() -> list[tuple[type, str]]:
     (errors.CheckpointError, "check --workdir / --from_workdir (docs/reliability.md)"),
     (errors.WorkdirLockedError, "one run per workdir: train, graft and evaluate lock it"),
     (errors.WorkdirError, "--workdir names the run's directory (created if missing)"),
+    (errors.DeviceMemoryError, "lower --config.data.batch_size (or --config.model.hidden)"),
     (errors.ConfigError, "--dry_run checks a config without training; --help lists the flags"),
     (errors.GraftError, "docs/grafting.md"),
     (
@@ -221,4 +223,15 @@ def main(
       logging_absl.set_verbosity(verbosity)
     run()
 
-  app.run(_main)
+  def _parse(argv):  # absl's own parser logs FATAL and exits 1; a bad flag is a usage error
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as exc:
+      missing = re.match(
+        r"flag --(\w+)=None: Flag --\w+ must have a value other than None", str(exc)
+      )
+      if missing:
+        fail(prog, f"--{missing.group(1)} is required (--help lists the flags)")
+      fail(prog, f"{exc} (--help lists the flags)")
+
+  app.run(_main, flags_parser=_parse)

@@ -55,6 +55,11 @@ class WorkdirError(ValueError):
   message says what to change."""
 
 
+class DeviceMemoryError(RuntimeError):
+  """A step needs more device memory than there is (XLA's RESOURCE_EXHAUSTED); the message says
+  which config values to lower."""
+
+
 class NonFiniteError(FloatingPointError):
   """A loss term or gradient became NaN/inf; the message names the term and edge."""
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 
-from graphbridge.core.errors import RunInterrupted
+from graphbridge.core.errors import DeviceMemoryError, RunInterrupted
 from graphbridge.training.writers import MetricWriter, format_eta
 
 State = Any
@@ -124,6 +124,18 @@ class StopRequest:
     os.write(2, b"\ninterrupted: stopping after the current step (Ctrl-C again stops at once)\n")
 
 
+def _memory_error(exc: BaseException, done: int) -> DeviceMemoryError | None:
+  """DeviceMemoryError for XLA's RESOURCE_EXHAUSTED (a 40-line allocator report) at a step."""
+  text = str(exc)
+  if "RESOURCE_EXHAUSTED" not in text:
+    return None
+  first = next((line.strip() for line in text.splitlines() if line.strip()), text)
+  return DeviceMemoryError(
+    f"step {done} needs more device memory than there is ({first[:200]}); lower data.batch_size "
+    "(each loss term compares every pair of a batch: memory grows with its square) or the model"
+  )
+
+
 def _close_within(fn: Callable[[], None], seconds: float, log: Callable[[str], None]) -> None:
   """fn() on a helper thread, waited for at most `seconds` (a save stuck after Ctrl-C must not
   hold the process); its error, if any, is logged rather than raised over the interruption."""
@@ -180,10 +192,14 @@ def run(
     for i in range(start, cadence.total):
       if before_step is not None:
         state = before_step(i, state)
-      state, metrics = step(state, i)
       done = i + 1
+      try:
+        state, metrics = step(state, i)
+        if i == start:
+          jax.block_until_ready(state["step"])
+      except Exception as exc:  # noqa: BLE001  (re-raised unless the device ran out of memory)
+        raise _memory_error(exc, done) or exc
       if i == start:
-        jax.block_until_ready(state["step"])
         speed.compiled(done)
       if cadence.logs(done):
         logged = values(done, state, metrics)
