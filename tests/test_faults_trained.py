@@ -1,6 +1,9 @@
-"""Fallbacks to an older checkpoint step, in every entry point: one line naming the step and item
-skipped, never a newer step's report replaced unasked; a step's manifest written with the step,
-and a step of the current format without one treated as incomplete (docs/reliability.md)."""
+"""Faults on a trained workdir. Fallbacks to an older checkpoint step, in every entry point: one
+line naming the step and item skipped, never a newer step's report replaced unasked; a step's
+manifest written with the step, and a step of the current format without one treated as
+incomplete. Resumes that cannot be, said before anything is restored or compiled (the dry run
+too); a finished run's final losses after a kill before its report; the Python API's arguments
+(docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ import pytest
 from graphbridge import api
 from graphbridge.core import errors
 from graphbridge.data import readers as readers_lib
+from graphbridge.runs import dry_run as dry_run_lib
 from graphbridge.runs import evaluate as evaluate_run
+from graphbridge.runs import experiment
 from graphbridge.runs import graft as graft_run
 from graphbridge.training import checkpoint as checkpoint_lib
 from graphbridge.training import trained as trained_lib
@@ -31,10 +36,12 @@ def dataset(data_path):
 
 
 @pytest.fixture(scope="module")
-def finished(dataset, tmp_path_factory):
-  """A finished run (checkpoints 10 and 20)."""
+def finished(dataset, data_path, tmp_path_factory):
+  """A finished run (checkpoints 10 and 20) of the data at data_path."""
   workdir = str(tmp_path_factory.mktemp("finished"))
-  trainer_lib.train(small_config(), workdir, dataset=dataset, log=quiet)
+  config = small_config()
+  config.data.path = data_path
+  trainer_lib.train(config, workdir, dataset=dataset, log=quiet)
   return workdir
 
 
@@ -181,3 +188,96 @@ def test_graft_onto_a_run_with_a_damaged_newest_step_says_which_step_it_used(dat
   skipped = [line for line in logs if "skipped it, using checkpoint step 2" in line]
   assert len(skipped) == 1 and "checkpoint step 4: item 'edge.image.text' is corrupt" in skipped[0]
   assert tree_digest(base) == before  # the old run is only read
+
+
+# ---- resumes that cannot be, and what the dry run says ------------------------------------------
+
+
+def test_allow_resume_changes_with_another_loss_plan_says_it_cannot_be_resumed(run_copy, dataset):
+  config = small_config(30)
+  config.loss.cycle_starts = "image"  # another loss plan: another train state structure
+  config.train.allow_resume_changes = True
+  before = tree_digest(run_copy)
+  logs = []
+  with pytest.raises(
+    errors.RunMismatchError,
+    match=r"checkpoint step 20 in .*: these changes cannot be resumed, even with "
+    r"train.allow_resume_changes=True: they change the structure of the saved train state",
+  ) as info:
+    trainer_lib.train(config, run_copy, dataset=dataset, log=logs.append)
+  assert "loss.cycle_starts: '' -> 'image'" in str(info.value)
+  assert not any("resuming checkpoint step" in line for line in logs)  # not claimed, then refused
+  assert tree_digest(run_copy) == before
+
+
+def test_dry_run_on_a_trained_workdir_refuses_what_training_refuses(finished, data_path):
+  config = small_config()
+  config.data.path = data_path
+  lines = dry_run_lib.dry_run(config, finished, log=quiet)
+  assert lines  # the same config: valid, and it would resume
+  config.optim.lr = 0.01
+  with pytest.raises(errors.RunMismatchError, match=r"optim.lr: 0.002 -> 0.01") as info:
+    dry_run_lib.dry_run(config, finished, log=quiet)
+  assert "belongs to another run; resuming would change" in str(info.value)
+  config.train.allow_resume_changes = True
+  said = []
+  dry_run_lib.dry_run(config, finished, log=said.append)
+  assert any("with changes (train.allow_resume_changes=True)" in line for line in said)
+
+
+def test_rerun_after_a_kill_between_the_last_checkpoint_and_the_report_keeps_the_final_losses(
+  data_path, tmp_path
+):
+  config = small_config(10)
+  config.data.path = data_path
+  workdir = str(tmp_path / "run")
+  first = experiment.train_and_evaluate(config, workdir, log=quiet, plots=False)
+  for name in ("report.json", "report.md"):  # killed after the final checkpoint, before these
+    os.remove(os.path.join(workdir, name))
+  again = experiment.train_and_evaluate(config, workdir, log=quiet, plots=False)
+  assert len(first["final_losses"]) >= 10
+  assert again["final_losses"] == first["final_losses"]
+  assert again["rows"] == first["rows"]
+
+
+# ---- the Python API's arguments ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run(finished):
+  return api.load(finished)
+
+
+@pytest.mark.parametrize(
+  "call, error, expected",
+  [
+    (lambda r, x: r.translate(x, "image->text<-audio"), errors.GraphError, r"two sides"),
+    (lambda r, x: r.translate(x, None), errors.GraphError, r"path must be a route"),
+    (lambda r, x: r.translate(x + 1j, "image->text"), errors.DataError, r"complex values"),
+    (lambda r, x: r.search(x, "image", "audio", k=None), ValueError, r"k must be a positive"),
+    (lambda r, x: r.search(x, "image", "audio", k=float("nan")), ValueError, r"positive integer"),
+    (lambda r, x: r.search(x + 1j, "image", "audio"), errors.DataError, r"complex values"),
+  ],
+)
+def test_api_arguments_are_one_clear_error(run, call, error, expected):
+  x = np.random.default_rng(0).normal(size=(3, run.model.dims["image"])).astype(np.float32)
+  with pytest.raises(error, match=expected):
+    call(run, x)
+
+
+def test_api_search_refuses_a_gallery_with_a_nan_row(run):
+  x = np.random.default_rng(0).normal(size=(3, run.model.dims["image"])).astype(np.float32)
+  gallery, _ = run.gallery("audio")
+  gallery = gallery.copy()
+  gallery[3] = np.nan
+  with pytest.raises(errors.DataError, match=r"gallery: row 3 has NaN"):
+    run.search(x, "image", "audio", gallery=gallery)
+  with pytest.raises(errors.DataError, match=r"row 3 has NaN"):
+    run.index(gallery, "audio", "image")
+
+
+def test_api_load_with_a_junk_config_json_names_the_file(run_copy):
+  with open(os.path.join(run_copy, "config.json"), "w") as f:
+    f.write("{not json")
+  with pytest.raises(errors.DataError, match=r"config.json is not valid JSON"):
+    api.load(run_copy)

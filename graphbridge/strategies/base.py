@@ -137,6 +137,11 @@ class Strategy:
     training in `workdir`."""
     raise GraftError(f"strategy {self.name!r} does not support grafting")
 
+  def resume_config(self, config, dataset):
+    """The config the checkpoints in a workdir are compared with on a resume (the dry run checks
+    them as training would), or None where the strategy does not compare configs on resuming."""
+    return None
+
   def train_base(self, config, workdir: str, dataset, log: Log = print) -> StrategyRun:
     """The first half of a graft's worked example: train on `dataset` (the data without the
     modality to graft). The default is `train`."""

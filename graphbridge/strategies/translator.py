@@ -152,6 +152,10 @@ class TranslatorStrategy(Strategy):
       )
     return lines
 
+  def resume_config(self, config, dataset: Dataset):
+    """The last stage's config: the one that trains in the workdir itself."""
+    return with_overrides(config, self.plan(config, dataset)[-1].overrides)
+
   def train(self, config, dataset: Dataset, workdir: str | None, log: Log = print) -> StrategyRun:
     t0 = time.perf_counter()
     results = run_stages(self, self.plan(config, dataset), config, dataset, workdir, log)

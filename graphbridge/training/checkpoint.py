@@ -22,6 +22,7 @@ manifest was part of the write) restore unverified.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -34,6 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from graphbridge.core.graph import Edge
 from graphbridge.model.translators import EdgeLayout
 from graphbridge.core.errors import (
@@ -232,6 +234,19 @@ def merge_by_edge(
   return merge_items(template, per_edge, shared, edge_locator(layout))
 
 
+@contextlib.contextmanager
+def _orbax_errors_only():
+  """Orbax warns for every item read on its own ("Metadata file does not exist": an item of a
+  step has no step metadata of its own); a restore prints nothing but errors."""
+  logger = absl_logging.get_absl_logger()
+  before = logger.level
+  logger.setLevel(max(before, logging.ERROR))
+  try:
+    yield
+  finally:
+    logger.setLevel(before)
+
+
 def _numpy_restore_args(metadata_tree) -> ocp.args.PyTreeRestore:
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata_tree)
   return ocp.args.PyTreeRestore(restore_args=restore_args)
@@ -266,7 +281,9 @@ class Checkpoints:
     self._in_flight: tuple[int, dict] | None = None  # the step being written, its copied items
     self._failed: CheckpointWriteError | None = None  # the disk error already reported
     try:
-      self._manager = ocp.CheckpointManager(self.directory, options=options)
+      # a read-only manager warns that it is read-only, twice, each time it is opened
+      with _orbax_errors_only() if read_only else contextlib.nullcontext():
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
     except Exception as exc:  # e.g. the folder cannot be created
       self._manager = None
       raise self._write_error(-1, exc) from exc
@@ -618,7 +635,7 @@ class Checkpoints:
       )
     self.verify(step, [name])
     try:
-      with ocp.PyTreeCheckpointer() as checkpointer:
+      with _orbax_errors_only(), ocp.PyTreeCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(directory)
         metadata = getattr(metadata, "item_metadata", metadata)  # StepMetadata in newer orbax
         tree = getattr(metadata, "tree", metadata)

@@ -198,13 +198,18 @@ def train_modules(
     close=[checkpoints.close] if checkpoints else [],
   )
   state = result.state
+  values = result.values
+  if not values and workdir:  # nothing left to train: the final step's logged values
+    values = writers_lib.logged_at(
+      os.path.join(workdir, writers_lib.METRICS_FILE), cadence.total, drop=()
+    )
   return ModulesResult(
     {**frozen, **state["params"]},
     {"step": int(state["step"])},
     result.steps_run,
     time.perf_counter() - t0,
     result.compile_seconds,
-    result.values,
+    values,
     tuple(modules),
   )
 

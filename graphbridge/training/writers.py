@@ -187,6 +187,17 @@ def read_metrics(path: str) -> list[dict]:
   return rows
 
 
+def logged_at(path: str, step: int, drop: Sequence[str] = ("lr",)) -> dict:
+  """The numbers metrics.jsonl at `path` holds for `step` (its last row of that step), without
+  "step", "steps_per_sec", `drop` and validation scores: a finished run's final losses when this
+  process trained nothing (e.g. it was killed between the last checkpoint and its report)."""
+  rows = [r for r in read_metrics(path) if r.get("step") == step]
+  if not rows:
+    return {}
+  skip = {"step", "steps_per_sec", *drop}
+  return {k: v for k, v in rows[-1].items() if k not in skip and not k.startswith("val/")}
+
+
 def log_process0(msg: str) -> None:
   """The library's default log: print on process 0 only (multi-host runs print once), flushed."""
   import jax
