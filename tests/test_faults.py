@@ -290,7 +290,7 @@ def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
     ("train.keep_checkpoints", 0, "train.keep_checkpoints must be an integer >= 1 (0 would delete"),
     ("eval.ks", (0, 5), "eval.ks must be integers >= 1"),
     ("seed", -3, "seed must be an integer in [0, 2**32)"),
-    ("data.batch_size", 0, "data.batch_size must be > 0"),
+    ("data.batch_size", 0, "data.batch_size must be an integer >= 1"),
     ("optim.b2", 1.5, "optim.b2 must be in [0, 1)"),
     ("train.validate_fraction", 1.0, "train.validate_fraction must be in (0, 1)"),
     ("optim.lr", float("nan"), "optim.lr must be > 0"),

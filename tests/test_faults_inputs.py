@@ -152,5 +152,6 @@ def test_cli_flag_errors_are_one_line_and_exit_2(script, args, expected):
     env={**os.environ, "PYTHONPATH": REPO_ROOT},
   )
   assert proc.returncode == 2, proc.stderr[-2000:]
-  assert proc.stderr.strip().splitlines()[-1].startswith(expected), proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert lines[-2].startswith(expected) and lines[-1].startswith("hint: "), proc.stderr[-2000:]
   assert "FATAL" not in proc.stderr and "Traceback" not in proc.stderr

@@ -28,9 +28,9 @@ USAGE_ERROR = 2
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
 
 
-def fail(prog: str, message: str) -> None:
-  """One line on stderr, exit status 2 (a usage error)."""
-  print(f"{prog}: {message}", file=sys.stderr)
+def fail(prog: str, message: str, hint: str | None = None) -> None:
+  """One line on stderr (and a hint), exit status 2 (a usage error)."""
+  print(f"{prog}: {message}" + (f"\nhint: {hint}" if hint else ""), file=sys.stderr)
   sys.exit(USAGE_ERROR)
 
 
@@ -218,7 +218,7 @@ def main(
     for name in required:  # --workdir= passes absl's check for a value, and would write nowhere
       value = flags.FLAGS[name].value
       if isinstance(value, str) and not value.strip():
-        fail(prog, f"--{name} is empty: give it a value")
+        fail(prog, f"--{name} is empty: give it a value", "--help lists the flags")
     if not flags.FLAGS["verbosity"].present:
       logging_absl.set_verbosity(verbosity)
     run()
@@ -231,7 +231,7 @@ def main(
         r"flag --(\w+)=None: Flag --\w+ must have a value other than None", str(exc)
       )
       if missing:
-        fail(prog, f"--{missing.group(1)} is required (--help lists the flags)")
-      fail(prog, f"{exc} (--help lists the flags)")
+        fail(prog, f"--{missing.group(1)} is required", "--help lists the flags")
+      fail(prog, str(exc), "--help lists the flags")
 
   app.run(_main, flags_parser=_parse)
