@@ -616,7 +616,8 @@ def cli(
     and (not hint or any(line.startswith("hint: ") for line in err))
     and not late
   ):
-    record(name, "handled", f"exit {rc}: {[l for l in err if re.search(pattern, l)][:1]}")
+    after = f", {timed[-1][0] - steps[-1]:.1f}s after its last step line" if within else ""
+    record(name, "handled", f"exit {rc}{after}: {[l for l in err if re.search(pattern, l)][:1]}")
   elif late:
     record(
       name, "bad", f"exit {proc.returncode} {timed[-1][0] - steps[-1]:.0f}s after its last step"
@@ -822,7 +823,9 @@ def round3(tmp, copy, dataset, data_path, arrays) -> None:
 
   def save_and_look():
     checkpoints = checkpoint_lib.Checkpoints(directory)
-    checkpoints.save_items(10, {"edge.a.b": {"w": np.ones((256, 64), np.float32)}}, {}, {})
+    checkpoints.save_items(
+      10, {"edge.a.b": {"w": np.ones((256, 64), np.float32)}}, {"rng": np.zeros(2)}, {"k": 1}
+    )
     checkpoints._manager.wait_until_finished()  # the write done: no next save, no close
     there = os.path.isfile(os.path.join(checkpoints.step_dir(10), checkpoint_lib.MANIFEST))
     checkpoints.close()

@@ -161,7 +161,9 @@ def build_report(
   if any(k < bank_k for k in used.values()):  # a bank smaller than k: what was used, not asked
     summary["querybank_k_used"] = used
     summary["querybank"] = (
-      f"on, k={bank_k} asked for ({bank_why}); used "
+      f"on, k={bank_k} "
+      + ("asked for" if bank_why == "asked for" else f"({bank_why})")
+      + "; used "
       + ", ".join(f"k={k} for {m} queries" for m, k in used.items())
       + " (all of the query modality's bank: its train rows)"
     )
