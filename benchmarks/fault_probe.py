@@ -1,5 +1,7 @@
 """Probe graphbridge as a careless or hostile user would: damaged checkpoints, changed configs on
-resume, bad config values, broken data files, a locked workdir, a full disk.
+resume, bad config values, broken data files, a locked workdir, a full disk; and (round3) the
+fallback line of every entry point, the manifest's timing, the lock's file deleted, Ctrl-C, odd
+workdirs and flags, the Python API's arguments, labels beyond int32.
 
   PYTHONPATH=. python benchmarks/fault_probe.py [--out=benchmarks/results/fault_probe.json] [-v]
 

@@ -259,6 +259,9 @@ def restore_state(
 
   state, restored, problems = checkpoints.newest_usable(restore, step, log)
   if problems:  # damaged steps newer than the one restored (or all of them) make way, kept aside
+    if restored is None:  # newest_usable named them only where an older step was used
+      for problem in problems:
+        log(f"{problem}; skipped it")
     checkpoints.set_aside_damaged(restored, log)
     log(
       f"resuming from checkpoint step {restored}, the latest complete one"
