@@ -1,5 +1,7 @@
 """Probe graphbridge as a careless or hostile user would: damaged checkpoints, changed configs on
-resume, bad config values, broken data files, a locked workdir, a full disk.
+resume, bad config values, broken data files, a locked workdir, a full disk; and (round3) the
+fallback line of every entry point, the manifest's timing, the lock's file deleted, Ctrl-C, odd
+workdirs and flags, the Python API's arguments, labels beyond int32.
 
   PYTHONPATH=. python benchmarks/fault_probe.py [--out=benchmarks/results/fault_probe.json] [-v]
 
@@ -14,16 +16,20 @@ Prints one line per case and the totals: tried / handled / weak / bad.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import hashlib
+import io
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 
 os.environ.setdefault(
   "XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -43,6 +49,14 @@ from graphbridge.cli import common  # noqa: E402
 from tests.conftest import make_tri_modal_arrays  # noqa: E402
 from tests.reliability_worker import config_for  # noqa: E402
 from graphbridge.strategies import registry as strategies
+from graphbridge import api  # noqa: E402
+from graphbridge.evaluation import report as report_lib  # noqa: E402
+from graphbridge.runs import dry_run as dry_run_lib  # noqa: E402
+from graphbridge.runs import evaluate as evaluate_run  # noqa: E402
+from graphbridge.runs import experiment  # noqa: E402
+from graphbridge.runs import graft as graft_run  # noqa: E402
+from tests.conftest import load_config_module  # noqa: E402
+from tests.test_querybank import _hub_data, _Identity  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS: list[dict] = []
@@ -148,7 +162,9 @@ def main() -> None:
   np.savez(data_path, **arrays)
   dataset = readers_lib.load(data_path)
   finished = os.path.join(tmp, "finished")
-  trainer_lib.train(small_config(), finished, dataset=dataset, log=quiet)
+  finished_config = small_config()
+  finished_config.data.path = data_path  # the Python API's search reads the run's data
+  trainer_lib.train(finished_config, finished, dataset=dataset, log=quiet)
   counter = [0]
 
   def copy() -> str:
@@ -210,10 +226,12 @@ def main() -> None:
       protect=w,
     )
   w = copy()
-  os.remove(os.path.join(w, "checkpoints", "20", checkpoint_lib.MANIFEST))
+  for step in (10, 20):  # a workdir of the format before the manifest was part of the write
+    os.remove(os.path.join(w, "checkpoints", str(step), checkpoint_lib.MANIFEST))
+    _set_format(w, step, 1)
   expect_ok(
-    "manifest removed (a step from before manifests): loads unverified",
-    lambda: trained_lib.load_trained(w),
+    "manifest removed from steps of format 1 (before manifests): loads unverified",
+    lambda: trained_lib.load_trained(w, log=quiet),
     lambda r: (r.step == 20, f"step {r.step}"),
   )
   w = copy()
@@ -400,6 +418,7 @@ def main() -> None:
     "eval.plot_dpi": 0,
     "data.prefetch": 0,
   }
+  bad_values.update({"eval.max_queries": -4, "loss.cycle_weights": ("abc",), "train.steps": 0})
   for key, value in bad_values.items():
     config = small_config()
     config.unlock()
@@ -542,6 +561,8 @@ def main() -> None:
     r"train.keep_checkpoints must be an integer >= 1",
   )
 
+  round3(tmp, copy, dataset, data_path, arrays)
+
   counts = {s: sum(r["status"] == s for r in RESULTS) for s in ("handled", "weak", "bad")}
   print(
     f"\ntried {len(RESULTS)}  handled {counts['handled']}  weak {counts['weak']}  "
@@ -553,37 +574,60 @@ def main() -> None:
   shutil.rmtree(tmp, ignore_errors=True)
 
 
-def cli(name, script, argv, pattern, protect: str | None = None):
-  """handled: exit 2, `pattern` on stderr's first lines, a hint, no traceback, `protect`
-  unchanged."""
+def cli(
+  name,
+  script,
+  argv,
+  pattern,
+  protect: str | None = None,
+  rc: int = 2,
+  hint: bool = True,
+  said: str | None = None,
+  env: dict | None = None,
+  within: float | None = None,
+):
+  """handled: exit `rc`, `pattern` on stderr's first lines (a hint line too where `hint`), `said`
+  in stdout + stderr, no traceback, `protect` unchanged, and (with `within`) the process ended
+  within that many seconds of its last step line."""
   before = digest(protect) if protect else None
-  proc = subprocess.run(
+  t0 = time.perf_counter()
+  proc = subprocess.Popen(
     [sys.executable, os.path.join(ROOT, "launch", script), *argv],
-    capture_output=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
     text=True,
     cwd=ROOT,
-    env={**os.environ, "PYTHONPATH": ROOT},
-    timeout=600,
+    env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
   )
+  timed = [(time.perf_counter() - t0, line.rstrip("\n")) for line in proc.stdout]
+  proc.wait(timeout=600)
+  output = "\n".join(line for _, line in timed)
   err = [
-    line
-    for line in proc.stderr.splitlines()
-    if not re.match(r"^(WARNING|INFO):absl|^[IW]\d{4} ", line)
+    line for line in output.splitlines() if not re.match(r"^(WARNING|INFO):absl|^[IW]\d{4} ", line)
   ]
+  steps = [t for t, line in timed if re.match(r"^step \d+/\d+ ", line)]
+  late = within is not None and steps and timed[-1][0] - steps[-1] > within
   changed = protect is not None and digest(protect) != before
   if changed:
     record(name, "bad", "saved files changed")
   elif (
-    proc.returncode == 2
+    proc.returncode == rc
     and re.search(pattern, "\n".join(err))
-    and "Traceback" not in proc.stderr
-    and any(line.startswith("hint: ") for line in err)
+    and (said is None or re.search(said, output))
+    and "Traceback" not in output
+    and (not hint or any(line.startswith("hint: ") for line in err))
+    and not late
   ):
-    record(name, "handled", f"exit 2: {err[0]}")
-  elif proc.returncode != 0 and "Traceback" not in proc.stderr:
-    record(name, "weak", f"exit {proc.returncode}: {err[:1]}")
+    after = f", {timed[-1][0] - steps[-1]:.1f}s after its last step line" if within else ""
+    record(name, "handled", f"exit {rc}{after}: {[l for l in err if re.search(pattern, l)][:1]}")
+  elif late:
+    record(
+      name, "bad", f"exit {proc.returncode} {timed[-1][0] - steps[-1]:.0f}s after its last step"
+    )
+  elif proc.returncode != 0 and "Traceback" not in output:
+    record(name, "weak", f"exit {proc.returncode}: {err[-2:]}")
   else:
-    record(name, "bad", f"exit {proc.returncode}: {proc.stderr[-300:]}")
+    record(name, "bad", f"exit {proc.returncode}: {output[-300:]}")
 
 
 def _train_or_strategy(config, workdir, dataset):
@@ -603,6 +647,431 @@ def _fell_back(out):
   kept = os.path.isdir(os.path.join(workdir, "checkpoints_damaged", "20"))
   ok = result.steps_run == 10 and kept and trained_lib.load_trained(workdir).step == 20
   return ok, f"{result.steps_run} steps run, damaged step kept: {kept}"
+
+
+def _set_format(workdir, step, version):
+  path = os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
+  with open(path) as f:
+    meta = json.load(f)
+  meta["format_version"] = version
+  with open(path, "w") as f:
+    json.dump(meta, f)
+
+
+def _with_stderr(fn):
+  """(fn(), what it printed on stderr)."""
+  buffer = io.StringIO()
+  with contextlib.redirect_stderr(buffer):
+    result = fn()
+  return result, buffer.getvalue()
+
+
+def _same_training(datasets):
+  config = small_config(10)
+  config.loss.infonce_positives = "label"
+  a, b = [trainer_lib.train(config, None, dataset=d, log=quiet) for d in datasets]
+  import jax
+
+  same = a.final_metrics == b.final_metrics and all(
+    np.array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params))
+  )
+  return same, f"loss {a.final_metrics['loss/total']:.6f} vs {b.final_metrics['loss/total']:.6f}"
+
+
+def _hold(workdir):
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-c",
+      (
+        f"import sys, time; sys.path.insert(0, {ROOT!r}); "
+        "from graphbridge.training import lock as lock_lib; "
+        f"lock_lib.WorkdirLock({workdir!r}, 'holder').__enter__(); print('held', flush=True); "
+        "time.sleep(120)"
+      ),
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  proc.stdout.readline()
+  return proc
+
+
+def round3(tmp, copy, dataset, data_path, arrays) -> None:
+  """The cases of the third round: silent fallbacks, the lock's file, the manifest's timing,
+  signals, odd paths, the Python API, labels beyond int32."""
+  edge = lambda w, step=20: max(item_files(w, step, "edge.image.text"), key=os.path.getsize)
+  train_cli = [
+    "--config=configs/npz.py:tiny",
+    f"--config.data.path={data_path}",
+    "--config.train.steps=30",
+    "--config.train.checkpoint_every=10",
+    "--config.train.log_every=5",
+    "--config.train.print_every=5",
+    "--config.model.hidden=16,",
+    "--config.data.batch_size=16",
+    "--config.train.tensorboard=False",
+    "--noplots",
+  ]
+
+  # -- every fallback says which step and item it skipped; a newer report is never replaced --
+  w = copy()
+  with open(os.path.join(w, "report.json"), "w") as f:
+    json.dump({"step": 20, "rows": []}, f)
+  flip(edge(w))
+  cli(
+    "graphbridge-evaluate after a flipped bit in the newest step: said, newer report kept",
+    "evaluate.py",
+    [f"--workdir={w}", f"--data={data_path}", "--noplots"],
+    r"reports step 20, which is damaged now .*not replacing it",
+    protect=w,
+    said=r"checkpoint step 20: item 'edge.image.text' is corrupt .*skipped it, using checkpoint "
+    r"step 10",
+  )
+  lines = []
+  expect_ok(
+    "graphbridge-evaluate --out after a flipped bit: the report names the step it skipped",
+    lambda: evaluate_run.evaluate_workdir(
+      w, data_path, out=os.path.join(tmp, "r3_out"), plots=False, log=lines.append
+    ),
+    lambda r: (
+      r["step"] == 10
+      and r["skipped_steps"][0]["step"] == 20
+      and sum("skipped it, using checkpoint step 10" in line for line in lines) == 1,
+      f"step {r['step']}, skipped {[s['step'] for s in r.get('skipped_steps', [])]}",
+    ),
+  )
+  expect_ok(
+    "graphbridge.load after a flipped bit: one line on stderr naming step and item",
+    lambda: _with_stderr(lambda: api.load(w)),
+    lambda r: (
+      r[0].step == 10
+      and len(r[1].strip().splitlines()) == 1
+      and "checkpoint step 20: item 'edge.image.text' is corrupt" in r[1],
+      r[1].strip()[:200],
+    ),
+  )
+  w = copy()
+  flip(edge(w))
+  logs = []
+  expect_ok(
+    "train resume after a flipped bit: one line naming step and item",
+    lambda: trainer_lib.train(small_config(), w, dataset=dataset, log=logs.append),
+    lambda r: (
+      r.steps_run == 10
+      and any(
+        "item 'edge.image.text' is corrupt" in line and "skipped it" in line for line in logs
+      ),
+      f"{r.steps_run} steps run",
+    ),
+  )
+  config = load_config_module("configs/graft_audio.py").get_config("tiny")
+  config.data.path = data_path
+  config.train.steps = 4
+  config.train.checkpoint_every = 2
+  config.model.hidden = (16,)
+  base = os.path.join(tmp, "r3_base")
+  graft_run.train_base(config, base, dataset=dataset, report=False, log=quiet)
+  flip(edge(base, 4))
+  logs = []
+  expect_ok(
+    "graft onto a run whose newest step is damaged: one line naming it",
+    lambda: graft_run.graft(
+      config, base, os.path.join(tmp, "r3_graft"), dataset=dataset, report=False, log=logs.append
+    ),
+    lambda r: (
+      sum("checkpoint step 4: item 'edge.image.text' is corrupt" in line for line in logs) == 1,
+      "said",
+    ),
+  )
+  w = copy()
+  expect_error(
+    "load(step=7), a step that does not exist",
+    lambda: trained_lib.load_trained(w, step=7),
+    errors.CheckpointError,
+    r"no step 7 in .*\(steps: 10, 20\)",
+    protect=w,
+  )
+  cli(
+    "graphbridge-evaluate --step=7",
+    "evaluate.py",
+    [f"--workdir={w}", "--step=7", "--noplots"],
+    r"no step 7 in .*\(steps: 10, 20\)",
+    protect=w,
+  )
+
+  # -- the manifest --
+  w = copy()
+  os.remove(os.path.join(w, "checkpoints", "20", checkpoint_lib.MANIFEST))
+  flip(edge(w))
+  lines = []
+  expect_ok(
+    "manifest deleted and a byte flipped: the step is incomplete, load falls back with a line",
+    lambda: trained_lib.load_trained(w, log=lines.append),
+    lambda r: (
+      r.step == 10 and len(lines) == 1 and "has no checksum manifest" in lines[0],
+      f"step {r.step}: {lines[:1]}",
+    ),
+  )
+  expect_error(
+    "manifest deleted: load step 20",
+    lambda: trained_lib.load_trained(w, step=20),
+    errors.CheckpointCorruptError,
+    r"checkpoint step 20 is incomplete: it has no checksum manifest",
+    protect=w,
+  )
+  directory = os.path.join(tmp, "r3_manifest")
+
+  def save_and_look():
+    checkpoints = checkpoint_lib.Checkpoints(directory)
+    checkpoints.save_items(
+      10, {"edge.a.b": {"w": np.ones((256, 64), np.float32)}}, {"rng": np.zeros(2)}, {"k": 1}
+    )
+    checkpoints._manager.wait_until_finished()  # the write done: no next save, no close
+    there = os.path.isfile(os.path.join(checkpoints.step_dir(10), checkpoint_lib.MANIFEST))
+    checkpoints.close()
+    return there
+
+  expect_ok(
+    "manifest present as soon as the step's write completes",
+    save_and_look,
+    lambda there: (there, f"manifest there: {there}"),
+  )
+  w = os.path.join(tmp, "r3_kill")
+  killed = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "tests", "reliability_worker.py"), data_path, w, "40"],
+    capture_output=True,
+    env={**os.environ, "PYTHONPATH": ROOT, "GRAPHBRIDGE_KILL_AFTER_STEP": "25"},
+    timeout=600,
+  )
+
+  def every_step_has_its_manifest():
+    steps = checkpoint_lib.Checkpoints(os.path.join(w, "checkpoints"), read_only=True)
+    missing = [
+      s
+      for s in steps.all_steps()
+      if not os.path.isfile(os.path.join(steps.step_dir(s), checkpoint_lib.MANIFEST))
+    ]
+    return killed.returncode, steps.all_steps(), missing
+
+  expect_ok(
+    "kill -9 at step 25: every step on disk has its manifest",
+    every_step_has_its_manifest,
+    lambda r: (r[0] == -9 and r[1] and not r[2], f"rc {r[0]}, steps {r[1]}, without: {r[2]}"),
+  )
+
+  # -- the lock --
+  for how in ("deleted", "replaced"):
+    w = copy()
+    holder = _hold(w)
+    path = os.path.join(w, lock_lib.LOCK_FILE)
+    os.remove(path)
+    if how == "replaced":
+      open(path, "w").close()
+    expect_error(
+      f"lock file {how} while a run holds the workdir: a second run",
+      lambda w=w: trainer_lib.train(small_config(30), w, dataset=dataset, log=quiet),
+      errors.WorkdirLockedError,
+      r"is in use by",
+      protect=w,
+    )
+    holder.kill()
+    holder.wait()
+  w = os.path.join(tmp, "r3_lockdir")
+  os.makedirs(os.path.join(w, lock_lib.LOCK_FILE))
+  expect_error(
+    ".graphbridge.lock is a directory",
+    lambda: lock_lib.WorkdirLock(w).__enter__(),
+    errors.WorkdirError,
+    r"is a directory, not graphbridge's lock file",
+  )
+  a_file = os.path.join(tmp, "r3_file")
+  open(a_file, "w").close()
+  cli(
+    "--workdir names an existing file",
+    "train.py",
+    [*train_cli, f"--workdir={a_file}"],
+    r"is a file, not a directory",
+  )
+  cli("--workdir= (empty)", "train.py", [*train_cli, "--workdir="], r"--workdir is empty")
+  cli(
+    "no --config", "train.py", [f"--workdir={os.path.join(tmp, 'r3_x')}"], r"--config is required"
+  )
+  cli(
+    "graphbridge-evaluate --step=abc",
+    "evaluate.py",
+    [f"--workdir={copy()}", "--step=abc"],
+    r"flag --step=abc: invalid literal",
+  )
+
+  # -- Ctrl-C --
+  w = os.path.join(tmp, "r3_int_step")
+  cli(
+    "Ctrl-C at a step: exit 130, where it stopped, resumable",
+    "train.py",
+    [*train_cli, f"--workdir={w}"],
+    r"interrupted after step 15 of 30; the last checkpoint is step 10: the same command resumes",
+    rc=130,
+    hint=False,
+    env={"GRAPHBRIDGE_INTERRUPT_AFTER_STEP": "15"},
+  )
+  w = os.path.join(tmp, "r3_int_save")
+  cli(
+    "Ctrl-C during a checkpoint write: exit 130 within 20 s, steps intact",
+    "train.py",
+    [*train_cli, f"--workdir={w}"],
+    r"interrupted after step 20 of 30",
+    rc=130,
+    hint=False,
+    env={"GRAPHBRIDGE_INTERRUPT_DURING_SAVE": "20"},
+    within=20,
+  )
+  expect_ok(
+    "after Ctrl-C during the write of step 20: it verifies and loads",
+    lambda: trained_lib.load_trained(w, log=quiet),
+    lambda r: (r.step == 20, f"step {r.step}"),
+  )
+
+  # -- resumes --
+  w = copy()
+  config = small_config(30)
+  config.loss.cycle_starts = "image"
+  config.train.allow_resume_changes = True
+  expect_error(
+    "allow_resume_changes with another loss plan",
+    lambda: trainer_lib.train(config, w, dataset=dataset, log=quiet),
+    errors.RunMismatchError,
+    r"these changes cannot be resumed",
+    protect=w,
+  )
+  w = copy()
+  config = small_config()
+  config.data.path = data_path
+  config.optim.lr = 0.01
+  expect_error(
+    "--dry_run with another lr on a trained workdir",
+    lambda: dry_run_lib.dry_run(config, w, log=quiet),
+    errors.RunMismatchError,
+    r"optim.lr: 0.002 -> 0.01",
+    protect=w,
+  )
+  w = os.path.join(tmp, "r3_report")
+  config = small_config(10)
+  config.data.path = data_path
+  first = experiment.train_and_evaluate(config, w, log=quiet, plots=False)
+  for name in ("report.json", "report.md"):
+    os.remove(os.path.join(w, name))
+  expect_ok(
+    "kill -9 after the final checkpoint, before the report: the rerun's final_losses",
+    lambda: experiment.train_and_evaluate(config, w, log=quiet, plots=False),
+    lambda r: (
+      r["final_losses"] == first["final_losses"] and len(r["final_losses"]) > 0,
+      f"{len(r['final_losses'])} numbers",
+    ),
+  )
+
+  # -- data and config --
+  path = os.path.join(tmp, "r3_notest.npz")
+  notest = {k: v.copy() for k, v in arrays.items()}
+  for m in ("image", "audio", "text"):
+    notest[f"{m}_id"] = np.arange(len(notest[f"{m}_emb"])) % 24
+  notest["audio_test"][:] = False
+  np.savez(path, **notest)
+  config = small_config(10)
+  config.data.path = path
+  expect_ok(
+    "a modality without test rows (ids in the data): a report with a note",
+    lambda: experiment.train_and_evaluate(
+      config, os.path.join(tmp, "r3_notest"), log=quiet, plots=False
+    ),
+    lambda r: ("audio has no test rows" in " ".join(r.get("notes", [])), str(r.get("notes"))),
+  )
+  wide = dict(arrays)
+  for m in ("image", "audio", "text"):
+    wide[f"{m}_label"] = arrays[f"{m}_label"].astype(np.int64) * 2**32 + 7
+  expect_ok(
+    "labels * 2**32 + 7 with label positives: training identical to small labels",
+    lambda: _same_training([readers_lib.from_arrays(a) for a in (arrays, wide)]),
+    lambda r: r,
+  )
+  config = small_config()
+  config.data.batch_size = 300_000
+  expect_error(
+    "data.batch_size beyond device memory",
+    lambda: trainer_lib.train(config, None, dataset=dataset, log=quiet),
+    errors.DeviceMemoryError,
+    r"data.batch_size",
+  )
+  pickled = os.path.join(tmp, "r3_pickled.npz")
+  np.savez(pickled, **{k: v for k, v in arrays.items() if k != "image_label"})
+  with zipfile.ZipFile(pickled, "a") as z:
+    z.writestr("image_label.npy", pickle.dumps(arrays["image_label"]))
+  expect_error(
+    "an .npz member that is a pickle",
+    lambda: readers_lib.load(pickled),
+    errors.DataError,
+    r"'image_label' is not an array but a Python pickle",
+  )
+  expect_ok(
+    "eval.querybank_k=100000 with 40 bank rows: the k used is recorded",
+    lambda: (
+      report_lib.build_report(
+        _Identity(),
+        _hub_data(),
+        options=report_lib.EvalOptions(tables=("retrieval",), querybank_k=100000),
+      ).summary
+    ),
+    lambda r: (
+      r.get("querybank_k_used") == {"a": 40, "b": 40} and "used k=40" in r["querybank"],
+      r["querybank"],
+    ),
+  )
+
+  # -- the Python API --
+  w = copy()
+  run = api.load(w)
+  x = np.random.default_rng(0).normal(size=(3, run.model.dims["image"])).astype(np.float32)
+  gallery = run.gallery("audio")[0].copy()
+  gallery[3] = np.nan
+  api_cases = {
+    "Run.translate(x, 'image->text<-audio')": (
+      lambda: run.translate(x, "image->text<-audio"),
+      errors.GraphError,
+      r"two sides",
+    ),
+    "Run.translate(x, None)": (lambda: run.translate(x, None), errors.GraphError, r"route"),
+    "Run.translate(complex x)": (
+      lambda: run.translate(x + 1j, "image->text"),
+      errors.DataError,
+      r"complex values",
+    ),
+    "Run.search(k=None)": (
+      lambda: run.search(x, "image", "audio", k=None),
+      ValueError,
+      r"k must be a positive integer",
+    ),
+    "Run.search(k=nan)": (
+      lambda: run.search(x, "image", "audio", k=float("nan")),
+      ValueError,
+      r"k must be a positive integer",
+    ),
+    "Run.search with a NaN gallery row": (
+      lambda: run.search(x, "image", "audio", gallery=gallery),
+      errors.DataError,
+      r"row 3 has NaN",
+    ),
+  }
+  for label, (fn, cls, pattern) in api_cases.items():
+    expect_error(label, fn, cls, pattern, protect=w)
+  with open(os.path.join(w, "config.json"), "w") as f:
+    f.write("{not json")
+  expect_error(
+    "graphbridge.load with a junk config.json",
+    lambda: api.load(w),
+    errors.DataError,
+    r"config.json is not valid JSON",
+  )
 
 
 def _data_cases(tmp, arrays) -> dict[str, str]:

@@ -33,6 +33,9 @@ _LAZY = {
       "NonFiniteError",
       "RunMismatchError",
       "WorkdirLockedError",
+      "WorkdirError",
+      "RunInterrupted",
+      "DeviceMemoryError",
     )
   },
   "EdgeLayout": "graphbridge.model.translators",

@@ -359,6 +359,8 @@ def test_pair_set_with_only_test_rows_is_an_error_not_silently_paired(tmp_path):
 
 def test_modality_without_test_rows_still_gets_a_report_with_a_note(tmp_path):
   arrays = make_tri_modal_arrays()
+  for m in ("image", "audio", "text"):  # instance ids: the reconstruction table matches rows by id
+    arrays[f"{m}_id"] = np.arange(len(arrays[f"{m}_emb"])) % 24
   arrays["audio_test"][:] = False
   arrays["audio_train"][:] = True
   path = str(tmp_path / "notest.npz")
@@ -587,6 +589,11 @@ def test_metrics_hold_each_step_once_after_kills_and_resumes(data_path, tmp_path
   assert killed.returncode == -9
   rows = writers_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert max(r["step"] for r in rows) == 25  # logged past the last checkpoint (20 or 10)
+  # every step that exists has its manifest: it is written with the step, not at the next save
+  steps = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
+  assert 10 in steps.all_steps()
+  for step in steps.all_steps():
+    assert os.path.isfile(os.path.join(steps.step_dir(step), checkpoint_lib.MANIFEST)), step
   resumed = run_worker(data_path, workdir, steps=40)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   steps = [r["step"] for r in writers_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))]

@@ -138,7 +138,7 @@ def _resume_and_compare(workdir, dataset, expect_from, messages, reference_param
 @pytest.mark.parametrize(
   "damage", ["truncated_edge_file", "missing_edge_item", "corrupt_metadata", "truncated_train_item"]
 )
-def test_damaged_latest_checkpoint_falls_back(damage, trained_workdir, reference, caplog):
+def test_damaged_latest_checkpoint_falls_back(damage, trained_workdir, reference, capsys):
   workdir, dataset = trained_workdir
   step_dir = os.path.join(workdir, "checkpoints", "30")
   if damage == "truncated_edge_file":
@@ -160,10 +160,12 @@ def test_damaged_latest_checkpoint_falls_back(damage, trained_workdir, reference
     # the error names the step and the problem, for evaluation ...
     with pytest.raises(errors.CheckpointError, match=expected):
       trained_lib.load_trained(workdir, step=30)
-    # ... and without an explicit step evaluation falls back to step 20
-    with caplog.at_level("WARNING"):
-      assert trained_lib.load_trained(workdir).step == 20
-    assert any(re.search(expected, r.getMessage()) for r in caplog.records)
+    # ... and without an explicit step evaluation falls back to step 20, saying so on stderr
+    capsys.readouterr()
+    assert trained_lib.load_trained(workdir).step == 20
+    skipped = capsys.readouterr().err.strip().splitlines()
+    assert len(skipped) == 1 and re.search(expected, skipped[0]), skipped
+    assert "using checkpoint step 20" in skipped[0]
   # training resumes from step 20, moving step 30 aside (kept, not deleted), and ends identical
   logs = _resume_and_compare(workdir, dataset, 20, expected, reference[1])
   assert any(re.search(expected, line) for line in logs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -25,6 +26,7 @@ from graphbridge.training.checkpoint import _disk_error
 from graphbridge.runs import configs as configs_lib
 
 USAGE_ERROR = 2
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
 
 _COMPILE_CACHE = flags.DEFINE_string(
   "compile_cache",
@@ -35,9 +37,9 @@ _COMPILE_CACHE = flags.DEFINE_string(
 )
 
 
-def fail(prog: str, message: str) -> None:
-  """One line on stderr, exit status 2 (a usage error)."""
-  print(f"{prog}: {message}", file=sys.stderr)
+def fail(prog: str, message: str, hint: str | None = None) -> None:
+  """One line on stderr (and a hint), exit status 2 (a usage error)."""
+  print(f"{prog}: {message}" + (f"\nhint: {hint}" if hint else ""), file=sys.stderr)
   sys.exit(USAGE_ERROR)
 
 
@@ -57,6 +59,8 @@ def _user_errors() -> list[tuple[type, str]]:
     ),
     (errors.CheckpointError, "check --workdir / --from_workdir (docs/reliability.md)"),
     (errors.WorkdirLockedError, "one run per workdir: train, graft and evaluate lock it"),
+    (errors.WorkdirError, "--workdir names the run's directory (created if missing)"),
+    (errors.DeviceMemoryError, "lower --config.data.batch_size (or --config.model.hidden)"),
     (
       errors.ConfigError,
       "docs/config.md lists every field; --dry_run checks a config without training",
@@ -116,6 +120,14 @@ def run_main(prog: str, fn, *args, **kwargs):
   _quiet_background_errors()
   try:
     return fn(*args, **kwargs)
+  except KeyboardInterrupt as exc:  # Ctrl-C: never swallowed, never a traceback
+    message = str(exc) if isinstance(exc, errors.RunInterrupted) else "interrupted (Ctrl-C)"
+    print(f"{prog}: {message}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # at once: a background checkpoint write still running (bounded wait done) must not hold the
+    # process at exit; the steps saved before are intact
+    os._exit(INTERRUPTED)
   except Exception as exc:  # noqa: BLE001  (re-raised unless it is the user's to fix)
     for cls, hint in _user_errors():
       if isinstance(exc, cls):
@@ -217,9 +229,24 @@ def main(
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    for name in required:  # --workdir= passes absl's check for a value, and would write nowhere
+      value = flags.FLAGS[name].value
+      if isinstance(value, str) and not value.strip():
+        fail(prog, f"--{name} is empty: give it a value", "--help lists the flags")
     if not flags.FLAGS["verbosity"].present:
       logging_absl.set_verbosity(verbosity)
     compile_cache_lib.enable(_COMPILE_CACHE.value)
     run()
 
-  app.run(_main)
+  def _parse(argv):  # absl's own parser logs FATAL and exits 1; a bad flag is a usage error
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as exc:
+      missing = re.match(
+        r"flag --(\w+)=None: Flag --\w+ must have a value other than None", str(exc)
+      )
+      if missing:
+        fail(prog, f"--{missing.group(1)} is required", "--help lists the flags")
+      fail(prog, str(exc), "--help lists the flags")
+
+  app.run(_main, flags_parser=_parse)

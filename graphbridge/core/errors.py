@@ -50,6 +50,16 @@ class WorkdirLockedError(RuntimeError):
   """Another process holds the workdir (the message names it)."""
 
 
+class WorkdirError(ValueError):
+  """The workdir cannot be used as given (empty, a file, a lock file that is a directory); the
+  message says what to change."""
+
+
+class DeviceMemoryError(RuntimeError):
+  """A step needs more device memory than there is (XLA's RESOURCE_EXHAUSTED); the message says
+  which config values to lower."""
+
+
 class NonFiniteError(FloatingPointError):
   """A loss term or gradient became NaN/inf; the message names the term and edge."""
 
@@ -62,3 +72,19 @@ class RunMismatchError(CheckpointMismatchError):
 class GraftError(ValueError):
   """The graft cannot be done as asked; nothing has been written. The message says what to
   change."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+  """Training stopped at a step boundary on Ctrl-C (SIGINT). A KeyboardInterrupt, so code that
+  catches Exception does not swallow it; the message says where it stopped and how to resume."""
+
+  def __init__(self, step: int, total: int, saved: int | None):
+    self.step, self.total, self.saved = step, total, saved
+    where = f"interrupted after step {step} of {total}"
+    if saved is None:
+      resume = "no checkpoint is written without a workdir"
+    elif saved == 0:
+      resume = "no checkpoint written yet: the same command starts again"
+    else:
+      resume = f"the last checkpoint is step {saved}: the same command resumes from it"
+    super().__init__(f"{where}; {resume}")

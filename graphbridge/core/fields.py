@@ -151,6 +151,11 @@ def range_problems(config) -> list[str]:
       good = False
     if not good:
       found.append(f"{key} must be {what}, got {value!r}")
+  steps, finetune = get(config, "train.steps"), get(config, "finetune.steps")
+  if steps == 0 and not finetune and not isinstance(steps, bool):
+    found.append(
+      "train.steps is 0 (and finetune.steps too): nothing would be trained; give train.steps >= 1"
+    )
   if get(config, "train.keep_best") and not get(config, "train.validate_every"):
     found.append(
       "train.keep_best needs train.validate_every > 0 (the best step is the best validated one)"

@@ -65,6 +65,19 @@ def l2_normalize_rows(name: str, x: np.ndarray) -> np.ndarray:
   return unit_rows(x, floor=0)
 
 
+def remap_wide_labels(modalities: Iterable["Modality"]) -> None:
+  """Class labels beyond int32 (the device's integers: they would wrap, and distinct classes
+  collapse into one) become dense codes 0..C-1, in place and jointly over every modality (equal
+  labels get equal codes, the order kept). Labels within int32 are left as they are."""
+  labelled = [m for m in modalities if m.labels is not None and len(m.labels)]
+  wide = np.iinfo(np.int32)
+  if not any(m.labels.min() < wide.min or m.labels.max() > wide.max for m in labelled):
+    return
+  values = np.unique(np.concatenate([m.labels for m in labelled]))
+  for m in labelled:
+    m.labels = np.searchsorted(values, m.labels).astype(np.int64)
+
+
 @dataclasses.dataclass
 class Modality:
   """One modality's rows. emb: [N, d] float32 L2-normalised; masks [N] bool."""
@@ -165,6 +178,7 @@ class Dataset:
         )
     if self.class_names is not None:
       self.class_names = tuple(str(c) for c in self.class_names)
+    remap_wide_labels(self.modalities.values())
 
   # -- views --
   @property

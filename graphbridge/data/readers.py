@@ -148,6 +148,13 @@ def _npz_arrays(path: str) -> dict[str, np.ndarray]:
         raise DataError(
           f"{path}: array {key!r} is unreadable (truncated or corrupt: {type(exc).__name__}: {exc})"
         ) from None
+      if not isinstance(arrays[key], np.ndarray):  # a member that is not .npy: its raw bytes
+        raw = bytes(arrays[key])
+        what = "a Python pickle" if raw[:1] == b"\x80" else f"{len(raw)} bytes of something else"
+        raise DataError(
+          f"{path}: array {key!r} is not an array but {what}; save numeric arrays with np.savez "
+          "(a pickle is never loaded)"
+        )
   return arrays
 
 

@@ -51,6 +51,16 @@ def resolve_querybank(
   return 0, why
 
 
+def querybank_k_used(k: int, dataset: Dataset) -> dict[str, int]:
+  """{query modality: the neighbours its bank gives} for eval.querybank_k=k: k, or fewer where the
+  bank (the modality's train rows, at most QUERYBANK_MAX_ROWS) holds fewer rows."""
+  return {
+    m: min(int(k), len(split_rows(dataset, m, "train")), QUERYBANK_MAX_ROWS)
+    for m in dataset.names
+    if len(split_rows(dataset, m, "train"))
+  }
+
+
 def hubness_transform(
   zq: np.ndarray, zg: np.ndarray, r: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -124,6 +124,15 @@ def initial_params(layout, params: Mapping, seed: int, keep: Sequence[str] = ())
   return translators_lib.stack(layout, start)
 
 
+def _bank_neighbours(summary: Mapping) -> str:
+  """How many bank rows the query-bank correction averaged: "10", or where a bank held fewer rows
+  than eval.querybank_k, the numbers used ("45 (image), 48 (audio)")."""
+  used = summary.get("querybank_k_used")
+  if not used:
+    return str(summary["querybank_k"])
+  return ", ".join(f"{k} ({m})" for m, k in used.items())
+
+
 def build_report(
   aligner: encoding_lib.Aligner,
   dataset,
@@ -148,6 +157,16 @@ def build_report(
   )
   summary["querybank_k"] = bank_k
   summary["querybank"] = f"{'on, k=%d' % bank_k if bank_k else 'off'} ({bank_why})"
+  used = hubness_lib.querybank_k_used(bank_k, dataset) if bank_k > 0 else {}
+  if any(k < bank_k for k in used.values()):  # a bank smaller than k: what was used, not asked
+    summary["querybank_k_used"] = used
+    summary["querybank"] = (
+      f"on, k={bank_k} "
+      + ("asked for" if bank_why == "asked for" else f"({bank_why})")
+      + "; used "
+      + ", ".join(f"k={k} for {m} queries" for m, k in used.items())
+      + " (all of the query modality's bank: its train rows)"
+    )
   options = dataclasses.replace(options, querybank_k=bank_k)
   ctx = evaluators_lib.Context(aligner, dataset, before, options)
   for evaluator in evaluators_lib.selected(options.tables):
@@ -251,6 +270,11 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
     parts.append(f"\n\n> **Warning:** {summary['split_warning']}.\n\n")
   for note in summary.get("notes", []):
     parts.append(f"\n\n> **Note:** {note}.\n\n")
+  for skipped in summary.get("skipped_steps", []):  # a fallback to an older checkpoint step
+    parts.append(
+      f"\n\n> **Note:** checkpoint step {skipped['step']} was skipped ({skipped['problem']}); "
+      "this report is of an older step.\n\n"
+    )
   if summary.get("step") is not None:
     parts.append(f" Checkpoint step {summary['step']}.")
   if summary.get("transductive"):
@@ -261,7 +285,7 @@ def markdown(summary: Mapping, images: Mapping[str, str], title: str) -> str:
   if summary.get("querybank_k"):
     parts.append(
       "\n\nRetrieval ranks each gallery row by its cosine minus its hubness, its mean cosine to "
-      f"its {summary['querybank_k']} nearest train rows of the query modality (query-bank "
+      f"its {_bank_neighbours(summary)} nearest train rows of the query modality (query-bank "
       f"correction, `eval.querybank_k`; {summary.get('querybank', '')}); test queries are never "
       "used."
     )

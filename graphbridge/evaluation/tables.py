@@ -164,6 +164,8 @@ def _id_matched(
   if a.ids is None or b.ids is None:
     return None
   b_rows = split_rows(dataset, dst, split)
+  if len(b_rows) == 0 or len(src_rows) == 0:  # a modality without rows in the split
+    return None
   ids, first = np.unique(b.ids[b_rows], return_index=True)
   pos = np.searchsorted(ids, a.ids[src_rows])
   found = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == a.ids[src_rows])

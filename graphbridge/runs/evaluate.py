@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Callable, Sequence
 
-from graphbridge.core.errors import DataError
+from graphbridge.core.errors import CheckpointCorruptError, DataError
 from graphbridge.data import readers as readers_lib
 from graphbridge.data.dataset import Dataset
 from graphbridge.evaluation.report import EvalOptions, _formats
@@ -49,6 +50,34 @@ def model_dataset(model: Model, data: str | None = None) -> Dataset:
   return dataset
 
 
+def reported_step(out: str) -> int | None:
+  """The step report.json in `out` reports (None: no readable report there)."""
+  try:
+    with open(os.path.join(out, "report.json")) as f:
+      step = json.load(f).get("step")
+  except (OSError, ValueError, AttributeError):
+    return None
+  return int(step) if isinstance(step, int) else None
+
+
+def check_not_replacing_newer(out: str, model: Model) -> None:
+  """CheckpointCorruptError where `model` is an older step than the report in `out` (its newer
+  steps were skipped as damaged): that report is of a step that verified when it was written, and
+  an older step's numbers must not replace it unasked."""
+  reported = reported_step(out)
+  if reported is None or reported <= model.step:
+    return
+  problem = dict(model.skipped).get(reported) or model.skipped[0][1]
+  raise CheckpointCorruptError(
+    f"{os.path.join(out, 'report.json')} reports step {reported}, which is damaged now "
+    f"({problem}); not replacing it with a report of step {model.step}, the newest step that "
+    f"verifies: pass --out=DIR to write that report elsewhere, or --step={model.step} to "
+    "replace it",
+    reported,
+    None,
+  )
+
+
 def evaluate_workdir(
   workdir: str,
   data: str | None = None,
@@ -63,8 +92,15 @@ def evaluate_workdir(
 ) -> dict:
   """Restore a trained run and write its report into `out` (default: workdir).
 
-  data: a .npz / folder to evaluate on instead of the run's own data (same modalities and dims)."""
-  model = load_model(workdir, step, log=log)
+  data: a .npz / folder to evaluate on instead of the run's own data (same modalities and dims).
+  Without `step`, newer damaged steps are skipped, each with a line in `log`; the report then says
+  so (report.json "skipped_steps", a note in report.md) and never replaces a report of a newer
+  step in `out` (CheckpointCorruptError: --out elsewhere, or --step to replace it on purpose)."""
+  model = load_model(workdir, step, log=log)  # a damaged newer step: one line, then an older one
+  header = {"workdir": os.path.abspath(workdir)}
+  if model.skipped:
+    check_not_replacing_newer(out or workdir, model)
+    header["skipped_steps"] = [{"step": int(s), "problem": p} for s, p in model.skipped]
   dataset = model_dataset(model, data)
   trained_on = model.meta.get("data", {}).get("fingerprint")
   if trained_on and trained_on != dataset.fingerprint():
@@ -84,7 +120,7 @@ def evaluate_workdir(
       model.config,
       dataset,
       out or workdir,
-      header={"workdir": os.path.abspath(workdir)},
+      header=header,
       metrics_dir=workdir,
       options=options,
       plots=plots,

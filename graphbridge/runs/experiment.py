@@ -8,6 +8,7 @@ import time
 from typing import Callable
 import jax
 import ml_collections
+from graphbridge.core.errors import WorkdirError
 from graphbridge.data import dataset as dataset_lib
 from graphbridge.data import readers as readers_lib
 from graphbridge.training import optimizer as optimizer_lib
@@ -40,6 +41,8 @@ def train_and_evaluate(
   Returns the report dict ({"rows": [...], "by_hops": [...], "gap": [...], "silhouette": [...],
   "reconstruction": [...], "timing": {...}, ...})."""
   t0 = time.perf_counter()
+  if workdir is not None and not str(workdir).strip():
+    raise WorkdirError("the workdir is empty: name the directory for the run's checkpoints")
   validate_lib.validate(config)
   config = defaults.complete(config)
   dataset = load_dataset(config)

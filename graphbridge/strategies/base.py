@@ -38,6 +38,8 @@ class Model:
   step: int
   workdir: str | None
   aligner: Any  # evaluation.encoding.Aligner of the trained model
+  # (step, problem) of newer checkpoint steps skipped as damaged when it was loaded, newest first
+  skipped: tuple = ()
 
   @property
   def dims(self) -> dict[str, int]:
@@ -134,6 +136,11 @@ class Strategy:
     """Add config.graft.modality to the model in `from_workdir` (whose files are only read),
     training in `workdir`."""
     raise GraftError(f"strategy {self.name!r} does not support grafting")
+
+  def resume_config(self, config, dataset):
+    """The config the checkpoints in a workdir are compared with on a resume (the dry run checks
+    them as training would), or None where the strategy does not compare configs on resuming."""
+    return None
 
   def train_base(self, config, workdir: str, dataset, log: Log = print) -> StrategyRun:
     """The first half of a graft's worked example: train on `dataset` (the data without the

@@ -152,6 +152,10 @@ class TranslatorStrategy(Strategy):
       )
     return lines
 
+  def resume_config(self, config, dataset: Dataset):
+    """The last stage's config: the one that trains in the workdir itself."""
+    return with_overrides(config, self.plan(config, dataset)[-1].overrides)
+
   def train(self, config, dataset: Dataset, workdir: str | None, log: Log = print) -> StrategyRun:
     t0 = time.perf_counter()
     results = run_stages(self, self.plan(config, dataset), config, dataset, workdir, log)
@@ -181,7 +185,7 @@ class TranslatorStrategy(Strategy):
     return StrategyRun(self.name, model, list(results), seconds)
 
   def load(self, workdir: str, step: int | None = None, log: Log | None = None) -> TranslatorModel:
-    run = trained_lib.load_trained(workdir, step)
+    run = trained_lib.load_trained(workdir, step, log=log)
     resolved = os.path.join(
       workdir, "config.json"
     )  # the config as asked for (a strategy's checkpoint
@@ -195,7 +199,7 @@ class TranslatorStrategy(Strategy):
           f"{resolved} is not valid JSON ({exc}); it is the run's config as written at its "
           "start: restore it or delete it (the checkpoints hold a copy)"
         ) from None
-    return TranslatorModel(
+    model = TranslatorModel(
       self.name,
       run.layout,
       run.params,
@@ -207,6 +211,8 @@ class TranslatorStrategy(Strategy):
       self.make_aligner,
       frozen=tuple(run.meta.get("layout", {}).get("frozen", [])),
     )
+    model.skipped = run.skipped
+    return model
 
 
 def stage_setups(

@@ -85,13 +85,14 @@ def _inside(path: str, parent: str) -> bool:
   return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
 
 
-def _restore_old_run(from_workdir: str) -> trained_lib.TrainedRun:
+def _restore_old_run(from_workdir: str, log: Callable[[str], None]) -> trained_lib.TrainedRun:
   if not os.path.isdir(from_workdir):
     raise GraftError(
       f"--from_workdir={from_workdir}: no such directory (the trained run to graft onto)"
     )
   try:
-    return trained_lib.load_trained(from_workdir)
+    # a damaged newer step of the old run is skipped with a line naming it
+    return trained_lib.load_trained(from_workdir, log=log)
   except errors.CheckpointError as exc:
     raise GraftError(f"cannot graft onto {from_workdir}: {exc}") from None
 
@@ -132,7 +133,7 @@ def plan_graft(
       f"(modalities: {', '.join(dataset.names)})"
     )
 
-  old = _restore_old_run(from_workdir)
+  old = _restore_old_run(from_workdir, log)
   old_graph = old.graph
   if modality in old_graph.dims:
     raise GraftError(

@@ -8,29 +8,45 @@ A step directory holds:
   edge.<src>.<dst>  {"params": the edge's translator params, "opt": the edge's rows of every
                     per-parameter optimizer leaf (Adam's mu and nu)}
 
-Edges are independent items, so a subset can be restored (e.g. to graft a new modality onto a
-trained graph) and an item's files can be copied unchanged into a new checkpoint.
+Edges are independent items (items.py splits a state into them), so a subset can be restored
+(e.g. to graft a new modality onto a trained graph) and an item's files can be copied unchanged
+into a new checkpoint.
 
-Integrity: once a step is finished (Orbax's async write done, grafted items copied) a manifest
-`<step>/sha256.json` records a sha256 per item (over its files' relative paths and bytes). A restore
-verifies every item it reads against it: a flipped bit is `CheckpointCorruptError` naming step and
-item, never silently changed parameters. Steps written before manifests existed restore unverified.
+Integrity: when a step's write completes (Orbax's async write done, grafted items copied), and
+before Orbax renames its temporary folder into place, a manifest `<step>/sha256.json` records a
+sha256 per item (over its files' relative paths and bytes). So a step that exists has its manifest,
+and a restore verifies every item it reads against it: a flipped bit is `CheckpointCorruptError`
+naming step and item, never silently changed parameters. A step of this format (meta
+"format_version" >= 2) without a manifest is incomplete; steps of format 1 (written before the
+manifest was part of the write) restore unverified.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
-from typing import Any, Callable, Iterable, Mapping, Sequence
+import signal
+import sys
+from typing import Any, Callable, Iterable, Mapping
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from graphbridge.core.graph import Edge
-from graphbridge.model.translators import EdgeLayout
+from absl import logging as absl_logging
+from graphbridge.training.items import (  # noqa: F401 (re-exported)
+  edge_from_item_name,
+  edge_item_name,
+  edge_locator,
+  merge_by_edge,
+  merge_items,
+  module_locator,
+  split_by_edge,
+  split_items,
+)
 from graphbridge.core.errors import (
   CheckpointCorruptError,
   CheckpointError,
@@ -57,10 +73,16 @@ PyTree = Any
 META, TRAIN = "meta", "train"
 
 
-FORMAT_VERSION = 1
+# 2: the manifest is written inside the step's write (before the step appears), so a step without
+# one is incomplete. 1: the manifest came at the next save (older workdirs), or not at all.
+FORMAT_VERSION = 2
+MANIFEST_REQUIRED_FROM = 2
 
 
 MANIFEST = "sha256.json"
+
+
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax writes <step><TMP_SUFFIX>, then renames it to <step>
 
 
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM)
@@ -96,141 +118,17 @@ def item_digest(directory: str) -> str:
   return h.hexdigest()
 
 
-def edge_item_name(edge: Edge | str) -> str:
-  edge = Edge.parse(edge) if isinstance(edge, str) else edge
-  return f"edge.{edge.src}.{edge.dst}"
-
-
-def edge_from_item_name(item: str) -> Edge:
-  _, src, dst = item.split(".")
-  return Edge(src, dst)
-
-
-def _key_str(k) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)
-
-
-def _set_nested(tree: dict, keys: Sequence[str], value) -> None:
-  for k in keys[:-1]:
-    tree = tree.setdefault(k, {})
-  tree[keys[-1]] = value
-
-
-def _get_nested(tree: Mapping, keys: Sequence[str]):
-  for k in keys:
-    tree = tree[k]
-  return tree
-
-
-# locate(keys of a leaf) -> None (the leaf is shared by every item) or (item names, the leaf's keys
-# inside each item, stacked): stacked leaves hold one row per item on their leading axis (a bucket
-# of
-# translators), the others belong to their one item whole (a module of another model)
-Locate = Callable[[Sequence[str]], "tuple[Sequence[str], list[str], bool] | None"]
-
-
-def edge_locator(layout: EdgeLayout) -> Locate:
-  """Leaves under ...edges/<bucket>/... are stacked rows of the bucket's edges."""
-
-  def locate(keys):
-    for i in range(len(keys) - 1):
-      if keys[i] == "edges" and keys[i + 1] in layout.bucket_by_key:
-        bucket = layout.bucket_by_key[keys[i + 1]]
-        return [e.name for e in bucket.edges], list(keys[:i]) + list(keys[i + 2 :]), True
-    return None
-
-  return locate
-
-
-def module_locator(modules: Sequence[str]) -> Locate:
-  """A leaf belongs whole to the first module named on its path (DMVAE's "enc:image", ...)."""
-  names = set(modules)
-
-  def locate(keys):
-    hit = next((i for i, k in enumerate(keys) if k in names), None)
-    return None if hit is None else ([keys[hit]], list(keys[:hit]) + list(keys[hit + 1 :]), False)
-
-  return locate
-
-
-def split_items(tree: PyTree, locate: Locate) -> tuple[dict[str, dict], dict]:
-  """({item: nested dict of its leaves (its rows of stacked ones)}, nested dict of the shared
-  leaves). Empty leaves are left out (Orbax cannot store them; merge_items takes them from the
-  template)."""
-  per_item: dict[str, dict] = {}
-  shared: dict = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    keys = [_key_str(k) for k in path]
-    if np.size(leaf) == 0:
-      continue
-    where = locate(keys)
-    leaf = np.asarray(leaf)
-    if where is None:
-      _set_nested(shared, keys or ["value"], leaf)
-      continue
-    items, rest, stacked = where
-    for i, item in enumerate(items):
-      _set_nested(per_item.setdefault(item, {}), rest or ["value"], leaf[i] if stacked else leaf)
-  return per_item, shared
-
-
-def merge_items(
-  template: PyTree, per_item: Mapping[str, Mapping], shared: Mapping, locate: Locate
-) -> PyTree:
-  """Inverse of split_items: `template`'s structure filled from items and shared leaves, each leaf
-  in the template's dtype; CheckpointMismatchError naming the array if one is missing or shaped
-  otherwise."""
-  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
-  leaves = []
-  for path, leaf in leaves_with_path:
-    keys = [_key_str(k) for k in path]
-    if np.size(leaf) == 0:
-      leaves.append(np.asarray(leaf))
-      continue
-    where = locate(keys)
-    try:
-      if where is None:
-        value = np.asarray(_get_nested(shared, keys or ["value"]))
-      else:
-        items, rest, stacked = where
-        parts = [np.asarray(_get_nested(per_item[item], rest or ["value"])) for item in items]
-        for item, part in zip(items, parts):
-          expected = np.shape(leaf)[1:] if stacked else np.shape(leaf)
-          if part.shape != expected:
-            raise CheckpointMismatchError(
-              f"checkpoint item {item}: array {'/'.join(rest)} has shape {part.shape}, expected "
-              f"{expected} (a dimension or size other than the configured model's)"
-            )
-        value = np.stack(parts) if stacked else parts[0]
-    except KeyError as exc:
-      what = "shared state" if where is None else "items"
-      raise CheckpointMismatchError(
-        f"checkpoint lacks {'/'.join(keys)} in its {what} ({exc}); it was written for "
-        "another optimizer or model"
-      ) from None
-    if value.shape != np.shape(leaf):
-      raise CheckpointMismatchError(
-        f"checkpoint array {'/'.join(keys)} has shape {value.shape}, expected "
-        f"{np.shape(leaf)} (a dimension or size other than the configured model's)"
-      )
-    leaves.append(value.astype(np.asarray(leaf).dtype))
-  return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def split_by_edge(layout: EdgeLayout, tree: PyTree) -> tuple[dict[str, dict], dict]:
-  """Split a tree containing {"edges": {bucket: stacked}} subtrees (params or optimizer state):
-  ({edge_name: nested dict of that edge's rows}, nested dict of every other leaf)."""
-  return split_items(tree, edge_locator(layout))
-
-
-def merge_by_edge(
-  layout: EdgeLayout, template: PyTree, per_edge: Mapping[str, Mapping], shared: Mapping
-) -> PyTree:
-  """Inverse of split_by_edge: fill `template`'s structure from per-edge rows and shared leaves."""
-  return merge_items(template, per_edge, shared, edge_locator(layout))
+@contextlib.contextmanager
+def _orbax_errors_only():
+  """Orbax warns for every item read on its own ("Metadata file does not exist": an item of a
+  step has no step metadata of its own); a restore prints nothing but errors."""
+  logger = absl_logging.get_absl_logger()
+  before = logger.level
+  logger.setLevel(max(before, logging.ERROR))
+  try:
+    yield
+  finally:
+    logger.setLevel(before)
 
 
 def _numpy_restore_args(metadata_tree) -> ocp.args.PyTreeRestore:
@@ -251,16 +149,25 @@ class Checkpoints:
     self.directory = os.path.abspath(directory)
     if read_only and not os.path.isdir(self.directory):
       raise CheckpointError(f"no checkpoint directory at {self.directory}")
+    async_save = async_save and not read_only
     options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
       create=not read_only,
       enable_async_checkpointing=async_save,
       read_only=read_only,
+      # the manifest (and a graft's copied items) go into the step's folder when its files are
+      # written, before Orbax renames it into place: a step never appears without them
+      async_options=ocp.AsyncOptions(post_finalization_callback=self._on_written)
+      if async_save
+      else None,
     )
-    self._pending: list[tuple[int, dict]] = []  # saved steps whose manifest is not written yet
+    self._async = async_save
+    self._in_flight: tuple[int, dict] | None = None  # the step being written, its copied items
     self._failed: CheckpointWriteError | None = None  # the disk error already reported
     try:
-      self._manager = ocp.CheckpointManager(self.directory, options=options)
+      # a read-only manager warns that it is read-only, twice, each time it is opened
+      with _orbax_errors_only() if read_only else contextlib.nullcontext():
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
     except Exception as exc:  # e.g. the folder cannot be created
       self._manager = None
       raise self._write_error(-1, exc) from exc
@@ -303,8 +210,8 @@ class Checkpoints:
   ) -> None:
     """Save one step of named items ({item name: tree}; models other than translator graphs, e.g.
     DMVAE's "module.enc.image"). copy_items_from: {item name: step_dir} copied byte for byte. The
-    step's manifest (sha256 per item) is written once its files are final: at the next save, wait()
-    or close(). A disk error (full, read-only) is CheckpointWriteError; earlier steps stay."""
+    step's manifest (sha256 per item) is written as part of the write, before the step appears
+    under its name. A disk error (full, read-only) is CheckpointWriteError; earlier steps stay."""
     self._finish_pending()
     copy_items_from = dict(copy_items_from or {})
     items = {name: ocp.args.StandardSave(dict(tree)) for name, tree in items.items()}
@@ -312,17 +219,44 @@ class Checkpoints:
     meta = {**meta, "items": all_items, "format_version": FORMAT_VERSION, "step": int(step)}
     items[TRAIN] = ocp.args.StandardSave(dict(train_item))
     items[META] = ocp.args.JsonSave(meta)
+    self._in_flight = (int(step), copy_items_from)
     try:
       if os.environ.get("GRAPHBRIDGE_FAIL_SAVE") == str(step):  # fault injection for tests
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.step_dir(step))
       self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+      if not self._async:  # written and renamed already: complete it in place
+        self._on_written()
     except Exception as exc:
       raise self._write_error(step, exc) from exc
-    self._pending.append((int(step), copy_items_from))
     if os.environ.get("GRAPHBRIDGE_KILL_DURING_SAVE") == str(step):  # fault injection for tests
       os.kill(os.getpid(), 9)
-    if copy_items_from:
-      self._finish_pending()
+    if os.environ.get("GRAPHBRIDGE_INTERRUPT_DURING_SAVE") == str(step):  # Ctrl-C, for tests
+      os.kill(os.getpid(), signal.SIGINT)
+
+  def _on_written(self) -> None:
+    """The step in flight is written (Orbax calls this on its background thread, before renaming
+    the step's temporary folder into place): copy a graft's items into it, then its manifest."""
+    if self._in_flight is None or jax.process_index() != 0:  # one writer on a shared file system
+      return
+    step, copy_items_from = self._in_flight
+    folder = self._writing_dir(step)
+    for name, src_dir in copy_items_from.items():
+      target = os.path.join(folder, name)
+      if not os.path.isdir(target):
+        shutil.copytree(os.path.join(src_dir, name), target)
+    self._write_manifest_in(folder, step)
+
+  def _writing_dir(self, step: int) -> str:
+    """Where step's files are while it is written: Orbax's temporary folder (the newest, should an
+    interrupted run have left one), or the step's own where there is none (a file system whose
+    steps are committed in place)."""
+    prefix = f"{step}{TMP_SUFFIX}"
+    temporary = [
+      os.path.join(self.directory, name)
+      for name in os.listdir(self.directory)
+      if name.startswith(prefix) and os.path.isdir(os.path.join(self.directory, name))
+    ]
+    return max(temporary, key=os.path.getmtime) if temporary else self.step_dir(step)
 
   def _write_error(self, step: int, exc: BaseException) -> BaseException:
     """CheckpointWriteError for a disk problem (the half-written step removed), else exc itself."""
@@ -353,28 +287,23 @@ class Checkpoints:
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def _finish_pending(self) -> None:
-    """Wait for async writes, copy grafted items, write the manifests of the steps just saved."""
-    if not self._pending:
+    """Wait for the step in flight (its manifest is written as part of it)."""
+    if self._in_flight is None:
       return
-    pending, self._pending = self._pending, []
+    step = self._in_flight[0]
     try:
       self._manager.wait_until_finished()
-      if jax.process_index() != 0:  # one writer on a shared file system
-        return
-      for step, copy_items_from in pending:
-        if not os.path.isdir(self.step_dir(step)):  # e.g. deleted by max_to_keep already
-          continue
-        for name, src_dir in copy_items_from.items():
-          target = os.path.join(self.step_dir(step), name)
-          if not os.path.isdir(target):
-            shutil.copytree(os.path.join(src_dir, name), target)
-        self.write_manifest(step)
     except Exception as exc:
-      raise self._write_error(pending[-1][0], exc) from exc
+      raise self._write_error(step, exc) from exc
+    finally:
+      self._in_flight = None
 
   def write_manifest(self, step: int) -> dict[str, str]:
     """Record {item: sha256} of a finished step as <step>/sha256.json (atomically)."""
-    step_dir = self.step_dir(step)
+    return self._write_manifest_in(self.step_dir(step), step)
+
+  @staticmethod
+  def _write_manifest_in(step_dir: str, step: int) -> dict[str, str]:
     digests = {
       name: item_digest(os.path.join(step_dir, name))
       for name in sorted(os.listdir(step_dir))
@@ -388,11 +317,28 @@ class Checkpoints:
     os.replace(path + ".tmp", path)
     return digests
 
+  def step_format(self, step: int) -> int:
+    """The format_version a step's meta records (1 where it records none: the oldest steps;
+    FORMAT_VERSION where the meta cannot be read, which restoring it reports)."""
+    try:
+      with open(os.path.join(self.step_dir(step), META, "metadata")) as f:
+        return int(json.load(f).get("format_version", 1))
+    except (OSError, ValueError, TypeError, AttributeError):
+      return FORMAT_VERSION
+
   def manifest(self, step: int) -> dict[str, str] | None:
-    """{item: sha256} recorded for `step`, or None for a step saved before manifests existed (or
-    whose manifest was never written: the process died between the write and the manifest)."""
+    """{item: sha256} recorded for `step`, or None for a step of format 1 without one (written
+    before the manifest was part of a step's write). A step of a later format without one is
+    incomplete: CheckpointCorruptError."""
     path = os.path.join(self.step_dir(step), MANIFEST)
     if not os.path.exists(path):
+      if self.step_format(step) >= MANIFEST_REQUIRED_FROM:
+        raise CheckpointCorruptError(
+          f"checkpoint step {step} is incomplete: it has no checksum manifest {MANIFEST} (its "
+          "write never finished, or the file was removed), so its files cannot be verified",
+          step,
+          MANIFEST,
+        )
       return None
     try:
       with open(path) as f:
@@ -445,6 +391,12 @@ class Checkpoints:
     shutil.move(self.step_dir(step), target)
     self._manager.reload()
     return target
+
+  def set_aside_damaged(self, newest_good: int | None, log: Callable[[str], None]) -> None:
+    """Move every step newer than newest_good (every step, if None) to <directory>_damaged/, each
+    with a line in `log`: a fallback's damaged steps make way for the steps written again."""
+    for damaged in [s for s in self.all_steps() if newest_good is None or s > newest_good]:
+      log(f"moved damaged checkpoint step {damaged} to {self.quarantine(damaged)}")
 
   def close(self) -> None:
     """Finish every save (manifests included) and release the manager. A write error already
@@ -502,15 +454,28 @@ class Checkpoints:
       )
     return meta
 
-  def latest_complete_step(self) -> int | None:
-    """Newest step that passes check_complete (older ones are tried in turn; failures logged)."""
+  def latest_complete_step(self, log: Callable[[str], None] = logging.warning) -> int | None:
+    """Newest step that passes check_complete (older ones are tried in turn; each step skipped is
+    one line in `log`)."""
+    problems = []
     for step in reversed(self.all_steps()):
       try:
         self.check_complete(step)
-        return step
       except CheckpointError as exc:
-        logging.warning("skipping checkpoint: %s", exc)
+        problems.append(str(exc))
+        continue
+      for problem in problems:
+        log(skipped_line(problem, step))
+      return step
     return None
+
+  def check_step(self, step: int) -> None:
+    """CheckpointError unless `step` is one of the saved steps (naming them)."""
+    steps = self.all_steps()
+    if step not in steps:
+      raise CheckpointError(
+        f"no step {step} in {self.directory} (steps: {', '.join(map(str, steps)) or 'none'})"
+      )
 
   def newest_usable(
     self,
@@ -521,19 +486,26 @@ class Checkpoints:
     """(restore(s), s, problems) for `step`, or for the newest step whose restore succeeds.
 
     Without an explicit step, a step whose restore raises CheckpointCorruptError (incomplete,
-    checksum mismatch, unreadable) is logged and the next older one is tried; (None, None, problems)
-    if none works. An explicit step, and any other CheckpointError (another graph, config or
-    loss plan: CheckpointMismatchError), always raise: no older step would be right either."""
+    checksum mismatch, unreadable) is skipped with one line in `log` naming it and what is wrong,
+    and the next older one is tried; (None, None, problems) if none works. An explicit step (one
+    that does not exist: CheckpointError naming the steps there are), and any other
+    CheckpointError (another graph, config or loss plan: CheckpointMismatchError), always raise:
+    no older step would be right either."""
+    if step is not None:
+      self.check_step(step)
     candidates = [step] if step is not None else list(reversed(self.all_steps()))
     problems: list[str] = []
     for candidate in candidates:
       try:
-        return restore(candidate), candidate, problems
+        found = restore(candidate)
       except CheckpointCorruptError as exc:
         if step is not None:
           raise
-        problems.append(str(exc))
-        log(f"{exc}; trying an older checkpoint")
+        problems.append(" ".join(str(exc).split()))
+        continue
+      for problem in problems:
+        log(skipped_line(problem, candidate))
+      return found, candidate, problems
     return None, None, problems
 
   def _restore_item(self, step: int, name: str) -> dict:
@@ -547,7 +519,7 @@ class Checkpoints:
       )
     self.verify(step, [name])
     try:
-      with ocp.PyTreeCheckpointer() as checkpointer:
+      with _orbax_errors_only(), ocp.PyTreeCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(directory)
         metadata = getattr(metadata, "item_metadata", metadata)  # StepMetadata in newer orbax
         tree = getattr(metadata, "tree", metadata)
@@ -581,6 +553,18 @@ class Checkpoints:
 
   def restore_train(self, step: int) -> dict:
     return self._restore_item(step, TRAIN)
+
+
+def warn(message: str) -> None:
+  """The default `log` of a restore: one line on stderr (process 0), whatever the levels of absl
+  or logging say, so a fallback to an older step is never silent."""
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr, flush=True)
+
+
+def skipped_line(problem: str, used: int) -> str:
+  """The line a fallback prints for a damaged step it skips: what is wrong, and the step used."""
+  return f"{problem}; skipped it, using checkpoint step {used} (the newest that verifies)"
 
 
 def read_workdir(workdir: str):

@@ -96,11 +96,9 @@ def _safe_change(key: str, old, new) -> bool:
   return any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_RESUME_CHANGES)
 
 
-def run_differences(
-  setup: Setup, config, dataset: dataset_lib.Dataset | None, meta: Mapping
-) -> list[str]:
-  """Differences between the run a checkpoint's meta describes and the one `config` would train,
-  other than the safe ones (SAFE_RESUME_CHANGES): ["optim.lr: 0.002 -> 0.01", ...]."""
+def config_differences(config, meta: Mapping) -> list[str]:
+  """The config values a resume from a checkpoint with `meta` would change, other than the safe
+  ones (SAFE_RESUME_CHANGES): ["optim.lr: 0.002 -> 0.01", ...]."""
   problems = []
   if "config" in meta and hasattr(config, "to_json_best_effort"):
     # both completed: a field added after the checkpoint was written is at its default in both
@@ -110,6 +108,25 @@ def run_differences(
       a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
       if a != b and not _safe_change(key, a, b):
         problems.append(f"{key}: {a!r} -> {b!r}")
+  return problems
+
+
+def mismatch_error(step: int, directory: str, problems: Sequence[str]) -> RunMismatchError:
+  """The refusal of a resume that would change the run: its differences, and what to do."""
+  listing = "\n  ".join(problems)
+  return RunMismatchError(
+    f"checkpoint step {step} in {directory} belongs to another run; resuming would change:\n  "
+    f"{listing}\nuse a fresh --workdir, the run's own config (config.json in the workdir), or "
+    "--config.train.allow_resume_changes=True to continue with these changes on purpose"
+  )
+
+
+def run_differences(
+  setup: Setup, config, dataset: dataset_lib.Dataset | None, meta: Mapping
+) -> list[str]:
+  """Differences between the run a checkpoint's meta describes and the one `config` would train,
+  other than the safe ones (SAFE_RESUME_CHANGES): ["optim.lr: 0.002 -> 0.01", ...]."""
+  problems = config_differences(config, meta)
   saved_plan = meta.get("plan")
   if saved_plan is not None and saved_plan != plan_identity(setup):
     now = plan_identity(setup)
@@ -163,11 +180,7 @@ def check_run_identity(
       f"{listing}"
     )
     return problems
-  raise RunMismatchError(
-    f"checkpoint step {step} in {directory} belongs to another run; resuming would change:\n  "
-    f"{listing}\nuse a fresh --workdir, the run's own config (config.json in the workdir), or "
-    "--config.train.allow_resume_changes=True to continue with these changes on purpose"
-  )
+  raise mismatch_error(step, directory, problems)
 
 
 def _canonical_graph(graph: Mapping) -> tuple:
@@ -214,9 +227,10 @@ def restore_state(
   def restore(candidate: int) -> dict:
     meta = checkpoints.check_complete(candidate)
     check_meta_matches(setup, meta, candidate, checkpoints.directory)
+    said, changes = [], []  # the accepted changes are logged once the state restores with them
     if config is not None:
       changes = check_run_identity(
-        setup, config, dataset, meta, candidate, checkpoints.directory, log
+        setup, config, dataset, meta, candidate, checkpoints.directory, said.append
       )
       if history is not None:
         history[:] = list(meta.get("resume_changes", [])) + (
@@ -225,12 +239,30 @@ def restore_state(
     edge_items = checkpoints.restore_edges(
       candidate, [e.name for e in setup.layout.trainable_edges]
     )
-    return items_to_state(setup, template, edge_items, checkpoints.restore_train(candidate))
+    try:
+      state = items_to_state(setup, template, edge_items, checkpoints.restore_train(candidate))
+    except errors.CheckpointMismatchError as exc:
+      if not changes:
+        raise
+      raise RunMismatchError(
+        f"checkpoint step {candidate} in {checkpoints.directory}: these changes cannot be "
+        "resumed, even with train.allow_resume_changes=True: they change the structure of the "
+        "saved train state ("
+        + " ".join(str(exc).split())
+        + "):\n  "
+        + "\n  ".join(changes)
+        + "\nuse a fresh --workdir, or the run's own config (config.json in the workdir)"
+      ) from None
+    for line in said:
+      log(line)
+    return state
 
   state, restored, problems = checkpoints.newest_usable(restore, step, log)
   if problems:  # damaged steps newer than the one restored (or all of them) make way, kept aside
-    for damaged in [s for s in checkpoints.all_steps() if restored is None or s > restored]:
-      log(f"moved damaged checkpoint step {damaged} to {checkpoints.quarantine(damaged)}")
+    if restored is None:  # newest_usable named them only where an older step was used
+      for problem in problems:
+        log(f"{problem}; skipped it")
+    checkpoints.set_aside_damaged(restored, log)
     log(
       f"resuming from checkpoint step {restored}, the latest complete one"
       if restored is not None

@@ -12,11 +12,15 @@ progress line, metrics.jsonl / TensorBoard, and closing everything when a step r
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 
+from graphbridge.core.errors import DeviceMemoryError, RunInterrupted
 from graphbridge.training.writers import MetricWriter, format_eta
 
 State = Any
@@ -100,6 +104,73 @@ class Speed:
     return f"{smooth:.1f} steps/s, eta {format_eta((total - done) * self.seconds_per_step)}"
 
 
+# After Ctrl-C, how long closing (a checkpoint write in flight) may take before the loop stops
+# waiting; the steps saved before stay intact, and an unfinished write never appears as a step.
+INTERRUPT_WAIT_SECONDS = 30.0
+
+
+class StopRequest:
+  """Ctrl-C (SIGINT) while the loop runs: the first asks it to stop once the step or checkpoint
+  write in progress is done (nothing is raised inside the step, so nothing can swallow it, as a
+  garbage-collection callback would a KeyboardInterrupt); a second stops at once. Installed only
+  in the main thread, and for the loop's life."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self) -> "StopRequest":
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+      self._previous = None
+
+  def _handle(self, signum, frame) -> None:
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    os.write(2, b"\ninterrupted: stopping after the current step (Ctrl-C again stops at once)\n")
+
+
+def _memory_error(exc: BaseException, done: int) -> DeviceMemoryError | None:
+  """DeviceMemoryError for XLA's RESOURCE_EXHAUSTED (a 40-line allocator report) at a step."""
+  text = str(exc)
+  if "RESOURCE_EXHAUSTED" not in text:
+    return None
+  first = next((line.strip() for line in text.splitlines() if line.strip()), text)
+  return DeviceMemoryError(
+    f"step {done} needs more device memory than there is ({first[:200]}); lower data.batch_size "
+    "(each loss term compares every pair of a batch: memory grows with its square) or the model"
+  )
+
+
+def _close_within(fn: Callable[[], None], seconds: float, log: Callable[[str], None]) -> None:
+  """fn() on a helper thread, waited for at most `seconds` (a save stuck after Ctrl-C must not
+  hold the process); its error, if any, is logged rather than raised over the interruption."""
+  failed = []
+
+  def target():
+    try:
+      fn()
+    except BaseException as exc:  # noqa: BLE001
+      failed.append(exc)
+
+  thread = threading.Thread(target=target, name="close-after-interrupt", daemon=True)
+  thread.start()
+  thread.join(seconds)
+  if thread.is_alive():
+    log(
+      f"a checkpoint write was still running {seconds:.0f}s after the interruption; not waiting "
+      "for it (it never appears as a step; the steps saved before are intact)"
+    )
+  elif failed:
+    log(f"while stopping: {type(failed[0]).__name__}: {failed[0]}")
+
+
 def run(
   state: State,
   start: int,
@@ -125,14 +196,22 @@ def run(
     validated params). close: run when the loop ends, also on errors (writer closed too)."""
   metrics, logged = None, {}
   speed = Speed(start)
+  saved = start  # the last step checkpointed (handed to save(), or resumed from); 0: none
+  stop = StopRequest()
+  interrupted = False
   try:
+    stop.__enter__()
     for i in range(start, cadence.total):
       if before_step is not None:
         state = before_step(i, state)
-      state, metrics = step(state, i)
       done = i + 1
+      try:
+        state, metrics = step(state, i)
+        if i == start:
+          jax.block_until_ready(state["step"])
+      except Exception as exc:  # noqa: BLE001  (re-raised unless the device ran out of memory)
+        raise _memory_error(exc, done) or exc
       if i == start:
-        jax.block_until_ready(state["step"])
         speed.compiled(done)
       if cadence.logs(done):
         logged = values(done, state, metrics)
@@ -153,10 +232,21 @@ def run(
         state = at_end(state)
       if save is not None and cadence.saves(done):
         save(done, state)
+        saved = done
+      if stop.requested and done < cadence.total:
+        interrupted = True
+        raise RunInterrupted(done, cadence.total, saved if save is not None else None)
+  except KeyboardInterrupt:
+    interrupted = True
+    raise
   finally:  # also on errors: saves in flight finish, so the last good checkpoint stays usable
+    stop.__exit__()  # from here a Ctrl-C interrupts closing itself
     writer.close()
     for fn in close:
-      fn()
+      if interrupted:
+        _close_within(fn, INTERRUPT_WAIT_SECONDS, log)
+      else:
+        fn()
   return LoopResult(
     state,
     metrics,

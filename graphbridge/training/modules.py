@@ -151,15 +151,22 @@ def train_modules(
     checkpoints = checkpoint_lib.Checkpoints(
       os.path.join(workdir, "checkpoints"), max_to_keep=int(config.train.keep_checkpoints)
     )
-    saved = checkpoints.latest_complete_step()
-    if saved is not None:
-      old = checkpoints.restore_meta(saved)
+
+    def restore(candidate: int):
+      old = checkpoints.check_complete(candidate)
       if not same_model(old):
         raise CheckpointMismatchError(
           f"{checkpoints.directory} holds a checkpoint of another model "
           f"({old.get('kind', 'graph')}, {old.get('spec')}); use a new --workdir"
         )
-      state, start = restore_state(checkpoints, saved, state, modules), saved
+      return restore_state(checkpoints, candidate, state, modules)
+
+    # a damaged newer step is skipped with a line naming it, and moved aside (kept)
+    restored, saved, problems = checkpoints.newest_usable(restore, None, log)
+    if problems:
+      checkpoints.set_aside_damaged(saved, log)
+    if restored is not None:
+      state, start = restored, saved
       log(f"resumed from checkpoint step {start} in {checkpoints.directory}")
     writers_lib.trim_metrics(os.path.join(workdir, writers_lib.METRICS_FILE), start)
   arrays = jax.device_put(arrays)
@@ -191,13 +198,18 @@ def train_modules(
     close=[checkpoints.close] if checkpoints else [],
   )
   state = result.state
+  values = result.values
+  if not values and workdir:  # nothing left to train: the final step's logged values
+    values = writers_lib.logged_at(
+      os.path.join(workdir, writers_lib.METRICS_FILE), cadence.total, drop=()
+    )
   return ModulesResult(
     {**frozen, **state["params"]},
     {"step": int(state["step"])},
     result.steps_run,
     time.perf_counter() - t0,
     result.compile_seconds,
-    result.values,
+    values,
     tuple(modules),
   )
 
@@ -208,6 +220,7 @@ class LoadedModules:
   meta: dict
   step: int
   step_dir: str
+  skipped: tuple = ()  # (step, problem) of newer steps skipped as damaged
 
 
 def load_modules(
@@ -215,25 +228,37 @@ def load_modules(
   templates: Callable[[Mapping], Mapping[str, PyTree]],
   kind: str,
   step: int | None = None,
+  log: Callable[[str], None] | None = None,
 ) -> LoadedModules:
-  """The modules of the `kind` model in `workdir` (its newest complete step, or `step`);
-  templates(meta) -> {module: params of the right structure} for every module the meta lists."""
+  """The modules of the `kind` model in `workdir` (its newest usable step, or `step`);
+  templates(meta) -> {module: params of the right structure} for every module the meta lists.
+  A newer damaged step is skipped with one line in `log` (default: stderr) naming it."""
   _, checkpoints = checkpoint_lib.read_workdir(workdir)
-  step = checkpoints.latest_complete_step() if step is None else step
-  if step is None:
-    raise CheckpointError(f"no complete checkpoint in {workdir}/checkpoints")
-  meta = checkpoints.check_complete(step)
-  if meta.get("kind") != kind:
-    raise CheckpointMismatchError(
-      f"{workdir} step {step} is not a {kind} checkpoint (kind {meta.get('kind', 'graph')!r})"
+
+  def restore(candidate: int):
+    meta = checkpoints.check_complete(candidate)
+    if meta.get("kind") != kind:
+      raise CheckpointMismatchError(
+        f"{workdir} step {candidate} is not a {kind} checkpoint "
+        f"(kind {meta.get('kind', 'graph')!r})"
+      )
+    params = {}
+    for module, template in templates(meta).items():
+      tree = checkpoints.restore_item(candidate, item_name(module))["params"]
+      params[module] = jax.tree.map(
+        jnp.asarray,
+        checkpoint_lib.merge_items(
+          {"p": template}, {"p": tree}, {}, checkpoint_lib.module_locator(["p"])
+        )["p"],
+      )
+    return params, meta
+
+  found, step, problems = checkpoints.newest_usable(restore, step, log or checkpoint_lib.warn)
+  if found is None:
+    raise CheckpointError(
+      f"no complete checkpoint in {workdir}/checkpoints"
+      + (": " + "; ".join(problems) if problems else "")
     )
-  params = {}
-  for module, template in templates(meta).items():
-    tree = checkpoints.restore_item(step, item_name(module))["params"]
-    params[module] = jax.tree.map(
-      jnp.asarray,
-      checkpoint_lib.merge_items(
-        {"p": template}, {"p": tree}, {}, checkpoint_lib.module_locator(["p"])
-      )["p"],
-    )
-  return LoadedModules(params, meta, step, checkpoints.step_dir(step))
+  params, meta = found
+  skipped = tuple(zip([s for s in reversed(checkpoints.all_steps()) if s > step], problems))
+  return LoadedModules(params, meta, step, checkpoints.step_dir(step), skipped)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
-from typing import Mapping
+from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,6 +23,7 @@ class TrainedRun:
   meta: dict
   step: int
   workdir: str
+  skipped: tuple = ()  # (step, problem) of newer steps skipped as damaged, newest first
 
   @property
   def graph(self) -> ModalityGraph:
@@ -46,8 +46,17 @@ def layout_from_meta(meta: Mapping) -> EdgeLayout:
   )  # every edge trainable: a restored run is a plain set of params
 
 
-def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
-  """Restore every edge's params from workdir/checkpoints (latest complete step by default)."""
+warn = checkpoint_lib.warn  # one line on stderr: a fallback is never silent
+
+
+def load_trained(
+  workdir: str, step: int | None = None, log: Callable[[str], None] | None = None
+) -> TrainedRun:
+  """Restore every edge's params from workdir/checkpoints (latest complete step by default).
+
+  Without `step`, a newer step that is damaged (corrupt, incomplete) is skipped with one line in
+  `log` (default: stderr) naming the step and what is wrong; TrainedRun.skipped lists them. A step
+  that does not exist is a CheckpointError naming the steps there are."""
   directory, checkpoints = checkpoint_lib.read_workdir(workdir)
   if not checkpoints.all_steps():
     raise errors.CheckpointError(f"no complete checkpoint in {directory}")
@@ -57,17 +66,18 @@ def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
     layout = layout_from_meta(meta)
     return meta, layout, checkpoints.restore_edges(candidate, [e.name for e in layout.graph.edges])
 
-  found, step, problems = checkpoints.newest_usable(restore, step)
+  found, step, problems = checkpoints.newest_usable(restore, step, log or warn)
   if found is None:
     raise errors.CheckpointError(f"no usable checkpoint in {directory}: " + "; ".join(problems))
-  if problems:
-    logging.warning("using checkpoint step %d, the latest complete one in %s", step, directory)
   meta, layout, items = found
   params = stack(
     layout, {e: jax.tree.map(jnp.asarray, item["params"]) for e, item in items.items()}
   )
   config = ml_collections.ConfigDict(meta.get("config", {}))
-  return TrainedRun(layout, params, config, meta, step, workdir)
+  skipped = tuple(
+    (s, p) for s, p in zip([s for s in reversed(checkpoints.all_steps()) if s > step], problems)
+  )
+  return TrainedRun(layout, params, config, meta, step, workdir, skipped)
 
 
 def workdir_meta(workdir: str) -> dict:

@@ -304,6 +304,8 @@ def _train(
     raise_if_unhealthy(setup, state["health"])
   seconds = result.seconds
   final = flat_metrics(setup, metrics) if metrics is not None else {}
+  if metrics is None and workdir:  # nothing left to train: the final step's logged losses
+    final = writers_lib.logged_at(os.path.join(workdir, writers_lib.METRICS_FILE), n_total)
   if (
     mesh is not None
   ):  # callers (evaluation, grafting) get host-gathered arrays, as from one device

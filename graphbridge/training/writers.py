@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 from typing import Callable, Mapping, Protocol, Sequence
 import jax
@@ -47,6 +48,8 @@ class JsonlWriter:
         f.write(json.dumps({"step": int(step), **scalars}) + "\n")
     if os.environ.get("GRAPHBRIDGE_KILL_AFTER_STEP") == str(step):  # fault injection for tests
       os.kill(os.getpid(), 9)
+    if os.environ.get("GRAPHBRIDGE_INTERRUPT_AFTER_STEP") == str(step):  # Ctrl-C, for tests
+      os.kill(os.getpid(), signal.SIGINT)
     if (
       os.environ.get("GRAPHBRIDGE_FILL_DISK_AFTER_STEP") == str(step) and self.path
     ):  # fault injection:
@@ -182,6 +185,17 @@ def read_metrics(path: str) -> list[dict]:
       except ValueError:  # blank, or torn by a kill
         continue
   return rows
+
+
+def logged_at(path: str, step: int, drop: Sequence[str] = ("lr",)) -> dict:
+  """The numbers metrics.jsonl at `path` holds for `step` (its last row of that step), without
+  "step", "steps_per_sec", `drop` and validation scores: a finished run's final losses when this
+  process trained nothing (e.g. it was killed between the last checkpoint and its report)."""
+  rows = [r for r in read_metrics(path) if r.get("step") == step]
+  if not rows:
+    return {}
+  skip = {"step", "steps_per_sec", *drop}
+  return {k: v for k, v in rows[-1].items() if k not in skip and not k.startswith("val/")}
 
 
 def log_process0(msg: str) -> None:

@@ -138,8 +138,8 @@ class DMVAEStrategy(Strategy):
     return StrategyRun(KIND, model, [result], time.perf_counter() - t0)
 
   def load(self, workdir: str, step: int | None = None, log: Log | None = None) -> DMVAEModel:
-    loaded = load(workdir, step)
-    return DMVAEModel(
+    loaded = load(workdir, step, log=log)
+    model = DMVAEModel(
       loaded.spec,
       loaded.params,
       defaults.complete(loaded.meta["config"]),
@@ -148,6 +148,8 @@ class DMVAEStrategy(Strategy):
       workdir,
       trainable=tuple(loaded.meta.get("trainable", ())),
     )
+    model.skipped = loaded.skipped
+    return model
 
   def train_base(self, config, workdir: str, dataset: Dataset, log: Log = print) -> StrategyRun:
     config = copy.deepcopy(config)
@@ -169,7 +171,9 @@ class DMVAEStrategy(Strategy):
     old run), whose checkpoint items are copied byte for byte (checked before returning)."""
     config = copy.deepcopy(config)
     config.eval.paths = ""  # graph routes; the DMVAE report adds its own translation routes
-    keep = list(load(from_workdir).spec.names) + [str(graft_settings(config).modality)]
+    keep = list(load(from_workdir, log=lambda _: None).spec.names) + [
+      str(graft_settings(config).modality)
+    ]
     dataset = subset_modalities(dataset, [m for m in dataset.names if m in keep])
     return graft(config, from_workdir, workdir, dataset, log=log, report=report, plots=plots)
 
@@ -199,7 +203,7 @@ def graft(
   plots: bool = False,
 ) -> DMVAEGraft:
   """Train the modalities of `dataset` that the DMVAE in `from_workdir` lacks."""
-  old = load(from_workdir)
+  old = load(from_workdir, log=log)  # a damaged newer step is skipped with a line naming it
   new = [m for m in dataset.names if m not in old.spec.names]
   missing = [m for m in old.spec.names if m not in dataset.modalities]
   if missing:

@@ -242,20 +242,23 @@ class LoadedDMVAE:
   step: int
   step_dir: str
   meta: dict
+  skipped: tuple = ()  # (step, problem) of newer steps skipped as damaged
 
 
-def load(workdir: str, step: int | None = None) -> LoadedDMVAE:
-  """The parameters of every module of a trained DMVAE workdir (newest complete step by default)."""
+def load(workdir: str, step: int | None = None, log=None) -> LoadedDMVAE:
+  """The parameters of every module of a trained DMVAE workdir (newest usable step by default; a
+  newer damaged one is skipped with a line in `log`, default stderr)."""
 
   def templates(meta):
     spec = DMVAESpec.from_dict(meta["spec"])
     return {m: init_params(spec, 0, [m.partition(":")[2]])[m] for m in spec.modules()}
 
-  loaded = modules_lib.load_modules(workdir, templates, KIND, step)
+  loaded = modules_lib.load_modules(workdir, templates, KIND, step, log=log)
   return LoadedDMVAE(
     DMVAESpec.from_dict(loaded.meta["spec"]),
     loaded.params,
     loaded.step,
     loaded.step_dir,
     loaded.meta,
+    loaded.skipped,
   )
