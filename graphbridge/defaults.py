@@ -39,6 +39,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.activation = "gelu"  # translators.ACTIVATIONS
   c.model.layer_norm = True  # LayerNorm after each hidden layer
   c.model.residual = False  # add the input to the output where d_in == d_out
+  c.model.linear_rank = -1  # a linear path beside each translator's MLP, which is a residual
+  # starting at zero; each edge with pairs starts as the ridge map of
+  # them (training/closed_form.py). r > 0: full map, or rank-r factors
+  # where smaller; 0: none; -1 auto: the widest hidden layer for the
+  # graph loss plan, none for pivot/pairwise/cmcr
   c.model.compute_dtype = "float32"  # "bfloat16": matmuls in bf16, params/optimizer stay f32
   c.model.impl = "flax"  # "fused": hidden layers as one Dense+bias+activation block whose
   # backward recomputes the activation and sums the bias gradient in
@@ -86,6 +91,15 @@ def base_config() -> ml_collections.ConfigDict:
   # graphbridge/validation.py
   c.train.keep_best = False  # with validate_every > 0: end with the params of the best val/mAP step
   # (early stopping; for few pairs of large dims, where the MLP overfits)
+  c.train.select_edges = -1  # per-edge selection on held-back pairs (training/selection.py):
+  # -1 auto = on where edges start in closed form (model.linear_rank):
+  # some pairs of each pair set held back, each edge ends at its best
+  # step if that beats its start, else at its start refitted on all
+  # pairs; 0 = off (the trained params stay)
+  c.train.select_every = 25  # steps between scores of the held-back pairs
+  c.train.select_confidence = 0.95  # one-sided paired t-test: the best step beats the start
+  c.train.select_patience = 4  # stop training once this many scores in a row improved no edge
+  # (early stopping; 0 = never; not with a fine-tuning phase)
   c.train.checkpoint_every = 200  # per-edge Orbax checkpoints under workdir/checkpoints
   c.train.keep_checkpoints = 2
   c.train.skip_nonfinite = (

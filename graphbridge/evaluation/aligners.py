@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from graphbridge.data.dataset import Dataset
 from graphbridge.core.errors import GraphError
-from graphbridge.core.graph import ModalityGraph, path_name
+from graphbridge.core.graph import ModalityGraph, path_edges, path_name
 from graphbridge.evaluation.hubness import csls_transform
 from graphbridge.model.translate import translate_paths
 from graphbridge.core.routes import without_edges
@@ -34,7 +34,12 @@ class GraphAligner:
   best one (fewest hops, then the shortest longer side, then into the gallery's space). Edges
   trained by
   cycles only (`not_hops`, set from the data by `bind_data`) are never taken as a hop: they have
-  no pairs behind them. csls_k > 0: CSLS hubness correction (transductive: uses the query set)."""
+  no pairs behind them. csls_k > 0: CSLS hubness correction (transductive: uses the query set).
+  linear_edges: edges that are their closed-form linear start (training/selection.py kept it);
+  "ensemble_all" leaves out the routes into the query's or gallery's own space that compose one in
+  a row with another translator: ridge maps shrink towards the mean, so two in a row lose to
+  meeting between them (never-paired mAP on benchmarks/shapes.py's chain_few: 0.203 with those
+  routes, 0.213 without, as the ridge chain)."""
 
   layout: object
   params: Mapping
@@ -46,6 +51,7 @@ class GraphAligner:
   auto_routes: str | None = (
     None  # the mode routes="auto" resolves to (bind_data; "ensemble" before)
   )
+  linear_edges: frozenset = frozenset()
 
   def __post_init__(self):
     if self.routes not in ROUTE_MODES:
@@ -76,13 +82,23 @@ class GraphAligner:
     routes = meeting_routes(graph, query, gallery, interior=mode == "ensemble")
     if not routes:
       return None
+    if mode == "ensemble_all" and self.linear_edges:
+      routes = [r for r in routes if r.meet not in (query, gallery) or not self._linear_chain(r)]
     if mode == "best" or routes[0].hops < 2 or len(routes) == 1:
       return routes[0].name
     return ensemble_name(routes)
 
+  def _linear_chain(self, route) -> bool:
+    """Does a side of `route` compose a closed-form edge with another translator?"""
+    return any(
+      len(path) > 2 and any(e in self.linear_edges for e in path_edges(path))
+      for path in (route.query_path, route.gallery_path)
+    )
+
   @property
   def route_mode(self) -> str:
-    """The route mode in use: routes, with "auto" as bind_data resolved it ("ensemble" if unbound)."""
+    """The route mode in use: routes, with "auto" as bind_data resolved it ("ensemble" if
+    unbound)."""
     return (self.auto_routes or "ensemble") if self.routes == "auto" else self.routes
 
   def route_ends(self, route: str) -> tuple[str, str]:
@@ -90,11 +106,12 @@ class GraphAligner:
     return parsed.query, parsed.gallery
 
   def translate_many(self, routes: Sequence[str], x: np.ndarray) -> dict[str, np.ndarray]:
-    """{path: [n, d_dst]} for the same rows x [n, d_src] along several paths (see translate_paths)."""
+    """{path: [n, d_dst]} for the same rows x [n, d_src] along several paths (translate_paths)."""
     return translate_paths(self.layout, self.params, self.compute_dtype, routes, x)
 
   def translate(self, path: str, x: np.ndarray) -> np.ndarray:
-    """x: [n, d_src] -> [n, d_dst] float32 along one path (a single node: x itself), L2-normalised."""
+    """x: [n, d_src] -> [n, d_dst] float32 along one path (a single node: x itself),
+    L2-normalised."""
     if "->" not in path:
       x = np.asarray(x, np.float32)
       return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)

@@ -179,7 +179,8 @@ def plan_graft(
   unpaired = [n for n in connect_to if n not in partners]
   if unpaired:
     log(
-      f"note: no pairs of {modality} with {', '.join(unpaired)}: those edges are trained by cycles only"
+      f"note: no pairs of {modality} with {', '.join(unpaired)}: those edges are trained by "
+      "cycles only"
     )
 
   archs = {json.dumps(a, sort_keys=True) for a in old.meta["layout"]["arch"].values()}
@@ -212,8 +213,8 @@ def plan_graft(
   base_fp = old.meta.get("data", {}).get("fingerprint")
   if base_fp and base_fp != subset_modalities(dataset, old_graph.node_names).fingerprint():
     log(
-      f"note: the data's {', '.join(old_graph.node_names)} rows differ from those {from_workdir} was "
-      "trained on; grafting anyway"
+      f"note: the data's {', '.join(old_graph.node_names)} rows differ from those {from_workdir} "
+      "was trained on; grafting anyway"
     )
   frozen_params = jax.tree.map(np.asarray, old.edge_params())
   step_dir = os.path.join(from_workdir, "checkpoints", str(old.step))
@@ -275,12 +276,18 @@ def _config_for_graft(
     "activation": model.activation,
     "layer_norm": bool(model.layer_norm),
     "residual": bool(model.residual),
+    "linear_rank": (
+      setup_lib.linear_rank_from_config(model)
+      if int(model.get("linear_rank", -1)) != -1
+      else int(old_arch.get("linear", 0))  # auto: whatever the old run chose
+    ),
   }
   old = {
     "hidden": tuple(old_arch["hidden"]),
     "activation": old_arch["activation"],
     "layer_norm": bool(old_arch["layer_norm"]),
     "residual": bool(old_arch["residual"]),
+    "linear_rank": int(old_arch.get("linear", 0)),  # 0 in runs from before the linear path
   }
   if asked != old:
     differ = ", ".join(f"model.{k}={asked[k]!r}" for k in asked if asked[k] != old[k])
@@ -293,6 +300,7 @@ def _config_for_graft(
     model.activation = old["activation"]
     model.layer_norm = old["layer_norm"]
     model.residual = old["residual"]
+    model.linear_rank = old["linear_rank"]
     config.graft.from_workdir = from_workdir
     config.graft.from_step = int(from_step)
   return config
@@ -419,15 +427,17 @@ def zero_shot_lines(summary: Mapping, modality: str) -> list[str]:
 
 
 def append_graft_section(workdir: str, summary: Mapping, plan: GraftPlan) -> None:
-  """A 'Grafted modality' section at the end of report.md: provenance, then the new modality's rows."""
+  """A 'Grafted modality' section at the end of report.md: provenance, then the new modality's
+  rows."""
   rows = new_modality_rows(summary, plan.modality)
   text = [
     "\n## Grafted modality\n\n",
-    f"`{plan.modality}` was grafted onto `{plan.from_workdir}` (checkpoint step {plan.from_step}): trained "
-    f"{', '.join(plan.new_edges)}; frozen (checkpoint items copied byte for byte) "
+    f"`{plan.modality}` was grafted onto `{plan.from_workdir}` (checkpoint step "
+    f"{plan.from_step}): trained {', '.join(plan.new_edges)}; frozen (checkpoint items copied "
+    "byte for byte) "
     f"{', '.join(plan.frozen_edges)}.\n\n",
-    f"_Retrieval rows of {plan.modality}. hops >= 2: modalities it was never paired with, reached through "
-    "frozen edges of the old graph (zero-shot)._\n\n",
+    f"_Retrieval rows of {plan.modality}. hops >= 2: modalities it was never paired with, reached "
+    "through frozen edges of the old graph (zero-shot)._\n\n",
     tables_lib.format_table(rows, tables_lib.RETRIEVAL_COLUMNS) + "\n",
   ]
   with open(os.path.join(workdir, "report.md"), "a") as f:

@@ -102,6 +102,7 @@ def run(
   before_step: Callable[[int, State], State] | None = None,
   at_end: Callable[[State], State] | None = None,
   close: Sequence[Callable[[], None]] = (),
+  stop: Callable[[int, State], bool] | None = None,
 ) -> LoopResult:
   """Steps start .. cadence.total - 1 (0-based) of `step(state, i) -> (state, metrics)`.
 
@@ -110,8 +111,12 @@ def run(
     and the speed; a validation score ("val/mAP") is always printed.
   save(done, state): a checkpoint, at the cadence's steps. before_step(i, state): e.g. a loss-weight
     phase switch. at_end(state): after the last step, before its checkpoint (e.g. keep the best
-    validated params). close: run when the loop ends, also on errors (writer closed too)."""
+    validated params). close: run when the loop ends, also on errors (writer closed too).
+    stop(done, state): after each step; True ends the run there (early stopping): at_end runs and
+    the last checkpoint is saved as step cadence.total, so the run reads as finished (at_end is
+    expected to set the state's step counter to match)."""
   metrics, logged = None, {}
+  steps_run = max(cadence.total - start, 0)
   speed = Speed(start)
   try:
     for i in range(start, cadence.total):
@@ -133,13 +138,16 @@ def run(
             if "val/mAP" in logged
             else ""
           )
-          log(
-            f"step {done}/{cadence.total}  {line(logged)}{val}  {speed.text(rate, done, cadence.total)}"
-          )
-      if done == cadence.total and at_end is not None:
+          speed_text = speed.text(rate, done, cadence.total)
+          log(f"step {done}/{cadence.total}  {line(logged)}{val}  {speed_text}")
+      stopped = done < cadence.total and stop is not None and stop(done, state)
+      if (done == cadence.total or stopped) and at_end is not None:
         state = at_end(state)
-      if save is not None and cadence.saves(done):
-        save(done, state)
+      if save is not None and (cadence.saves(done) or stopped):
+        save(cadence.total if stopped else done, state)
+      if stopped:
+        steps_run = done - start
+        break
   finally:  # also on errors: saves in flight finish, so the last good checkpoint stays usable
     writer.close()
     for fn in close:
@@ -148,7 +156,7 @@ def run(
     state,
     metrics,
     logged,
-    max(cadence.total - start, 0),
+    steps_run,
     time.perf_counter() - speed.t_start,
     speed.compile_seconds,
   )
