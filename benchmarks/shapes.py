@@ -19,11 +19,25 @@ hop composed along the same routes (graphbridge/baselines.py).
 
   PYTHONPATH=$PWD python benchmarks/shapes.py         # all shapes (about 8 min on 2 cores)
   PYTHONPATH=$PWD python benchmarks/shapes.py --shapes=two_5_5000 --set=train.steps=50
+
+Sweep mode (`--sweep`): pairs per edge x dims on a chain of 2 and of 4 modalities (every modality
+of a cell at that dim; disjoint train slices per edge, 200 more unpaired train rows and 500 test
+rows per modality), plus the five shapes above, over `--seeds` data seeds (the run seed follows).
+One JSON line per (cell, seed) is appended to `--out` (a rerun skips the lines already there), and
+`--summarise` prints the table of means over seeds with each cell's worst margin against the ridge
+chain (graph minus ridge, over instance/class x paired/never-paired mAP):
+
+  PYTHONPATH=$PWD python benchmarks/shapes.py --sweep --jobs=2 \
+    --out=benchmarks/results/shapes_sweep.jsonl
+  PYTHONPATH=$PWD python benchmarks/shapes.py --sweep --cells=chain2_d5000_p40 --seeds=1 \
+    --out=/tmp/x.jsonl
+  PYTHONPATH=$PWD python benchmarks/shapes.py --summarise benchmarks/results/shapes_sweep.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -41,6 +55,13 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 SHAPES = ("two_5_5000", "chain_few", "star_class", "tree6", "cycle10")
+SWEEP_PAIRS = (10, 40, 160, 640, 2560)
+SWEEP_DIMS = (5, 64, 768, 5000)
+SWEEP_CHAINS = (2, 4)
+SWEEP_UNPAIRED, SWEEP_TEST = 200, 500  # rows per modality beyond the paired ones
+SWEEP_CELLS = tuple(
+  f"chain{m}_d{d}_p{p}" for m in SWEEP_CHAINS for d in SWEEP_DIMS for p in SWEEP_PAIRS
+)
 
 
 def _views(rng, n, dims, classes=10, noise=0.3):
@@ -54,10 +75,10 @@ def _views(rng, n, dims, classes=10, noise=0.3):
   return out, labels
 
 
-def _instance_set(rng, dims, edges, n, per_edge, labels=True) -> dict:
+def _instance_set(rng, dims, edges, n, per_edge, labels=True, n_test=None) -> dict:
   emb, lab = _views(rng, n, dims)
   test = np.zeros(n, bool)
-  test[rng.permutation(n)[: n // 5]] = True
+  test[rng.permutation(n)[: n // 5 if n_test is None else n_test]] = True
   train_rows = np.nonzero(~test)[0]
   rng.shuffle(train_rows)
   arrays = {}
@@ -73,8 +94,24 @@ def _instance_set(rng, dims, edges, n, per_edge, labels=True) -> dict:
   return arrays
 
 
+def build_cell(cell: str, seed: int = 0) -> dict:
+  """The arrays of one sweep cell "chain{M}_d{dim}_p{pairs}": M modalities of dim `dim` in a chain,
+  `pairs` instance pairs per edge on disjoint train rows."""
+  try:
+    m, d, p = (int(part[len(tag) :]) for part, tag in zip(cell.split("_"), ("chain", "d", "p")))
+  except ValueError:
+    raise SystemExit(f"shapes.py: sweep cell {cell!r} is not chain<M>_d<dim>_p<pairs>") from None
+  rng = np.random.default_rng([seed, 1000 + m, d, p])
+  names = [f"m{i}" for i in range(m)]
+  edges = [(names[i], names[i + 1]) for i in range(m - 1)]
+  n = (m - 1) * p + SWEEP_UNPAIRED + SWEEP_TEST
+  return _instance_set(rng, {x: d for x in names}, edges, n, p, n_test=SWEEP_TEST)
+
+
 def build(shape: str, seed: int = 0) -> dict:
-  """The arrays of one shape (the .npz format of docs/data.md)."""
+  """The arrays of one shape (the .npz format of docs/data.md), or of a sweep cell."""
+  if shape.startswith("chain") and shape != "chain_few":
+    return build_cell(shape, seed)
   rng = np.random.default_rng([seed, SHAPES.index(shape)])
   if shape == "two_5_5000":
     return _instance_set(rng, {"small": 5, "big": 5000}, [("small", "big")], n=600, per_edge=40)
@@ -120,6 +157,148 @@ def by_hops(rows, level: str) -> dict:
   return {h: float(np.mean(v)) for h, v in sorted(out.items())}
 
 
+LEVELS = (("instance", 1), ("instance", 2), ("class", 1), ("class", 2))
+
+
+def run_one(shape: str, seed: int, overrides: dict, routes: tuple = ()) -> dict:
+  """Train the default on one shape or sweep cell (data seed = run seed = `seed`) and score it and
+  the ridge chain: {"graph": {"instance/1": mAP, ...}, "ridge": {...}, "seconds", "bridge"};
+  routes: more eval.routes modes to score the same trained graph with ("graph:<mode>")."""
+  import bridges
+
+  dataset = readers_lib.from_arrays(build(shape, seed), source=f"{shape}:{seed}")
+  cfg = bridges.make_config("npz", {"seed": seed, **overrides, "data.path": f"<{shape}>"})
+  t0 = time.perf_counter()
+  with api.quiet_absl():
+    run = strategies.get(cfg.strategy).train(cfg, dataset, None, log=lambda m: None)
+  aligner = report_lib.with_route_options(run.aligner, report_lib.EvalOptions.from_config(cfg))
+  ours = bridges.score(aligner, dataset)
+  seconds = time.perf_counter() - t0
+  ridge = bridges.score(baselines_lib.ChainAligner(dataset, "ridge"), dataset)
+  out = {"shape": shape, "seed": seed, "overrides": overrides, "seconds": round(seconds, 1)}
+  scored = [("graph", ours), ("ridge", ridge)]
+  for mode in routes:
+    options = report_lib.EvalOptions.from_config(cfg, routes=mode)
+    scored.append(
+      (f"graph:{mode}", bridges.score(report_lib.with_route_options(run.aligner, options), dataset))
+    )
+  for name, rows in scored:
+    out[name] = {}
+    for level in ("instance", "class"):
+      for hops, value in by_hops(rows, level).items():
+        out[name][f"{level}/{hops}"] = round(value, 4)
+  meta = getattr(run.model, "meta", {})
+  out["pseudo"] = meta.get("pseudo_rounds", [])
+  bridge = meta.get("bridge", {})
+  out["bridge"] = {
+    e: v.get("kept", "") + (f" @{v['step']}" if v.get("step") else "")
+    for e, v in bridge.get("edges", {}).items()
+  }
+  return out
+
+
+def _done(path: str) -> set:
+  done = set()
+  if path and os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        if line.strip():
+          r = json.loads(line)
+          done.add((r["shape"], r["seed"], json.dumps(r.get("overrides", {}), sort_keys=True)))
+  return done
+
+
+def summarise(path: str) -> str:
+  """Means over seeds per (shape, overrides), graph against ridge; the worst margin per cell."""
+  groups: dict = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        r = json.loads(line)
+        key = (r["shape"], json.dumps(r.get("overrides", {}), sort_keys=True))
+        groups.setdefault(key, []).append(r)
+  head = " | ".join(f"{lv[:4]} {'paired' if h == 1 else 'never'} g / r" for lv, h in LEVELS)
+  lines = [f"| cell | seeds | {head} | worst g-r | time |", "|---" * 8 + "|"]
+  worst_all = []
+  order = {s: i for i, s in enumerate(SWEEP_CELLS + SHAPES)}
+  for (shape, over), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 999), kv[0])):
+    cells, margins = [], []
+    for level, hops in LEVELS:
+      k = f"{level}/{hops}"
+      g = [r["graph"][k] for r in rs if k in r["graph"]]
+      rr = [r["ridge"][k] for r in rs if k in r["ridge"]]
+      if not g or not rr:
+        cells.append("-")
+        continue
+
+      mg, mr = float(np.mean(g)), float(np.mean(rr))
+      margins.append((mg - mr, k))
+      cells.append(f"{mg:.3f} / {mr:.3f}")
+    worst = min(margins) if margins else (0.0, "")
+    worst_all.append((worst[0], shape, worst[1], over))
+    label = shape + ("" if over == "{}" else f" {over}")
+    flag = " **below**" if worst[0] < -0.005 else ""
+    lines.append(
+      f"| {label} | {len(rs)} | " + " | ".join(cells) + f" | {worst[0]:+.3f} {worst[1]}{flag} | "
+      f"{np.mean([r['seconds'] for r in rs]):.0f}s |"
+    )
+  worst_all.sort()
+  lines.append("")
+  lines.append(
+    "worst cells (graph - ridge): " + ", ".join(f"{s} {k} {w:+.3f}" for w, s, k, _ in worst_all[:8])
+  )
+  below = [x for x in worst_all if x[0] < -0.005]
+  lines.append(f"{len(below)} of {len(worst_all)} cells below the ridge chain by more than 0.005")
+  return "\n".join(lines)
+
+
+def _job(args):
+  return run_one(*args)
+
+
+def sweep(args, overrides: dict) -> int:
+  cells = [c.strip() for c in (args.cells or ",".join(SWEEP_CELLS + SHAPES)).split(",") if c]
+  routes = tuple(r for r in args.routes.split(",") if r)
+  todo = [
+    (c, s, overrides, routes)
+    for s in range(args.seeds)
+    for c in cells
+    if (c, s, json.dumps(overrides, sort_keys=True)) not in _done(args.out)
+  ]
+  print(f"sweep: {len(todo)} runs ({len(cells)} cells x {args.seeds} seeds, done ones skipped)")
+  t0 = time.perf_counter()
+
+  def write(r):
+    print(
+      f"{r['shape']:18s} seed {r['seed']} {r['seconds']:5.0f}s  "
+      + "  ".join(
+        f"{k} {r['graph'].get(k, float('nan')):.3f}/{r['ridge'].get(k, float('nan')):.3f}"
+        for k in ("instance/1", "instance/2", "class/1", "class/2")
+        if k in r["graph"]
+      ),
+      flush=True,
+    )
+    if args.out:
+      with open(args.out, "a") as f:
+        f.write(json.dumps(r) + "\n")
+
+  if args.jobs > 1:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+      for future in as_completed([pool.submit(_job, t) for t in todo]):
+        write(future.result())
+  else:
+    for t in todo:
+      write(_job(t))
+  print(f"sweep: {time.perf_counter() - t0:.0f}s")
+  if args.out:
+    print(summarise(args.out))
+  return 0
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -129,12 +308,24 @@ def main(argv=None) -> int:
     "--set", action="append", default=[], metavar="key=value", help="config override (repeatable)"
   )
   p.add_argument("--seed", type=int, default=0, help="data seed")
+  p.add_argument("--sweep", action="store_true", help="the sweep (see above)")
+  p.add_argument("--cells", default="", help="sweep: comma list of cells / shapes (default: all)")
+  p.add_argument("--seeds", type=int, default=3, help="sweep: seeds 0 .. N-1")
+  p.add_argument("--jobs", type=int, default=1, help="sweep: runs in parallel processes")
+  p.add_argument("--out", default="", help="sweep: JSON lines file (appended; done runs skipped)")
+  p.add_argument("--summarise", default="", metavar="FILE", help="print the table of a sweep file")
+  p.add_argument("--routes", default="", help="sweep: more eval.routes modes to score (diagnostic)")
   args = p.parse_args(argv)
   import bridges
 
+  if args.summarise:
+    print(summarise(args.summarise))
+    return 0
   overrides = {}
   for text in args.set:
     overrides.update(bridges.parse_assignments(text))
+  if args.sweep:
+    return sweep(args, overrides)
   t_all = time.perf_counter()
   print(
     f"shapes: default config{' with ' + str(overrides) if overrides else ''}; mean mAP over "

@@ -8,49 +8,22 @@ checked by the tests). Nothing else restates a default.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import ml_collections
 
 
-@dataclasses.dataclass(frozen=True)
-class Field:
-  """One config field. choices: the values it may take; items: the values each item of a
-  comma-separated list may take; check(value) -> bool with `must` saying what it must be."""
+from graphbridge.core.field_types import (  # noqa: F401 (Field, _int, above: used by configs)
+  COUNT,
+  NON_NEGATIVE,
+  POSITIVE_INT,
+  Field,
+  _field,
+  _int,
+  above,
+  at_least,
+)
 
-  key: str
-  default: Any
-  doc: str
-  choices: tuple | None = None
-  items: tuple | None = None
-  check: Callable[[Any], bool] | None = None
-  must: str = ""
-
-
-def _int(v) -> bool:
-  return (isinstance(v, int) and not isinstance(v, bool)) or (
-    isinstance(v, float) and v.is_integer()
-  )
-
-
-def at_least(low, integer: bool = False) -> tuple[Callable[[Any], bool], str]:
-  what = f"{'an integer' if integer else 'a number'} >= {low}"
-  return (lambda v: (_int(v) if integer else isinstance(v, (int, float))) and v >= low), what
-
-
-def above(low) -> tuple[Callable[[Any], bool], str]:
-  return (lambda v: isinstance(v, (int, float)) and v > low), f"> {low}"
-
-
-def _field(key, default, doc, *, choices=None, items=None, check=None) -> Field:
-  test, must = check if check is not None else (None, "")
-  return Field(key, default, doc, choices, items, test, must)
-
-
-POSITIVE_INT = at_least(1, integer=True)
-COUNT = at_least(0, integer=True)
-NON_NEGATIVE = at_least(0)
 
 SECTIONS = {
   "": "Top level",
@@ -163,6 +136,15 @@ FIELDS: tuple[Field, ...] = (
   ),
   _field("model.layer_norm", True, "LayerNorm after each hidden layer"),
   _field("model.residual", False, "add the input to the output where d_in == d_out"),
+  _field(
+    "model.linear_rank",
+    -1,
+    "a linear path beside each translator's MLP, which becomes a residual starting at zero; "
+    "each edge with pairs starts as their ridge map (training/closed_form.py). r > 0: a full "
+    "map, or rank-r factors where smaller; 0: none; -1 auto: the widest hidden layer for the "
+    "graph loss plan, none for pivot/pairwise/cmcr",
+    check=(lambda v: _int(v) and v >= -1, "-1 (auto), 0 (none) or a rank >= 1"),
+  ),
   _field(
     "model.compute_dtype",
     "float32",
@@ -285,6 +267,31 @@ FIELDS: tuple[Field, ...] = (
     "train.keep_best",
     False,
     "with validate_every > 0: end with the params of the best validated step",
+  ),
+  _field(
+    "train.select_edges",
+    -1,
+    "per-edge selection on held-back pairs (training/selection.py): -1 auto = on where edges "
+    "start in closed form (model.linear_rank): some pairs of each pair set are held back, and "
+    "each edge ends at its best step if that beats its start, else at its start refitted on all "
+    "pairs; 0 = off (the trained params stay); 1 = on",
+    check=(lambda v: _int(v) and -1 <= v <= 1, "-1 (auto), 0 (off) or 1 (on)"),
+  ),
+  _field(
+    "train.select_every", 25, "steps between scores of the held-back pairs", check=POSITIVE_INT
+  ),
+  _field(
+    "train.select_confidence",
+    0.95,
+    "one-sided paired t-test: how sure the best step must be to beat the edge's start",
+    check=(lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "in [0, 1) (0: any gain)"),
+  ),
+  _field(
+    "train.select_patience",
+    4,
+    "stop training once this many scores in a row improved no edge (early stopping; 0 = never; "
+    "not with a fine-tuning phase)",
+    check=COUNT,
   ),
   _field(
     "train.checkpoint_every",

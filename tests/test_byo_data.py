@@ -180,7 +180,8 @@ def test_train_on_my_npz_end_to_end(tmp_path):
   ]
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(tmp_path), timeout=300)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  assert "| image | audio | image->text->audio | 2 | paired | instance |" in proc.stdout, proc.stdout
+  row = "| image | audio | image->text->audio | 2 | paired | instance |"
+  assert row in proc.stdout, proc.stdout
   report = json.loads((workdir / "report.json").read_text())
   assert report["data"] == path
   rows = {(r["query"], r["gallery"], r["level"]): r for r in report["rows"]}

@@ -192,3 +192,32 @@ def test_probe_needs_enough_pairs_to_hold_out():
   settings = pseudo_lib.PseudoSettings(rounds=1, gate="probe", probe_folds=4)
   found = {(m.a, m.b): m for m in pseudo_lib.pseudo_pairs(_ViewsAligner(rots), dataset, settings)}
   assert found[("a", "b")].estimate is None and not found[("a", "b")].accepted
+
+
+class _WrongAligner(_ViewsAligner):
+  """A translator a<->b worse than the probe's ridge map: b's rotation replaced by another one."""
+
+  def __init__(self, rots, rng):
+    super().__init__({**rots, "b": _rotation(8, rng)})
+
+
+def test_probe_gate_is_capped_by_the_translators_own_held_back_precision():
+  """Low dims, a ridge map that fits b = a rot exactly, translators that do not: the probe alone
+  estimates ~1 and accepts noise; with pairs held back from the translators' training, their own
+  precision on them (~0) caps the estimate and the gate rejects."""
+  from graphbridge.training import selection
+
+  dataset, rots = _views()
+  aligner = _WrongAligner(rots, np.random.default_rng(7))
+  settings = pseudo_lib.PseudoSettings(rounds=1, gate="probe", min_precision=0.5, new_edges=False)
+  alone = {(m.a, m.b): m for m in pseudo_lib.pseudo_pairs(aligner, dataset, settings)}
+  assert alone[("a", "b")].estimate > 0.9 and alone[("a", "b")].accepted
+  assert alone[("a", "b")].precision < 0.2  # what was accepted is noise
+  holdout = selection.PairHoldout.choose(dataset, seed=0)
+  capped = {
+    (m.a, m.b): m for m in pseudo_lib.pseudo_pairs(aligner, dataset, settings, holdout=holdout)
+  }
+  ab, ac = capped[("a", "b")], capped[("a", "c")]
+  assert ab.held[1] >= pseudo_lib.MIN_HELD_MATCHES and ab.estimate < 0.3 and not ab.accepted
+  assert ac.estimate > 0.9 and ac.accepted and ac.held == (6, 6)  # right translators: unchanged
+  assert "held-back 6/6" in pseudo_lib.describe([ac])

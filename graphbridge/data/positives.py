@@ -105,3 +105,17 @@ def resolve_positives(positives, src: str, dst: str) -> str:
   if isinstance(positives, Mapping):
     return positives.get(f"{src}->{dst}", positives.get(f"{dst}->{src}", "pair"))
   return positives
+
+
+def class_level_pair_sets(dataset: Dataset) -> tuple[int, list[str]]:
+  """(pair sets with train pairs, ["a<->b (why)" for each one whose pairs join classes, not
+  instances]) by the rule of loss.infonce_positives="auto" (choose_positives), whatever the
+  config forces: the test every data-reading default (pseudo.rounds, model.linear_rank,
+  eval.routes, eval.querybank_k) applies."""
+  pair_sets = [(a, b) for a, b in dataset.pairs if len(dataset.pairs_for(a, b))]
+  out = []
+  for a, b in pair_sets:
+    choice, why = choose_positives(dataset, a, b, "auto")
+    if choice != "pair":
+      out.append(f"{a}<->{b} ({why})")
+  return len(pair_sets), out

@@ -12,7 +12,7 @@ import numpy as np
 from graphbridge.core.rows import unit_rows
 from graphbridge.data.dataset import Dataset
 from graphbridge.core.errors import GraphError
-from graphbridge.core.graph import ModalityGraph, path_name
+from graphbridge.core.graph import ModalityGraph, path_edges, path_name
 from graphbridge.evaluation.hubness import csls_transform
 from graphbridge.model.translate import translate_paths
 from graphbridge.core.routes import without_edges
@@ -30,12 +30,18 @@ class GraphAligner:
   similarity matrices of several routes. The default route (docs/evaluation.md, "Routes"): the
   direct edge where there is one; for modalities never paired, `routes="auto"` (default) is
   "ensemble_all" on instance-level pair sets and "ensemble" otherwise (resolve_route_mode);
-  `routes="ensemble"` averages the fewest-hop routes that meet at a node between query and gallery
-  (one per meeting node), `"ensemble_all"` also those into the query's or gallery's own space,
-  `"best"` takes the best one (fewest hops, then the shortest longer side, then into the gallery's
-  space). Edges trained by cycles only (`not_hops`, set from the data by `bind_data`) are never
-  taken as a hop: they have
-  no pairs behind them. csls_k > 0: CSLS hubness correction (transductive: uses the query set)."""
+  `routes="ensemble"`
+  averages the fewest-hop routes that meet at a node between query and gallery (one per meeting
+  node), `"ensemble_all"` also those into the query's or gallery's own space, `"best"` takes the
+  best one (fewest hops, then the shortest longer side, then into the gallery's space). Edges
+  trained by
+  cycles only (`not_hops`, set from the data by `bind_data`) are never taken as a hop: they have
+  no pairs behind them. csls_k > 0: CSLS hubness correction (transductive: uses the query set).
+  linear_edges: edges that are their closed-form linear start (training/selection.py kept it);
+  "ensemble_all" leaves out the routes into the query's or gallery's own space that compose one in
+  a row with another translator: ridge maps shrink towards the mean, so two in a row lose to
+  meeting between them (never-paired mAP on benchmarks/shapes.py's chain_few: 0.203 with those
+  routes, 0.213 without, as the ridge chain)."""
 
   layout: object
   params: Mapping
@@ -47,6 +53,7 @@ class GraphAligner:
   auto_routes: str | None = (
     None  # the mode routes="auto" resolves to (bind_data; "ensemble" before)
   )
+  linear_edges: frozenset = frozenset()
 
   def __post_init__(self):
     if self.routes not in ROUTE_MODES:
@@ -77,9 +84,18 @@ class GraphAligner:
     routes = meeting_routes(graph, query, gallery, interior=mode == "ensemble")
     if not routes:
       return None
+    if mode == "ensemble_all" and self.linear_edges:
+      routes = [r for r in routes if r.meet not in (query, gallery) or not self._linear_chain(r)]
     if mode == "best" or routes[0].hops < 2 or len(routes) == 1:
       return routes[0].name
     return ensemble_name(routes)
+
+  def _linear_chain(self, route) -> bool:
+    """Does a side of `route` compose a closed-form edge with another translator?"""
+    return any(
+      len(path) > 2 and any(e in self.linear_edges for e in path_edges(path))
+      for path in (route.query_path, route.gallery_path)
+    )
 
   @property
   def route_mode(self) -> str:
@@ -92,8 +108,7 @@ class GraphAligner:
     return parsed.query, parsed.gallery
 
   def translate_many(self, routes: Sequence[str], x: np.ndarray) -> dict[str, np.ndarray]:
-    """{path: [n, d_dst]} for the same rows x [n, d_src] along several paths (see
-    translate_paths)."""
+    """{path: [n, d_dst]} for the same rows x [n, d_src] along several paths (translate_paths)."""
     return translate_paths(self.layout, self.params, self.compute_dtype, routes, x)
 
   def translate(self, path: str, x: np.ndarray) -> np.ndarray:

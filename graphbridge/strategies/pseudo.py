@@ -100,14 +100,12 @@ def resolve_rounds(rounds: int, dataset: Dataset) -> tuple[int, str]:
     if rounds < 0:
       raise ValueError(f"pseudo.rounds={rounds!r}: must be >= 0, or -1 for auto")
     return rounds, "asked for"
-  pair_sets = [(a, b) for a, b in dataset.pairs if len(dataset.pairs_for(a, b))]
-  if not pair_sets:
+  n_sets, class_level = positives_lib.class_level_pair_sets(dataset)
+  if not n_sets:
     return 0, "auto: no pair sets"
-  choices = {(a, b): positives_lib.choose_positives(dataset, a, b, "auto") for a, b in pair_sets}
-  class_level = [f"{a}<->{b} ({why})" for (a, b), (c, why) in choices.items() if c != "pair"]
   if class_level:
     return 0, "auto: class-level pair sets " + ", ".join(class_level)
-  return AUTO_ROUNDS, f"auto: all {len(pair_sets)} pair sets instance-level"
+  return AUTO_ROUNDS, f"auto: all {n_sets} pair sets instance-level"
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -268,6 +266,7 @@ class EdgeMatches:
   precision: float | None = None  # true fraction correct, where ids say (reported, never used)
   estimate: float | None = None  # label-free precision estimate the probe gate used
   via: str = ""  # "" (matched directly) or the path a composed match followed
+  held: tuple[int, int] | None = None  # translators' own (correct, matched) on held-back pairs
 
 
 def _agreed(za, zb, wb, wa, settings: PseudoSettings) -> tuple[np.ndarray, int, float]:
@@ -325,6 +324,33 @@ def probe_precision(
   return correct / matched if matched else 0.0
 
 
+def translator_precision(
+  aligner,
+  dataset: Dataset,
+  a: str,
+  b: str,
+  held: np.ndarray,
+  rows_a: np.ndarray,
+  rows_b: np.ndarray,
+  settings: PseudoSettings,
+) -> tuple[int, int]:
+  """(correct, matched) of the trained translators themselves on pairs held back from their
+  training (held [h, 2], training/selection.py), hidden among the unpaired rows the real matching
+  uses and matched exactly as those are (both spaces, agreed matches). The ridge probe measures
+  its own map; where that map beats the translators (low dims, few pairs) it over-estimates their
+  precision, this does not."""
+  xa = dataset.modalities[a].emb[np.concatenate([held[:, 0], rows_a])]
+  xb = dataset.modalities[b].emb[np.concatenate([held[:, 1], rows_b])]
+  za, zb = aligner.encode(a, b, aligner.default_route(a, b), xa, xb)
+  wb, wa = aligner.encode(b, a, aligner.default_route(b, a), xb, xa)
+  agreed, _, _ = _agreed(za, zb, wb, wa, settings)
+  mine = agreed[agreed[:, 0] < len(held)]
+  return int(np.sum(mine[:, 0] == mine[:, 1])), len(mine)
+
+
+MIN_HELD_MATCHES = 4  # held-back matches the translators' own estimate needs to count
+
+
 def _true_precision(dataset: Dataset, a: str, b: str, pairs: np.ndarray) -> float | None:
   ids_a, ids_b = dataset.modalities[a].ids, dataset.modalities[b].ids
   if ids_a is None or ids_b is None or not len(pairs):
@@ -338,16 +364,19 @@ def pseudo_pairs(
   settings: PseudoSettings,
   seed: int = 0,
   earlier: list[EdgeMatches] = (),
+  holdout=None,
 ) -> list[EdgeMatches]:
   """Gated matches of unpaired train rows for pairs of modalities (see the module docstring).
 
   gate "agreement": every pair of modalities is matched along the aligner's default route and gated
   by two-sided agreement. gate "probe": only paired modalities are matched (one hop: their
-  translator was trained on pairs), each gated by probe_precision; with new_edges, never-paired
-  modalities get composed matches (compose_matches) gated by the product of the hops' estimates.
-  earlier: the previous round's matches; the probe's ridge maps also fit its accepted pseudo-pairs,
-  as the
-  translators being probed were trained on them."""
+  translator
+  was trained on pairs), each gated by probe_precision; with new_edges, never-paired modalities get
+  composed matches (compose_matches) gated by the product of the hops' estimates. earlier: the
+  previous round's matches; the probe's ridge maps also fit its accepted pseudo-pairs, as the
+  translators being probed were trained on them. holdout (training/selection.PairHoldout): pairs
+  held back from the translators' training; where at least MIN_HELD_MATCHES of them are matched,
+  the estimate is at most the translators' own precision on them (translator_precision)."""
   previous = {(m.a, m.b): m.pairs for m in earlier if m.accepted and not m.via}
   out = []
   names = dataset.names
@@ -377,6 +406,12 @@ def pseudo_pairs(
         estimate = probe_precision(
           dataset, a, b, rows_a, rows_b, settings, seed, previous.get((a, b))
         )
+        held = holdout.held_for(a, b) if holdout is not None else np.zeros((0, 2), np.int64)
+        own = None
+        if estimate is not None and len(held):
+          own = translator_precision(aligner, dataset, a, b, held, rows_a, rows_b, settings)
+          if own[1] >= MIN_HELD_MATCHES:
+            estimate = min(estimate, own[0] / own[1])
         accepted = estimate is not None and estimate >= settings.min_precision and len(pairs) >= 2
       else:
         estimate = None
@@ -391,6 +426,7 @@ def pseudo_pairs(
           accepted,
           _true_precision(dataset, a, b, pairs),
           estimate,
+          held=own if probe else None,
         )
       )
   if probe and settings.new_edges:
@@ -492,6 +528,8 @@ def describe(matches: list[EdgeMatches]) -> str:
       f"estimate {m.estimate:.2f}" if m.estimate is not None else f"agreement {m.agreement:.2f}"
     )
     via = f" via {m.via}" if m.via else ""
+    if m.held is not None:
+      via += f", held-back {m.held[0]}/{m.held[1]}"
     parts.append(f"{m.a}-{m.b} {'+' if m.accepted else '-'}{len(m.pairs)} ({gate}{via}{prec})")
   return "; ".join(parts)
 
@@ -502,20 +540,32 @@ def self_train(
   train_round: Callable[[Dataset, int], object],
   make_aligner: Callable[[object], object],
   log: Callable[[str], None] = print,
+  holdout=None,
 ):
   """Train, then `pseudo.rounds` times: grow the data with gated pseudo-pairs and train again.
 
   train_round(dataset, round) -> result; make_aligner(result) -> aligner. Returns (result, data
-  of the last round). pseudo.rounds=-1 (auto) is resolved on `dataset` (resolve_rounds)."""
+  of the last round, [per round: {modality pair: what the gate decided}] for report.json).
+  pseudo.rounds=-1 (auto) is resolved on `dataset` (resolve_rounds).
+  holdout: the pairs held back from every round's training (the gate also reads them)."""
   settings = PseudoSettings.from_config(config, dataset)
   result = train_round(dataset, 0)
   grown = dataset
   matches: list[EdgeMatches] = []
+  history: list[dict] = []
   for r in range(1, settings.rounds + 1):
     aligner = make_aligner(result)
     t0 = time.perf_counter()
-    matches = pseudo_pairs(aligner, dataset, settings, seed=int(config.seed) + r, earlier=matches)
+    matches = pseudo_pairs(
+      aligner,
+      dataset,
+      settings,
+      seed=int(config.seed) + r,
+      earlier=matches,
+      holdout=holdout,
+    )
     log(f"pseudo-pairs round {r} (matched in {time.perf_counter() - t0:.1f}s): {describe(matches)}")
+    history.append({f"{m.a}-{m.b}": summary(m) for m in matches})
     grown = grow(dataset, matches)
     if grown.pairs.keys() == dataset.pairs.keys() and all(
       len(grown.pairs[k]) == len(dataset.pairs[k]) for k in grown.pairs
@@ -523,4 +573,17 @@ def self_train(
       log("pseudo-pairs: no modality pair passed the gate; keeping the model")
       break
     result = train_round(grown, r)
-  return result, grown
+  return result, grown, history
+
+
+def summary(m: EdgeMatches) -> dict:
+  """One gate decision as report.json records it."""
+  out = {"accepted": bool(m.accepted), "pairs": int(len(m.pairs))}
+  for key in ("estimate", "precision"):
+    if getattr(m, key) is not None:
+      out[key if key == "estimate" else "true_precision"] = round(float(getattr(m, key)), 3)
+  if m.held is not None:
+    out["held_back_correct"], out["held_back_matched"] = m.held
+  if m.via:
+    out["via"] = m.via
+  return out

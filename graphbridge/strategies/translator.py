@@ -82,6 +82,13 @@ class TranslatorModel(Model):
   def __post_init__(self):
     if self.aligner is None:
       self.aligner = self.make_aligner(self.layout, self.params, self.compute_dtype, self.strategy)
+    linear = [
+      e
+      for e, v in (self.meta.get("bridge") or {}).get("edges", {}).items()
+      if v.get("kept") != "trained"
+    ]
+    if linear and hasattr(self.aligner, "linear_edges"):  # edges at their closed-form start
+      self.aligner.linear_edges = frozenset(Edge.parse(e) for e in linear)
 
   @property
   def graph(self) -> ModalityGraph:
@@ -106,7 +113,12 @@ class TranslatorModel(Model):
     return self.make_aligner(self.layout, start, self.compute_dtype, self.strategy)
 
   def report_header(self) -> dict:
-    return {"graph": self.graph.to_dict(), "step": int(self.step)}
+    header = {"graph": self.graph.to_dict(), "step": int(self.step)}
+    if self.meta.get("bridge"):  # what the closed-form start and per-edge selection chose
+      header["bridge"] = self.meta["bridge"]
+    if self.meta.get("pseudo_rounds"):  # what each pseudo-pair round's gate accepted
+      header["pseudo_rounds"] = self.meta["pseudo_rounds"]
+    return header
 
   def check_data(self, dataset: Dataset) -> None:
     virtual = [n for n in self.virtual if n not in dataset.modalities]
@@ -174,7 +186,7 @@ class TranslatorStrategy(Strategy):
       final.params,
       final.setup.compute_dtype,
       config,
-      {},
+      {"bridge": final.bridge} if getattr(final, "bridge", None) else {},
       int(final.state["step"]),
       workdir,
       self.make_aligner,

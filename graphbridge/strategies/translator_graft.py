@@ -277,12 +277,18 @@ def _config_for_graft(
     "activation": model.activation,
     "layer_norm": bool(model.layer_norm),
     "residual": bool(model.residual),
+    "linear_rank": (
+      setup_lib.linear_rank_from_config(model)
+      if int(model.get("linear_rank", -1)) != -1
+      else int(old_arch.get("linear", 0))  # auto: whatever the old run chose
+    ),
   }
   old = {
     "hidden": tuple(old_arch["hidden"]),
     "activation": old_arch["activation"],
     "layer_norm": bool(old_arch["layer_norm"]),
     "residual": bool(old_arch["residual"]),
+    "linear_rank": int(old_arch.get("linear", 0)),  # 0 in runs from before the linear path
   }
   if asked != old:
     differ = ", ".join(f"model.{k}={asked[k]!r}" for k in asked if asked[k] != old[k])
@@ -295,6 +301,7 @@ def _config_for_graft(
     model.activation = old["activation"]
     model.layer_norm = old["layer_norm"]
     model.residual = old["residual"]
+    model.linear_rank = old["linear_rank"]
     config.graft.from_workdir = from_workdir
     config.graft.from_step = int(from_step)
   return config

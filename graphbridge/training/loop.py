@@ -185,6 +185,7 @@ def run(
   before_step: Callable[[int, State], State] | None = None,
   at_end: Callable[[State], State] | None = None,
   close: Sequence[Callable[[], None]] = (),
+  early_stop: Callable[[int, State], bool] | None = None,
 ) -> LoopResult:
   """Steps start .. cadence.total - 1 (0-based) of `step(state, i) -> (state, metrics)`.
 
@@ -193,8 +194,13 @@ def run(
     and the speed; a validation score ("val/mAP") is always printed.
   save(done, state): a checkpoint, at the cadence's steps. before_step(i, state): e.g. a loss-weight
     phase switch. at_end(state): after the last step, before its checkpoint (e.g. keep the best
-    validated params). close: run when the loop ends, also on errors (writer closed too)."""
+    validated params). close: run when the loop ends, also on errors (writer closed too).
+    early_stop(done, state): after each step; True ends the run there (early stopping): at_end
+    runs and the last checkpoint is saved as step cadence.total, so the run reads as finished
+    (at_end is expected to set the state's step counter to match). Ctrl-C: RunInterrupted after
+    the step (StopRequest)."""
   metrics, logged = None, {}
+  steps_run = max(cadence.total - start, 0)
   speed = Speed(start)
   saved = start  # the last step checkpointed (handed to save(), or resumed from); 0: none
   stop = StopRequest()
@@ -228,11 +234,15 @@ def run(
             f"step {done}/{cadence.total}  {line(logged)}{val}  "
             f"{speed.text(rate, done, cadence.total)}"
           )
-      if done == cadence.total and at_end is not None:
+      stopped = done < cadence.total and early_stop is not None and early_stop(done, state)
+      if (done == cadence.total or stopped) and at_end is not None:
         state = at_end(state)
-      if save is not None and cadence.saves(done):
-        save(done, state)
-        saved = done
+      if save is not None and (cadence.saves(done) or stopped):
+        save(cadence.total if stopped else done, state)
+        saved = cadence.total if stopped else done
+      if stopped:
+        steps_run = done - start
+        break
       if stop.requested and done < cadence.total:
         interrupted = True
         raise RunInterrupted(done, cadence.total, saved if save is not None else None)
@@ -251,7 +261,7 @@ def run(
     state,
     metrics,
     logged,
-    max(cadence.total - start, 0),
+    steps_run,
     time.perf_counter() - speed.t_start,
     speed.compile_seconds,
   )

@@ -82,7 +82,43 @@ class Setup:
     return self.layout.graph
 
 
-def arch_from_config(model_cfg) -> TranslatorArch:
+def linear_rank_from_config(model_cfg, graph_plan: bool = True) -> int:
+  """model.linear_rank with auto (-1) read as on (the widest hidden layer), for the graph loss plan
+  (graph_plan), and as 0 for strategies with their own objective; resolve_linear_rank also reads
+  the data."""
+  rank = int(model_cfg.get("linear_rank", -1))
+  if rank != -1:
+    return rank
+  return max(tuple(model_cfg.hidden) or (256,)) if graph_plan else 0
+
+
+def resolve_linear_rank(model_cfg, dataset, graph_plan: bool = True) -> tuple[int, str]:
+  """(TranslatorArch.linear, why) for a run: model.linear_rank, where -1 (auto) is the widest
+  hidden layer (256 by default: the path costs at most one more hidden layer) where the run trains
+  the translator graph's own loss plan (every edge on its own pairs, so each can start as the
+  ridge map of them) and every pair set of the data is instance-level by the rule of
+  loss.infonce_positives="auto"; else 0 (no linear path): class-level pairs (random rows of one
+  class) make the ridge map a regression onto class means, and there the MLP already beats it
+  (digits 0.956 against 0.746); strategies with their own objective (pivot, pairwise, C-MCR)
+  keep the architecture they were measured with."""
+  rank = int(model_cfg.get("linear_rank", -1))
+  if rank != -1:
+    return rank, "asked for"
+  if not graph_plan:
+    return 0, "auto: the strategy has its own objective"
+  n_sets, class_level = positives_lib.class_level_pair_sets(dataset)
+  if not n_sets:
+    return 0, "auto: no pair sets"
+  if class_level:
+    return 0, "auto: class-level pair sets " + ", ".join(class_level)
+  return linear_rank_from_config(model_cfg), f"auto: all {n_sets} pair sets instance-level"
+
+
+def arch_from_config(
+  model_cfg, graph_plan: bool = True, linear: int | None = None
+) -> TranslatorArch:
+  """The translator architecture of model_cfg; linear: the resolved linear path (None:
+  linear_rank_from_config, i.e. without reading the data)."""
   return TranslatorArch(
     hidden=tuple(model_cfg.hidden),
     activation=model_cfg.activation,
@@ -90,6 +126,7 @@ def arch_from_config(model_cfg) -> TranslatorArch:
     residual=bool(model_cfg.residual),
     impl=model_cfg.impl,
     edge_apply=model_cfg.edge_apply,
+    linear=linear_rank_from_config(model_cfg, graph_plan) if linear is None else linear,
   )
 
 
@@ -140,17 +177,24 @@ def build_setup(
   frozen: Sequence[str] = (),
   objective: Callable | None = None,
   training: bool = False,
+  linear_rank: int | None = None,
 ) -> Setup:
-  """Static setup of a run. objective(layout, dataset, config) builds a strategy objective (default:
-  the translator graph's loss plan from config.loss). training: the setup is for `train`, so every
-  edge in graph.frozen must be among `frozen` (edges whose trained parameters are given)."""
+  """Static setup of a run. objective(layout, dataset, config) builds a strategy objective
+  (default: the translator graph's loss plan from config.loss). training: the setup is for `train`,
+  so every edge in graph.frozen must be among `frozen` (edges whose trained parameters are given).
+  linear_rank: the translators' linear path as resolved by the caller (self-training rounds decide
+  it once, on the data's own pairs); None: resolve_linear_rank on `dataset`."""
   graph = graph or graph_from_config(config, dataset)
   check_against_graph(
     config, graph, dataset, frozen_given=frozen if training else None, eval_paths=objective is None
   )
   dataset.check_train_pairs()
   frozen = tuple(frozen) + fields.names(config.graph.get("frozen", ""))
-  layout = EdgeLayout.build(graph, arch_from_config(config.model), frozen=frozen)
+  if linear_rank is None:
+    linear_rank = resolve_linear_rank(config.model, dataset, graph_plan=objective is None)[0]
+  layout = EdgeLayout.build(
+    graph, arch_from_config(config.model, objective is None, linear_rank), frozen=frozen
+  )
   if objective is not None:
     plan = objective(layout, dataset, config)
   else:

@@ -26,6 +26,8 @@ from graphbridge.data import readers as readers_lib
 from graphbridge.data import tables as tables_lib
 from graphbridge.training import sharding as sharding_lib
 from graphbridge.training import validation as validation_lib
+from graphbridge.training import selection as selection_lib
+from graphbridge.training import closed_form
 from graphbridge.training import lock as lock_lib
 from graphbridge.training import loop as loop_lib
 from graphbridge.training import writers as writers_lib
@@ -38,7 +40,11 @@ from graphbridge.training.optimizer import (
   phase_weights,
   total_steps,
 )
-from graphbridge.training.setup import Setup, build_setup, describe_positives
+from graphbridge.training.setup import (
+  Setup,
+  build_setup,
+  describe_positives,
+)
 from graphbridge.training.state import compute_frozen, init_state, state_to_items, with_edge_params
 from graphbridge.training.step import (
   flat_metrics,
@@ -65,6 +71,8 @@ class TrainResult:
   seconds: float
   compile_seconds: float
   final_metrics: dict
+  bridge: dict = dataclasses.field(default_factory=dict)  # what the closed-form start and the
+  # per-edge selection chose (report.json "bridge"; also in the last checkpoint's meta)
 
   @property
   def params(self) -> dict:
@@ -87,6 +95,7 @@ def train(
   log: Callable[[str], None] = _log,
   objective: Callable[[Setup], Any] | None = None,
   frozen_from: Mapping[str, str] | None = None,
+  holdout: selection_lib.PairHoldout | None = None,
 ) -> TrainResult:
   """Train translators as `config` says; checkpoints and metrics under `workdir` (None: neither).
 
@@ -103,11 +112,16 @@ def train(
   every process takes part in checkpointing (Orbax writes from process 0). The returned state is
   gathered to the host (then on the default device), like a single-device run's.
   data.host_sampling: batches are drawn on the host from (memory-mapped) tables, only the batch's
-  rows read per step, on background threads (data.prefetch batches ahead)."""
+  rows read per step, on background threads (data.prefetch batches ahead).
+  holdout: the pairs held back for per-edge selection (training/selection.py); None: chosen here
+    from `dataset` when model.linear_rank and train.select_edges ask for it (the graph strategy
+    passes one holdout to all its pseudo-pair rounds)."""
   with contextlib.ExitStack() as exits:
     # the workdir lock is taken once the config, data and graph are checked and held to the end
     lock = lambda: exits.enter_context(lock_lib.WorkdirLock(workdir, log=log))
-    return _train(config, workdir, dataset, frozen_params, graph, log, objective, frozen_from, lock)
+    return _train(
+      config, workdir, dataset, frozen_params, graph, log, objective, frozen_from, lock, holdout
+    )
 
 
 def _train(
@@ -120,6 +134,7 @@ def _train(
   objective,
   frozen_from,
   lock: Callable[[], Any],
+  holdout: selection_lib.PairHoldout | None = None,
 ) -> TrainResult:
   config = defaults.complete(config)  # a config built by hand or by an older version
   problems = fields.range_problems(config)  # also for library callers that skip validate()
@@ -135,8 +150,25 @@ def _train(
       dataset, float(config.train.validate_fraction), int(config.seed)
     )
   frozen_params = dict(frozen_params or {})
+  if holdout is None:
+    holdout = selection_lib.PairHoldout.for_run(config, dataset, graph_plan=objective is None)
+  linear_rank, select = holdout.linear_rank, holdout.select
+  if objective is None:
+    log(holdout.describe())
+  if linear_rank > 0:
+    # edges start as the ridge map of their pairs; held-back pairs choose where they may move
+    holdout = holdout.for_round(dataset, int(config.seed))
+    dataset = holdout.without_held(dataset)
+  else:
+    holdout = None
   setup = build_setup(
-    config, dataset, graph=graph, frozen=tuple(frozen_params), objective=objective, training=True
+    config,
+    dataset,
+    graph=graph,
+    frozen=tuple(frozen_params),
+    objective=objective,
+    training=True,
+    linear_rank=linear_rank,
   )
   layout, plan = setup.layout, setup.plan
   mesh = sharding_lib.mesh_from_config(config)  # None: one device, no shardings (the plain path)
@@ -154,6 +186,24 @@ def _train(
   tx = make_optimizer(config)
   n_total = total_steps(config)
   state = init_state(setup, tx, int(config.seed), phase_weights(config, plan, 0), mesh=mesh)
+  bridge, selector, starts = {}, None, {}
+  if holdout is not None:
+    starts = {
+      e.name: holdout.start(dataset, e.name, False, dataset.pairs_for(e.src, e.dst))
+      for e in layout.trainable_edges
+    }
+    starts = {k: v for k, v in starts.items() if v is not None}
+    state = with_edge_params(state, _with_starts(setup, state, starts), setup)
+    if select:
+      selector = selection_lib.EdgeSelector(
+        layout,
+        full_dataset,
+        holdout,
+        dict(setup.infonce_positives),
+        setup.compute_dtype,
+        int(config.seed),
+      )
+      selector.score(0, {**frozen_f32, **state["params"]["edges"]})
   if mesh is not None:
     frozen = sharding_lib.put(frozen, sharding_lib.tree_shardings(layout, frozen, mesh))
     state_sh = sharding_lib.shardings_of(state)
@@ -230,6 +280,25 @@ def _train(
 
   finetune_at = int(config.train.steps) if int(config.finetune.steps) > 0 else -1
 
+  select_every = max(int(config.train.get("select_every", 25)), 1)
+  patience = int(config.train.get("select_patience", 4))
+  stopped = []
+
+  def after_step(done, state) -> bool:
+    """Scores the held-back pairs every select_every steps; True (stop: early stopping) once
+    `patience` scores in a row improved no edge (never during a fine-tuning phase)."""
+    if selector is None or done % select_every:
+      return False
+    selector.score(done, {**frozen_f32, **state["params"]["edges"]})
+    if patience > 0 and selector.stale >= patience and finetune_at < 0:
+      stopped.append(done)
+      log(
+        f"step {done}: early stop (no edge improved on its held-back pairs in the last "
+        f"{patience} scores, {patience * select_every} steps; train.select_patience)"
+      )
+      return True
+    return False
+
   def before_step(i, state):
     if i != finetune_at:
       return state
@@ -261,6 +330,36 @@ def _train(
     )
     return with_edge_params(state, validator.best_params, setup)
 
+  def at_end(state):
+    state = keep_best(state)
+    if holdout is None:
+      return state
+    if selector is None:  # train.select_edges=0: the trained params stay
+      bridge.update(_describe_bridge(setup, holdout, starts, {}, False))
+      return state
+    last = stopped[0] if stopped else n_total
+    if not selector.scored(last):
+      selector.score(last, {**frozen_f32, **state["params"]["edges"]})
+    if stopped:  # the run reads as finished: its last checkpoint is step n_total
+      state = {**state, "step": jnp.asarray(n_total, state["step"].dtype)}
+    state, chosen = _select_edges(
+      setup,
+      state,
+      selector,
+      holdout,
+      full_dataset,
+      starts,
+      float(config.train.get("select_confidence", 0.95)),
+    )
+    bridge.update(_describe_bridge(setup, holdout, starts, chosen, selector is not None))
+    bridge["stopped_at"] = last
+    log(
+      "bridge: " + "; ".join(c.describe() for c in chosen.values())
+      if chosen
+      else "bridge: every edge kept its closed-form start (no held-back pairs)"
+    )
+    return state
+
   def save(done, state):
     raise_if_unhealthy(setup, state["health"])
     # every process gathers the (possibly sharded) state; Orbax writes numpy from process 0
@@ -270,12 +369,11 @@ def _train(
       if mesh is None
       else sharding_lib.to_host({k: v for k, v in state.items() if k != "compute_params"}),
     )
+    meta = run_meta(setup, config, dataset, history)
+    if bridge and done == n_total:
+      meta["bridge"] = bridge
     checkpoints.save(
-      done,
-      {**edge_items, **frozen_items},
-      train_item,
-      run_meta(setup, config, dataset, history),
-      copy_items_from=frozen_from,
+      done, {**edge_items, **frozen_items}, train_item, meta, copy_items_from=frozen_from
     )
 
   line = lambda v: f"loss {v['loss/total']:.4f}  {progress_terms(v)}  lr {v['lr']:.2e}"
@@ -291,7 +389,8 @@ def _train(
     log=log,
     save=save if checkpoints else None,
     before_step=before_step,
-    at_end=keep_best,
+    at_end=at_end,
+    early_stop=after_step,
     close=[c.close for c in (batches, checkpoints) if c is not None],
   )
   state, metrics, compile_seconds = result.state, result.metrics, result.compile_seconds
@@ -311,5 +410,83 @@ def _train(
   ):  # callers (evaluation, grafting) get host-gathered arrays, as from one device
     state = jax.tree.map(jnp.asarray, sharding_lib.to_host(state))
   return TrainResult(
-    setup, state, frozen_f32, full_dataset, max(n_total - start, 0), seconds, compile_seconds, final
+    setup,
+    state,
+    frozen_f32,
+    full_dataset,
+    result.steps_run,
+    seconds,
+    compile_seconds,
+    final,
+    bridge,
   )
+
+
+def _with_starts(setup: Setup, state: Mapping, starts: Mapping) -> dict:
+  """{bucket: stacked} trainable params of `state` with each edge of `starts` at its closed-form
+  start (closed_form.start_params)."""
+  layout = setup.layout
+  per_edge = unstack(layout, jax.device_get(state["params"]["edges"]))
+  for name, start in starts.items():
+    per_edge[name] = closed_form.start_params(per_edge[name], layout.arch_of(name), start)
+  return stack(layout, per_edge, trainable_only=True)
+
+
+def _select_edges(setup, state, selector, holdout, dataset, starts, confidence):
+  """(state with each edge where selection put it, {edge: EdgeChoice}). Edges whose held-back pairs
+  say training helped keep their best step's params; the other edges with pairs of their own in
+  the data are reset to their closed-form start refitted on all their pairs (held-back included);
+  edges without any (cycle-only, composed pseudo-pairs) keep what training made of them."""
+  layout = setup.layout
+  chosen = selector.decide(0, confidence)
+  per_edge = unstack(layout, jax.device_get(state["params"]["edges"]))
+  best = unstack(layout, jax.device_get(selector.best_params)) if chosen else {}
+  for name in starts:
+    choice = chosen.get(name)
+    if choice is not None and choice.moved:
+      per_edge[name] = best[name]
+      continue
+    start = holdout.start(dataset, name, True)
+    if start is not None:
+      per_edge[name] = closed_form.start_params(per_edge[name], layout.arch_of(name), start)
+  return with_edge_params(state, stack(layout, per_edge, trainable_only=True), setup), chosen
+
+
+def _describe_bridge(setup, holdout, starts, chosen, selected: bool) -> dict:
+  """report.json's "bridge": per edge, its closed-form start and what selection kept."""
+  edges = {}
+  for name, start in starts.items():
+    src, dst = name.split("->")
+    arch = setup.layout.arch_of(name)
+    rank = closed_form.linear_rank(setup.graph.dim(src), setup.graph.dim(dst), arch.linear)
+    real = holdout.real_for(src, dst, True)
+    entry = {
+      "start": "ridge",
+      "alpha": start.alpha,
+      "pairs": int(start.pairs),
+      "held": int(len(holdout.held_for(src, dst))),
+      "linear": "full" if rank == 0 else f"rank {rank}",
+    }
+    choice = chosen.get(name)
+    if holdout.is_pseudo(src, dst):
+      entry["start"] = "ridge on pseudo-pairs"
+    if real is None:
+      entry["kept"] = "trained"
+    elif choice is None:
+      entry["kept"] = "closed form on all pairs (none held back)" if selected else "trained"
+    else:
+      entry.update(
+        kept="trained" if choice.moved else "closed form on all pairs",
+        step=choice.best_step if choice.moved else 0,
+        best_step=choice.best_step,
+        held_ap_start=round(choice.start_ap, 4),
+        held_ap_best=round(choice.best_ap, 4),
+      )
+    edges[name] = entry
+  kept = [e["kept"] for e in edges.values()]
+  return {
+    "selection": "per edge on held-back pairs" if selected else "off (trained params kept)",
+    "trained": sum(k == "trained" for k in kept),
+    "closed_form": sum(k != "trained" for k in kept),
+    "edges": edges,
+  }
