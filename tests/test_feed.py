@@ -148,6 +148,7 @@ def test_bad_rows_are_reported_when_a_batch_reads_them(tmp_path, tiny_config):
   config = tiny_config.copy_and_resolve_references()
   config.loss.aligned_batches = True
   config.loss.infonce_positives = "pair"  # "auto" reads rows to choose
+  config.model.linear_rank = 0  # and so does the linear path's auto
   feed = build_feed(config, folder)  # building it does not raise: the row may never be drawn
   with pytest.raises(errors.DataError, match="embedding 'a' row 7 has NaN"):
     for step in range(20):  # 16 draws of 12 rows a step

@@ -161,6 +161,8 @@ def test_exact_top_k_equals_a_full_sort_with_ties_to_the_lower_index():
     translators_lib.TranslatorArch(hidden=(16,), activation="gelu_exact", layer_norm=True),
     translators_lib.TranslatorArch(hidden=(16,), activation="gelu", impl="fused"),
     translators_lib.TranslatorArch(hidden=(), activation="gelu"),
+    translators_lib.TranslatorArch(hidden=(16,), activation="gelu", layer_norm=True, linear=16),
+    translators_lib.TranslatorArch(hidden=(16,), activation="relu", residual=True, linear=2),
   ],
   ids=lambda a: a.tag + ("-fused" if a.impl == "fused" else ""),
 )

@@ -6,9 +6,11 @@
   z = exported.apply(x_image, "image->text->audio")  # [rows, 200], as run.translate gives
 
 translators.json holds the format, the nodes {name: dim} and per edge its architecture (d_in,
-d_out, hidden widths, activation, layer_norm, residual); translators.npz holds each edge's
-parameters under "<edge>/<layer>/<name>" (layers dense_0.., norm_0.., out, skip). Each translator
-is x -> [dense_i -> (LayerNorm) -> activation]* -> out (+ x, or + skip(x) where residual). This
+d_out, hidden widths, activation, layer_norm, residual, linear); translators.npz holds each
+edge's parameters under "<edge>/<layer>/<name>" (layers dense_0.., norm_0.., out, skip, linear or
+linear_in + linear_out). Each translator is x -> [dense_i -> (LayerNorm) -> activation]* -> out,
+plus its linear path where it has one (x @ linear + bias, or (x @ linear_in) @ linear_out + bias),
+plus x, or skip(x), where residual. This
 module imports only NumPy: docs/api.md shows the same arrays loaded into PyTorch in a few lines.
 """
 
@@ -52,6 +54,7 @@ def write(path: str, nodes: Mapping[str, int], edges: Mapping[str, Mapping]) -> 
       "activation": arch["activation"],
       "layer_norm": bool(arch["layer_norm"]),
       "residual": bool(arch["residual"]),
+      "linear": _linear_kind(edge["params"]),
     }
     arrays.update({f"{name}/{k}": v for k, v in _flatten(edge["params"]).items()})
   np.savez(os.path.join(path, ARRAYS), **arrays)
@@ -101,6 +104,11 @@ ACTIVATIONS = {
 }
 
 
+def _linear_kind(params: Mapping) -> str:
+  """The edge's linear path as its parameters hold it: "full", "factored" or "none"."""
+  return "full" if "linear" in params else "factored" if "linear_in" in params else "none"
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
 
@@ -137,8 +145,14 @@ class Exported:
         ) + self._p(edge, f"norm_{i}", "bias")
       h = act(h)
     out = h @ self._p(edge, "out", "kernel") + self._p(edge, "out", "bias")
+    x64 = np.asarray(x, np.float64)
+    linear = spec.get("linear", "none")  # exports without the field have no linear path
+    if linear == "full":
+      out = out + x64 @ self._p(edge, "linear", "kernel") + self._p(edge, "linear", "bias")
+    elif linear == "factored":
+      low = x64 @ self._p(edge, "linear_in", "kernel")
+      out = out + low @ self._p(edge, "linear_out", "kernel") + self._p(edge, "linear_out", "bias")
     if spec["residual"]:
-      x64 = np.asarray(x, np.float64)
       out = out + (x64 if spec["d_in"] == spec["d_out"] else x64 @ self._p(edge, "skip", "kernel"))
     return out
 
