@@ -3,6 +3,7 @@ MLP a residual from zero), the rule that turns it on, and per-edge selection on 
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -233,3 +234,31 @@ def test_graph_of_four_modalities_keeps_stacked_buckets():
   for name, (w, b) in maps.items():
     got = np.asarray(tr.apply_edge(layout, stacked, name, x))
     np.testing.assert_allclose(got, x @ w + b, atol=1e-4)
+
+
+def test_a_resume_selects_as_an_uninterrupted_run(tmp_path):
+  """Selection's scores and best params live in the checkpoint: a run resumed from a middle step
+  (as after a kill -9) ends with the same params and the same choices as one that never stopped."""
+  import shutil
+
+  arrays = instance_arrays(relation="tanh", pairs=40)
+  ds = readers_lib.from_arrays(arrays)
+  cfg = tiny_config(
+    **{
+      "train.steps": 60,
+      "train.select_every": 10,
+      "train.select_patience": 0,
+      "train.checkpoint_every": 30,
+      "train.keep_checkpoints": 3,
+    }
+  )
+  quiet = lambda m: None
+  whole = trainer_lib.train(cfg, str(tmp_path / "whole"), dataset=ds, log=quiet)
+  assert whole.bridge["edges"]
+  trainer_lib.train(cfg, str(tmp_path / "cut"), dataset=ds, log=quiet)
+  shutil.rmtree(tmp_path / "cut" / "checkpoints" / "60")  # as if killed after step 30's save
+  resumed = trainer_lib.train(cfg, str(tmp_path / "cut"), dataset=ds, log=quiet)
+  assert resumed.steps_run == 30
+  assert resumed.bridge == whole.bridge
+  for name, p in whole.edge_params().items():
+    jax.tree.map(np.testing.assert_array_equal, resumed.edge_params()[name], p)

@@ -340,6 +340,38 @@ class EdgeSelector:
         lambda best, now, i=i: best.at[i].set(now[i]), self.best_params[key], params[key]
       )
 
+  def state_dict(self) -> dict:
+    """What selection has seen so far, as arrays (the checkpoint's train item keeps it under
+    "select", so a resumed run decides as an uninterrupted one would): per edge (keyed by its
+    position in `edges`) the scored steps and their per-pair APs and the best step, the scores
+    in a row without a gain, and each edge's best params."""
+    out = {"stale": np.asarray(self.stale, np.int64), "edges": {}}
+    for i, edge in enumerate(self.edges):
+      steps = sorted(self.history[edge])
+      if not steps:
+        continue
+      out["edges"][f"e{i}"] = {
+        "steps": np.asarray(steps, np.int64),
+        "ap": np.stack([np.asarray(self.history[edge][s], np.float64) for s in steps]),
+        "best": np.asarray(self.best_step[edge], np.int64),
+      }
+    if self.best_params is not None:
+      out["best_params"] = jax.device_get(self.best_params)
+    return out
+
+  def load_state(self, saved: Mapping) -> None:
+    """Continue from state_dict()'s arrays (a resumed run)."""
+    self.stale = int(saved.get("stale", 0))
+    for i, edge in enumerate(self.edges):
+      entry = (saved.get("edges") or {}).get(f"e{i}")
+      if entry is None:
+        continue
+      aps = np.asarray(entry["ap"], np.float64)
+      self.history[edge] = {int(s): aps[j] for j, s in enumerate(np.asarray(entry["steps"]))}
+      self.best_step[edge] = int(entry["best"])
+    if saved.get("best_params") is not None:
+      self.best_params = jax.tree.map(jnp.asarray, dict(saved["best_params"]))
+
   def scored(self, step: int) -> bool:
     return any(int(step) in h for h in self.history.values())
 

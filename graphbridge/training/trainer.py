@@ -227,6 +227,10 @@ def _train(
       if mesh is not None:
         state = sharding_lib.put(state, state_sh)
       log(f"resumed from checkpoint step {start} in {checkpoints.directory}")
+      if selector is not None:
+        saved = checkpoints.restore_train(start).get("select")
+        if saved is not None:
+          selector.load_state(saved)
     trim_metrics(os.path.join(workdir, "metrics.jsonl"), start)
   writer = writers_lib.for_run(workdir, config, log=log)
   lr_at = learning_rate_schedule(config)
@@ -369,6 +373,8 @@ def _train(
       if mesh is None
       else sharding_lib.to_host({k: v for k, v in state.items() if k != "compute_params"}),
     )
+    if selector is not None:  # a resumed run decides as an uninterrupted one would
+      train_item["select"] = selector.state_dict()
     meta = run_meta(setup, config, dataset, history)
     if bridge and done == n_total:
       meta["bridge"] = bridge
