@@ -227,3 +227,17 @@ def test_faiss_backend_finds_the_exact_neighbours(chain_run):
   index = search_lib.faiss_index(g, nprobe=16)
   _, approx = index.search(q, 10)
   assert search_lib.recall_at_k(approx, exact) >= 0.95
+
+
+def test_a_loaded_run_searches_as_the_training_runs_report(chain_run):
+  """graphbridge.load(workdir) takes the report's routes (edges that pseudo-pairs made paired hops
+  included: the checkpoint says which edges were cycle-only in training) and reproduces its
+  numbers."""
+  run, report = chain_run
+  loaded = graphbridge.load(run.workdir)
+  rows = [r for r in report["rows"] if not r.get("named_route")]
+  for row in rows:
+    assert loaded.default_route(row["query"], row["gallery"]) == row["route"], row
+    got = _search_metrics(loaded, row)
+    for key in ("R@1", "R@5", "R@10", "mAP"):
+      assert abs(got[key] - row[key]) <= 1e-6, (row["query"], row["gallery"], row["level"], key)

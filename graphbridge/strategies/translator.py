@@ -89,6 +89,9 @@ class TranslatorModel(Model):
     ]
     if linear and hasattr(self.aligner, "linear_edges"):  # edges at their closed-form start
       self.aligner.linear_edges = frozenset(Edge.parse(e) for e in linear)
+    cycle_only = self.meta.get("cycle_only")  # as training saw them (pseudo-pairs included)
+    if cycle_only is not None and hasattr(self.aligner, "not_hops"):
+      self.aligner.not_hops = frozenset(Edge.parse(e) for e in cycle_only)
 
   @property
   def graph(self) -> ModalityGraph:

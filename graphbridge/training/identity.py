@@ -73,6 +73,16 @@ def run_meta(
     }
     # nodes without rows (a strategy's projection spaces): evaluation checks the data against them
     meta["virtual_nodes"] = [n for n in setup.graph.node_names if n not in dataset.modalities]
+    # edges between modalities without pairs in the data trained on (cycle-only): never a hop of
+    # a route. Pseudo-pairs are part of that data, so a loaded run takes the routes the training
+    # run's report took, not the ones the data's own pairs alone would give
+    meta["cycle_only"] = [
+      e.name
+      for e in setup.graph.edges
+      if e.src in dataset.modalities
+      and e.dst in dataset.modalities
+      and not dataset.pairs_for(e.src, e.dst).size
+    ]
   if history:
     meta["resume_changes"] = list(history)
   return meta
