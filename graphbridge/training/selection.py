@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from graphbridge import defaults
 from graphbridge.core.rows import unit_rows
 from graphbridge.data.dataset import Dataset
 from graphbridge.model.translators import EdgeLayout, apply_bucket, dtype_from_name, normalize
@@ -85,9 +86,10 @@ class PairHoldout:
     """The holdout of a run of `config` on `dataset` (the data's own pairs): the linear path as
     model.linear_rank resolves on it, and held-back pairs where that path is on and
     train.select_edges is not 0."""
+    config = defaults.complete(config)  # a config built by hand or by an older version
     rank, why = setup_lib.resolve_linear_rank(config.model, dataset, graph_plan)
-    select = rank > 0 and int(config.train.get("select_edges", AUTO)) != 0
-    return cls.choose(dataset, int(config.get("seed", 0)), select, rank, why)
+    select = rank > 0 and int(config.train.select_edges) != 0
+    return cls.choose(dataset, int(config.seed), select, rank, why)
 
   @classmethod
   def choose(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Iterable
+from graphbridge import defaults
 from graphbridge.core.graph import Edge
 from graphbridge.core.errors import GraphError
 import dataclasses
@@ -86,7 +87,7 @@ def linear_rank_from_config(model_cfg, graph_plan: bool = True) -> int:
   """model.linear_rank with auto (-1) read as on (the widest hidden layer), for the graph loss plan
   (graph_plan), and as 0 for strategies with their own objective; resolve_linear_rank also reads
   the data."""
-  rank = int(model_cfg.get("linear_rank", -1))
+  rank = int(model_cfg.get("linear_rank", defaults.default("model.linear_rank")))
   if rank != -1:
     return rank
   return max(tuple(model_cfg.hidden) or (256,)) if graph_plan else 0
@@ -101,7 +102,7 @@ def resolve_linear_rank(model_cfg, dataset, graph_plan: bool = True) -> tuple[in
   class) make the ridge map a regression onto class means, and there the MLP already beats it
   (digits 0.956 against 0.746); strategies with their own objective (pivot, pairwise, C-MCR)
   keep the architecture they were measured with."""
-  rank = int(model_cfg.get("linear_rank", -1))
+  rank = int(model_cfg.get("linear_rank", defaults.default("model.linear_rank")))
   if rank != -1:
     return rank, "asked for"
   if not graph_plan:

@@ -284,8 +284,8 @@ def _train(
 
   finetune_at = int(config.train.steps) if int(config.finetune.steps) > 0 else -1
 
-  select_every = max(int(config.train.get("select_every", 25)), 1)
-  patience = int(config.train.get("select_patience", 4))
+  select_every = int(config.train.select_every)  # >= 1 (checked with the config)
+  patience = int(config.train.select_patience)
   stopped = []
 
   def after_step(done, state) -> bool:
@@ -353,7 +353,7 @@ def _train(
       holdout,
       full_dataset,
       starts,
-      float(config.train.get("select_confidence", 0.95)),
+      float(config.train.select_confidence),
     )
     bridge.update(_describe_bridge(setup, holdout, starts, chosen, selector is not None))
     bridge["stopped_at"] = last
